@@ -1,0 +1,1 @@
+//! placeholder: arrives with its issue.
