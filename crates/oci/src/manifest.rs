@@ -326,8 +326,8 @@ impl<T: Serialize + DeserializeOwned> Document<T> {
 /// Any document a tag can point at: an index or an image manifest.
 #[derive(Clone, Debug)]
 pub enum Manifest {
-    Index(Document<Index>),
-    Image(Document<ImageManifest>),
+    Index(Box<Document<Index>>),
+    Image(Box<Document<ImageManifest>>),
 }
 
 impl Manifest {
@@ -364,9 +364,9 @@ impl Manifest {
             _ => probe.manifests.is_some() && probe.config.is_none(),
         };
         if is_index {
-            Ok(Manifest::Index(Document::parse(bytes)?))
+            Ok(Manifest::Index(Box::new(Document::parse(bytes)?)))
         } else {
-            Ok(Manifest::Image(Document::parse(bytes)?))
+            Ok(Manifest::Image(Box::new(Document::parse(bytes)?)))
         }
     }
 
