@@ -1,1 +1,131 @@
-fn main() {}
+//! The `manifold` binary: commands, output formats, and the glue between the crates.
+
+mod local;
+mod place;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Build, ship and inspect multi-platform container images, with no daemon.
+#[derive(Parser, Debug)]
+#[command(name = "manifold", version, about, long_about = None)]
+pub struct Cli {
+    /// Where the local image store lives (an OCI image layout).
+    #[arg(long, global = true, env = "MANIFOLD_ROOT", value_name = "DIR")]
+    root: Option<PathBuf>,
+
+    /// Print less: only results and errors.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum ArchiveKind {
+    /// An OCI archive (a tar of an OCI image layout), readable by skopeo, podman and docker 25+.
+    Oci,
+    /// A `docker save` archive for `docker load`: one entry per platform.
+    Docker,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// List images in the local store: name, tag, digest, platforms and size.
+    #[command(visible_alias = "ls")]
+    Images {
+        /// Only images whose repository matches this name (e.g. busybox, localhost:5000/app).
+        repository: Option<String>,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        format: OutputFormat,
+        /// Show full digests.
+        #[arg(long)]
+        no_trunc: bool,
+    },
+    /// Remove image names from the local store and reclaim what nothing else uses.
+    #[command(visible_alias = "rmi")]
+    Rm {
+        /// Image names (busybox:latest) or digests (sha256:…).
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Give an image in the local store another name.
+    Tag { source: String, target: String },
+    /// Write images from the local store to an archive (OCI or docker-archive).
+    Save {
+        /// The file to write.
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+        #[arg(long, value_enum, default_value_t = ArchiveKind::Oci)]
+        format: ArchiveKind,
+        /// Keep only these platforms (the best match for each); all when not given.
+        #[arg(long, value_delimiter = ',')]
+        platform: Vec<String>,
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Load images from an archive (OCI or docker-archive, plain or compressed) or an OCI layout
+    /// directory into the local store.
+    Load {
+        /// The archive or directory to read; standard input when not given.
+        #[arg(short, long, value_name = "FILE")]
+        input: Option<PathBuf>,
+        /// Only these platforms of each image.
+        #[arg(long, value_delimiter = ',')]
+        platform: Vec<String>,
+    },
+    /// Copy an image between places: store:REF, oci:DIR[:NAME], oci-archive:FILE[:NAME],
+    /// docker-archive:FILE[:NAME].
+    Cp {
+        source: String,
+        destination: String,
+        /// Copy every platform (the default when no --platform is given).
+        #[arg(long, conflicts_with = "platform")]
+        all: bool,
+        /// Keep only these platforms; the copy gets a new index listing just them.
+        #[arg(long, value_delimiter = ',')]
+        platform: Vec<String>,
+        /// Parallel blob transfers.
+        #[arg(long, default_value_t = 4)]
+        jobs: usize,
+    },
+    /// Remove blobs that no image uses and leftovers of interrupted writes.
+    Prune {
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        format: OutputFormat,
+    },
+    /// Check every blob against its digest and every image for missing parts.
+    Fsck {
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        format: OutputFormat,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let root = cli.root.clone().unwrap_or_else(store::default_root);
+    match local::run(&cli, &root) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            let mut src = e.source();
+            while let Some(s) = src {
+                let text = s.to_string();
+                if !e.to_string().contains(&text) {
+                    eprintln!("  caused by: {text}");
+                }
+                src = s.source();
+            }
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,543 @@
+//! Commands on the local store and archives: images, rm, tag, save, load, cp, prune, fsck.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use oci::{Descriptor, Digest, Document, ImageConfig, Manifest, Platform, Reference};
+use serde::Serialize;
+use store::layout::REF_NAME;
+use store::{copy, CopyOptions, Layout, Platforms, Source, TarSource};
+
+use crate::place::{self, OpenTarget, Place};
+use crate::{ArchiveKind, Cli, Command, OutputFormat};
+
+pub fn run(cli: &Cli, root: &Path) -> Result<ExitCode> {
+    match &cli.command {
+        Command::Images {
+            repository,
+            format,
+            no_trunc,
+        } => images(root, repository.as_deref(), *format, *no_trunc),
+        Command::Rm { images } => rm(cli, root, images),
+        Command::Tag { source, target } => tag(cli, root, source, target),
+        Command::Save {
+            output,
+            format,
+            platform,
+            images,
+        } => save(cli, root, output, *format, platform, images),
+        Command::Load { input, platform } => load(cli, root, input.as_deref(), platform),
+        Command::Cp {
+            source,
+            destination,
+            all: _,
+            platform,
+            jobs,
+        } => cp(cli, root, source, destination, platform, *jobs),
+        Command::Prune { format } => prune(root, *format),
+        Command::Fsck { format } => fsck(root, *format),
+    }
+}
+
+fn say(cli: &Cli, line: impl AsRef<str>) {
+    if !cli.quiet {
+        eprintln!("{}", line.as_ref());
+    }
+}
+
+fn parse_platforms(list: &[String]) -> Result<Vec<Platform>> {
+    list.iter()
+        .map(|p| Platform::parse(p).map_err(Into::into))
+        .collect()
+}
+
+/// One row of `manifold images`.
+#[derive(Serialize)]
+struct ImageRow {
+    name: String,
+    repository: String,
+    tag: String,
+    digest: String,
+    #[serde(rename = "mediaType")]
+    media_type: String,
+    platforms: Vec<String>,
+    size: u64,
+}
+
+fn describe_entry(store: &Layout, e: &Descriptor) -> Result<(Vec<String>, u64)> {
+    let mut seen = BTreeMap::new();
+    let mut missing = Vec::new();
+    store.walk(e, &mut seen, &mut missing)?;
+    let size = seen.values().sum();
+    let platforms = match store.read_manifest(e) {
+        Ok(Manifest::Index(doc)) => doc
+            .value()
+            .manifests
+            .iter()
+            .filter(|d| !d.is_attestation())
+            .map(|d| d.platform.as_ref().map_or("?".into(), |p| p.to_string()))
+            .collect(),
+        Ok(Manifest::Image(doc)) => {
+            let cfg = store
+                .read_blob(&doc.value().config.digest)
+                .ok()
+                .and_then(|b| Document::<ImageConfig>::parse(b).ok());
+            vec![cfg.map_or("?".into(), |c| c.value().platform().to_string())]
+        }
+        Err(_) => vec!["?".into()],
+    };
+    Ok((platforms, size))
+}
+
+fn images(
+    root: &Path,
+    filter: Option<&str>,
+    format: OutputFormat,
+    no_trunc: bool,
+) -> Result<ExitCode> {
+    let store = place::open_store_read(root)?;
+    let want = filter
+        .map(|f| Reference::parse_bare(f).map(|r| r.name()))
+        .transpose()?;
+    let mut rows = Vec::new();
+    for e in store.index()?.manifests {
+        let name = e.annotations.get(REF_NAME).cloned();
+        let (repository, tag) = match name.as_deref().map(Reference::parse) {
+            Some(Ok(r)) => (
+                r.familiar_name(),
+                r.tag().map_or("<none>".to_string(), str::to_string),
+            ),
+            Some(Err(_)) => (name.clone().unwrap_or_default(), "<none>".into()),
+            None => ("<none>".into(), "<none>".into()),
+        };
+        if let Some(w) = &want {
+            let full = name
+                .as_deref()
+                .and_then(|n| Reference::parse(n).ok())
+                .map(|r| r.name());
+            if full.as_ref() != Some(w) {
+                continue;
+            }
+        }
+        let (platforms, size) = describe_entry(&store, &e)?;
+        rows.push(ImageRow {
+            name: name.unwrap_or_default(),
+            repository,
+            tag,
+            digest: e.digest.to_string(),
+            media_type: e.media_type.clone(),
+            platforms,
+            size,
+        });
+    }
+    rows.sort_by(|a, b| (&a.repository, &a.tag).cmp(&(&b.repository, &b.tag)));
+    if format == OutputFormat::Json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let digest = |d: &str| {
+        if no_trunc {
+            d.to_string()
+        } else {
+            d.chars().take(19).collect()
+        }
+    };
+    let table: Vec<[String; 5]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.repository.clone(),
+                r.tag.clone(),
+                digest(&r.digest),
+                r.platforms.join(","),
+                human_size(r.size),
+            ]
+        })
+        .collect();
+    print_table(
+        &["REPOSITORY", "TAG", "DIGEST", "PLATFORMS", "SIZE"],
+        &table,
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}   ", w = widths[i]));
+            }
+        }
+        println!("{}", s.trim_end());
+    };
+    line(header.to_vec());
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+}
+
+/// Sizes as docker prints them (SI units).
+pub fn human_size(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u + 1 < UNITS.len() {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n}B")
+    } else {
+        format!("{:.3}", v)
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_string()
+            + UNITS[u]
+    }
+}
+
+/// The store name for what a user typed: a full reference, or a digest.
+fn store_name(s: &str) -> Result<String> {
+    Ok(Reference::parse(s)
+        .with_context(|| format!("{s:?} is not an image name"))?
+        .to_string())
+}
+
+fn rm(cli: &Cli, root: &Path, names: &[String]) -> Result<ExitCode> {
+    let store = place::open_store_read(root)?;
+    let mut failed = false;
+    for n in names {
+        if let Ok(d) = Digest::parse(n) {
+            let gone = store.remove_digest(&d)?;
+            if gone.is_empty() {
+                eprintln!("error: no image with digest {d} in the store");
+                failed = true;
+            }
+            for g in gone {
+                println!(
+                    "Untagged: {}",
+                    g.annotations
+                        .get(REF_NAME)
+                        .map_or(d.to_string(), |s| familiar(s))
+                );
+            }
+            continue;
+        }
+        let full = store_name(n)?;
+        let gone = store.remove_names(std::slice::from_ref(&full))?;
+        if gone.is_empty() {
+            eprintln!("error: no such image: {n}");
+            failed = true;
+        } else {
+            println!("Untagged: {}", familiar(&full));
+        }
+    }
+    let r = store.gc()?;
+    if r.blobs_removed > 0 {
+        say(
+            cli,
+            format!(
+                "Deleted {} blobs ({})",
+                r.blobs_removed,
+                human_size(r.bytes_freed)
+            ),
+        );
+    }
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn familiar(name: &str) -> String {
+    Reference::parse(name).map_or(name.to_string(), |r| r.familiar())
+}
+
+fn tag(cli: &Cli, root: &Path, source: &str, target: &str) -> Result<ExitCode> {
+    let store = place::open_store_read(root)?;
+    let src = if Digest::parse(source).is_ok() {
+        source.to_string()
+    } else {
+        store_name(source)?
+    };
+    let desc = Source::resolve(&store, &src)?;
+    let dst = store_name(target)?;
+    let mut clean = desc.clone();
+    clean.annotations.remove(REF_NAME);
+    store.set_name(&dst, &clean)?;
+    say(
+        cli,
+        format!("Tagged {} as {}", familiar(&src), familiar(&dst)),
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn progress_copy(
+    cli: &Cli,
+    src: &dyn Source,
+    dst: &dyn store::Target,
+    root: &Descriptor,
+    platforms: &[Platform],
+    jobs: usize,
+) -> Result<store::CopyReport> {
+    let opts = CopyOptions {
+        platforms: Platforms::of(platforms),
+        jobs,
+        progress: None,
+    };
+    let report = copy(src, dst, root, &opts)?;
+    say(
+        cli,
+        format!(
+            "copied {} blobs ({}), {} already present",
+            report.blobs_copied,
+            human_size(report.bytes_copied),
+            report.blobs_skipped
+        ),
+    );
+    Ok(report)
+}
+
+fn save(
+    cli: &Cli,
+    root: &Path,
+    output: &Path,
+    format: ArchiveKind,
+    platform: &[String],
+    names: &[String],
+) -> Result<ExitCode> {
+    let platforms = parse_platforms(platform)?;
+    let store = place::open_store_read(root)?;
+    let place = match format {
+        ArchiveKind::Oci => Place::OciArchive(output.to_path_buf(), None),
+        ArchiveKind::Docker => Place::DockerArchive(output.to_path_buf(), None),
+    };
+    let target = OpenTarget::open(&place, root)?;
+    for n in names {
+        let full = if Digest::parse(n).is_ok() {
+            n.clone()
+        } else {
+            store_name(n)?
+        };
+        let desc = Source::resolve(&store, &full)?;
+        let report = progress_copy(cli, &store, target.target(), &desc, &platforms, 4)?;
+        let mut root_desc = report.root.clone();
+        root_desc.annotations.remove(REF_NAME);
+        target.target().set_name(&full, &root_desc)?;
+    }
+    for line in target.finish()? {
+        say(cli, line);
+    }
+    say(cli, format!("wrote {}", output.display()));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A name found in an archive, made into a store name. OCI layouts often name images by tag
+/// alone (`latest`); those become `localhost/<archive name>:<tag>`.
+fn load_name(found: &str, archive: &Path) -> Result<String> {
+    let looks_like_tag = !found.contains('/') && !found.contains(':') && !found.contains('@');
+    if looks_like_tag {
+        let stem = archive
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_lowercase())
+            .unwrap_or_else(|| "image".into());
+        let repo: String = stem
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect::<String>()
+            .trim_matches('-')
+            .to_string();
+        let repo = if repo.is_empty() {
+            "image".to_string()
+        } else {
+            repo
+        };
+        return store_name(&format!("localhost/{repo}:{found}"));
+    }
+    store_name(found)
+}
+
+fn load(cli: &Cli, root: &Path, input: Option<&Path>, platform: &[String]) -> Result<ExitCode> {
+    let platforms = parse_platforms(platform)?;
+    let mut _spool = None;
+    let path: PathBuf = match input {
+        Some(p) => p.to_path_buf(),
+        None => {
+            let mut tmp = tempfile::NamedTempFile::new()?;
+            let mut stdin = std::io::stdin().lock();
+            let mut first = [0u8; 1];
+            if stdin.read(&mut first)? == 0 {
+                bail!("nothing on standard input; use -i FILE or pipe an archive in");
+            }
+            std::io::Write::write_all(tmp.as_file_mut(), &first)?;
+            std::io::copy(&mut stdin, tmp.as_file_mut())?;
+            let p = tmp.path().to_path_buf();
+            _spool = Some(tmp);
+            p
+        }
+    };
+    let source: Box<dyn Source> = if path.is_dir() {
+        Box::new(Layout::open_existing(path.clone())?)
+    } else {
+        Box::new(TarSource::open(&path)?)
+    };
+    let entries = source.entries()?;
+    if entries.is_empty() {
+        bail!("{} holds no image", source.describe());
+    }
+    let store = place::open_store_read(root)?;
+    let _guard = store.write_guard()?;
+    let mut names = Vec::new();
+    let mut unnamed = Vec::new();
+    for (name, desc) in &entries {
+        let report = progress_copy(cli, source.as_ref(), &store, desc, &platforms, 4)?;
+        let mut d = report.root.clone();
+        d.annotations.remove(REF_NAME);
+        d.annotations
+            .remove(oci::manifest::ANNOTATION_CONTAINERD_NAME);
+        match name {
+            Some(n) => names.push((load_name(n, &path)?, d)),
+            None => unnamed.push(d),
+        }
+    }
+    // All names land in one atomic update: an interrupted load names nothing.
+    store.set_names(&names)?;
+    for d in &unnamed {
+        store.add_unnamed(d)?;
+    }
+    for (n, _) in &names {
+        println!("Loaded image: {}", familiar(n));
+    }
+    for d in &unnamed {
+        println!("Loaded image ID: {}", d.digest);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cp(
+    cli: &Cli,
+    root: &Path,
+    source: &str,
+    destination: &str,
+    platform: &[String],
+    jobs: usize,
+) -> Result<ExitCode> {
+    let platforms = parse_platforms(platform)?;
+    let src_place = Place::parse(source)?;
+    let dst_place = Place::parse(destination)?;
+    let src = place::open_source(&src_place, root)?;
+    let target = OpenTarget::open(&dst_place, root)?;
+    let report = progress_copy(
+        cli,
+        src.source.as_ref(),
+        target.target(),
+        &src.root,
+        &platforms,
+        jobs,
+    )?;
+    let mut d = report.root.clone();
+    d.annotations.remove(REF_NAME);
+    d.annotations
+        .remove(oci::manifest::ANNOTATION_CONTAINERD_NAME);
+    match place::target_name(&dst_place, src.name.as_deref()) {
+        Some(n) => target.target().set_name(&n, &d)?,
+        None => {
+            if let OpenTarget::Layout(l, _) = &target {
+                l.add_unnamed(&d)?;
+            } else {
+                target.target().set_name(&d.digest.to_string(), &d)?;
+            }
+        }
+    }
+    for line in target.finish()? {
+        say(cli, line);
+    }
+    println!("{}", d.digest);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn prune(root: &Path, format: OutputFormat) -> Result<ExitCode> {
+    let store = place::open_store_read(root)?;
+    let r = store.gc()?;
+    if format == OutputFormat::Json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!(
+            "Deleted {} blobs, reclaimed {}; removed {} leftover temporary files",
+            r.blobs_removed,
+            human_size(r.bytes_freed),
+            r.temporaries_removed
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn fsck(root: &Path, format: OutputFormat) -> Result<ExitCode> {
+    let store = place::open_store_read(root)?;
+    let r = store.fsck()?;
+    if format == OutputFormat::Json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!(
+            "checked {} blobs ({})",
+            r.blobs_checked,
+            human_size(r.bytes_checked)
+        );
+        for p in &r.problems {
+            println!("problem: {p}");
+        }
+        if r.temporaries > 0 {
+            println!(
+                "{} temporary files from interrupted writes (harmless; `manifold prune` removes them)",
+                r.temporaries
+            );
+        }
+        if r.problems.is_empty() {
+            println!("store is consistent");
+        }
+    }
+    Ok(if r.problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_like_docker() {
+        assert_eq!(human_size(0), "0B");
+        assert_eq!(human_size(999), "999B");
+        assert_eq!(human_size(1000), "1kB");
+        assert_eq!(human_size(4_261_234), "4.261MB");
+        assert_eq!(human_size(2_000_000_000), "2GB");
+    }
+
+    #[test]
+    fn bare_tags_from_layouts_get_a_local_name() {
+        let n = load_name("latest", Path::new("/tmp/My Image.tar")).unwrap();
+        assert_eq!(n, "localhost/my-image:latest");
+        let n = load_name("docker.io/library/busybox:1.36", Path::new("x.tar")).unwrap();
+        assert_eq!(n, "docker.io/library/busybox:1.36");
+        assert_eq!(
+            load_name("busybox:1", Path::new("x")).unwrap(),
+            "docker.io/library/busybox:1"
+        );
+    }
+}

@@ -1,0 +1,198 @@
+//! Places images live, as users spell them on the command line, opened as copy sources and
+//! targets: the local store, `oci:DIR[:NAME]`, `oci-archive:FILE[:NAME]`,
+//! `docker-archive:FILE[:NAME]`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use oci::{Descriptor, Reference};
+use store::{DockerArchiveTarget, Layout, OciArchiveTarget, Source, TarSource, Target};
+
+/// A parsed place plus the name inside it.
+#[derive(Debug, Clone)]
+pub enum Place {
+    /// The local store; the name is a full image reference.
+    Store(Reference),
+    Oci(PathBuf, Option<String>),
+    OciArchive(PathBuf, Option<String>),
+    DockerArchive(PathBuf, Option<String>),
+    /// A registry reference (`docker://` prefix optional).
+    Registry(Reference),
+}
+
+impl Place {
+    pub fn parse(s: &str) -> Result<Self> {
+        fn split(rest: &str) -> (PathBuf, Option<String>) {
+            // The name follows the first ':' after the path (paths with ':' are rare; names are not).
+            match rest.split_once(':') {
+                Some((p, n)) if !n.is_empty() => (PathBuf::from(p), Some(n.to_string())),
+                Some((p, _)) => (PathBuf::from(p), None),
+                None => (PathBuf::from(rest), None),
+            }
+        }
+        if let Some(rest) = s.strip_prefix("oci:") {
+            let (p, n) = split(rest);
+            return Ok(Place::Oci(p, n));
+        }
+        if let Some(rest) = s.strip_prefix("oci-archive:") {
+            let (p, n) = split(rest);
+            return Ok(Place::OciArchive(p, n));
+        }
+        if let Some(rest) = s.strip_prefix("docker-archive:") {
+            let (p, n) = split(rest);
+            return Ok(Place::DockerArchive(p, n));
+        }
+        if let Some(rest) = s
+            .strip_prefix("store:")
+            .or_else(|| s.strip_prefix("local:"))
+        {
+            return Ok(Place::Store(Reference::parse(rest)?));
+        }
+        if let Some(rest) = s.strip_prefix("docker://") {
+            return Ok(Place::Registry(Reference::parse(rest)?));
+        }
+        if s.contains(':')
+            && !s.contains('/')
+            && s.split(':').next().is_some_and(|t| t.contains('-'))
+        {
+            bail!(
+                "unknown transport in {s:?}; use oci:DIR, oci-archive:FILE, docker-archive:FILE, \
+                 store:REF or a registry reference"
+            );
+        }
+        Ok(Place::Registry(Reference::parse(s)?))
+    }
+}
+
+/// A source opened for reading, with the root to copy.
+pub struct OpenSource {
+    pub source: Box<dyn Source>,
+    pub root: Descriptor,
+    pub name: Option<String>,
+}
+
+pub fn open_source(place: &Place, store_root: &Path) -> Result<OpenSource> {
+    let (source, name): (Box<dyn Source>, Option<String>) = match place {
+        Place::Store(r) => (
+            Box::new(open_store_read(store_root)?),
+            Some(r.to_string()),
+        ),
+        Place::Oci(dir, n) => (
+            Box::new(Layout::open_existing(dir.clone())?),
+            n.clone(),
+        ),
+        Place::OciArchive(f, n) | Place::DockerArchive(f, n) => {
+            (Box::new(TarSource::open(f)?), n.clone())
+        }
+        Place::Registry(r) => bail!(
+            "{r}: copying from a registry needs the registry client, which this build does not \
+             have yet; use a local place (store:REF, oci:DIR, oci-archive:FILE, docker-archive:FILE)"
+        ),
+    };
+    let root = match &name {
+        Some(n) => source.resolve(n)?,
+        None => {
+            let entries = source.entries()?;
+            match entries.as_slice() {
+                [(_, d)] => d.clone(),
+                [] => bail!("{} holds no image", source.describe()),
+                many => bail!(
+                    "{} holds {} images; name one: {}",
+                    source.describe(),
+                    many.len(),
+                    many.iter()
+                        .map(|(n, d)| n.clone().unwrap_or_else(|| d.digest.to_string()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }
+        }
+    };
+    Ok(OpenSource { source, root, name })
+}
+
+pub fn open_store_read(root: &Path) -> Result<Layout> {
+    Layout::open_or_create(root.to_path_buf())
+        .with_context(|| format!("opening the image store at {}", root.display()))
+}
+
+/// A target opened for writing. Archives are finished (and moved into place) by `finish`.
+pub enum OpenTarget {
+    /// The guard keeps GC away until the copy has named what it wrote.
+    Layout(Layout, #[allow(dead_code)] store::WriteGuard),
+    OciArchive(OciArchiveTarget),
+    DockerArchive(DockerArchiveTarget),
+}
+
+impl OpenTarget {
+    pub fn open(place: &Place, store_root: &Path) -> Result<Self> {
+        Ok(match place {
+            Place::Store(_) => {
+                let l = open_store_read(store_root)?;
+                let g = l.write_guard()?;
+                OpenTarget::Layout(l, g)
+            }
+            Place::Oci(dir, _) => {
+                let l = Layout::open_or_create(dir.clone())?;
+                let g = l.write_guard()?;
+                OpenTarget::Layout(l, g)
+            }
+            Place::OciArchive(f, _) => OpenTarget::OciArchive(OciArchiveTarget::create(f)?),
+            Place::DockerArchive(f, _) => {
+                OpenTarget::DockerArchive(DockerArchiveTarget::create(f)?)
+            }
+            Place::Registry(r) => bail!(
+                "{r}: pushing to a registry needs the registry client, which this build does not \
+                 have yet"
+            ),
+        })
+    }
+
+    pub fn target(&self) -> &dyn Target {
+        match self {
+            OpenTarget::Layout(l, _) => l,
+            OpenTarget::OciArchive(t) => t,
+            OpenTarget::DockerArchive(t) => t,
+        }
+    }
+
+    /// Completes the write; returns lines worth telling the user.
+    pub fn finish(self) -> Result<Vec<String>> {
+        match self {
+            OpenTarget::Layout(_, _) => Ok(Vec::new()),
+            OpenTarget::OciArchive(t) => {
+                t.finish()?;
+                Ok(Vec::new())
+            }
+            OpenTarget::DockerArchive(t) => {
+                let entries = t.finish()?;
+                let mut lines = Vec::new();
+                if entries.len() > 1 {
+                    lines.push(format!(
+                        "docker-archive holds {} images, one per platform (docker load cannot hold an index):",
+                        entries.len()
+                    ));
+                }
+                for e in entries {
+                    lines.push(format!(
+                        "  {}{}",
+                        e.tags.join(", "),
+                        e.platform.map(|p| format!("  ({p})")).unwrap_or_default()
+                    ));
+                }
+                Ok(lines)
+            }
+        }
+    }
+}
+
+/// The name to give a root in a target place: the full reference in the store, the given or
+/// source name elsewhere.
+pub fn target_name(place: &Place, source_name: Option<&str>) -> Option<String> {
+    match place {
+        Place::Store(r) | Place::Registry(r) => Some(r.to_string()),
+        Place::Oci(_, n) | Place::OciArchive(_, n) | Place::DockerArchive(_, n) => {
+            n.clone().or_else(|| source_name.map(str::to_string))
+        }
+    }
+}
