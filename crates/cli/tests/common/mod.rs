@@ -1,0 +1,111 @@
+//! Shared by the end-to-end tests: run the real `manifold` binary, find real peers, and build the
+//! real two-platform busybox fixture from Debian's packages.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn manifold_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_manifold"))
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// Runs manifold with a store at `root`; returns the output whatever the exit code.
+pub fn run(root: &Path, args: &[&str]) -> Output {
+    Command::new(manifold_bin())
+        .env("MANIFOLD_ROOT", root)
+        .args(args)
+        .output()
+        .expect("manifold runs")
+}
+
+/// Runs manifold and fails the test, showing stderr, unless it succeeds. Returns stdout.
+pub fn ok(root: &Path, args: &[&str]) -> String {
+    let out = run(root, args);
+    assert!(
+        out.status.success(),
+        "manifold {args:?} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// Runs manifold expecting failure; returns stderr.
+pub fn fails(root: &Path, args: &[&str]) -> String {
+    let out = run(root, args);
+    assert!(
+        !out.status.success(),
+        "manifold {args:?} should have failed"
+    );
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+/// Is a peer program present? Without it the test is skipped loudly, or fails when
+/// MANIFOLD_REQUIRE_PEERS=1 (CI sets it, so no peer test skips there).
+pub fn peer(name: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !found {
+        if std::env::var("MANIFOLD_REQUIRE_PEERS").as_deref() == Ok("1") {
+            panic!("peer {name} is missing and MANIFOLD_REQUIRE_PEERS=1: install it (see .ci/run)");
+        }
+        eprintln!(
+            "SKIPPED: peer {name} is not installed (set MANIFOLD_REQUIRE_PEERS=1 to fail instead)"
+        );
+    }
+    found
+}
+
+/// Runs a peer command and fails the test unless it succeeds. Returns stdout.
+pub fn sh(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// The OCI layout of a busybox image for the given Debian architectures, named `latest`, built
+/// once into target/fixtures and shared by every test process. Returns (layout dir, index digest).
+pub fn busybox_layout(arches: &[&str]) -> Option<(PathBuf, String)> {
+    for p in ["apt-get", "dpkg-deb", "busybox", "sha256sum"] {
+        if !peer(p) {
+            return None;
+        }
+    }
+    let dir = repo_root()
+        .join("target/fixtures")
+        .join(format!("busybox-{}", arches.join("-")));
+    let digest_file = dir.join("DIGEST");
+    if let Ok(d) = std::fs::read_to_string(&digest_file) {
+        return Some((dir, d.trim().to_string()));
+    }
+    std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
+    let tmp = tempfile::tempdir_in(dir.parent().unwrap()).unwrap();
+    let out = sh(Command::new(repo_root().join("scripts/busybox-image.sh"))
+        .arg(tmp.path())
+        .args(arches));
+    let digest = out.trim().to_string();
+    std::fs::write(tmp.path().join("DIGEST"), &digest).unwrap();
+    let built = tmp.keep();
+    // Another test process may have won the race; either copy is the same bytes.
+    if std::fs::rename(&built, &dir).is_err() {
+        let _ = std::fs::remove_dir_all(&built);
+    }
+    Some((dir, digest))
+}
