@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, unit tests and end-to-end tests against real peers.
+# With MANIFOLD_REQUIRE_PEERS=1 (CI) a missing peer fails its test instead of skipping it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then scripts/install-deps.sh; fi
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo test --workspace
