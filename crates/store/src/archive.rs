@@ -16,7 +16,7 @@ use oci::{
 use serde::{Deserialize, Serialize};
 
 use crate::layout::REF_NAME;
-use crate::transfer::{Source, Target};
+use crate::transfer::{FileRange, Put, Source, Target};
 use crate::{io_err, Error, Result};
 
 const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];
@@ -36,6 +36,8 @@ struct DockerEntry {
 /// seeking. A compressed archive is decompressed into a temporary file first.
 pub struct TarSource {
     label: String,
+    /// The uncompressed tar on disk (the archive itself, or its decompressed spool).
+    path: PathBuf,
     file: Mutex<File>,
     _spool: Option<tempfile::NamedTempFile>,
     files: HashMap<String, (u64, u64)>,
@@ -64,7 +66,7 @@ impl TarSource {
         let mut magic = [0u8; 4];
         let n = read_up_to(&mut f, &mut magic).map_err(|e| io_err(path, e))?;
         f.seek(SeekFrom::Start(0)).map_err(|e| io_err(path, e))?;
-        let (file, spool) =
+        let (file, spool, tar_path) =
             if magic[..n].starts_with(GZIP_MAGIC) || magic[..n].starts_with(ZSTD_MAGIC) {
                 let dir = std::env::temp_dir();
                 let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(|e| io_err(&dir, e))?;
@@ -75,14 +77,20 @@ impl TarSource {
                 };
                 io::copy(&mut dec, tmp.as_file_mut()).map_err(|e| io_err(path, e))?;
                 let file = tmp.reopen().map_err(|e| io_err(tmp.path(), e))?;
-                (file, Some(tmp))
+                let p = tmp.path().to_path_buf();
+                (file, Some(tmp), p)
             } else {
-                (f, None)
+                (f, None, path.to_path_buf())
             };
-        Self::scan(label, file, spool)
+        Self::scan(label, tar_path, file, spool)
     }
 
-    fn scan(label: String, file: File, spool: Option<tempfile::NamedTempFile>) -> Result<Self> {
+    fn scan(
+        label: String,
+        path: PathBuf,
+        file: File,
+        spool: Option<tempfile::NamedTempFile>,
+    ) -> Result<Self> {
         let bad = |reason: String| Error::InvalidArchive {
             path: label.clone(),
             reason,
@@ -136,6 +144,7 @@ impl TarSource {
         }
         let mut src = TarSource {
             label: label.clone(),
+            path,
             file: Mutex::new(file),
             _spool: spool,
             files,
@@ -347,10 +356,16 @@ impl Source for TarSource {
         })
     }
 
-    fn open(&self, desc: &Descriptor) -> Result<Box<dyn Read + Send + '_>> {
+    fn open_at(&self, desc: &Descriptor, offset: u64) -> Result<Box<dyn Read + Send + '_>> {
         match self.blobs.get(&desc.digest) {
-            Some(BlobAt::File(off, size)) => self.section(*off, *size),
-            Some(BlobAt::Made(bytes)) => Ok(Box::new(io::Cursor::new(bytes.clone()))),
+            Some(BlobAt::File(off, size)) => {
+                let skip = offset.min(*size);
+                self.section(off + skip, size - skip)
+            }
+            Some(BlobAt::Made(bytes)) => {
+                let start = (offset as usize).min(bytes.len());
+                Ok(Box::new(io::Cursor::new(bytes[start..].to_vec())))
+            }
             None => Err(Error::BlobMissing {
                 digest: desc.digest.clone(),
                 place: self.describe(),
@@ -360,6 +375,17 @@ impl Source for TarSource {
 
     fn entries(&self) -> Result<Vec<(Option<String>, Descriptor)>> {
         Ok(self.roots.clone())
+    }
+
+    fn local_file(&self, desc: &Descriptor) -> Option<FileRange> {
+        match self.blobs.get(&desc.digest)? {
+            BlobAt::File(off, size) => Some(FileRange {
+                path: self.path.clone(),
+                offset: *off,
+                len: *size,
+            }),
+            BlobAt::Made(_) => None,
+        }
     }
 }
 
@@ -546,7 +572,8 @@ impl Target for OciArchiveTarget {
             .map(|w| w.contains_key(&desc.digest))
             .unwrap_or(false))
     }
-    fn put(&self, desc: &Descriptor, reader: &mut dyn Read) -> Result<()> {
+    fn put(&self, desc: &Descriptor, src: &dyn Source) -> Result<Put> {
+        let mut reader = src.open(desc)?;
         let mut guard = self
             .out
             .lock()
@@ -559,12 +586,12 @@ impl Target for OciArchiveTarget {
             desc.digest.algorithm().as_str(),
             desc.digest.hex()
         );
-        let mut v = oci::VerifyingReader::new(reader, desc.digest.clone(), Some(desc.size));
+        let mut v = oci::VerifyingReader::new(&mut reader, desc.digest.clone(), Some(desc.size));
         out.append(&name, desc.size, &mut v)?;
         if let Ok(mut w) = self.written.lock() {
             w.insert(desc.digest.clone(), desc.size);
         }
-        Ok(())
+        Ok(Put::Written)
     }
     fn set_name(&self, name: &str, desc: &Descriptor) -> Result<()> {
         if let Ok(mut n) = self.names.lock() {
@@ -761,8 +788,9 @@ impl Target for DockerArchiveTarget {
             .unwrap_or(false))
     }
 
-    fn put(&self, desc: &Descriptor, reader: &mut dyn Read) -> Result<()> {
-        let mut v = oci::VerifyingReader::new(reader, desc.digest.clone(), Some(desc.size));
+    fn put(&self, desc: &Descriptor, src: &dyn Source) -> Result<Put> {
+        let mut reader = src.open(desc)?;
+        let mut v = oci::VerifyingReader::new(&mut reader, desc.digest.clone(), Some(desc.size));
         if mt::is_manifest_like(&desc.media_type) {
             let mut buf = Vec::new();
             v.read_to_end(&mut buf)
@@ -832,7 +860,7 @@ impl Target for DockerArchiveTarget {
         if let Ok(mut w) = self.written.lock() {
             w.insert(desc.digest.clone(), desc.size);
         }
-        Ok(())
+        Ok(Put::Written)
     }
 
     fn set_name(&self, name: &str, desc: &Descriptor) -> Result<()> {

@@ -18,7 +18,9 @@ pub use archive::{
     ArchiveFormat, DockerArchiveEntry, DockerArchiveTarget, OciArchiveTarget, TarSource,
 };
 pub use layout::{FsckReport, GcReport, Layout, WriteGuard};
-pub use transfer::{copy, CopyOptions, CopyReport, Event, Platforms, Source, Target};
+pub use transfer::{
+    copy, CopyOptions, CopyReport, Event, FileRange, InMemory, Platforms, Put, Source, Target,
+};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -22,8 +22,25 @@ pub trait Source: Sync {
     fn describe(&self) -> String;
     /// The root descriptor a name (tag, reference or digest, as this place spells names) points at.
     fn resolve(&self, name: &str) -> Result<Descriptor>;
-    /// A stream of the blob's bytes. Callers verify what they read.
-    fn open(&self, desc: &Descriptor) -> Result<Box<dyn Read + Send + '_>>;
+    /// A stream of the blob's bytes from `offset` on (uploads resume with it). Callers verify
+    /// what they read.
+    fn open_at(&self, desc: &Descriptor, offset: u64) -> Result<Box<dyn Read + Send + '_>>;
+
+    fn open(&self, desc: &Descriptor) -> Result<Box<dyn Read + Send + '_>> {
+        self.open_at(desc, 0)
+    }
+
+    /// Where the blob's bytes lie in a local file, when they do: lets async consumers read them
+    /// without borrowing this source.
+    fn local_file(&self, _desc: &Descriptor) -> Option<FileRange> {
+        None
+    }
+
+    /// For adapters that recognize a source of their own kind (a registry copying to a registry
+    /// mounts blobs instead of moving them).
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
     /// Every named root, for places that are read whole (archives); `None` as name when unnamed.
     fn entries(&self) -> Result<Vec<(Option<String>, Descriptor)>> {
         Err(Error::Unsupported(format!(
@@ -54,10 +71,52 @@ pub trait Target: Sync {
     fn describe(&self) -> String;
     /// Is the blob already there (so the copy can skip it)?
     fn has(&self, desc: &Descriptor) -> Result<bool>;
-    /// Writes a blob, verifying its digest and size while streaming; nothing lands on a mismatch.
-    fn put(&self, desc: &Descriptor, reader: &mut dyn Read) -> Result<()>;
+    /// Writes a blob read from `src`, verifying its digest and size while streaming; nothing lands
+    /// on a mismatch. The target opens the stream itself, so it can reopen it at an offset.
+    fn put(&self, desc: &Descriptor, src: &dyn Source) -> Result<Put>;
     /// Names a root that was put before.
     fn set_name(&self, name: &str, desc: &Descriptor) -> Result<()>;
+}
+
+/// How a blob reached the target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Put {
+    Written,
+    /// Linked from another repository of the same registry, with no bytes sent.
+    Mounted,
+}
+
+/// A byte range of a local file.
+#[derive(Clone, Debug)]
+pub struct FileRange {
+    pub path: std::path::PathBuf,
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// Bytes we hold, as a source (indexes made by filtering platforms).
+pub struct InMemory<'a> {
+    pub desc: &'a Descriptor,
+    pub bytes: &'a [u8],
+}
+
+impl Source for InMemory<'_> {
+    fn describe(&self) -> String {
+        format!("memory ({})", self.desc.digest)
+    }
+    fn resolve(&self, _name: &str) -> Result<Descriptor> {
+        Ok(self.desc.clone())
+    }
+    fn open_at(&self, desc: &Descriptor, offset: u64) -> Result<Box<dyn Read + Send + '_>> {
+        if desc.digest != self.desc.digest {
+            return Err(Error::BlobMissing {
+                digest: desc.digest.clone(),
+                place: self.describe(),
+            });
+        }
+        let start = (offset as usize).min(self.bytes.len());
+        Ok(Box::new(&self.bytes[start..]))
+    }
 }
 
 /// Which platforms of an index to copy.
@@ -90,12 +149,14 @@ pub struct CopyReport {
     pub blobs_copied: usize,
     pub bytes_copied: u64,
     pub blobs_skipped: usize,
+    pub blobs_mounted: usize,
 }
 
 /// What happened to one blob, for progress displays.
 pub enum Event<'a> {
     Copied(&'a Descriptor),
     Skipped(&'a Descriptor),
+    Mounted(&'a Descriptor),
 }
 
 pub struct CopyOptions<'a> {
@@ -129,6 +190,7 @@ pub fn copy(
         blobs_copied: 0,
         bytes_copied: 0,
         blobs_skipped: 0,
+        blobs_mounted: 0,
     };
     match &manifest {
         Manifest::Index(doc) => {
@@ -144,7 +206,7 @@ pub fn copy(
                     copy_blobs(src, dst, std::slice::from_ref(child), opts, &mut report)?;
                 }
             }
-            put_bytes(dst, &index_desc, &index_bytes)?;
+            put_bytes(src, dst, &index_desc, &index_bytes)?;
             report.root = index_desc;
         }
         Manifest::Image(doc) => {
@@ -258,6 +320,7 @@ fn copy_image(
         report.blobs_copied += sub.blobs_copied;
         report.bytes_copied += sub.bytes_copied;
         report.blobs_skipped += sub.blobs_skipped;
+        report.blobs_mounted += sub.blobs_mounted;
         return Ok(());
     }
     let children: Vec<Descriptor> = manifest
@@ -266,12 +329,13 @@ fn copy_image(
         .filter(|c| !mt::is_non_distributable(&c.media_type) || c.urls.is_empty())
         .collect();
     copy_blobs(src, dst, &children, opts, report)?;
-    put_bytes(dst, desc, manifest.bytes())
+    put_bytes(src, dst, desc, manifest.bytes())
 }
 
-fn put_bytes(dst: &dyn Target, desc: &Descriptor, bytes: &[u8]) -> Result<()> {
+/// Puts a document we hold (and have verified) in memory; `src` is still offered to adapters.
+fn put_bytes(_src: &dyn Source, dst: &dyn Target, desc: &Descriptor, bytes: &[u8]) -> Result<()> {
     if !dst.has(desc)? {
-        dst.put(desc, &mut &bytes[..])?;
+        dst.put(desc, &InMemory { desc, bytes })?;
     }
     Ok(())
 }
@@ -287,6 +351,7 @@ fn copy_blobs(
     let next = AtomicUsize::new(0);
     let copied = AtomicUsize::new(0);
     let skipped = AtomicUsize::new(0);
+    let mounted = AtomicUsize::new(0);
     let bytes = AtomicU64::new(0);
     let first_err: Mutex<Option<Error>> = Mutex::new(None);
     let jobs = opts.jobs.clamp(1, blobs.len().max(1));
@@ -298,23 +363,27 @@ fn copy_blobs(
                 }
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 let Some(desc) = blobs.get(i) else { return };
-                let res = (|| -> Result<bool> {
+                let res = (|| -> Result<Option<Put>> {
                     if dst.has(desc)? {
-                        return Ok(false);
+                        return Ok(None);
                     }
-                    let mut r = src.open(desc)?;
-                    dst.put(desc, &mut r)?;
-                    Ok(true)
+                    Ok(Some(dst.put(desc, src)?))
                 })();
                 match res {
-                    Ok(true) => {
+                    Ok(Some(Put::Mounted)) => {
+                        mounted.fetch_add(1, Ordering::SeqCst);
+                        if let Some(p) = opts.progress {
+                            p(Event::Mounted(desc));
+                        }
+                    }
+                    Ok(Some(Put::Written)) => {
                         copied.fetch_add(1, Ordering::SeqCst);
                         bytes.fetch_add(desc.size, Ordering::SeqCst);
                         if let Some(p) = opts.progress {
                             p(Event::Copied(desc));
                         }
                     }
-                    Ok(false) => {
+                    Ok(None) => {
                         skipped.fetch_add(1, Ordering::SeqCst);
                         if let Some(p) = opts.progress {
                             p(Event::Skipped(desc));
@@ -335,6 +404,7 @@ fn copy_blobs(
     }
     report.blobs_copied += copied.into_inner();
     report.blobs_skipped += skipped.into_inner();
+    report.blobs_mounted += mounted.into_inner();
     report.bytes_copied += bytes.into_inner();
     Ok(())
 }
@@ -367,9 +437,22 @@ impl Source for Layout {
         })
     }
 
-    fn open(&self, desc: &Descriptor) -> Result<Box<dyn Read + Send + '_>> {
-        let f = self.open_blob(&desc.digest)?;
+    fn open_at(&self, desc: &Descriptor, offset: u64) -> Result<Box<dyn Read + Send + '_>> {
+        let mut f = self.open_blob(&desc.digest)?;
+        if offset > 0 {
+            io::Seek::seek(&mut f, io::SeekFrom::Start(offset))
+                .map_err(|e| crate::io_err(&self.blob_path(&desc.digest), e))?;
+        }
         Ok(Box::new(io::BufReader::with_capacity(1 << 20, f)))
+    }
+
+    fn local_file(&self, desc: &Descriptor) -> Option<FileRange> {
+        let len = self.blob_size(&desc.digest)?;
+        Some(FileRange {
+            path: self.blob_path(&desc.digest),
+            offset: 0,
+            len,
+        })
     }
 
     fn entries(&self) -> Result<Vec<(Option<String>, Descriptor)>> {
@@ -391,9 +474,10 @@ impl Target for Layout {
         Ok(self.blob_size(&desc.digest) == Some(desc.size))
     }
 
-    fn put(&self, desc: &Descriptor, reader: &mut dyn Read) -> Result<()> {
-        self.ingest(reader, Some((&desc.digest, Some(desc.size))))
-            .map(|_| ())
+    fn put(&self, desc: &Descriptor, src: &dyn Source) -> Result<Put> {
+        let mut r = src.open(desc)?;
+        self.ingest(&mut r, Some((&desc.digest, Some(desc.size))))?;
+        Ok(Put::Written)
     }
 
     fn set_name(&self, name: &str, desc: &Descriptor) -> Result<()> {
