@@ -1,1 +1,26 @@
-//! placeholder: arrives with its issue.
+//! The OCI distribution-spec client: talks to registries to move manifests and blobs.
+//!
+//! It pings `/v2/`, follows `WWW-Authenticate` challenges (anonymous, Basic, Bearer with a token
+//! cache per scope), reads docker's `config.json` and credential helpers, trusts system roots plus
+//! `certs.d`, retries with backoff, and moves blobs as verified streams that resume after a
+//! dropped connection, in bounded memory whatever their size.
+//!
+//! It refuses to know where content is kept locally (no store, no files beyond docker's config
+//! and certificates), and has no platform selection policy: callers say which digests they want.
+
+// Errors carry the reference, host and the registry's messages; they are the cold path, so their
+// size matters less than what they say.
+#![allow(clippy::result_large_err)]
+
+pub mod auth;
+mod blob;
+mod challenge;
+mod client;
+mod error;
+mod ops;
+mod tls;
+
+pub use auth::{AuthStore, Credential, Stored};
+pub use blob::{BlobPush, BlobSource, BlobStream, FileSource};
+pub use client::{Client, ClientOptions};
+pub use error::{Error, RegistryError};
