@@ -11,10 +11,12 @@ use serde::Serialize;
 use store::layout::REF_NAME;
 use store::{copy, CopyOptions, Layout, Platforms, Source, TarSource};
 
-use crate::place::{self, OpenTarget, Place};
-use crate::{ArchiveKind, Cli, Command, OutputFormat};
+use transport::{Env, OpenTarget, Place};
 
-pub fn run(cli: &Cli, root: &Path) -> Result<ExitCode> {
+use crate::{remote, ArchiveKind, Cli, Command, OutputFormat};
+
+pub fn run(cli: &Cli, env: &Env) -> Result<ExitCode> {
+    let root = env.store_root.as_path();
     match &cli.command {
         Command::Images {
             repository,
@@ -36,19 +38,42 @@ pub fn run(cli: &Cli, root: &Path) -> Result<ExitCode> {
             all: _,
             platform,
             jobs,
-        } => cp(cli, root, source, destination, platform, *jobs),
+        } => cp(cli, env, source, destination, platform, *jobs),
+        Command::Pull {
+            image,
+            platform,
+            all_platforms,
+            jobs,
+        } => remote::pull(cli, env, image, platform, *all_platforms, *jobs),
+        Command::Push { image, jobs } => remote::push(cli, env, image, *jobs),
+        Command::Tags { repository, format } => remote::tags(env, repository, *format),
+        Command::Catalog { registry, format } => remote::catalog(env, registry, *format),
+        Command::Delete { image } => remote::delete(cli, env, image),
+        Command::Login {
+            registry,
+            username,
+            password_stdin,
+            password,
+        } => remote::login(
+            env,
+            registry,
+            username.as_deref(),
+            *password_stdin,
+            password.as_deref(),
+        ),
+        Command::Logout { registry } => remote::logout(env, registry),
         Command::Prune { format } => prune(root, *format),
         Command::Fsck { format } => fsck(root, *format),
     }
 }
 
-fn say(cli: &Cli, line: impl AsRef<str>) {
+pub fn say(cli: &Cli, line: impl AsRef<str>) {
     if !cli.quiet {
         eprintln!("{}", line.as_ref());
     }
 }
 
-fn parse_platforms(list: &[String]) -> Result<Vec<Platform>> {
+pub fn parse_platforms(list: &[String]) -> Result<Vec<Platform>> {
     list.iter()
         .map(|p| Platform::parse(p).map_err(Into::into))
         .collect()
@@ -98,7 +123,7 @@ fn images(
     format: OutputFormat,
     no_trunc: bool,
 ) -> Result<ExitCode> {
-    let store = place::open_store_read(root)?;
+    let store = transport::open_store(root)?;
     let want = filter
         .map(|f| Reference::parse_bare(f).map(|r| r.name()))
         .transpose()?;
@@ -216,7 +241,7 @@ fn store_name(s: &str) -> Result<String> {
 }
 
 fn rm(cli: &Cli, root: &Path, names: &[String]) -> Result<ExitCode> {
-    let store = place::open_store_read(root)?;
+    let store = transport::open_store(root)?;
     let mut failed = false;
     for n in names {
         if let Ok(d) = Digest::parse(n) {
@@ -262,12 +287,12 @@ fn rm(cli: &Cli, root: &Path, names: &[String]) -> Result<ExitCode> {
     })
 }
 
-fn familiar(name: &str) -> String {
+pub fn familiar(name: &str) -> String {
     Reference::parse(name).map_or(name.to_string(), |r| r.familiar())
 }
 
 fn tag(cli: &Cli, root: &Path, source: &str, target: &str) -> Result<ExitCode> {
-    let store = place::open_store_read(root)?;
+    let store = transport::open_store(root)?;
     let src = if Digest::parse(source).is_ok() {
         source.to_string()
     } else {
@@ -285,7 +310,7 @@ fn tag(cli: &Cli, root: &Path, source: &str, target: &str) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn progress_copy(
+pub fn progress_copy(
     cli: &Cli,
     src: &dyn Source,
     dst: &dyn store::Target,
@@ -293,16 +318,33 @@ fn progress_copy(
     platforms: &[Platform],
     jobs: usize,
 ) -> Result<store::CopyReport> {
+    let show = |e: store::Event<'_>| {
+        let (what, d) = match e {
+            store::Event::Copied(d) => ("copied ", d),
+            store::Event::Skipped(d) => ("present", d),
+            store::Event::Mounted(d) => ("mounted", d),
+        };
+        eprintln!(
+            "  {what} {} {}",
+            &d.digest.to_string()[..19],
+            human_size(d.size)
+        );
+    };
     let opts = CopyOptions {
         platforms: Platforms::of(platforms),
         jobs,
-        progress: None,
+        progress: if cli.quiet { None } else { Some(&show) },
     };
     let report = copy(src, dst, root, &opts)?;
+    let mounted = if report.blobs_mounted > 0 {
+        format!(", {} mounted from another repository", report.blobs_mounted)
+    } else {
+        String::new()
+    };
     say(
         cli,
         format!(
-            "copied {} blobs ({}), {} already present",
+            "copied {} blobs ({}), {} already present{mounted}",
             report.blobs_copied,
             human_size(report.bytes_copied),
             report.blobs_skipped
@@ -320,12 +362,12 @@ fn save(
     names: &[String],
 ) -> Result<ExitCode> {
     let platforms = parse_platforms(platform)?;
-    let store = place::open_store_read(root)?;
+    let store = transport::open_store(root)?;
     let place = match format {
         ArchiveKind::Oci => Place::OciArchive(output.to_path_buf(), None),
         ArchiveKind::Docker => Place::DockerArchive(output.to_path_buf(), None),
     };
-    let target = OpenTarget::open(&place, root)?;
+    let target = OpenTarget::open(&place, &Env::new(root.to_path_buf(), Default::default()))?;
     for n in names {
         let full = if Digest::parse(n).is_ok() {
             n.clone()
@@ -398,7 +440,7 @@ fn load(cli: &Cli, root: &Path, input: Option<&Path>, platform: &[String]) -> Re
     if entries.is_empty() {
         bail!("{} holds no image", source.describe());
     }
-    let store = place::open_store_read(root)?;
+    let store = transport::open_store(root)?;
     let _guard = store.write_guard()?;
     let mut names = Vec::new();
     let mut unnamed = Vec::new();
@@ -429,7 +471,7 @@ fn load(cli: &Cli, root: &Path, input: Option<&Path>, platform: &[String]) -> Re
 
 fn cp(
     cli: &Cli,
-    root: &Path,
+    env: &Env,
     source: &str,
     destination: &str,
     platform: &[String],
@@ -438,8 +480,8 @@ fn cp(
     let platforms = parse_platforms(platform)?;
     let src_place = Place::parse(source)?;
     let dst_place = Place::parse(destination)?;
-    let src = place::open_source(&src_place, root)?;
-    let target = OpenTarget::open(&dst_place, root)?;
+    let src = transport::open_source(&src_place, env)?;
+    let target = OpenTarget::open(&dst_place, env)?;
     let report = progress_copy(
         cli,
         src.source.as_ref(),
@@ -452,7 +494,7 @@ fn cp(
     d.annotations.remove(REF_NAME);
     d.annotations
         .remove(oci::manifest::ANNOTATION_CONTAINERD_NAME);
-    match place::target_name(&dst_place, src.name.as_deref()) {
+    match transport::target_name(&dst_place, src.name.as_deref()) {
         Some(n) => target.target().set_name(&n, &d)?,
         None => {
             if let OpenTarget::Layout(l, _) = &target {
@@ -470,7 +512,7 @@ fn cp(
 }
 
 fn prune(root: &Path, format: OutputFormat) -> Result<ExitCode> {
-    let store = place::open_store_read(root)?;
+    let store = transport::open_store(root)?;
     let r = store.gc()?;
     if format == OutputFormat::Json {
         println!("{}", serde_json::to_string_pretty(&r)?);
@@ -486,7 +528,7 @@ fn prune(root: &Path, format: OutputFormat) -> Result<ExitCode> {
 }
 
 fn fsck(root: &Path, format: OutputFormat) -> Result<ExitCode> {
-    let store = place::open_store_read(root)?;
+    let store = transport::open_store(root)?;
     let r = store.fsck()?;
     if format == OutputFormat::Json {
         println!("{}", serde_json::to_string_pretty(&r)?);

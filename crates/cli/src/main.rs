@@ -1,7 +1,7 @@
 //! The `manifold` binary: commands, output formats, and the glue between the crates.
 
 mod local;
-mod place;
+mod remote;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,6 +19,17 @@ pub struct Cli {
     /// Print less: only results and errors.
     #[arg(long, short, global = true)]
     quiet: bool,
+
+    /// Reach this registry (HOST[:PORT]) over plain HTTP or unverified TLS. localhost and
+    /// 127.0.0.0/8 use plain HTTP already, as docker does.
+    #[arg(
+        long = "insecure-registry",
+        global = true,
+        value_name = "HOST",
+        env = "MANIFOLD_INSECURE_REGISTRIES",
+        value_delimiter = ','
+    )]
+    insecure_registries: Vec<String>,
 
     #[command(subcommand)]
     command: Command,
@@ -83,8 +94,56 @@ pub enum Command {
         #[arg(long, value_delimiter = ',')]
         platform: Vec<String>,
     },
-    /// Copy an image between places: store:REF, oci:DIR[:NAME], oci-archive:FILE[:NAME],
-    /// docker-archive:FILE[:NAME].
+    /// Pull an image from a registry into the local store.
+    Pull {
+        /// The image, e.g. busybox:1.36 or localhost:5000/team/app@sha256:…
+        image: String,
+        /// The platforms to pull (best match each); this machine's platform when not given.
+        #[arg(long, value_delimiter = ',', conflicts_with = "all_platforms")]
+        platform: Vec<String>,
+        /// Pull every platform; the index keeps its digest.
+        #[arg(long, short = 'a')]
+        all_platforms: bool,
+        #[arg(long, default_value_t = 4)]
+        jobs: usize,
+    },
+    /// Push an image from the local store to the registry its name points at.
+    Push {
+        image: String,
+        #[arg(long, default_value_t = 4)]
+        jobs: usize,
+    },
+    /// List a repository's tags (all pages).
+    Tags {
+        repository: String,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        format: OutputFormat,
+    },
+    /// List a registry's repositories (all pages).
+    Catalog {
+        registry: String,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        format: OutputFormat,
+    },
+    /// Delete a manifest from a registry. A tag is resolved first, and what it points at is
+    /// deleted (with every tag on it): the command says which digest.
+    Delete { image: String },
+    /// Log in to a registry; writes docker's config.json (or its credential helper).
+    Login {
+        registry: String,
+        #[arg(short, long)]
+        username: Option<String>,
+        /// Read the password from standard input.
+        #[arg(long)]
+        password_stdin: bool,
+        /// The password (prefer --password-stdin: this one lands in shell history).
+        #[arg(short, long)]
+        password: Option<String>,
+    },
+    /// Remove a registry's stored login.
+    Logout { registry: String },
+    /// Copy an image between places: a registry reference, store:REF, oci:DIR[:NAME],
+    /// oci-archive:FILE[:NAME], docker-archive:FILE[:NAME].
     Cp {
         source: String,
         destination: String,
@@ -113,7 +172,12 @@ pub enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let root = cli.root.clone().unwrap_or_else(store::default_root);
-    match local::run(&cli, &root) {
+    let options = registry::ClientOptions {
+        insecure_registries: cli.insecure_registries.clone(),
+        ..Default::default()
+    };
+    let env = transport::Env::new(root, options);
+    match local::run(&cli, &env) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");

@@ -56,6 +56,9 @@ pub enum Error {
     InvalidArchive { path: String, reason: String },
     #[error("{0}")]
     Unsupported(String),
+    /// An error of a place implemented above this crate (a registry), passed through whole.
+    #[error(transparent)]
+    Backend(Box<dyn std::error::Error + Send + Sync>),
 }
 
 fn known_list(k: &[String]) -> String {

@@ -4,9 +4,15 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
 use oci::{Descriptor, Reference};
 use store::{DockerArchiveTarget, Layout, OciArchiveTarget, Source, TarSource, Target};
+
+use crate::remote::RegistryRepo;
+use crate::{Env, Error, Result};
+
+macro_rules! bail {
+    ($($t:tt)*) => { return Err(Error::Place(format!($($t)*))) };
+}
 
 /// A parsed place plus the name inside it.
 #[derive(Debug, Clone)]
@@ -71,22 +77,16 @@ pub struct OpenSource {
     pub name: Option<String>,
 }
 
-pub fn open_source(place: &Place, store_root: &Path) -> Result<OpenSource> {
+pub fn open_source(place: &Place, env: &Env) -> Result<OpenSource> {
     let (source, name): (Box<dyn Source>, Option<String>) = match place {
-        Place::Store(r) => (
-            Box::new(open_store_read(store_root)?),
-            Some(r.to_string()),
-        ),
-        Place::Oci(dir, n) => (
-            Box::new(Layout::open_existing(dir.clone())?),
-            n.clone(),
-        ),
+        Place::Store(r) => (Box::new(open_store(&env.store_root)?), Some(r.to_string())),
+        Place::Oci(dir, n) => (Box::new(Layout::open_existing(dir.clone())?), n.clone()),
         Place::OciArchive(f, n) | Place::DockerArchive(f, n) => {
             (Box::new(TarSource::open(f)?), n.clone())
         }
-        Place::Registry(r) => bail!(
-            "{r}: copying from a registry needs the registry client, which this build does not \
-             have yet; use a local place (store:REF, oci:DIR, oci-archive:FILE, docker-archive:FILE)"
+        Place::Registry(r) => (
+            Box::new(RegistryRepo::new(env.client()?, r, env.runtime())),
+            Some(r.to_string()),
         ),
     };
     let root = match &name {
@@ -111,9 +111,14 @@ pub fn open_source(place: &Place, store_root: &Path) -> Result<OpenSource> {
     Ok(OpenSource { source, root, name })
 }
 
-pub fn open_store_read(root: &Path) -> Result<Layout> {
-    Layout::open_or_create(root.to_path_buf())
-        .with_context(|| format!("opening the image store at {}", root.display()))
+/// The local store at `root`, created when missing.
+pub fn open_store(root: &Path) -> Result<Layout> {
+    Layout::open_or_create(root.to_path_buf()).map_err(|e| {
+        Error::Place(format!(
+            "opening the image store at {}: {e}",
+            root.display()
+        ))
+    })
 }
 
 /// A target opened for writing. Archives are finished (and moved into place) by `finish`.
@@ -122,13 +127,14 @@ pub enum OpenTarget {
     Layout(Layout, #[allow(dead_code)] store::WriteGuard),
     OciArchive(OciArchiveTarget),
     DockerArchive(DockerArchiveTarget),
+    Registry(RegistryRepo),
 }
 
 impl OpenTarget {
-    pub fn open(place: &Place, store_root: &Path) -> Result<Self> {
+    pub fn open(place: &Place, env: &Env) -> Result<Self> {
         Ok(match place {
             Place::Store(_) => {
-                let l = open_store_read(store_root)?;
+                let l = open_store(&env.store_root)?;
                 let g = l.write_guard()?;
                 OpenTarget::Layout(l, g)
             }
@@ -141,10 +147,9 @@ impl OpenTarget {
             Place::DockerArchive(f, _) => {
                 OpenTarget::DockerArchive(DockerArchiveTarget::create(f)?)
             }
-            Place::Registry(r) => bail!(
-                "{r}: pushing to a registry needs the registry client, which this build does not \
-                 have yet"
-            ),
+            Place::Registry(r) => {
+                OpenTarget::Registry(RegistryRepo::new(env.client()?, r, env.runtime()))
+            }
         })
     }
 
@@ -153,13 +158,14 @@ impl OpenTarget {
             OpenTarget::Layout(l, _) => l,
             OpenTarget::OciArchive(t) => t,
             OpenTarget::DockerArchive(t) => t,
+            OpenTarget::Registry(t) => t,
         }
     }
 
     /// Completes the write; returns lines worth telling the user.
     pub fn finish(self) -> Result<Vec<String>> {
         match self {
-            OpenTarget::Layout(_, _) => Ok(Vec::new()),
+            OpenTarget::Layout(_, _) | OpenTarget::Registry(_) => Ok(Vec::new()),
             OpenTarget::OciArchive(t) => {
                 t.finish()?;
                 Ok(Vec::new())

@@ -1,0 +1,205 @@
+//! Commands that talk to registries: pull, push, tags, catalog, delete, login, logout.
+
+use std::io::Read;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use oci::{Matcher, Reference};
+use store::layout::REF_NAME;
+use store::{Platforms, Source};
+use transport::{Env, RegistryRepo};
+
+use crate::local::{familiar, human_size, parse_platforms, say};
+use crate::{Cli, OutputFormat};
+
+fn repo(env: &Env, r: &Reference) -> Result<RegistryRepo> {
+    Ok(RegistryRepo::new(env.client()?, r, env.runtime()))
+}
+
+pub fn pull(
+    cli: &Cli,
+    env: &Env,
+    image: &str,
+    platform: &[String],
+    all: bool,
+    jobs: usize,
+) -> Result<ExitCode> {
+    let r = Reference::parse(image)?;
+    let src = repo(env, &r)?;
+    let root = src.resolve(&r.to_string())?;
+    let platforms = if all {
+        Platforms::All
+    } else if platform.is_empty() {
+        Platforms::Best(vec![Matcher::host()])
+    } else {
+        Platforms::of(&parse_platforms(platform)?)
+    };
+    let store = transport::open_store(&env.store_root)?;
+    let _guard = store.write_guard()?;
+    let show = |e: store::Event<'_>| {
+        if let store::Event::Copied(d) = e {
+            eprintln!(
+                "  pulled {} {}",
+                &d.digest.to_string()[..19],
+                human_size(d.size)
+            );
+        }
+    };
+    let opts = store::CopyOptions {
+        platforms: platforms.clone(),
+        jobs,
+        progress: if cli.quiet { None } else { Some(&show) },
+    };
+    let report = store::copy(&src, &store, &root, &opts)?;
+    // One platform of an index: keep that platform's manifest under the name, so the digest shown
+    // is one the registry has, not a local one-entry index.
+    let is_index = oci::media_type::is_index(&root.media_type);
+    let mut named = match (&platforms, report.images.as_slice()) {
+        (Platforms::Best(m), [(_, one)]) if m.len() == 1 && is_index => one.clone(),
+        _ => report.root.clone(),
+    };
+    named.annotations.remove(REF_NAME);
+    store.set_name(&r.to_string(), &named)?;
+    say(
+        cli,
+        format!(
+            "{} blobs pulled ({}), {} already present",
+            report.blobs_copied,
+            human_size(report.bytes_copied),
+            report.blobs_skipped
+        ),
+    );
+    if is_index {
+        println!("{}: index {}", familiar(&r.to_string()), root.digest);
+        for (p, d) in &report.images {
+            let p = p.as_ref().map_or("?".to_string(), |p| p.to_string());
+            println!("  {p:<16} {}", d.digest);
+        }
+        if named.digest != root.digest {
+            println!(
+                "stored: {} ({})",
+                named.digest, "the platform manifest; pin it to get exactly this image"
+            );
+        }
+    } else {
+        println!("{}: {}", familiar(&r.to_string()), root.digest);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn push(cli: &Cli, env: &Env, image: &str, jobs: usize) -> Result<ExitCode> {
+    let r = Reference::parse(image)?;
+    let store = transport::open_store(&env.store_root)?;
+    let name = r.to_string();
+    let root = Source::resolve(&store, &name).with_context(|| {
+        format!(
+            "{} is not in the local store (see manifold images)",
+            familiar(&name)
+        )
+    })?;
+    let dst = repo(env, &r)?;
+    let report = crate::local::progress_copy(cli, &store, &dst, &root, &[], jobs)?;
+    store::Target::set_name(&dst, &name, &report.root)?;
+    println!(
+        "{}: digest {} size {}",
+        familiar(&name),
+        report.root.digest,
+        report.root.size
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn tags(env: &Env, repository: &str, format: OutputFormat) -> Result<ExitCode> {
+    let r = Reference::parse_bare(repository)?;
+    let client = env.client()?;
+    let tags = env.runtime().block_on(client.tags(&r))?;
+    if format == OutputFormat::Json {
+        println!("{}", serde_json::to_string_pretty(&tags)?);
+    } else {
+        for t in tags {
+            println!("{t}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn catalog(env: &Env, registry: &str, format: OutputFormat) -> Result<ExitCode> {
+    let client = env.client()?;
+    let repos = env.runtime().block_on(client.catalog(registry))?;
+    if format == OutputFormat::Json {
+        println!("{}", serde_json::to_string_pretty(&repos)?);
+    } else {
+        for r in repos {
+            println!("{r}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn delete(cli: &Cli, env: &Env, image: &str) -> Result<ExitCode> {
+    let r = Reference::parse(image)?;
+    let client = env.client()?;
+    let rt = env.runtime();
+    let digest = match r.digest() {
+        Some(d) => d.clone(),
+        None => {
+            let desc = rt
+                .block_on(client.head_manifest(&r))?
+                .with_context(|| format!("{r}: no such manifest"))?;
+            say(
+                cli,
+                format!(
+                    "{} points at {}; deleting that manifest removes every tag on it",
+                    familiar(&r.to_string()),
+                    desc.digest
+                ),
+            );
+            desc.digest
+        }
+    };
+    rt.block_on(client.delete_manifest(&r.repo_only().with_digest(digest.clone())))?;
+    println!("Deleted: {}@{}", r.repo_only(), digest);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn login(
+    env: &Env,
+    registry: &str,
+    username: Option<&str>,
+    password_stdin: bool,
+    password: Option<&str>,
+) -> Result<ExitCode> {
+    let Some(username) = username else {
+        bail!("give a user name with -u USER (and the password with --password-stdin)");
+    };
+    let password = match (password_stdin, password) {
+        (true, _) => {
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s)?;
+            s.trim_end_matches(['\n', '\r']).to_string()
+        }
+        (false, Some(p)) => {
+            eprintln!("warning: --password is visible in the process list and shell history; prefer --password-stdin");
+            p.to_string()
+        }
+        (false, None) => bail!("give the password on standard input with --password-stdin"),
+    };
+    let client = env.client()?;
+    let cred = registry::Credential::Basic {
+        username: username.to_string(),
+        password,
+    };
+    let stored = env.runtime().block_on(client.login(registry, cred))?;
+    println!("Login Succeeded ({stored:?})");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn logout(env: &Env, registry: &str) -> Result<ExitCode> {
+    let client = env.client()?;
+    if env.runtime().block_on(client.logout(registry))? {
+        println!("Removing login credentials for {registry}");
+    } else {
+        println!("Not logged in to {registry}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
