@@ -22,11 +22,17 @@ pub enum Error {
     #[error(transparent)]
     Store(#[from] store::Error),
     #[error(transparent)]
-    Registry(#[from] registry::Error),
+    Registry(Box<registry::Error>),
     #[error(transparent)]
     Content(#[from] oci::Error),
     #[error("{0}")]
     Place(String),
+}
+
+impl From<registry::Error> for Error {
+    fn from(e: registry::Error) -> Self {
+        Error::Registry(Box::new(e))
+    }
 }
 
 /// What opening places needs: where the store is, and how to reach registries.
