@@ -77,8 +77,8 @@ pub fn pull(
         }
         if named.digest != root.digest {
             println!(
-                "stored: {} ({})",
-                named.digest, "the platform manifest; pin it to get exactly this image"
+                "stored: {} (the platform manifest; pin it to get exactly this image)",
+                named.digest
             );
         }
     } else {
