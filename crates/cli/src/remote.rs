@@ -27,7 +27,9 @@ pub fn pull(
     let r = Reference::parse(image)?;
     let src = repo(env, &r)?;
     let root = src.resolve(&r.to_string())?;
-    let platforms = if all {
+    let is_index = oci::media_type::is_index(&root.media_type);
+    let platforms = if all || (platform.is_empty() && !is_index) {
+        // A single-platform image without --platform is pulled as it is, as docker does.
         Platforms::All
     } else if platform.is_empty() {
         Platforms::Best(vec![Matcher::host()])
@@ -53,7 +55,6 @@ pub fn pull(
     let report = store::copy(&src, &store, &root, &opts)?;
     // One platform of an index: keep that platform's manifest under the name, so the digest shown
     // is one the registry has, not a local one-entry index.
-    let is_index = oci::media_type::is_index(&root.media_type);
     let mut named = match (&platforms, report.images.as_slice()) {
         (Platforms::Best(m), [(_, one)]) if m.len() == 1 && is_index => one.clone(),
         _ => report.root.clone(),
@@ -112,7 +113,8 @@ pub fn push(cli: &Cli, env: &Env, image: &str, jobs: usize) -> Result<ExitCode> 
 pub fn tags(env: &Env, repository: &str, format: OutputFormat) -> Result<ExitCode> {
     let r = Reference::parse_bare(repository)?;
     let client = env.client()?;
-    let tags = env.runtime().block_on(client.tags(&r))?;
+    let mut tags = env.runtime().block_on(client.tags(&r))?;
+    tags.sort();
     if format == OutputFormat::Json {
         println!("{}", serde_json::to_string_pretty(&tags)?);
     } else {
@@ -125,7 +127,8 @@ pub fn tags(env: &Env, repository: &str, format: OutputFormat) -> Result<ExitCod
 
 pub fn catalog(env: &Env, registry: &str, format: OutputFormat) -> Result<ExitCode> {
     let client = env.client()?;
-    let repos = env.runtime().block_on(client.catalog(registry))?;
+    let mut repos = env.runtime().block_on(client.catalog(registry))?;
+    repos.sort();
     if format == OutputFormat::Json {
         println!("{}", serde_json::to_string_pretty(&repos)?);
     } else {

@@ -109,3 +109,91 @@ pub fn busybox_layout(arches: &[&str]) -> Option<(PathBuf, String)> {
     }
     Some((dir, digest))
 }
+
+/// Runs manifold with extra environment variables and optional standard input.
+pub fn run_with(root: &Path, env: &[(&str, &str)], stdin: Option<&str>, args: &[&str]) -> Output {
+    use std::io::Write as _;
+    use std::process::Stdio;
+    let mut cmd = Command::new(manifold_bin());
+    cmd.env("MANIFOLD_ROOT", root).args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("manifold runs");
+    if let Some(s) = stdin {
+        child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().unwrap()
+}
+
+/// Debian's docker-registry (distribution 2.8) on a free loopback port, killed on drop.
+pub struct Registry {
+    pub addr: String,
+    _dir: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+impl Registry {
+    /// None (after a loud skip) when docker-registry is not installed.
+    pub fn start(htpasswd: Option<&Path>) -> Option<Registry> {
+        if !peer("docker-registry") {
+            return None;
+        }
+        for _ in 0..3 {
+            let dir = tempfile::tempdir().unwrap();
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let addr = format!("127.0.0.1:{port}");
+            let mut yaml = format!(
+                "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+                dir.path().join("data").display()
+            );
+            if let Some(h) = htpasswd {
+                yaml.push_str(&format!(
+                    "auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
+                    h.display()
+                ));
+            }
+            let cfg = dir.path().join("config.yml");
+            std::fs::write(&cfg, yaml).unwrap();
+            let child = Command::new("docker-registry")
+                .arg("serve")
+                .arg(&cfg)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("docker-registry starts");
+            let mut reg = Registry {
+                addr: addr.clone(),
+                _dir: dir,
+                child,
+            };
+            let start = std::time::Instant::now();
+            while start.elapsed() < std::time::Duration::from_secs(10) {
+                if std::net::TcpStream::connect(&addr).is_ok() {
+                    return Some(reg);
+                }
+                if let Ok(Some(_)) = reg.child.try_wait() {
+                    break; // lost the port race; try another
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            let _ = reg.child.kill();
+        }
+        panic!("docker-registry did not start on a free port after 3 tries");
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

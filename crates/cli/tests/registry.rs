@@ -1,0 +1,384 @@
+//! End-to-end: manifold against a real registry (Debian's docker-registry), with skopeo and the
+//! docker CLI reading what manifold pushes and manifold pulling what skopeo pushes.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+/// A store holding the two-platform busybox as `busybox:1`, and its index digest.
+fn loaded() -> Option<(tempfile::TempDir, String)> {
+    let (layout, digest) = busybox_layout(&["amd64", "arm64"])?;
+    let root = tempfile::tempdir().unwrap();
+    ok(root.path(), &["load", "-i", layout.to_str().unwrap()]);
+    ok(
+        root.path(),
+        &["tag", "localhost/busybox-amd64-arm64:latest", "busybox:1"],
+    );
+    Some((root, digest))
+}
+
+fn skopeo_digest(reference: &str) -> String {
+    let raw = sh(Command::new("skopeo").args([
+        "inspect",
+        "--tls-verify=false",
+        "--raw",
+        &format!("docker://{reference}"),
+    ]));
+    oci::Digest::sha256_of(raw.as_bytes()).to_string()
+}
+
+fn platform_digest(index_json: &str, arch: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(index_json).unwrap();
+    v["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["platform"]["architecture"] == arch)
+        .unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn push_then_skopeo_and_docker_read_it_and_pull_picks_platforms() {
+    if !peer("skopeo") || !peer("docker") {
+        return;
+    }
+    let Some(reg) = Registry::start(None) else {
+        return;
+    };
+    let Some((root, digest)) = loaded() else {
+        return;
+    };
+    let r = root.path();
+    let name = format!("{}/tools/busybox:1", reg.addr);
+    ok(r, &["tag", "busybox:1", &name]);
+    let out = ok(r, &["push", &name]);
+    assert!(out.contains(&digest), "{out}");
+    assert_eq!(skopeo_digest(&name), digest);
+
+    let inspect = sh(Command::new("docker").args(["manifest", "inspect", "--insecure", &name]));
+    let arm = platform_digest(&inspect, "arm64");
+    let amd = platform_digest(&inspect, "amd64");
+
+    // Pull one platform: the name holds that platform's manifest, a digest the registry has.
+    let fresh = tempfile::tempdir().unwrap();
+    let out = ok(fresh.path(), &["pull", "--platform", "linux/arm64", &name]);
+    assert!(
+        out.contains(&format!("index {digest}")) && out.contains(&arm),
+        "{out}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(fresh.path(), &["images", "--format", "json"])).unwrap();
+    assert_eq!(json[0]["digest"], arm.as_str());
+    assert_eq!(json[0]["platforms"], serde_json::json!(["linux/arm64"]));
+
+    // Without --platform: this machine's platform (amd64 here).
+    let host = tempfile::tempdir().unwrap();
+    ok(host.path(), &["pull", &name]);
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(host.path(), &["images", "--format", "json"])).unwrap();
+    if cfg!(target_arch = "x86_64") {
+        assert_eq!(json[0]["digest"], amd.as_str());
+    }
+
+    // Every platform: the index keeps its digest.
+    ok(fresh.path(), &["pull", "--all-platforms", &name]);
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(fresh.path(), &["images", "--format", "json"])).unwrap();
+    assert_eq!(json[0]["digest"], digest.as_str());
+    assert!(ok(fresh.path(), &["fsck"]).contains("store is consistent"));
+}
+
+#[test]
+fn pull_names_the_wanted_platform_and_what_the_index_offers() {
+    let Some(reg) = Registry::start(None) else {
+        return;
+    };
+    let Some((root, _)) = loaded() else { return };
+    let name = format!("{}/bb:1", reg.addr);
+    ok(root.path(), &["tag", "busybox:1", &name]);
+    ok(root.path(), &["push", &name]);
+    let fresh = tempfile::tempdir().unwrap();
+    let err = fails(fresh.path(), &["pull", "--platform", "linux/s390x", &name]);
+    assert!(
+        err.contains("linux/s390x") && err.contains("linux/amd64, linux/arm64"),
+        "{err}"
+    );
+    assert_eq!(
+        ok(fresh.path(), &["images", "--format", "json"]).trim(),
+        "[]"
+    );
+    let err = fails(
+        fresh.path(),
+        &["pull", &format!("{}/nothing/here:1", reg.addr)],
+    );
+    assert!(
+        err.contains("MANIFEST_UNKNOWN")
+            || err.contains("NAME_UNKNOWN")
+            || err.contains("not found"),
+        "{err}"
+    );
+}
+
+#[test]
+fn manifold_pulls_what_skopeo_pushes() {
+    if !peer("skopeo") {
+        return;
+    }
+    let Some(reg) = Registry::start(None) else {
+        return;
+    };
+    let Some((layout, digest)) = busybox_layout(&["amd64", "arm64"]) else {
+        return;
+    };
+    let name = format!("{}/from/skopeo:v1", reg.addr);
+    sh(Command::new("skopeo").args([
+        "copy",
+        "--all",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:latest", layout.display()),
+        &format!("docker://{name}"),
+    ]));
+    let root = tempfile::tempdir().unwrap();
+    ok(root.path(), &["pull", "--all-platforms", &name]);
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(root.path(), &["images", "--format", "json"])).unwrap();
+    assert_eq!(json[0]["digest"], digest.as_str());
+    // And skopeo's Docker-format push (it converts to schema 2) pulls too.
+    let v2 = format!("{}/from/skopeo:v2s2", reg.addr);
+    sh(Command::new("skopeo").args([
+        "copy",
+        "--dest-tls-verify=false",
+        "--format",
+        "v2s2",
+        "--override-arch",
+        "arm64",
+        &format!("oci:{}:latest", layout.display()),
+        &format!("docker://{v2}"),
+    ]));
+    ok(root.path(), &["pull", &v2]);
+    let json: serde_json::Value = serde_json::from_str(&ok(
+        root.path(),
+        &[
+            "images",
+            &format!("{}/from/skopeo", reg.addr),
+            "--format",
+            "json",
+        ],
+    ))
+    .unwrap();
+    let row = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["tag"] == "v2s2")
+        .unwrap();
+    assert_eq!(
+        row["mediaType"],
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
+    assert_eq!(row["platforms"], serde_json::json!(["linux/arm64"]));
+}
+
+#[test]
+fn cp_between_registries_keeps_the_index_digest_and_mounts_within_one() {
+    if !peer("skopeo") {
+        return;
+    }
+    let Some(a) = Registry::start(None) else {
+        return;
+    };
+    let Some(b) = Registry::start(None) else {
+        return;
+    };
+    let Some((root, digest)) = loaded() else {
+        return;
+    };
+    let r = root.path();
+    let src = format!("{}/app:1", a.addr);
+    ok(r, &["tag", "busybox:1", &src]);
+    ok(r, &["push", &src]);
+    let dst = format!("{}/mirror/app:1", b.addr);
+    let out = ok(r, &["cp", "--all", &src, &dst]);
+    assert_eq!(out.trim(), digest);
+    assert_eq!(skopeo_digest(&dst), digest);
+
+    let same = format!("{}/other/app:2", a.addr);
+    let out = run(r, &["cp", &src, &same]);
+    assert!(out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("4 mounted from another repository"), "{said}");
+    assert_eq!(skopeo_digest(&same), digest);
+
+    // A filtered copy is a new, consistent index with only the wanted platform.
+    let one = format!("{}/arm/app:1", b.addr);
+    let out = ok(r, &["cp", "--platform", "linux/arm64", &src, &one]);
+    let raw = sh(Command::new("skopeo").args([
+        "inspect",
+        "--tls-verify=false",
+        "--raw",
+        &format!("docker://{one}"),
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(v["manifests"].as_array().unwrap().len(), 1);
+    assert_eq!(v["manifests"][0]["platform"]["architecture"], "arm64");
+    assert_eq!(
+        out.trim(),
+        oci::Digest::sha256_of(raw.as_bytes()).to_string()
+    );
+    // skopeo can copy everything it references: no missing children.
+    let t = tempfile::tempdir().unwrap();
+    sh(Command::new("skopeo").args([
+        "copy",
+        "--all",
+        "--src-tls-verify=false",
+        &format!("docker://{one}"),
+        &format!("oci:{}:x", t.path().display()),
+    ]));
+}
+
+#[test]
+fn tags_catalog_and_delete() {
+    let Some(reg) = Registry::start(None) else {
+        return;
+    };
+    let Some((root, digest)) = loaded() else {
+        return;
+    };
+    let r = root.path();
+    for t in ["a", "b", "c", "d", "e"] {
+        let n = format!("{}/tagged:{t}", reg.addr);
+        ok(r, &["tag", "busybox:1", &n]);
+        ok(r, &["push", "-q", &n]);
+    }
+    let tags = ok(r, &["tags", &format!("{}/tagged", reg.addr)]);
+    assert_eq!(tags.lines().collect::<Vec<_>>(), ["a", "b", "c", "d", "e"]);
+    let json: Vec<String> = serde_json::from_str(&ok(
+        r,
+        &["tags", "--format", "json", &format!("{}/tagged", reg.addr)],
+    ))
+    .unwrap();
+    assert_eq!(json.len(), 5);
+    assert!(ok(r, &["catalog", &reg.addr])
+        .lines()
+        .any(|l| l == "tagged"));
+
+    let out = run(r, &["delete", &format!("{}/tagged:c", reg.addr)]);
+    assert!(out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains(&digest) && said.contains("every tag"),
+        "{said}"
+    );
+    // Every tag pointed at that manifest, so every tag is gone.
+    assert_eq!(ok(r, &["tags", &format!("{}/tagged", reg.addr)]).trim(), "");
+}
+
+#[test]
+fn basic_auth_login_push_logout() {
+    if !peer("htpasswd") {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let hp = t.path().join("htpasswd");
+    let line = sh(Command::new("htpasswd").args(["-Bbn", "alice", "s3cret"]));
+    std::fs::write(&hp, line).unwrap();
+    let Some(reg) = Registry::start(Some(&hp)) else {
+        return;
+    };
+    let Some((root, _)) = loaded() else { return };
+    let r = root.path();
+    let cfg = t.path().join("docker");
+    std::fs::create_dir_all(&cfg).unwrap();
+    let env = [("DOCKER_CONFIG", cfg.to_str().unwrap())];
+    let name = format!("{}/private/bb:1", reg.addr);
+    ok(r, &["tag", "busybox:1", &name]);
+
+    let out = run_with(r, &env, None, &["push", &name]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("manifold login"), "{err}");
+
+    let out = run_with(
+        r,
+        &env,
+        Some("wrong\n"),
+        &["login", "-u", "alice", "--password-stdin", &reg.addr],
+    );
+    assert!(!out.status.success(), "a wrong password is refused");
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("wrong"),
+        "the secret is never printed"
+    );
+
+    let out = run_with(
+        r,
+        &env,
+        Some("s3cret\n"),
+        &["login", "-u", "alice", "--password-stdin", &reg.addr],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let conf = std::fs::read_to_string(cfg.join("config.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&conf).unwrap();
+    use base64_engine::decode;
+    assert_eq!(
+        decode(v["auths"][&reg.addr]["auth"].as_str().unwrap()),
+        "alice:s3cret"
+    );
+
+    let out = run_with(r, &env, None, &["push", &name]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fresh = tempfile::tempdir().unwrap();
+    let out = run_with(
+        fresh.path(),
+        &env,
+        None,
+        &["pull", "--all-platforms", &name],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = run_with(r, &env, None, &["logout", &reg.addr]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Removing login credentials"));
+    let conf = std::fs::read_to_string(cfg.join("config.json")).unwrap();
+    assert!(
+        !conf.contains("alice") && !conf.contains(&reg.addr),
+        "{conf}"
+    );
+}
+
+/// Base64 decoding for one assertion, without another dependency.
+mod base64_engine {
+    pub fn decode(s: &str) -> String {
+        let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut bits = 0u32;
+        let mut n = 0;
+        let mut out = Vec::new();
+        for c in s.bytes().filter(|&c| c != b'=') {
+            let v = alphabet.iter().position(|&a| a == c).unwrap() as u32;
+            bits = (bits << 6) | v;
+            n += 6;
+            if n >= 8 {
+                n -= 8;
+                out.push((bits >> n) as u8);
+                bits &= (1 << n) - 1;
+            }
+        }
+        String::from_utf8(out).unwrap()
+    }
+}
