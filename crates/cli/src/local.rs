@@ -13,7 +13,7 @@ use store::{copy, CopyOptions, Layout, Platforms, Source, TarSource};
 
 use transport::{Env, OpenTarget, Place};
 
-use crate::{remote, ArchiveKind, Cli, Command, OutputFormat};
+use crate::{lists, remote, ArchiveKind, Cli, Command, ImagetoolsCmd, ManifestCmd, OutputFormat};
 
 pub fn run(cli: &Cli, env: &Env) -> Result<ExitCode> {
     let root = env.store_root.as_path();
@@ -62,6 +62,67 @@ pub fn run(cli: &Cli, env: &Env) -> Result<ExitCode> {
             password.as_deref(),
         ),
         Command::Logout { registry } => remote::logout(env, registry),
+        Command::Manifest { command } => match command {
+            ManifestCmd::Create {
+                list,
+                sources,
+                amend,
+                no_flatten,
+                insecure: _,
+                format,
+            } => lists::manifest_create(cli, env, list, sources, *amend, !*no_flatten, *format),
+            ManifestCmd::Annotate {
+                list,
+                source,
+                os,
+                arch,
+                variant,
+                os_version,
+                os_features,
+            } => lists::manifest_annotate(
+                env,
+                list,
+                source,
+                os.as_deref(),
+                arch.as_deref(),
+                variant.as_deref(),
+                os_version.as_deref(),
+                os_features,
+            ),
+            ManifestCmd::Inspect {
+                reference,
+                verbose,
+                insecure: _,
+            } => lists::manifest_inspect(env, reference, *verbose),
+            ManifestCmd::Push {
+                list,
+                purge,
+                insecure: _,
+            } => lists::manifest_push(cli, env, list, *purge),
+            ManifestCmd::Rm { lists: names } => lists::manifest_rm(env, names),
+        },
+        Command::Imagetools { command } => match command {
+            ImagetoolsCmd::Inspect {
+                reference,
+                raw,
+                format,
+            } => lists::imagetools_inspect(env, reference, *raw, *format),
+            ImagetoolsCmd::Create {
+                tags,
+                sources,
+                append,
+                platform,
+                annotation,
+                dry_run,
+                format,
+            } => lists::imagetools_create(
+                cli, env, tags, sources, *append, platform, annotation, *dry_run, *format,
+            ),
+        },
+        Command::Digest {
+            reference,
+            platform,
+        } => lists::digest(env, reference, platform.as_deref(), cli.quiet),
         Command::Prune { format } => prune(root, *format),
         Command::Fsck { format } => fsck(root, *format),
     }

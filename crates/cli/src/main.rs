@@ -1,5 +1,6 @@
 //! The `manifold` binary: commands, output formats, and the glue between the crates.
 
+mod lists;
 mod local;
 mod remote;
 
@@ -39,6 +40,117 @@ pub struct Cli {
 pub enum OutputFormat {
     Table,
     Json,
+}
+
+/// The kind of list to write.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListFormat {
+    /// An OCI image index.
+    Oci,
+    /// A Docker manifest list (only Docker v2 manifests, no annotations).
+    Docker,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ManifestCmd {
+    /// Stage a manifest list locally from images in any repository of any registry. A source that
+    /// is itself a list contributes each of its platforms.
+    Create {
+        list: String,
+        #[arg(required = true)]
+        sources: Vec<String>,
+        /// Add to a list that is already staged.
+        #[arg(short, long)]
+        amend: bool,
+        /// Refuse sources that are lists instead of taking their platforms.
+        #[arg(long)]
+        no_flatten: bool,
+        /// Reach the registries named here over plain HTTP or unverified TLS.
+        #[arg(long)]
+        insecure: bool,
+        /// The list's type; by default Docker's when every source is a Docker v2 manifest, OCI
+        /// otherwise.
+        #[arg(long, value_enum)]
+        format: Option<ListFormat>,
+    },
+    /// Set the platform of one entry of a staged list.
+    Annotate {
+        list: String,
+        /// The entry, by the reference or digest it was added with.
+        source: String,
+        #[arg(long)]
+        os: Option<String>,
+        #[arg(long)]
+        arch: Option<String>,
+        #[arg(long)]
+        variant: Option<String>,
+        #[arg(long)]
+        os_version: Option<String>,
+        #[arg(long, value_delimiter = ',')]
+        os_features: Vec<String>,
+    },
+    /// Show a staged list, or a list or manifest in a registry.
+    Inspect {
+        reference: String,
+        /// Show every entry's manifest too.
+        #[arg(short, long)]
+        verbose: bool,
+        #[arg(long)]
+        insecure: bool,
+    },
+    /// Push a staged list: every entry's content is copied (or mounted) into the list's
+    /// repository first, then the list is tagged. Prints the list's digest.
+    Push {
+        list: String,
+        /// Remove the staged list after pushing.
+        #[arg(short, long)]
+        purge: bool,
+        #[arg(long)]
+        insecure: bool,
+    },
+    /// Remove staged lists.
+    Rm {
+        #[arg(required = true)]
+        lists: Vec<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImagetoolsCmd {
+    /// Show an image or index: the index digest, and per platform its manifest digest, size,
+    /// creation time and layers; attestations apart. Takes a registry reference or any place
+    /// (store:REF, oci:DIR:NAME, oci-archive:FILE, docker-archive:FILE).
+    Inspect {
+        reference: String,
+        /// Print the manifest or index exactly as stored.
+        #[arg(long)]
+        raw: bool,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        format: OutputFormat,
+    },
+    /// Merge images (tags or digests, from any repositories) into one index and push it to every
+    /// -t tag, copying what each target repository lacks.
+    Create {
+        /// Where the index goes (repeatable).
+        #[arg(short = 't', long = "tag", value_name = "REF")]
+        tags: Vec<String>,
+        sources: Vec<String>,
+        /// Keep the entries the first tag's index has now.
+        #[arg(long)]
+        append: bool,
+        /// Take only these platforms from the sources.
+        #[arg(long, value_delimiter = ',')]
+        platform: Vec<String>,
+        /// index:KEY=VALUE (or KEY=VALUE) annotations on the index.
+        #[arg(long)]
+        annotation: Vec<String>,
+        /// Print the index instead of pushing it.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long, value_enum)]
+        format: Option<ListFormat>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -142,6 +254,22 @@ pub enum Command {
     },
     /// Remove a registry's stored login.
     Logout { registry: String },
+    /// Stage, annotate, inspect and push manifest lists (docker manifest, with no daemon).
+    Manifest {
+        #[command(subcommand)]
+        command: ManifestCmd,
+    },
+    /// Inspect images and indexes, and merge images into an index (buildx imagetools).
+    Imagetools {
+        #[command(subcommand)]
+        command: ImagetoolsCmd,
+    },
+    /// Print the digest to pin: the index digest, or with --platform that platform's manifest.
+    Digest {
+        reference: String,
+        #[arg(long)]
+        platform: Option<String>,
+    },
     /// Copy an image between places: a registry reference, store:REF, oci:DIR[:NAME],
     /// oci-archive:FILE[:NAME], docker-archive:FILE[:NAME].
     Cp {
@@ -169,11 +297,56 @@ pub enum Command {
     },
 }
 
+/// `manifest ... --insecure` marks every registry the command names as insecure, as docker does.
+fn insecure_from_flags(cmd: &Command) -> Vec<String> {
+    let names: Vec<&String> = match cmd {
+        Command::Manifest {
+            command:
+                ManifestCmd::Create {
+                    insecure: true,
+                    list,
+                    sources,
+                    ..
+                },
+        } => std::iter::once(list).chain(sources.iter()).collect(),
+        Command::Manifest {
+            command:
+                ManifestCmd::Inspect {
+                    insecure: true,
+                    reference,
+                    ..
+                },
+        } => vec![reference],
+        Command::Manifest {
+            command:
+                ManifestCmd::Push {
+                    insecure: true,
+                    list,
+                    ..
+                },
+        } => vec![list],
+        _ => Vec::new(),
+    };
+    names
+        .into_iter()
+        .filter_map(|n| oci::Reference::parse(n).ok())
+        .map(|r| r.registry().to_string())
+        .collect()
+}
+
 fn main() -> ExitCode {
+    // Piped into `head`, a closed stdout ends us quietly, as it ends cat or grep, instead of a
+    // panic from println!.
+    // SAFETY: setting a signal disposition at startup, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let root = cli.root.clone().unwrap_or_else(store::default_root);
+    let mut insecure = cli.insecure_registries.clone();
+    insecure.extend(insecure_from_flags(&cli.command));
     let options = registry::ClientOptions {
-        insecure_registries: cli.insecure_registries.clone(),
+        insecure_registries: insecure,
         ..Default::default()
     };
     let env = transport::Env::new(root, options);

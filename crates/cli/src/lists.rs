@@ -1,0 +1,790 @@
+//! Manifest lists: `manifest create/annotate/inspect/push/rm`, `imagetools inspect/create` and
+//! `digest`. Lists are assembled from images in any repository of any registry; on push every
+//! entry's content is copied (or mounted) into the target repository by the one copy routine.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use oci::media_type as mt;
+use oci::{Descriptor, Document, ImageConfig, Index, Manifest, Matcher, Platform, Reference};
+use serde::{Deserialize, Serialize};
+use store::{CopyOptions, InMemory, Platforms, Source, Target};
+use transport::{Env, Place, RegistryRepo};
+
+use crate::local::{human_size, print_table, say};
+use crate::{Cli, ListFormat, OutputFormat};
+
+/// An entry of a staged list: where it came from, and its descriptor in the list.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Entry {
+    /// The repository holding the manifest (`registry/repo`), for copying on push.
+    source: String,
+    descriptor: Descriptor,
+}
+
+/// A list staged locally by `manifest create`, pushed by `manifest push`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Staged {
+    name: String,
+    format: Option<ListFormat>,
+    entries: Vec<Entry>,
+}
+
+fn staged_path(env: &Env, list: &Reference) -> PathBuf {
+    let safe: String = list
+        .to_string()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    env.store_root
+        .join("manifests")
+        .join(format!("{safe}.json"))
+}
+
+fn load_staged(env: &Env, list: &Reference) -> Result<Option<Staged>> {
+    let p = staged_path(env, list);
+    match std::fs::read(&p) {
+        Ok(b) => {
+            Ok(Some(serde_json::from_slice(&b).with_context(|| {
+                format!("reading staged list {}", p.display())
+            })?))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
+    }
+}
+
+fn save_staged(env: &Env, s: &Staged, list: &Reference) -> Result<()> {
+    let p = staged_path(env, list);
+    if let Some(dir) = p.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    store::layout::write_atomic(&p, &serde_json::to_vec_pretty(s)?)?;
+    Ok(())
+}
+
+fn repo(env: &Env, r: &Reference) -> Result<RegistryRepo> {
+    Ok(RegistryRepo::new(env.client()?, r, env.runtime()))
+}
+
+/// The platform an image manifest runs on, from its config.
+fn config_platform(src: &dyn Source, m: &Manifest) -> Result<Option<Platform>> {
+    let Manifest::Image(doc) = m else {
+        return Ok(None);
+    };
+    let cfg = src.read_verified(&doc.value().config)?;
+    Ok(Document::<ImageConfig>::parse(cfg)
+        .ok()
+        .map(|c| c.value().platform()))
+}
+
+/// The entries a source contributes: its platforms when it is an index, itself otherwise.
+fn entries_of(env: &Env, source: &str, flatten: bool, only: &[Matcher]) -> Result<Vec<Entry>> {
+    let r = Reference::parse(source)?;
+    let src = repo(env, &r)?;
+    let root = src.resolve(&r.to_string())?;
+    let m = src.read_manifest(&root)?;
+    let origin = r.repo_only().to_string();
+    let keep = |p: Option<&Platform>| {
+        only.is_empty() || p.is_some_and(|p| only.iter().any(|m| m.matches(p)))
+    };
+    match &m {
+        Manifest::Index(doc) => {
+            if !flatten {
+                bail!(
+                    "{source} is a manifest list of {} entries, and --no-flatten refuses lists; \
+                     drop --no-flatten to take its platforms, or name one platform's manifest by digest",
+                    doc.value().manifests.len()
+                );
+            }
+            let mut out = Vec::new();
+            for d in &doc.value().manifests {
+                if d.is_attestation() || !keep(d.platform.as_ref()) {
+                    continue;
+                }
+                out.push(Entry {
+                    source: origin.clone(),
+                    descriptor: d.clone(),
+                });
+            }
+            if out.is_empty() {
+                bail!("{source} has no platform matching {}", matchers_text(only));
+            }
+            Ok(out)
+        }
+        Manifest::Image(_) => {
+            let mut d = root.clone();
+            d.platform = config_platform(&src, &m)?;
+            if !keep(d.platform.as_ref()) {
+                bail!(
+                    "{source} is for {}, not {}",
+                    d.platform
+                        .as_ref()
+                        .map_or("an unknown platform".into(), |p| p.to_string()),
+                    matchers_text(only)
+                );
+            }
+            Ok(vec![Entry {
+                source: origin,
+                descriptor: d,
+            }])
+        }
+    }
+}
+
+fn matchers_text(m: &[Matcher]) -> String {
+    m.iter()
+        .map(|m| m.wanted().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The list's media type: as asked, else Docker's only when every entry is a Docker manifest.
+fn list_media_type(
+    format: Option<ListFormat>,
+    entries: &[Entry],
+    has_annotations: bool,
+) -> &'static str {
+    match format {
+        Some(ListFormat::Oci) => mt::OCI_INDEX,
+        Some(ListFormat::Docker) => mt::DOCKER_MANIFEST_LIST,
+        None => {
+            let all_docker = !entries.is_empty()
+                && entries
+                    .iter()
+                    .all(|e| e.descriptor.media_type == mt::DOCKER_MANIFEST);
+            if all_docker && !has_annotations {
+                mt::DOCKER_MANIFEST_LIST
+            } else {
+                mt::OCI_INDEX
+            }
+        }
+    }
+}
+
+fn build_index(
+    media_type: &str,
+    entries: &[Entry],
+    annotations: &BTreeMap<String, String>,
+) -> Document<Index> {
+    let mut idx = Index::new(
+        media_type,
+        entries.iter().map(|e| e.descriptor.clone()).collect(),
+    );
+    idx.annotations = annotations.clone();
+    Document::new(idx)
+}
+
+fn warn_duplicates(cli: &Cli, entries: &[Entry]) {
+    let mut seen = BTreeMap::new();
+    for e in entries {
+        if let Some(p) = &e.descriptor.platform {
+            if let Some(prev) = seen.insert(p.to_string(), e.descriptor.digest.clone()) {
+                if prev != e.descriptor.digest {
+                    say(cli, format!("warning: two entries are for {p}: {prev} and {}; clients will pick the first", e.descriptor.digest));
+                }
+            }
+        }
+    }
+}
+
+pub fn manifest_create(
+    cli: &Cli,
+    env: &Env,
+    list: &str,
+    sources: &[String],
+    amend: bool,
+    flatten: bool,
+    format: Option<ListFormat>,
+) -> Result<ExitCode> {
+    let list_ref = Reference::parse(list)?;
+    let mut staged = match load_staged(env, &list_ref)? {
+        Some(s) if amend => s,
+        Some(_) => bail!(
+            "a list named {} is already staged; add --amend to add to it, or `manifold manifest rm {list}`",
+            list_ref.familiar()
+        ),
+        None => Staged { name: list_ref.to_string(), format, entries: Vec::new() },
+    };
+    if format.is_some() {
+        staged.format = format;
+    }
+    for s in sources {
+        for e in entries_of(env, s, flatten, &[])? {
+            staged
+                .entries
+                .retain(|x| x.descriptor.digest != e.descriptor.digest);
+            staged.entries.push(e);
+        }
+    }
+    warn_duplicates(cli, &staged.entries);
+    save_staged(env, &staged, &list_ref)?;
+    println!("Created manifest list {}", list_ref.familiar());
+    for e in &staged.entries {
+        println!(
+            "  {:<16} {}",
+            platform_text(&e.descriptor),
+            e.descriptor.digest
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn platform_text(d: &Descriptor) -> String {
+    d.platform.as_ref().map_or("?".into(), |p| p.to_string())
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn manifest_annotate(
+    env: &Env,
+    list: &str,
+    source: &str,
+    os: Option<&str>,
+    arch: Option<&str>,
+    variant: Option<&str>,
+    os_version: Option<&str>,
+    os_features: &[String],
+) -> Result<ExitCode> {
+    let list_ref = Reference::parse(list)?;
+    let mut staged = load_staged(env, &list_ref)?.with_context(|| {
+        format!(
+            "no list named {} is staged; create it with `manifold manifest create`",
+            list_ref.familiar()
+        )
+    })?;
+    let want = Reference::parse(source)?;
+    let digest = match want.digest() {
+        Some(d) => d.clone(),
+        None => repo(env, &want)?.resolve(&want.to_string())?.digest,
+    };
+    let e = staged
+        .entries
+        .iter_mut()
+        .find(|e| e.descriptor.digest == digest)
+        .with_context(|| format!("{source} ({digest}) is not in list {}", list_ref.familiar()))?;
+    let mut p = e.descriptor.platform.clone().unwrap_or_default();
+    if let Some(v) = os {
+        p.os = v.to_string();
+    }
+    if let Some(v) = arch {
+        p.architecture = v.to_string();
+    }
+    if let Some(v) = variant {
+        p.variant = v.to_string();
+    }
+    if let Some(v) = os_version {
+        p.os_version = v.to_string();
+    }
+    if !os_features.is_empty() {
+        p.os_features = os_features.to_vec();
+    }
+    e.descriptor.platform = Some(p.normalized());
+    let text = platform_text(&e.descriptor);
+    save_staged(env, &staged, &list_ref)?;
+    println!("{digest} is now {text} in {}", list_ref.familiar());
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn manifest_inspect(env: &Env, reference: &str, verbose: bool) -> Result<ExitCode> {
+    let r = Reference::parse(reference)?;
+    if let Some(staged) = load_staged(env, &r)? {
+        let media_type = list_media_type(staged.format, &staged.entries, false);
+        let doc = build_index(media_type, &staged.entries, &BTreeMap::new());
+        if verbose {
+            let v = serde_json::json!({
+                "Ref": r.to_string(),
+                "Staged": true,
+                "Descriptor": doc.descriptor(media_type),
+                "Index": doc.value(),
+                "Sources": staged.entries.iter().map(|e| serde_json::json!({"Ref": format!("{}@{}", e.source, e.descriptor.digest), "Platform": platform_text(&e.descriptor)})).collect::<Vec<_>>(),
+            });
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        } else {
+            println!("{}", serde_json::to_string_pretty(doc.value())?);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let src = repo(env, &r)?;
+    let root = src.resolve(&r.to_string())?;
+    let m = src.read_manifest(&root)?;
+    let pretty = |b: &[u8]| -> Result<String> {
+        let v: serde_json::Value = serde_json::from_slice(b)?;
+        Ok(serde_json::to_string_pretty(&v)?)
+    };
+    if !verbose {
+        println!("{}", pretty(m.bytes())?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut out = Vec::new();
+    let children: Vec<Descriptor> = match &m {
+        Manifest::Index(doc) => doc.value().manifests.clone(),
+        Manifest::Image(_) => vec![root.clone()],
+    };
+    for d in children {
+        let child = src.read_manifest(&d)?;
+        let body: serde_json::Value = serde_json::from_slice(child.bytes())?;
+        out.push(serde_json::json!({
+            "Ref": format!("{}@{}", r.repo_only(), d.digest),
+            "Descriptor": d,
+            "Manifest": body,
+        }));
+    }
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Copies every entry into `target`'s repository (mounting within a registry), then pushes the
+/// index under each tag. Nothing is tagged until every entry is in place.
+fn push_index(
+    cli: &Cli,
+    env: &Env,
+    targets: &[Reference],
+    entries: &[Entry],
+    doc: &Document<Index>,
+    media_type: &str,
+) -> Result<()> {
+    for t in targets {
+        let dst = repo(env, t)?;
+        for e in entries {
+            let src_ref = Reference::parse(&e.source)?;
+            let src = repo(env, &src_ref)?;
+            let report = store::copy(
+                &src,
+                &dst,
+                &e.descriptor,
+                &CopyOptions {
+                    platforms: Platforms::All,
+                    jobs: 4,
+                    progress: None,
+                },
+            )?;
+            if report.blobs_copied + report.blobs_mounted > 0 {
+                say(
+                    cli,
+                    format!(
+                        "  {} into {}: {} blobs copied ({}), {} mounted",
+                        platform_text(&e.descriptor),
+                        t.repo_only(),
+                        report.blobs_copied,
+                        human_size(report.bytes_copied),
+                        report.blobs_mounted
+                    ),
+                );
+            }
+        }
+        let desc = doc.descriptor(media_type);
+        dst.put(
+            &desc,
+            &InMemory {
+                desc: &desc,
+                bytes: doc.bytes(),
+            },
+        )?;
+        dst.set_name(&t.to_string(), &desc)?;
+    }
+    Ok(())
+}
+
+pub fn manifest_push(cli: &Cli, env: &Env, list: &str, purge: bool) -> Result<ExitCode> {
+    let list_ref = Reference::parse(list)?;
+    let staged = load_staged(env, &list_ref)?.with_context(|| {
+        format!(
+            "no list named {} is staged; create it with `manifold manifest create`",
+            list_ref.familiar()
+        )
+    })?;
+    if staged.entries.is_empty() {
+        bail!("list {} has no entries", list_ref.familiar());
+    }
+    let media_type = list_media_type(staged.format, &staged.entries, false);
+    let doc = build_index(media_type, &staged.entries, &BTreeMap::new());
+    push_index(
+        cli,
+        env,
+        std::slice::from_ref(&list_ref),
+        &staged.entries,
+        &doc,
+        media_type,
+    )?;
+    if purge {
+        std::fs::remove_file(staged_path(env, &list_ref))?;
+    }
+    println!("{}", doc.digest());
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn manifest_rm(env: &Env, lists: &[String]) -> Result<ExitCode> {
+    let mut failed = false;
+    for l in lists {
+        let r = Reference::parse(l)?;
+        match std::fs::remove_file(staged_path(env, &r)) {
+            Ok(()) => println!("Removed staged list {}", r.familiar()),
+            Err(_) => {
+                eprintln!("error: no list named {} is staged", r.familiar());
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// One platform row of `imagetools inspect`.
+#[derive(Serialize)]
+struct PlatformRow {
+    platform: String,
+    digest: String,
+    #[serde(rename = "mediaType")]
+    media_type: String,
+    size: u64,
+    config: String,
+    created: Option<String>,
+    layers: usize,
+    #[serde(rename = "layersSize")]
+    layers_size: u64,
+}
+
+#[derive(Serialize)]
+struct AttestationRow {
+    digest: String,
+    size: u64,
+    /// The image manifest it describes.
+    #[serde(rename = "for")]
+    for_digest: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Inspection {
+    name: String,
+    #[serde(rename = "mediaType")]
+    media_type: String,
+    digest: String,
+    /// `index` or `manifest`.
+    kind: &'static str,
+    platforms: Vec<PlatformRow>,
+    attestations: Vec<AttestationRow>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    annotations: BTreeMap<String, String>,
+}
+
+fn describe_image(
+    src: &dyn Source,
+    d: &Descriptor,
+    platform: Option<&Platform>,
+) -> Result<PlatformRow> {
+    let m = src.read_manifest(d)?;
+    let Manifest::Image(doc) = &m else {
+        bail!("{} is a nested index; inspect it by digest", d.digest);
+    };
+    let man = doc.value();
+    let cfg = src
+        .read_verified(&man.config)
+        .ok()
+        .and_then(|b| Document::<ImageConfig>::parse(b).ok());
+    let plat = platform
+        .cloned()
+        .or_else(|| cfg.as_ref().map(|c| c.value().platform()))
+        .map_or("?".into(), |p| p.to_string());
+    Ok(PlatformRow {
+        platform: plat,
+        digest: d.digest.to_string(),
+        media_type: m.media_type().to_string(),
+        size: d.size,
+        config: man.config.digest.to_string(),
+        created: cfg.and_then(|c| c.value().created.clone()),
+        layers: man.layers.len(),
+        layers_size: man.layers.iter().map(|l| l.size).sum(),
+    })
+}
+
+fn open_place(env: &Env, reference: &str) -> Result<(Box<dyn Source>, Descriptor, String)> {
+    let place = Place::parse(reference)?;
+    let opened = transport::open_source(&place, env)?;
+    let name = match &place {
+        Place::Registry(r) | Place::Store(r) => r.to_string(),
+        _ => reference.to_string(),
+    };
+    Ok((opened.source, opened.root, name))
+}
+
+pub fn imagetools_inspect(
+    env: &Env,
+    reference: &str,
+    raw: bool,
+    format: OutputFormat,
+) -> Result<ExitCode> {
+    let (src, root, name) = open_place(env, reference)?;
+    let m = src.read_manifest(&root)?;
+    if raw {
+        use std::io::Write;
+        std::io::stdout().write_all(m.bytes())?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut ins = Inspection {
+        name,
+        media_type: m.media_type().to_string(),
+        digest: m.digest().to_string(),
+        kind: "manifest",
+        platforms: Vec::new(),
+        attestations: Vec::new(),
+        annotations: BTreeMap::new(),
+    };
+    match &m {
+        Manifest::Index(doc) => {
+            ins.kind = "index";
+            ins.annotations = doc.value().annotations.clone();
+            for d in &doc.value().manifests {
+                if d.is_attestation() {
+                    ins.attestations.push(AttestationRow {
+                        digest: d.digest.to_string(),
+                        size: d.size,
+                        for_digest: d
+                            .annotations
+                            .get(oci::manifest::ANNOTATION_DOCKER_REFERENCE_DIGEST)
+                            .cloned(),
+                    });
+                } else if mt::is_index(&d.media_type) {
+                    ins.platforms.push(PlatformRow {
+                        platform: "(nested index)".into(),
+                        digest: d.digest.to_string(),
+                        media_type: d.media_type.clone(),
+                        size: d.size,
+                        config: String::new(),
+                        created: None,
+                        layers: 0,
+                        layers_size: 0,
+                    });
+                } else {
+                    ins.platforms
+                        .push(describe_image(src.as_ref(), d, d.platform.as_ref())?);
+                }
+            }
+        }
+        Manifest::Image(_) => {
+            ins.platforms
+                .push(describe_image(src.as_ref(), &root, None)?);
+        }
+    }
+    if format == OutputFormat::Json {
+        println!("{}", serde_json::to_string_pretty(&ins)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("Name:      {}", ins.name);
+    println!("MediaType: {}", ins.media_type);
+    if ins.kind == "index" {
+        println!(
+            "Digest:    {}  (the index: what the tag points at)",
+            ins.digest
+        );
+    } else {
+        println!("Digest:    {}", ins.digest);
+        println!();
+        println!(
+            "This is a single-platform image ({}), not an index: the digest above is the image itself.",
+            ins.platforms.first().map_or("?", |p| p.platform.as_str())
+        );
+    }
+    for (k, v) in &ins.annotations {
+        println!("Annotation: {k}={v}");
+    }
+    println!();
+    let rows: Vec<[String; 6]> = ins
+        .platforms
+        .iter()
+        .map(|p| {
+            [
+                p.platform.clone(),
+                p.digest.clone(),
+                human_size(p.size),
+                p.created.clone().unwrap_or_else(|| "-".into()),
+                p.layers.to_string(),
+                human_size(p.layers_size),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "PLATFORM",
+            "MANIFEST DIGEST",
+            "SIZE",
+            "CREATED",
+            "LAYERS",
+            "LAYERS SIZE",
+        ],
+        &rows,
+    );
+    if !ins.attestations.is_empty() {
+        println!();
+        println!("Attestations (not platforms; provenance and SBOMs for the images above):");
+        for a in &ins.attestations {
+            println!(
+                "  {}  for {}",
+                a.digest,
+                a.for_digest.as_deref().unwrap_or("?")
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn imagetools_create(
+    cli: &Cli,
+    env: &Env,
+    tags: &[String],
+    sources: &[String],
+    append: bool,
+    platform: &[String],
+    annotation: &[String],
+    dry_run: bool,
+    format: Option<ListFormat>,
+) -> Result<ExitCode> {
+    if tags.is_empty() {
+        bail!("name where the index goes with -t REF (repeat for several tags)");
+    }
+    if sources.is_empty() && !append {
+        bail!("name the images to merge (tags or digests, from any repositories)");
+    }
+    let targets: Vec<Reference> = tags
+        .iter()
+        .map(|t| Reference::parse(t))
+        .collect::<Result<_, _>>()?;
+    let only: Vec<Matcher> = platform
+        .iter()
+        .map(|p| Platform::parse(p).map(|p| Matcher::new(&p).strict()))
+        .collect::<Result<_, _>>()?;
+    let mut annotations = BTreeMap::new();
+    for a in annotation {
+        let (k, v) = a
+            .split_once('=')
+            .with_context(|| format!("annotation {a:?} is not KEY=VALUE"))?;
+        let k = match k.split_once(':') {
+            Some(("index", k)) => k,
+            Some((other, _)) if !other.contains('.') => bail!(
+                "annotation {a:?}: only index annotations are supported (index:KEY=VALUE or KEY=VALUE)"
+            ),
+            _ => k,
+        };
+        annotations.insert(k.to_string(), v.to_string());
+    }
+    let mut entries: Vec<Entry> = Vec::new();
+    if append {
+        let first = &targets[0];
+        entries.extend(entries_of(env, &first.to_string(), true, &[])?);
+    }
+    for s in sources {
+        for e in entries_of(env, s, true, &only)? {
+            entries.retain(|x| x.descriptor.digest != e.descriptor.digest);
+            entries.push(e);
+        }
+    }
+    warn_duplicates(cli, &entries);
+    let media_type = list_media_type(format, &entries, !annotations.is_empty());
+    if media_type == mt::DOCKER_MANIFEST_LIST && !annotations.is_empty() {
+        bail!("Docker manifest lists cannot carry annotations; use --format oci");
+    }
+    let doc = build_index(media_type, &entries, &annotations);
+    if dry_run {
+        let v: serde_json::Value = serde_json::from_slice(doc.bytes())?;
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    push_index(cli, env, &targets, &entries, &doc, media_type)?;
+    for t in &targets {
+        say(cli, format!("pushed {} to {}", doc.digest(), t.familiar()));
+    }
+    println!("{}  index", doc.digest());
+    for e in &entries {
+        println!("{}  {}", e.descriptor.digest, platform_text(&e.descriptor));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn digest(env: &Env, reference: &str, platform: Option<&str>, quiet: bool) -> Result<ExitCode> {
+    let (src, root, _) = open_place(env, reference)?;
+    let m = src.read_manifest(&root)?;
+    match (&m, platform) {
+        (Manifest::Index(doc), None) => {
+            let plats: Vec<String> = doc
+                .value()
+                .manifests
+                .iter()
+                .filter(|d| !d.is_attestation())
+                .map(platform_text)
+                .collect();
+            if quiet {
+                println!("{}", m.digest());
+            } else {
+                println!(
+                    "{}  index of {} ({})",
+                    m.digest(),
+                    plats.len(),
+                    plats.join(", ")
+                );
+            }
+        }
+        (Manifest::Index(doc), Some(p)) => {
+            let want = Platform::parse(p)?;
+            let cands: Vec<&Descriptor> = doc
+                .value()
+                .manifests
+                .iter()
+                .filter(|d| !d.is_attestation())
+                .collect();
+            let plats: Vec<Platform> = cands
+                .iter()
+                .map(|d| d.platform.clone().unwrap_or_default())
+                .collect();
+            let Some(i) = Matcher::new(&want).best(&plats) else {
+                bail!(
+                    "{reference} has no image for {want}; it offers: {}",
+                    plats
+                        .iter()
+                        .map(|p| p.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            };
+            if quiet {
+                println!("{}", cands[i].digest);
+            } else {
+                println!(
+                    "{}  {} manifest (in index {})",
+                    cands[i].digest,
+                    plats[i],
+                    m.digest()
+                );
+            }
+        }
+        (Manifest::Image(_), p) => {
+            let own = config_platform(src.as_ref(), &m)?;
+            if let (Some(p), Some(own)) = (p, &own) {
+                let want = Platform::parse(p)?;
+                if !Matcher::new(&want).matches(own) {
+                    bail!("{reference} is a single-platform image for {own}, not {want}");
+                }
+            }
+            if quiet {
+                println!("{}", m.digest());
+            } else {
+                println!(
+                    "{}  single-platform manifest ({})",
+                    m.digest(),
+                    own.map_or("?".into(), |p| p.to_string())
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
