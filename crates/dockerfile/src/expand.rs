@@ -25,6 +25,33 @@ pub fn expand_words(word: &str, env: &dyn Env, escape: char) -> Result<Vec<Strin
     Ok(expand(word, env, escape)?.words)
 }
 
+/// Expands a COPY/ADD here-document body: `$` references only; quotes and escapes stay as
+/// written (BuildKit's raw-quotes, raw-escapes mode).
+pub fn expand_heredoc(content: &str, env: &dyn Env, escape: char) -> Result<String, String> {
+    let chars: Vec<char> = content.chars().collect();
+    let mut lx = Lexer {
+        chars: &chars,
+        i: 0,
+        env,
+        escape,
+        depth: 0,
+    };
+    let mut s = String::new();
+    while let Some(c) = lx.next() {
+        match c {
+            '$' => s.push_str(&lx.dollar()?),
+            c if c == escape => {
+                s.push(c);
+                if let Some(n) = lx.next() {
+                    s.push(n);
+                }
+            }
+            c => s.push(c),
+        }
+    }
+    Ok(s)
+}
+
 /// The names a word refers to (for lints such as UndefinedArgInFrom).
 pub fn referenced_names(word: &str, escape: char) -> BTreeSet<String> {
     let seen = std::cell::RefCell::new(BTreeSet::new());
@@ -580,6 +607,16 @@ mod tests {
         assert_eq!(expand_words("x\"\"", &f, '\\').unwrap(), ["x"]);
         assert_eq!(expand_words("\"\"", &f, '\\').unwrap(), [""]);
         assert!(expand_words("$E", &f, '\\').unwrap().is_empty());
+    }
+
+    #[test]
+    fn heredoc_bodies_keep_quotes_and_escapes() {
+        let e = env();
+        let f = |n: &str| e.get(n).cloned();
+        assert_eq!(
+            expand_heredoc("a='$V' \\$V \"${U:-d}\"\n", &f, '\\').unwrap(),
+            "a='value' \\$V \"d\"\n"
+        );
     }
 
     #[test]

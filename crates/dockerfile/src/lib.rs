@@ -13,3 +13,9 @@ mod parse;
 pub use ast::Dockerfile;
 pub use error::{Error, ErrorKind, Location, Pos};
 pub use parse::parse;
+pub mod plan;
+
+pub use plan::{plan, BuildPlan, PlanOptions};
+pub mod lint;
+
+pub use lint::{lint, render_json, render_text, Finding};

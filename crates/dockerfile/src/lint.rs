@@ -1,0 +1,258 @@
+//! BuildKit's build checks that need no build: same rule names, so `# check=skip=...` and
+//! docs links carry over from docker.
+
+use std::collections::BTreeSet;
+
+use serde::Serialize;
+
+use crate::ast::{Command, Dockerfile, Kind};
+use crate::error::nearest;
+use crate::expand::referenced_names;
+
+/// One lint finding, located in the Dockerfile.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    pub rule: &'static str,
+    pub message: String,
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub url: String,
+}
+
+const PLATFORM_ARGS: [&str; 8] = [
+    "TARGETPLATFORM",
+    "TARGETOS",
+    "TARGETARCH",
+    "TARGETVARIANT",
+    "BUILDPLATFORM",
+    "BUILDOS",
+    "BUILDARCH",
+    "BUILDVARIANT",
+];
+
+fn url(rule: &str) -> String {
+    let mut kebab = String::new();
+    for (i, c) in rule.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            kebab.push('-');
+        }
+        kebab.push(c.to_ascii_lowercase());
+    }
+    // BuildKit spells these two as one word in their URLs.
+    let kebab = kebab.replace("j-s-o-n", "json");
+    format!("https://docs.docker.com/go/dockerfile/rule/{kebab}/")
+}
+
+/// Rules disabled by `# check=skip=A,B` (or `skip=all`).
+fn skipped(df: &Dockerfile) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    if let Some(check) = &df.directives.check {
+        for part in check.split(';') {
+            if let Some(list) = part.trim().strip_prefix("skip=") {
+                out.extend(list.split(',').map(|s| s.trim().to_string()));
+            }
+        }
+    }
+    out
+}
+
+/// Runs every check and returns findings in file order.
+pub fn lint(df: &Dockerfile) -> Vec<Finding> {
+    let skip = skipped(df);
+    let mut out: Vec<Finding> = Vec::new();
+    let mut add = |rule: &'static str, message: String, line: usize, column: usize| {
+        if skip.contains(rule) || skip.contains("all") {
+            return;
+        }
+        out.push(Finding {
+            rule,
+            message,
+            file: df.file.clone(),
+            line,
+            column,
+            url: url(rule),
+        });
+    };
+    let esc = df.directives.escape;
+    let mut globals: BTreeSet<String> = PLATFORM_ARGS.iter().map(|s| s.to_string()).collect();
+    let mut global_list: Vec<String> = Vec::new();
+    let mut seen_from = false;
+    let mut names: Vec<String> = Vec::new();
+    let mut custom_shell = false;
+    for ins in &df.instructions {
+        let (line, column) = (ins.pos.line, ins.pos.column);
+        match &ins.kind {
+            Kind::Arg { args } if !seen_from => {
+                for a in args {
+                    globals.insert(a.name.clone());
+                    global_list.push(a.name.clone());
+                }
+            }
+            Kind::From(f) => {
+                seen_from = true;
+                custom_shell = false;
+                let mut words = vec![&f.image];
+                words.extend(f.platform.iter());
+                for w in words {
+                    for name in referenced_names(&w.raw, esc) {
+                        if globals.contains(&name) {
+                            continue;
+                        }
+                        let cands: Vec<&str> = global_list.iter().map(String::as_str).collect();
+                        let hint = nearest(&name, &cands)
+                            .map(|n| format!(" (did you mean {n}?)"))
+                            .unwrap_or_default();
+                        add(
+                            "UndefinedArgInFrom",
+                            format!("FROM argument '{name}' is not declared{hint}"),
+                            w.pos.line,
+                            w.pos.column,
+                        );
+                    }
+                }
+                if let Some(p) = &f.platform {
+                    let lower_name = f
+                        .name
+                        .as_ref()
+                        .map(|n| n.raw.to_ascii_lowercase())
+                        .unwrap_or_default();
+                    // A constant is fine when the stage is named for its platform.
+                    let arch = p.raw.rsplit('/').next().unwrap_or_default();
+                    let named_for_it = !arch.is_empty() && lower_name.contains(arch);
+                    if !p.raw.contains('$') && !named_for_it {
+                        add(
+                            "FromPlatformFlagConstDisallowed",
+                            format!(
+                                "FROM --platform flag should not use constant value {:?}",
+                                p.raw
+                            ),
+                            p.pos.line,
+                            p.pos.column,
+                        );
+                    }
+                }
+                if let Some(n) = &f.name {
+                    if n.raw != n.raw.to_ascii_lowercase() {
+                        add(
+                            "StageNameCasing",
+                            format!("Stage name '{}' should be lowercase", n.raw),
+                            n.pos.line,
+                            n.pos.column,
+                        );
+                    }
+                    let lower = n.raw.to_ascii_lowercase();
+                    if names.contains(&lower) {
+                        add(
+                            "DuplicateStageName",
+                            format!(
+                                "Duplicate stage name {:?}, stage names should be unique",
+                                n.raw
+                            ),
+                            n.pos.line,
+                            n.pos.column,
+                        );
+                    }
+                    names.push(lower);
+                }
+            }
+            Kind::Shell { .. } => custom_shell = true,
+            Kind::Cmd {
+                command: Command::Shell(_),
+            }
+            | Kind::Entrypoint {
+                command: Command::Shell(_),
+            } if !custom_shell => {
+                add(
+                    "JSONArgsRecommended",
+                    format!(
+                        "JSON arguments recommended for {} to prevent unintended behavior related to OS signals",
+                        ins.kind.name()
+                    ),
+                    line,
+                    column,
+                );
+            }
+            Kind::Maintainer { .. } => add(
+                "MaintainerDeprecated",
+                "Maintainer instruction is deprecated in favor of using label".into(),
+                line,
+                column,
+            ),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// One line per finding: `file:line:col: RuleName: message (url)`.
+pub fn render_text(findings: &[Finding]) -> String {
+    let mut s = String::new();
+    for f in findings {
+        s.push_str(&format!(
+            "{}:{}:{}: {}: {} ({})\n",
+            f.file, f.line, f.column, f.rule, f.message, f.url
+        ));
+    }
+    s
+}
+
+/// A JSON array of findings.
+pub fn render_json(findings: &[Finding]) -> String {
+    serde_json::to_string_pretty(findings).unwrap_or_else(|_| "[]".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse;
+
+    fn rules(src: &str) -> Vec<(&'static str, usize)> {
+        let df = parse(src, "Dockerfile").expect("test input parses");
+        lint(&df).into_iter().map(|f| (f.rule, f.line)).collect()
+    }
+
+    #[test]
+    fn each_rule_fires_where_expected() {
+        let src = "ARG VERSION=1\n\
+                   FROM --platform=linux/amd64 golang:${VERSON} AS Build\n\
+                   MAINTAINER me\n\
+                   FROM alpine AS build\n\
+                   CMD echo hi\n\
+                   ENTRYPOINT [\"x\"]\n";
+        assert_eq!(
+            rules(src),
+            [
+                ("UndefinedArgInFrom", 2),
+                ("FromPlatformFlagConstDisallowed", 2),
+                ("StageNameCasing", 2),
+                ("MaintainerDeprecated", 3),
+                ("DuplicateStageName", 4),
+                ("JSONArgsRecommended", 5),
+            ]
+        );
+    }
+
+    #[test]
+    fn clean_file_has_no_findings_and_skip_directive_works() {
+        let clean = "ARG GO=1.22\nFROM --platform=$BUILDPLATFORM golang:${GO} AS build\nFROM scratch\nCMD [\"/app\"]\n";
+        assert!(rules(clean).is_empty());
+        let skipped = "# check=skip=JSONArgsRecommended\nFROM alpine\nCMD echo hi\n";
+        assert!(rules(skipped).is_empty());
+        let shell = "FROM alpine\nSHELL [\"/bin/bash\", \"-c\"]\nCMD echo hi\n";
+        assert!(rules(shell).is_empty());
+    }
+
+    #[test]
+    fn renders_text_and_json() {
+        let df = parse("FROM alpine\nCMD echo hi\n", "Dockerfile").expect("parses");
+        let f = lint(&df);
+        assert_eq!(
+            render_text(&f),
+            "Dockerfile:2:1: JSONArgsRecommended: JSON arguments recommended for CMD to prevent unintended behavior related to OS signals (https://docs.docker.com/go/dockerfile/rule/json-args-recommended/)\n"
+        );
+        let v: serde_json::Value = serde_json::from_str(&render_json(&f)).expect("valid JSON");
+        assert_eq!(v[0]["rule"], "JSONArgsRecommended");
+        assert_eq!(v[0]["line"], 2);
+    }
+}

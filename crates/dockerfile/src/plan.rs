@@ -1,0 +1,1062 @@
+//! Planning: which stages the target needs, ARG scoping and expansion per target platform, and
+//! one instance per (stage, inputs). Instances are keyed by a digest of their resolved content,
+//! so a stage whose inputs do not depend on the target platform (e.g. `FROM
+//! --platform=$BUILDPLATFORM` without TARGET* args) gets one key shared by every platform.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use oci::{Digest, Platform, Reference};
+use serde::Serialize;
+
+use crate::ast::{self, Command, Dockerfile, Instruction, Kind, MountType, Source, Word};
+use crate::error::{nearest, Error, ErrorKind, Pos};
+use crate::expand::{expand_heredoc, expand_word, expand_words};
+
+/// What to plan for.
+#[derive(Clone, Debug)]
+pub struct PlanOptions {
+    /// Stage name to build; the last stage when `None`.
+    pub target: Option<String>,
+    /// Target platforms, in output order.
+    pub platforms: Vec<Platform>,
+    /// The platform the build runs on (BUILDPLATFORM).
+    pub build_platform: Platform,
+    /// `--build-arg` values.
+    pub build_args: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BuildPlan {
+    pub target: StageRef,
+    pub platforms: Vec<PlatformPlan>,
+    /// Every distinct stage instance, dependencies before dependents.
+    pub stages: Vec<StageInstance>,
+    pub warnings: Vec<String>,
+}
+
+impl BuildPlan {
+    pub fn stage(&self, key: &str) -> Option<&StageInstance> {
+        self.stages.iter().find(|s| s.key == key)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StageRef {
+    pub index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PlatformPlan {
+    pub platform: Platform,
+    /// Key of the target stage's instance.
+    pub target: String,
+    /// Keys of the instances this platform needs, in an order that builds dependencies first.
+    pub stages: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StageInstance {
+    /// `sha256:` of the instance's resolved content (everything below, dependencies by key).
+    pub key: String,
+    #[serde(flatten)]
+    pub body: InstanceBody,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct InstanceBody {
+    pub stage: StageRef,
+    /// The platform this instance's filesystem is for.
+    pub platform: Platform,
+    pub base: Base,
+    pub depends_on: Vec<String>,
+    pub steps: Vec<Step>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Base {
+    Scratch,
+    Image { reference: String },
+    Stage { key: String, stage: StageRef },
+}
+
+/// Where COPY --from or a RUN mount's `from` reads.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Origin {
+    Context,
+    Image { reference: String },
+    Stage { key: String, stage: StageRef },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Step {
+    pub pos: Pos,
+    pub instruction: String,
+    pub op: Op,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum PlannedSource {
+    Path { path: String },
+    Heredoc { name: String, content: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PlannedMount {
+    #[serde(rename = "type")]
+    pub kind: MountType,
+    pub target: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<Origin>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sharing: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gid: Option<String>,
+    pub readonly: bool,
+    pub required: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<String>,
+}
+
+/// A resolved instruction. Fields are expanded; RUN/CMD/ENTRYPOINT text is not (the shell does
+/// that at run time).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Op {
+    Run {
+        command: Command,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        heredocs: Vec<ast::Heredoc>,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        mounts: Vec<PlannedMount>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        network: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        security: Option<String>,
+        /// ENV values set by this Dockerfile (the base image's are added by the engine).
+        env: BTreeMap<String, String>,
+        /// ARG values in effect; RUN sees them as environment unless ENV sets the same name.
+        args: BTreeMap<String, String>,
+        /// `None`: the base image's working directory.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        workdir: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
+        shell: Vec<String>,
+    },
+    Copy {
+        from: Origin,
+        sources: Vec<PlannedSource>,
+        dest: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        workdir: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        chown: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        chmod: Option<String>,
+        link: bool,
+        parents: bool,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        exclude: Vec<String>,
+    },
+    Add {
+        sources: Vec<PlannedSource>,
+        dest: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        workdir: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        chown: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        chmod: Option<String>,
+        link: bool,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        exclude: Vec<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        checksum: Option<String>,
+        keep_git_dir: bool,
+    },
+    Env {
+        vars: Vec<KeyValue>,
+    },
+    Label {
+        labels: Vec<KeyValue>,
+    },
+    Workdir {
+        path: String,
+    },
+    User {
+        user: String,
+    },
+    Expose {
+        ports: Vec<String>,
+    },
+    Volume {
+        paths: Vec<String>,
+    },
+    Cmd {
+        command: Command,
+        shell: Vec<String>,
+    },
+    Entrypoint {
+        command: Command,
+        shell: Vec<String>,
+    },
+    Shell {
+        shell: Vec<String>,
+    },
+    Healthcheck {
+        check: Option<ast::Healthcheck>,
+        shell: Vec<String>,
+    },
+    Stopsignal {
+        signal: String,
+    },
+    Onbuild {
+        trigger: String,
+    },
+    Maintainer {
+        name: String,
+    },
+}
+
+/// A stage as written.
+struct StageDef<'a> {
+    index: usize,
+    /// Lower-cased, as BuildKit compares names.
+    name: Option<String>,
+    from: &'a ast::From,
+    pos: Pos,
+    body: Vec<&'a Instruction>,
+}
+
+impl StageDef<'_> {
+    fn stage_ref(&self) -> StageRef {
+        StageRef {
+            index: self.index,
+            name: self.name.clone(),
+        }
+    }
+}
+
+/// Build args BuildKit accepts without an ARG (proxies and frontend switches).
+fn is_builtin_arg(name: &str) -> bool {
+    const PROXIES: [&str; 5] = [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "FTP_PROXY",
+        "NO_PROXY",
+        "ALL_PROXY",
+    ];
+    PROXIES.iter().any(|p| p.eq_ignore_ascii_case(name))
+        || name.starts_with("BUILDKIT_")
+        || name == "SOURCE_DATE_EPOCH"
+}
+
+fn platform_args(target: &Platform, build: &Platform) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    for (prefix, p) in [("TARGET", target), ("BUILD", build)] {
+        m.insert(format!("{prefix}PLATFORM"), p.short());
+        m.insert(format!("{prefix}OS"), p.os.clone());
+        m.insert(format!("{prefix}ARCH"), p.architecture.clone());
+        m.insert(format!("{prefix}VARIANT"), p.variant.clone());
+    }
+    m
+}
+
+/// The stages of a Dockerfile and its global ARGs.
+struct Stages<'a> {
+    global_args: Vec<&'a ast::ArgDecl>,
+    defs: Vec<StageDef<'a>>,
+}
+
+fn stages(df: &Dockerfile) -> Result<Stages<'_>, Error> {
+    let mut global_args = Vec::new();
+    let mut defs: Vec<StageDef<'_>> = Vec::new();
+    for ins in &df.instructions {
+        match (&ins.kind, defs.last_mut()) {
+            (Kind::From(f), _) => {
+                let name = f.name.as_ref().map(|n| n.raw.to_ascii_lowercase());
+                if let (Some(n), Some(w)) = (&name, &f.name) {
+                    if let Some(first) = defs.iter().find(|d| d.name.as_ref() == Some(n)) {
+                        return Err(df
+                            .error(ErrorKind::DuplicateStage(w.raw.clone()), w.pos)
+                            .with_help(format!(
+                                "stage {} already has this name (line {}); rename one of them",
+                                first.index, first.pos.line
+                            )));
+                    }
+                }
+                defs.push(StageDef {
+                    index: defs.len(),
+                    name,
+                    from: f,
+                    pos: ins.pos,
+                    body: Vec::new(),
+                });
+            }
+            (Kind::Arg { args }, None) => global_args.extend(args.iter()),
+            (_, Some(d)) => d.body.push(ins),
+            // The parser rejects other instructions before FROM.
+            (_, None) => {}
+        }
+    }
+    Ok(Stages { global_args, defs })
+}
+
+/// The final state of a stage instance, inherited by stages built `FROM` it.
+#[derive(Clone, Default)]
+struct StageState {
+    env: BTreeMap<String, String>,
+    workdir: Option<String>,
+    user: Option<String>,
+    shell: Vec<String>,
+    platform: Platform,
+}
+
+struct Planner<'a> {
+    df: &'a Dockerfile,
+    st: Stages<'a>,
+    opts: &'a PlanOptions,
+    esc: char,
+    /// Build args some ARG declared.
+    consumed: BTreeSet<String>,
+    instances: Vec<StageInstance>,
+}
+
+/// Per target platform.
+struct Pass {
+    target: Platform,
+    meta: BTreeMap<String, String>,
+    auto: BTreeMap<String, String>,
+    done: HashMap<usize, (String, StageState)>,
+    order: Vec<String>,
+}
+
+/// Plans the build of `opts.target` (or the last stage) for every platform in `opts.platforms`.
+pub fn plan(df: &Dockerfile, opts: &PlanOptions) -> Result<BuildPlan, Error> {
+    if opts.platforms.is_empty() {
+        return Err(Error::new(ErrorKind::NoPlatforms, None)
+            .with_help("pass at least one platform, such as linux/amd64"));
+    }
+    let st = stages(df)?;
+    let target_idx = match &opts.target {
+        None => st.defs.len().checked_sub(1),
+        Some(t) => {
+            let lower = t.to_ascii_lowercase();
+            st.defs
+                .iter()
+                .position(|d| d.name.as_deref() == Some(lower.as_str()))
+        }
+    };
+    let Some(target_idx) = target_idx else {
+        let names: Vec<&str> = st.defs.iter().filter_map(|d| d.name.as_deref()).collect();
+        let wanted = opts.target.clone().unwrap_or_default();
+        let help = match nearest(&wanted, &names) {
+            Some(n) => format!("did you mean {n:?}? stages: {}", names.join(", ")),
+            None if names.is_empty() => "the Dockerfile names no stage (FROM ... AS <name>)".into(),
+            None => format!("stages: {}", names.join(", ")),
+        };
+        return Err(Error::new(ErrorKind::UnknownTarget(wanted), None).with_help(help));
+    };
+    let target = st.defs[target_idx].stage_ref();
+    let mut p = Planner {
+        df,
+        st,
+        opts,
+        esc: df.directives.escape,
+        consumed: BTreeSet::new(),
+        instances: Vec::new(),
+    };
+    let mut platforms = Vec::new();
+    for tp in &opts.platforms {
+        let auto = platform_args(tp, &opts.build_platform);
+        let meta = p.meta_args(&auto)?;
+        let mut pass = Pass {
+            target: tp.clone(),
+            meta,
+            auto,
+            done: HashMap::new(),
+            order: Vec::new(),
+        };
+        let key = p.resolve(target_idx, &mut pass, &mut Vec::new())?;
+        platforms.push(PlatformPlan {
+            platform: tp.clone(),
+            target: key,
+            stages: pass.order,
+        });
+    }
+    let mut warnings = Vec::new();
+    let declared: Vec<&str> = p.all_arg_names();
+    for name in opts.build_args.keys() {
+        if p.consumed.contains(name) || is_builtin_arg(name) {
+            continue;
+        }
+        let mut w = format!("build-arg {name} was not consumed by any ARG");
+        if let Some(n) = nearest(name, &declared) {
+            w.push_str(&format!(" (did you mean {n}?)"));
+        }
+        warnings.push(w);
+    }
+    Ok(BuildPlan {
+        target,
+        platforms,
+        stages: p.instances,
+        warnings,
+    })
+}
+
+impl<'a> Planner<'a> {
+    fn all_arg_names(&self) -> Vec<&'a str> {
+        let mut v: Vec<&str> = self
+            .st
+            .global_args
+            .iter()
+            .map(|a| a.name.as_str())
+            .collect();
+        for ins in &self.df.instructions {
+            if let Kind::Arg { args } = &ins.kind {
+                v.extend(args.iter().map(|a| a.name.as_str()));
+            }
+        }
+        v
+    }
+
+    fn err(&self, kind: ErrorKind, pos: Pos) -> Error {
+        self.df.error(kind, pos)
+    }
+
+    fn expand(&self, w: &Word, env: &dyn Fn(&str) -> Option<String>) -> Result<String, Error> {
+        expand_word(&w.raw, &env, self.esc).map_err(|m| self.err(ErrorKind::Expansion(m), w.pos))
+    }
+
+    fn expand_all(
+        &self,
+        w: &Word,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Vec<String>, Error> {
+        expand_words(&w.raw, &env, self.esc).map_err(|m| self.err(ErrorKind::Expansion(m), w.pos))
+    }
+
+    /// Global ARGs: visible in FROM lines; build args override defaults.
+    fn meta_args(
+        &mut self,
+        auto: &BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, String>, Error> {
+        let mut meta = auto.clone();
+        for a in self.st.global_args.clone() {
+            let value = if let Some(v) = self.opts.build_args.get(&a.name) {
+                self.consumed.insert(a.name.clone());
+                Some(v.clone())
+            } else if let Some(d) = &a.default {
+                let m = meta.clone();
+                let lookup = move |n: &str| m.get(n).cloned();
+                Some(
+                    expand_word(d, &lookup, self.esc)
+                        .map_err(|e| self.err(ErrorKind::Expansion(e), a.pos))?,
+                )
+            } else {
+                None
+            };
+            if let Some(v) = value {
+                meta.insert(a.name.clone(), v);
+            }
+        }
+        Ok(meta)
+    }
+
+    /// Which stage a `--from` / `from=` value names, if any. Names win over indexes.
+    fn stage_named(&self, value: &str, pos: Pos) -> Result<Option<usize>, Error> {
+        let lower = value.to_ascii_lowercase();
+        if let Some(d) = self
+            .st
+            .defs
+            .iter()
+            .find(|d| d.name.as_deref() == Some(&lower))
+        {
+            return Ok(Some(d.index));
+        }
+        if let Ok(i) = value.parse::<usize>() {
+            if i < self.st.defs.len() {
+                return Ok(Some(i));
+            }
+            return Err(self.unknown_stage(value, pos));
+        }
+        // A bare word close to a stage name is a typo, not an image on Docker Hub; a word that
+        // is not a valid reference cannot be an image either.
+        let names: Vec<&str> = self
+            .st
+            .defs
+            .iter()
+            .filter_map(|d| d.name.as_deref())
+            .collect();
+        let bare = !value.contains(['/', ':', '@']);
+        if (bare && nearest(value, &names).is_some()) || Reference::parse(value).is_err() {
+            return Err(self.unknown_stage(value, pos));
+        }
+        Ok(None)
+    }
+
+    fn unknown_stage(&self, value: &str, pos: Pos) -> Error {
+        let names: Vec<&str> = self
+            .st
+            .defs
+            .iter()
+            .filter_map(|d| d.name.as_deref())
+            .collect();
+        let e = self.err(ErrorKind::UnknownStage(value.to_string()), pos);
+        match nearest(value, &names) {
+            Some(n) => e.with_help(format!("did you mean {n:?}? stages: {}", names.join(", "))),
+            None if names.is_empty() => e.with_help(format!(
+                "no stage has a name; stages are numbered 0 to {}",
+                self.st.defs.len().saturating_sub(1)
+            )),
+            None => e.with_help(format!("stages: {}", names.join(", "))),
+        }
+    }
+
+    fn origin(
+        &mut self,
+        value: &str,
+        pos: Pos,
+        pass: &mut Pass,
+        stack: &mut Vec<(usize, Pos)>,
+        deps: &mut Vec<String>,
+    ) -> Result<Origin, Error> {
+        match self.stage_named(value, pos)? {
+            Some(i) => {
+                let key = self.dep(i, pos, pass, stack)?;
+                if !deps.contains(&key) {
+                    deps.push(key.clone());
+                }
+                Ok(Origin::Stage {
+                    key,
+                    stage: self.st.defs[i].stage_ref(),
+                })
+            }
+            None => {
+                let r = Reference::parse(value).map_err(|e| {
+                    self.err(
+                        ErrorKind::InvalidReference {
+                            value: value.to_string(),
+                            reason: e.to_string(),
+                        },
+                        pos,
+                    )
+                })?;
+                Ok(Origin::Image {
+                    reference: r.to_string(),
+                })
+            }
+        }
+    }
+
+    /// Resolves a dependency on stage `i`, detecting cycles.
+    fn dep(
+        &mut self,
+        i: usize,
+        pos: Pos,
+        pass: &mut Pass,
+        stack: &mut Vec<(usize, Pos)>,
+    ) -> Result<String, Error> {
+        if let Some(start) = stack.iter().position(|(s, _)| *s == i) {
+            let label = |s: usize| {
+                self.st.defs[s]
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| format!("stage {s}"))
+            };
+            let mut chain: Vec<String> = stack[start..].iter().map(|(s, _)| label(*s)).collect();
+            chain.push(label(i));
+            return Err(self
+                .err(ErrorKind::Cycle(chain.join(" -> ")), pos)
+                .with_help("a stage cannot use itself, directly or through other stages"));
+        }
+        stack.push((i, pos));
+        let r = self.resolve(i, pass, stack);
+        stack.pop();
+        r
+    }
+
+    fn resolve(
+        &mut self,
+        i: usize,
+        pass: &mut Pass,
+        stack: &mut Vec<(usize, Pos)>,
+    ) -> Result<String, Error> {
+        if let Some((key, _)) = pass.done.get(&i) {
+            return Ok(key.clone());
+        }
+        if stack.is_empty() {
+            stack.push((i, self.st.defs[i].pos));
+        }
+        let def_from = self.st.defs[i].from;
+        let meta = pass.meta.clone();
+        let meta_lookup = move |n: &str| meta.get(n).cloned();
+        let image = self.expand(&def_from.image, &meta_lookup)?;
+        if image.is_empty() {
+            return Err(self
+                .err(
+                    ErrorKind::Syntax(format!(
+                        "base name ({}) should not be blank",
+                        def_from.image.raw
+                    )),
+                    def_from.image.pos,
+                )
+                .with_help(
+                    "declare the ARG with a default before the first FROM, or pass --build-arg",
+                ));
+        }
+        let explicit_platform = match &def_from.platform {
+            Some(w) => {
+                let v = self.expand(w, &meta_lookup)?;
+                Some(Platform::parse(&v).map_err(|e| {
+                    self.err(
+                        ErrorKind::InvalidPlatform {
+                            value: v.clone(),
+                            reason: e.to_string(),
+                        },
+                        w.pos,
+                    )
+                })?)
+            }
+            None => None,
+        };
+        let lower = image.to_ascii_lowercase();
+        let parent = self.st.defs[..i]
+            .iter()
+            .find(|d| d.name.as_deref() == Some(lower.as_str()))
+            .map(|d| d.index);
+        let mut deps = Vec::new();
+        let (base, mut state) = match parent {
+            Some(pi) => {
+                let key = self.dep(pi, def_from.image.pos, pass, stack)?;
+                let state = pass.done.get(&pi).map(|d| d.1.clone()).unwrap_or_default();
+                deps.push(key.clone());
+                (
+                    Base::Stage {
+                        key,
+                        stage: self.st.defs[pi].stage_ref(),
+                    },
+                    state,
+                )
+            }
+            None => {
+                let platform = explicit_platform.clone().unwrap_or(pass.target.clone());
+                let shell = default_shell(&platform);
+                let base = if lower == "scratch" {
+                    Base::Scratch
+                } else {
+                    let r = Reference::parse(&image).map_err(|e| {
+                        self.err(
+                            ErrorKind::InvalidReference {
+                                value: image.clone(),
+                                reason: e.to_string(),
+                            },
+                            def_from.image.pos,
+                        )
+                    })?;
+                    Base::Image {
+                        reference: r.to_string(),
+                    }
+                };
+                (
+                    base,
+                    StageState {
+                        shell,
+                        platform,
+                        ..Default::default()
+                    },
+                )
+            }
+        };
+        if let Some(p) = explicit_platform {
+            state.platform = p;
+        }
+        let steps = self.steps(i, pass, stack, &mut state, &mut deps)?;
+        let body = InstanceBody {
+            stage: self.st.defs[i].stage_ref(),
+            platform: state.platform.clone(),
+            base,
+            depends_on: deps,
+            steps,
+        };
+        let bytes = serde_json::to_vec(&body).unwrap_or_default();
+        let key = Digest::sha256_of(&bytes).to_string();
+        if !self.instances.iter().any(|s| s.key == key) {
+            self.instances.push(StageInstance {
+                key: key.clone(),
+                body,
+            });
+        }
+        if !pass.order.contains(&key) {
+            pass.order.push(key.clone());
+        }
+        pass.done.insert(i, (key.clone(), state));
+        Ok(key)
+    }
+
+    fn steps(
+        &mut self,
+        i: usize,
+        pass: &mut Pass,
+        stack: &mut Vec<(usize, Pos)>,
+        state: &mut StageState,
+        deps: &mut Vec<String>,
+    ) -> Result<Vec<Step>, Error> {
+        let mut args: BTreeMap<String, String> = BTreeMap::new();
+        let mut steps = Vec::new();
+        let body = self.st.defs[i].body.clone();
+        for ins in body {
+            // ENV wins over ARG of the same name.
+            let (env, a) = (state.env.clone(), args.clone());
+            let lookup = move |n: &str| env.get(n).or_else(|| a.get(n)).cloned();
+            let op = match &ins.kind {
+                Kind::Arg { args: decls } => {
+                    for d in decls {
+                        let value = if let Some(v) = self.opts.build_args.get(&d.name) {
+                            self.consumed.insert(d.name.clone());
+                            Some(v.clone())
+                        } else if let Some(def) = &d.default {
+                            Some(
+                                expand_word(def, &lookup, self.esc)
+                                    .map_err(|e| self.err(ErrorKind::Expansion(e), d.pos))?,
+                            )
+                        } else if let Some(v) = pass.auto.get(&d.name) {
+                            Some(v.clone())
+                        } else {
+                            let global = self.st.global_args.iter().any(|g| g.name == d.name);
+                            global.then(|| pass.meta.get(&d.name).cloned()).flatten()
+                        };
+                        if let Some(v) = value {
+                            args.insert(d.name.clone(), v);
+                        }
+                    }
+                    continue;
+                }
+                Kind::Env { vars } => {
+                    let mut out = Vec::new();
+                    for kv in vars {
+                        let w = |raw: &str| Word {
+                            raw: raw.to_string(),
+                            pos: kv.pos,
+                        };
+                        let key = self.expand(&w(&kv.key), &lookup)?;
+                        let value = self.expand(&w(&kv.value), &lookup)?;
+                        out.push(KeyValue { key, value });
+                    }
+                    for kv in &out {
+                        state.env.insert(kv.key.clone(), kv.value.clone());
+                    }
+                    Op::Env { vars: out }
+                }
+                Kind::Label { labels } => {
+                    let mut out = Vec::new();
+                    for kv in labels {
+                        let w = |raw: &str| Word {
+                            raw: raw.to_string(),
+                            pos: kv.pos,
+                        };
+                        out.push(KeyValue {
+                            key: self.expand(&w(&kv.key), &lookup)?,
+                            value: self.expand(&w(&kv.value), &lookup)?,
+                        });
+                    }
+                    Op::Label { labels: out }
+                }
+                Kind::Run(r) => {
+                    let mut mounts = Vec::new();
+                    for m in &r.mounts {
+                        mounts.push(self.mount(m, &lookup, pass, stack, deps)?);
+                    }
+                    let opt = |w: &Option<Word>| -> Result<Option<String>, Error> {
+                        w.as_ref().map(|w| self.expand(w, &lookup)).transpose()
+                    };
+                    Op::Run {
+                        command: r.command.clone(),
+                        heredocs: r.heredocs.clone(),
+                        mounts,
+                        network: opt(&r.network)?,
+                        security: opt(&r.security)?,
+                        env: state.env.clone(),
+                        args: args.clone(),
+                        workdir: state.workdir.clone(),
+                        user: state.user.clone(),
+                        shell: state.shell.clone(),
+                    }
+                }
+                Kind::Copy(c) | Kind::Add(c) => {
+                    let opt = |w: &Option<Word>| -> Result<Option<String>, Error> {
+                        w.as_ref().map(|w| self.expand(w, &lookup)).transpose()
+                    };
+                    let mut sources = Vec::new();
+                    for s in &c.sources {
+                        match s {
+                            Source::Path(w) => {
+                                for path in self.expand_all(w, &lookup)? {
+                                    sources.push(PlannedSource::Path { path });
+                                }
+                            }
+                            Source::Heredoc(h) => {
+                                let content = if h.expand {
+                                    expand_heredoc(&h.content, &lookup, self.esc)
+                                        .map_err(|e| self.err(ErrorKind::Expansion(e), h.pos))?
+                                } else {
+                                    h.content.clone()
+                                };
+                                sources.push(PlannedSource::Heredoc {
+                                    name: h.delimiter.clone(),
+                                    content,
+                                });
+                            }
+                        }
+                    }
+                    let dest = self.expand(&c.dest, &lookup)?;
+                    let mut exclude = Vec::new();
+                    for w in &c.exclude {
+                        exclude.push(self.expand(w, &lookup)?);
+                    }
+                    let (chown, chmod) = (opt(&c.chown)?, opt(&c.chmod)?);
+                    if let Kind::Add(_) = ins.kind {
+                        Op::Add {
+                            sources,
+                            dest,
+                            workdir: state.workdir.clone(),
+                            chown,
+                            chmod,
+                            link: c.link,
+                            exclude,
+                            checksum: opt(&c.checksum)?,
+                            keep_git_dir: c.keep_git_dir,
+                        }
+                    } else {
+                        let from = match &c.from {
+                            Some(w) => {
+                                let v = self.expand(w, &lookup)?;
+                                self.origin(&v, w.pos, pass, stack, deps)?
+                            }
+                            None => Origin::Context,
+                        };
+                        Op::Copy {
+                            from,
+                            sources,
+                            dest,
+                            workdir: state.workdir.clone(),
+                            chown,
+                            chmod,
+                            link: c.link,
+                            parents: c.parents,
+                            exclude,
+                        }
+                    }
+                }
+                Kind::Workdir { path } => {
+                    let p = self.expand(path, &lookup)?;
+                    let resolved = resolve_workdir(state.workdir.as_deref(), &p);
+                    state.workdir = Some(resolved.clone());
+                    Op::Workdir { path: resolved }
+                }
+                Kind::User { user } => {
+                    let u = self.expand(user, &lookup)?;
+                    state.user = Some(u.clone());
+                    Op::User { user: u }
+                }
+                Kind::Expose { ports } => {
+                    let mut out = Vec::new();
+                    for w in ports {
+                        out.extend(self.expand_all(w, &lookup)?);
+                    }
+                    Op::Expose { ports: out }
+                }
+                Kind::Volume { paths } => {
+                    let mut out = Vec::new();
+                    for w in paths {
+                        out.extend(self.expand_all(w, &lookup)?);
+                    }
+                    Op::Volume { paths: out }
+                }
+                Kind::Cmd { command } => Op::Cmd {
+                    command: command.clone(),
+                    shell: state.shell.clone(),
+                },
+                Kind::Entrypoint { command } => Op::Entrypoint {
+                    command: command.clone(),
+                    shell: state.shell.clone(),
+                },
+                Kind::Shell { shell } => {
+                    state.shell = shell.clone();
+                    Op::Shell {
+                        shell: shell.clone(),
+                    }
+                }
+                Kind::Healthcheck { check } => Op::Healthcheck {
+                    check: check.clone(),
+                    shell: state.shell.clone(),
+                },
+                Kind::Stopsignal { signal } => Op::Stopsignal {
+                    signal: self.expand(signal, &lookup)?,
+                },
+                Kind::Onbuild { trigger } => Op::Onbuild {
+                    trigger: trigger.text.clone(),
+                },
+                Kind::Maintainer { name } => Op::Maintainer { name: name.clone() },
+                Kind::From(_) => continue,
+            };
+            steps.push(Step {
+                pos: ins.pos,
+                instruction: ins.text.clone(),
+                op,
+            });
+        }
+        Ok(steps)
+    }
+
+    fn mount(
+        &mut self,
+        m: &ast::Mount,
+        lookup: &dyn Fn(&str) -> Option<String>,
+        pass: &mut Pass,
+        stack: &mut Vec<(usize, Pos)>,
+        deps: &mut Vec<String>,
+    ) -> Result<PlannedMount, Error> {
+        let x = |v: &Option<String>| -> Result<Option<String>, Error> {
+            v.as_ref()
+                .map(|raw| {
+                    self.expand(
+                        &Word {
+                            raw: raw.clone(),
+                            pos: m.pos,
+                        },
+                        lookup,
+                    )
+                })
+                .transpose()
+        };
+        let kind = m.kind.unwrap_or(MountType::Bind);
+        let mut id = x(&m.id)?;
+        let mut target = x(&m.target)?;
+        match kind {
+            MountType::Secret => {
+                if id.is_none() {
+                    id = target.as_deref().map(basename);
+                }
+                let Some(sid) = id.clone() else {
+                    return Err(self
+                        .err(
+                            ErrorKind::InvalidMount(
+                                "a secret mount needs an id or a target".into(),
+                            ),
+                            m.pos,
+                        )
+                        .with_help("add id=<secret id>"));
+                };
+                target.get_or_insert_with(|| format!("/run/secrets/{sid}"));
+            }
+            MountType::Ssh => {
+                id.get_or_insert_with(|| "default".into());
+                target.get_or_insert_with(|| "/run/buildkit/ssh_agent.0".into());
+            }
+            MountType::Cache => {
+                if id.is_none() {
+                    id = target.clone();
+                }
+            }
+            MountType::Bind | MountType::Tmpfs => {}
+        }
+        let from_value = x(&m.from)?;
+        let sharing = match kind {
+            MountType::Cache => Some(x(&m.sharing)?.unwrap_or_else(|| "shared".into())),
+            _ => x(&m.sharing)?,
+        };
+        let mut planned = PlannedMount {
+            kind,
+            target: target.unwrap_or_default(),
+            source: x(&m.source)?,
+            from: None,
+            id,
+            sharing,
+            mode: x(&m.mode)?,
+            uid: x(&m.uid)?,
+            gid: x(&m.gid)?,
+            readonly: m.readonly.unwrap_or(kind == MountType::Bind),
+            required: m.required.unwrap_or(false),
+            env: x(&m.env)?,
+            size: x(&m.size)?,
+        };
+        if let Some(v) = from_value {
+            planned.from = Some(self.origin(&v, m.pos, pass, stack, deps)?);
+        }
+        Ok(planned)
+    }
+}
+
+fn basename(p: &str) -> String {
+    p.trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn default_shell(p: &Platform) -> Vec<String> {
+    if p.os == "windows" {
+        vec!["cmd".into(), "/S".into(), "/C".into()]
+    } else {
+        vec!["/bin/sh".into(), "-c".into()]
+    }
+}
+
+/// WORKDIR: absolute paths replace, relative ones join the current directory (when known).
+fn resolve_workdir(current: Option<&str>, path: &str) -> String {
+    let joined = if path.starts_with('/') {
+        path.to_string()
+    } else {
+        match current {
+            Some(c) => format!("{}/{}", c.trim_end_matches('/'), path),
+            None => return path.to_string(),
+        }
+    };
+    let mut parts: Vec<&str> = Vec::new();
+    for seg in joined.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            s => parts.push(s),
+        }
+    }
+    format!("/{}", parts.join("/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workdir_resolution() {
+        assert_eq!(resolve_workdir(None, "/app"), "/app");
+        assert_eq!(resolve_workdir(Some("/app"), "src"), "/app/src");
+        assert_eq!(resolve_workdir(Some("/app"), "../x/./y"), "/x/y");
+        assert_eq!(resolve_workdir(None, "rel"), "rel");
+    }
+}
