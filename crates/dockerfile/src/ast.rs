@@ -209,6 +209,8 @@ pub struct Copy {
     pub keep_git_dir: bool,
     pub sources: Vec<Source>,
     pub dest: Word,
+    /// JSON form: each source is one word, never split on blanks.
+    pub json: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

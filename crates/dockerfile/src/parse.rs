@@ -836,6 +836,7 @@ impl InsParser<'_> {
         let mut words: Vec<Word> = Vec::new();
         let mut sources = Vec::new();
         if let Some(v) = parse_json_array(args) {
+            c.json = true;
             let pos = self.at(args_off);
             words = v.into_iter().map(|raw| Word { raw, pos }).collect();
         } else {

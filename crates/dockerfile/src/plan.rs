@@ -23,6 +23,24 @@ pub struct PlanOptions {
     pub build_platform: Platform,
     /// `--build-arg` values.
     pub build_args: BTreeMap<String, String>,
+    /// The `Env` of base image configs, by (reference as the plan prints it, platform in short
+    /// form). The engine may plan once, fetch the configs of the `Base::Image` references, and
+    /// plan again so that `ENV PATH=/x:$PATH` expands against the image as BuildKit does.
+    /// Unknown images contribute no variables.
+    pub image_env: BTreeMap<(String, String), BTreeMap<String, String>>,
+}
+
+impl Default for PlanOptions {
+    fn default() -> Self {
+        let host = Platform::host();
+        PlanOptions {
+            target: None,
+            platforms: vec![host.clone()],
+            build_platform: host,
+            build_args: BTreeMap::new(),
+            image_env: BTreeMap::new(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -153,7 +171,8 @@ pub enum Op {
         network: Option<String>,
         #[serde(skip_serializing_if = "Option::is_none")]
         security: Option<String>,
-        /// ENV values set by this Dockerfile (the base image's are added by the engine).
+        /// ENV values: the base image's (when given in `PlanOptions::image_env`) and this
+        /// Dockerfile's.
         env: BTreeMap<String, String>,
         /// ARG values in effect; RUN sees them as environment unless ENV sets the same name.
         args: BTreeMap<String, String>,
@@ -215,18 +234,23 @@ pub enum Op {
     },
     Cmd {
         command: Command,
-        shell: Vec<String>,
+        /// The shell in effect, for the shell form.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        shell: Option<Vec<String>>,
     },
     Entrypoint {
         command: Command,
-        shell: Vec<String>,
+        /// The shell in effect, for the shell form.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        shell: Option<Vec<String>>,
     },
     Shell {
         shell: Vec<String>,
     },
     Healthcheck {
         check: Option<ast::Healthcheck>,
-        shell: Vec<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        shell: Option<Vec<String>>,
     },
     Stopsignal {
         signal: String,
@@ -412,7 +436,9 @@ pub fn plan(df: &Dockerfile, opts: &PlanOptions) -> Result<BuildPlan, Error> {
             continue;
         }
         let mut w = format!("build-arg {name} was not consumed by any ARG");
-        if let Some(n) = nearest(name, &declared) {
+        if declared.contains(&name.as_str()) {
+            w.push_str(" (only stages this target does not need declare it)");
+        } else if let Some(n) = nearest(name, &declared) {
             w.push_str(&format!(" (did you mean {n}?)"));
         }
         warnings.push(w);
@@ -558,7 +584,7 @@ impl<'a> Planner<'a> {
                     self.err(
                         ErrorKind::InvalidReference {
                             value: value.to_string(),
-                            reason: e.to_string(),
+                            reason: reason(e),
                         },
                         pos,
                     )
@@ -633,7 +659,7 @@ impl<'a> Planner<'a> {
                     self.err(
                         ErrorKind::InvalidPlatform {
                             value: v.clone(),
-                            reason: e.to_string(),
+                            reason: reason(e),
                         },
                         w.pos,
                     )
@@ -670,7 +696,7 @@ impl<'a> Planner<'a> {
                         self.err(
                             ErrorKind::InvalidReference {
                                 value: image.clone(),
-                                reason: e.to_string(),
+                                reason: reason(e),
                             },
                             def_from.image.pos,
                         )
@@ -679,9 +705,19 @@ impl<'a> Planner<'a> {
                         reference: r.to_string(),
                     }
                 };
+                let env = match &base {
+                    Base::Image { reference } => self
+                        .opts
+                        .image_env
+                        .get(&(reference.clone(), platform.short()))
+                        .cloned()
+                        .unwrap_or_default(),
+                    _ => BTreeMap::new(),
+                };
                 (
                     base,
                     StageState {
+                        env,
                         shell,
                         platform,
                         ..Default::default()
@@ -811,6 +847,9 @@ impl<'a> Planner<'a> {
                     let mut sources = Vec::new();
                     for s in &c.sources {
                         match s {
+                            Source::Path(w) if c.json => sources.push(PlannedSource::Path {
+                                path: self.expand(w, &lookup)?,
+                            }),
                             Source::Path(w) => {
                                 for path in self.expand_all(w, &lookup)? {
                                     sources.push(PlannedSource::Path { path });
@@ -896,11 +935,11 @@ impl<'a> Planner<'a> {
                 }
                 Kind::Cmd { command } => Op::Cmd {
                     command: command.clone(),
-                    shell: state.shell.clone(),
+                    shell: shell_for(command, &state.shell),
                 },
                 Kind::Entrypoint { command } => Op::Entrypoint {
                     command: command.clone(),
-                    shell: state.shell.clone(),
+                    shell: shell_for(command, &state.shell),
                 },
                 Kind::Shell { shell } => {
                     state.shell = shell.clone();
@@ -909,8 +948,10 @@ impl<'a> Planner<'a> {
                     }
                 }
                 Kind::Healthcheck { check } => Op::Healthcheck {
+                    shell: check
+                        .as_ref()
+                        .and_then(|c| shell_for(&c.command, &state.shell)),
                     check: check.clone(),
-                    shell: state.shell.clone(),
                 },
                 Kind::Stopsignal { signal } => Op::Stopsignal {
                     signal: self.expand(signal, &lookup)?,
@@ -1009,12 +1050,25 @@ impl<'a> Planner<'a> {
     }
 }
 
+/// The reason alone: our message already names the value.
+fn reason(e: oci::Error) -> String {
+    match e {
+        oci::Error::InvalidPlatform { reason, .. }
+        | oci::Error::InvalidReference { reason, .. } => reason,
+        other => other.to_string(),
+    }
+}
+
 fn basename(p: &str) -> String {
     p.trim_end_matches('/')
         .rsplit('/')
         .next()
         .unwrap_or_default()
         .to_string()
+}
+
+fn shell_for(command: &Command, shell: &[String]) -> Option<Vec<String>> {
+    matches!(command, Command::Shell(_)).then(|| shell.to_vec())
 }
 
 fn default_shell(p: &Platform) -> Vec<String> {

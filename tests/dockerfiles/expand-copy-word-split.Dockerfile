@@ -1,0 +1,10 @@
+FROM alpine
+ARG FILES="a.txt b.txt"
+ARG DEST=/data
+COPY $FILES "${DEST}/"
+COPY ["with space.txt", "${DEST}/spaced/"]
+EXPOSE 80 443/tcp ${PORT:-8080}
+VOLUME ["/data", "/logs"]
+VOLUME /cache /tmp/x
+USER ${UID:-1000}:${GID:-1000}
+STOPSIGNAL ${SIGNAL:-SIGQUIT}

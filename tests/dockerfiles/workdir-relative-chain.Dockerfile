@@ -1,0 +1,8 @@
+FROM alpine
+WORKDIR /a
+WORKDIR b
+WORKDIR ../c/./d
+RUN pwd
+COPY x.txt rel/
+FROM scratch AS empty
+WORKDIR relative-on-scratch
