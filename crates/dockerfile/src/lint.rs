@@ -80,6 +80,8 @@ pub fn lint(df: &Dockerfile) -> Vec<Finding> {
     let mut seen_from = false;
     let mut names: Vec<String> = Vec::new();
     let mut custom_shell = false;
+    // (stage name, whether its SHELL is custom), in stage order.
+    let mut shells: Vec<(String, bool)> = Vec::new();
     for ins in &df.instructions {
         let (line, column) = (ins.pos.line, ins.pos.column);
         match &ins.kind {
@@ -91,7 +93,9 @@ pub fn lint(df: &Dockerfile) -> Vec<Finding> {
             }
             Kind::From(f) => {
                 seen_from = true;
-                custom_shell = false;
+                // A stage built FROM another inherits its SHELL.
+                let parent = f.image.raw.to_ascii_lowercase();
+                custom_shell = shells.iter().any(|(n, custom)| *n == parent && *custom);
                 let mut words = vec![&f.image];
                 words.extend(f.platform.iter());
                 for w in words {
@@ -155,8 +159,15 @@ pub fn lint(df: &Dockerfile) -> Vec<Finding> {
                     }
                     names.push(lower);
                 }
+                let own = f.name.as_ref().map(|n| n.raw.to_ascii_lowercase());
+                shells.push((own.unwrap_or_default(), custom_shell));
             }
-            Kind::Shell { .. } => custom_shell = true,
+            Kind::Shell { .. } => {
+                custom_shell = true;
+                if let Some(last) = shells.last_mut() {
+                    last.1 = true;
+                }
+            }
             Kind::Cmd {
                 command: Command::Shell(_),
             }

@@ -714,12 +714,15 @@ impl<'a> Planner<'a> {
                         .unwrap_or_default(),
                     _ => BTreeMap::new(),
                 };
+                // scratch has no config: its working directory is the root.
+                let workdir = matches!(base, Base::Scratch).then(|| "/".to_string());
                 (
                     base,
                     StageState {
                         env,
                         shell,
                         platform,
+                        workdir,
                         ..Default::default()
                     },
                 )
@@ -1038,7 +1041,10 @@ impl<'a> Planner<'a> {
             mode: x(&m.mode)?,
             uid: x(&m.uid)?,
             gid: x(&m.gid)?,
-            readonly: m.readonly.unwrap_or(kind == MountType::Bind),
+            // Bind, secret and ssh mounts are read-only unless asked otherwise.
+            readonly: m
+                .readonly
+                .unwrap_or(!matches!(kind, MountType::Cache | MountType::Tmpfs)),
             required: m.required.unwrap_or(false),
             env: x(&m.env)?,
             size: x(&m.size)?,
