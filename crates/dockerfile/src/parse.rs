@@ -1009,6 +1009,20 @@ impl InsParser<'_> {
         if rest.trim().is_empty() {
             return Err(self.syntax("ONBUILD requires at least one argument", self.pos));
         }
+        // Reject forbidden triggers before recursing, so `ONBUILD ONBUILD ...` cannot nest deep.
+        let first = rest.split_whitespace().next().unwrap_or_default();
+        if ["ONBUILD", "FROM", "MAINTAINER"]
+            .iter()
+            .any(|k| first.eq_ignore_ascii_case(k))
+        {
+            return Err(self.syntax(
+                format!(
+                    "{} isn't allowed as an ONBUILD trigger",
+                    first.to_ascii_uppercase()
+                ),
+                self.at(self.rest_off),
+            ));
+        }
         // Re-parse the trigger as its own logical line, keeping positions.
         let mut inner = Logical::default();
         for (i, seg) in self.logical.segs.iter().enumerate() {
@@ -1026,18 +1040,6 @@ impl InsParser<'_> {
             inner.push(&self.text[start..end], seg.1, col);
         }
         let trigger = self.src.instruction(&inner, self.esc, None)?;
-        if matches!(
-            trigger.kind,
-            Kind::Onbuild { .. } | Kind::From(_) | Kind::Maintainer { .. }
-        ) {
-            return Err(self.syntax(
-                format!(
-                    "{} isn't allowed as an ONBUILD trigger",
-                    trigger.kind.name()
-                ),
-                trigger.pos,
-            ));
-        }
         Ok(Kind::Onbuild {
             trigger: Box::new(trigger),
         })
@@ -1092,4 +1094,177 @@ fn is_duration(s: &str) -> bool {
         rest = &rest[u.len()..];
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(src: &str) -> Instruction {
+        let df = parse(&format!("FROM a\n{src}"), "Dockerfile").expect("parses");
+        df.instructions
+            .into_iter()
+            .nth(1)
+            .expect("second instruction")
+    }
+
+    fn err(src: &str) -> String {
+        parse(src, "Dockerfile").expect_err("fails").to_string()
+    }
+
+    #[test]
+    fn directives_only_at_the_top() {
+        let df = parse(
+            "# syntax=x/y:1\n# ESCAPE = `\n# check=skip=all\nFROM a\n",
+            "D",
+        )
+        .expect("parses");
+        assert_eq!(df.directives.syntax.as_deref(), Some("x/y:1"));
+        assert_eq!(df.directives.escape, '`');
+        assert_eq!(df.directives.check.as_deref(), Some("skip=all"));
+        // After a comment, `# escape=` is just a comment.
+        let df = parse("# hello\n# escape=`\nFROM a\n", "D").expect("parses");
+        assert_eq!(df.directives.escape, '\\');
+        assert!(err("# escape=`\n# escape=\\\nFROM a\n").contains("only one escape"));
+    }
+
+    #[test]
+    fn continuation_skips_comments_and_blank_lines_and_keeps_positions() {
+        let i = one("RUN a \\\n  # note\n\n  b \\  \n  c\nUSER x\n");
+        assert_eq!(
+            i.kind,
+            Kind::Run(Run {
+                mounts: vec![],
+                network: None,
+                security: None,
+                command: Command::Shell("a   b   c".into()),
+                heredocs: vec![],
+            })
+        );
+        let df = parse("FROM a\nRUN a \\\n  # note\n\n  b\nUSER x\n", "D").expect("parses");
+        assert_eq!(df.instructions[2].pos, Pos { line: 6, column: 1 });
+    }
+
+    #[test]
+    fn heredoc_after_words_and_several_per_instruction() {
+        let Kind::Run(r) =
+            one("RUN python3 <<EOF && cat <<'RAW' >x\nprint(1)\nEOF\n$HOME\nRAW\nUSER u\n").kind
+        else {
+            panic!("RUN expected")
+        };
+        assert_eq!(r.heredocs.len(), 2);
+        assert_eq!(
+            (
+                r.heredocs[0].delimiter.as_str(),
+                r.heredocs[0].content.as_str(),
+                r.heredocs[0].expand
+            ),
+            ("EOF", "print(1)\n", true)
+        );
+        assert_eq!(
+            (
+                r.heredocs[1].delimiter.as_str(),
+                r.heredocs[1].content.as_str(),
+                r.heredocs[1].expand
+            ),
+            ("RAW", "$HOME\n", false)
+        );
+        // `<<<` (a here-string) and `<<` alone are not here-documents.
+        let Kind::Run(r) = one("RUN cat <<< hi\n").kind else {
+            panic!("RUN expected")
+        };
+        assert!(r.heredocs.is_empty());
+    }
+
+    #[test]
+    fn flags_and_forms() {
+        let Kind::Copy(c) = one("copy --from=b --chown=1:2 --chmod=640 --link --exclude=*.md --exclude=x --parents a \"b c\" /d/\n").kind
+        else {
+            panic!("COPY expected")
+        };
+        assert_eq!(c.from.map(|w| w.raw), Some("b".into()));
+        assert_eq!(c.exclude.len(), 2);
+        assert!(c.link && c.parents && !c.json);
+        assert_eq!(c.sources.len(), 2);
+        assert_eq!(c.dest.raw, "/d/");
+        let Kind::Add(a) =
+            one("ADD --checksum=sha256:abc --keep-git-dir=true https://x/y.git /src\n").kind
+        else {
+            panic!("ADD expected")
+        };
+        assert!(a.keep_git_dir && a.checksum.is_some());
+        assert_eq!(
+            one("CMD [\"a\", \"b\"]\n").kind,
+            Kind::Cmd {
+                command: Command::Exec(vec!["a".into(), "b".into()])
+            }
+        );
+        // Broken JSON falls back to the shell form, as in BuildKit.
+        assert_eq!(
+            one("CMD [\"a\", b]\n").kind,
+            Kind::Cmd {
+                command: Command::Shell("[\"a\", b]".into())
+            }
+        );
+        let Kind::Env { vars } = one("ENV K value with  spaces\n").kind else {
+            panic!("ENV")
+        };
+        assert_eq!(
+            (vars[0].key.as_str(), vars[0].value.as_str()),
+            ("K", "value with  spaces")
+        );
+        let Kind::Arg { args } = one("ARG A B=2 C=\"x y\"\n").kind else {
+            panic!("ARG")
+        };
+        assert_eq!(args.len(), 3);
+        assert_eq!(args[2].default.as_deref(), Some("\"x y\""));
+    }
+
+    #[test]
+    fn mounts_parse_with_options() {
+        let Kind::Run(r) = one("RUN --mount=type=cache,target=/c,id=i,sharing=locked,uid=1,gid=2,mode=0755 --mount=type=secret,id=s,env=TOK,required --mount=type=bind,from=b,src=/x,dst=/y,rw true\n").kind
+        else {
+            panic!("RUN expected")
+        };
+        assert_eq!(r.mounts[0].kind, Some(MountType::Cache));
+        assert_eq!(r.mounts[0].sharing.as_deref(), Some("locked"));
+        assert_eq!(r.mounts[1].required, Some(true));
+        assert_eq!(r.mounts[1].env.as_deref(), Some("TOK"));
+        assert_eq!(r.mounts[2].readonly, Some(false));
+        assert_eq!(r.mounts[2].target.as_deref(), Some("/y"));
+        assert!(
+            err("FROM a\nRUN --mount=type=cache,bogus=1,target=/x true\n")
+                .contains("unexpected key \"bogus\"")
+        );
+        assert!(
+            err("FROM a\nRUN --mount=type=cache,target=/x,sharing=sometimes true\n")
+                .contains("unsupported sharing")
+        );
+    }
+
+    #[test]
+    fn error_columns_point_at_the_offending_word() {
+        let e = parse("FROM a\n  COPY --chmod=1 --nope a b\n", "D").expect_err("unknown flag");
+        assert_eq!(
+            e.location.map(|l| l.pos),
+            Some(Pos {
+                line: 2,
+                column: 18
+            })
+        );
+        let e = parse("FROM a\nENV A=1 \\\n    B\n", "D").expect_err("missing =");
+        assert_eq!(e.location.map(|l| l.pos), Some(Pos { line: 3, column: 5 }));
+    }
+
+    #[test]
+    fn onbuild_keeps_the_trigger() {
+        let Kind::Onbuild { trigger } = one("ONBUILD run echo hi\n").kind else {
+            panic!("ONBUILD")
+        };
+        assert_eq!(trigger.kind.name(), "RUN");
+        assert_eq!(trigger.pos, Pos { line: 2, column: 9 });
+        assert!(
+            err("FROM a\nONBUILD ONBUILD RUN x\n").contains("isn't allowed as an ONBUILD trigger")
+        );
+    }
 }

@@ -212,3 +212,21 @@ fn instruction_sequence_agrees_with_parse_dockerfile() {
     }
     assert!(compared >= 40, "only {compared} files compared");
 }
+
+/// Line endings do not matter: every positive file plans byte-for-byte the same with LF and CRLF.
+#[test]
+fn crlf_and_lf_plan_identically() {
+    let mut compared = 0;
+    for path in dockerfiles().iter().filter(|p| !is_negative(p)) {
+        let text = fs::read_to_string(path).expect("utf-8 Dockerfile");
+        let lf = text.replace("\r\n", "\n");
+        let crlf = lf.replace('\n', "\r\n");
+        let plan_of = |t: &str| {
+            let df = parse(t, name_of(path)).expect("positive corpus parses");
+            serde_json::to_string(&plan(&df, &options(path)).expect("plans")).expect("serializes")
+        };
+        assert_eq!(plan_of(&lf), plan_of(&crlf), "{}", path.display());
+        compared += 1;
+    }
+    assert!(compared >= 60);
+}
