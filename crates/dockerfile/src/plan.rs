@@ -1111,6 +1111,162 @@ fn resolve_workdir(current: Option<&str>, path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::parse;
+
+    fn opts() -> PlanOptions {
+        PlanOptions {
+            target: None,
+            platforms: vec![
+                Platform::new("linux", "amd64", ""),
+                Platform::new("linux", "arm64", ""),
+            ],
+            build_platform: Platform::new("linux", "amd64", ""),
+            build_args: BTreeMap::new(),
+            image_env: BTreeMap::new(),
+        }
+    }
+
+    fn plan_of(src: &str, o: &PlanOptions) -> BuildPlan {
+        let df = parse(src, "Dockerfile").expect("parses");
+        plan(&df, o).expect("plans")
+    }
+
+    /// Keys of the instances of stage `index`, one per platform.
+    fn keys(p: &BuildPlan, index: usize) -> Vec<String> {
+        p.platforms
+            .iter()
+            .flat_map(|pp| pp.stages.iter())
+            .filter(|k| p.stage(k).is_some_and(|s| s.body.stage.index == index))
+            .cloned()
+            .collect()
+    }
+
+    fn run_args(p: &BuildPlan, key: &str) -> BTreeMap<String, String> {
+        let s = p.stage(key).expect("instance");
+        s.body
+            .steps
+            .iter()
+            .find_map(|st| match &st.op {
+                Op::Run { args, .. } => Some(args.clone()),
+                _ => None,
+            })
+            .expect("a RUN step")
+    }
+
+    #[test]
+    fn build_platform_stage_is_shared_unless_it_reads_target_args() {
+        let shared = "FROM --platform=$BUILDPLATFORM golang AS b\nRUN make\nFROM alpine\nCOPY --from=b /x /x\n";
+        let p = plan_of(shared, &opts());
+        let k = keys(&p, 0);
+        assert_eq!(k.len(), 2);
+        assert_eq!(k[0], k[1], "one builder instance for both platforms");
+        assert_eq!(p.stages.len(), 3);
+        let finals = keys(&p, 1);
+        assert_ne!(finals[0], finals[1]);
+
+        let per_target = "FROM --platform=$BUILDPLATFORM golang AS b\nARG TARGETARCH\nRUN make\nFROM alpine\nCOPY --from=b /x /x\n";
+        let p = plan_of(per_target, &opts());
+        let k = keys(&p, 0);
+        assert_ne!(k[0], k[1]);
+        assert_eq!(
+            run_args(&p, &k[1]).get("TARGETARCH").map(String::as_str),
+            Some("arm64")
+        );
+        let builder = p.stage(&k[1]).expect("instance");
+        assert_eq!(
+            builder.body.platform.architecture, "amd64",
+            "still runs on the build platform"
+        );
+    }
+
+    #[test]
+    fn only_needed_stages_are_planned() {
+        let src = "FROM alpine AS unused\nRUN x\nFROM alpine AS dep\nRUN y\nFROM alpine AS t\nCOPY --from=dep / /\nFROM alpine AS last\n";
+        let mut o = opts();
+        o.target = Some("T".into());
+        let p = plan_of(src, &o);
+        let indexes: BTreeSet<usize> = p.stages.iter().map(|s| s.body.stage.index).collect();
+        assert_eq!(indexes.into_iter().collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(p.target.name.as_deref(), Some("t"));
+    }
+
+    #[test]
+    fn arg_scoping_follows_buildkit() {
+        let src = "ARG V=global\nARG ONLYGLOBAL=g\nFROM alpine:$V\nRUN a\nARG V\nARG ONLYSTAGE=d\nRUN b\n";
+        let mut o = opts();
+        o.platforms.truncate(1);
+        let p = plan_of(src, &o);
+        let s = &p.stages[0];
+        assert_eq!(
+            s.body.base,
+            Base::Image {
+                reference: "docker.io/library/alpine:global".into()
+            }
+        );
+        let runs: Vec<&BTreeMap<String, String>> = s
+            .body
+            .steps
+            .iter()
+            .filter_map(|st| match &st.op {
+                Op::Run { args, .. } => Some(args),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            runs[0].is_empty(),
+            "global ARGs are not visible until redeclared"
+        );
+        assert_eq!(runs[1].get("V").map(String::as_str), Some("global"));
+        assert_eq!(runs[1].get("ONLYSTAGE").map(String::as_str), Some("d"));
+        assert!(!runs[1].contains_key("ONLYGLOBAL"));
+
+        o.build_args.insert("V".into(), "override".into());
+        o.build_args.insert("ONLYSTAGE".into(), "cli".into());
+        o.build_args.insert("NOBODY".into(), "x".into());
+        o.build_args.insert("HTTPS_PROXY".into(), "http://p".into());
+        let p = plan_of(src, &o);
+        assert_eq!(
+            p.stages[0].body.base,
+            Base::Image {
+                reference: "docker.io/library/alpine:override".into()
+            }
+        );
+        let args = run_args(&p, &p.stages[0].key);
+        assert!(args.is_empty());
+        assert_eq!(p.warnings, ["build-arg NOBODY was not consumed by any ARG"]);
+    }
+
+    #[test]
+    fn image_env_feeds_expansion() {
+        let src = "FROM python:3.12\nENV PATH=/venv/bin:$PATH\nRUN x\n";
+        let mut o = opts();
+        o.platforms.truncate(1);
+        o.image_env.insert(
+            ("docker.io/library/python:3.12".into(), "linux/amd64".into()),
+            BTreeMap::from([("PATH".to_string(), "/usr/bin:/bin".to_string())]),
+        );
+        let p = plan_of(src, &o);
+        match &p.stages[0].body.steps[0].op {
+            Op::Env { vars } => assert_eq!(vars[0].value, "/venv/bin:/usr/bin:/bin"),
+            other => panic!("ENV expected, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn option_errors_have_no_location_but_say_what_exists() {
+        let df = parse("FROM a AS build\nFROM b AS release\n", "Dockerfile").expect("parses");
+        let mut o = opts();
+        o.target = Some("relase".into());
+        let e = plan(&df, &o).expect_err("unknown target");
+        assert!(e.location.is_none());
+        assert_eq!(e.to_string(), "target stage \"relase\" not found\nhelp: did you mean \"release\"? stages: build, release");
+        o.target = None;
+        o.platforms.clear();
+        assert_eq!(
+            plan(&df, &o).expect_err("no platforms").kind,
+            ErrorKind::NoPlatforms
+        );
+    }
 
     #[test]
     fn workdir_resolution() {
