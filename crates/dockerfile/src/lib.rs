@@ -4,6 +4,35 @@
 //!
 //! It refuses to know about registries, stores, snapshots or running anything: base images are
 //! references (strings), the build context is paths, and the build engine executes the plan.
+//!
+//! ```
+//! use std::collections::BTreeMap;
+//! use manifold_dockerfile::{lint, parse, plan, plan::Base, PlanOptions};
+//! use oci::Platform;
+//!
+//! let text = "FROM --platform=$BUILDPLATFORM golang:1.22 AS build\n\
+//!             RUN go build -o /app .\n\
+//!             FROM alpine:3.19\n\
+//!             COPY --from=build /app /app\n\
+//!             CMD /app\n";
+//! let df = parse(text, "Dockerfile").expect("valid Dockerfile");
+//! let opts = PlanOptions {
+//!     target: None,
+//!     platforms: vec![Platform::parse("linux/amd64")?, Platform::parse("linux/arm64")?],
+//!     build_platform: Platform::parse("linux/amd64")?,
+//!     build_args: BTreeMap::new(),
+//!     image_env: BTreeMap::new(),
+//! };
+//! let p = plan(&df, &opts).expect("plannable");
+//! // The builder does not depend on the target platform: one instance serves both.
+//! assert_eq!(p.platforms[0].stages[0], p.platforms[1].stages[0]);
+//! assert_eq!(p.stages.len(), 3);
+//! let last = p.stage(&p.platforms[1].target).expect("target instance");
+//! assert_eq!(last.body.base, Base::Image { reference: "docker.io/library/alpine:3.19".into() });
+//! // CMD in shell form draws BuildKit's JSONArgsRecommended check.
+//! assert_eq!(lint(&df)[0].rule, "JSONArgsRecommended");
+//! # Ok::<(), oci::Error>(())
+//! ```
 
 pub mod ast;
 pub mod error;
