@@ -121,10 +121,15 @@ pub fn lint(df: &Dockerfile) -> Vec<Finding> {
                         .as_ref()
                         .map(|n| n.raw.to_ascii_lowercase())
                         .unwrap_or_default();
-                    // A constant is fine when the stage is named for its platform.
-                    let arch = p.raw.rsplit('/').next().unwrap_or_default();
-                    let named_for_it = !arch.is_empty() && lower_name.contains(arch);
-                    if !p.raw.contains('$') && !named_for_it {
+                    // As BuildKit: a constant is fine when the stage name contains its OS or
+                    // architecture (`build_amd64`); an unparsable value fails later anyway.
+                    let constant = (!p.raw.contains('$'))
+                        .then(|| oci::Platform::parse(&p.raw).ok())
+                        .flatten();
+                    let flagged = constant.is_some_and(|c| {
+                        !lower_name.contains(&c.os) && !lower_name.contains(&c.architecture)
+                    });
+                    if flagged {
                         add(
                             "FromPlatformFlagConstDisallowed",
                             format!(
@@ -242,6 +247,14 @@ mod tests {
                 ("JSONArgsRecommended", 5),
             ]
         );
+    }
+
+    #[test]
+    fn constant_platform_is_fine_in_a_stage_named_for_it() {
+        let named = "FROM --platform=linux/arm/v7 alpine AS fetch-arm\nFROM --platform=linux/amd64 alpine AS linux-tools\n";
+        assert!(rules(named).is_empty());
+        let unnamed = "FROM --platform=linux/arm/v7 alpine AS fetch\n";
+        assert_eq!(rules(unnamed), [("FromPlatformFlagConstDisallowed", 1)]);
     }
 
     #[test]
