@@ -776,8 +776,12 @@ impl<'a> Planner<'a> {
                             self.consumed.insert(d.name.clone());
                             Some(v.clone())
                         } else if let Some(def) = &d.default {
+                            // Unlike ENV, each default sees the ARGs declared before it in the
+                            // same instruction (BuildKit's dispatchArg updates state per arg).
+                            let (env, a) = (&state.env, &args);
+                            let seq = |n: &str| env.get(n).or_else(|| a.get(n)).cloned();
                             Some(
-                                expand_word(def, &lookup, self.esc)
+                                expand_word(def, &seq, self.esc)
                                     .map_err(|e| self.err(ErrorKind::Expansion(e), d.pos))?,
                             )
                         } else if let Some(v) = pass.auto.get(&d.name) {
