@@ -1,4 +1,5 @@
 FROM alpine
+# BuildKit expands each COPY source as one word: $FILES names one file, "a.txt b.txt".
 ARG FILES="a.txt b.txt"
 ARG DEST=/data
 COPY $FILES "${DEST}/"

@@ -209,7 +209,7 @@ pub struct Copy {
     pub keep_git_dir: bool,
     pub sources: Vec<Source>,
     pub dest: Word,
-    /// JSON form: each source is one word, never split on blanks.
+    /// The sources and destination were given in JSON form.
     pub json: bool,
 }
 

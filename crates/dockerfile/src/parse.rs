@@ -472,6 +472,32 @@ impl InsParser<'_> {
         &self.text[self.rest_off..]
     }
 
+    /// FROM, COPY, ADD, EXPOSE and VOLUME split on blanks only, quotes or not, as BuildKit's
+    /// line parsers do (paths with spaces need the JSON form).
+    fn plain_words(&self, from: usize) -> Vec<RawWord> {
+        let mut out = Vec::new();
+        let mut start: Option<usize> = None;
+        for (i, c) in self.text[from..].char_indices() {
+            if matches!(c, ' ' | '\t' | '\x0b' | '\x0c' | '\r') {
+                if let Some(st) = start.take() {
+                    out.push(RawWord {
+                        raw: self.text[from + st..from + i].to_string(),
+                        off: from + st,
+                    });
+                }
+            } else {
+                start.get_or_insert(i);
+            }
+        }
+        if let Some(st) = start {
+            out.push(RawWord {
+                raw: self.text[from + st..].to_string(),
+                off: from + st,
+            });
+        }
+        out
+    }
+
     fn words(&self, from: usize) -> Vec<RawWord> {
         split_words(&self.text[from..], from, self.esc)
     }
@@ -554,7 +580,7 @@ impl InsParser<'_> {
         for f in &flags {
             platform = Some(self.flag_word(f)?);
         }
-        let words = self.words(args_off);
+        let words = self.plain_words(args_off);
         let (image, name) = match words.as_slice() {
             [image] => (self.word(image), None),
             [image, as_, name] if as_.raw.eq_ignore_ascii_case("as") => {
@@ -840,7 +866,7 @@ impl InsParser<'_> {
             let pos = self.at(args_off);
             words = v.into_iter().map(|raw| Word { raw, pos }).collect();
         } else {
-            let raw = self.words(args_off);
+            let raw = self.plain_words(args_off);
             let docs = self.read_heredocs(&raw, reader)?;
             for (w, doc) in raw.iter().zip(docs) {
                 if let Some(h) = doc {
@@ -898,7 +924,7 @@ impl InsParser<'_> {
 
     fn words_at_least_one(&self) -> Result<Vec<Word>, Error> {
         let words: Vec<Word> = self
-            .words(self.rest_off)
+            .plain_words(self.rest_off)
             .iter()
             .map(|w| self.word(w))
             .collect();
@@ -1185,8 +1211,20 @@ mod tests {
         assert_eq!(c.from.map(|w| w.raw), Some("b".into()));
         assert_eq!(c.exclude.len(), 2);
         assert!(c.link && c.parents && !c.json);
-        assert_eq!(c.sources.len(), 2);
+        // Blanks split COPY words even inside quotes, as in BuildKit: spaces need the JSON form.
+        assert_eq!(c.sources.len(), 3);
         assert_eq!(c.dest.raw, "/d/");
+        let Kind::Copy(c) = one("COPY [\"b c\", \"/d/\"]\n").kind else {
+            panic!("COPY expected")
+        };
+        assert!(c.json);
+        assert_eq!(
+            c.sources,
+            [Source::Path(Word {
+                raw: "b c".into(),
+                pos: Pos { line: 2, column: 6 }
+            })]
+        );
         let Kind::Add(a) =
             one("ADD --checksum=sha256:abc --keep-git-dir=true https://x/y.git /src\n").kind
         else {

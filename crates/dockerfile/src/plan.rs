@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::ast::{self, Command, Dockerfile, Instruction, Kind, MountType, Source, Word};
 use crate::error::{nearest, Error, ErrorKind, Pos};
-use crate::expand::{expand_heredoc, expand_word, expand_words};
+use crate::expand::{expand_heredoc, expand_word};
 
 /// What to plan for.
 #[derive(Clone, Debug)]
@@ -475,14 +475,6 @@ impl<'a> Planner<'a> {
         expand_word(&w.raw, &env, self.esc).map_err(|m| self.err(ErrorKind::Expansion(m), w.pos))
     }
 
-    fn expand_all(
-        &self,
-        w: &Word,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Vec<String>, Error> {
-        expand_words(&w.raw, &env, self.esc).map_err(|m| self.err(ErrorKind::Expansion(m), w.pos))
-    }
-
     /// Global ARGs: visible in FROM lines; build args override defaults.
     fn meta_args(
         &mut self,
@@ -854,14 +846,11 @@ impl<'a> Planner<'a> {
                     let mut sources = Vec::new();
                     for s in &c.sources {
                         match s {
-                            Source::Path(w) if c.json => sources.push(PlannedSource::Path {
+                            // Each source is one word after expansion (BuildKit's
+                            // SingleWordExpander): `$FILES` never becomes several sources.
+                            Source::Path(w) => sources.push(PlannedSource::Path {
                                 path: self.expand(w, &lookup)?,
                             }),
-                            Source::Path(w) => {
-                                for path in self.expand_all(w, &lookup)? {
-                                    sources.push(PlannedSource::Path { path });
-                                }
-                            }
                             Source::Heredoc(h) => {
                                 let content = if h.expand {
                                     expand_heredoc(&h.content, &lookup, self.esc)
@@ -929,14 +918,15 @@ impl<'a> Planner<'a> {
                 Kind::Expose { ports } => {
                     let mut out = Vec::new();
                     for w in ports {
-                        out.extend(self.expand_all(w, &lookup)?);
+                        let v = self.expand(w, &lookup)?;
+                        out.extend(v.split_whitespace().map(str::to_string));
                     }
                     Op::Expose { ports: out }
                 }
                 Kind::Volume { paths } => {
                     let mut out = Vec::new();
                     for w in paths {
-                        out.extend(self.expand_all(w, &lookup)?);
+                        out.push(self.expand(w, &lookup)?);
                     }
                     Op::Volume { paths: out }
                 }
