@@ -348,7 +348,7 @@ impl Src<'_> {
             "HEALTHCHECK" => Kind::Healthcheck {
                 check: p.healthcheck()?,
             },
-            "ONBUILD" => p.onbuild()?,
+            "ONBUILD" => p.onbuild(heredocs)?,
             _ => {
                 let mut e = self.err(ErrorKind::UnknownInstruction(keyword.to_string()), pos);
                 if let Some(near) = nearest(keyword, INSTRUCTIONS) {
@@ -534,7 +534,14 @@ impl InsParser<'_> {
                     },
                     self.at(w.off),
                 );
-                if let Some(near) = nearest(&name, allowed) {
+                let only = match (self.name.as_str(), name.as_str()) {
+                    ("COPY", "checksum" | "keep-git-dir") => Some("ADD"),
+                    ("ADD", "from" | "parents") => Some("COPY"),
+                    _ => None,
+                };
+                if let Some(other) = only {
+                    e = e.with_help(format!("--{name} is only valid for {other}"));
+                } else if let Some(near) = nearest(&name, allowed) {
                     e = e.with_help(format!("did you mean --{near}?"));
                 } else if allowed.is_empty() {
                     e = e.with_help(format!("{} takes no flags", self.name));
@@ -704,10 +711,8 @@ impl InsParser<'_> {
                 continue;
             };
             let Some(r) = reader.as_deref_mut() else {
-                return Err(self.syntax(
-                    "here-documents are not allowed in ONBUILD triggers",
-                    self.at(w.off),
-                ));
+                // Only a caller without following lines passes no reader.
+                return Err(self.syntax("here-document without a body", self.at(w.off)));
             };
             let pos = self.at(w.off);
             let content = r.read(&delimiter, strip_tabs).ok_or_else(|| {
@@ -1030,7 +1035,7 @@ impl InsParser<'_> {
         Ok(Some(h))
     }
 
-    fn onbuild(&self) -> Result<Kind, Error> {
+    fn onbuild(&self, reader: Option<&mut HeredocReader<'_>>) -> Result<Kind, Error> {
         let rest = self.rest();
         if rest.trim().is_empty() {
             return Err(self.syntax("ONBUILD requires at least one argument", self.pos));
@@ -1065,7 +1070,8 @@ impl InsParser<'_> {
             let col = seg.2 + (start - seg.0);
             inner.push(&self.text[start..end], seg.1, col);
         }
-        let trigger = self.src.instruction(&inner, self.esc, None)?;
+        // BuildKit reads here-documents for ONBUILD RUN/COPY/ADD triggers too.
+        let trigger = self.src.instruction(&inner, self.esc, reader)?;
         Ok(Kind::Onbuild {
             trigger: Box::new(trigger),
         })

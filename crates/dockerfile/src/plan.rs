@@ -954,7 +954,7 @@ impl<'a> Planner<'a> {
                     signal: self.expand(signal, &lookup)?,
                 },
                 Kind::Onbuild { trigger } => Op::Onbuild {
-                    trigger: trigger.text.clone(),
+                    trigger: trigger_text(trigger),
                 },
                 Kind::Maintainer { name } => Op::Maintainer { name: name.clone() },
                 Kind::From(_) => continue,
@@ -1057,6 +1057,26 @@ fn reason(e: oci::Error) -> String {
         | oci::Error::InvalidReference { reason, .. } => reason,
         other => other.to_string(),
     }
+}
+
+/// An ONBUILD trigger as the image config stores it: its line, then any here-document bodies.
+fn trigger_text(ins: &Instruction) -> String {
+    let mut docs: Vec<&ast::Heredoc> = Vec::new();
+    match &ins.kind {
+        Kind::Run(r) => docs.extend(r.heredocs.iter()),
+        Kind::Copy(c) | Kind::Add(c) => docs.extend(c.sources.iter().filter_map(|s| match s {
+            Source::Heredoc(h) => Some(h),
+            Source::Path(_) => None,
+        })),
+        _ => {}
+    }
+    let mut text = ins.text.clone();
+    for h in docs {
+        text.push('\n');
+        text.push_str(&h.content);
+        text.push_str(&h.delimiter);
+    }
+    text
 }
 
 fn basename(p: &str) -> String {
