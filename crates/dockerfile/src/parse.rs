@@ -744,8 +744,10 @@ impl InsParser<'_> {
             let w = self.flag_word(f)?;
             match f.name.as_str() {
                 "mount" => run.mounts.push(self.mount(&w)?),
-                "network" => run.network = Some(w),
-                _ => run.security = Some(w),
+                "network" => {
+                    run.network = Some(self.one_of("network", w, &["default", "none", "host"])?)
+                }
+                _ => run.security = Some(self.one_of("security", w, &["sandbox", "insecure"])?),
             }
         }
         match &run.command {
@@ -766,6 +768,16 @@ impl InsParser<'_> {
             Command::Exec(_) => {}
         }
         Ok(Kind::Run(run))
+    }
+
+    /// A flag value from a fixed set (unless it holds a variable, checked at planning).
+    fn one_of(&self, flag: &str, w: Word, allowed: &[&str]) -> Result<Word, Error> {
+        if w.raw.contains('$') || allowed.contains(&w.raw.as_str()) {
+            return Ok(w);
+        }
+        Err(self
+            .syntax(format!("unsupported value {:?} for --{flag}", w.raw), w.pos)
+            .with_help(format!("use one of {}", allowed.join(", "))))
     }
 
     fn mount(&self, w: &Word) -> Result<Mount, Error> {

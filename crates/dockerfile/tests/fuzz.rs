@@ -201,6 +201,11 @@ proptest! {
     }
 
     #[test]
+    fn random_text_after_from(text in "[ -~\t\n\r\u{e9}]{0,300}") {
+        exercise(&format!("FROM a AS a\n{text}"));
+    }
+
+    #[test]
     fn mutated_corpus(
         idx in any::<prop::sample::Index>(),
         edits in prop::collection::vec((any::<usize>(), any::<u8>(), prop::sample::select(TOKENS)), 1..6),
