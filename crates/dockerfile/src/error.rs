@@ -45,8 +45,6 @@ pub enum ErrorKind {
     InvalidReference { value: String, reason: String },
     #[error("unknown stage {0:?}")]
     UnknownStage(String),
-    #[error("duplicate stage name {0:?}")]
-    DuplicateStage(String),
     #[error("circular dependency between stages: {0}")]
     Cycle(String),
     #[error("target stage {0:?} not found")]

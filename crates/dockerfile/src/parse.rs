@@ -794,14 +794,15 @@ impl InsParser<'_> {
             let need = |v: Option<String>| {
                 v.ok_or_else(|| bad(format!("{key} needs a value: {key}=<value>")))
             };
+            // Go's strconv.ParseBool, which BuildKit uses.
             let boolean = |v: Option<String>| match v.as_deref() {
-                None | Some("true") | Some("1") => Ok(true),
-                Some("false") | Some("0") => Ok(false),
-                Some(x) => Err(bad(format!("{key} expects true or false, not {x:?}"))),
+                None | Some("1" | "t" | "T" | "true" | "TRUE" | "True") => Ok(true),
+                Some("0" | "f" | "F" | "false" | "FALSE" | "False") => Ok(false),
+                Some(x) => Err(bad(format!("invalid value for {key}: {x:?}"))),
             };
             match key.as_str() {
                 "type" => {
-                    m.kind = Some(match need(value)?.as_str() {
+                    m.kind = Some(match need(value)?.to_ascii_lowercase().as_str() {
                         "bind" => MountType::Bind,
                         "cache" => MountType::Cache,
                         "tmpfs" => MountType::Tmpfs,
@@ -818,16 +819,32 @@ impl InsParser<'_> {
                 "from" => m.from = Some(need(value)?),
                 "id" => m.id = Some(need(value)?),
                 "sharing" => {
-                    let v = need(value)?;
+                    let v = need(value)?.to_ascii_lowercase();
                     if !matches!(v.as_str(), "shared" | "private" | "locked") && !v.contains('$') {
                         return Err(bad(format!("unsupported sharing value {v:?}"))
                             .with_help("use shared, private or locked"));
                     }
                     m.sharing = Some(v);
                 }
-                "mode" => m.mode = Some(need(value)?),
-                "uid" => m.uid = Some(need(value)?),
-                "gid" => m.gid = Some(need(value)?),
+                "mode" => {
+                    let v = need(value)?;
+                    if !v.contains('$') && u32::from_str_radix(&v, 8).is_err() {
+                        return Err(bad(format!("invalid value {v} for mode"))
+                            .with_help("give an octal mode such as 0400"));
+                    }
+                    m.mode = Some(v);
+                }
+                "uid" | "gid" => {
+                    let v = need(value)?;
+                    if !v.contains('$') && v.parse::<u32>().is_err() {
+                        return Err(bad(format!("invalid value {v} for {key}")));
+                    }
+                    if key == "uid" {
+                        m.uid = Some(v);
+                    } else {
+                        m.gid = Some(v);
+                    }
+                }
                 "ro" | "readonly" => m.readonly = Some(boolean(value)?),
                 "rw" | "readwrite" => m.readonly = Some(!boolean(value)?),
                 "required" => m.required = Some(boolean(value)?),
@@ -837,13 +854,37 @@ impl InsParser<'_> {
                 other => return Err(bad(format!("unexpected key {other:?} in {field:?}"))),
             }
         }
+        // BuildKit's checks. No target is fine: it means the working directory.
         let kind = m.kind.unwrap_or(MountType::Bind);
         m.kind = Some(kind);
-        if matches!(kind, MountType::Bind | MountType::Cache | MountType::Tmpfs)
-            && m.target.is_none()
-        {
-            return Err(bad("the mount has no target".into())
-                .with_help("add target=<path in the container>"));
+        let name = format!("{kind:?}").to_ascii_lowercase();
+        let file_info = matches!(kind, MountType::Secret | MountType::Ssh | MountType::Cache);
+        if m.required.is_some() && !matches!(kind, MountType::Secret | MountType::Ssh) {
+            return Err(bad(format!(
+                "unexpected key 'required' for mount type '{name}'"
+            )));
+        }
+        for (set, what) in [(&m.mode, "mode"), (&m.uid, "uid"), (&m.gid, "gid")] {
+            if set.is_some() && !file_info {
+                return Err(bad(format!("{what} not allowed for {name:?} type mounts")));
+            }
+        }
+        if m.sharing.is_some() && kind != MountType::Cache {
+            return Err(bad(format!("invalid cache sharing set for {name} mount")));
+        }
+        if kind == MountType::Secret {
+            if m.from.is_some() {
+                return Err(bad("secret mount should not have a from".into()));
+            }
+            if m.source.is_none() && m.target.is_none() && m.id.is_none() {
+                return Err(
+                    bad("invalid secret mount. one of source, target required".into())
+                        .with_help("add id=<secret id>"),
+                );
+            }
+            if m.source.is_some() && m.id.is_some() {
+                return Err(bad("both source and id can't be set".into()));
+            }
         }
         Ok(m)
     }

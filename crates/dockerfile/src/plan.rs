@@ -313,23 +313,15 @@ struct Stages<'a> {
     defs: Vec<StageDef<'a>>,
 }
 
-fn stages(df: &Dockerfile) -> Result<Stages<'_>, Error> {
+fn stages(df: &Dockerfile) -> Stages<'_> {
     let mut global_args = Vec::new();
     let mut defs: Vec<StageDef<'_>> = Vec::new();
     for ins in &df.instructions {
         match (&ins.kind, defs.last_mut()) {
             (Kind::From(f), _) => {
+                // Duplicate names are legal (DuplicateStageName is only a lint): as in
+                // BuildKit, later lookups see the last stage of that name.
                 let name = f.name.as_ref().map(|n| n.raw.to_ascii_lowercase());
-                if let (Some(n), Some(w)) = (&name, &f.name) {
-                    if let Some(first) = defs.iter().find(|d| d.name.as_ref() == Some(n)) {
-                        return Err(df
-                            .error(ErrorKind::DuplicateStage(w.raw.clone()), w.pos)
-                            .with_help(format!(
-                                "stage {} already has this name (line {}); rename one of them",
-                                first.index, first.pos.line
-                            )));
-                    }
-                }
                 defs.push(StageDef {
                     index: defs.len(),
                     name,
@@ -344,7 +336,20 @@ fn stages(df: &Dockerfile) -> Result<Stages<'_>, Error> {
             (_, None) => {}
         }
     }
-    Ok(Stages { global_args, defs })
+    Stages { global_args, defs }
+}
+
+impl Stages<'_> {
+    /// Stage names in order, each once.
+    fn names(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for n in self.defs.iter().filter_map(|d| d.name.as_deref()) {
+            if !out.contains(&n) {
+                out.push(n);
+            }
+        }
+        out
+    }
 }
 
 /// The final state of a stage instance, inherited by stages built `FROM` it.
@@ -382,18 +387,18 @@ pub fn plan(df: &Dockerfile, opts: &PlanOptions) -> Result<BuildPlan, Error> {
         return Err(Error::new(ErrorKind::NoPlatforms, None)
             .with_help("pass at least one platform, such as linux/amd64"));
     }
-    let st = stages(df)?;
+    let st = stages(df);
     let target_idx = match &opts.target {
         None => st.defs.len().checked_sub(1),
         Some(t) => {
             let lower = t.to_ascii_lowercase();
             st.defs
                 .iter()
-                .position(|d| d.name.as_deref() == Some(lower.as_str()))
+                .rposition(|d| d.name.as_deref() == Some(lower.as_str()))
         }
     };
     let Some(target_idx) = target_idx else {
-        let names: Vec<&str> = st.defs.iter().filter_map(|d| d.name.as_deref()).collect();
+        let names = st.names();
         let wanted = opts.target.clone().unwrap_or_default();
         let help = match nearest(&wanted, &names) {
             Some(n) => format!("did you mean {n:?}? stages: {}", names.join(", ")),
@@ -509,6 +514,7 @@ impl<'a> Planner<'a> {
             .st
             .defs
             .iter()
+            .rev()
             .find(|d| d.name.as_deref() == Some(&lower))
         {
             return Ok(Some(d.index));
@@ -521,12 +527,7 @@ impl<'a> Planner<'a> {
         }
         // A bare word close to a stage name is a typo, not an image on Docker Hub; a word that
         // is not a valid reference cannot be an image either.
-        let names: Vec<&str> = self
-            .st
-            .defs
-            .iter()
-            .filter_map(|d| d.name.as_deref())
-            .collect();
+        let names = self.st.names();
         let bare = !value.contains(['/', ':', '@']);
         if (bare && nearest(value, &names).is_some()) || Reference::parse(value).is_err() {
             return Err(self.unknown_stage(value, pos));
@@ -535,12 +536,7 @@ impl<'a> Planner<'a> {
     }
 
     fn unknown_stage(&self, value: &str, pos: Pos) -> Error {
-        let names: Vec<&str> = self
-            .st
-            .defs
-            .iter()
-            .filter_map(|d| d.name.as_deref())
-            .collect();
+        let names = self.st.names();
         let e = self.err(ErrorKind::UnknownStage(value.to_string()), pos);
         match nearest(value, &names) {
             Some(n) => e.with_help(format!("did you mean {n:?}? stages: {}", names.join(", "))),
@@ -662,6 +658,7 @@ impl<'a> Planner<'a> {
         let lower = image.to_ascii_lowercase();
         let parent = self.st.defs[..i]
             .iter()
+            .rev()
             .find(|d| d.name.as_deref() == Some(lower.as_str()))
             .map(|d| d.index);
         let mut deps = Vec::new();
@@ -821,7 +818,8 @@ impl<'a> Planner<'a> {
                 Kind::Run(r) => {
                     let mut mounts = Vec::new();
                     for m in &r.mounts {
-                        mounts.push(self.mount(m, &lookup, pass, stack, deps)?);
+                        let wd = state.workdir.clone();
+                        mounts.push(self.mount(m, wd.as_deref(), &lookup, pass, stack, deps)?);
                     }
                     let opt = |w: &Option<Word>| -> Result<Option<String>, Error> {
                         w.as_ref().map(|w| self.expand(w, &lookup)).transpose()
@@ -968,9 +966,11 @@ impl<'a> Planner<'a> {
         Ok(steps)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn mount(
         &mut self,
         m: &ast::Mount,
+        workdir: Option<&str>,
         lookup: &dyn Fn(&str) -> Option<String>,
         pass: &mut Pass,
         stack: &mut Vec<(usize, Pos)>,
@@ -992,10 +992,12 @@ impl<'a> Planner<'a> {
         let kind = m.kind.unwrap_or(MountType::Bind);
         let mut id = x(&m.id)?;
         let mut target = x(&m.target)?;
+        let mut source = x(&m.source)?;
         match kind {
             MountType::Secret => {
+                // For secrets `source` is another spelling of the id.
                 if id.is_none() {
-                    id = target.as_deref().map(basename);
+                    id = source.take().or_else(|| target.as_deref().map(basename));
                 }
                 let Some(sid) = id.clone() else {
                     return Err(self
@@ -1020,6 +1022,12 @@ impl<'a> Planner<'a> {
             }
             MountType::Bind | MountType::Tmpfs => {}
         }
+        // An empty or relative target is relative to the working directory, as in BuildKit.
+        let target = match (target, workdir) {
+            (Some(t), _) if t.starts_with('/') => t,
+            (t, Some(w)) => resolve_workdir(Some(w), t.as_deref().unwrap_or(".")),
+            (t, None) => t.unwrap_or_default(),
+        };
         let from_value = x(&m.from)?;
         let sharing = match kind {
             MountType::Cache => Some(x(&m.sharing)?.unwrap_or_else(|| "shared".into())),
@@ -1027,8 +1035,8 @@ impl<'a> Planner<'a> {
         };
         let mut planned = PlannedMount {
             kind,
-            target: target.unwrap_or_default(),
-            source: x(&m.source)?,
+            target,
+            source,
             from: None,
             id,
             sharing,

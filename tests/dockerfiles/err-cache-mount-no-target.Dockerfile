@@ -1,2 +1,0 @@
-FROM alpine
-RUN --mount=type=cache,id=x true

@@ -1,2 +1,0 @@
-FROM alpine AS build
-FROM debian AS build
