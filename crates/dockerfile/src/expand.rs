@@ -25,27 +25,23 @@ pub fn expand_words(word: &str, env: &dyn Env, escape: char) -> Result<Vec<Strin
     Ok(expand(word, env, escape)?.words)
 }
 
-/// Expands a COPY/ADD here-document body: `$` references only; quotes and escapes stay as
-/// written (BuildKit's raw-quotes, raw-escapes mode).
-pub fn expand_heredoc(content: &str, env: &dyn Env, escape: char) -> Result<String, String> {
+/// Expands a COPY/ADD here-document body as BuildKit does (`SkipProcessQuotes`, escape fixed at
+/// `\\` whatever the Dockerfile's escape directive): `$` references expand, quotes are ordinary
+/// characters, and `\\x` gives `x` (so `\\$` is a literal `$`).
+pub fn expand_heredoc(content: &str, env: &dyn Env) -> Result<String, String> {
     let chars: Vec<char> = content.chars().collect();
     let mut lx = Lexer {
         chars: &chars,
         i: 0,
         env,
-        escape,
+        escape: '\\',
         depth: 0,
     };
     let mut s = String::new();
     while let Some(c) = lx.next() {
         match c {
             '$' => s.push_str(&lx.dollar()?),
-            c if c == escape => {
-                s.push(c);
-                if let Some(n) = lx.next() {
-                    s.push(n);
-                }
-            }
+            '\\' => s.push(lx.next().unwrap_or('\\')),
             c => s.push(c),
         }
     }
@@ -610,12 +606,12 @@ mod tests {
     }
 
     #[test]
-    fn heredoc_bodies_keep_quotes_and_escapes() {
+    fn heredoc_bodies_keep_quotes_and_process_escapes() {
         let e = env();
         let f = |n: &str| e.get(n).cloned();
         assert_eq!(
-            expand_heredoc("a='$V' \\$V \"${U:-d}\"\n", &f, '\\').unwrap(),
-            "a='value' \\$V \"d\"\n"
+            expand_heredoc("a='$V' \\$V \\\\ \"${U:-d}\"\n", &f).unwrap(),
+            "a='value' $V \\ \"d\"\n"
         );
     }
 

@@ -851,7 +851,7 @@ impl<'a> Planner<'a> {
                             }),
                             Source::Heredoc(h) => {
                                 let content = if h.expand {
-                                    expand_heredoc(&h.content, &lookup, self.esc)
+                                    expand_heredoc(&h.content, &lookup)
                                         .map_err(|e| self.err(ErrorKind::Expansion(e), h.pos))?
                                 } else {
                                     h.content.clone()
