@@ -2,6 +2,7 @@
 //! arguments; prints one line per file, the error or the findings. Exit code 1 if any failed.
 //!
 //! `cargo run -p manifold-dockerfile --example check -- path/to/Dockerfile...`
+//! With `PLAN_JSON=1` in the environment it also prints each plan as JSON.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -38,6 +39,9 @@ fn main() -> ExitCode {
                     p.platforms.len()
                 );
                 print!("{}", render_text(&lint(&df)));
+                if std::env::var_os("PLAN_JSON").is_some() {
+                    println!("{}", serde_json::to_string_pretty(&p).unwrap_or_default());
+                }
             }
             Err(e) => {
                 println!("{e}");
