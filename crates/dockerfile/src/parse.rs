@@ -205,11 +205,11 @@ struct Flag {
 
 impl Src<'_> {
     fn pos(&self, logical: &Logical, off: usize) -> Pos {
-        let seg = logical
-            .segs
-            .iter()
-            .rev()
-            .find(|s| s.0 <= off)
+        // Segments are sorted by offset: binary search keeps long continuations linear overall.
+        let idx = logical.segs.partition_point(|s| s.0 <= off);
+        let seg = idx
+            .checked_sub(1)
+            .and_then(|i| logical.segs.get(i))
             .copied()
             .unwrap_or((0, 0, 0));
         let line = self.lines.get(seg.1).copied().unwrap_or("");

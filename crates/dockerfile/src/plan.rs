@@ -756,8 +756,8 @@ impl<'a> Planner<'a> {
         let body = self.st.defs[i].body.clone();
         for ins in body {
             // ENV wins over ARG of the same name.
-            let (env, a) = (state.env.clone(), args.clone());
-            let lookup = move |n: &str| env.get(n).or_else(|| a.get(n)).cloned();
+            // Borrows, not clones: each arm mutates the state only after its last lookup.
+            let lookup = |n: &str| state.env.get(n).or_else(|| args.get(n)).cloned();
             let op = match &ins.kind {
                 Kind::Arg { args: decls } => {
                     for d in decls {

@@ -237,4 +237,14 @@ fn pathological_inputs_terminate() {
     assert!(plan(&df, &options()).is_ok());
     let continuation = format!("FROM a\nRUN {}\n", "x \\\n".repeat(50_000));
     assert!(parse(&continuation, "Dockerfile").is_ok());
+    // Every word of a long continuation gets a position: this must not be quadratic.
+    let started = std::time::Instant::now();
+    let env = format!("FROM a\nENV {}A=1\n", "K=v \\\n".repeat(20_000));
+    let df = parse(&env, "Dockerfile").expect("parses");
+    assert!(plan(&df, &options()).is_ok());
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
 }
