@@ -174,7 +174,9 @@ pub enum Op {
         /// ENV values: the base image's (when given in `PlanOptions::image_env`) and this
         /// Dockerfile's.
         env: BTreeMap<String, String>,
-        /// ARG values in effect; RUN sees them as environment unless ENV sets the same name.
+        /// ARG values in effect, also environment for RUN. They win over `env` entries of the
+        /// same name: BuildKit keeps one environment in declaration order, and a later ENV
+        /// removes the ARG from this map.
         args: BTreeMap<String, String>,
         /// `None`: the base image's working directory.
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -755,9 +757,10 @@ impl<'a> Planner<'a> {
         let mut steps = Vec::new();
         let body = self.st.defs[i].body.clone();
         for ins in body {
-            // ENV wins over ARG of the same name.
+            // One environment in declaration order: an ARG shadows earlier ENV values (also the
+            // base image's); an ENV evicts the ARG of its name.
             // Borrows, not clones: each arm mutates the state only after its last lookup.
-            let lookup = |n: &str| state.env.get(n).or_else(|| args.get(n)).cloned();
+            let lookup = |n: &str| args.get(n).or_else(|| state.env.get(n)).cloned();
             let op = match &ins.kind {
                 Kind::Arg { args: decls } => {
                     for d in decls {
@@ -768,7 +771,7 @@ impl<'a> Planner<'a> {
                             // Unlike ENV, each default sees the ARGs declared before it in the
                             // same instruction (BuildKit's dispatchArg updates state per arg).
                             let (env, a) = (&state.env, &args);
-                            let seq = |n: &str| env.get(n).or_else(|| a.get(n)).cloned();
+                            let seq = |n: &str| a.get(n).or_else(|| env.get(n)).cloned();
                             Some(
                                 expand_word(def, &seq, self.esc)
                                     .map_err(|e| self.err(ErrorKind::Expansion(e), d.pos))?,
@@ -798,6 +801,7 @@ impl<'a> Planner<'a> {
                     }
                     for kv in &out {
                         state.env.insert(kv.key.clone(), kv.value.clone());
+                        args.remove(&kv.key);
                     }
                     Op::Env { vars: out }
                 }
@@ -1256,6 +1260,18 @@ mod tests {
         let args = run_args(&p, &p.stages[0].key);
         assert!(args.is_empty());
         assert_eq!(p.warnings, ["build-arg NOBODY was not consumed by any ARG"]);
+    }
+
+    #[test]
+    fn later_of_env_and_arg_wins() {
+        let src = "FROM a\nARG X=arg\nENV X=env\nENV Y=env\nARG Y=arg\nWORKDIR /$X/$Y\n";
+        let mut o = opts();
+        o.platforms.truncate(1);
+        let p = plan_of(src, &o);
+        match &p.stages[0].body.steps.last().map(|s| &s.op) {
+            Some(Op::Workdir { path }) => assert_eq!(path, "/env/arg"),
+            other => panic!("WORKDIR expected, got {other:?}"),
+        }
     }
 
     #[test]
