@@ -420,7 +420,14 @@ pub fn plan(df: &Dockerfile, opts: &PlanOptions) -> Result<BuildPlan, Error> {
     };
     let mut platforms = Vec::new();
     for tp in &opts.platforms {
-        let auto = platform_args(tp, &opts.build_platform);
+        let mut auto = platform_args(tp, &opts.build_platform);
+        // As in BuildKit, --build-arg may override the automatic platform args.
+        for (k, v) in auto.iter_mut() {
+            if let Some(o) = opts.build_args.get(k) {
+                *v = o.clone();
+                p.consumed.insert(k.clone());
+            }
+        }
         let meta = p.meta_args(&auto)?;
         let mut pass = Pass {
             target: tp.clone(),
@@ -1260,6 +1267,27 @@ mod tests {
         let args = run_args(&p, &p.stages[0].key);
         assert!(args.is_empty());
         assert_eq!(p.warnings, ["build-arg NOBODY was not consumed by any ARG"]);
+    }
+
+    #[test]
+    fn build_args_override_platform_args() {
+        let src = "FROM alpine:$TARGETARCH\nARG TARGETARCH\nRUN x\n";
+        let mut o = opts();
+        o.platforms.truncate(1);
+        o.build_args.insert("TARGETARCH".into(), "custom".into());
+        let p = plan_of(src, &o);
+        let s = &p.stages[0];
+        assert_eq!(
+            s.body.base,
+            Base::Image {
+                reference: "docker.io/library/alpine:custom".into()
+            }
+        );
+        assert_eq!(
+            run_args(&p, &s.key).get("TARGETARCH").map(String::as_str),
+            Some("custom")
+        );
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
     }
 
     #[test]
