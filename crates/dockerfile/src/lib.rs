@@ -37,14 +37,12 @@
 pub mod ast;
 pub mod error;
 pub mod expand;
+pub mod lint;
 mod parse;
+pub mod plan;
 
 pub use ast::Dockerfile;
 pub use error::{Error, ErrorKind, Location, Pos};
-pub use parse::parse;
-pub mod plan;
-
-pub use plan::{plan, BuildPlan, PlanOptions};
-pub mod lint;
-
 pub use lint::{lint, render_json, render_text, Finding};
+pub use parse::parse;
+pub use plan::{plan, BuildPlan, PlanOptions};
