@@ -78,6 +78,19 @@ impl Error {
         self
     }
 
+    /// A machine-readable form for `--format json`: file, line, column, message, help.
+    pub fn to_json(&self) -> serde_json::Value {
+        let loc = self.location.as_deref();
+        serde_json::json!({
+            "file": loc.map(|l| l.file.as_str()),
+            "line": loc.map(|l| l.pos.line),
+            "column": loc.map(|l| l.pos.column),
+            "source_line": loc.map(|l| l.source_line.as_str()),
+            "message": self.kind.to_string(),
+            "help": self.help,
+        })
+    }
+
     pub fn line(&self) -> Option<usize> {
         self.location.as_ref().map(|l| l.pos.line)
     }
@@ -160,6 +173,27 @@ mod tests {
         assert_eq!(nearest("RUNN", &["RUN", "COPY"]), Some("RUN"));
         assert_eq!(nearest("cpoy", &["RUN", "COPY"]), Some("COPY"));
         assert_eq!(nearest("banana", &["RUN", "COPY"]), None);
+    }
+
+    #[test]
+    fn json_form_carries_location_and_help() {
+        let e = Error::new(
+            ErrorKind::UnknownStage("biuld".into()),
+            Some(Location {
+                file: "Dockerfile".into(),
+                pos: Pos { line: 5, column: 6 },
+                source_line: "COPY --from=biuld /a /a".into(),
+            }),
+        )
+        .with_help("did you mean \"build\"?");
+        let v = e.to_json();
+        assert_eq!(v["file"], "Dockerfile");
+        assert_eq!(v["line"], 5);
+        assert_eq!(v["column"], 6);
+        assert_eq!(v["message"], "unknown stage \"biuld\"");
+        assert_eq!(v["help"], "did you mean \"build\"?");
+        let no_loc = Error::new(ErrorKind::NoPlatforms, None).to_json();
+        assert!(no_loc["line"].is_null());
     }
 
     #[test]
