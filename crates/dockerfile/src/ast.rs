@@ -12,6 +12,8 @@ pub struct Dockerfile {
     pub file: String,
     pub directives: Directives,
     pub instructions: Vec<Instruction>,
+    /// Empty lines inside continuations (BuildKit warns: NoEmptyContinuation).
+    pub empty_continuation_lines: Vec<usize>,
     /// Physical lines without their line ending, for caret displays.
     #[serde(skip)]
     pub(crate) lines: Vec<String>,
@@ -108,6 +110,9 @@ pub struct From {
     pub platform: Option<Word>,
     /// The stage name after `AS`, as written.
     pub name: Option<Word>,
+    /// The `AS` keyword as written (for the FromAsCasing check).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub as_keyword: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -122,6 +127,9 @@ pub struct KeyValue {
     pub key: String,
     pub value: String,
     pub pos: Pos,
+    /// Written in the legacy `KEY value` form.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub legacy: bool,
 }
 
 /// Exec form (a JSON array) or shell form (text, escapes preserved).

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use serde::Serialize;
 
 use crate::ast::{Command, Dockerfile, Kind};
-use crate::error::nearest;
+use crate::error::{nearest, Pos};
 use crate::expand::referenced_names;
 
 /// One lint finding, located in the Dockerfile.
@@ -198,7 +198,145 @@ pub fn lint(df: &Dockerfile) -> Vec<Finding> {
             _ => {}
         }
     }
+    stage_checks(df, &mut add);
+    for line in &df.empty_continuation_lines {
+        add(
+            "NoEmptyContinuation",
+            "Empty continuation line".into(),
+            *line,
+            1,
+        );
+    }
+    out.sort_by_key(|f| (f.line, f.column));
     out
+}
+
+/// Checks that follow each stage's state: repeated CMD/ENTRYPOINT/HEALTHCHECK, relative
+/// WORKDIR, keyword casing, reserved names, legacy ENV/LABEL form, EXPOSE protocol casing.
+fn stage_checks(df: &Dockerfile, add: &mut dyn FnMut(&'static str, String, usize, usize)) {
+    // Whether each named stage has set an absolute WORKDIR, inherited by `FROM <stage>`.
+    let mut workdir_by_stage: Vec<(String, bool)> = Vec::new();
+    let mut workdir_set = false;
+    let mut seen: Vec<(&'static str, Pos)> = Vec::new();
+    for ins in &df.instructions {
+        let (line, column) = (ins.pos.line, ins.pos.column);
+        match &ins.kind {
+            Kind::From(f) => {
+                let parent = f.image.raw.to_ascii_lowercase();
+                workdir_set = workdir_by_stage
+                    .iter()
+                    .rev()
+                    .find(|(n, _)| *n == parent)
+                    .is_some_and(|(_, set)| *set);
+                seen.clear();
+                let name = f.name.as_ref().map(|n| n.raw.to_ascii_lowercase());
+                workdir_by_stage.push((name.clone().unwrap_or_default(), workdir_set));
+                if let (Some(kw), Some(n)) = (&f.as_keyword, &f.name) {
+                    let from_upper = ins.keyword == ins.keyword.to_ascii_uppercase();
+                    let as_upper = *kw == kw.to_ascii_uppercase();
+                    if from_upper != as_upper {
+                        add(
+                            "FromAsCasing",
+                            format!("'{kw}' and '{}' keywords' casing do not match", ins.keyword),
+                            line,
+                            column,
+                        );
+                    }
+                    if let Some(reserved) = name.filter(|n| n == "context" || n == "scratch") {
+                        add(
+                            "ReservedStageName",
+                            format!(
+                                "Stage name should not use the same name as reserved stage {reserved:?}"
+                            ),
+                            n.pos.line,
+                            n.pos.column,
+                        );
+                    }
+                }
+                if let Some(p) = &f.platform {
+                    if p.raw == "$TARGETPLATFORM" || p.raw == "${TARGETPLATFORM}" {
+                        add(
+                            "RedundantTargetPlatform",
+                            format!(
+                                "Setting platform to predefined {} in FROM is redundant as this is the default behavior",
+                                p.raw
+                            ),
+                            p.pos.line,
+                            p.pos.column,
+                        );
+                    }
+                }
+            }
+            Kind::Cmd { .. } | Kind::Entrypoint { .. } | Kind::Healthcheck { .. } => {
+                let name = ins.kind.name();
+                // BuildKit reports the earlier one: it is the one that is ignored.
+                if let Some(i) = seen.iter().position(|(n, _)| *n == name) {
+                    let (_, pos) = seen.remove(i);
+                    add(
+                        "MultipleInstructionsDisallowed",
+                        format!(
+                            "Multiple {name} instructions should not be used in the same stage because only the last one will be used"
+                        ),
+                        pos.line,
+                        pos.column,
+                    );
+                }
+                seen.push((name, ins.pos));
+            }
+            Kind::Workdir { path } => {
+                let raw = path.raw.as_str();
+                let bytes = raw.as_bytes();
+                let windows_abs = bytes.len() >= 3
+                    && bytes[0].is_ascii_alphabetic()
+                    && bytes[1] == b':'
+                    && (bytes[2] == b'\\' || bytes[2] == b'/');
+                let absolute = raw.starts_with('/') || raw.starts_with('$') || windows_abs;
+                if !absolute && !workdir_set {
+                    add(
+                        "WorkdirRelativePath",
+                        format!(
+                            "Relative workdir {raw:?} can have unexpected results if the base image changes"
+                        ),
+                        line,
+                        column,
+                    );
+                }
+                workdir_set = true;
+                if let Some(last) = workdir_by_stage.last_mut() {
+                    last.1 = true;
+                }
+            }
+            Kind::Env { vars } | Kind::Label { labels: vars } if vars.iter().any(|v| v.legacy) => {
+                let n = ins.kind.name();
+                add(
+                    "LegacyKeyValueFormat",
+                    format!(
+                        "\"{n} key=value\" should be used instead of legacy \"{n} key value\" format"
+                    ),
+                    line,
+                    column,
+                );
+            }
+            Kind::Expose { ports } => {
+                for w in ports {
+                    if let Some((_, proto)) = w.raw.split_once('/') {
+                        if proto != proto.to_ascii_lowercase() {
+                            add(
+                                "ExposeProtoCasing",
+                                format!(
+                                    "Defined protocol '{}' in EXPOSE instruction should be lowercase",
+                                    w.raw
+                                ),
+                                w.pos.line,
+                                w.pos.column,
+                            );
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 /// One line per finding: `file:line:col: RuleName: message (url)`.
@@ -239,12 +377,39 @@ mod tests {
         assert_eq!(
             rules(src),
             [
-                ("UndefinedArgInFrom", 2),
                 ("FromPlatformFlagConstDisallowed", 2),
+                ("UndefinedArgInFrom", 2),
                 ("StageNameCasing", 2),
                 ("MaintainerDeprecated", 3),
                 ("DuplicateStageName", 4),
                 ("JSONArgsRecommended", 5),
+            ]
+        );
+    }
+
+    #[test]
+    fn stage_and_style_rules_fire() {
+        let src = "FROM alpine as Builder\n\
+                   WORKDIR app\n\
+                   ENV K v\n\
+                   EXPOSE 80/TCP\n\
+                   CMD [\"a\"]\n\
+                   CMD [\"b\"]\n\
+                   FROM --platform=$TARGETPLATFORM builder AS scratch\n\
+                   WORKDIR rel\n\
+                   RUN a \\\n\n  b\n";
+        assert_eq!(
+            rules(src),
+            [
+                ("FromAsCasing", 1),
+                ("StageNameCasing", 1),
+                ("WorkdirRelativePath", 2),
+                ("LegacyKeyValueFormat", 3),
+                ("ExposeProtoCasing", 4),
+                ("MultipleInstructionsDisallowed", 5),
+                ("RedundantTargetPlatform", 7),
+                ("ReservedStageName", 7),
+                ("NoEmptyContinuation", 10),
             ]
         );
     }

@@ -44,6 +44,7 @@ pub fn parse(source: &str, file: &str) -> Result<Dockerfile, Error> {
     let (directives, mut i) = src.directives()?;
     let esc = directives.escape;
     let mut instructions = Vec::new();
+    let mut empty_continuation_lines = Vec::new();
     let n = lines.len();
     while i < n {
         let line = lines[i];
@@ -67,6 +68,10 @@ pub fn parse(source: &str, file: &str) -> Result<Dockerfile, Error> {
                 let t = lines[i].trim_start();
                 t.is_empty() || t.starts_with('#')
             } {
+                // (The last element after a final newline is not a line.)
+                if lines[i].trim().is_empty() && i + 1 < n {
+                    empty_continuation_lines.push(i + 1);
+                }
                 i += 1;
             }
             if i >= n {
@@ -87,6 +92,7 @@ pub fn parse(source: &str, file: &str) -> Result<Dockerfile, Error> {
         file: file.to_string(),
         directives,
         instructions,
+        empty_continuation_lines,
         lines: lines.iter().map(|s| s.to_string()).collect(),
     };
     check_order(&df)?;
@@ -588,8 +594,8 @@ impl InsParser<'_> {
             platform = Some(self.flag_word(f)?);
         }
         let words = self.plain_words(args_off);
-        let (image, name) = match words.as_slice() {
-            [image] => (self.word(image), None),
+        let (image, name, as_keyword) = match words.as_slice() {
+            [image] => (self.word(image), None, None),
             [image, as_, name] if as_.raw.eq_ignore_ascii_case("as") => {
                 let lower = name.raw.to_ascii_lowercase();
                 if !valid_stage_name(&lower) {
@@ -602,7 +608,11 @@ impl InsParser<'_> {
                             "a stage name starts with a letter and holds only letters, digits, '-', '_' and '.'",
                         ));
                 }
-                (self.word(image), Some(self.word(name)))
+                (
+                    self.word(image),
+                    Some(self.word(name)),
+                    Some(as_.raw.clone()),
+                )
             }
             _ => {
                 return Err(self
@@ -614,6 +624,7 @@ impl InsParser<'_> {
             image,
             platform,
             name,
+            as_keyword,
         }))
     }
 
@@ -662,6 +673,7 @@ impl InsParser<'_> {
                 key: first.raw.clone(),
                 value: self.text[value_off..].to_string(),
                 pos: self.at(first.off),
+                legacy: true,
             }]);
         }
         let mut out = Vec::new();
@@ -685,6 +697,7 @@ impl InsParser<'_> {
                 key: k.to_string(),
                 value: v.to_string(),
                 pos: self.at(w.off),
+                legacy: false,
             });
         }
         Ok(out)
