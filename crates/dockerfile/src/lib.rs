@@ -21,7 +21,7 @@
 //!     platforms: vec![Platform::parse("linux/amd64")?, Platform::parse("linux/arm64")?],
 //!     build_platform: Platform::parse("linux/amd64")?,
 //!     build_args: BTreeMap::new(),
-//!     image_env: BTreeMap::new(),
+//!     base_configs: BTreeMap::new(),
 //! };
 //! let p = plan(&df, &opts).expect("plannable");
 //! // The builder does not depend on the target platform: one instance serves both.
@@ -45,4 +45,4 @@ pub use ast::Dockerfile;
 pub use error::{Error, ErrorKind, Location, Pos};
 pub use lint::{lint, render_json, render_text, Finding};
 pub use parse::parse;
-pub use plan::{plan, BuildPlan, PlanOptions};
+pub use plan::{plan, BaseConfig, BuildPlan, PlanOptions};

@@ -23,11 +23,23 @@ pub struct PlanOptions {
     pub build_platform: Platform,
     /// `--build-arg` values.
     pub build_args: BTreeMap<String, String>,
-    /// The `Env` of base image configs, by (reference as the plan prints it, platform in short
-    /// form). The engine may plan once, fetch the configs of the `Base::Image` references, and
-    /// plan again so that `ENV PATH=/x:$PATH` expands against the image as BuildKit does.
-    /// Unknown images contribute no variables.
-    pub image_env: BTreeMap<(String, String), BTreeMap<String, String>>,
+    /// What is known of base images' configs, by (reference as the plan prints it, platform in
+    /// short form). The engine may plan once, fetch the configs of the `Base::Image` references,
+    /// and plan again: then `ENV PATH=/x:$PATH` expands against the image and its ONBUILD
+    /// triggers run, as in BuildKit. Unknown images contribute nothing.
+    pub base_configs: BTreeMap<(String, String), BaseConfig>,
+}
+
+/// The parts of a base image's config that planning uses.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BaseConfig {
+    pub env: BTreeMap<String, String>,
+    pub working_dir: Option<String>,
+    pub user: Option<String>,
+    /// Config `Shell`; empty means the platform's default.
+    pub shell: Vec<String>,
+    /// Config `OnBuild`: instructions that run first in a stage built FROM this image.
+    pub on_build: Vec<String>,
 }
 
 impl Default for PlanOptions {
@@ -38,7 +50,7 @@ impl Default for PlanOptions {
             platforms: vec![host.clone()],
             build_platform: host,
             build_args: BTreeMap::new(),
-            image_env: BTreeMap::new(),
+            base_configs: BTreeMap::new(),
         }
     }
 }
@@ -111,9 +123,13 @@ pub enum Origin {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Step {
+    /// Position in the Dockerfile, or in the base image's trigger list for ONBUILD steps.
     pub pos: Pos,
     pub instruction: String,
     pub op: Op,
+    /// A base image's ONBUILD trigger.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub onbuild: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -171,7 +187,7 @@ pub enum Op {
         network: Option<String>,
         #[serde(skip_serializing_if = "Option::is_none")]
         security: Option<String>,
-        /// ENV values: the base image's (when given in `PlanOptions::image_env`) and this
+        /// ENV values: the base image's (when given in `PlanOptions::base_configs`) and this
         /// Dockerfile's.
         env: BTreeMap<String, String>,
         /// ARG values in effect, also environment for RUN. They win over `env` entries of the
@@ -671,6 +687,7 @@ impl<'a> Planner<'a> {
             .find(|d| d.name.as_deref() == Some(lower.as_str()))
             .map(|d| d.index);
         let mut deps = Vec::new();
+        let mut triggers: Vec<Instruction> = Vec::new();
         let (base, mut state) = match parent {
             Some(pi) => {
                 let key = self.dep(pi, def_from.image.pos, pass, stack)?;
@@ -703,33 +720,36 @@ impl<'a> Planner<'a> {
                         reference: r.to_string(),
                     }
                 };
-                let env = match &base {
+                let config = match &base {
                     Base::Image { reference } => self
                         .opts
-                        .image_env
-                        .get(&(reference.clone(), platform.short()))
-                        .cloned()
-                        .unwrap_or_default(),
-                    _ => BTreeMap::new(),
+                        .base_configs
+                        .get(&(reference.clone(), platform.short())),
+                    _ => None,
                 };
-                // scratch has no config: its working directory is the root.
-                let workdir = matches!(base, Base::Scratch).then(|| "/".to_string());
-                (
-                    base,
-                    StageState {
-                        env,
-                        shell,
-                        platform,
-                        workdir,
-                        ..Default::default()
-                    },
-                )
+                let mut state = StageState {
+                    shell,
+                    platform: platform.clone(),
+                    // scratch has no config: its working directory is the root.
+                    workdir: matches!(base, Base::Scratch).then(|| "/".to_string()),
+                    ..Default::default()
+                };
+                if let (Some(c), Base::Image { reference }) = (config, &base) {
+                    state.env = c.env.clone();
+                    state.workdir = c.working_dir.clone().filter(|w| !w.is_empty());
+                    state.user = c.user.clone().filter(|u| !u.is_empty());
+                    if !c.shell.is_empty() {
+                        state.shell = c.shell.clone();
+                    }
+                    triggers = parse_triggers(reference, &c.on_build)?;
+                }
+                (base, state)
             }
         };
         if let Some(p) = explicit_platform {
             state.platform = p;
         }
-        let steps = self.steps(i, pass, stack, &mut state, &mut deps)?;
+        let steps = self.steps(i, pass, stack, &mut state, &mut deps, &triggers)?;
         let body = InstanceBody {
             stage: self.st.defs[i].stage_ref(),
             platform: state.platform.clone(),
@@ -759,11 +779,13 @@ impl<'a> Planner<'a> {
         stack: &mut Vec<(usize, Pos)>,
         state: &mut StageState,
         deps: &mut Vec<String>,
+        triggers: &[Instruction],
     ) -> Result<Vec<Step>, Error> {
         let mut args: BTreeMap<String, String> = BTreeMap::new();
         let mut steps = Vec::new();
-        let body = self.st.defs[i].body.clone();
-        for ins in body {
+        let own: Vec<&Instruction> = self.st.defs[i].body.clone();
+        let body: Vec<&Instruction> = triggers.iter().chain(own).collect();
+        for (n, ins) in body.into_iter().enumerate() {
             // One environment in declaration order: an ARG shadows earlier ENV values (also the
             // base image's); an ENV evicts the ARG of its name.
             // Borrows, not clones: each arm mutates the state only after its last lookup.
@@ -972,6 +994,7 @@ impl<'a> Planner<'a> {
                 pos: ins.pos,
                 instruction: ins.text.clone(),
                 op,
+                onbuild: n < triggers.len(),
             });
         }
         Ok(steps)
@@ -1078,6 +1101,38 @@ fn reason(e: oci::Error) -> String {
     }
 }
 
+/// Parses a base image's ONBUILD triggers. Errors name the image, since the text is not in the
+/// Dockerfile.
+fn parse_triggers(reference: &str, triggers: &[String]) -> Result<Vec<Instruction>, Error> {
+    let mut out = Vec::new();
+    for t in triggers {
+        let file = format!("ONBUILD trigger of {reference}");
+        let df = crate::parse(&format!("FROM scratch\n{t}\n"), &file)?;
+        for ins in df.instructions.into_iter().skip(1) {
+            if matches!(ins.kind, Kind::From(_)) {
+                return Err(df_error(
+                    &file,
+                    &ins,
+                    "FROM isn't allowed as an ONBUILD trigger",
+                ));
+            }
+            out.push(ins);
+        }
+    }
+    Ok(out)
+}
+
+fn df_error(file: &str, ins: &Instruction, msg: &str) -> Error {
+    Error::new(
+        ErrorKind::Syntax(msg.to_string()),
+        Some(crate::error::Location {
+            file: file.to_string(),
+            pos: ins.pos,
+            source_line: ins.text.clone(),
+        }),
+    )
+}
+
 /// An ONBUILD trigger as the image config stores it: its line, then any here-document bodies.
 fn trigger_text(ins: &Instruction) -> String {
     let mut docs: Vec<&ast::Heredoc> = Vec::new();
@@ -1155,7 +1210,7 @@ mod tests {
             ],
             build_platform: Platform::new("linux", "amd64", ""),
             build_args: BTreeMap::new(),
-            image_env: BTreeMap::new(),
+            base_configs: BTreeMap::new(),
         }
     }
 
@@ -1303,19 +1358,65 @@ mod tests {
     }
 
     #[test]
-    fn image_env_feeds_expansion() {
-        let src = "FROM python:3.12\nENV PATH=/venv/bin:$PATH\nRUN x\n";
+    fn base_config_feeds_env_workdir_user_and_onbuild() {
+        let src = "FROM python:3.12\nENV PATH=/venv/bin:$PATH\nRUN x\nCOPY y rel/\n";
         let mut o = opts();
         o.platforms.truncate(1);
-        o.image_env.insert(
+        o.base_configs.insert(
             ("docker.io/library/python:3.12".into(), "linux/amd64".into()),
-            BTreeMap::from([("PATH".to_string(), "/usr/bin:/bin".to_string())]),
+            BaseConfig {
+                env: BTreeMap::from([("PATH".to_string(), "/usr/bin:/bin".to_string())]),
+                working_dir: Some("/srv".into()),
+                user: Some("app".into()),
+                shell: vec!["/bin/bash".into(), "-c".into()],
+                on_build: vec!["ARG GREETING=hi".into(), "RUN echo $GREETING".into()],
+            },
         );
         let p = plan_of(src, &o);
-        match &p.stages[0].body.steps[0].op {
+        let steps = &p.stages[0].body.steps;
+        assert!(steps[0].onbuild && !steps[1].onbuild);
+        match &steps[0].op {
+            Op::Run {
+                command,
+                args,
+                workdir,
+                user,
+                shell,
+                ..
+            } => {
+                assert_eq!(command, &Command::Shell("echo $GREETING".into()));
+                assert_eq!(args.get("GREETING").map(String::as_str), Some("hi"));
+                assert_eq!(workdir.as_deref(), Some("/srv"));
+                assert_eq!(user.as_deref(), Some("app"));
+                assert_eq!(shell, &["/bin/bash", "-c"]);
+            }
+            other => panic!("trigger RUN expected, got {other:?}"),
+        }
+        match &steps[1].op {
             Op::Env { vars } => assert_eq!(vars[0].value, "/venv/bin:/usr/bin:/bin"),
             other => panic!("ENV expected, got {other:?}"),
         }
+        let bad = PlanOptions {
+            base_configs: BTreeMap::from([(
+                (
+                    "docker.io/library/python:3.12".to_string(),
+                    "linux/amd64".to_string(),
+                ),
+                BaseConfig {
+                    on_build: vec!["RUNN x".into()],
+                    ..Default::default()
+                },
+            )]),
+            ..o
+        };
+        let df = parse(src, "Dockerfile").expect("parses");
+        let e = plan(&df, &bad).expect_err("bad trigger");
+        assert!(
+            e.to_string().starts_with(
+                "ONBUILD trigger of docker.io/library/python:3.12:2:1: unknown instruction"
+            ),
+            "{e}"
+        );
     }
 
     #[test]

@@ -25,7 +25,7 @@ fn options(path: &Path) -> PlanOptions {
         platforms: vec![platform("linux/amd64"), platform("linux/arm64")],
         build_platform: platform("linux/amd64"),
         build_args: BTreeMap::new(),
-        image_env: BTreeMap::new(),
+        base_configs: BTreeMap::new(),
     };
     let Ok(text) = fs::read_to_string(path.with_extension("opts")) else {
         return opts;

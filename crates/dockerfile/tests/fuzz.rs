@@ -110,7 +110,7 @@ fn options() -> PlanOptions {
         ],
         build_platform: Platform::new("linux", "amd64", ""),
         build_args: BTreeMap::from([("A".to_string(), "x y".to_string())]),
-        image_env: BTreeMap::new(),
+        base_configs: BTreeMap::new(),
     }
 }
 
