@@ -1,0 +1,239 @@
+//! The typed syntax tree. Words keep their quotes and `$` references as written: expansion needs
+//! the ARG and ENV values in effect, which only planning knows.
+
+use serde::Serialize;
+
+use crate::error::Pos;
+
+/// A parsed Dockerfile.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Dockerfile {
+    /// The name used in error messages and findings.
+    pub file: String,
+    pub directives: Directives,
+    pub instructions: Vec<Instruction>,
+    /// Empty lines inside continuations (BuildKit warns: NoEmptyContinuation).
+    pub empty_continuation_lines: Vec<usize>,
+    /// Physical lines without their line ending, for caret displays.
+    #[serde(skip)]
+    pub(crate) lines: Vec<String>,
+}
+
+/// Parser directives from the top of the file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Directives {
+    pub syntax: Option<String>,
+    pub escape: char,
+    pub check: Option<String>,
+}
+
+impl Default for Directives {
+    fn default() -> Self {
+        Directives {
+            syntax: None,
+            escape: '\\',
+            check: None,
+        }
+    }
+}
+
+/// One instruction (its continuation lines joined).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Instruction {
+    pub pos: Pos,
+    /// The keyword as written (any case).
+    pub keyword: String,
+    /// The logical line: continuations joined, here-document bodies not included.
+    pub text: String,
+    pub kind: Kind,
+}
+
+/// A word as written, quotes and variable references intact.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Word {
+    pub raw: String,
+    pub pos: Pos,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "instruction", rename_all = "UPPERCASE")]
+pub enum Kind {
+    From(From),
+    Arg { args: Vec<ArgDecl> },
+    Env { vars: Vec<KeyValue> },
+    Label { labels: Vec<KeyValue> },
+    Run(Run),
+    Copy(Copy),
+    Add(Copy),
+    Workdir { path: Word },
+    User { user: Word },
+    Expose { ports: Vec<Word> },
+    Volume { paths: Vec<Word> },
+    Cmd { command: Command },
+    Entrypoint { command: Command },
+    Shell { shell: Vec<String> },
+    Healthcheck { check: Option<Healthcheck> },
+    Stopsignal { signal: Word },
+    Onbuild { trigger: Box<Instruction> },
+    Maintainer { name: String },
+}
+
+impl Kind {
+    /// The canonical upper-case instruction name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Kind::From(_) => "FROM",
+            Kind::Arg { .. } => "ARG",
+            Kind::Env { .. } => "ENV",
+            Kind::Label { .. } => "LABEL",
+            Kind::Run(_) => "RUN",
+            Kind::Copy(_) => "COPY",
+            Kind::Add(_) => "ADD",
+            Kind::Workdir { .. } => "WORKDIR",
+            Kind::User { .. } => "USER",
+            Kind::Expose { .. } => "EXPOSE",
+            Kind::Volume { .. } => "VOLUME",
+            Kind::Cmd { .. } => "CMD",
+            Kind::Entrypoint { .. } => "ENTRYPOINT",
+            Kind::Shell { .. } => "SHELL",
+            Kind::Healthcheck { .. } => "HEALTHCHECK",
+            Kind::Stopsignal { .. } => "STOPSIGNAL",
+            Kind::Onbuild { .. } => "ONBUILD",
+            Kind::Maintainer { .. } => "MAINTAINER",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct From {
+    pub image: Word,
+    pub platform: Option<Word>,
+    /// The stage name after `AS`, as written.
+    pub name: Option<Word>,
+    /// The `AS` keyword as written (for the FromAsCasing check).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub as_keyword: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ArgDecl {
+    pub name: String,
+    pub default: Option<String>,
+    pub pos: Pos,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: String,
+    pub pos: Pos,
+    /// Written in the legacy `KEY value` form.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub legacy: bool,
+}
+
+/// Exec form (a JSON array) or shell form (text, escapes preserved).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Command {
+    Exec(Vec<String>),
+    Shell(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Heredoc {
+    /// The delimiter without quotes.
+    pub delimiter: String,
+    pub content: String,
+    /// False when the delimiter was quoted: the content is taken literally.
+    pub expand: bool,
+    /// `<<-`: leading tabs were stripped from the content.
+    pub strip_tabs: bool,
+    pub pos: Pos,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Run {
+    pub mounts: Vec<Mount>,
+    pub network: Option<Word>,
+    pub security: Option<Word>,
+    pub command: Command,
+    pub heredocs: Vec<Heredoc>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MountType {
+    Bind,
+    Cache,
+    Tmpfs,
+    Secret,
+    Ssh,
+}
+
+/// A `RUN --mount`. Values are as written; planning expands them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Mount {
+    #[serde(rename = "type")]
+    pub kind: Option<MountType>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sharing: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub readonly: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub required: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<String>,
+    pub pos: Pos,
+}
+
+/// COPY and ADD. Flags that only ADD accepts (`--checksum`, `--keep-git-dir`) stay empty for COPY,
+/// and `--from` stays empty for ADD: the parser rejects them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Copy {
+    pub from: Option<Word>,
+    pub chown: Option<Word>,
+    pub chmod: Option<Word>,
+    pub link: bool,
+    pub exclude: Vec<Word>,
+    pub parents: bool,
+    pub checksum: Option<Word>,
+    pub keep_git_dir: bool,
+    pub sources: Vec<Source>,
+    pub dest: Word,
+    /// The sources and destination were given in JSON form.
+    pub json: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    Path(Word),
+    Heredoc(Heredoc),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Healthcheck {
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub start_period: Option<String>,
+    pub start_interval: Option<String>,
+    pub retries: Option<u32>,
+    pub command: Command,
+}

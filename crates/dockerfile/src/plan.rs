@@ -1,0 +1,1445 @@
+//! Planning: which stages the target needs, ARG scoping and expansion per target platform, and
+//! one instance per (stage, inputs). Instances are keyed by a digest of their resolved content,
+//! so a stage whose inputs do not depend on the target platform (e.g. `FROM
+//! --platform=$BUILDPLATFORM` without TARGET* args) gets one key shared by every platform.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use oci::{Digest, Platform, Reference};
+use serde::Serialize;
+
+use crate::ast::{self, Command, Dockerfile, Instruction, Kind, MountType, Source, Word};
+use crate::error::{nearest, Error, ErrorKind, Pos};
+use crate::expand::{expand_heredoc, expand_word};
+
+/// What to plan for.
+#[derive(Clone, Debug)]
+pub struct PlanOptions {
+    /// Stage name to build; the last stage when `None`.
+    pub target: Option<String>,
+    /// Target platforms, in output order.
+    pub platforms: Vec<Platform>,
+    /// The platform the build runs on (BUILDPLATFORM).
+    pub build_platform: Platform,
+    /// `--build-arg` values.
+    pub build_args: BTreeMap<String, String>,
+    /// What is known of base images' configs, by (reference as the plan prints it, platform in
+    /// short form). The engine may plan once, fetch the configs of the `Base::Image` references,
+    /// and plan again: then `ENV PATH=/x:$PATH` expands against the image and its ONBUILD
+    /// triggers run, as in BuildKit. Unknown images contribute nothing.
+    pub base_configs: BTreeMap<(String, String), BaseConfig>,
+}
+
+/// The parts of a base image's config that planning uses.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BaseConfig {
+    pub env: BTreeMap<String, String>,
+    pub working_dir: Option<String>,
+    pub user: Option<String>,
+    /// Config `Shell`; empty means the platform's default.
+    pub shell: Vec<String>,
+    /// Config `OnBuild`: instructions that run first in a stage built FROM this image.
+    pub on_build: Vec<String>,
+}
+
+impl Default for PlanOptions {
+    fn default() -> Self {
+        let host = Platform::host();
+        PlanOptions {
+            target: None,
+            platforms: vec![host.clone()],
+            build_platform: host,
+            build_args: BTreeMap::new(),
+            base_configs: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BuildPlan {
+    pub target: StageRef,
+    pub platforms: Vec<PlatformPlan>,
+    /// Every distinct stage instance, dependencies before dependents.
+    pub stages: Vec<StageInstance>,
+    pub warnings: Vec<String>,
+}
+
+impl BuildPlan {
+    pub fn stage(&self, key: &str) -> Option<&StageInstance> {
+        self.stages.iter().find(|s| s.key == key)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StageRef {
+    pub index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PlatformPlan {
+    pub platform: Platform,
+    /// Key of the target stage's instance.
+    pub target: String,
+    /// Keys of the instances this platform needs, in an order that builds dependencies first.
+    pub stages: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StageInstance {
+    /// `sha256:` of the instance's resolved content (everything below, dependencies by key).
+    pub key: String,
+    #[serde(flatten)]
+    pub body: InstanceBody,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct InstanceBody {
+    pub stage: StageRef,
+    /// The platform this instance's filesystem is for.
+    pub platform: Platform,
+    pub base: Base,
+    pub depends_on: Vec<String>,
+    pub steps: Vec<Step>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Base {
+    Scratch,
+    Image { reference: String },
+    Stage { key: String, stage: StageRef },
+}
+
+/// Where COPY --from or a RUN mount's `from` reads.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Origin {
+    Context,
+    Image { reference: String },
+    Stage { key: String, stage: StageRef },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Step {
+    /// Position in the Dockerfile, or in the base image's trigger list for ONBUILD steps.
+    pub pos: Pos,
+    pub instruction: String,
+    pub op: Op,
+    /// A base image's ONBUILD trigger.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub onbuild: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum PlannedSource {
+    Path { path: String },
+    Heredoc { name: String, content: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PlannedMount {
+    #[serde(rename = "type")]
+    pub kind: MountType,
+    pub target: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<Origin>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sharing: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gid: Option<String>,
+    pub readonly: bool,
+    pub required: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<String>,
+}
+
+/// A resolved instruction. Fields are expanded; RUN/CMD/ENTRYPOINT text is not (the shell does
+/// that at run time).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Op {
+    Run {
+        command: Command,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        heredocs: Vec<ast::Heredoc>,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        mounts: Vec<PlannedMount>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        network: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        security: Option<String>,
+        /// ENV values: the base image's (when given in `PlanOptions::base_configs`) and this
+        /// Dockerfile's.
+        env: BTreeMap<String, String>,
+        /// ARG values in effect, also environment for RUN. They win over `env` entries of the
+        /// same name: BuildKit keeps one environment in declaration order, and a later ENV
+        /// removes the ARG from this map.
+        args: BTreeMap<String, String>,
+        /// `None`: the base image's working directory.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        workdir: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
+        shell: Vec<String>,
+    },
+    Copy {
+        from: Origin,
+        sources: Vec<PlannedSource>,
+        dest: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        workdir: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        chown: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        chmod: Option<String>,
+        link: bool,
+        parents: bool,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        exclude: Vec<String>,
+    },
+    Add {
+        sources: Vec<PlannedSource>,
+        dest: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        workdir: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        chown: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        chmod: Option<String>,
+        link: bool,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        exclude: Vec<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        checksum: Option<String>,
+        keep_git_dir: bool,
+    },
+    Env {
+        vars: Vec<KeyValue>,
+    },
+    Label {
+        labels: Vec<KeyValue>,
+    },
+    Workdir {
+        path: String,
+    },
+    User {
+        user: String,
+    },
+    Expose {
+        ports: Vec<String>,
+    },
+    Volume {
+        paths: Vec<String>,
+    },
+    Cmd {
+        command: Command,
+        /// The shell in effect, for the shell form.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        shell: Option<Vec<String>>,
+    },
+    Entrypoint {
+        command: Command,
+        /// The shell in effect, for the shell form.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        shell: Option<Vec<String>>,
+    },
+    Shell {
+        shell: Vec<String>,
+    },
+    Healthcheck {
+        check: Option<ast::Healthcheck>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        shell: Option<Vec<String>>,
+    },
+    Stopsignal {
+        signal: String,
+    },
+    Onbuild {
+        trigger: String,
+    },
+    Maintainer {
+        name: String,
+    },
+}
+
+/// A stage as written.
+struct StageDef<'a> {
+    index: usize,
+    /// Lower-cased, as BuildKit compares names.
+    name: Option<String>,
+    from: &'a ast::From,
+    pos: Pos,
+    body: Vec<&'a Instruction>,
+}
+
+impl StageDef<'_> {
+    fn stage_ref(&self) -> StageRef {
+        StageRef {
+            index: self.index,
+            name: self.name.clone(),
+        }
+    }
+}
+
+/// Build args BuildKit accepts without an ARG (proxies and frontend switches).
+fn is_builtin_arg(name: &str) -> bool {
+    const PROXIES: [&str; 5] = [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "FTP_PROXY",
+        "NO_PROXY",
+        "ALL_PROXY",
+    ];
+    PROXIES.iter().any(|p| p.eq_ignore_ascii_case(name))
+        || name.starts_with("BUILDKIT_")
+        || name == "SOURCE_DATE_EPOCH"
+}
+
+fn platform_args(target: &Platform, build: &Platform) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    for (prefix, p) in [("TARGET", target), ("BUILD", build)] {
+        m.insert(format!("{prefix}PLATFORM"), p.short());
+        m.insert(format!("{prefix}OS"), p.os.clone());
+        m.insert(format!("{prefix}ARCH"), p.architecture.clone());
+        m.insert(format!("{prefix}VARIANT"), p.variant.clone());
+    }
+    m
+}
+
+/// The stages of a Dockerfile and its global ARGs.
+struct Stages<'a> {
+    global_args: Vec<&'a ast::ArgDecl>,
+    defs: Vec<StageDef<'a>>,
+}
+
+fn stages(df: &Dockerfile) -> Stages<'_> {
+    let mut global_args = Vec::new();
+    let mut defs: Vec<StageDef<'_>> = Vec::new();
+    for ins in &df.instructions {
+        match (&ins.kind, defs.last_mut()) {
+            (Kind::From(f), _) => {
+                // Duplicate names are legal (DuplicateStageName is only a lint): as in
+                // BuildKit, later lookups see the last stage of that name.
+                let name = f.name.as_ref().map(|n| n.raw.to_ascii_lowercase());
+                defs.push(StageDef {
+                    index: defs.len(),
+                    name,
+                    from: f,
+                    pos: ins.pos,
+                    body: Vec::new(),
+                });
+            }
+            (Kind::Arg { args }, None) => global_args.extend(args.iter()),
+            (_, Some(d)) => d.body.push(ins),
+            // The parser rejects other instructions before FROM.
+            (_, None) => {}
+        }
+    }
+    Stages { global_args, defs }
+}
+
+impl Stages<'_> {
+    /// Stage names in order, each once.
+    fn names(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for n in self.defs.iter().filter_map(|d| d.name.as_deref()) {
+            if !out.contains(&n) {
+                out.push(n);
+            }
+        }
+        out
+    }
+}
+
+/// The final state of a stage instance, inherited by stages built `FROM` it.
+#[derive(Clone, Default)]
+struct StageState {
+    env: BTreeMap<String, String>,
+    workdir: Option<String>,
+    user: Option<String>,
+    shell: Vec<String>,
+    platform: Platform,
+}
+
+struct Planner<'a> {
+    df: &'a Dockerfile,
+    st: Stages<'a>,
+    opts: &'a PlanOptions,
+    esc: char,
+    /// Build args some ARG declared.
+    consumed: BTreeSet<String>,
+    instances: Vec<StageInstance>,
+}
+
+/// Per target platform.
+struct Pass {
+    target: Platform,
+    meta: BTreeMap<String, String>,
+    auto: BTreeMap<String, String>,
+    done: HashMap<usize, (String, StageState)>,
+    order: Vec<String>,
+}
+
+/// Plans the build of `opts.target` (or the last stage) for every platform in `opts.platforms`.
+pub fn plan(df: &Dockerfile, opts: &PlanOptions) -> Result<BuildPlan, Error> {
+    if opts.platforms.is_empty() {
+        return Err(Error::new(ErrorKind::NoPlatforms, None)
+            .with_help("pass at least one platform, such as linux/amd64"));
+    }
+    let st = stages(df);
+    let target_idx = match &opts.target {
+        None => st.defs.len().checked_sub(1),
+        Some(t) => {
+            let lower = t.to_ascii_lowercase();
+            st.defs
+                .iter()
+                .rposition(|d| d.name.as_deref() == Some(lower.as_str()))
+        }
+    };
+    let Some(target_idx) = target_idx else {
+        let names = st.names();
+        let wanted = opts.target.clone().unwrap_or_default();
+        let help = match nearest(&wanted, &names) {
+            Some(n) => format!("did you mean {n:?}? stages: {}", names.join(", ")),
+            None if names.is_empty() => "the Dockerfile names no stage (FROM ... AS <name>)".into(),
+            None => format!("stages: {}", names.join(", ")),
+        };
+        return Err(Error::new(ErrorKind::UnknownTarget(wanted), None).with_help(help));
+    };
+    let target = st.defs[target_idx].stage_ref();
+    let mut p = Planner {
+        df,
+        st,
+        opts,
+        esc: df.directives.escape,
+        consumed: BTreeSet::new(),
+        instances: Vec::new(),
+    };
+    let mut platforms = Vec::new();
+    for tp in &opts.platforms {
+        let mut auto = platform_args(tp, &opts.build_platform);
+        // As in BuildKit, --build-arg may override the automatic platform args.
+        for (k, v) in auto.iter_mut() {
+            if let Some(o) = opts.build_args.get(k) {
+                *v = o.clone();
+                p.consumed.insert(k.clone());
+            }
+        }
+        let meta = p.meta_args(&auto)?;
+        let mut pass = Pass {
+            target: tp.clone(),
+            meta,
+            auto,
+            done: HashMap::new(),
+            order: Vec::new(),
+        };
+        let key = p.resolve(target_idx, &mut pass, &mut Vec::new())?;
+        platforms.push(PlatformPlan {
+            platform: tp.clone(),
+            target: key,
+            stages: pass.order,
+        });
+    }
+    let mut warnings = Vec::new();
+    let declared: Vec<&str> = p.all_arg_names();
+    for name in opts.build_args.keys() {
+        if p.consumed.contains(name) || is_builtin_arg(name) {
+            continue;
+        }
+        let mut w = format!("build-arg {name} was not consumed by any ARG");
+        if declared.contains(&name.as_str()) {
+            w.push_str(" (only stages this target does not need declare it)");
+        } else if let Some(n) = nearest(name, &declared) {
+            w.push_str(&format!(" (did you mean {n}?)"));
+        }
+        warnings.push(w);
+    }
+    Ok(BuildPlan {
+        target,
+        platforms,
+        stages: p.instances,
+        warnings,
+    })
+}
+
+impl<'a> Planner<'a> {
+    fn all_arg_names(&self) -> Vec<&'a str> {
+        let mut v: Vec<&str> = self
+            .st
+            .global_args
+            .iter()
+            .map(|a| a.name.as_str())
+            .collect();
+        for ins in &self.df.instructions {
+            if let Kind::Arg { args } = &ins.kind {
+                v.extend(args.iter().map(|a| a.name.as_str()));
+            }
+        }
+        v
+    }
+
+    fn err(&self, kind: ErrorKind, pos: Pos) -> Error {
+        self.df.error(kind, pos)
+    }
+
+    fn expand(&self, w: &Word, env: &dyn Fn(&str) -> Option<String>) -> Result<String, Error> {
+        expand_word(&w.raw, &env, self.esc).map_err(|m| self.err(ErrorKind::Expansion(m), w.pos))
+    }
+
+    /// Global ARGs: visible in FROM lines; build args override defaults.
+    fn meta_args(
+        &mut self,
+        auto: &BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, String>, Error> {
+        let mut meta = auto.clone();
+        for a in self.st.global_args.clone() {
+            let value = if let Some(v) = self.opts.build_args.get(&a.name) {
+                self.consumed.insert(a.name.clone());
+                Some(v.clone())
+            } else if let Some(d) = &a.default {
+                let m = meta.clone();
+                let lookup = move |n: &str| m.get(n).cloned();
+                Some(
+                    expand_word(d, &lookup, self.esc)
+                        .map_err(|e| self.err(ErrorKind::Expansion(e), a.pos))?,
+                )
+            } else {
+                None
+            };
+            if let Some(v) = value {
+                meta.insert(a.name.clone(), v);
+            }
+        }
+        Ok(meta)
+    }
+
+    /// Which stage a `--from` / `from=` value names, if any. Names win over indexes.
+    fn stage_named(&self, value: &str, pos: Pos) -> Result<Option<usize>, Error> {
+        let lower = value.to_ascii_lowercase();
+        if let Some(d) = self
+            .st
+            .defs
+            .iter()
+            .rev()
+            .find(|d| d.name.as_deref() == Some(&lower))
+        {
+            return Ok(Some(d.index));
+        }
+        if let Ok(i) = value.parse::<usize>() {
+            if i < self.st.defs.len() {
+                return Ok(Some(i));
+            }
+            return Err(self.unknown_stage(value, pos));
+        }
+        // A bare word close to a stage name is a typo, not an image on Docker Hub; a word that
+        // is not a valid reference cannot be an image either.
+        let names = self.st.names();
+        let bare = !value.contains(['/', ':', '@']);
+        if (bare && nearest(value, &names).is_some()) || Reference::parse(value).is_err() {
+            return Err(self.unknown_stage(value, pos));
+        }
+        Ok(None)
+    }
+
+    fn unknown_stage(&self, value: &str, pos: Pos) -> Error {
+        let names = self.st.names();
+        let e = self.err(ErrorKind::UnknownStage(value.to_string()), pos);
+        match nearest(value, &names) {
+            Some(n) => e.with_help(format!("did you mean {n:?}? stages: {}", names.join(", "))),
+            None if names.is_empty() => e.with_help(format!(
+                "no stage has a name; stages are numbered 0 to {}",
+                self.st.defs.len().saturating_sub(1)
+            )),
+            None => e.with_help(format!("stages: {}", names.join(", "))),
+        }
+    }
+
+    fn origin(
+        &mut self,
+        value: &str,
+        pos: Pos,
+        pass: &mut Pass,
+        stack: &mut Vec<(usize, Pos)>,
+        deps: &mut Vec<String>,
+    ) -> Result<Origin, Error> {
+        match self.stage_named(value, pos)? {
+            Some(i) => {
+                let key = self.dep(i, pos, pass, stack)?;
+                if !deps.contains(&key) {
+                    deps.push(key.clone());
+                }
+                Ok(Origin::Stage {
+                    key,
+                    stage: self.st.defs[i].stage_ref(),
+                })
+            }
+            None => {
+                let r = Reference::parse(value).map_err(|e| {
+                    self.err(
+                        ErrorKind::InvalidReference {
+                            value: value.to_string(),
+                            reason: reason(e),
+                        },
+                        pos,
+                    )
+                })?;
+                Ok(Origin::Image {
+                    reference: r.to_string(),
+                })
+            }
+        }
+    }
+
+    /// Resolves a dependency on stage `i`, detecting cycles.
+    fn dep(
+        &mut self,
+        i: usize,
+        pos: Pos,
+        pass: &mut Pass,
+        stack: &mut Vec<(usize, Pos)>,
+    ) -> Result<String, Error> {
+        if let Some(start) = stack.iter().position(|(s, _)| *s == i) {
+            let label = |s: usize| {
+                self.st.defs[s]
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| format!("stage {s}"))
+            };
+            let mut chain: Vec<String> = stack[start..].iter().map(|(s, _)| label(*s)).collect();
+            chain.push(label(i));
+            return Err(self
+                .err(ErrorKind::Cycle(chain.join(" -> ")), pos)
+                .with_help("a stage cannot use itself, directly or through other stages"));
+        }
+        stack.push((i, pos));
+        let r = self.resolve(i, pass, stack);
+        stack.pop();
+        r
+    }
+
+    fn resolve(
+        &mut self,
+        i: usize,
+        pass: &mut Pass,
+        stack: &mut Vec<(usize, Pos)>,
+    ) -> Result<String, Error> {
+        if let Some((key, _)) = pass.done.get(&i) {
+            return Ok(key.clone());
+        }
+        if stack.is_empty() {
+            stack.push((i, self.st.defs[i].pos));
+        }
+        let def_from = self.st.defs[i].from;
+        let meta = pass.meta.clone();
+        let meta_lookup = move |n: &str| meta.get(n).cloned();
+        let image = self.expand(&def_from.image, &meta_lookup)?;
+        if image.is_empty() {
+            return Err(self
+                .err(
+                    ErrorKind::Syntax(format!(
+                        "base name ({}) should not be blank",
+                        def_from.image.raw
+                    )),
+                    def_from.image.pos,
+                )
+                .with_help(
+                    "declare the ARG with a default before the first FROM, or pass --build-arg",
+                ));
+        }
+        let explicit_platform = match &def_from.platform {
+            Some(w) => {
+                let v = self.expand(w, &meta_lookup)?;
+                Some(Platform::parse(&v).map_err(|e| {
+                    self.err(
+                        ErrorKind::InvalidPlatform {
+                            value: v.clone(),
+                            reason: reason(e),
+                        },
+                        w.pos,
+                    )
+                })?)
+            }
+            None => None,
+        };
+        let lower = image.to_ascii_lowercase();
+        let parent = self.st.defs[..i]
+            .iter()
+            .rev()
+            .find(|d| d.name.as_deref() == Some(lower.as_str()))
+            .map(|d| d.index);
+        let mut deps = Vec::new();
+        let mut triggers: Vec<Instruction> = Vec::new();
+        let (base, mut state) = match parent {
+            Some(pi) => {
+                let key = self.dep(pi, def_from.image.pos, pass, stack)?;
+                let state = pass.done.get(&pi).map(|d| d.1.clone()).unwrap_or_default();
+                deps.push(key.clone());
+                (
+                    Base::Stage {
+                        key,
+                        stage: self.st.defs[pi].stage_ref(),
+                    },
+                    state,
+                )
+            }
+            None => {
+                let platform = explicit_platform.clone().unwrap_or(pass.target.clone());
+                let shell = default_shell(&platform);
+                let base = if lower == "scratch" {
+                    Base::Scratch
+                } else {
+                    let r = Reference::parse(&image).map_err(|e| {
+                        self.err(
+                            ErrorKind::InvalidReference {
+                                value: image.clone(),
+                                reason: reason(e),
+                            },
+                            def_from.image.pos,
+                        )
+                    })?;
+                    Base::Image {
+                        reference: r.to_string(),
+                    }
+                };
+                let config = match &base {
+                    Base::Image { reference } => self
+                        .opts
+                        .base_configs
+                        .get(&(reference.clone(), platform.short())),
+                    _ => None,
+                };
+                let mut state = StageState {
+                    shell,
+                    platform: platform.clone(),
+                    // scratch has no config: its working directory is the root.
+                    workdir: matches!(base, Base::Scratch).then(|| "/".to_string()),
+                    ..Default::default()
+                };
+                if let (Some(c), Base::Image { reference }) = (config, &base) {
+                    state.env = c.env.clone();
+                    state.workdir = c.working_dir.clone().filter(|w| !w.is_empty());
+                    state.user = c.user.clone().filter(|u| !u.is_empty());
+                    if !c.shell.is_empty() {
+                        state.shell = c.shell.clone();
+                    }
+                    triggers = parse_triggers(reference, &c.on_build)?;
+                }
+                (base, state)
+            }
+        };
+        if let Some(p) = explicit_platform {
+            state.platform = p;
+        }
+        let steps = self.steps(i, pass, stack, &mut state, &mut deps, &triggers)?;
+        let body = InstanceBody {
+            stage: self.st.defs[i].stage_ref(),
+            platform: state.platform.clone(),
+            base,
+            depends_on: deps,
+            steps,
+        };
+        let bytes = serde_json::to_vec(&body).unwrap_or_default();
+        let key = Digest::sha256_of(&bytes).to_string();
+        if !self.instances.iter().any(|s| s.key == key) {
+            self.instances.push(StageInstance {
+                key: key.clone(),
+                body,
+            });
+        }
+        if !pass.order.contains(&key) {
+            pass.order.push(key.clone());
+        }
+        pass.done.insert(i, (key.clone(), state));
+        Ok(key)
+    }
+
+    fn steps(
+        &mut self,
+        i: usize,
+        pass: &mut Pass,
+        stack: &mut Vec<(usize, Pos)>,
+        state: &mut StageState,
+        deps: &mut Vec<String>,
+        triggers: &[Instruction],
+    ) -> Result<Vec<Step>, Error> {
+        let mut args: BTreeMap<String, String> = BTreeMap::new();
+        let mut steps = Vec::new();
+        let own: Vec<&Instruction> = self.st.defs[i].body.clone();
+        let body: Vec<&Instruction> = triggers.iter().chain(own).collect();
+        for (n, ins) in body.into_iter().enumerate() {
+            // One environment in declaration order: an ARG shadows earlier ENV values (also the
+            // base image's); an ENV evicts the ARG of its name.
+            // Borrows, not clones: each arm mutates the state only after its last lookup.
+            let lookup = |n: &str| args.get(n).or_else(|| state.env.get(n)).cloned();
+            let op = match &ins.kind {
+                Kind::Arg { args: decls } => {
+                    for d in decls {
+                        let value = if let Some(v) = self.opts.build_args.get(&d.name) {
+                            self.consumed.insert(d.name.clone());
+                            Some(v.clone())
+                        } else if let Some(def) = &d.default {
+                            // Unlike ENV, each default sees the ARGs declared before it in the
+                            // same instruction (BuildKit's dispatchArg updates state per arg).
+                            let (env, a) = (&state.env, &args);
+                            let seq = |n: &str| a.get(n).or_else(|| env.get(n)).cloned();
+                            Some(
+                                expand_word(def, &seq, self.esc)
+                                    .map_err(|e| self.err(ErrorKind::Expansion(e), d.pos))?,
+                            )
+                        } else if let Some(v) = pass.auto.get(&d.name) {
+                            Some(v.clone())
+                        } else {
+                            let global = self.st.global_args.iter().any(|g| g.name == d.name);
+                            global.then(|| pass.meta.get(&d.name).cloned()).flatten()
+                        };
+                        if let Some(v) = value {
+                            args.insert(d.name.clone(), v);
+                        }
+                    }
+                    continue;
+                }
+                Kind::Env { vars } => {
+                    let mut out = Vec::new();
+                    for kv in vars {
+                        let w = |raw: &str| Word {
+                            raw: raw.to_string(),
+                            pos: kv.pos,
+                        };
+                        let key = self.expand(&w(&kv.key), &lookup)?;
+                        let value = self.expand(&w(&kv.value), &lookup)?;
+                        out.push(KeyValue { key, value });
+                    }
+                    for kv in &out {
+                        state.env.insert(kv.key.clone(), kv.value.clone());
+                        args.remove(&kv.key);
+                    }
+                    Op::Env { vars: out }
+                }
+                Kind::Label { labels } => {
+                    let mut out = Vec::new();
+                    for kv in labels {
+                        let w = |raw: &str| Word {
+                            raw: raw.to_string(),
+                            pos: kv.pos,
+                        };
+                        out.push(KeyValue {
+                            key: self.expand(&w(&kv.key), &lookup)?,
+                            value: self.expand(&w(&kv.value), &lookup)?,
+                        });
+                    }
+                    Op::Label { labels: out }
+                }
+                Kind::Run(r) => {
+                    let mut mounts = Vec::new();
+                    for m in &r.mounts {
+                        let wd = state.workdir.clone();
+                        mounts.push(self.mount(m, wd.as_deref(), &lookup, pass, stack, deps)?);
+                    }
+                    let opt = |w: &Option<Word>| -> Result<Option<String>, Error> {
+                        w.as_ref().map(|w| self.expand(w, &lookup)).transpose()
+                    };
+                    Op::Run {
+                        command: r.command.clone(),
+                        heredocs: r.heredocs.clone(),
+                        mounts,
+                        network: opt(&r.network)?,
+                        security: opt(&r.security)?,
+                        env: state.env.clone(),
+                        args: args.clone(),
+                        workdir: state.workdir.clone(),
+                        user: state.user.clone(),
+                        shell: state.shell.clone(),
+                    }
+                }
+                Kind::Copy(c) | Kind::Add(c) => {
+                    let opt = |w: &Option<Word>| -> Result<Option<String>, Error> {
+                        w.as_ref().map(|w| self.expand(w, &lookup)).transpose()
+                    };
+                    let mut sources = Vec::new();
+                    for s in &c.sources {
+                        match s {
+                            // Each source is one word after expansion (BuildKit's
+                            // SingleWordExpander): `$FILES` never becomes several sources.
+                            Source::Path(w) => sources.push(PlannedSource::Path {
+                                path: self.expand(w, &lookup)?,
+                            }),
+                            Source::Heredoc(h) => {
+                                let content = if h.expand {
+                                    expand_heredoc(&h.content, &lookup)
+                                        .map_err(|e| self.err(ErrorKind::Expansion(e), h.pos))?
+                                } else {
+                                    h.content.clone()
+                                };
+                                sources.push(PlannedSource::Heredoc {
+                                    name: h.delimiter.clone(),
+                                    content,
+                                });
+                            }
+                        }
+                    }
+                    let dest = self.expand(&c.dest, &lookup)?;
+                    let mut exclude = Vec::new();
+                    for w in &c.exclude {
+                        exclude.push(self.expand(w, &lookup)?);
+                    }
+                    let (chown, chmod) = (opt(&c.chown)?, opt(&c.chmod)?);
+                    if let Kind::Add(_) = ins.kind {
+                        Op::Add {
+                            sources,
+                            dest,
+                            workdir: state.workdir.clone(),
+                            chown,
+                            chmod,
+                            link: c.link,
+                            exclude,
+                            checksum: opt(&c.checksum)?,
+                            keep_git_dir: c.keep_git_dir,
+                        }
+                    } else {
+                        let from = match &c.from {
+                            Some(w) => {
+                                let v = self.expand(w, &lookup)?;
+                                self.origin(&v, w.pos, pass, stack, deps)?
+                            }
+                            None => Origin::Context,
+                        };
+                        Op::Copy {
+                            from,
+                            sources,
+                            dest,
+                            workdir: state.workdir.clone(),
+                            chown,
+                            chmod,
+                            link: c.link,
+                            parents: c.parents,
+                            exclude,
+                        }
+                    }
+                }
+                Kind::Workdir { path } => {
+                    let p = self.expand(path, &lookup)?;
+                    let resolved = resolve_workdir(state.workdir.as_deref(), &p);
+                    state.workdir = Some(resolved.clone());
+                    Op::Workdir { path: resolved }
+                }
+                Kind::User { user } => {
+                    let u = self.expand(user, &lookup)?;
+                    state.user = Some(u.clone());
+                    Op::User { user: u }
+                }
+                Kind::Expose { ports } => {
+                    let mut out = Vec::new();
+                    for w in ports {
+                        let v = self.expand(w, &lookup)?;
+                        out.extend(v.split_whitespace().map(str::to_string));
+                    }
+                    Op::Expose { ports: out }
+                }
+                Kind::Volume { paths } => {
+                    let mut out = Vec::new();
+                    for w in paths {
+                        out.push(self.expand(w, &lookup)?);
+                    }
+                    Op::Volume { paths: out }
+                }
+                Kind::Cmd { command } => Op::Cmd {
+                    command: command.clone(),
+                    shell: shell_for(command, &state.shell),
+                },
+                Kind::Entrypoint { command } => Op::Entrypoint {
+                    command: command.clone(),
+                    shell: shell_for(command, &state.shell),
+                },
+                Kind::Shell { shell } => {
+                    state.shell = shell.clone();
+                    Op::Shell {
+                        shell: shell.clone(),
+                    }
+                }
+                Kind::Healthcheck { check } => Op::Healthcheck {
+                    shell: check
+                        .as_ref()
+                        .and_then(|c| shell_for(&c.command, &state.shell)),
+                    check: check.clone(),
+                },
+                Kind::Stopsignal { signal } => Op::Stopsignal {
+                    signal: self.expand(signal, &lookup)?,
+                },
+                Kind::Onbuild { trigger } => Op::Onbuild {
+                    trigger: trigger_text(trigger),
+                },
+                Kind::Maintainer { name } => Op::Maintainer { name: name.clone() },
+                Kind::From(_) => continue,
+            };
+            steps.push(Step {
+                pos: ins.pos,
+                instruction: ins.text.clone(),
+                op,
+                onbuild: n < triggers.len(),
+            });
+        }
+        Ok(steps)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn mount(
+        &mut self,
+        m: &ast::Mount,
+        workdir: Option<&str>,
+        lookup: &dyn Fn(&str) -> Option<String>,
+        pass: &mut Pass,
+        stack: &mut Vec<(usize, Pos)>,
+        deps: &mut Vec<String>,
+    ) -> Result<PlannedMount, Error> {
+        let x = |v: &Option<String>| -> Result<Option<String>, Error> {
+            v.as_ref()
+                .map(|raw| {
+                    self.expand(
+                        &Word {
+                            raw: raw.clone(),
+                            pos: m.pos,
+                        },
+                        lookup,
+                    )
+                })
+                .transpose()
+        };
+        let kind = m.kind.unwrap_or(MountType::Bind);
+        let mut id = x(&m.id)?;
+        let mut target = x(&m.target)?;
+        let mut source = x(&m.source)?;
+        match kind {
+            MountType::Secret => {
+                // For secrets `source` is another spelling of the id.
+                if id.is_none() {
+                    id = source.take().or_else(|| target.as_deref().map(basename));
+                }
+                let Some(sid) = id.clone() else {
+                    return Err(self
+                        .err(
+                            ErrorKind::InvalidMount(
+                                "a secret mount needs an id or a target".into(),
+                            ),
+                            m.pos,
+                        )
+                        .with_help("add id=<secret id>"));
+                };
+                target.get_or_insert_with(|| format!("/run/secrets/{sid}"));
+            }
+            MountType::Ssh => {
+                id.get_or_insert_with(|| "default".into());
+                target.get_or_insert_with(|| "/run/buildkit/ssh_agent.0".into());
+            }
+            MountType::Cache => {
+                if id.is_none() {
+                    id = target.clone();
+                }
+            }
+            MountType::Bind | MountType::Tmpfs => {}
+        }
+        // An empty or relative target is relative to the working directory, as in BuildKit.
+        let target = match (target, workdir) {
+            (Some(t), _) if t.starts_with('/') => t,
+            (t, Some(w)) => resolve_workdir(Some(w), t.as_deref().unwrap_or(".")),
+            (t, None) => t.unwrap_or_default(),
+        };
+        let from_value = x(&m.from)?;
+        let sharing = match kind {
+            MountType::Cache => Some(x(&m.sharing)?.unwrap_or_else(|| "shared".into())),
+            _ => x(&m.sharing)?,
+        };
+        let mut planned = PlannedMount {
+            kind,
+            target,
+            source,
+            from: None,
+            id,
+            sharing,
+            mode: x(&m.mode)?,
+            uid: x(&m.uid)?,
+            gid: x(&m.gid)?,
+            // Bind, secret and ssh mounts are read-only unless asked otherwise.
+            readonly: m
+                .readonly
+                .unwrap_or(!matches!(kind, MountType::Cache | MountType::Tmpfs)),
+            required: m.required.unwrap_or(false),
+            env: x(&m.env)?,
+            size: x(&m.size)?,
+        };
+        if let Some(v) = from_value {
+            planned.from = Some(self.origin(&v, m.pos, pass, stack, deps)?);
+        }
+        Ok(planned)
+    }
+}
+
+/// The reason alone: our message already names the value.
+fn reason(e: oci::Error) -> String {
+    match e {
+        oci::Error::InvalidPlatform { reason, .. }
+        | oci::Error::InvalidReference { reason, .. } => reason,
+        other => other.to_string(),
+    }
+}
+
+/// Parses a base image's ONBUILD triggers. Errors name the image, since the text is not in the
+/// Dockerfile.
+fn parse_triggers(reference: &str, triggers: &[String]) -> Result<Vec<Instruction>, Error> {
+    let mut out = Vec::new();
+    for t in triggers {
+        let file = format!("ONBUILD trigger of {reference}");
+        let df = crate::parse(&format!("FROM scratch\n{t}\n"), &file)?;
+        for ins in df.instructions.into_iter().skip(1) {
+            if matches!(ins.kind, Kind::From(_)) {
+                return Err(df_error(
+                    &file,
+                    &ins,
+                    "FROM isn't allowed as an ONBUILD trigger",
+                ));
+            }
+            out.push(ins);
+        }
+    }
+    Ok(out)
+}
+
+fn df_error(file: &str, ins: &Instruction, msg: &str) -> Error {
+    Error::new(
+        ErrorKind::Syntax(msg.to_string()),
+        Some(crate::error::Location {
+            file: file.to_string(),
+            pos: ins.pos,
+            source_line: ins.text.clone(),
+        }),
+    )
+}
+
+/// An ONBUILD trigger as the image config stores it: its line, then any here-document bodies.
+fn trigger_text(ins: &Instruction) -> String {
+    let mut docs: Vec<&ast::Heredoc> = Vec::new();
+    match &ins.kind {
+        Kind::Run(r) => docs.extend(r.heredocs.iter()),
+        Kind::Copy(c) | Kind::Add(c) => docs.extend(c.sources.iter().filter_map(|s| match s {
+            Source::Heredoc(h) => Some(h),
+            Source::Path(_) => None,
+        })),
+        _ => {}
+    }
+    let mut text = ins.text.clone();
+    for h in docs {
+        text.push('\n');
+        text.push_str(&h.content);
+        text.push_str(&h.delimiter);
+    }
+    text
+}
+
+fn basename(p: &str) -> String {
+    p.trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn shell_for(command: &Command, shell: &[String]) -> Option<Vec<String>> {
+    matches!(command, Command::Shell(_)).then(|| shell.to_vec())
+}
+
+fn default_shell(p: &Platform) -> Vec<String> {
+    if p.os == "windows" {
+        vec!["cmd".into(), "/S".into(), "/C".into()]
+    } else {
+        vec!["/bin/sh".into(), "-c".into()]
+    }
+}
+
+/// WORKDIR: absolute paths replace, relative ones join the current directory (when known).
+fn resolve_workdir(current: Option<&str>, path: &str) -> String {
+    let joined = if path.starts_with('/') {
+        path.to_string()
+    } else {
+        match current {
+            Some(c) => format!("{}/{}", c.trim_end_matches('/'), path),
+            None => return path.to_string(),
+        }
+    };
+    let mut parts: Vec<&str> = Vec::new();
+    for seg in joined.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            s => parts.push(s),
+        }
+    }
+    format!("/{}", parts.join("/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse;
+
+    fn opts() -> PlanOptions {
+        PlanOptions {
+            target: None,
+            platforms: vec![
+                Platform::new("linux", "amd64", ""),
+                Platform::new("linux", "arm64", ""),
+            ],
+            build_platform: Platform::new("linux", "amd64", ""),
+            build_args: BTreeMap::new(),
+            base_configs: BTreeMap::new(),
+        }
+    }
+
+    fn plan_of(src: &str, o: &PlanOptions) -> BuildPlan {
+        let df = parse(src, "Dockerfile").expect("parses");
+        plan(&df, o).expect("plans")
+    }
+
+    /// Keys of the instances of stage `index`, one per platform.
+    fn keys(p: &BuildPlan, index: usize) -> Vec<String> {
+        p.platforms
+            .iter()
+            .flat_map(|pp| pp.stages.iter())
+            .filter(|k| p.stage(k).is_some_and(|s| s.body.stage.index == index))
+            .cloned()
+            .collect()
+    }
+
+    fn run_args(p: &BuildPlan, key: &str) -> BTreeMap<String, String> {
+        let s = p.stage(key).expect("instance");
+        s.body
+            .steps
+            .iter()
+            .find_map(|st| match &st.op {
+                Op::Run { args, .. } => Some(args.clone()),
+                _ => None,
+            })
+            .expect("a RUN step")
+    }
+
+    #[test]
+    fn build_platform_stage_is_shared_unless_it_reads_target_args() {
+        let shared = "FROM --platform=$BUILDPLATFORM golang AS b\nRUN make\nFROM alpine\nCOPY --from=b /x /x\n";
+        let p = plan_of(shared, &opts());
+        let k = keys(&p, 0);
+        assert_eq!(k.len(), 2);
+        assert_eq!(k[0], k[1], "one builder instance for both platforms");
+        assert_eq!(p.stages.len(), 3);
+        let finals = keys(&p, 1);
+        assert_ne!(finals[0], finals[1]);
+
+        let per_target = "FROM --platform=$BUILDPLATFORM golang AS b\nARG TARGETARCH\nRUN make\nFROM alpine\nCOPY --from=b /x /x\n";
+        let p = plan_of(per_target, &opts());
+        let k = keys(&p, 0);
+        assert_ne!(k[0], k[1]);
+        assert_eq!(
+            run_args(&p, &k[1]).get("TARGETARCH").map(String::as_str),
+            Some("arm64")
+        );
+        let builder = p.stage(&k[1]).expect("instance");
+        assert_eq!(
+            builder.body.platform.architecture, "amd64",
+            "still runs on the build platform"
+        );
+    }
+
+    #[test]
+    fn only_needed_stages_are_planned() {
+        let src = "FROM alpine AS unused\nRUN x\nFROM alpine AS dep\nRUN y\nFROM alpine AS t\nCOPY --from=dep / /\nFROM alpine AS last\n";
+        let mut o = opts();
+        o.target = Some("T".into());
+        let p = plan_of(src, &o);
+        let indexes: BTreeSet<usize> = p.stages.iter().map(|s| s.body.stage.index).collect();
+        assert_eq!(indexes.into_iter().collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(p.target.name.as_deref(), Some("t"));
+    }
+
+    #[test]
+    fn arg_scoping_follows_buildkit() {
+        let src = "ARG V=global\nARG ONLYGLOBAL=g\nFROM alpine:$V\nRUN a\nARG V\nARG ONLYSTAGE=d\nRUN b\n";
+        let mut o = opts();
+        o.platforms.truncate(1);
+        let p = plan_of(src, &o);
+        let s = &p.stages[0];
+        assert_eq!(
+            s.body.base,
+            Base::Image {
+                reference: "docker.io/library/alpine:global".into()
+            }
+        );
+        let runs: Vec<&BTreeMap<String, String>> = s
+            .body
+            .steps
+            .iter()
+            .filter_map(|st| match &st.op {
+                Op::Run { args, .. } => Some(args),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            runs[0].is_empty(),
+            "global ARGs are not visible until redeclared"
+        );
+        assert_eq!(runs[1].get("V").map(String::as_str), Some("global"));
+        assert_eq!(runs[1].get("ONLYSTAGE").map(String::as_str), Some("d"));
+        assert!(!runs[1].contains_key("ONLYGLOBAL"));
+
+        o.build_args.insert("V".into(), "override".into());
+        o.build_args.insert("ONLYSTAGE".into(), "cli".into());
+        o.build_args.insert("NOBODY".into(), "x".into());
+        o.build_args.insert("HTTPS_PROXY".into(), "http://p".into());
+        let p = plan_of(src, &o);
+        assert_eq!(
+            p.stages[0].body.base,
+            Base::Image {
+                reference: "docker.io/library/alpine:override".into()
+            }
+        );
+        let args = run_args(&p, &p.stages[0].key);
+        assert!(args.is_empty());
+        assert_eq!(p.warnings, ["build-arg NOBODY was not consumed by any ARG"]);
+    }
+
+    #[test]
+    fn build_args_override_platform_args() {
+        let src = "FROM alpine:$TARGETARCH\nARG TARGETARCH\nRUN x\n";
+        let mut o = opts();
+        o.platforms.truncate(1);
+        o.build_args.insert("TARGETARCH".into(), "custom".into());
+        let p = plan_of(src, &o);
+        let s = &p.stages[0];
+        assert_eq!(
+            s.body.base,
+            Base::Image {
+                reference: "docker.io/library/alpine:custom".into()
+            }
+        );
+        assert_eq!(
+            run_args(&p, &s.key).get("TARGETARCH").map(String::as_str),
+            Some("custom")
+        );
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+    }
+
+    #[test]
+    fn later_of_env_and_arg_wins() {
+        let src = "FROM a\nARG X=arg\nENV X=env\nENV Y=env\nARG Y=arg\nWORKDIR /$X/$Y\n";
+        let mut o = opts();
+        o.platforms.truncate(1);
+        let p = plan_of(src, &o);
+        match &p.stages[0].body.steps.last().map(|s| &s.op) {
+            Some(Op::Workdir { path }) => assert_eq!(path, "/env/arg"),
+            other => panic!("WORKDIR expected, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn base_config_feeds_env_workdir_user_and_onbuild() {
+        let src = "FROM python:3.12\nENV PATH=/venv/bin:$PATH\nRUN x\nCOPY y rel/\n";
+        let mut o = opts();
+        o.platforms.truncate(1);
+        o.base_configs.insert(
+            ("docker.io/library/python:3.12".into(), "linux/amd64".into()),
+            BaseConfig {
+                env: BTreeMap::from([("PATH".to_string(), "/usr/bin:/bin".to_string())]),
+                working_dir: Some("/srv".into()),
+                user: Some("app".into()),
+                shell: vec!["/bin/bash".into(), "-c".into()],
+                on_build: vec!["ARG GREETING=hi".into(), "RUN echo $GREETING".into()],
+            },
+        );
+        let p = plan_of(src, &o);
+        let steps = &p.stages[0].body.steps;
+        assert!(steps[0].onbuild && !steps[1].onbuild);
+        match &steps[0].op {
+            Op::Run {
+                command,
+                args,
+                workdir,
+                user,
+                shell,
+                ..
+            } => {
+                assert_eq!(command, &Command::Shell("echo $GREETING".into()));
+                assert_eq!(args.get("GREETING").map(String::as_str), Some("hi"));
+                assert_eq!(workdir.as_deref(), Some("/srv"));
+                assert_eq!(user.as_deref(), Some("app"));
+                assert_eq!(shell, &["/bin/bash", "-c"]);
+            }
+            other => panic!("trigger RUN expected, got {other:?}"),
+        }
+        match &steps[1].op {
+            Op::Env { vars } => assert_eq!(vars[0].value, "/venv/bin:/usr/bin:/bin"),
+            other => panic!("ENV expected, got {other:?}"),
+        }
+        let bad = PlanOptions {
+            base_configs: BTreeMap::from([(
+                (
+                    "docker.io/library/python:3.12".to_string(),
+                    "linux/amd64".to_string(),
+                ),
+                BaseConfig {
+                    on_build: vec!["RUNN x".into()],
+                    ..Default::default()
+                },
+            )]),
+            ..o
+        };
+        let df = parse(src, "Dockerfile").expect("parses");
+        let e = plan(&df, &bad).expect_err("bad trigger");
+        assert!(
+            e.to_string().starts_with(
+                "ONBUILD trigger of docker.io/library/python:3.12:2:1: unknown instruction"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn option_errors_have_no_location_but_say_what_exists() {
+        let df = parse("FROM a AS build\nFROM b AS release\n", "Dockerfile").expect("parses");
+        let mut o = opts();
+        o.target = Some("relase".into());
+        let e = plan(&df, &o).expect_err("unknown target");
+        assert!(e.location.is_none());
+        assert_eq!(e.to_string(), "target stage \"relase\" not found\nhelp: did you mean \"release\"? stages: build, release");
+        o.target = None;
+        o.platforms.clear();
+        assert_eq!(
+            plan(&df, &o).expect_err("no platforms").kind,
+            ErrorKind::NoPlatforms
+        );
+    }
+
+    #[test]
+    fn workdir_resolution() {
+        assert_eq!(resolve_workdir(None, "/app"), "/app");
+        assert_eq!(resolve_workdir(Some("/app"), "src"), "/app/src");
+        assert_eq!(resolve_workdir(Some("/app"), "../x/./y"), "/x/y");
+        assert_eq!(resolve_workdir(None, "rel"), "rel");
+    }
+}

@@ -1,0 +1,2 @@
+FROM alpine
+HEALTHCHECK --interval=ten CMD true

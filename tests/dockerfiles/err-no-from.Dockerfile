@@ -1,0 +1,2 @@
+# just a comment
+ARG X=1

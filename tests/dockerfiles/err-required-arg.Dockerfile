@@ -1,0 +1,3 @@
+FROM alpine
+ARG TAG
+ENV T="${TAG:?TAG must be set}"

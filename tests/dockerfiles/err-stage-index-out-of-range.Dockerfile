@@ -1,0 +1,3 @@
+FROM alpine
+FROM alpine
+COPY --from=5 /x /x

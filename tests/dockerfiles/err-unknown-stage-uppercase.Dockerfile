@@ -1,0 +1,3 @@
+FROM alpine AS base
+FROM alpine
+COPY --from=My_Stage /x /x

@@ -1,0 +1,4 @@
+FROM busybox
+ENV A=one
+ENV A=two B=$A
+LABEL before=$A

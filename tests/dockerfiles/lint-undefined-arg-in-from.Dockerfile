@@ -1,0 +1,3 @@
+ARG VERSION=3.19
+FROM alpine:${VERSON:-3.19} AS base
+RUN echo hi
