@@ -13,7 +13,9 @@ use store::{copy, CopyOptions, Layout, Platforms, Source, TarSource};
 
 use transport::{Env, OpenTarget, Place};
 
-use crate::{lists, remote, ArchiveKind, Cli, Command, ImagetoolsCmd, ManifestCmd, OutputFormat};
+use crate::{
+    build, lists, remote, ArchiveKind, Cli, Command, ImagetoolsCmd, ManifestCmd, OutputFormat,
+};
 
 pub fn run(cli: &Cli, env: &Env) -> Result<ExitCode> {
     let root = env.store_root.as_path();
@@ -119,6 +121,24 @@ pub fn run(cli: &Cli, env: &Env) -> Result<ExitCode> {
                 cli, env, tags, sources, *append, platform, annotation, *dry_run, *format,
             ),
         },
+        Command::Build {
+            context,
+            file,
+            platform,
+            tag: _,
+            build_arg,
+            target,
+            check,
+            format,
+        } => build::run(
+            context,
+            file.as_deref(),
+            platform,
+            build_arg,
+            target.as_deref(),
+            *check,
+            *format,
+        ),
         Command::Digest {
             reference,
             platform,

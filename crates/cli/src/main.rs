@@ -1,5 +1,6 @@
 //! The `manifold` binary: commands, output formats, and the glue between the crates.
 
+mod build;
 mod lists;
 mod local;
 mod remote;
@@ -254,6 +255,33 @@ pub enum Command {
     },
     /// Remove a registry's stored login.
     Logout { registry: String },
+    /// Build an image from a Dockerfile for one or more platforms. (This build has the frontend:
+    /// --check parses, plans and lints without building.)
+    Build {
+        /// The build context directory.
+        #[arg(default_value = ".")]
+        context: PathBuf,
+        /// The Dockerfile (default: CONTEXT/Dockerfile).
+        #[arg(short, long, value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// Target platforms, comma-separated (default: this machine's).
+        #[arg(long, value_delimiter = ',')]
+        platform: Vec<String>,
+        /// Name and optionally tag the result (repeatable).
+        #[arg(short, long = "tag")]
+        tag: Vec<String>,
+        /// KEY=VALUE build-time variables (repeatable).
+        #[arg(long = "build-arg", value_name = "KEY=VALUE")]
+        build_arg: Vec<String>,
+        /// The stage to build.
+        #[arg(long)]
+        target: Option<String>,
+        /// Parse, plan and lint the Dockerfile without building; exit 1 on findings.
+        #[arg(long)]
+        check: bool,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        format: OutputFormat,
+    },
     /// Stage, annotate, inspect and push manifest lists (docker manifest, with no daemon).
     Manifest {
         #[command(subcommand)]
