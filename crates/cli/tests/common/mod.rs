@@ -197,3 +197,81 @@ impl Drop for Registry {
         let _ = self.child.wait();
     }
 }
+
+/// A small image with fixed bytes (uncompressed layers, fixed times), so digests and sizes never
+/// change: for golden output. One manifest per architecture and an index over them, named `name`.
+pub fn fixed_layout(dir: &Path, arches: &[&str], name: &str) -> String {
+    use std::fs;
+    let blobs = dir.join("blobs/sha256");
+    fs::create_dir_all(&blobs).unwrap();
+    let put = |b: &[u8]| -> (String, usize) {
+        let d = oci::Digest::sha256_of(b);
+        fs::write(blobs.join(d.hex()), b).unwrap();
+        (d.to_string(), b.len())
+    };
+    let mut entries = Vec::new();
+    for arch in arches {
+        let content = format!("hello from {arch}\n");
+        let mut header = tar::Header::new_ustar();
+        header.set_path(format!("hello-{arch}.txt")).unwrap();
+        header.set_size(content.len() as u64);
+        header.set_mode(0o644);
+        header.set_mtime(0);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_cksum();
+        let mut b = tar::Builder::new(Vec::new());
+        b.append(&header, content.as_bytes()).unwrap();
+        let layer = b.into_inner().unwrap();
+        let (ld, ls) = put(&layer);
+        let cfg = format!(
+            r#"{{"created":"2024-01-02T03:04:05Z","architecture":"{arch}","os":"linux","config":{{"Cmd":["/hello"]}},"rootfs":{{"type":"layers","diff_ids":["{ld}"]}}}}"#
+        );
+        let (cd, cs) = put(cfg.as_bytes());
+        let man = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{cd}","size":{cs}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{ld}","size":{ls}}}]}}"#
+        );
+        let (md, ms) = put(man.as_bytes());
+        entries.push(format!(
+            r#"{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{md}","size":{ms},"platform":{{"architecture":"{arch}","os":"linux"}}}}"#
+        ));
+    }
+    let idx = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{}]}}"#,
+        entries.join(",")
+    );
+    let (id, is) = put(idx.as_bytes());
+    fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    fs::write(
+        dir.join("index.json"),
+        format!(
+            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.index.v1+json","digest":"{id}","size":{is},"annotations":{{"org.opencontainers.image.ref.name":"{name}"}}}}]}}"#
+        ),
+    )
+    .unwrap();
+    id
+}
+
+/// Compares `actual` with the golden file `tests/golden/NAME`, after replacing `subst` pairs.
+/// With UPDATE_GOLDEN=1 it writes the file instead.
+pub fn golden(name: &str, actual: &str, subst: &[(&str, &str)]) {
+    let mut text = actual.to_string();
+    for (from, to) in subst {
+        text = text.replace(from, to);
+    }
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
+    if std::env::var("UPDATE_GOLDEN").as_deref() == Ok("1") {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &text).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+        panic!(
+            "golden file {} is missing; run with UPDATE_GOLDEN=1",
+            path.display()
+        )
+    });
+    assert_eq!(text, want, "output differs from {}", path.display());
+}
