@@ -23,7 +23,8 @@ pub struct Cli {
     quiet: bool,
 
     /// Reach this registry (HOST[:PORT]) over plain HTTP or unverified TLS. localhost and
-    /// 127.0.0.0/8 use plain HTTP already, as docker does.
+    /// 127.0.0.0/8 use plain HTTP already, as docker does; hosts in /etc/docker/daemon.json's
+    /// insecure-registries are added.
     #[arg(
         long = "insecure-registry",
         global = true,
@@ -362,6 +363,31 @@ fn insecure_from_flags(cmd: &Command) -> Vec<String> {
         .collect()
 }
 
+/// The `insecure-registries` docker users already keep in daemon.json (host entries; CIDRs other
+/// than loopback's, which is plain HTTP anyway, are not host names and are skipped).
+fn insecure_from_daemon_json(path: &std::path::Path) -> Vec<String> {
+    let Ok(bytes) = std::fs::read(path) else {
+        return Vec::new();
+    };
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        eprintln!(
+            "warning: {} is not valid JSON; ignoring its insecure-registries",
+            path.display()
+        );
+        return Vec::new();
+    };
+    v["insecure-registries"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| e.as_str())
+                .filter(|e| !e.contains('/'))
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn main() -> ExitCode {
     // Piped into `head`, a closed stdout ends us quietly, as it ends cat or grep, instead of a
     // panic from println!.
@@ -373,6 +399,9 @@ fn main() -> ExitCode {
     let root = cli.root.clone().unwrap_or_else(store::default_root);
     let mut insecure = cli.insecure_registries.clone();
     insecure.extend(insecure_from_flags(&cli.command));
+    insecure.extend(insecure_from_daemon_json(std::path::Path::new(
+        "/etc/docker/daemon.json",
+    )));
     let options = registry::ClientOptions {
         insecure_registries: insecure,
         ..Default::default()
@@ -392,5 +421,25 @@ fn main() -> ExitCode {
             }
             ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn daemon_json_insecure_registries() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("daemon.json");
+        std::fs::write(
+            &p,
+            r#"{"insecure-registries":["reg.lan:5000","10.0.0.0/8","myhost"],"debug":true}"#,
+        )
+        .unwrap();
+        assert_eq!(insecure_from_daemon_json(&p), ["reg.lan:5000", "myhost"]);
+        std::fs::write(&p, "{broken").unwrap();
+        assert!(insecure_from_daemon_json(&p).is_empty());
+        assert!(insecure_from_daemon_json(&t.path().join("missing")).is_empty());
     }
 }
