@@ -506,12 +506,71 @@ impl TarOut {
     }
 }
 
-/// An OCI archive being written.
-pub struct OciArchiveTarget {
+/// What both archive targets keep while writing: the tar, the blobs written and the names given.
+struct ArchiveWriter {
     out: Mutex<Option<TarOut>>,
     written: Mutex<HashMap<Digest, u64>>,
     names: Mutex<Vec<(String, Descriptor)>>,
     label: String,
+}
+
+impl ArchiveWriter {
+    fn new(out: TarOut, dest: &Path) -> Self {
+        ArchiveWriter {
+            out: Mutex::new(Some(out)),
+            written: Mutex::new(HashMap::new()),
+            names: Mutex::new(Vec::new()),
+            label: dest.display().to_string(),
+        }
+    }
+
+    /// Appends a file to the tar (one writer at a time).
+    fn append(&self, name: &str, size: u64, data: &mut dyn Read) -> Result<()> {
+        let mut guard = self
+            .out
+            .lock()
+            .map_err(|_| Error::Unsupported("archive writer poisoned".into()))?;
+        guard
+            .as_mut()
+            .ok_or_else(|| Error::Unsupported("archive already finished".into()))?
+            .append(name, size, data)
+    }
+
+    fn has(&self, d: &Digest) -> bool {
+        self.written
+            .lock()
+            .map(|w| w.contains_key(d))
+            .unwrap_or(false)
+    }
+
+    fn mark_written(&self, desc: &Descriptor) {
+        if let Ok(mut w) = self.written.lock() {
+            w.insert(desc.digest.clone(), desc.size);
+        }
+    }
+
+    fn set_name(&self, name: &str, desc: &Descriptor) {
+        if let Ok(mut n) = self.names.lock() {
+            n.push((name.to_string(), desc.clone()));
+        }
+    }
+
+    fn names(&self) -> Vec<(String, Descriptor)> {
+        self.names.lock().map(|n| n.clone()).unwrap_or_default()
+    }
+
+    fn into_out(self) -> Result<TarOut> {
+        self.out
+            .into_inner()
+            .ok()
+            .flatten()
+            .ok_or_else(|| Error::Unsupported("archive already finished".into()))
+    }
+}
+
+/// An OCI archive being written.
+pub struct OciArchiveTarget {
+    w: ArchiveWriter,
 }
 
 impl OciArchiveTarget {
@@ -525,16 +584,13 @@ impl OciArchiveTarget {
         out.append_dir("blobs/")?;
         out.append_dir("blobs/sha256/")?;
         Ok(OciArchiveTarget {
-            out: Mutex::new(Some(out)),
-            written: Mutex::new(HashMap::new()),
-            names: Mutex::new(Vec::new()),
-            label: dest.display().to_string(),
+            w: ArchiveWriter::new(out, dest),
         })
     }
 
     /// Writes `index.json` and moves the archive into place.
     pub fn finish(self) -> Result<()> {
-        let names = self.names.into_inner().unwrap_or_default();
+        let names = self.w.names();
         let mut entries = Vec::new();
         for (name, desc) in names {
             let mut d = desc.clone();
@@ -550,12 +606,7 @@ impl OciArchiveTarget {
             entries.push(d);
         }
         let idx = Document::new(Index::new(mt::OCI_INDEX, entries));
-        let mut out = self
-            .out
-            .into_inner()
-            .ok()
-            .flatten()
-            .ok_or_else(|| Error::Unsupported("archive already finished".into()))?;
+        let mut out = self.w.into_out()?;
         out.append("index.json", idx.size(), &mut idx.bytes())?;
         out.finish()
     }
@@ -563,40 +614,25 @@ impl OciArchiveTarget {
 
 impl Target for OciArchiveTarget {
     fn describe(&self) -> String {
-        format!("OCI archive {}", self.label)
+        format!("OCI archive {}", self.w.label)
     }
     fn has(&self, desc: &Descriptor) -> Result<bool> {
-        Ok(self
-            .written
-            .lock()
-            .map(|w| w.contains_key(&desc.digest))
-            .unwrap_or(false))
+        Ok(self.w.has(&desc.digest))
     }
     fn put(&self, desc: &Descriptor, src: &dyn Source) -> Result<Put> {
         let mut reader = src.open(desc)?;
-        let mut guard = self
-            .out
-            .lock()
-            .map_err(|_| Error::Unsupported("archive writer poisoned".into()))?;
-        let out = guard
-            .as_mut()
-            .ok_or_else(|| Error::Unsupported("archive already finished".into()))?;
         let name = format!(
             "blobs/{}/{}",
             desc.digest.algorithm().as_str(),
             desc.digest.hex()
         );
         let mut v = oci::VerifyingReader::new(&mut reader, desc.digest.clone(), Some(desc.size));
-        out.append(&name, desc.size, &mut v)?;
-        if let Ok(mut w) = self.written.lock() {
-            w.insert(desc.digest.clone(), desc.size);
-        }
+        self.w.append(&name, desc.size, &mut v)?;
+        self.w.mark_written(desc);
         Ok(Put::Written)
     }
     fn set_name(&self, name: &str, desc: &Descriptor) -> Result<()> {
-        if let Ok(mut n) = self.names.lock() {
-            n.push((name.to_string(), desc.clone()));
-        }
+        self.w.set_name(name, desc);
         Ok(())
     }
 }
@@ -604,13 +640,10 @@ impl Target for OciArchiveTarget {
 /// A docker-archive being written: uncompressed layers named by diff ID, one `manifest.json` entry
 /// per image. An index becomes one entry per platform, each with its own tag.
 pub struct DockerArchiveTarget {
-    out: Mutex<Option<TarOut>>,
+    w: ArchiveWriter,
     /// Compressed layer digest → diff ID of what was written.
     layers: Mutex<HashMap<Digest, Digest>>,
-    written: Mutex<HashMap<Digest, u64>>,
     docs: Mutex<HashMap<Digest, Vec<u8>>>,
-    names: Mutex<Vec<(String, Descriptor)>>,
-    label: String,
     spool_dir: PathBuf,
 }
 
@@ -630,12 +663,9 @@ impl DockerArchiveTarget {
             .unwrap_or(Path::new("."))
             .to_path_buf();
         Ok(DockerArchiveTarget {
-            out: Mutex::new(Some(TarOut::create(dest)?)),
+            w: ArchiveWriter::new(TarOut::create(dest)?, dest),
             layers: Mutex::new(HashMap::new()),
-            written: Mutex::new(HashMap::new()),
             docs: Mutex::new(HashMap::new()),
-            names: Mutex::new(Vec::new()),
-            label: dest.display().to_string(),
             spool_dir,
         })
     }
@@ -653,7 +683,7 @@ impl DockerArchiveTarget {
 
     /// Writes `manifest.json` and `repositories` and moves the archive into place.
     pub fn finish(self) -> Result<Vec<DockerArchiveEntry>> {
-        let names = self.names.lock().map(|n| n.clone()).unwrap_or_default();
+        let names = self.w.names();
         let layers = self.layers.lock().map(|l| l.clone()).unwrap_or_default();
         // Entries keyed by image manifest digest, so two names of one image share an entry.
         let mut order: Vec<Digest> = Vec::new();
@@ -754,12 +784,7 @@ impl DockerArchiveTarget {
             serde_json::to_vec(&entries).map_err(|e| Error::Unsupported(e.to_string()))?;
         let repos_json =
             serde_json::to_vec(&repositories).map_err(|e| Error::Unsupported(e.to_string()))?;
-        let mut out = self
-            .out
-            .into_inner()
-            .ok()
-            .flatten()
-            .ok_or_else(|| Error::Unsupported("archive already finished".into()))?;
+        let mut out = self.w.into_out()?;
         out.append(
             "manifest.json",
             manifest_json.len() as u64,
@@ -777,15 +802,11 @@ impl DockerArchiveTarget {
 
 impl Target for DockerArchiveTarget {
     fn describe(&self) -> String {
-        format!("docker-archive {}", self.label)
+        format!("docker-archive {}", self.w.label)
     }
 
     fn has(&self, desc: &Descriptor) -> Result<bool> {
-        Ok(self
-            .written
-            .lock()
-            .map(|w| w.contains_key(&desc.digest))
-            .unwrap_or(false))
+        Ok(self.w.has(&desc.digest))
     }
 
     fn put(&self, desc: &Descriptor, src: &dyn Source) -> Result<Put> {
@@ -808,7 +829,7 @@ impl Target for DockerArchiveTarget {
                     Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(&mut v)))
                 }
                 mt::Compression::Zstd => Box::new(
-                    zstd::Decoder::new(&mut v).map_err(|e| io_err(Path::new(&self.label), e))?,
+                    zstd::Decoder::new(&mut v).map_err(|e| io_err(Path::new(&self.w.label), e))?,
                 ),
             };
             let mut w =
@@ -821,52 +842,33 @@ impl Target for DockerArchiveTarget {
             spool
                 .seek(SeekFrom::Start(0))
                 .map_err(|e| io_err(&self.spool_dir, e))?;
-            let mut guard = self
-                .out
-                .lock()
-                .map_err(|_| Error::Unsupported("archive writer poisoned".into()))?;
-            let out = guard
-                .as_mut()
-                .ok_or_else(|| Error::Unsupported("archive already finished".into()))?;
-            let done = self
+            // Held across the check and the append, so one layer is written once.
+            let mut layers = self
                 .layers
                 .lock()
-                .map(|l| l.values().any(|d| d == &diff_id))
-                .unwrap_or(false);
-            if !done {
-                out.append(&format!("blobs/sha256/{}", diff_id.hex()), size, &mut spool)?;
+                .map_err(|_| Error::Unsupported("archive writer poisoned".into()))?;
+            if !layers.values().any(|d| d == &diff_id) {
+                self.w
+                    .append(&format!("blobs/sha256/{}", diff_id.hex()), size, &mut spool)?;
             }
-            if let Ok(mut l) = self.layers.lock() {
-                l.insert(desc.digest.clone(), diff_id);
-            }
+            layers.insert(desc.digest.clone(), diff_id);
         } else {
             // Configs go in as they are, named by their digest.
             let mut buf = Vec::new();
             v.read_to_end(&mut buf)
                 .map_err(|e| Error::from_read(e, &self.describe()))?;
-            let mut guard = self
-                .out
-                .lock()
-                .map_err(|_| Error::Unsupported("archive writer poisoned".into()))?;
-            let out = guard
-                .as_mut()
-                .ok_or_else(|| Error::Unsupported("archive already finished".into()))?;
-            out.append(
+            self.w.append(
                 &format!("blobs/sha256/{}", desc.digest.hex()),
                 buf.len() as u64,
                 &mut &buf[..],
             )?;
         }
-        if let Ok(mut w) = self.written.lock() {
-            w.insert(desc.digest.clone(), desc.size);
-        }
+        self.w.mark_written(desc);
         Ok(Put::Written)
     }
 
     fn set_name(&self, name: &str, desc: &Descriptor) -> Result<()> {
-        if let Ok(mut n) = self.names.lock() {
-            n.push((name.to_string(), desc.clone()));
-        }
+        self.w.set_name(name, desc);
         Ok(())
     }
 }
