@@ -382,3 +382,58 @@ mod base64_engine {
         String::from_utf8(out).unwrap()
     }
 }
+
+#[test]
+fn a_registry_serving_corrupt_bytes_is_refused_and_nothing_lands() {
+    let Some(reg) = Registry::start(None) else {
+        return;
+    };
+    let Some((root, _)) = loaded() else { return };
+    let name = format!("{}/corrupt/bb:1", reg.addr);
+    ok(root.path(), &["tag", "busybox:1", &name]);
+    ok(root.path(), &["push", &name]);
+    // Flip bytes of the largest blob on the registry's disk: it serves them as they are.
+    let blobs = reg.data_dir().join("docker/registry/v2/blobs/sha256");
+    let mut largest: Option<(u64, std::path::PathBuf)> = None;
+    for prefix in std::fs::read_dir(&blobs).unwrap().flatten() {
+        for b in std::fs::read_dir(prefix.path()).unwrap().flatten() {
+            let data = b.path().join("data");
+            let len = std::fs::metadata(&data).unwrap().len();
+            if largest.as_ref().is_none_or(|(l, _)| len > *l) {
+                largest = Some((len, data));
+            }
+        }
+    }
+    let (_, data) = largest.unwrap();
+    let digest = format!(
+        "sha256:{}",
+        data.parent()
+            .unwrap()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+    );
+    let mut bytes = std::fs::read(&data).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&data, &bytes).unwrap();
+
+    let fresh = tempfile::tempdir().unwrap();
+    let err = fails(fresh.path(), &["pull", "--all-platforms", &name]);
+    assert!(err.contains(&digest), "names the expected digest: {err}");
+    assert!(
+        err.contains(&oci::Digest::sha256_of(&bytes).to_string()),
+        "and the one received: {err}"
+    );
+    assert_eq!(
+        ok(fresh.path(), &["images", "--format", "json"]).trim(),
+        "[]"
+    );
+    let blob_files = std::fs::read_dir(fresh.path().join("blobs/sha256"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy() == digest.trim_start_matches("sha256:"))
+        .count();
+    assert_eq!(blob_files, 0, "the corrupt blob did not land");
+    assert!(ok(fresh.path(), &["fsck"]).contains("store is consistent"));
+}

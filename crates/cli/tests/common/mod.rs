@@ -191,6 +191,13 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// Where this registry keeps its content (distribution's filesystem driver layout).
+    pub fn data_dir(&self) -> PathBuf {
+        self._dir.path().join("data")
+    }
+}
+
 impl Drop for Registry {
     fn drop(&mut self) {
         let _ = self.child.kill();
