@@ -317,8 +317,27 @@ impl Client {
                 tokens: Mutex::new(HashMap::new()),
                 creds: OnceCell::new(),
             };
+            // A loopback port that is not TLS may never answer a ClientHello (plain TCP
+            // proxies do not): do not wait the full connect timeout before trying HTTP.
+            let probe_limit = if scheme == "https" && tls::is_loopback(name) {
+                Some(Duration::from_secs(3))
+            } else {
+                None
+            };
             match self
-                .execute(&host, &op, tries, &|| http.get(ping.clone()), Some(&slot))
+                .execute(
+                    &host,
+                    &op,
+                    tries,
+                    &|| {
+                        let rb = http.get(ping.clone());
+                        match probe_limit {
+                            Some(t) => rb.timeout(t),
+                            None => rb,
+                        }
+                    },
+                    Some(&slot),
+                )
                 .await
             {
                 Ok(resp) => {

@@ -286,6 +286,7 @@ impl Client {
             url.query_pairs_mut().append_pair("n", &n.to_string());
         }
         let mut all = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for _ in 0..MAX_PAGES {
             let u = url.clone();
             let resp = self
@@ -307,7 +308,16 @@ impl Client {
             })?;
             let got = page.len();
             let last = page.last().cloned();
-            all.extend(page);
+            let before = all.len();
+            for e in page {
+                if seen.insert(e.clone()) {
+                    all.push(e);
+                }
+            }
+            // A registry that ignores `n`/`last` answers everything, or the same page again.
+            if all.len() == before || n.is_some_and(|n| got > n as usize) {
+                return Ok(all);
+            }
             url = match (next, n, last) {
                 (Some(link), _, _) => url.join(&link).map_err(|e| {
                     Self::protocol(host, op, format!("bad Link header {link:?}: {e}"))
