@@ -1,0 +1,169 @@
+//! TLS with a CA made by openssl and a certs.d directory, and Basic auth with htpasswd and
+//! docker's config.json, against a real distribution registry.
+
+mod common;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use manifold_registry::{Client, ClientOptions, Credential, Error, Stored};
+use oci::{Descriptor, Digest, Reference};
+
+use common::{options, Config, Registry};
+
+fn reference(addr: &str, rest: &str) -> Reference {
+    Reference::parse(&format!("{addr}/{rest}")).expect("test reference")
+}
+
+async fn push_and_pull(client: &Client, r: &Reference, img: &common::TinyImage) {
+    for (bytes, mt) in [
+        (&img.config, oci::media_type::OCI_CONFIG),
+        (&img.layer, oci::media_type::OCI_LAYER_GZIP),
+    ] {
+        let desc = Descriptor::new(mt, Digest::sha256_of(bytes), bytes.len() as u64);
+        client
+            .put_blob(r, &desc, &Bytes::from(bytes.clone()))
+            .await
+            .expect("push blob");
+    }
+    let d = client
+        .put_manifest(r, &img.manifest, oci::media_type::OCI_MANIFEST)
+        .await
+        .expect("push manifest");
+    let m = client.get_manifest(r).await.expect("pull manifest");
+    assert_eq!(m.digest(), &d);
+    for c in m.children() {
+        let b = client
+            .get_blob_bytes(r, &c, 1 << 20)
+            .await
+            .expect("pull blob");
+        assert_eq!(Digest::sha256_of(&b), c.digest);
+    }
+}
+
+#[tokio::test]
+async fn tls_fails_with_certs_d_hint_until_the_ca_is_placed() {
+    require_peer!("docker-registry");
+    require_peer!("openssl");
+    let dir = tempfile::tempdir().unwrap();
+    let ca = common::make_ca(dir.path(), "manifold test CA");
+    let reg = Registry::start(Config {
+        tls: Some((ca.server_crt.clone(), ca.server_key.clone())),
+        ..Config::default()
+    });
+    let cfg = tempfile::tempdir().unwrap();
+    let r = reference(&reg.addr, "secure/app:v1");
+    let img = common::tiny_image(cfg.path(), "tls");
+    let ca_path = cfg.path().join("certs.d").join(&reg.addr).join("ca.crt");
+
+    let client = Client::new(options(cfg.path())).unwrap();
+    let err = client.get_manifest(&r).await.unwrap_err();
+    let msg = err.to_string();
+    eprintln!("untrusted registry: {msg}");
+    assert!(matches!(err, Error::Certificate { .. }), "{msg}");
+    assert!(msg.contains(&ca_path.display().to_string()), "{msg}");
+    assert!(msg.contains("manifold test CA"), "issuer missing: {msg}");
+    assert!(msg.contains(&reg.addr), "{msg}");
+    // The loopback default of plain HTTP must not hide a TLS registry's bad certificate.
+    assert!(!msg.contains("http:"), "{msg}");
+
+    std::fs::create_dir_all(ca_path.parent().unwrap()).unwrap();
+    std::fs::copy(&ca.ca_crt, &ca_path).unwrap();
+    let client = Client::new(options(cfg.path())).unwrap();
+    push_and_pull(&client, &r, &img).await;
+
+    // Listed as insecure, the registry is reached without the CA.
+    let other = tempfile::tempdir().unwrap();
+    let insecure = Client::new(ClientOptions {
+        insecure_registries: vec![reg.addr.clone()],
+        ..options(other.path())
+    })
+    .unwrap();
+    assert!(insecure.get_manifest(&r).await.is_ok());
+}
+
+#[tokio::test]
+async fn basic_auth_from_config_json_and_login_logout() {
+    require_peer!("docker-registry");
+    require_peer!("htpasswd");
+    let dir = tempfile::tempdir().unwrap();
+    let htpasswd = common::htpasswd(dir.path(), "alice", "wonder land");
+    let reg = Registry::start(Config {
+        htpasswd: Some(htpasswd),
+        ..Config::default()
+    });
+    let r = reference(&reg.addr, "private/app:v1");
+
+    // No credentials: the error says to log in.
+    let empty = tempfile::tempdir().unwrap();
+    let anon = Client::new(options(empty.path())).unwrap();
+    let err = anon.get_manifest(&r).await.unwrap_err();
+    let msg = err.to_string();
+    assert_eq!(err.status(), Some(401), "{msg}");
+    assert!(
+        msg.contains(&format!("manifold login {}", reg.addr)),
+        "{msg}"
+    );
+    assert!(msg.contains("UNAUTHORIZED"), "{msg}");
+
+    // Credentials from a config.json (base64 auth), as docker writes it.
+    let cfg = tempfile::tempdir().unwrap();
+    let auth = base64::engine::general_purpose::STANDARD.encode("alice:wonder land");
+    std::fs::write(
+        cfg.path().join("config.json"),
+        format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, reg.addr),
+    )
+    .unwrap();
+    let client = Client::new(options(cfg.path())).unwrap();
+    let img = common::tiny_image(cfg.path(), "basic auth");
+    push_and_pull(&client, &r, &img).await;
+    assert_eq!(client.tags(&r).await.unwrap(), ["v1"]);
+
+    // A wrong stored password is named as such.
+    let bad = tempfile::tempdir().unwrap();
+    let wrong = base64::engine::general_purpose::STANDARD.encode("alice:nope");
+    std::fs::write(
+        bad.path().join("config.json"),
+        format!(r#"{{"auths":{{"{}":{{"auth":"{wrong}"}}}}}}"#, reg.addr),
+    )
+    .unwrap();
+    let err = Client::new(options(bad.path()))
+        .unwrap()
+        .get_manifest(&r)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("refused the stored credentials"), "{err}");
+    assert!(!err.contains("nope"), "secret in error: {err}");
+
+    // login checks before it writes; logout removes.
+    let home = tempfile::tempdir().unwrap();
+    let c = Client::new(options(home.path())).unwrap();
+    let err = c
+        .login(
+            &reg.addr,
+            Credential::Basic {
+                username: "alice".into(),
+                password: "wrong".into(),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(401), "{err}");
+    assert!(!home.path().join("config.json").exists());
+    let stored = c
+        .login(
+            &reg.addr,
+            Credential::Basic {
+                username: "alice".into(),
+                password: "wonder land".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(stored, Stored::File(home.path().join("config.json")));
+    let after = Client::new(options(home.path())).unwrap();
+    assert!(after.get_manifest(&r).await.is_ok());
+    assert!(c.logout(&reg.addr).await.unwrap());
+    let gone = Client::new(options(home.path())).unwrap();
+    assert_eq!(gone.get_manifest(&r).await.unwrap_err().status(), Some(401));
+}
