@@ -167,3 +167,135 @@ async fn basic_auth_from_config_json_and_login_logout() {
     let gone = Client::new(options(home.path())).unwrap();
     assert_eq!(gone.get_manifest(&r).await.unwrap_err().status(), Some(401));
 }
+
+#[tokio::test]
+async fn bearer_tokens_per_scope_with_basic_and_refresh_token_grants() {
+    require_peer!("docker-registry");
+    require_peer!("openssl");
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = common::token::TokenServer::start(
+        dir.path(),
+        vec![("bob".into(), "builder".into())],
+        vec!["refresh-abc".into()],
+    )
+    .await;
+    let reg = Registry::start(Config {
+        token: Some((
+            tokens.realm.clone(),
+            common::token::SERVICE.into(),
+            common::token::ISSUER.into(),
+            tokens.cert.clone(),
+        )),
+        ..Config::default()
+    });
+    let r = reference(&reg.addr, "bear/app:v1");
+
+    // Anonymous: the token grants nothing, the single retry with a fresh token fails too.
+    let empty = tempfile::tempdir().unwrap();
+    let err = Client::new(options(empty.path()))
+        .unwrap()
+        .get_manifest(&r)
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert_eq!(err.status(), Some(401), "{msg}\n{}", reg.log());
+    assert!(
+        msg.contains(&format!("manifold login {}", reg.addr)),
+        "{msg}"
+    );
+    let anon = tokens.requests();
+    assert_eq!(anon.len(), 2, "one token, then one fresh token: {anon:?}");
+    assert!(anon.iter().all(|t| t.user.is_none()));
+
+    // Basic credentials at the token endpoint; tokens are cached per scope.
+    let cfg = tempfile::tempdir().unwrap();
+    let auth = base64::engine::general_purpose::STANDARD.encode("bob:builder");
+    std::fs::write(
+        cfg.path().join("config.json"),
+        format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, reg.addr),
+    )
+    .unwrap();
+    let client = Client::new(options(cfg.path())).unwrap();
+    let img = common::tiny_image(cfg.path(), "bearer");
+    push_and_pull(&client, &r, &img).await;
+    let seen: Vec<_> = tokens.requests().into_iter().skip(2).collect();
+    assert!(
+        seen.iter()
+            .all(|t| t.user.as_deref() == Some("bob") && t.method == "GET"),
+        "{seen:?}"
+    );
+    let scopes: Vec<_> = seen.iter().map(|t| t.scopes.join(" ")).collect();
+    assert!(
+        scopes.contains(&"repository:bear/app:pull".to_string()),
+        "{scopes:?}"
+    );
+    assert!(
+        scopes.contains(&"repository:bear/app:pull,push".to_string()),
+        "{scopes:?}"
+    );
+    assert!(seen.len() <= 3, "tokens are not cached: {scopes:?}");
+
+    // A mount asks for push on the target and pull on the source in one token.
+    let target = reference(&reg.addr, "bear/other:v1");
+    let layer = Digest::sha256_of(&img.layer);
+    assert!(client.mount_blob(&target, &r, &layer).await.unwrap());
+    let last = tokens.requests().last().cloned().unwrap();
+    assert_eq!(
+        last.scopes,
+        [
+            "repository:bear/app:pull",
+            "repository:bear/other:pull,push"
+        ]
+    );
+    assert_eq!(
+        client.catalog(&reg.addr).await.unwrap(),
+        ["bear/app", "bear/other"]
+    );
+
+    // An identity token is exchanged by the OAuth2 refresh-token POST.
+    let idt = tempfile::tempdir().unwrap();
+    std::fs::write(
+        idt.path().join("config.json"),
+        format!(
+            r#"{{"auths":{{"{}":{{"identitytoken":"refresh-abc"}}}}}}"#,
+            reg.addr
+        ),
+    )
+    .unwrap();
+    let before = tokens.requests().len();
+    let m = Client::new(options(idt.path()))
+        .unwrap()
+        .get_manifest(&r)
+        .await
+        .unwrap();
+    assert_eq!(m.bytes(), img.manifest.as_slice());
+    let post = &tokens.requests()[before];
+    assert_eq!(post.method, "POST");
+    assert_eq!(post.grant_type.as_deref(), Some("refresh_token"));
+    assert_eq!(post.scopes, ["repository:bear/app:pull"]);
+
+    // login against a Bearer registry checks the password at the token endpoint.
+    let home = tempfile::tempdir().unwrap();
+    let c = Client::new(options(home.path())).unwrap();
+    let bad = c
+        .login(
+            &reg.addr,
+            Credential::Basic {
+                username: "bob".into(),
+                password: "nope".into(),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(bad.status(), Some(401), "{bad}");
+    assert!(c
+        .login(
+            &reg.addr,
+            Credential::Basic {
+                username: "bob".into(),
+                password: "builder".into(),
+            },
+        )
+        .await
+        .is_ok());
+}

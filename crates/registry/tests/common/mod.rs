@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod proxy;
+pub mod token;
 
 use std::io::Write as _;
 use std::net::{TcpListener, TcpStream};
