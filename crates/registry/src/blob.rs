@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, ReadBuf};
 
 use oci::{Descriptor, Digest, Hasher, Reference};
 
-use crate::client::{error_chain, redact, scope, Client, Host, Op};
+use crate::client::{describe, redact, scope, Client, Host, Op};
 use crate::Error;
 
 const READ_BUF: usize = 256 << 10;
@@ -262,7 +262,7 @@ impl Pull {
                     return None;
                 }
                 Ok(None) => format!("the connection ended at byte {} of {size}", self.offset),
-                Err(e) => error_chain(&e),
+                Err(e) => describe(&e),
             };
             self.resp = None;
             let n = self.resumes.fetch_add(1, Ordering::Relaxed) + 1;
@@ -593,7 +593,7 @@ impl Client {
             host: host.name.clone(),
             url: redact(&host.base).to_string(),
             attempts: 1,
-            reason: error_chain(e),
+            reason: describe(e),
         })
     }
 

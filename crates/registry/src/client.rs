@@ -154,7 +154,7 @@ impl Client {
 
     /// Use `cred` for `registry` instead of what config.json says.
     pub fn set_credential(&self, registry: &str, cred: Credential) {
-        lock(&self.inner.overrides).insert(registry.to_string(), cred);
+        lock(&self.inner.overrides).insert(api_host(registry).to_string(), cred);
     }
 
     /// Checks that the registry answers `/v2/` (and learns how it wants to be authenticated).
@@ -249,6 +249,7 @@ impl Client {
 
     /// The connection state for `registry`, pinging it the first time.
     pub(crate) async fn host(&self, registry: &str) -> Result<Arc<Host>, Error> {
+        let registry = api_host(registry);
         let cell = lock(&self.inner.hosts)
             .entry(registry.to_string())
             .or_default()
@@ -428,7 +429,7 @@ impl Client {
                             .map(|u| redact(u).to_string())
                             .unwrap_or_else(|| host.base.to_string()),
                         attempts: attempt + 1,
-                        reason: error_chain(&e),
+                        reason: describe(&e),
                     });
                 }
             }
@@ -758,6 +759,14 @@ impl Client {
     }
 }
 
+/// Docker Hub's name in references is not where its API lives.
+fn api_host(registry: &str) -> &str {
+    match registry {
+        "docker.io" | "index.docker.io" => "registry-1.docker.io",
+        other => other,
+    }
+}
+
 fn basic(user: &str, secret: &str) -> String {
     format!(
         "Basic {}",
@@ -797,6 +806,15 @@ pub(crate) fn redact(u: &Url) -> Url {
     u
 }
 
+/// A reqwest error's whole chain, with the URL's query (upload state, signed-URL secrets) removed.
+pub(crate) fn describe(e: &reqwest::Error) -> String {
+    let s = error_chain(e);
+    match e.url() {
+        Some(u) if u.query().is_some() => s.replace(u.as_str(), redact(u).as_str()),
+        _ => s,
+    }
+}
+
 pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut parts = vec![e.to_string()];
     let mut cur = e.source();
@@ -827,7 +845,7 @@ fn describe_cert_error(e: &rustls::CertificateError) -> String {
 /// Reads a body up to `max` bytes; more is an error (manifests, error bodies, tokens).
 pub(crate) async fn read_limited(mut resp: Response, max: usize) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| error_chain(&e))? {
+    while let Some(chunk) = resp.chunk().await.map_err(|e| describe(&e))? {
         if out.len() + chunk.len() > max {
             return Err(format!("the answer is larger than {max} bytes"));
         }
