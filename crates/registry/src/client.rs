@@ -270,7 +270,11 @@ impl Client {
             .join("ca.crt")
     }
 
-    fn cert_error(&self, host: &str, e: &reqwest::Error, slot: &IssuerSlot) -> Option<Error> {
+    /// A TLS failure as an error that says what to do; `None` when the peer does not speak
+    /// TLS at all (a plain-HTTP port) or the failure is not about TLS.
+    fn tls_error(&self, host: &str, e: &reqwest::Error, slot: &IssuerSlot) -> Option<Error> {
+        let dir = self.ca_path(host);
+        let dir = dir.parent().unwrap_or(&dir);
         match tls::find_rustls_error(e)? {
             rustls::Error::InvalidCertificate(ce) => Some(Error::Certificate {
                 host: host.into(),
@@ -278,7 +282,18 @@ impl Client {
                 reason: describe_cert_error(ce),
                 ca_path: self.ca_path(host),
             }),
-            _ => None,
+            rustls::Error::InvalidMessage(_) => None,
+            rustls::Error::AlertReceived(alert) => Some(Error::Tls {
+                host: host.into(),
+                reason: format!(
+                    "the registry ended the TLS handshake ({alert:?}); if it requires a client certificate, put client.cert and client.key in {}",
+                    dir.display()
+                ),
+            }),
+            other => Some(Error::Tls {
+                host: host.into(),
+                reason: other.to_string(),
+            }),
         }
     }
 
@@ -359,6 +374,8 @@ impl Client {
                     return Ok(Arc::new(host));
                 }
                 Err(e @ Error::Certificate { .. }) if !insecure => return Err(e),
+                // The port speaks TLS but the handshake failed: plain HTTP would only confuse.
+                Err(e @ Error::Tls { .. }) => return Err(e),
                 Err(e) => errors.push(format!("{scheme}: {e}")),
             }
         }
@@ -412,7 +429,7 @@ impl Client {
                 }
                 Err(e) => {
                     let empty = IssuerSlot::default();
-                    if let Some(ce) = self.cert_error(&host.name, &e, slot.unwrap_or(&empty)) {
+                    if let Some(ce) = self.tls_error(&host.name, &e, slot.unwrap_or(&empty)) {
                         return Err(ce);
                     }
                     if attempt < retries && !e.is_builder() {

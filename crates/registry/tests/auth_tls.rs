@@ -299,3 +299,52 @@ async fn bearer_tokens_per_scope_with_basic_and_refresh_token_grants() {
         .await
         .is_ok());
 }
+
+#[tokio::test]
+async fn client_certificate_from_certs_d() {
+    require_peer!("docker-registry");
+    require_peer!("openssl");
+    let dir = tempfile::tempdir().unwrap();
+    let ca = common::make_ca(dir.path(), "manifold mTLS CA");
+    let reg = Registry::start(Config {
+        tls: Some((ca.server_crt.clone(), ca.server_key.clone())),
+        client_ca: Some(ca.ca_crt.clone()),
+        ..Config::default()
+    });
+    let cfg = tempfile::tempdir().unwrap();
+    let host_dir = cfg.path().join("certs.d").join(&reg.addr);
+    std::fs::create_dir_all(&host_dir).unwrap();
+    std::fs::copy(&ca.ca_crt, host_dir.join("ca.crt")).unwrap();
+    let r = reference(&reg.addr, "mtls/app:v1");
+
+    // Trusting the server is not enough: the registry wants a client certificate.
+    let err = Client::new(options(cfg.path()))
+        .unwrap()
+        .ping(&reg.addr)
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::Tls { .. }), "{msg}");
+    assert!(
+        msg.contains(&host_dir.display().to_string()) && msg.contains("client.cert"),
+        "{msg}"
+    );
+
+    common::make_client_cert(dir.path(), &ca, &host_dir);
+    let client = Client::new(options(cfg.path())).unwrap();
+    let img = common::tiny_image(cfg.path(), "mtls");
+    push_and_pull(&client, &r, &img).await;
+
+    // A certificate without its key is named, not ignored.
+    std::fs::remove_file(host_dir.join("client.key")).unwrap();
+    let err = Client::new(options(cfg.path()))
+        .unwrap()
+        .ping(&reg.addr)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("client.cert") && err.contains("client.key"),
+        "{err}"
+    );
+}

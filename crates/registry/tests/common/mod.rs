@@ -59,6 +59,8 @@ pub struct Config {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Token auth: (realm, service, issuer, rootcertbundle).
     pub token: Option<(String, String, String, PathBuf)>,
+    /// With `tls`: require client certificates signed by this CA.
+    pub client_ca: Option<PathBuf>,
 }
 
 pub struct Registry {
@@ -85,6 +87,9 @@ impl Registry {
                     crt.display(),
                     key.display()
                 );
+                if let Some(ca) = &cfg.client_ca {
+                    yaml += &format!("    clientcas:\n      - {}\n", ca.display());
+                }
             }
             if let Some(h) = &cfg.htpasswd {
                 yaml += &format!(
@@ -254,6 +259,46 @@ pub fn make_ca(dir: &Path, ca_name: &str) -> TestCa {
         server_crt: p("server.crt"),
         server_key: p("server.key"),
     }
+}
+
+/// A client certificate (`client.cert`, `client.key` in `out`) signed by `ca`.
+pub fn make_client_cert(dir: &Path, ca: &TestCa, out: &Path) {
+    std::fs::create_dir_all(out).expect("client cert dir");
+    let key = out.join("client.key");
+    let csr = dir.join("client.csr");
+    run(Command::new("openssl")
+        .args([
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            "/CN=manifold-client",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&csr));
+    let ext = dir.join("client-ext.cnf");
+    std::fs::write(
+        &ext,
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n",
+    )
+    .expect("ext file");
+    run(Command::new("openssl")
+        .args(["x509", "-req", "-days", "2", "-CAcreateserial"])
+        .arg("-in")
+        .arg(&csr)
+        .arg("-CA")
+        .arg(&ca.ca_crt)
+        .arg("-CAkey")
+        .arg(&ca.ca_key)
+        .arg("-extfile")
+        .arg(&ext)
+        .arg("-out")
+        .arg(out.join("client.cert")));
 }
 
 /// Options for tests: no real docker config or certs.d, small backoffs.
