@@ -96,6 +96,8 @@ pub(crate) struct Host {
     pub(crate) http: reqwest::Client,
     challenge: Mutex<Challenge>,
     tokens: Mutex<HashMap<String, (String, Instant)>>,
+    /// One token fetch at a time per host, so parallel transfers share the first answer.
+    token_fetch: tokio::sync::Mutex<()>,
     creds: OnceCell<Option<Credential>>,
 }
 
@@ -331,6 +333,7 @@ impl Client {
                 http: http.clone(),
                 challenge: Mutex::new(Challenge::None),
                 tokens: Mutex::new(HashMap::new()),
+                token_fetch: tokio::sync::Mutex::new(()),
                 creds: OnceCell::new(),
             };
             // A loopback port that is not TLS may never answer a ClientHello (plain TCP
@@ -576,11 +579,21 @@ impl Client {
         let mut sorted = scopes.to_vec();
         sorted.sort();
         let key = sorted.join(" ");
+        let cached = || {
+            lock(&host.tokens)
+                .get(&key)
+                .filter(|(_, exp)| *exp > Instant::now())
+                .map(|(t, _)| t.clone())
+        };
         if !fresh {
-            if let Some((t, exp)) = lock(&host.tokens).get(&key) {
-                if *exp > Instant::now() {
-                    return Ok(t.clone());
-                }
+            if let Some(t) = cached() {
+                return Ok(t);
+            }
+        }
+        let _one_at_a_time = host.token_fetch.lock().await;
+        if !fresh {
+            if let Some(t) = cached() {
+                return Ok(t);
             }
         }
         let Challenge::Bearer { realm, service, .. } = lock(&host.challenge).clone() else {
@@ -606,6 +619,7 @@ impl Client {
             http: http.clone(),
             challenge: Mutex::new(Challenge::None),
             tokens: Mutex::new(HashMap::new()),
+            token_fetch: tokio::sync::Mutex::new(()),
             creds: OnceCell::new(),
         };
         let token_op = Op {

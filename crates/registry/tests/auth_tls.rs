@@ -235,6 +235,29 @@ async fn bearer_tokens_per_scope_with_basic_and_refresh_token_grants() {
     );
     assert!(seen.len() <= 3, "tokens are not cached: {scopes:?}");
 
+    // Parallel requests on a cold cache share one token fetch.
+    let cold = Client::new(options(cfg.path())).unwrap();
+    cold.ping(&reg.addr).await.unwrap();
+    let before = tokens.requests().len();
+    let layer_digest = Digest::sha256_of(&img.layer);
+    let checks: Vec<_> = (0..8)
+        .map(|_| {
+            let c = cold.clone();
+            let r = r.clone();
+            let d = layer_digest.clone();
+            tokio::spawn(async move { c.blob_exists(&r, &d).await })
+        })
+        .collect();
+    for h in checks {
+        assert!(h.await.unwrap().unwrap().is_some());
+    }
+    assert_eq!(
+        tokens.requests().len(),
+        before + 1,
+        "{:?}",
+        tokens.requests()
+    );
+
     // A mount asks for push on the target and pull on the source in one token.
     let target = reference(&reg.addr, "bear/other:v1");
     let layer = Digest::sha256_of(&img.layer);

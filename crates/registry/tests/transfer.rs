@@ -297,6 +297,30 @@ async fn service_unavailable_once_is_retried_and_named_when_it_persists() {
         .count();
     assert_eq!(gets, 2);
 
+    // 429 with Retry-After: the client waits as long as it is told.
+    let proxy = Proxy::start(
+        &reg.addr,
+        vec![Rule {
+            method: "GET",
+            path_contains: "/manifests/v1".into(),
+            skip: 0,
+            times: 1,
+            fault: Fault::TooManyRequests { retry_after: 1 },
+        }],
+    )
+    .await;
+    let start = std::time::Instant::now();
+    client
+        .get_manifest(&reference(&proxy.addr, "retry/app:v1"))
+        .await
+        .expect("retried after 429");
+    let waited = start.elapsed();
+    assert_eq!(proxy.faults_fired(), 1);
+    assert!(
+        waited >= std::time::Duration::from_secs(1),
+        "Retry-After: 1 not honored, retried after {waited:?}"
+    );
+
     // Without retries the refusal names the registry's code and message.
     let proxy = Proxy::start(
         &reg.addr,

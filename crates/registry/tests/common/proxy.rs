@@ -12,6 +12,8 @@ use tokio::net::{TcpListener, TcpStream};
 pub enum Fault {
     /// Answer `503 Service Unavailable` with `Retry-After: 0` without forwarding.
     ServiceUnavailable,
+    /// Answer `429 Too Many Requests` with this `Retry-After` (seconds) without forwarding.
+    TooManyRequests { retry_after: u64 },
     /// Read this many request-body bytes, forward them upstream when `forward`, then close both
     /// connections (a connection dropped mid-upload).
     CutRequest { after: u64, forward: bool },
@@ -160,9 +162,17 @@ async fn handle(mut client: TcpStream, upstream: &str, st: &State) -> std::io::R
         st.faults_fired.fetch_add(1, Ordering::SeqCst);
     }
 
-    if let Some(Fault::ServiceUnavailable) = fault {
-        let body = r#"{"errors":[{"code":"UNAVAILABLE","message":"injected by the test proxy"}]}"#;
-        let resp = format!("HTTP/1.1 503 Service Unavailable\r\nRetry-After: 0\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+    let refusal = match fault {
+        Some(Fault::ServiceUnavailable) => Some(("503 Service Unavailable", 0, "UNAVAILABLE")),
+        Some(Fault::TooManyRequests { retry_after }) => {
+            Some(("429 Too Many Requests", retry_after, "TOOMANYREQUESTS"))
+        }
+        _ => None,
+    };
+    if let Some((status, retry_after, code)) = refusal {
+        let body =
+            format!(r#"{{"errors":[{{"code":"{code}","message":"injected by the test proxy"}}]}}"#);
+        let resp = format!("HTTP/1.1 {status}\r\nRetry-After: {retry_after}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
         client.write_all(resp.as_bytes()).await?;
         let _ = client.shutdown().await;
         return Ok(());
