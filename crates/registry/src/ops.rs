@@ -125,23 +125,16 @@ impl Client {
         if !resp.status().is_success() {
             return Err(self.refused(&host, &op, resp).await);
         }
-        let digest = header_digest(&resp)
-            .or_else(|| r.digest().cloned())
-            .ok_or_else(|| {
-                Self::protocol(&host, &op, "the registry answered HEAD without Docker-Content-Digest; fetch the manifest instead")
-            })?;
-        let size = resp
-            .headers()
-            .get(reqwest::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .ok_or_else(|| {
-                Self::protocol(
-                    &host,
-                    &op,
-                    "the registry answered HEAD without Content-Length",
-                )
-            })?;
+        let (Some(digest), Some(size)) = (
+            header_digest(&resp).or_else(|| r.digest().cloned()),
+            resp.headers()
+                .get(reqwest::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok()),
+        ) else {
+            // Some registries answer HEAD without the digest or length: fetch instead.
+            return self.get_manifest(r).await.map(|m| Some(m.descriptor()));
+        };
         let mt = content_type(&resp).unwrap_or_else(|| oci::media_type::OCI_MANIFEST.to_string());
         Ok(Some(Descriptor::new(mt, digest, size)))
     }

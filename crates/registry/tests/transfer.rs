@@ -426,3 +426,103 @@ async fn skopeo_reads_what_we_push_and_we_read_what_skopeo_copies() {
         assert_eq!(Digest::sha256_of(&bytes), child.digest);
     }
 }
+
+#[tokio::test]
+async fn upload_refuses_a_source_that_is_not_the_blob() {
+    require_peer!("docker-registry");
+    let reg = Registry::start(Default::default());
+    let dir = tempfile::tempdir().unwrap();
+    let client = Client::new(ClientOptions {
+        monolithic_max: 1 << 20,
+        chunk_size: 1 << 20,
+        ..options(dir.path())
+    })
+    .unwrap();
+    let r = reference(&reg.addr, "bad/upload:latest");
+
+    // A file shorter than its descriptor: named as a source problem, not retried forever.
+    let data = common::pseudo_random(9, 3 << 20);
+    let path = dir.path().join("short");
+    std::fs::write(&path, &data[..2 << 20]).unwrap();
+    let desc = Descriptor::new(
+        oci::media_type::OCI_LAYER_GZIP,
+        Digest::sha256_of(&data),
+        data.len() as u64,
+    );
+    let err = client
+        .put_blob(&r, &desc, &FileSource::new(&path))
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(err, manifold_registry::Error::Source { .. }),
+        "{msg}"
+    );
+    assert!(msg.contains("ended after"), "{msg}");
+
+    // Bytes that do not hash to the descriptor's digest: the registry's DIGEST_INVALID is named.
+    let other = common::pseudo_random(10, 3 << 20);
+    let err = client
+        .put_blob(&r, &desc, &Bytes::from(other))
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(err.codes().contains(&"DIGEST_INVALID"), "{msg}");
+    assert!(msg.contains(&desc.digest.to_string()), "{msg}");
+    assert_eq!(client.blob_exists(&r, &desc.digest).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn index_is_pushed_children_first_and_reads_back_as_an_index() {
+    require_peer!("docker-registry");
+    let reg = Registry::start(Default::default());
+    let dir = tempfile::tempdir().unwrap();
+    let client = Client::new(options(dir.path())).unwrap();
+    let r = reference(&reg.addr, "multi/app:v1");
+    let mut entries = Vec::new();
+    for (arch, text) in [("amd64", "x86"), ("arm64", "arm")] {
+        let img = common::tiny_image(dir.path(), text);
+        let d = push_image(
+            &client,
+            &r.repo_only().with_digest(Digest::sha256_of(&img.manifest)),
+            &img,
+        )
+        .await;
+        entries.push(format!(
+            r#"{{"mediaType":"{}","digest":"{d}","size":{},"platform":{{"architecture":"{arch}","os":"linux"}}}}"#,
+            oci::media_type::OCI_MANIFEST,
+            img.manifest.len()
+        ));
+    }
+    let index = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{}","manifests":[{}]}}"#,
+        oci::media_type::OCI_INDEX,
+        entries.join(",")
+    );
+    let d = client
+        .put_manifest(&r, index.as_bytes(), oci::media_type::OCI_INDEX)
+        .await
+        .unwrap();
+    let head = client.head_manifest(&r).await.unwrap().unwrap();
+    assert_eq!(head.media_type, oci::media_type::OCI_INDEX);
+    assert_eq!(head.digest, d);
+    let m = client.get_manifest(&r).await.unwrap();
+    assert!(matches!(m, oci::Manifest::Index(_)));
+    assert_eq!(m.bytes(), index.as_bytes());
+    assert_eq!(m.children().len(), 2);
+    for c in m.children() {
+        let child = client
+            .get_manifest(&r.repo_only().with_digest(c.digest.clone()))
+            .await
+            .unwrap();
+        assert!(matches!(child, oci::Manifest::Image(_)));
+    }
+    // A digest reference is checked against the bytes before anything is sent.
+    let wrong = r.repo_only().with_digest(Digest::sha256_of(b"other"));
+    let err = client
+        .put_manifest(&wrong, index.as_bytes(), oci::media_type::OCI_INDEX)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&d.to_string()), "{err}");
+}
