@@ -62,6 +62,27 @@ impl BlobSource for Bytes {
     }
 }
 
+/// A blob in a registry, as the source of an upload to another (registry to registry copies
+/// in bounded memory; a resumed upload reads on from the offset with `Range`).
+#[derive(Clone, Debug)]
+pub struct RegistryBlob {
+    pub client: Client,
+    pub repo: Reference,
+    pub desc: Descriptor,
+}
+
+#[async_trait::async_trait]
+impl BlobSource for RegistryBlob {
+    async fn open_at(&self, offset: u64) -> io::Result<Box<dyn AsyncRead + Send + Unpin>> {
+        let s = self
+            .client
+            .get_blob_from(&self.repo, &self.desc, offset)
+            .await
+            .map_err(io::Error::other)?;
+        Ok(Box::new(s))
+    }
+}
+
 /// What `put_blob` did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BlobPush {
@@ -362,6 +383,24 @@ impl Client {
 
     /// Streams a blob, verified against `desc` (digest and size) as it passes.
     pub async fn get_blob(&self, repo: &Reference, desc: &Descriptor) -> Result<BlobStream, Error> {
+        self.get_blob_from(repo, desc, 0).await
+    }
+
+    /// Streams a blob from byte `offset` on. From 0 it is verified like [`Client::get_blob`];
+    /// from later only the size is (a digest needs every byte), which suits an upload that
+    /// resumes, as the receiving registry checks the digest of the whole.
+    pub async fn get_blob_from(
+        &self,
+        repo: &Reference,
+        desc: &Descriptor,
+        offset: u64,
+    ) -> Result<BlobStream, Error> {
+        if offset > desc.size {
+            return Err(Error::Invalid(format!(
+                "blob {} has {} bytes; cannot read from {offset}",
+                desc.digest, desc.size
+            )));
+        }
         let host = self.host(repo.api_host()).await?;
         let url = self.url(
             &host,
@@ -374,9 +413,9 @@ impl Client {
             repo: repo.clone(),
             desc: desc.clone(),
             url,
-            offset: 0,
+            offset,
             skip: 0,
-            hasher: Some(desc.digest.algorithm().hasher()),
+            hasher: (offset == 0).then(|| desc.digest.algorithm().hasher()),
             resp: None,
             resumes: resumes.clone(),
             done: false,

@@ -21,6 +21,6 @@ mod ops;
 mod tls;
 
 pub use auth::{AuthStore, Credential, Stored};
-pub use blob::{BlobPush, BlobSource, BlobStream, FileSource};
+pub use blob::{BlobPush, BlobSource, BlobStream, FileSource, RegistryBlob};
 pub use client::{Client, ClientOptions};
 pub use error::{Error, RegistryError};

@@ -526,3 +526,81 @@ async fn index_is_pushed_children_first_and_reads_back_as_an_index() {
         .to_string();
     assert!(err.contains(&d.to_string()), "{err}");
 }
+
+#[tokio::test]
+async fn registry_to_registry_copy_streams_and_resumes_with_ranges() {
+    require_peer!("docker-registry");
+    let a = Registry::start(Default::default());
+    let b = Registry::start(Default::default());
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::pseudo_random(21, 5 << 20);
+    let desc = Descriptor::new(
+        oci::media_type::OCI_LAYER_GZIP,
+        Digest::sha256_of(&data),
+        data.len() as u64,
+    );
+    let client = Client::new(ClientOptions {
+        monolithic_max: 1 << 20,
+        chunk_size: 2 << 20,
+        ..options(dir.path())
+    })
+    .unwrap();
+    client
+        .put_blob(
+            &reference(&a.addr, "src/blob:latest"),
+            &desc,
+            &Bytes::from(data.clone()),
+        )
+        .await
+        .unwrap();
+    let src_proxy = Proxy::start(&a.addr, vec![]).await;
+    let dst_proxy = Proxy::start(
+        &b.addr,
+        vec![Rule {
+            method: "PATCH",
+            path_contains: "/blobs/uploads/".into(),
+            skip: 1,
+            times: 1,
+            fault: Fault::CutRequest {
+                after: 1 << 20,
+                forward: false,
+            },
+        }],
+    )
+    .await;
+    let source = manifold_registry::RegistryBlob {
+        client: client.clone(),
+        repo: reference(&src_proxy.addr, "src/blob:latest"),
+        desc: desc.clone(),
+    };
+    let outcome = client
+        .put_blob(
+            &reference(&dst_proxy.addr, "dst/blob:latest"),
+            &desc,
+            &source,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        BlobPush::Uploaded {
+            resumes: 1,
+            restarts: 0
+        }
+    );
+    let ranged_reads = src_proxy
+        .requests()
+        .iter()
+        .filter(|q| q.starts_with("GET ") && q.contains("/blobs/sha256:"))
+        .count();
+    assert_eq!(ranged_reads, 4, "{:?}", src_proxy.requests());
+    let got = read_all(
+        client
+            .get_blob(&reference(&b.addr, "dst/blob:latest"), &desc)
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert!(got == data);
+}
