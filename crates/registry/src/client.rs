@@ -369,6 +369,10 @@ impl Client {
                         let mut e = self.refused(&host, &op, resp).await;
                         if let Error::Refused { hint, .. } = &mut e {
                             *hint = format!("{name} does not look like an OCI registry (GET /v2/ must answer 200 or 401)");
+                            if let Some(first) = errors.first() {
+                                // Most likely an HTTPS port whose TLS attempt failed: say how.
+                                hint.push_str(&format!("; the HTTPS attempt failed with {first}"));
+                            }
                         }
                         return Err(e);
                     };
