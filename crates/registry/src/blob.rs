@@ -307,7 +307,15 @@ fn exact_body(
     len: u64,
     failed: Arc<Mutex<Option<io::Error>>>,
 ) -> reqwest::Body {
-    let st = stream::unfold(
+    reqwest::Body::wrap_stream(exact_stream(reader, len, failed))
+}
+
+fn exact_stream(
+    reader: Box<dyn AsyncRead + Send + Unpin>,
+    len: u64,
+    failed: Arc<Mutex<Option<io::Error>>>,
+) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+    stream::unfold(
         (reader.take(len), 0u64, false),
         move |(mut r, seen, ended)| {
             let failed = failed.clone();
@@ -343,8 +351,7 @@ fn exact_body(
                 }
             }
         },
-    );
-    reqwest::Body::wrap_stream(st)
+    )
 }
 
 /// Why an upload attempt stopped.
@@ -672,7 +679,7 @@ impl Client {
             // BLOB_UPLOAD_UNKNOWN / BLOB_UPLOAD_INVALID: the session is gone.
             return Err(UploadErr::Restart(self.refused(host, op, resp).await));
         }
-        let next = range_end(&resp).map_or(0, |e| e + 1);
+        let next = range_end(resp.headers()).map_or(0, |e| e + 1);
         let loc = self
             .location(host, op, &resp)
             .unwrap_or_else(|_| loc.clone());
@@ -718,7 +725,7 @@ impl Client {
             {
                 Ok(resp) if resp.status() == StatusCode::ACCEPTED => {
                     let new_loc = self.location(host, op, &resp).map_err(UploadErr::Fatal)?;
-                    let next = range_end(&resp).map_or(offset + len, |e| e + 1);
+                    let next = range_end(resp.headers()).map_or(offset + len, |e| e + 1);
                     if next != offset + len {
                         tracing::debug!(host = %host.name, "registry recorded {next} bytes, expected {}", offset + len);
                     }
@@ -785,8 +792,8 @@ impl Client {
 }
 
 /// The end of `Range: 0-N` in an upload answer.
-fn range_end(resp: &Response) -> Option<u64> {
-    let v = resp.headers().get(RANGE)?.to_str().ok()?;
+fn range_end(h: &reqwest::header::HeaderMap) -> Option<u64> {
+    let v = h.get(RANGE)?.to_str().ok()?;
     let v = v.trim().trim_start_matches("bytes=");
     let (start, end) = v.split_once('-')?;
     let (start, end) = (
@@ -807,5 +814,68 @@ fn io_to_error(e: io::Error) -> Error {
             Err(other) => Error::Invalid(other.to_string()),
         },
         None => Error::Invalid("blob stream failed".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::{HeaderMap, HeaderValue};
+
+    fn range(v: &str) -> Option<u64> {
+        let mut h = HeaderMap::new();
+        h.insert(RANGE, HeaderValue::from_str(v).unwrap());
+        range_end(&h)
+    }
+
+    #[test]
+    fn upload_ranges() {
+        assert_eq!(range("0-1048575"), Some(1048575));
+        assert_eq!(range("bytes=0-99"), Some(99));
+        assert_eq!(range("0-0"), None);
+        assert_eq!(range("garbage"), None);
+        assert_eq!(range_end(&HeaderMap::new()), None);
+    }
+
+    #[tokio::test]
+    async fn bytes_source_opens_at_offsets() {
+        let src = Bytes::from_static(b"hello world");
+        let mut out = String::new();
+        src.open_at(6)
+            .await
+            .unwrap()
+            .read_to_string(&mut out)
+            .await
+            .unwrap();
+        assert_eq!(out, "world");
+        let mut rest = Vec::new();
+        src.open_at(99)
+            .await
+            .unwrap()
+            .read_to_end(&mut rest)
+            .await
+            .unwrap();
+        assert!(rest.is_empty());
+    }
+
+    #[tokio::test]
+    async fn exact_stream_passes_exactly_len_bytes() {
+        use futures_util::TryStreamExt;
+        let failed = Arc::new(Mutex::new(None));
+        let st = exact_stream(Box::new(&b"abcdef"[..]), 4, failed.clone());
+        let got: Vec<Bytes> = st.try_collect().await.unwrap();
+        assert_eq!(got.concat(), b"abcd");
+        assert!(failed.lock().unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn exact_stream_reports_a_short_source() {
+        use futures_util::TryStreamExt;
+        let failed = Arc::new(Mutex::new(None));
+        let st = exact_stream(Box::new(&b"abc"[..]), 5, failed.clone());
+        let collected: Result<Vec<Bytes>, _> = st.try_collect().await;
+        assert!(collected.is_err());
+        let err = failed.lock().unwrap().take().unwrap().to_string();
+        assert!(err.contains("after 3 of 5 bytes"), "{err}");
     }
 }

@@ -28,8 +28,8 @@ pub(crate) fn header_digest(resp: &Response) -> Option<Digest> {
 }
 
 /// `<url>; rel="next"` from a `Link` header.
-fn next_link(resp: &Response) -> Option<String> {
-    for v in resp.headers().get_all(LINK) {
+fn next_link(h: &reqwest::header::HeaderMap) -> Option<String> {
+    for v in h.get_all(LINK) {
         let v = v.to_str().ok()?;
         for part in v.split(',') {
             let (target, params) = part.split_once(';').unwrap_or((part, ""));
@@ -288,7 +288,7 @@ impl Client {
             if !resp.status().is_success() {
                 return Err(self.refused(host, op, resp).await);
             }
-            let next = next_link(&resp);
+            let next = next_link(resp.headers());
             let body = read_limited(resp, 64 << 20)
                 .await
                 .map_err(|e| Self::protocol(host, op, e))?;
@@ -331,5 +331,28 @@ impl Client {
             op,
             format!("more than {MAX_PAGES} pages; the registry's pagination does not end"),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::{HeaderMap, HeaderValue};
+
+    #[test]
+    fn link_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            LINK,
+            HeaderValue::from_static(r#"</v2/_catalog?last=b&n=2>; rel="next""#),
+        );
+        assert_eq!(next_link(&h).as_deref(), Some("/v2/_catalog?last=b&n=2"));
+        let mut h = HeaderMap::new();
+        h.insert(
+            LINK,
+            HeaderValue::from_static(r#"</a?x=1>; rel="prev", </b?y=2>; rel="next""#),
+        );
+        assert_eq!(next_link(&h).as_deref(), Some("/b?y=2"));
+        assert_eq!(next_link(&HeaderMap::new()), None);
     }
 }
