@@ -185,7 +185,7 @@ impl Pull {
         let offset = self.offset;
         let resp = self
             .client
-            .request(
+            .request_stream(
                 &self.host,
                 &[scope(self.repo.repository(), "pull")],
                 &op,
@@ -247,7 +247,12 @@ impl Pull {
                 }
             }
             let resp = self.resp.as_mut()?;
-            let failure = match resp.chunk().await {
+            let limit = self.client.options().read_timeout;
+            let next = match tokio::time::timeout(limit, resp.chunk()).await {
+                Ok(r) => r.map_err(|e| describe(&e)),
+                Err(_) => Err(format!("no data for {limit:?}")),
+            };
+            let failure = match next {
                 Ok(Some(mut b)) => {
                     if self.skip > 0 {
                         let n = usize::try_from(self.skip)
@@ -283,7 +288,7 @@ impl Pull {
                     return None;
                 }
                 Ok(None) => format!("the connection ended at byte {} of {size}", self.offset),
-                Err(e) => describe(&e),
+                Err(e) => e,
             };
             self.resp = None;
             let n = self.resumes.fetch_add(1, Ordering::Relaxed) + 1;

@@ -37,8 +37,11 @@ pub struct ClientOptions {
     /// The longest `Retry-After` honored; longer ones are cut to this.
     pub retry_after_max: Duration,
     pub connect_timeout: Duration,
-    /// A connection that delivers nothing for this long counts as dropped.
+    /// A blob download that delivers nothing for this long counts as dropped (and resumes).
     pub read_timeout: Duration,
+    /// The whole of a request that moves no blob (manifests, listings, tokens, an upload's
+    /// final PUT). Blob bodies have no total limit: a layer takes as long as it takes.
+    pub request_timeout: Duration,
     pub user_agent: String,
     /// Blobs up to this size go in one PUT; larger ones in PATCH chunks of `chunk_size`.
     pub monolithic_max: u64,
@@ -65,6 +68,7 @@ impl Default for ClientOptions {
             retry_after_max: Duration::from_secs(120),
             connect_timeout: Duration::from_secs(15),
             read_timeout: Duration::from_secs(120),
+            request_timeout: Duration::from_secs(300),
             user_agent: concat!("manifold/", env!("CARGO_PKG_VERSION")).to_string(),
             monolithic_max: 16 << 20,
             chunk_size: 64 << 20,
@@ -239,8 +243,11 @@ impl Client {
             .tls_backend_preconfigured(tls)
             .user_agent(o.user_agent.clone())
             .connect_timeout(o.connect_timeout)
-            .read_timeout(o.read_timeout)
+            // No client-wide read timeout: it would also fire while a long chunk is being
+            // sent and the registry, rightly, says nothing. Keepalive finds dead peers.
             .tcp_keepalive(Duration::from_secs(30))
+            .tcp_keepalive_interval(Duration::from_secs(10))
+            .tcp_keepalive_retries(3u32)
             .pool_idle_timeout(Duration::from_secs(60))
             .build()
             .map_err(|e| Error::Tls {
@@ -461,7 +468,31 @@ impl Client {
     }
 
     /// Sends with authentication: retries once with a fresh token (or credentials) on 401.
+    /// The whole exchange is bounded by `request_timeout`.
     pub(crate) async fn request(
+        &self,
+        host: &Arc<Host>,
+        scopes: &[String],
+        op: &Op<'_>,
+        mk: &(dyn Fn(&reqwest::Client) -> RequestBuilder + Send + Sync),
+    ) -> Result<Response, Error> {
+        let limit = self.inner.opts.request_timeout;
+        self.request_with(host, scopes, op, &|c| mk(c).timeout(limit))
+            .await
+    }
+
+    /// Like [`Client::request`] without a total time limit, for blob downloads.
+    pub(crate) async fn request_stream(
+        &self,
+        host: &Arc<Host>,
+        scopes: &[String],
+        op: &Op<'_>,
+        mk: &(dyn Fn(&reqwest::Client) -> RequestBuilder + Send + Sync),
+    ) -> Result<Response, Error> {
+        self.request_with(host, scopes, op, mk).await
+    }
+
+    async fn request_with(
         &self,
         host: &Arc<Host>,
         scopes: &[String],

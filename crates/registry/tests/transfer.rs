@@ -265,6 +265,55 @@ async fn download_resumes_with_range_after_dropped_connection() {
 }
 
 #[tokio::test]
+async fn stalled_download_times_out_and_resumes() {
+    require_peer!("docker-registry");
+    let reg = Registry::start(Default::default());
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::pseudo_random(4, 4 << 20);
+    let desc = Descriptor::new(
+        oci::media_type::OCI_LAYER_GZIP,
+        Digest::sha256_of(&data),
+        data.len() as u64,
+    );
+    let client = Client::new(ClientOptions {
+        read_timeout: std::time::Duration::from_millis(500),
+        ..options(dir.path())
+    })
+    .unwrap();
+    client
+        .put_blob(
+            &reference(&reg.addr, "stall/blob:latest"),
+            &desc,
+            &Bytes::from(data.clone()),
+        )
+        .await
+        .unwrap();
+    let proxy = Proxy::start(
+        &reg.addr,
+        vec![Rule {
+            method: "GET",
+            path_contains: "/blobs/sha256:".into(),
+            skip: 0,
+            times: 1,
+            fault: Fault::StallResponse { after: 1 << 20 },
+        }],
+    )
+    .await;
+    let start = std::time::Instant::now();
+    let mut s = client
+        .get_blob(&reference(&proxy.addr, "stall/blob:latest"), &desc)
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got)
+        .await
+        .expect("resumed after the stall");
+    assert!(got == data);
+    assert_eq!(s.resumes(), 1);
+    assert!(start.elapsed() < std::time::Duration::from_secs(10));
+}
+
+#[tokio::test]
 async fn service_unavailable_once_is_retried_and_named_when_it_persists() {
     require_peer!("docker-registry");
     let reg = Registry::start(Default::default());

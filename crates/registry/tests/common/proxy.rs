@@ -19,6 +19,9 @@ pub enum Fault {
     CutRequest { after: u64, forward: bool },
     /// Forward the request, then close the client connection after this many response bytes.
     CutResponse { after: u64 },
+    /// Forward the request, then stop sending after this many response bytes, holding the
+    /// connection open (a stalled peer) for up to 30 s.
+    StallResponse { after: u64 },
 }
 
 #[derive(Clone, Debug)]
@@ -217,9 +220,10 @@ async fn handle(mut client: TcpStream, upstream: &str, st: &State) -> std::io::R
         st.body_bytes_up
             .fetch_add(body_prefix.len() as u64, Ordering::SeqCst);
     }
-    let cut = match fault {
-        Some(Fault::CutResponse { after }) => Some(after),
-        _ => None,
+    let (cut, stall) = match fault {
+        Some(Fault::CutResponse { after }) => (Some(after), false),
+        Some(Fault::StallResponse { after }) => (Some(after), true),
+        _ => (None, false),
     };
     let (mut cr, mut cw) = client.into_split();
     let (mut ur, mut uw) = up.into_split();
@@ -247,6 +251,9 @@ async fn handle(mut client: TcpStream, upstream: &str, st: &State) -> std::io::R
                 Some(c) if sent + n as u64 >= c => {
                     let keep = (c - sent) as usize;
                     cw.write_all(&tmp[..keep]).await?;
+                    if stall {
+                        tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+                    }
                     return Ok(());
                 }
                 _ => n,
