@@ -653,3 +653,47 @@ async fn registry_to_registry_copy_streams_and_resumes_with_ranges() {
     .unwrap();
     assert!(got == data);
 }
+
+#[tokio::test]
+async fn monolithic_upload_dropped_midway_starts_over() {
+    require_peer!("docker-registry");
+    let reg = Registry::start(Default::default());
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::pseudo_random(8, 2 << 20);
+    let desc = Descriptor::new(
+        oci::media_type::OCI_LAYER_GZIP,
+        Digest::sha256_of(&data),
+        data.len() as u64,
+    );
+    let proxy = Proxy::start(
+        &reg.addr,
+        vec![Rule {
+            method: "PUT",
+            path_contains: "/blobs/uploads/".into(),
+            skip: 0,
+            times: 1,
+            fault: Fault::CutRequest {
+                after: 1 << 20,
+                forward: false,
+            },
+        }],
+    )
+    .await;
+    let client = Client::new(options(dir.path())).unwrap();
+    let r = reference(&proxy.addr, "mono/blob:latest");
+    let outcome = client
+        .put_blob(&r, &desc, &Bytes::from(data.clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        BlobPush::Uploaded {
+            resumes: 0,
+            restarts: 1
+        }
+    );
+    let got = read_all(client.get_blob(&r, &desc).await.unwrap())
+        .await
+        .unwrap();
+    assert!(got == data);
+}
