@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, ReadBuf};
 
 use oci::{Descriptor, Digest, Hasher, Reference};
 
-use crate::client::{error_chain, redact, scope, Client, Host, Op};
+use crate::client::{describe, redact, scope, Client, Host, Op};
 use crate::Error;
 
 const READ_BUF: usize = 256 << 10;
@@ -59,6 +59,27 @@ impl BlobSource for Bytes {
             .unwrap_or(usize::MAX)
             .min(self.len());
         Ok(Box::new(io::Cursor::new(self.slice(start..))))
+    }
+}
+
+/// A blob in a registry, as the source of an upload to another (registry to registry copies
+/// in bounded memory; a resumed upload reads on from the offset with `Range`).
+#[derive(Clone, Debug)]
+pub struct RegistryBlob {
+    pub client: Client,
+    pub repo: Reference,
+    pub desc: Descriptor,
+}
+
+#[async_trait::async_trait]
+impl BlobSource for RegistryBlob {
+    async fn open_at(&self, offset: u64) -> io::Result<Box<dyn AsyncRead + Send + Unpin>> {
+        let s = self
+            .client
+            .get_blob_from(&self.repo, &self.desc, offset)
+            .await
+            .map_err(io::Error::other)?;
+        Ok(Box::new(s))
     }
 }
 
@@ -164,7 +185,7 @@ impl Pull {
         let offset = self.offset;
         let resp = self
             .client
-            .request(
+            .request_stream(
                 &self.host,
                 &[scope(self.repo.repository(), "pull")],
                 &op,
@@ -226,7 +247,12 @@ impl Pull {
                 }
             }
             let resp = self.resp.as_mut()?;
-            let failure = match resp.chunk().await {
+            let limit = self.client.options().read_timeout;
+            let next = match tokio::time::timeout(limit, resp.chunk()).await {
+                Ok(r) => r.map_err(|e| describe(&e)),
+                Err(_) => Err(format!("no data for {limit:?}")),
+            };
+            let failure = match next {
                 Ok(Some(mut b)) => {
                     if self.skip > 0 {
                         let n = usize::try_from(self.skip)
@@ -262,7 +288,7 @@ impl Pull {
                     return None;
                 }
                 Ok(None) => format!("the connection ended at byte {} of {size}", self.offset),
-                Err(e) => error_chain(&e),
+                Err(e) => e,
             };
             self.resp = None;
             let n = self.resumes.fetch_add(1, Ordering::Relaxed) + 1;
@@ -286,7 +312,15 @@ fn exact_body(
     len: u64,
     failed: Arc<Mutex<Option<io::Error>>>,
 ) -> reqwest::Body {
-    let st = stream::unfold(
+    reqwest::Body::wrap_stream(exact_stream(reader, len, failed))
+}
+
+fn exact_stream(
+    reader: Box<dyn AsyncRead + Send + Unpin>,
+    len: u64,
+    failed: Arc<Mutex<Option<io::Error>>>,
+) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+    stream::unfold(
         (reader.take(len), 0u64, false),
         move |(mut r, seen, ended)| {
             let failed = failed.clone();
@@ -322,8 +356,7 @@ fn exact_body(
                 }
             }
         },
-    );
-    reqwest::Body::wrap_stream(st)
+    )
 }
 
 /// Why an upload attempt stopped.
@@ -362,6 +395,24 @@ impl Client {
 
     /// Streams a blob, verified against `desc` (digest and size) as it passes.
     pub async fn get_blob(&self, repo: &Reference, desc: &Descriptor) -> Result<BlobStream, Error> {
+        self.get_blob_from(repo, desc, 0).await
+    }
+
+    /// Streams a blob from byte `offset` on. From 0 it is verified like [`Client::get_blob`];
+    /// from later only the size is (a digest needs every byte), which suits an upload that
+    /// resumes, as the receiving registry checks the digest of the whole.
+    pub async fn get_blob_from(
+        &self,
+        repo: &Reference,
+        desc: &Descriptor,
+        offset: u64,
+    ) -> Result<BlobStream, Error> {
+        if offset > desc.size {
+            return Err(Error::Invalid(format!(
+                "blob {} has {} bytes; cannot read from {offset}",
+                desc.digest, desc.size
+            )));
+        }
         let host = self.host(repo.api_host()).await?;
         let url = self.url(
             &host,
@@ -374,9 +425,9 @@ impl Client {
             repo: repo.clone(),
             desc: desc.clone(),
             url,
-            offset: 0,
+            offset,
             skip: 0,
-            hasher: Some(desc.digest.algorithm().hasher()),
+            hasher: (offset == 0).then(|| desc.digest.algorithm().hasher()),
             resp: None,
             resumes: resumes.clone(),
             done: false,
@@ -593,7 +644,7 @@ impl Client {
             host: host.name.clone(),
             url: redact(&host.base).to_string(),
             attempts: 1,
-            reason: error_chain(e),
+            reason: describe(e),
         })
     }
 
@@ -633,7 +684,7 @@ impl Client {
             // BLOB_UPLOAD_UNKNOWN / BLOB_UPLOAD_INVALID: the session is gone.
             return Err(UploadErr::Restart(self.refused(host, op, resp).await));
         }
-        let next = range_end(&resp).map_or(0, |e| e + 1);
+        let next = range_end(resp.headers()).map_or(0, |e| e + 1);
         let loc = self
             .location(host, op, &resp)
             .unwrap_or_else(|_| loc.clone());
@@ -679,7 +730,7 @@ impl Client {
             {
                 Ok(resp) if resp.status() == StatusCode::ACCEPTED => {
                     let new_loc = self.location(host, op, &resp).map_err(UploadErr::Fatal)?;
-                    let next = range_end(&resp).map_or(offset + len, |e| e + 1);
+                    let next = range_end(resp.headers()).map_or(offset + len, |e| e + 1);
                     if next != offset + len {
                         tracing::debug!(host = %host.name, "registry recorded {next} bytes, expected {}", offset + len);
                     }
@@ -746,8 +797,8 @@ impl Client {
 }
 
 /// The end of `Range: 0-N` in an upload answer.
-fn range_end(resp: &Response) -> Option<u64> {
-    let v = resp.headers().get(RANGE)?.to_str().ok()?;
+fn range_end(h: &reqwest::header::HeaderMap) -> Option<u64> {
+    let v = h.get(RANGE)?.to_str().ok()?;
     let v = v.trim().trim_start_matches("bytes=");
     let (start, end) = v.split_once('-')?;
     let (start, end) = (
@@ -768,5 +819,68 @@ fn io_to_error(e: io::Error) -> Error {
             Err(other) => Error::Invalid(other.to_string()),
         },
         None => Error::Invalid("blob stream failed".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::{HeaderMap, HeaderValue};
+
+    fn range(v: &str) -> Option<u64> {
+        let mut h = HeaderMap::new();
+        h.insert(RANGE, HeaderValue::from_str(v).unwrap());
+        range_end(&h)
+    }
+
+    #[test]
+    fn upload_ranges() {
+        assert_eq!(range("0-1048575"), Some(1048575));
+        assert_eq!(range("bytes=0-99"), Some(99));
+        assert_eq!(range("0-0"), None);
+        assert_eq!(range("garbage"), None);
+        assert_eq!(range_end(&HeaderMap::new()), None);
+    }
+
+    #[tokio::test]
+    async fn bytes_source_opens_at_offsets() {
+        let src = Bytes::from_static(b"hello world");
+        let mut out = String::new();
+        src.open_at(6)
+            .await
+            .unwrap()
+            .read_to_string(&mut out)
+            .await
+            .unwrap();
+        assert_eq!(out, "world");
+        let mut rest = Vec::new();
+        src.open_at(99)
+            .await
+            .unwrap()
+            .read_to_end(&mut rest)
+            .await
+            .unwrap();
+        assert!(rest.is_empty());
+    }
+
+    #[tokio::test]
+    async fn exact_stream_passes_exactly_len_bytes() {
+        use futures_util::TryStreamExt;
+        let failed = Arc::new(Mutex::new(None));
+        let st = exact_stream(Box::new(&b"abcdef"[..]), 4, failed.clone());
+        let got: Vec<Bytes> = st.try_collect().await.unwrap();
+        assert_eq!(got.concat(), b"abcd");
+        assert!(failed.lock().unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn exact_stream_reports_a_short_source() {
+        use futures_util::TryStreamExt;
+        let failed = Arc::new(Mutex::new(None));
+        let st = exact_stream(Box::new(&b"abc"[..]), 5, failed.clone());
+        let collected: Result<Vec<Bytes>, _> = st.try_collect().await;
+        assert!(collected.is_err());
+        let err = failed.lock().unwrap().take().unwrap().to_string();
+        assert!(err.contains("after 3 of 5 bytes"), "{err}");
     }
 }

@@ -37,8 +37,11 @@ pub struct ClientOptions {
     /// The longest `Retry-After` honored; longer ones are cut to this.
     pub retry_after_max: Duration,
     pub connect_timeout: Duration,
-    /// A connection that delivers nothing for this long counts as dropped.
+    /// A blob download that delivers nothing for this long counts as dropped (and resumes).
     pub read_timeout: Duration,
+    /// The whole of a request that moves no blob (manifests, listings, tokens, an upload's
+    /// final PUT). Blob bodies have no total limit: a layer takes as long as it takes.
+    pub request_timeout: Duration,
     pub user_agent: String,
     /// Blobs up to this size go in one PUT; larger ones in PATCH chunks of `chunk_size`.
     pub monolithic_max: u64,
@@ -65,6 +68,7 @@ impl Default for ClientOptions {
             retry_after_max: Duration::from_secs(120),
             connect_timeout: Duration::from_secs(15),
             read_timeout: Duration::from_secs(120),
+            request_timeout: Duration::from_secs(300),
             user_agent: concat!("manifold/", env!("CARGO_PKG_VERSION")).to_string(),
             monolithic_max: 16 << 20,
             chunk_size: 64 << 20,
@@ -96,6 +100,8 @@ pub(crate) struct Host {
     pub(crate) http: reqwest::Client,
     challenge: Mutex<Challenge>,
     tokens: Mutex<HashMap<String, (String, Instant)>>,
+    /// One token fetch at a time per host, so parallel transfers share the first answer.
+    token_fetch: tokio::sync::Mutex<()>,
     creds: OnceCell<Option<Credential>>,
 }
 
@@ -154,7 +160,7 @@ impl Client {
 
     /// Use `cred` for `registry` instead of what config.json says.
     pub fn set_credential(&self, registry: &str, cred: Credential) {
-        lock(&self.inner.overrides).insert(registry.to_string(), cred);
+        lock(&self.inner.overrides).insert(api_host(registry).to_string(), cred);
     }
 
     /// Checks that the registry answers `/v2/` (and learns how it wants to be authenticated).
@@ -237,8 +243,11 @@ impl Client {
             .tls_backend_preconfigured(tls)
             .user_agent(o.user_agent.clone())
             .connect_timeout(o.connect_timeout)
-            .read_timeout(o.read_timeout)
+            // No client-wide read timeout: it would also fire while a long chunk is being
+            // sent and the registry, rightly, says nothing. Keepalive finds dead peers.
             .tcp_keepalive(Duration::from_secs(30))
+            .tcp_keepalive_interval(Duration::from_secs(10))
+            .tcp_keepalive_retries(3u32)
             .pool_idle_timeout(Duration::from_secs(60))
             .build()
             .map_err(|e| Error::Tls {
@@ -249,6 +258,7 @@ impl Client {
 
     /// The connection state for `registry`, pinging it the first time.
     pub(crate) async fn host(&self, registry: &str) -> Result<Arc<Host>, Error> {
+        let registry = api_host(registry);
         let cell = lock(&self.inner.hosts)
             .entry(registry.to_string())
             .or_default()
@@ -269,7 +279,11 @@ impl Client {
             .join("ca.crt")
     }
 
-    fn cert_error(&self, host: &str, e: &reqwest::Error, slot: &IssuerSlot) -> Option<Error> {
+    /// A TLS failure as an error that says what to do; `None` when the peer does not speak
+    /// TLS at all (a plain-HTTP port) or the failure is not about TLS.
+    fn tls_error(&self, host: &str, e: &reqwest::Error, slot: &IssuerSlot) -> Option<Error> {
+        let dir = self.ca_path(host);
+        let dir = dir.parent().unwrap_or(&dir);
         match tls::find_rustls_error(e)? {
             rustls::Error::InvalidCertificate(ce) => Some(Error::Certificate {
                 host: host.into(),
@@ -277,7 +291,18 @@ impl Client {
                 reason: describe_cert_error(ce),
                 ca_path: self.ca_path(host),
             }),
-            _ => None,
+            rustls::Error::InvalidMessage(_) => None,
+            rustls::Error::AlertReceived(alert) => Some(Error::Tls {
+                host: host.into(),
+                reason: format!(
+                    "the registry ended the TLS handshake ({alert:?}); if it requires a client certificate, put client.cert and client.key in {}",
+                    dir.display()
+                ),
+            }),
+            other => Some(Error::Tls {
+                host: host.into(),
+                reason: other.to_string(),
+            }),
         }
     }
 
@@ -315,10 +340,30 @@ impl Client {
                 http: http.clone(),
                 challenge: Mutex::new(Challenge::None),
                 tokens: Mutex::new(HashMap::new()),
+                token_fetch: tokio::sync::Mutex::new(()),
                 creds: OnceCell::new(),
             };
+            // A loopback port that is not TLS may never answer a ClientHello (plain TCP
+            // proxies do not): do not wait the full connect timeout before trying HTTP.
+            let probe_limit = if scheme == "https" && tls::is_loopback(name) {
+                Some(Duration::from_secs(3))
+            } else {
+                None
+            };
             match self
-                .execute(&host, &op, tries, &|| http.get(ping.clone()), Some(&slot))
+                .execute(
+                    &host,
+                    &op,
+                    tries,
+                    &|| {
+                        let rb = http.get(ping.clone());
+                        match probe_limit {
+                            Some(t) => rb.timeout(t),
+                            None => rb,
+                        }
+                    },
+                    Some(&slot),
+                )
                 .await
             {
                 Ok(resp) => {
@@ -331,6 +376,10 @@ impl Client {
                         let mut e = self.refused(&host, &op, resp).await;
                         if let Error::Refused { hint, .. } = &mut e {
                             *hint = format!("{name} does not look like an OCI registry (GET /v2/ must answer 200 or 401)");
+                            if let Some(first) = errors.first() {
+                                // Most likely an HTTPS port whose TLS attempt failed: say how.
+                                hint.push_str(&format!("; the HTTPS attempt failed with {first}"));
+                            }
                         }
                         return Err(e);
                     };
@@ -339,6 +388,8 @@ impl Client {
                     return Ok(Arc::new(host));
                 }
                 Err(e @ Error::Certificate { .. }) if !insecure => return Err(e),
+                // The port speaks TLS but the handshake failed: plain HTTP would only confuse.
+                Err(e @ Error::Tls { .. }) => return Err(e),
                 Err(e) => errors.push(format!("{scheme}: {e}")),
             }
         }
@@ -392,7 +443,7 @@ impl Client {
                 }
                 Err(e) => {
                     let empty = IssuerSlot::default();
-                    if let Some(ce) = self.cert_error(&host.name, &e, slot.unwrap_or(&empty)) {
+                    if let Some(ce) = self.tls_error(&host.name, &e, slot.unwrap_or(&empty)) {
                         return Err(ce);
                     }
                     if attempt < retries && !e.is_builder() {
@@ -409,7 +460,7 @@ impl Client {
                             .map(|u| redact(u).to_string())
                             .unwrap_or_else(|| host.base.to_string()),
                         attempts: attempt + 1,
-                        reason: error_chain(&e),
+                        reason: describe(&e),
                     });
                 }
             }
@@ -417,7 +468,31 @@ impl Client {
     }
 
     /// Sends with authentication: retries once with a fresh token (or credentials) on 401.
+    /// The whole exchange is bounded by `request_timeout`.
     pub(crate) async fn request(
+        &self,
+        host: &Arc<Host>,
+        scopes: &[String],
+        op: &Op<'_>,
+        mk: &(dyn Fn(&reqwest::Client) -> RequestBuilder + Send + Sync),
+    ) -> Result<Response, Error> {
+        let limit = self.inner.opts.request_timeout;
+        self.request_with(host, scopes, op, &|c| mk(c).timeout(limit))
+            .await
+    }
+
+    /// Like [`Client::request`] without a total time limit, for blob downloads.
+    pub(crate) async fn request_stream(
+        &self,
+        host: &Arc<Host>,
+        scopes: &[String],
+        op: &Op<'_>,
+        mk: &(dyn Fn(&reqwest::Client) -> RequestBuilder + Send + Sync),
+    ) -> Result<Response, Error> {
+        self.request_with(host, scopes, op, mk).await
+    }
+
+    async fn request_with(
         &self,
         host: &Arc<Host>,
         scopes: &[String],
@@ -539,11 +614,21 @@ impl Client {
         let mut sorted = scopes.to_vec();
         sorted.sort();
         let key = sorted.join(" ");
+        let cached = || {
+            lock(&host.tokens)
+                .get(&key)
+                .filter(|(_, exp)| *exp > Instant::now())
+                .map(|(t, _)| t.clone())
+        };
         if !fresh {
-            if let Some((t, exp)) = lock(&host.tokens).get(&key) {
-                if *exp > Instant::now() {
-                    return Ok(t.clone());
-                }
+            if let Some(t) = cached() {
+                return Ok(t);
+            }
+        }
+        let _one_at_a_time = host.token_fetch.lock().await;
+        if !fresh {
+            if let Some(t) = cached() {
+                return Ok(t);
             }
         }
         let Challenge::Bearer { realm, service, .. } = lock(&host.challenge).clone() else {
@@ -569,6 +654,7 @@ impl Client {
             http: http.clone(),
             challenge: Mutex::new(Challenge::None),
             tokens: Mutex::new(HashMap::new()),
+            token_fetch: tokio::sync::Mutex::new(()),
             creds: OnceCell::new(),
         };
         let token_op = Op {
@@ -739,6 +825,14 @@ impl Client {
     }
 }
 
+/// Docker Hub's name in references is not where its API lives.
+fn api_host(registry: &str) -> &str {
+    match registry {
+        "docker.io" | "index.docker.io" => "registry-1.docker.io",
+        other => other,
+    }
+}
+
 fn basic(user: &str, secret: &str) -> String {
     format!(
         "Basic {}",
@@ -778,6 +872,15 @@ pub(crate) fn redact(u: &Url) -> Url {
     u
 }
 
+/// A reqwest error's whole chain, with the URL's query (upload state, signed-URL secrets) removed.
+pub(crate) fn describe(e: &reqwest::Error) -> String {
+    let s = error_chain(e);
+    match e.url() {
+        Some(u) if u.query().is_some() => s.replace(u.as_str(), redact(u).as_str()),
+        _ => s,
+    }
+}
+
 pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut parts = vec![e.to_string()];
     let mut cur = e.source();
@@ -808,7 +911,7 @@ fn describe_cert_error(e: &rustls::CertificateError) -> String {
 /// Reads a body up to `max` bytes; more is an error (manifests, error bodies, tokens).
 pub(crate) async fn read_limited(mut resp: Response, max: usize) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| error_chain(&e))? {
+    while let Some(chunk) = resp.chunk().await.map_err(|e| describe(&e))? {
         if out.len() + chunk.len() > max {
             return Err(format!("the answer is larger than {max} bytes"));
         }

@@ -7,6 +7,22 @@
 //!
 //! It refuses to know where content is kept locally (no store, no files beyond docker's config
 //! and certificates), and has no platform selection policy: callers say which digests they want.
+//!
+//! ```no_run
+//! # async fn copy() -> Result<(), manifold_registry::Error> {
+//! use manifold_registry::{Client, ClientOptions, RegistryBlob};
+//! let client = Client::new(ClientOptions::default())?;
+//! let src = oci::Reference::parse("registry.example/app:v1").expect("reference");
+//! let dst = oci::Reference::parse("127.0.0.1:5000/app:v1").expect("reference");
+//! let manifest = client.get_manifest(&src).await?; // an image manifest here, not an index
+//! for blob in manifest.children() {
+//!     // Streams from one registry to the other, resuming either side after a drop.
+//!     let source = RegistryBlob { client: client.clone(), repo: src.clone(), desc: blob.clone() };
+//!     client.put_blob(&dst, &blob, &source).await?;
+//! }
+//! client.put_manifest(&dst, manifest.bytes(), manifest.media_type()).await?;
+//! # Ok(()) }
+//! ```
 
 // Errors carry the reference, host and the registry's messages; they are the cold path, so their
 // size matters less than what they say.
@@ -21,6 +37,6 @@ mod ops;
 mod tls;
 
 pub use auth::{AuthStore, Credential, Stored};
-pub use blob::{BlobPush, BlobSource, BlobStream, FileSource};
+pub use blob::{BlobPush, BlobSource, BlobStream, FileSource, RegistryBlob};
 pub use client::{Client, ClientOptions};
 pub use error::{Error, RegistryError};

@@ -28,8 +28,8 @@ pub(crate) fn header_digest(resp: &Response) -> Option<Digest> {
 }
 
 /// `<url>; rel="next"` from a `Link` header.
-fn next_link(resp: &Response) -> Option<String> {
-    for v in resp.headers().get_all(LINK) {
+fn next_link(h: &reqwest::header::HeaderMap) -> Option<String> {
+    for v in h.get_all(LINK) {
         let v = v.to_str().ok()?;
         for part in v.split(',') {
             let (target, params) = part.split_once(';').unwrap_or((part, ""));
@@ -125,23 +125,16 @@ impl Client {
         if !resp.status().is_success() {
             return Err(self.refused(&host, &op, resp).await);
         }
-        let digest = header_digest(&resp)
-            .or_else(|| r.digest().cloned())
-            .ok_or_else(|| {
-                Self::protocol(&host, &op, "the registry answered HEAD without Docker-Content-Digest; fetch the manifest instead")
-            })?;
-        let size = resp
-            .headers()
-            .get(reqwest::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .ok_or_else(|| {
-                Self::protocol(
-                    &host,
-                    &op,
-                    "the registry answered HEAD without Content-Length",
-                )
-            })?;
+        let (Some(digest), Some(size)) = (
+            header_digest(&resp).or_else(|| r.digest().cloned()),
+            resp.headers()
+                .get(reqwest::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok()),
+        ) else {
+            // Some registries answer HEAD without the digest or length: fetch instead.
+            return self.get_manifest(r).await.map(|m| Some(m.descriptor()));
+        };
         let mt = content_type(&resp).unwrap_or_else(|| oci::media_type::OCI_MANIFEST.to_string());
         Ok(Some(Descriptor::new(mt, digest, size)))
     }
@@ -286,6 +279,7 @@ impl Client {
             url.query_pairs_mut().append_pair("n", &n.to_string());
         }
         let mut all = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for _ in 0..MAX_PAGES {
             let u = url.clone();
             let resp = self
@@ -294,7 +288,7 @@ impl Client {
             if !resp.status().is_success() {
                 return Err(self.refused(host, op, resp).await);
             }
-            let next = next_link(&resp);
+            let next = next_link(resp.headers());
             let body = read_limited(resp, 64 << 20)
                 .await
                 .map_err(|e| Self::protocol(host, op, e))?;
@@ -307,7 +301,16 @@ impl Client {
             })?;
             let got = page.len();
             let last = page.last().cloned();
-            all.extend(page);
+            let before = all.len();
+            for e in page {
+                if seen.insert(e.clone()) {
+                    all.push(e);
+                }
+            }
+            // A registry that ignores `n`/`last` answers everything, or the same page again.
+            if all.len() == before || n.is_some_and(|n| got > n as usize) {
+                return Ok(all);
+            }
             url = match (next, n, last) {
                 (Some(link), _, _) => url.join(&link).map_err(|e| {
                     Self::protocol(host, op, format!("bad Link header {link:?}: {e}"))
@@ -328,5 +331,28 @@ impl Client {
             op,
             format!("more than {MAX_PAGES} pages; the registry's pagination does not end"),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::{HeaderMap, HeaderValue};
+
+    #[test]
+    fn link_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            LINK,
+            HeaderValue::from_static(r#"</v2/_catalog?last=b&n=2>; rel="next""#),
+        );
+        assert_eq!(next_link(&h).as_deref(), Some("/v2/_catalog?last=b&n=2"));
+        let mut h = HeaderMap::new();
+        h.insert(
+            LINK,
+            HeaderValue::from_static(r#"</a?x=1>; rel="prev", </b?y=2>; rel="next""#),
+        );
+        assert_eq!(next_link(&h).as_deref(), Some("/b?y=2"));
+        assert_eq!(next_link(&HeaderMap::new()), None);
     }
 }
