@@ -390,14 +390,20 @@ impl Client {
                 Err(e @ Error::Certificate { .. }) if !insecure => return Err(e),
                 // The port speaks TLS but the handshake failed: plain HTTP would only confuse.
                 Err(e @ Error::Tls { .. }) => return Err(e),
+                Err(Error::Connect {
+                    url,
+                    attempts,
+                    reason,
+                    ..
+                }) => errors.push(format!(
+                    "{url} failed after {attempts} attempt(s): {reason}"
+                )),
                 Err(e) => errors.push(format!("{scheme}: {e}")),
             }
         }
-        Err(Error::Connect {
+        Err(Error::Unreachable {
             host: name.into(),
-            url: format!("https://{name}/v2/"),
-            attempts: self.inner.opts.max_retries + 1,
-            reason: errors.join("; "),
+            reasons: errors.join("; "),
         })
     }
 
@@ -446,7 +452,9 @@ impl Client {
                     if let Some(ce) = self.tls_error(&host.name, &e, slot.unwrap_or(&empty)) {
                         return Err(ce);
                     }
-                    if attempt < retries && !e.is_builder() {
+                    // A name that does not resolve will not resolve on the next try either.
+                    let permanent = e.is_builder() || describe(&e).contains("dns error");
+                    if attempt < retries && !permanent {
                         let wait = self.backoff(attempt, None);
                         tracing::debug!(host = %host.name, ?wait, "retrying {} after: {e}", op.name);
                         tokio::time::sleep(wait).await;

@@ -43,6 +43,10 @@ pub enum Error {
         reason: String,
     },
 
+    /// Neither HTTPS nor (where allowed) plain HTTP reached the registry.
+    #[error("cannot reach registry {host}: {reasons}; check the address, that the registry runs, and any proxy settings")]
+    Unreachable { host: String, reasons: String },
+
     #[error("TLS certificate of {host} is not trusted ({reason}{}); if you trust its CA, put the CA certificate (PEM) at {} (or add {host} to the insecure registries)",
         .issuer.as_ref().map(|i| format!(", issued by {i:?}")).unwrap_or_default(), .ca_path.display())]
     Certificate {

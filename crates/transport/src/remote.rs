@@ -172,7 +172,7 @@ impl Target for RegistryRepo {
             }
         }
         let source: Box<dyn BlobSource> = if let Some(other) = other {
-            Box::new(RemoteBlob {
+            Box::new(registry::RegistryBlob {
                 client: other.client.clone(),
                 repo: other.repo.clone(),
                 desc: desc.clone(),
@@ -215,27 +215,5 @@ impl BlobSource for LocalRange {
         let skip = offset.min(self.0.len);
         f.seek(io::SeekFrom::Start(self.0.offset + skip)).await?;
         Ok(Box::new(f.take(self.0.len - skip)))
-    }
-}
-
-/// Upload bytes streamed from another registry.
-struct RemoteBlob {
-    client: Client,
-    repo: Reference,
-    desc: Descriptor,
-}
-
-#[async_trait]
-impl BlobSource for RemoteBlob {
-    async fn open_at(&self, offset: u64) -> io::Result<Box<dyn AsyncRead + Send + Unpin>> {
-        let mut s = self
-            .client
-            .get_blob(&self.repo, &self.desc)
-            .await
-            .map_err(io::Error::other)?;
-        if offset > 0 {
-            tokio::io::copy(&mut (&mut s).take(offset), &mut tokio::io::sink()).await?;
-        }
-        Ok(Box::new(s))
     }
 }
