@@ -9,12 +9,16 @@
 
 pub mod emulation;
 pub mod layer;
+#[rustfmt::skip]
+mod probes;
 pub mod sandbox;
 pub mod snapshot;
 
 use std::io;
 use std::path::{Path, PathBuf};
 
+pub use emulation::{Emulation, RunMode};
+pub use sandbox::{Network, RootFs, RunOutput, RunSpec};
 pub use snapshot::{ApplyReport, Snapshot, SnapshotCache, WhiteoutMode};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
