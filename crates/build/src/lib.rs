@@ -18,6 +18,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub use emulation::{Emulation, RunMode};
+pub use layer::{LayerOptions, WrittenLayer};
 pub use sandbox::{Network, RootFs, RunOutput, RunSpec};
 pub use snapshot::{ApplyReport, Snapshot, SnapshotCache, WhiteoutMode};
 
