@@ -1,0 +1,81 @@
+//! The foundations of manifold's build engine: unpacking OCI layers into snapshots, running a
+//! command in an isolated root filesystem (namespaces, overlayfs, pivot_root), knowing which
+//! platforms this machine can execute (natively or through QEMU's binfmt_misc handlers), and
+//! turning what a step changed into a deterministic, compressed layer in the store.
+//!
+//! This crate refuses to know Dockerfiles, registries, progress display or the step graph: it is
+//! handed directories, layers and argv vectors, and hands back snapshots, exit codes and
+//! descriptors. Everything here needs Linux, and the sandbox needs root.
+
+pub mod emulation;
+pub mod layer;
+#[rustfmt::skip]
+mod probes;
+pub mod sandbox;
+pub mod snapshot;
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+pub use emulation::{Emulation, RunMode};
+pub use layer::{LayerOptions, WrittenLayer};
+pub use sandbox::{Network, RootFs, RunOutput, RunSpec};
+pub use snapshot::{ApplyReport, Snapshot, SnapshotCache, WhiteoutMode};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// A layer entry that would land outside the root, or that cannot be applied safely.
+    #[error("layer {layer}: refusing entry {entry:?}: {reason}")]
+    UnsafeEntry {
+        layer: String,
+        entry: String,
+        reason: String,
+    },
+    #[error("layer {layer}: {reason}")]
+    BadLayer { layer: String, reason: String },
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    #[error("sandbox: {what}: {reason}")]
+    Sandbox { what: String, reason: String },
+    #[error("{argv} exited with code {code}{}", tail_block(.tail))]
+    StepFailed {
+        argv: String,
+        code: i32,
+        tail: String,
+    },
+    #[error("cannot run {platform} binaries on this {host} machine: {reason}. {hint}")]
+    PlatformUnavailable {
+        platform: String,
+        host: String,
+        reason: String,
+        hint: String,
+    },
+}
+
+fn tail_block(tail: &str) -> String {
+    if tail.trim().is_empty() {
+        " and printed nothing".to_string()
+    } else {
+        format!("; the end of its output:\n{}", tail.trim_end())
+    }
+}
+
+pub(crate) fn io_err<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> Error + 'a {
+    move |source| Error::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}

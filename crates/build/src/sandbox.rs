@@ -1,0 +1,1000 @@
+//! Running one command in an isolated root filesystem, as a RUN step does.
+//!
+//! The process is started with [`std::process::Command`]; in its forked child (before exec) we
+//! unshare new mount, PID, UTS and IPC namespaces (and a network namespace holding only loopback
+//! for [`Network::None`]), fork once more so the command is PID 1 of its namespace, mount the
+//! root (overlayfs over snapshots, or a plain directory), a minimal /dev, /proc, /sys,
+//! /etc/hosts and /etc/resolv.conf, pivot_root into it, drop capabilities to docker's default
+//! set, create and enter the workdir and switch to the user; then std execs the argv. Every mount
+//! lives in the private mount namespace and vanishes with it: nothing to clean up on the host.
+//!
+//! Mountpoints that had to be created in the root (`/proc`, `/dev`, `/etc/hosts`, ...) are
+//! removed again afterwards when they are still empty stubs, so they never reach a layer.
+
+use std::collections::VecDeque;
+use std::ffi::CString;
+use std::fs;
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::{io_err, Error, Result};
+
+/// The network a step sees.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Network {
+    /// The host's network, as docker's builder does by default.
+    #[default]
+    Host,
+    /// A new network namespace with only loopback, up.
+    None,
+}
+
+/// The root filesystem of a step.
+#[derive(Clone, Debug)]
+pub enum RootFs {
+    /// overlayfs: `lowers` bottom first (the order of an image's layers), changes land in
+    /// `upper`; `work` is overlayfs's scratch directory on the same filesystem as `upper`.
+    Overlay {
+        lowers: Vec<PathBuf>,
+        upper: PathBuf,
+        work: PathBuf,
+    },
+    /// A directory used as the root as it is (a flattened copy when overlayfs is missing).
+    Dir(PathBuf),
+}
+
+/// One command to run.
+#[derive(Clone, Debug)]
+pub struct RunSpec {
+    pub rootfs: RootFs,
+    pub argv: Vec<String>,
+    /// `KEY=VALUE` entries; PATH gets docker's default and HOME the user's when missing.
+    pub env: Vec<String>,
+    /// `user`, `uid`, `user:group` or `uid:gid`, resolved in the root's /etc/passwd and
+    /// /etc/group; root when `None`.
+    pub user: Option<String>,
+    /// Absolute; created when missing, as docker does.
+    pub workdir: String,
+    pub network: Network,
+    pub hostname: String,
+    /// How many bytes of the combined output to keep for error messages.
+    pub tail_bytes: usize,
+    /// At most this many bytes of stdout and of stderr are kept (the rest is counted, dropped).
+    pub capture_limit: usize,
+}
+
+impl RunSpec {
+    pub fn new(rootfs: RootFs, argv: &[&str]) -> Self {
+        RunSpec {
+            rootfs,
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
+            user: None,
+            workdir: "/".into(),
+            network: Network::Host,
+            hostname: "buildkitsandbox".into(),
+            tail_bytes: 4096,
+            capture_limit: 16 << 20,
+        }
+    }
+}
+
+/// What a command did.
+#[derive(Clone, Debug)]
+pub struct RunOutput {
+    /// The exit code, or 128 + the signal number when a signal ended it.
+    pub code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    /// The last `tail_bytes` of stdout and stderr as they arrived, for error messages.
+    pub tail: String,
+    pub duration: Duration,
+}
+
+impl RunOutput {
+    pub fn success(&self) -> bool {
+        self.code == 0
+    }
+
+    /// `Err(StepFailed)` with the exit code and the tail of the output unless the code was 0.
+    pub fn check(self, argv: &[String]) -> Result<RunOutput> {
+        if self.success() {
+            return Ok(self);
+        }
+        Err(Error::StepFailed {
+            argv: format!("{argv:?}"),
+            code: self.code,
+            tail: self.tail,
+        })
+    }
+}
+
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Does the kernel know overlayfs? Callers fall back to [`RootFs::Dir`] when not.
+pub fn overlay_available() -> bool {
+    let known = fs::read_to_string("/proc/filesystems")
+        .map(|s| s.lines().any(|l| l.trim_end().ends_with("\toverlay")))
+        .unwrap_or(false);
+    // Not listed until the module loads; modprobe may not exist, so also ask for the module dir.
+    known || Path::new("/sys/module/overlay").exists()
+}
+
+fn sandbox_err(what: impl Into<String>, reason: impl Into<String>) -> Error {
+    Error::Sandbox {
+        what: what.into(),
+        reason: reason.into(),
+    }
+}
+
+fn cstr(s: impl AsRef<[u8]>, what: &str) -> Result<CString> {
+    CString::new(s.as_ref()).map_err(|_| sandbox_err(what, "contains a NUL byte"))
+}
+
+/// Everything the child needs, made before fork so the child allocates as little as it can.
+struct Prepared {
+    target: CString,
+    root_mount: RootMount,
+    hosts: CString,
+    resolv: CString,
+    hostname: CString,
+    new_net: bool,
+    workdir: PathBuf,
+    uid: u32,
+    gid: u32,
+    groups: Vec<libc::gid_t>,
+}
+
+enum RootMount {
+    Overlay { opts: Vec<CString> },
+    Bind(CString),
+}
+
+/// Runs `spec` and waits for it. A command that runs and fails is `Ok` with its code; a
+/// sandbox that cannot be set up, or an argv[0] that cannot be executed, is `Err`.
+pub fn run(spec: &RunSpec) -> Result<RunOutput> {
+    if spec.argv.is_empty() {
+        return Err(sandbox_err("the command", "argv is empty"));
+    }
+    if !spec.workdir.starts_with('/') {
+        return Err(sandbox_err(
+            format!("workdir {:?}", spec.workdir),
+            "must be an absolute path",
+        ));
+    }
+    let state = tempfile::Builder::new()
+        .prefix("manifold-run-")
+        .tempdir()
+        .map_err(io_err(
+            "creating a state directory in",
+            &std::env::temp_dir(),
+        ))?;
+    let target = state.path().join("root");
+    fs::create_dir(&target).map_err(io_err("creating", &target))?;
+
+    // The view of the root before the run: upper (or the dir) first, then lowers top-down.
+    let (view, root_mount) = match &spec.rootfs {
+        RootFs::Overlay {
+            lowers,
+            upper,
+            work,
+        } => {
+            for d in [upper, work] {
+                fs::create_dir_all(d).map_err(io_err("creating", d))?;
+            }
+            let mut lowers: Vec<PathBuf> = lowers.iter().rev().cloned().collect();
+            if lowers.is_empty() {
+                // FROM scratch: overlayfs wants a lowerdir.
+                let empty = state.path().join("empty");
+                fs::create_dir(&empty).map_err(io_err("creating", &empty))?;
+                lowers.push(empty);
+            }
+            // The merged root takes the upper root's attributes: give it the image's.
+            if let Ok(m) = fs::metadata(&lowers[0]) {
+                if fs::read_dir(upper)
+                    .map(|mut r| r.next().is_none())
+                    .unwrap_or(false)
+                {
+                    let _ =
+                        fs::set_permissions(upper, fs::Permissions::from_mode(m.mode() & 0o7777));
+                    let _ = std::os::unix::fs::chown(upper, Some(m.uid()), Some(m.gid()));
+                }
+            }
+            let opts = overlay_options(&lowers, upper, work)?;
+            let mut view = vec![upper.clone()];
+            view.extend(lowers);
+            (view, RootMount::Overlay { opts })
+        }
+        RootFs::Dir(dir) => (
+            vec![dir.clone()],
+            RootMount::Bind(cstr(dir.as_os_str().as_bytes(), "root directory")?),
+        ),
+    };
+    let stubs_before: Vec<(&str, bool)> = STUBS.iter().map(|s| (*s, exists_in(&view, s))).collect();
+
+    let hosts = state.path().join("hosts");
+    let resolv = state.path().join("resolv.conf");
+    fs::write(
+        &hosts,
+        format!(
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n",
+            spec.hostname
+        ),
+    )
+    .map_err(io_err("writing", &hosts))?;
+    let resolv_text = match spec.network {
+        Network::Host => fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        Network::None => String::new(),
+    };
+    fs::write(&resolv, resolv_text).map_err(io_err("writing", &resolv))?;
+
+    let (uid, gid, groups, home) = resolve_user(&view, spec.user.as_deref())?;
+    let prepared = Prepared {
+        target: cstr(target.as_os_str().as_bytes(), "state dir")?,
+        root_mount,
+        hosts: cstr(hosts.as_os_str().as_bytes(), "state dir")?,
+        resolv: cstr(resolv.as_os_str().as_bytes(), "state dir")?,
+        hostname: cstr(&spec.hostname, "hostname")?,
+        new_net: spec.network == Network::None,
+        workdir: PathBuf::from(&spec.workdir),
+        uid,
+        gid,
+        groups,
+    };
+
+    let mut cmd = Command::new(&spec.argv[0]);
+    cmd.args(&spec.argv[1..])
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut has_path = false;
+    let mut has_home = false;
+    for kv in &spec.env {
+        let (k, v) = kv.split_once('=').unwrap_or((kv.as_str(), ""));
+        has_path |= k == "PATH";
+        has_home |= k == "HOME";
+        cmd.env(k, v);
+    }
+    if !has_path {
+        cmd.env("PATH", DEFAULT_PATH);
+    }
+    if !has_home {
+        cmd.env("HOME", home);
+    }
+    let (err_r, err_w) = pipe()?;
+    let err_w_raw = err_w.as_raw_fd();
+    // SAFETY: the closure runs in the forked child; it makes raw syscalls on data prepared
+    // before fork and allocates only to format an error report (glibc's malloc is fork-safe).
+    unsafe {
+        cmd.pre_exec(move || child_setup(&prepared, err_w_raw));
+    }
+    let start = Instant::now();
+    let spawned = cmd.spawn();
+    drop(err_w);
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            let msg = read_all(err_r);
+            cleanup_stubs(&spec.rootfs, &view, &stubs_before);
+            if !msg.is_empty() {
+                return Err(sandbox_err("setting up", msg));
+            }
+            let reason = if e.kind() == io::ErrorKind::NotFound {
+                format!("{e}: not found in the root filesystem's PATH or at that path")
+            } else {
+                e.to_string()
+            };
+            return Err(sandbox_err(format!("starting {:?}", spec.argv[0]), reason));
+        }
+    };
+    // Closed at exec, or carries the reason the setup failed.
+    let setup_error = read_all(err_r);
+
+    let tail = Arc::new(Mutex::new(VecDeque::with_capacity(spec.tail_bytes)));
+    let readers: Vec<_> = [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    ]
+    .into_iter()
+    .map(|r| {
+        let tail = tail.clone();
+        let limit = spec.capture_limit;
+        let tail_bytes = spec.tail_bytes;
+        std::thread::spawn(move || capture(r, limit, &tail, tail_bytes))
+    })
+    .collect();
+    let status = child
+        .wait()
+        .map_err(|e| sandbox_err("waiting for the command", e.to_string()));
+    let mut outs = readers.into_iter().map(|h| h.join().unwrap_or_default());
+    let stdout = outs.next().unwrap_or_default();
+    let stderr = outs.next().unwrap_or_default();
+    let duration = start.elapsed();
+    cleanup_stubs(&spec.rootfs, &view, &stubs_before);
+    let status = status?;
+    if !setup_error.is_empty() {
+        return Err(sandbox_err("setting up", setup_error));
+    }
+    use std::os::unix::process::ExitStatusExt;
+    let code = status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(-1);
+    let tail = {
+        let t = tail
+            .lock()
+            .map(|t| t.iter().copied().collect::<Vec<u8>>())
+            .unwrap_or_default();
+        String::from_utf8_lossy(&t).into_owned()
+    };
+    Ok(RunOutput {
+        code,
+        stdout,
+        stderr,
+        tail,
+        duration,
+    })
+}
+
+fn capture(
+    r: Option<Box<dyn Read + Send>>,
+    limit: usize,
+    tail: &Mutex<VecDeque<u8>>,
+    tail_bytes: usize,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    let Some(mut r) = r else { return out };
+    let mut buf = [0u8; 16384];
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        let chunk = &buf[..n];
+        if out.len() < limit {
+            let room = limit - out.len();
+            out.extend_from_slice(&chunk[..room.min(n)]);
+        }
+        if let Ok(mut t) = tail.lock() {
+            t.extend(chunk);
+            while t.len() > tail_bytes {
+                t.pop_front();
+            }
+        }
+    }
+    out
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two fds on success.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(sandbox_err(
+            "creating a pipe",
+            io::Error::last_os_error().to_string(),
+        ));
+    }
+    // SAFETY: both fds are fresh and ours.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn read_all(fd: OwnedFd) -> String {
+    let mut s = String::new();
+    let _ = fs::File::from(fd).read_to_string(&mut s);
+    s
+}
+
+fn overlay_options(lowers: &[PathBuf], upper: &Path, work: &Path) -> Result<Vec<CString>> {
+    let check = |p: &Path| -> Result<String> {
+        let abs = fs::canonicalize(p).map_err(io_err("resolving", p))?;
+        let s = abs.to_string_lossy().into_owned();
+        if s.contains([',', ':', '\\', '\n']) || s != abs.as_os_str().to_string_lossy() {
+            return Err(sandbox_err(
+                format!("overlay directory {}", abs.display()),
+                "its path has a comma, colon or backslash, which overlayfs options cannot carry; use a cache directory without them",
+            ));
+        }
+        Ok(s)
+    };
+    let lower = lowers
+        .iter()
+        .map(|p| check(p))
+        .collect::<Result<Vec<_>>>()?
+        .join(":");
+    let base = format!(
+        "lowerdir={lower},upperdir={},workdir={}",
+        check(upper)?,
+        check(work)?
+    );
+    if base.len() > 4000 {
+        return Err(sandbox_err(
+            "mounting overlayfs",
+            format!(
+                "{} layers make mount options of {} bytes, over the kernel's page-size limit; put the snapshot cache in a shorter directory",
+                lowers.len(),
+                base.len()
+            ),
+        ));
+    }
+    // Without redirect_dir and metacopy every change in the upperdir is a whole file or a whole
+    // directory, which is what a layer can express; older kernels do not know the options.
+    let strict = format!("{base},redirect_dir=off,metacopy=off,index=off");
+    Ok(vec![
+        cstr(strict, "overlay options")?,
+        cstr(base, "overlay options")?,
+    ])
+}
+
+/// Paths the sandbox may create as mountpoints, parents before children.
+const STUBS: &[&str] = &["proc", "dev", "sys", "etc", "etc/hosts", "etc/resolv.conf"];
+
+/// Does `rel` exist in the merged view of `layers` (top first)? Whiteouts hide.
+fn exists_in(layers: &[PathBuf], rel: &str) -> bool {
+    for l in layers {
+        if let Ok(m) = fs::symlink_metadata(l.join(rel)) {
+            return !(m.file_type().is_char_device() && m.rdev() == 0);
+        }
+    }
+    false
+}
+
+fn cleanup_stubs(rootfs: &RootFs, view: &[PathBuf], before: &[(&str, bool)]) {
+    let top = &view[0];
+    for (rel, existed) in before.iter().rev() {
+        let p = top.join(rel);
+        let Ok(m) = fs::symlink_metadata(&p) else {
+            continue;
+        };
+        let empty = if m.is_dir() {
+            fs::read_dir(&p)
+                .map(|mut r| r.next().is_none())
+                .unwrap_or(false)
+        } else {
+            m.is_file() && m.len() == 0
+        };
+        if !empty {
+            continue;
+        }
+        let removable = if !existed {
+            true
+        } else if let (RootFs::Overlay { .. }, true) = (rootfs, m.is_dir()) {
+            // A directory copied up only because a stub was made in it: same owner and mode
+            // as below, not opaque.
+            let lower = view[1..]
+                .iter()
+                .find_map(|l| fs::symlink_metadata(l.join(rel)).ok());
+            let opaque = xattr::get(&p, crate::snapshot::OPAQUE_XATTR)
+                .ok()
+                .flatten()
+                .is_some();
+            lower.is_some_and(|l| {
+                l.is_dir() && l.mode() == m.mode() && l.uid() == m.uid() && l.gid() == m.gid()
+            }) && !opaque
+        } else {
+            false
+        };
+        if removable {
+            let _ = if m.is_dir() {
+                fs::remove_dir(&p)
+            } else {
+                fs::remove_file(&p)
+            };
+        }
+    }
+}
+
+/// Reads a file of the merged view (top layer first), for /etc/passwd and /etc/group.
+fn read_view(layers: &[PathBuf], rel: &str) -> String {
+    for l in layers {
+        let p = l.join(rel);
+        if let Ok(m) = fs::symlink_metadata(&p) {
+            if m.is_file() {
+                return fs::read_to_string(&p).unwrap_or_default();
+            }
+            return String::new();
+        }
+    }
+    String::new()
+}
+
+/// (uid, gid, supplementary gids, home) for a docker `USER` value.
+fn resolve_user(view: &[PathBuf], user: Option<&str>) -> Result<(u32, u32, Vec<u32>, String)> {
+    let user = user.unwrap_or("").trim();
+    let user = if user.is_empty() { "0" } else { user };
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let passwd = read_view(view, "etc/passwd");
+    let group = read_view(view, "etc/group");
+    // name:x:uid:gid:gecos:home:shell
+    let entry = passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() >= 4 && (f[0] == u || (u.parse::<u32>().is_ok() && f[2] == u)));
+    let uid = match u.parse::<u32>() {
+        Ok(n) => n,
+        Err(_) => entry
+            .as_ref()
+            .and_then(|f| f[2].parse().ok())
+            .ok_or_else(|| {
+                sandbox_err(
+                    format!("user {u:?}"),
+                    "not found in the root filesystem's /etc/passwd; use a numeric uid or add the user",
+                )
+            })?,
+    };
+    let name = entry.as_ref().map(|f| f[0].to_string());
+    let home = entry
+        .as_ref()
+        .and_then(|f| f.get(5).map(|h| h.to_string()))
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "/".into());
+    let gid = match g {
+        Some(g) => match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => group
+                .lines()
+                .map(|l| l.split(':').collect::<Vec<_>>())
+                .find(|f| f.len() >= 3 && f[0] == g)
+                .and_then(|f| f[2].parse().ok())
+                .ok_or_else(|| {
+                    sandbox_err(
+                        format!("group {g:?}"),
+                        "not found in the root filesystem's /etc/group; use a numeric gid",
+                    )
+                })?,
+        },
+        None => entry.as_ref().and_then(|f| f[3].parse().ok()).unwrap_or(0),
+    };
+    let mut groups = vec![gid];
+    if g.is_none() {
+        if let Some(n) = &name {
+            for f in group.lines().map(|l| l.split(':').collect::<Vec<_>>()) {
+                if f.len() >= 4 && f[3].split(',').any(|m| m == n) {
+                    if let Ok(id) = f[2].parse::<u32>() {
+                        if !groups.contains(&id) {
+                            groups.push(id);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok((uid, gid, groups, home))
+}
+
+// ---- In the forked child: raw syscalls only, on prepared data. ----
+
+fn errno_str() -> String {
+    io::Error::last_os_error().to_string()
+}
+
+fn fail(err_fd: i32, what: &str, why: &str) -> ! {
+    let msg = format!("{what}: {why}");
+    // SAFETY: writing a buffer we own to a pipe fd, then exiting without unwinding.
+    unsafe {
+        libc::write(err_fd, msg.as_ptr().cast(), msg.len());
+        libc::_exit(125)
+    }
+}
+
+fn child_setup(p: &Prepared, err_fd: i32) -> io::Result<()> {
+    let mut flags =
+        libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
+    if p.new_net {
+        flags |= libc::CLONE_NEWNET;
+    }
+    // SAFETY: raw syscalls in the single-threaded forked child.
+    unsafe {
+        if libc::unshare(flags) != 0 {
+            fail(err_fd, "unshare (namespaces need root)", &errno_str());
+        }
+        let pid = libc::fork();
+        if pid < 0 {
+            fail(err_fd, "fork", &errno_str());
+        }
+        if pid > 0 {
+            // The parent of PID 1: hold no copy of std's exec-error pipe or ours, wait, and
+            // pass the status on.
+            libc::close_range(3, u32::MAX, 0);
+            let mut status = 0;
+            loop {
+                let r = libc::waitpid(pid, &mut status, 0);
+                if r == pid {
+                    break;
+                }
+                if r < 0 && *libc::__errno_location() != libc::EINTR {
+                    libc::_exit(125);
+                }
+            }
+            if libc::WIFEXITED(status) {
+                libc::_exit(libc::WEXITSTATUS(status));
+            }
+            libc::_exit(128 + libc::WTERMSIG(status));
+        }
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+    }
+    setup_root(p, err_fd);
+    Ok(())
+}
+
+fn c(s: &str) -> CString {
+    CString::new(s).unwrap_or_default()
+}
+
+fn mount_or_fail(
+    err_fd: i32,
+    src: &str,
+    target: &CString,
+    fstype: &str,
+    flags: libc::c_ulong,
+    data: &str,
+) {
+    let (src, fstype, data) = (c(src), c(fstype), c(data));
+    // SAFETY: valid C strings.
+    let r = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            flags,
+            if data.is_empty() {
+                std::ptr::null()
+            } else {
+                data.as_ptr().cast()
+            },
+        )
+    };
+    if r != 0 {
+        fail(
+            err_fd,
+            &format!(
+                "mounting {} at {}",
+                fstype.to_string_lossy(),
+                target.to_string_lossy()
+            ),
+            &errno_str(),
+        );
+    }
+}
+
+fn join(root: &CString, rel: &str) -> CString {
+    let mut v = root.as_bytes().to_vec();
+    v.push(b'/');
+    v.extend_from_slice(rel.as_bytes());
+    CString::new(v).unwrap_or_default()
+}
+
+fn mkdir_p(err_fd: i32, path: &CString, mode: u32) {
+    // SAFETY: valid C string; lstat into a zeroed stat.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::lstat(path.as_ptr(), &mut st) == 0 {
+            if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+                fail(
+                    err_fd,
+                    &format!("{} is in the way of a mountpoint", path.to_string_lossy()),
+                    "not a directory",
+                );
+            }
+            return;
+        }
+        if libc::mkdir(path.as_ptr(), mode) != 0 && *libc::__errno_location() != libc::EEXIST {
+            fail(
+                err_fd,
+                &format!("creating {}", path.to_string_lossy()),
+                &errno_str(),
+            );
+        }
+    }
+}
+
+fn setup_root(p: &Prepared, err_fd: i32) {
+    let t = &p.target;
+    let none = c("none");
+    // SAFETY: raw syscalls with valid C strings, in the child.
+    unsafe {
+        if libc::mount(
+            none.as_ptr(),
+            c("/").as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ) != 0
+        {
+            fail(err_fd, "making mounts private", &errno_str());
+        }
+        match &p.root_mount {
+            RootMount::Overlay { opts } => {
+                let ovl = c("overlay");
+                let mut last = String::new();
+                let mut ok = false;
+                for o in opts {
+                    if libc::mount(ovl.as_ptr(), t.as_ptr(), ovl.as_ptr(), 0, o.as_ptr().cast())
+                        == 0
+                    {
+                        ok = true;
+                        break;
+                    }
+                    last = errno_str();
+                }
+                if !ok {
+                    fail(
+                        err_fd,
+                        "mounting overlayfs",
+                        &format!("{last} (options {:?}); is the upperdir on a filesystem that supports overlay upper layers, and is overlayfs available? Without it use a flattened RootFs::Dir", opts.last().map(|o| o.to_string_lossy().into_owned()).unwrap_or_default()),
+                    );
+                }
+            }
+            RootMount::Bind(dir) => {
+                if libc::mount(
+                    dir.as_ptr(),
+                    t.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND | libc::MS_REC,
+                    std::ptr::null(),
+                ) != 0
+                {
+                    fail(
+                        err_fd,
+                        &format!("bind-mounting {}", dir.to_string_lossy()),
+                        &errno_str(),
+                    );
+                }
+            }
+        }
+    }
+    let proc_ = join(t, "proc");
+    mkdir_p(err_fd, &proc_, 0o555);
+    mount_or_fail(
+        err_fd,
+        "proc",
+        &proc_,
+        "proc",
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        "",
+    );
+    let dev = join(t, "dev");
+    mkdir_p(err_fd, &dev, 0o755);
+    mount_or_fail(
+        err_fd,
+        "tmpfs",
+        &dev,
+        "tmpfs",
+        libc::MS_NOSUID | libc::MS_STRICTATIME,
+        "mode=755,size=65536k",
+    );
+    for (name, major, minor) in [
+        ("null", 1, 3),
+        ("zero", 1, 5),
+        ("full", 1, 7),
+        ("random", 1, 8),
+        ("urandom", 1, 9),
+        ("tty", 5, 0),
+    ] {
+        let path = join(&dev, name);
+        // SAFETY: valid C string.
+        unsafe {
+            if libc::mknod(
+                path.as_ptr(),
+                libc::S_IFCHR | 0o666,
+                libc::makedev(major, minor),
+            ) != 0
+            {
+                fail(err_fd, &format!("creating /dev/{name}"), &errno_str());
+            }
+            libc::chmod(path.as_ptr(), 0o666);
+        }
+    }
+    let pts = join(&dev, "pts");
+    mkdir_p(err_fd, &pts, 0o755);
+    mount_or_fail(
+        err_fd,
+        "devpts",
+        &pts,
+        "devpts",
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        "newinstance,ptmxmode=0666,mode=0620",
+    );
+    let shm = join(&dev, "shm");
+    mkdir_p(err_fd, &shm, 0o1777);
+    mount_or_fail(
+        err_fd,
+        "shm",
+        &shm,
+        "tmpfs",
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        "mode=1777,size=65536k",
+    );
+    for (link, to) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        let (l, to) = (join(&dev, link), c(to));
+        // SAFETY: valid C strings.
+        unsafe { libc::symlink(to.as_ptr(), l.as_ptr()) };
+    }
+    let sys = join(t, "sys");
+    mkdir_p(err_fd, &sys, 0o555);
+    let (sysfs, ro) = (
+        c("sysfs"),
+        libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+    );
+    // SAFETY: valid C strings. A missing /sys is survivable, as in buildah's chroot isolation.
+    unsafe {
+        libc::mount(
+            sysfs.as_ptr(),
+            sys.as_ptr(),
+            sysfs.as_ptr(),
+            ro,
+            std::ptr::null(),
+        )
+    };
+    let etc = join(t, "etc");
+    mkdir_p(err_fd, &etc, 0o755);
+    for (name, src) in [("hosts", &p.hosts), ("resolv.conf", &p.resolv)] {
+        let dst = join(&etc, name);
+        // SAFETY: valid C strings and a zeroed stat.
+        unsafe {
+            let mut st: libc::stat = std::mem::zeroed();
+            if libc::lstat(dst.as_ptr(), &mut st) == 0 {
+                if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+                    // A symlink (maybe out of the root) or something odd: leave it alone.
+                    continue;
+                }
+            } else {
+                let fd = libc::open(
+                    dst.as_ptr(),
+                    libc::O_CREAT | libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                    0o644,
+                );
+                if fd < 0 {
+                    fail(err_fd, &format!("creating /etc/{name}"), &errno_str());
+                }
+                libc::close(fd);
+            }
+            if libc::mount(
+                src.as_ptr(),
+                dst.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            ) != 0
+            {
+                fail(err_fd, &format!("bind-mounting /etc/{name}"), &errno_str());
+            }
+            libc::mount(
+                std::ptr::null(),
+                dst.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                std::ptr::null(),
+            );
+        }
+    }
+    // SAFETY: raw syscalls with valid arguments.
+    unsafe {
+        if libc::sethostname(p.hostname.as_ptr(), p.hostname.as_bytes().len()) != 0 {
+            fail(err_fd, "sethostname", &errno_str());
+        }
+        if p.new_net {
+            loopback_up(err_fd);
+        }
+        if libc::chdir(t.as_ptr()) != 0 {
+            fail(err_fd, "chdir to the new root", &errno_str());
+        }
+        let dot = c(".");
+        if libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) != 0 {
+            fail(err_fd, "pivot_root", &errno_str());
+        }
+        // The old root is stacked under the new one at "."; detach it.
+        if libc::umount2(dot.as_ptr(), libc::MNT_DETACH) != 0 {
+            fail(err_fd, "detaching the old root", &errno_str());
+        }
+        if libc::chdir(c("/").as_ptr()) != 0 {
+            fail(err_fd, "chdir /", &errno_str());
+        }
+    }
+    // Workdir: created as root, like docker, then entered.
+    let mut cur = Vec::new();
+    for comp in p
+        .workdir
+        .as_os_str()
+        .as_bytes()
+        .split(|b| *b == b'/')
+        .filter(|c| !c.is_empty())
+    {
+        cur.push(b'/');
+        cur.extend_from_slice(comp);
+        let path = CString::new(cur.clone()).unwrap_or_default();
+        // SAFETY: valid C string.
+        unsafe {
+            if libc::mkdir(path.as_ptr(), 0o755) != 0 && *libc::__errno_location() != libc::EEXIST {
+                fail(
+                    err_fd,
+                    &format!("creating workdir {}", p.workdir.display()),
+                    &errno_str(),
+                );
+            }
+        }
+    }
+    let wd = CString::new(p.workdir.as_os_str().as_bytes()).unwrap_or_default();
+    // SAFETY: raw syscalls with valid arguments.
+    unsafe {
+        if libc::chdir(wd.as_ptr()) != 0 {
+            fail(
+                err_fd,
+                &format!("entering workdir {}", p.workdir.display()),
+                &errno_str(),
+            );
+        }
+        drop_capabilities();
+        if libc::setgroups(p.groups.len(), p.groups.as_ptr()) != 0 {
+            fail(err_fd, "setgroups", &errno_str());
+        }
+        if libc::setgid(p.gid) != 0 {
+            fail(err_fd, &format!("setgid {}", p.gid), &errno_str());
+        }
+        if libc::setuid(p.uid) != 0 {
+            fail(err_fd, &format!("setuid {}", p.uid), &errno_str());
+        }
+    }
+}
+
+/// Docker's default capability set; the rest leave the bounding set, so root in the step
+/// cannot mount, load modules or change the clock.
+const KEEP_CAPS: &[i32] = &[0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 27, 29, 31];
+
+unsafe fn drop_capabilities() {
+    for cap in 0..64 {
+        if KEEP_CAPS.contains(&cap) {
+            continue;
+        }
+        // SAFETY: prctl with integer arguments; EINVAL past the kernel's last capability.
+        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) } != 0 {
+            break;
+        }
+    }
+}
+
+unsafe fn loopback_up(err_fd: i32) {
+    // SAFETY: a socket and two ioctls on a zeroed ifreq naming "lo".
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            fail(err_fd, "socket for loopback", &errno_str());
+        }
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        for (i, b) in b"lo".iter().enumerate() {
+            ifr.ifr_name[i] = *b as libc::c_char;
+        }
+        if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut ifr) != 0 {
+            fail(err_fd, "reading loopback flags", &errno_str());
+        }
+        ifr.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        if libc::ioctl(fd, libc::SIOCSIFFLAGS, &ifr) != 0 {
+            fail(err_fd, "bringing loopback up", &errno_str());
+        }
+        libc::close(fd);
+    }
+}

@@ -1,0 +1,190 @@
+//! Steps run in the sandbox on real busybox snapshots become layers in a real store.
+
+mod common;
+
+use std::fs;
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use manifold_build::layer::{self, LayerOptions};
+use manifold_build::sandbox::{self, RootFs, RunSpec};
+use manifold_build::snapshot::{self, SnapshotCache};
+use oci::media_type::Compression;
+
+struct Scratch {
+    dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    fn new() -> Scratch {
+        let base = common::repo_root().join("target/fixtures/steps");
+        fs::create_dir_all(&base).unwrap();
+        Scratch {
+            dir: tempfile::tempdir_in(base).unwrap(),
+        }
+    }
+    fn rootfs(&self, name: &str, lowers: &[PathBuf]) -> (RootFs, PathBuf) {
+        let upper = self.dir.path().join(name).join("upper");
+        (
+            RootFs::Overlay {
+                lowers: lowers.to_vec(),
+                upper: upper.clone(),
+                work: self.dir.path().join(name).join("work"),
+            },
+            upper,
+        )
+    }
+}
+
+fn run_ok(rootfs: RootFs, script: &str) -> sandbox::RunOutput {
+    let out = sandbox::run(&RunSpec::new(rootfs, &["/bin/sh", "-c", script])).unwrap();
+    assert!(out.success(), "{script}: exit {}: {}", out.code, out.tail);
+    out
+}
+
+/// Entry names of a stored layer, and the diffID of its uncompressed stream.
+fn layer_entries(layout: &store::Layout, w: &layer::WrittenLayer) -> (Vec<String>, oci::Digest) {
+    let f = layout.open_blob(&w.descriptor.digest).unwrap();
+    let mut plain = Vec::new();
+    snapshot::decompress(f, Some(&w.descriptor.media_type))
+        .unwrap()
+        .read_to_end(&mut plain)
+        .unwrap();
+    let names = tar::Archive::new(&plain[..])
+        .entries()
+        .unwrap()
+        .map(|e| String::from_utf8(e.unwrap().path_bytes().into_owned()).unwrap())
+        .collect();
+    (names, oci::Digest::sha256_of(&plain))
+}
+
+const CHANGES: &str = "mkdir -p /app && echo hello > /app/greeting && rm /etc/group \
+    && rm -rf /root && mkdir /root && echo new > /root/file";
+
+#[test]
+fn a_step_becomes_a_layer_with_whiteouts_and_opaque_dirs() {
+    if !common::is_root() {
+        return;
+    }
+    let Some(base) = common::busybox_snapshots("linux/amd64") else {
+        return;
+    };
+    let lowers: Vec<PathBuf> = base.iter().map(|s| s.path.clone()).collect();
+    let scratch = Scratch::new();
+    let (rootfs, upper) = scratch.rootfs("s1", &lowers);
+    run_ok(rootfs, CHANGES);
+
+    let store_dir = scratch.dir.path().join("store");
+    let layout = store::Layout::open_or_create(&store_dir).unwrap();
+    let _guard = layout.write_guard().unwrap();
+    let w = layer::write_to_store(&upper, &layout, &LayerOptions::default()).unwrap();
+    assert_eq!(w.descriptor.media_type, oci::media_type::OCI_LAYER_GZIP);
+    assert_eq!(
+        layout.blob_size(&w.descriptor.digest),
+        Some(w.descriptor.size)
+    );
+    let (names, diff_id) = layer_entries(&layout, &w);
+    assert_eq!(diff_id, w.diff_id, "diffID computed in the same pass");
+    assert_eq!(
+        names,
+        [
+            "app/",
+            "app/greeting",
+            "etc/",
+            "etc/.wh.group",
+            "root/",
+            "root/.wh..wh..opq",
+            "root/file"
+        ]
+    );
+
+    // The layer, unpacked as a snapshot over the base, is what the step left.
+    let cache = SnapshotCache::open(scratch.dir.path().join("snapshots")).unwrap();
+    let snap = cache
+        .unpack_blob(&layout, &w.descriptor, &w.diff_id)
+        .unwrap();
+    let mut lowers2 = lowers.clone();
+    lowers2.push(snap.path.clone());
+    let (rootfs, _) = scratch.rootfs("s2", &lowers2);
+    let out = run_ok(
+        rootfs,
+        "cat /app/greeting; ls /root; test -e /etc/group || echo no-group; test -e /etc/passwd && echo passwd",
+    );
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "hello\nfile\nno-group\npasswd\n"
+    );
+}
+
+#[test]
+fn the_same_step_twice_gives_the_same_layer() {
+    if !common::is_root() {
+        return;
+    }
+    let Some(base) = common::busybox_snapshots("linux/amd64") else {
+        return;
+    };
+    let lowers: Vec<PathBuf> = base.iter().map(|s| s.path.clone()).collect();
+    let scratch = Scratch::new();
+    let layout = store::Layout::open_or_create(scratch.dir.path().join("store")).unwrap();
+    let mut results = Vec::new();
+    for (i, compression) in [
+        Compression::Gzip,
+        Compression::Gzip,
+        Compression::Zstd,
+        Compression::Zstd,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (rootfs, upper) = scratch.rootfs(&format!("run{i}"), &lowers);
+        // Different wall-clock times each run; clamping makes them equal.
+        run_ok(rootfs, &format!("{CHANGES} && seq 1 1000 > /app/numbers && ln /app/numbers /app/same && sleep 0.{i}"));
+        let opts = LayerOptions {
+            compression,
+            source_date_epoch: Some(1_700_000_000),
+            ..Default::default()
+        };
+        let w = layer::write_to_store(&upper, &layout, &opts).unwrap();
+        results.push((w.descriptor.digest, w.diff_id));
+    }
+    assert_eq!(results[0], results[1], "gzip: same digest and diffID");
+    assert_eq!(results[2], results[3], "zstd: same digest and diffID");
+    assert_ne!(results[0].0, results[2].0);
+    assert_eq!(
+        results[0].1, results[2].1,
+        "same diffID whatever the compression"
+    );
+}
+
+#[test]
+fn an_emulated_step_becomes_a_layer() {
+    if !common::is_root() {
+        return;
+    }
+    let p = oci::Platform::parse("linux/arm64").unwrap();
+    let mode = match manifold_build::emulation::check(&p) {
+        Ok(m) => m,
+        Err(e) => return common::skip(&e.to_string()),
+    };
+    assert!(mode.is_emulated(), "{mode:?}");
+    let Some(base) = common::busybox_snapshots("linux/arm64") else {
+        return;
+    };
+    let lowers: Vec<PathBuf> = base.iter().map(|s| s.path.clone()).collect();
+    let scratch = Scratch::new();
+    let (rootfs, upper) = scratch.rootfs("arm", &lowers);
+    let t = Instant::now();
+    let out = run_ok(
+        rootfs,
+        "uname -m > /arch && seq 1 20000 > /lines && wc -l < /lines",
+    );
+    eprintln!("emulated arm64 RUN (seq 20000 lines) in {:?}", t.elapsed());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "20000");
+    assert_eq!(fs::read_to_string(upper.join("arch")).unwrap(), "aarch64\n");
+    let layout = store::Layout::open_or_create(scratch.dir.path().join("store")).unwrap();
+    let w = layer::write_to_store(&upper, &layout, &LayerOptions::default()).unwrap();
+    let (names, _) = layer_entries(&layout, &w);
+    assert_eq!(names, ["arch", "lines"]);
+}

@@ -1,0 +1,271 @@
+//! Running commands in the sandbox on real busybox snapshots, natively and under QEMU.
+
+mod common;
+
+use std::fs;
+use std::path::PathBuf;
+
+use manifold_build::sandbox::{self, Network, RootFs, RunSpec};
+
+/// A step's scratch space (upperdir and workdir) under target/, removed on drop.
+struct Step {
+    dir: tempfile::TempDir,
+    lowers: Vec<PathBuf>,
+}
+
+impl Step {
+    fn new(platform: &str) -> Option<Step> {
+        if !common::is_root() {
+            return None;
+        }
+        let snaps = common::busybox_snapshots(platform)?;
+        let base = common::repo_root().join("target/fixtures/steps");
+        fs::create_dir_all(&base).unwrap();
+        Some(Step {
+            dir: tempfile::tempdir_in(base).unwrap(),
+            lowers: snaps.into_iter().map(|s| s.path).collect(),
+        })
+    }
+    fn upper(&self) -> PathBuf {
+        self.dir.path().join("upper")
+    }
+    fn rootfs(&self) -> RootFs {
+        RootFs::Overlay {
+            lowers: self.lowers.clone(),
+            upper: self.upper(),
+            work: self.dir.path().join("work"),
+        }
+    }
+    fn spec(&self, argv: &[&str]) -> RunSpec {
+        RunSpec::new(self.rootfs(), argv)
+    }
+    fn run(&self, argv: &[&str]) -> String {
+        let out = sandbox::run(&self.spec(argv)).unwrap();
+        assert!(out.success(), "{argv:?}: {} {}", out.code, out.tail);
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+/// Can this machine run `platform` (for foreign ones: is QEMU registered)?
+fn runnable(platform: &str) -> bool {
+    match manifold_build::emulation::check(&oci::Platform::parse(platform).unwrap()) {
+        Ok(_) => true,
+        Err(e) => {
+            common::skip(&format!("{e}"));
+            false
+        }
+    }
+}
+
+#[test]
+fn uname_reports_each_architecture() {
+    for (platform, machine) in [
+        ("linux/amd64", "x86_64"),
+        ("linux/arm64", "aarch64"),
+        ("linux/arm/v7", "armv7l"),
+    ] {
+        if !runnable(platform) {
+            continue;
+        }
+        let Some(step) = Step::new(platform) else {
+            return;
+        };
+        let out = sandbox::run(&step.spec(&["/bin/busybox", "uname", "-m"])).unwrap();
+        eprintln!("{platform}: uname -m in {:?}", out.duration);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            machine,
+            "{platform}"
+        );
+        // Nothing ran that changed anything, and the mountpoint stubs are gone again.
+        assert_eq!(
+            fs::read_dir(step.upper()).unwrap().count(),
+            0,
+            "{platform}: upperdir should be empty, has {:?}",
+            fs::read_dir(step.upper())
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect::<Vec<_>>()
+        );
+    }
+}
+
+#[test]
+fn namespaces_and_minimal_system() {
+    let Some(step) = Step::new("linux/amd64") else {
+        return;
+    };
+    assert_eq!(
+        step.run(&["sh", "-c", "echo $$"]).trim(),
+        "1",
+        "PID 1 in a new PID namespace"
+    );
+    assert_eq!(step.run(&["hostname"]).trim(), "buildkitsandbox");
+    let devs = step.run(&["ls", "/dev"]);
+    for d in [
+        "null", "zero", "full", "random", "urandom", "tty", "pts", "shm",
+    ] {
+        assert!(
+            devs.split_whitespace().any(|x| x == d),
+            "/dev lacks {d}: {devs}"
+        );
+    }
+    assert_eq!(
+        step.run(&[
+            "sh",
+            "-c",
+            "echo hi > /dev/null && head -c 4 /dev/zero | wc -c"
+        ])
+        .trim(),
+        "4"
+    );
+    assert!(step.run(&["cat", "/etc/hosts"]).contains("localhost"));
+    assert!(step.run(&["ls", "/proc/self/"]).contains("status"));
+    // Only the sandbox's own processes are visible.
+    let ps = step.run(&["sh", "-c", "ls -d /proc/[0-9]* | wc -l"]);
+    assert!(ps.trim().parse::<u32>().unwrap() <= 3, "{ps}");
+    // No CAP_SYS_ADMIN: root in the step cannot mount.
+    let out = sandbox::run(&step.spec(&["mount", "-t", "tmpfs", "x", "/mnt"])).unwrap();
+    assert_ne!(out.code, 0, "mount should be refused: {}", out.tail);
+}
+
+fn interfaces(step: &Step, network: Network) -> Vec<String> {
+    let mut spec = step.spec(&["cat", "/proc/net/dev"]);
+    spec.network = network;
+    let out = sandbox::run(&spec).unwrap();
+    assert!(out.success(), "{}", out.tail);
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next().map(|n| n.trim().to_string()))
+        .collect()
+}
+
+#[test]
+fn network_none_has_only_loopback_and_it_is_up() {
+    let Some(step) = Step::new("linux/amd64") else {
+        return;
+    };
+    assert_eq!(interfaces(&step, Network::None), ["lo"]);
+    let host = interfaces(&step, Network::Host);
+    assert!(
+        host.len() > 1,
+        "the host network has more than lo: {host:?}"
+    );
+    let mut spec = step.spec(&[
+        "sh",
+        "-c",
+        "cat /sys/class/net/lo/operstate; ping -c1 -W2 127.0.0.1 >/dev/null && echo pong",
+    ]);
+    spec.network = Network::None;
+    let out = sandbox::run(&spec).unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("pong"),
+        "{}",
+        out.tail
+    );
+}
+
+#[test]
+fn exit_code_and_output_tail_are_reported() {
+    let Some(step) = Step::new("linux/amd64") else {
+        return;
+    };
+    let spec = step.spec(&[
+        "sh",
+        "-c",
+        "seq 1 5000; echo to-stdout; echo to-stderr >&2; exit 3",
+    ]);
+    let out = sandbox::run(&spec).unwrap();
+    assert_eq!(out.code, 3);
+    assert!(out.stdout.ends_with(b"5000\nto-stdout\n"));
+    assert_eq!(out.stderr, b"to-stderr\n");
+    assert!(
+        out.tail.len() <= 4096 && out.tail.contains("to-stderr"),
+        "{}",
+        out.tail
+    );
+    assert!(!out.tail.contains("\n1\n2\n3\n"), "only the tail is kept");
+    let err = out.check(&spec.argv).unwrap_err().to_string();
+    assert!(
+        err.contains("exited with code 3") && err.contains("to-stderr"),
+        "{err}"
+    );
+    // PID 1 ignores signals from inside its namespace; a killed child shows as 128 + 9.
+    let out = sandbox::run(&step.spec(&["sh", "-c", "kill -9 $$; echo survived"])).unwrap();
+    assert_eq!((out.code, out.stdout.as_slice()), (0, &b"survived\n"[..]));
+    let out = sandbox::run(&step.spec(&["sh", "-c", "sleep 10 & kill -9 $!; wait $!"])).unwrap();
+    assert_eq!(out.code, 137);
+    // An argv[0] that does not exist is an error naming it.
+    let err = sandbox::run(&step.spec(&["no-such-tool"]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no-such-tool"), "{err}");
+}
+
+#[test]
+fn env_user_and_workdir_are_honored() {
+    let Some(step) = Step::new("linux/amd64") else {
+        return;
+    };
+    let mut spec = step.spec(&[
+        "sh",
+        "-c",
+        "id -u; id -g; pwd; echo $FOO; echo $HOME; echo $PATH",
+    ]);
+    spec.user = Some("65534".into());
+    spec.workdir = "/work/deep/dir".into();
+    spec.env = vec!["FOO=bar baz".into()];
+    let out = sandbox::run(&spec).unwrap();
+    assert!(out.success(), "{}", out.tail);
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<_> = text.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "65534",
+            "65534",
+            "/work/deep/dir",
+            "bar baz",
+            "/nonexistent",
+            sandbox::DEFAULT_PATH
+        ]
+    );
+    // By name, with an explicit group.
+    let mut spec = step.spec(&["sh", "-c", "id -u; id -g"]);
+    spec.user = Some("nobody:root".into());
+    assert_eq!(
+        String::from_utf8(sandbox::run(&spec).unwrap().stdout).unwrap(),
+        "65534\n0\n"
+    );
+    // The workdir, created as docker does, is part of the step's changes.
+    assert!(step.upper().join("work/deep/dir").is_dir());
+    let mut spec = step.spec(&["true"]);
+    spec.user = Some("nosuchuser".into());
+    let err = sandbox::run(&spec).unwrap_err().to_string();
+    assert!(
+        err.contains("nosuchuser") && err.contains("/etc/passwd"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_flattened_directory_works_without_overlay() {
+    let Some(step) = Step::new("linux/amd64") else {
+        return;
+    };
+    let flat = step.dir.path().join("flat");
+    manifold_build::snapshot::flatten(&step.lowers, &flat).unwrap();
+    let spec = RunSpec::new(
+        RootFs::Dir(flat.clone()),
+        &["sh", "-c", "uname -m > /tmp/m"],
+    );
+    let out = sandbox::run(&spec).unwrap();
+    assert!(out.success(), "{}", out.tail);
+    assert_eq!(fs::read_to_string(flat.join("tmp/m")).unwrap(), "x86_64\n");
+    assert!(
+        !flat.join("proc").exists() && !flat.join("etc/hosts").exists(),
+        "stubs removed"
+    );
+}
