@@ -7,7 +7,9 @@
 //! handed directories, layers and argv vectors, and hands back snapshots, exit codes and
 //! descriptors. Everything here needs Linux, and the sandbox needs root.
 
+pub mod context;
 pub mod emulation;
+pub mod engine;
 pub mod layer;
 #[rustfmt::skip]
 mod probes;
@@ -26,6 +28,22 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A Dockerfile step failed; `reason` says how.
+    #[error("{location} {instruction} ({platform}): {reason}")]
+    Step {
+        location: String,
+        instruction: String,
+        platform: String,
+        reason: String,
+    },
+    #[error("base image {reference} for {platform}: {reason}")]
+    Base {
+        reference: String,
+        platform: String,
+        reason: String,
+    },
+    #[error("{0}")]
+    Unsupported(String),
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,

@@ -1,24 +1,257 @@
-//! `manifold build`: today the frontend half (parse, plan, lint with --check).
+//! `manifold build`: plan the Dockerfile for every platform, make sure base images are in the
+//! store, run the plan with the build engine, then send the result where `--output` says.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
-use oci::Platform;
+use build::engine::{self, BaseResolver, BuildOptions, Event};
+use dockerfile::plan::{Base, Op, Origin};
+use oci::media_type as mt;
+use oci::{Document, ImageConfig, ImageManifest, Manifest, Matcher, Platform, Reference};
+use store::layout::REF_NAME;
+use store::{CopyOptions, Layout, Platforms, Source};
+use transport::{Env, Place, RegistryRepo};
 
-use crate::OutputFormat;
+use crate::local::{human_size, say};
+use crate::{Cli, OutputFormat};
 
-pub fn run(
-    context: &Path,
-    file: Option<&Path>,
-    platform: &[String],
-    build_arg: &[String],
-    target: Option<&str>,
-    check: bool,
-    format: OutputFormat,
-) -> Result<ExitCode> {
-    let path: PathBuf = file.map_or_else(|| context.join("Dockerfile"), Path::to_path_buf);
+/// What `manifold build` was asked, flags as buildx spells them.
+pub struct BuildArgs<'a> {
+    pub context: &'a Path,
+    pub file: Option<&'a Path>,
+    pub platform: &'a [String],
+    pub tags: &'a [String],
+    pub build_arg: &'a [String],
+    pub target: Option<&'a str>,
+    pub check: bool,
+    pub format: OutputFormat,
+    pub push: bool,
+    pub load: bool,
+    pub outputs: &'a [String],
+    pub metadata_file: Option<&'a Path>,
+    pub no_cache: bool,
+    pub pull: bool,
+    pub progress: &'a str,
+    pub jobs: Option<usize>,
+}
+
+/// One `--output`.
+#[derive(Debug, Clone, PartialEq)]
+enum Output {
+    Store,
+    Registry {
+        push_by_digest: bool,
+        name: Option<String>,
+    },
+    Oci(PathBuf),
+    Docker(PathBuf),
+    Local(PathBuf),
+    Tar(PathBuf),
+}
+
+fn parse_output(spec: &str) -> Result<Output> {
+    let mut kv = BTreeMap::new();
+    for part in spec.split(',') {
+        let (k, v) = part.split_once('=').unwrap_or(("type", part));
+        kv.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    let dest = || -> Result<PathBuf> {
+        kv.get("dest")
+            .map(PathBuf::from)
+            .with_context(|| format!("--output {spec:?} needs dest=PATH"))
+    };
+    let truthy = |k: &str| kv.get(k).is_some_and(|v| v == "true" || v == "1");
+    Ok(match kv.get("type").map(String::as_str) {
+        Some("registry") => Output::Registry {
+            push_by_digest: truthy("push-by-digest"),
+            name: kv.get("name").cloned(),
+        },
+        Some("image") if truthy("push") => Output::Registry {
+            push_by_digest: truthy("push-by-digest"),
+            name: kv.get("name").cloned(),
+        },
+        Some("image") | Some("store") => Output::Store,
+        Some("oci") => Output::Oci(dest()?),
+        Some("docker") => Output::Docker(dest()?),
+        Some("local") => Output::Local(dest()?),
+        Some("tar") => Output::Tar(dest()?),
+        Some(other) => {
+            bail!("unknown output type {other:?}; use registry, image, oci, docker, local or tar")
+        }
+        None => bail!("--output {spec:?} needs type=…"),
+    })
+}
+
+/// Looks for base images in the store and pulls what is missing, only the platforms the build
+/// needs. Every base is made ready before the build starts; the engine then only reads.
+struct Bases<'a> {
+    env: &'a Env,
+    store: &'a Layout,
+    /// Bases found, by (reference, platform): their manifest and config.
+    found: Mutex<BTreeMap<(String, String), (ImageManifest, ImageConfig)>>,
+}
+
+impl Bases<'_> {
+    /// The image for `platform` under `name` in the store, if every part of it is there.
+    fn lookup(
+        &self,
+        name: &str,
+        platform: &Platform,
+    ) -> Result<Option<(ImageManifest, ImageConfig)>> {
+        let Some(root) = self.store.lookup(name)? else {
+            return Ok(None);
+        };
+        let m = match self.store.read_manifest(&root) {
+            Ok(m) => m,
+            Err(_) => return Ok(None),
+        };
+        let image = match m {
+            Manifest::Image(doc) => doc.value().clone(),
+            Manifest::Index(doc) => {
+                let cands: Vec<_> = doc
+                    .value()
+                    .manifests
+                    .iter()
+                    .filter(|d| !d.is_attestation())
+                    .collect();
+                let plats: Vec<Platform> = cands
+                    .iter()
+                    .map(|d| d.platform.clone().unwrap_or_default())
+                    .collect();
+                let Some(i) = Matcher::new(platform).best(&plats) else {
+                    return Ok(None);
+                };
+                match self.store.read_manifest(cands[i]) {
+                    Ok(Manifest::Image(doc)) => doc.value().clone(),
+                    _ => return Ok(None),
+                }
+            }
+        };
+        let Ok(cfg_bytes) = self.store.read_blob(&image.config.digest) else {
+            return Ok(None);
+        };
+        let config = Document::<ImageConfig>::parse(cfg_bytes)?.value().clone();
+        if !Matcher::new(platform).matches(&config.platform()) {
+            return Ok(None);
+        }
+        if image.layers.iter().any(|l| !self.store.has_blob(&l.digest)) {
+            return Ok(None);
+        }
+        Ok(Some((image, config)))
+    }
+
+    /// Makes `reference` ready for every platform in `platforms`: from the store, else pulled.
+    fn ensure(
+        &self,
+        cli: &Cli,
+        reference: &str,
+        platforms: &[Platform],
+        force_pull: bool,
+    ) -> Result<()> {
+        let r = Reference::parse(reference).with_context(|| format!("base image {reference:?}"))?;
+        let name = r.to_string();
+        let mut missing = Vec::new();
+        for p in platforms {
+            match (force_pull, self.lookup(&name, p)?) {
+                (false, Some(found)) => {
+                    self.found
+                        .lock()
+                        .map_err(|_| anyhow::anyhow!("lock poisoned"))?
+                        .insert((reference.to_string(), p.to_string()), found);
+                }
+                _ => missing.push(p.clone()),
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        say(
+            cli,
+            format!(
+                "pulling {} for {}",
+                r.familiar(),
+                missing
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        );
+        let src = RegistryRepo::new(self.env.client()?, &r, self.env.runtime());
+        let root = src.resolve(&name).with_context(|| {
+            format!(
+                "base image {} is not in the local store and could not be pulled",
+                r.familiar()
+            )
+        })?;
+        // Keep the platforms already here, so one name serves every build.
+        let mut want: Vec<Platform> = missing.clone();
+        if let Some(existing) = self.store.lookup(&name)? {
+            if let Ok(Manifest::Index(doc)) = self.store.read_manifest(&existing) {
+                want.extend(
+                    doc.value()
+                        .manifests
+                        .iter()
+                        .filter_map(|d| d.platform.clone())
+                        .filter(|p| !p.is_unknown()),
+                );
+            }
+        }
+        let platforms = if mt::is_index(&root.media_type) {
+            Platforms::Best(want.iter().map(Matcher::new).collect())
+        } else {
+            Platforms::All
+        };
+        let report = store::copy(
+            &src,
+            self.store,
+            &root,
+            &CopyOptions {
+                platforms,
+                jobs: 4,
+                progress: None,
+            },
+        )?;
+        let mut d = report.root.clone();
+        d.annotations.remove(REF_NAME);
+        self.store.set_name(&name, &d)?;
+        for p in &missing {
+            let found = self
+                .lookup(&name, p)?
+                .with_context(|| format!("base image {} has no image for {p}", r.familiar()))?;
+            self.found
+                .lock()
+                .map_err(|_| anyhow::anyhow!("lock poisoned"))?
+                .insert((reference.to_string(), p.to_string()), found);
+        }
+        Ok(())
+    }
+}
+
+impl BaseResolver for Bases<'_> {
+    fn resolve(
+        &self,
+        reference: &str,
+        platform: &Platform,
+    ) -> std::result::Result<(ImageManifest, ImageConfig), String> {
+        self.found
+            .lock()
+            .map_err(|_| "lock poisoned".to_string())?
+            .get(&(reference.to_string(), platform.to_string()))
+            .cloned()
+            .ok_or_else(|| {
+                format!("{reference} for {platform} was not made ready before the build")
+            })
+    }
+}
+
+pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
+    let path: PathBuf = a
+        .file
+        .map_or_else(|| a.context.join("Dockerfile"), Path::to_path_buf);
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("reading the Dockerfile {}", path.display()))?;
     let shown = path.display().to_string();
@@ -29,7 +262,8 @@ pub fn run(
             return Ok(ExitCode::from(1));
         }
     };
-    let mut platforms = platform
+    let mut platforms = a
+        .platform
         .iter()
         .map(|p| Platform::parse(p))
         .collect::<Result<Vec<_>, _>>()?;
@@ -37,16 +271,16 @@ pub fn run(
         platforms.push(Platform::host());
     }
     let mut build_args = BTreeMap::new();
-    for a in build_arg {
-        match a.split_once('=') {
+    for arg in a.build_arg {
+        match arg.split_once('=') {
             Some((k, v)) => build_args.insert(k.to_string(), v.to_string()),
             // docker takes the value from the environment for a bare KEY.
-            None => build_args.insert(a.clone(), std::env::var(a).unwrap_or_default()),
+            None => build_args.insert(arg.clone(), std::env::var(arg).unwrap_or_default()),
         };
     }
-    let opts = dockerfile::PlanOptions {
-        target: target.map(str::to_string),
-        platforms,
+    let mut opts = dockerfile::PlanOptions {
+        target: a.target.map(str::to_string),
+        platforms: platforms.clone(),
         build_platform: Platform::host(),
         build_args,
         ..Default::default()
@@ -58,30 +292,371 @@ pub fn run(
             return Ok(ExitCode::from(1));
         }
     };
-    if !check {
-        bail!(
-            "building is not in this version of manifold yet; `manifold build --check` parses, \
-             plans and lints {} ({} stage instances for {} platforms)",
-            shown,
-            plan.stages.len(),
-            plan.platforms.len()
-        );
+    if a.check {
+        for w in &plan.warnings {
+            eprintln!("warning: {w}");
+        }
+        let findings = dockerfile::lint(&df);
+        if a.format == OutputFormat::Json {
+            println!("{}", dockerfile::render_json(&findings));
+        } else if findings.is_empty() {
+            println!("Check complete, no warnings found.");
+        } else {
+            print!("{}", dockerfile::render_text(&findings));
+            println!("Check complete, {} warnings found.", findings.len());
+        }
+        return Ok(if findings.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
     }
     for w in &plan.warnings {
-        eprintln!("warning: {w}");
+        say(cli, format!("warning: {w}"));
     }
-    let findings = dockerfile::lint(&df);
-    if format == OutputFormat::Json {
-        println!("{}", dockerfile::render_json(&findings));
-    } else if findings.is_empty() {
-        println!("Check complete, no warnings found.");
-    } else {
-        print!("{}", dockerfile::render_text(&findings));
-        println!("Check complete, {} warnings found.", findings.len());
+
+    let mut outputs: Vec<Output> = a
+        .outputs
+        .iter()
+        .map(|o| parse_output(o))
+        .collect::<Result<_>>()?;
+    if a.push {
+        outputs.push(Output::Registry {
+            push_by_digest: false,
+            name: None,
+        });
     }
-    Ok(if findings.is_empty() {
-        ExitCode::SUCCESS
+    if a.load || outputs.is_empty() {
+        outputs.push(Output::Store);
+    }
+    let tags: Vec<Reference> = a
+        .tags
+        .iter()
+        .map(|t| Reference::parse(t))
+        .collect::<Result<_, _>>()?;
+    if outputs
+        .iter()
+        .any(|o| matches!(o, Output::Registry { name: None, .. }))
+        && tags.is_empty()
+    {
+        bail!("--push needs a name: add -t REGISTRY/REPO:TAG");
+    }
+
+    let store = transport::open_store(&env.store_root)?;
+    let _guard = store.write_guard()?;
+    let bases = Bases {
+        env,
+        store: &store,
+        found: Mutex::new(BTreeMap::new()),
+    };
+
+    // Bases (and COPY --from images) for every platform that uses them, ready before any step.
+    let mut wanted: BTreeMap<String, Vec<Platform>> = BTreeMap::new();
+    for s in &plan.stages {
+        let mut refs = Vec::new();
+        if let Base::Image { reference } = &s.body.base {
+            refs.push(reference.clone());
+        }
+        for st in &s.body.steps {
+            if let Op::Copy {
+                from: Origin::Image { reference },
+                ..
+            } = &st.op
+            {
+                refs.push(reference.clone());
+            }
+        }
+        for r in refs {
+            let v = wanted.entry(r).or_default();
+            if !v.iter().any(|p| p.same_target(&s.body.platform)) {
+                v.push(s.body.platform.clone());
+            }
+        }
+    }
+    for (r, ps) in &wanted {
+        bases.ensure(cli, r, ps, a.pull)?;
+    }
+    // Plan again knowing the bases' configs: ENV PATH=/x:$PATH expands against the image, and
+    // ONBUILD triggers run.
+    if !wanted.is_empty() {
+        let found = bases
+            .found
+            .lock()
+            .map_err(|_| anyhow::anyhow!("lock poisoned"))?;
+        for ((r, p), (_, cfg)) in found.iter() {
+            let cc = cfg.config.clone().unwrap_or_default();
+            let env_map = cc
+                .env
+                .iter()
+                .flatten()
+                .filter_map(|e| {
+                    e.split_once('=')
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                })
+                .collect();
+            let platform_short = Platform::parse(p)
+                .map(|p| p.short())
+                .unwrap_or_else(|_| p.clone());
+            opts.base_configs.insert(
+                (r.clone(), platform_short),
+                dockerfile::BaseConfig {
+                    env: env_map,
+                    working_dir: cc.working_dir.clone().filter(|w| !w.is_empty()),
+                    user: cc.user.clone().filter(|u| !u.is_empty()),
+                    shell: cc.shell.clone().unwrap_or_default(),
+                    on_build: cc.on_build.clone().unwrap_or_default(),
+                },
+            );
+        }
+    }
+    let plan = if wanted.is_empty() {
+        plan
     } else {
-        ExitCode::from(1)
-    })
+        match dockerfile::plan(&df, &opts) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("{e}");
+                return Ok(ExitCode::from(1));
+            }
+        }
+    };
+
+    let quiet = cli.quiet || a.progress == "quiet";
+    let rawjson = a.progress == "rawjson";
+    let progress = |e: Event| {
+        if quiet {
+            return;
+        }
+        match e {
+            Event::Step {
+                platform,
+                stage,
+                index,
+                total,
+                text,
+                emulated,
+                cached,
+                seconds,
+            } => {
+                if rawjson {
+                    eprintln!(
+                        "{}",
+                        serde_json::json!({"platform": platform, "stage": stage, "step": index, "total": total,
+                            "instruction": text, "emulated": emulated, "cached": cached, "seconds": seconds})
+                    );
+                    return;
+                }
+                let mut marks = String::new();
+                if cached {
+                    marks.push_str(" CACHED");
+                }
+                if emulated {
+                    marks.push_str(" EMULATED");
+                }
+                let line = text.lines().next().unwrap_or("");
+                eprintln!("[{platform} {stage} {index}/{total}] {line}{marks} {seconds:.2}s");
+            }
+            Event::Output { platform, line } => {
+                if !rawjson {
+                    eprintln!("  {platform} | {line}");
+                }
+            }
+        }
+    };
+    let work_dir = env.store_root.join("build");
+    let layer_opts = build::LayerOptions::from_env();
+    let bopts = BuildOptions {
+        context: a.context.to_path_buf(),
+        work_dir,
+        no_cache: a.no_cache,
+        layer: layer_opts,
+        jobs: a.jobs.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        }),
+    };
+    let started = std::time::Instant::now();
+    let built = engine::build(&store, &plan, &bases, &bopts, &progress)?;
+    // One platform without a list asked for: the image itself, as docker build gives.
+    let root = if built.images.len() == 1 && a.platform.is_empty() {
+        let mut d = built.images[0].manifest.clone();
+        d.platform = None;
+        d
+    } else {
+        built.index.clone()
+    };
+    say(
+        cli,
+        format!("built in {:.1}s", started.elapsed().as_secs_f64()),
+    );
+
+    let mut names_done = Vec::new();
+    for out in &outputs {
+        match out {
+            Output::Store => {
+                let names: Vec<(String, oci::Descriptor)> =
+                    tags.iter().map(|t| (t.to_string(), root.clone())).collect();
+                if names.is_empty() {
+                    store.add_unnamed(&root)?;
+                } else {
+                    store.set_names(&names)?;
+                    names_done.extend(tags.iter().map(|t| t.familiar()));
+                }
+            }
+            Output::Registry {
+                push_by_digest,
+                name,
+            } => {
+                let targets: Vec<Reference> = match name {
+                    Some(n) => n
+                        .split(',')
+                        .map(|n| Reference::parse(n.trim()))
+                        .collect::<Result<_, _>>()?,
+                    None => tags.clone(),
+                };
+                for t in &targets {
+                    let dst = RegistryRepo::new(env.client()?, t, env.runtime());
+                    let report = store::copy(
+                        &store,
+                        &dst,
+                        &root,
+                        &CopyOptions {
+                            platforms: Platforms::All,
+                            jobs: 4,
+                            progress: None,
+                        },
+                    )?;
+                    if !push_by_digest {
+                        store::Target::set_name(&dst, &t.to_string(), &root)?;
+                    }
+                    say(
+                        cli,
+                        format!(
+                            "pushed {} ({} blobs, {}, {} already there)",
+                            if *push_by_digest {
+                                format!("{}@{}", t.repo_only(), root.digest)
+                            } else {
+                                t.familiar()
+                            },
+                            report.blobs_copied,
+                            human_size(report.bytes_copied),
+                            report.blobs_skipped
+                        ),
+                    );
+                }
+            }
+            Output::Oci(dest) | Output::Docker(dest) => {
+                let place = if matches!(out, Output::Oci(_)) {
+                    Place::OciArchive(dest.clone(), None)
+                } else {
+                    Place::DockerArchive(dest.clone(), None)
+                };
+                let target = transport::OpenTarget::open(&place, env)?;
+                store::copy(&store, target.target(), &root, &CopyOptions::default())?;
+                let names: Vec<String> = if tags.is_empty() {
+                    vec![format!(
+                        "localhost/manifold-build:{}",
+                        &root.digest.hex()[..12]
+                    )]
+                } else {
+                    tags.iter().map(|t| t.to_string()).collect()
+                };
+                for n in &names {
+                    target.target().set_name(n, &root)?;
+                }
+                for line in target.finish()? {
+                    say(cli, line);
+                }
+                say(cli, format!("wrote {}", dest.display()));
+            }
+            Output::Local(dest) | Output::Tar(dest) => {
+                export_filesystem(&store, &built.images, dest, matches!(out, Output::Tar(_)))?;
+                say(cli, format!("wrote {}", dest.display()));
+            }
+        }
+    }
+
+    if let Some(mf) = a.metadata_file {
+        let meta = serde_json::json!({
+            "containerimage.digest": root.digest.to_string(),
+            "containerimage.descriptor": {"mediaType": root.media_type, "digest": root.digest.to_string(), "size": root.size},
+            "image.name": tags.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(","),
+            "containerimage.platforms": built.images.iter().map(|i| serde_json::json!({
+                "platform": i.platform.to_string(), "digest": i.manifest.digest.to_string(), "config": i.config.to_string()
+            })).collect::<Vec<_>>(),
+        });
+        store::layout::write_atomic(mf, serde_json::to_string_pretty(&meta)?.as_bytes())?;
+    }
+
+    if mt::is_index(&root.media_type) {
+        println!("{}  index", root.digest);
+    } else {
+        println!("{}  image", root.digest);
+    }
+    for i in &built.images {
+        println!("{}  {}", i.manifest.digest, i.platform);
+    }
+    if !names_done.is_empty() {
+        say(cli, format!("named {}", names_done.join(", ")));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `type=local` / `type=tar`: each platform's root filesystem, in `platform` subdirectories when
+/// there are several.
+fn export_filesystem(
+    store: &Layout,
+    images: &[engine::PlatformImage],
+    dest: &Path,
+    tar: bool,
+) -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let base = if tar {
+        work.path().join("fs")
+    } else {
+        dest.to_path_buf()
+    };
+    let several = images.len() > 1;
+    let mut seen = BTreeSet::new();
+    for i in images {
+        let dir = if several {
+            base.join(i.platform.slug('_'))
+        } else {
+            base.clone()
+        };
+        if !seen.insert(dir.clone()) {
+            continue;
+        }
+        std::fs::create_dir_all(&dir)?;
+        let m = match store.read_manifest(&i.manifest)? {
+            Manifest::Image(doc) => doc.value().clone(),
+            Manifest::Index(_) => bail!("{} is an index, not an image", i.manifest.digest),
+        };
+        for l in &m.layers {
+            let f = store.open_blob(&l.digest)?;
+            build::snapshot::apply_layer(
+                &dir,
+                f,
+                Some(&l.media_type),
+                build::WhiteoutMode::Apply,
+                &l.digest.to_string(),
+            )?;
+        }
+    }
+    if tar {
+        let tmp = tempfile::NamedTempFile::new_in(
+            dest.parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new(".")),
+        )?;
+        {
+            let mut b = tar::Builder::new(std::io::BufWriter::new(tmp.as_file()));
+            b.follow_symlinks(false);
+            b.append_dir_all(".", &base)?;
+            b.into_inner()?;
+        }
+        tmp.persist(dest)?;
+    }
+    Ok(())
 }

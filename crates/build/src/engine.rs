@@ -1,0 +1,967 @@
+//! Executes a [`dockerfile::BuildPlan`]: every stage instance once (instances shared across
+//! platforms run once), independent instances in parallel, RUN in the sandbox over snapshots of
+//! the parent layers (natively or through QEMU), COPY from the context or other stages, the other
+//! instructions folded into the image config; then one image per platform and an index over them,
+//! all in the store. A step cache keyed by content skips RUN steps whose inputs are unchanged.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use dockerfile::plan::{Base, InstanceBody, Op, Origin, PlannedSource, StageInstance};
+use dockerfile::{ast, BuildPlan};
+use oci::media_type as mt;
+use oci::{
+    ContainerConfig, Descriptor, Digest, Document, History, ImageConfig, ImageManifest, Index,
+    Platform,
+};
+use serde::{Deserialize, Serialize};
+use store::Layout;
+
+use crate::context::{copy_into, Context};
+use crate::emulation;
+use crate::layer::{self, LayerOptions};
+use crate::sandbox::{self, Network, RootFs, RunSpec};
+use crate::snapshot::{self, SnapshotCache};
+use crate::{io_err, Error, Result};
+
+/// Finds base images (and `COPY --from` images): makes sure the image for `platform` is in the
+/// store and returns its manifest and config. The CLI implements it with the store and registries.
+pub trait BaseResolver: Sync {
+    fn resolve(
+        &self,
+        reference: &str,
+        platform: &Platform,
+    ) -> std::result::Result<(ImageManifest, ImageConfig), String>;
+}
+
+pub struct BuildOptions {
+    pub context: PathBuf,
+    /// Where snapshots, the step cache and scratch space live (under the store's root).
+    pub work_dir: PathBuf,
+    pub no_cache: bool,
+    pub layer: LayerOptions,
+    pub jobs: usize,
+}
+
+/// Progress of a build, for displays.
+#[derive(Clone, Debug)]
+pub enum Event {
+    Step {
+        platform: String,
+        stage: String,
+        index: usize,
+        total: usize,
+        text: String,
+        emulated: bool,
+        cached: bool,
+        seconds: f64,
+    },
+    Output {
+        platform: String,
+        line: String,
+    },
+}
+
+/// One platform's image, in the store.
+#[derive(Clone, Debug)]
+pub struct PlatformImage {
+    pub platform: Platform,
+    /// The image manifest, with its platform.
+    pub manifest: Descriptor,
+    pub config: Digest,
+}
+
+/// The result: per-platform images and the index over them, all in the store (unnamed: hold a
+/// write guard until they are named).
+#[derive(Clone, Debug)]
+pub struct Built {
+    pub images: Vec<PlatformImage>,
+    pub index: Descriptor,
+}
+
+/// The filesystem and config a stage has reached.
+#[derive(Clone, Debug)]
+struct State {
+    layers: Vec<(Descriptor, Digest)>,
+    config: ImageConfig,
+    /// Content key of everything so far: base, every step, every layer.
+    key: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CachedStep {
+    layer: Option<(Descriptor, Digest)>,
+}
+
+struct Engine<'a> {
+    store: &'a Layout,
+    resolver: &'a dyn BaseResolver,
+    opts: &'a BuildOptions,
+    snapshots: SnapshotCache,
+    context: Context,
+    progress: &'a (dyn Fn(Event) + Sync),
+    epoch: Option<i64>,
+    started: i64,
+}
+
+pub fn build(
+    store: &Layout,
+    plan: &BuildPlan,
+    resolver: &dyn BaseResolver,
+    opts: &BuildOptions,
+    progress: &(dyn Fn(Event) + Sync),
+) -> Result<Built> {
+    // Every platform must be runnable before any step runs.
+    let mut needs_run: Vec<Platform> = Vec::new();
+    for s in &plan.stages {
+        if s.body
+            .steps
+            .iter()
+            .any(|st| matches!(st.op, Op::Run { .. }))
+            && !needs_run.iter().any(|p| p.same_target(&s.body.platform))
+        {
+            needs_run.push(s.body.platform.clone());
+        }
+    }
+    emulation::check_all(&needs_run)?;
+    for d in ["snapshots", "cache", "tmp"] {
+        let p = opts.work_dir.join(d);
+        fs::create_dir_all(&p).map_err(io_err("creating", &p))?;
+    }
+    let engine = Engine {
+        store,
+        resolver,
+        opts,
+        snapshots: SnapshotCache::open(opts.work_dir.join("snapshots"))?,
+        context: Context::open(&opts.context)?,
+        progress,
+        epoch: opts.layer.source_date_epoch,
+        started: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0),
+    };
+    let results = engine.run_all(&plan.stages)?;
+    let mut images = Vec::new();
+    for pp in &plan.platforms {
+        let state = results.get(&pp.target).ok_or_else(|| Error::BadLayer {
+            layer: pp.target.clone(),
+            reason: "the plan's target instance was not built".into(),
+        })?;
+        images.push(engine.write_image(&pp.platform, state)?);
+    }
+    let index = Document::new(Index::new(
+        mt::OCI_INDEX,
+        images.iter().map(|i| i.manifest.clone()).collect(),
+    ));
+    store.put_bytes(index.bytes())?;
+    Ok(Built {
+        images,
+        index: index.descriptor(mt::OCI_INDEX),
+    })
+}
+
+impl Engine<'_> {
+    /// Runs instances as soon as what they depend on is done, up to `jobs` at a time.
+    fn run_all(&self, stages: &[StageInstance]) -> Result<HashMap<String, State>> {
+        let done: Mutex<HashMap<String, State>> = Mutex::new(HashMap::new());
+        let mut pending: Vec<&StageInstance> = stages.iter().collect();
+        while !pending.is_empty() {
+            let ready: Vec<&StageInstance> = {
+                let d = done.lock().map_err(|_| poisoned())?;
+                pending
+                    .iter()
+                    .copied()
+                    .filter(|s| s.body.depends_on.iter().all(|k| d.contains_key(k)))
+                    .collect()
+            };
+            if ready.is_empty() {
+                return Err(Error::BadLayer {
+                    layer: "plan".into(),
+                    reason: "stage instances depend on each other in a cycle".into(),
+                });
+            }
+            pending.retain(|s| !ready.iter().any(|r| r.key == s.key));
+            for chunk in ready.chunks(self.opts.jobs.max(1)) {
+                let results: Vec<Result<(String, State)>> = std::thread::scope(|sc| {
+                    let handles: Vec<_> = chunk
+                        .iter()
+                        .map(|inst| {
+                            let done = &done;
+                            sc.spawn(move || -> Result<(String, State)> {
+                                let deps = done.lock().map_err(|_| poisoned())?.clone();
+                                let st = self.run_instance(&inst.body, &deps)?;
+                                Ok((inst.key.clone(), st))
+                            })
+                        })
+                        .collect();
+                    handles
+                        .into_iter()
+                        .map(|h| h.join().unwrap_or_else(|_| Err(poisoned())))
+                        .collect()
+                });
+                let mut d = done.lock().map_err(|_| poisoned())?;
+                for r in results {
+                    let (k, s) = r?;
+                    d.insert(k, s);
+                }
+            }
+        }
+        done.into_inner().map_err(|_| poisoned())
+    }
+
+    fn run_instance(&self, body: &InstanceBody, deps: &HashMap<String, State>) -> Result<State> {
+        let platform = &body.platform;
+        let stage_name = body
+            .stage
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("stage-{}", body.stage.index));
+        let mut state = match &body.base {
+            Base::Scratch => State {
+                layers: Vec::new(),
+                config: ImageConfig {
+                    architecture: platform.architecture.clone(),
+                    os: platform.os.clone(),
+                    variant: (!platform.variant.is_empty()).then(|| platform.variant.clone()),
+                    config: Some(ContainerConfig {
+                        env: Some(vec![format!("PATH={}", sandbox::DEFAULT_PATH)]),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                key: key_of(&["scratch", &platform.to_string()]),
+            },
+            Base::Image { reference } => self.base_image(reference, platform)?,
+            Base::Stage { key, .. } => deps.get(key).cloned().ok_or_else(|| Error::BadLayer {
+                layer: key.clone(),
+                reason: "a stage this one builds on was not built".into(),
+            })?,
+        };
+        let total = body.steps.len();
+        for (i, step) in body.steps.iter().enumerate() {
+            let started = Instant::now();
+            let (cached, emulated) =
+                self.apply(&mut state, step, platform, deps)
+                    .map_err(|e| Error::Step {
+                        location: format!("{}:{}", step.pos.line, step.pos.column),
+                        instruction: step.instruction.clone(),
+                        platform: platform.to_string(),
+                        reason: e.to_string(),
+                    })?;
+            (self.progress)(Event::Step {
+                platform: platform.to_string(),
+                stage: stage_name.clone(),
+                index: i + 1,
+                total,
+                text: step.instruction.clone(),
+                emulated,
+                cached,
+                seconds: started.elapsed().as_secs_f64(),
+            });
+        }
+        Ok(state)
+    }
+
+    fn base_image(&self, reference: &str, platform: &Platform) -> Result<State> {
+        let (manifest, config) = self
+            .resolver
+            .resolve(reference, platform)
+            .map_err(|reason| Error::Base {
+                reference: reference.to_string(),
+                platform: platform.to_string(),
+                reason,
+            })?;
+        if manifest.layers.len() != config.rootfs.diff_ids.len() {
+            return Err(Error::Base {
+                reference: reference.to_string(),
+                platform: platform.to_string(),
+                reason: format!(
+                    "its manifest has {} layers but its config {} diff_ids",
+                    manifest.layers.len(),
+                    config.rootfs.diff_ids.len()
+                ),
+            });
+        }
+        let layers: Vec<(Descriptor, Digest)> = manifest
+            .layers
+            .iter()
+            .cloned()
+            .zip(config.rootfs.diff_ids.iter().cloned())
+            .collect();
+        let mut parts = vec!["image".to_string(), platform.to_string()];
+        parts.extend(layers.iter().map(|(d, _)| d.digest.to_string()));
+        let mut config = config;
+        config.config.get_or_insert_with(Default::default);
+        Ok(State {
+            key: key_of(&parts.iter().map(String::as_str).collect::<Vec<_>>()),
+            layers,
+            config,
+        })
+    }
+
+    fn history(&self, state: &mut State, created_by: String, empty: bool) {
+        state.config.history.push(History {
+            created: Some(rfc3339(self.epoch.unwrap_or(self.started))),
+            created_by: Some(created_by),
+            comment: Some("buildkit.dockerfile.v0".into()),
+            empty_layer: empty.then_some(true),
+            ..Default::default()
+        });
+    }
+
+    /// Applies one step; returns (cached, emulated).
+    fn apply(
+        &self,
+        state: &mut State,
+        step: &dockerfile::plan::Step,
+        platform: &Platform,
+        deps: &HashMap<String, State>,
+    ) -> Result<(bool, bool)> {
+        let op_json = serde_json::to_string(&step.op).unwrap_or_default();
+        let step_key = key_of(&[&state.key, &op_json, &platform.to_string()]);
+        let cc = state.config.config.get_or_insert_with(Default::default);
+        match &step.op {
+            Op::Run {
+                command,
+                heredocs,
+                mounts,
+                network,
+                env,
+                args,
+                workdir,
+                user,
+                shell,
+                ..
+            } => {
+                for m in mounts {
+                    if !matches!(m.kind, ast::MountType::Cache) {
+                        return Err(Error::Unsupported(format!(
+                            "RUN --mount=type={:?} is not supported by this version of manifold yet",
+                            m.kind
+                        )));
+                    }
+                }
+                let mode = emulation::check(platform)?;
+                let emulated = mode.is_emulated();
+                if !self.opts.no_cache {
+                    if let Some(hit) = self.cached(&step_key) {
+                        self.push_layer(state, hit.layer, &step_key);
+                        self.history(state, format!("RUN {}", command_text(command)), false);
+                        return Ok((true, emulated));
+                    }
+                }
+                let mut full_env: BTreeMap<String, String> = BTreeMap::new();
+                for e in cc.env.iter().flatten() {
+                    if let Some((k, v)) = e.split_once('=') {
+                        full_env.insert(k.to_string(), v.to_string());
+                    }
+                }
+                full_env.extend(env.clone());
+                full_env.extend(args.clone());
+                let argv = run_argv(command, heredocs, shell);
+                let workdir = workdir
+                    .clone()
+                    .or_else(|| cc.working_dir.clone().filter(|w| !w.is_empty()))
+                    .unwrap_or_else(|| "/".into());
+                let user = user
+                    .clone()
+                    .or_else(|| cc.user.clone().filter(|u| !u.is_empty()));
+                let tmp = tempfile::Builder::new()
+                    .prefix("run-")
+                    .tempdir_in(self.opts.work_dir.join("tmp"))
+                    .map_err(io_err("creating a step directory in", &self.opts.work_dir))?;
+                let upper = tmp.path().join("upper");
+                let work = tmp.path().join("work");
+                let empty = tmp.path().join("empty");
+                for d in [&upper, &work, &empty] {
+                    fs::create_dir_all(d).map_err(io_err("creating", d))?;
+                }
+                let mut lowers = self.snapshot_paths(state)?;
+                if lowers.is_empty() {
+                    lowers.push(empty.clone());
+                }
+                let rootfs = if sandbox::overlay_available() {
+                    RootFs::Overlay {
+                        lowers,
+                        upper: upper.clone(),
+                        work,
+                    }
+                } else {
+                    return Err(Error::Unsupported(
+                        "RUN needs overlayfs (the kernel module `overlay`)".into(),
+                    ));
+                };
+                let mut spec = RunSpec::new(rootfs, &[]);
+                spec.argv = argv.clone();
+                spec.env = full_env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                spec.user = user;
+                spec.workdir = workdir;
+                spec.network = if network.as_deref() == Some("none") {
+                    Network::None
+                } else {
+                    Network::Host
+                };
+                let out = sandbox::run(&spec)?;
+                for line in String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .chain(String::from_utf8_lossy(&out.stderr).lines())
+                {
+                    (self.progress)(Event::Output {
+                        platform: platform.to_string(),
+                        line: line.to_string(),
+                    });
+                }
+                out.check(&argv)?;
+                let written = layer::write_to_store(&upper, self.store, &self.opts.layer)?;
+                let new_layer =
+                    (written.entries > 0).then_some((written.descriptor, written.diff_id));
+                self.remember(
+                    &step_key,
+                    &CachedStep {
+                        layer: new_layer.clone(),
+                    },
+                );
+                self.push_layer(state, new_layer, &step_key);
+                self.history(state, format!("RUN {}", command_text(command)), false);
+                Ok((false, emulated))
+            }
+            Op::Copy {
+                from,
+                sources,
+                dest,
+                workdir,
+                chown,
+                chmod,
+                exclude,
+                ..
+            } => {
+                let workdir = workdir
+                    .clone()
+                    .or_else(|| cc.working_dir.clone())
+                    .unwrap_or_else(|| "/".into());
+                let tmp = tempfile::Builder::new()
+                    .prefix("copy-")
+                    .tempdir_in(self.opts.work_dir.join("tmp"))
+                    .map_err(io_err("creating a step directory in", &self.opts.work_dir))?;
+                let upper = tmp.path().join("upper");
+                fs::create_dir_all(&upper).map_err(io_err("creating", &upper))?;
+                let owner = parse_chown(chown.as_deref())?;
+                let mode = parse_chmod(chmod.as_deref())?;
+                match from {
+                    Origin::Context => {
+                        copy_into(
+                            &self.context,
+                            sources,
+                            dest,
+                            &workdir,
+                            &upper,
+                            owner,
+                            mode,
+                            exclude,
+                        )?;
+                    }
+                    Origin::Stage { key, .. } => {
+                        let src = deps.get(key).ok_or_else(|| Error::BadLayer {
+                            layer: key.clone(),
+                            reason: "COPY --from names a stage that was not built".into(),
+                        })?;
+                        let root = tmp.path().join("from");
+                        snapshot::flatten(&self.snapshot_paths(src)?, &root)?;
+                        let ctx = Context::of_rootfs(&root)?;
+                        copy_into(&ctx, sources, dest, &workdir, &upper, owner, mode, exclude)?;
+                    }
+                    Origin::Image { reference } => {
+                        let src = self.base_image(reference, platform)?;
+                        let root = tmp.path().join("from");
+                        snapshot::flatten(&self.snapshot_paths(&src)?, &root)?;
+                        let ctx = Context::of_rootfs(&root)?;
+                        copy_into(&ctx, sources, dest, &workdir, &upper, owner, mode, exclude)?;
+                    }
+                }
+                let written = layer::write_to_store(&upper, self.store, &self.opts.layer)?;
+                self.push_layer(
+                    state,
+                    Some((written.descriptor, written.diff_id)),
+                    &step_key,
+                );
+                self.history(
+                    state,
+                    format!("COPY {} {dest}", sources_text(sources)),
+                    false,
+                );
+                Ok((false, false))
+            }
+            Op::Add {
+                sources,
+                dest,
+                workdir,
+                chown,
+                chmod,
+                exclude,
+                ..
+            } => {
+                if let Some(url) = sources.iter().find_map(|s| match s {
+                    PlannedSource::Path { path } if path.contains("://") => Some(path.clone()),
+                    _ => None,
+                }) {
+                    return Err(Error::Unsupported(format!(
+                        "ADD of a URL ({url}) is not supported by this version of manifold yet; \
+                         use RUN with wget or curl"
+                    )));
+                }
+                let workdir = workdir
+                    .clone()
+                    .or_else(|| cc.working_dir.clone())
+                    .unwrap_or_else(|| "/".into());
+                let tmp = tempfile::Builder::new()
+                    .prefix("add-")
+                    .tempdir_in(self.opts.work_dir.join("tmp"))
+                    .map_err(io_err("creating a step directory in", &self.opts.work_dir))?;
+                let upper = tmp.path().join("upper");
+                fs::create_dir_all(&upper).map_err(io_err("creating", &upper))?;
+                let owner = parse_chown(chown.as_deref())?;
+                let mode = parse_chmod(chmod.as_deref())?;
+                copy_into(
+                    &self.context,
+                    sources,
+                    dest,
+                    &workdir,
+                    &upper,
+                    owner,
+                    mode,
+                    exclude,
+                )?;
+                let written = layer::write_to_store(&upper, self.store, &self.opts.layer)?;
+                self.push_layer(
+                    state,
+                    Some((written.descriptor, written.diff_id)),
+                    &step_key,
+                );
+                self.history(
+                    state,
+                    format!("ADD {} {dest}", sources_text(sources)),
+                    false,
+                );
+                Ok((false, false))
+            }
+            other => {
+                let text = fold_config(cc, &mut state.config.author, other);
+                state.key = step_key;
+                self.history(state, text, true);
+                Ok((false, false))
+            }
+        }
+    }
+
+    fn push_layer(&self, state: &mut State, layer: Option<(Descriptor, Digest)>, step_key: &str) {
+        match layer {
+            Some((d, diff)) => {
+                state.key = key_of(&[step_key, &d.digest.to_string()]);
+                state.layers.push((d, diff));
+            }
+            None => state.key = step_key.to_string(),
+        }
+    }
+
+    fn snapshot_paths(&self, state: &State) -> Result<Vec<PathBuf>> {
+        state
+            .layers
+            .iter()
+            .map(|(d, diff)| Ok(self.snapshots.unpack_blob(self.store, d, diff)?.path))
+            .collect()
+    }
+
+    fn cache_path(&self, key: &str) -> PathBuf {
+        self.opts
+            .work_dir
+            .join("cache")
+            .join(format!("{}.json", key.trim_start_matches("sha256:")))
+    }
+
+    /// A cached step, when its layer is still in the store.
+    fn cached(&self, key: &str) -> Option<CachedStep> {
+        let c: CachedStep = serde_json::from_slice(&fs::read(self.cache_path(key)).ok()?).ok()?;
+        match &c.layer {
+            Some((d, _)) if self.store.blob_size(&d.digest) != Some(d.size) => None,
+            _ => Some(c),
+        }
+    }
+
+    fn remember(&self, key: &str, c: &CachedStep) {
+        if let Ok(bytes) = serde_json::to_vec(c) {
+            let _ = store::layout::write_atomic(&self.cache_path(key), &bytes);
+        }
+    }
+
+    fn write_image(&self, platform: &Platform, state: &State) -> Result<PlatformImage> {
+        let mut config = state.config.clone();
+        config.architecture = platform.architecture.clone();
+        config.os = platform.os.clone();
+        config.variant = (!platform.variant.is_empty()).then(|| platform.variant.clone());
+        config.created = Some(rfc3339(self.epoch.unwrap_or(self.started)));
+        config.rootfs.kind = "layers".into();
+        config.rootfs.diff_ids = state.layers.iter().map(|(_, d)| d.clone()).collect();
+        let cfg = Document::new(config);
+        self.store.put_bytes(cfg.bytes())?;
+        let manifest = ImageManifest {
+            schema_version: 2,
+            media_type: Some(mt::OCI_MANIFEST.into()),
+            artifact_type: None,
+            config: cfg.descriptor(mt::OCI_CONFIG),
+            layers: state.layers.iter().map(|(d, _)| d.clone()).collect(),
+            subject: None,
+            annotations: Default::default(),
+            extra: Default::default(),
+        };
+        let doc = Document::new(manifest);
+        self.store.put_bytes(doc.bytes())?;
+        let mut desc = doc.descriptor(mt::OCI_MANIFEST);
+        desc.platform = Some(platform.clone());
+        Ok(PlatformImage {
+            platform: platform.clone(),
+            manifest: desc,
+            config: cfg.digest().clone(),
+        })
+    }
+}
+
+fn poisoned() -> Error {
+    Error::Sandbox {
+        what: "build".into(),
+        reason: "a build thread panicked".into(),
+    }
+}
+
+fn key_of(parts: &[&str]) -> String {
+    let mut h = oci::Algorithm::Sha256.hasher();
+    for p in parts {
+        h.update(&(p.len() as u64).to_le_bytes());
+        h.update(p.as_bytes());
+    }
+    h.finish().to_string()
+}
+
+/// The argv of a RUN: exec form as written; shell form through the shell, with here-documents
+/// given back to the shell (which knows `<<EOF`), or run as the script when the command is only
+/// a here-document, as BuildKit does.
+fn run_argv(command: &ast::Command, heredocs: &[ast::Heredoc], shell: &[String]) -> Vec<String> {
+    match command {
+        ast::Command::Exec(v) => v.clone(),
+        ast::Command::Shell(text) => {
+            let mut argv = shell.to_vec();
+            if argv.is_empty() {
+                argv = vec!["/bin/sh".into(), "-c".into()];
+            }
+            let only = heredocs.len() == 1 && {
+                let t = text.trim().trim_start_matches("<<").trim_start_matches('-');
+                t.trim_matches(|c| c == '"' || c == '\'') == heredocs[0].delimiter
+            };
+            if only {
+                argv.push(heredocs[0].content.clone());
+            } else {
+                let mut full = text.clone();
+                for h in heredocs {
+                    full.push('\n');
+                    full.push_str(&h.content);
+                    if !h.content.ends_with('\n') && !h.content.is_empty() {
+                        full.push('\n');
+                    }
+                    full.push_str(&h.delimiter);
+                }
+                argv.push(full);
+            }
+            argv
+        }
+    }
+}
+
+fn command_text(c: &ast::Command) -> String {
+    match c {
+        ast::Command::Exec(v) => serde_json::to_string(v).unwrap_or_default(),
+        ast::Command::Shell(s) => format!("/bin/sh -c {s}"),
+    }
+}
+
+fn sources_text(sources: &[PlannedSource]) -> String {
+    sources
+        .iter()
+        .map(|s| match s {
+            PlannedSource::Path { path } => path.clone(),
+            PlannedSource::Heredoc { name, .. } => format!("<<{name}"),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn command_vec(c: &ast::Command, shell: Option<&Vec<String>>) -> Vec<String> {
+    match c {
+        ast::Command::Exec(v) => v.clone(),
+        ast::Command::Shell(s) => {
+            let mut v = shell
+                .cloned()
+                .unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()]);
+            v.push(s.clone());
+            v
+        }
+    }
+}
+
+/// Applies an instruction that only changes the config; returns its history text.
+fn fold_config(cc: &mut ContainerConfig, author: &mut Option<String>, op: &Op) -> String {
+    match op {
+        Op::Env { vars } => {
+            let env = cc.env.get_or_insert_with(Vec::new);
+            for kv in vars {
+                let prefix = format!("{}=", kv.key);
+                env.retain(|e| !e.starts_with(&prefix));
+                env.push(format!("{}={}", kv.key, kv.value));
+            }
+            format!(
+                "ENV {}",
+                vars.iter()
+                    .map(|kv| format!("{}={}", kv.key, kv.value))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            )
+        }
+        Op::Label { labels } => {
+            let l = cc.labels.get_or_insert_with(BTreeMap::new);
+            for kv in labels {
+                l.insert(kv.key.clone(), kv.value.clone());
+            }
+            format!(
+                "LABEL {}",
+                labels
+                    .iter()
+                    .map(|kv| format!("{}={}", kv.key, kv.value))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            )
+        }
+        Op::Workdir { path } => {
+            cc.working_dir = Some(path.clone());
+            format!("WORKDIR {path}")
+        }
+        Op::User { user } => {
+            cc.user = Some(user.clone());
+            format!("USER {user}")
+        }
+        Op::Expose { ports } => {
+            let e = cc.exposed_ports.get_or_insert_with(BTreeMap::new);
+            for p in ports {
+                let key = if p.contains('/') {
+                    p.clone()
+                } else {
+                    format!("{p}/tcp")
+                };
+                e.insert(key, serde_json::json!({}));
+            }
+            format!("EXPOSE {}", ports.join(" "))
+        }
+        Op::Volume { paths } => {
+            let v = cc.volumes.get_or_insert_with(BTreeMap::new);
+            for p in paths {
+                v.insert(p.clone(), serde_json::json!({}));
+            }
+            format!("VOLUME {paths:?}")
+        }
+        Op::Cmd { command, shell } => {
+            cc.cmd = Some(command_vec(command, shell.as_ref()));
+            format!("CMD {}", serde_json::to_string(&cc.cmd).unwrap_or_default())
+        }
+        Op::Entrypoint { command, shell } => {
+            cc.entrypoint = Some(command_vec(command, shell.as_ref()));
+            // Docker: a new ENTRYPOINT drops a CMD inherited from the base.
+            cc.cmd = None;
+            format!(
+                "ENTRYPOINT {}",
+                serde_json::to_string(&cc.entrypoint).unwrap_or_default()
+            )
+        }
+        Op::Shell { shell } => {
+            cc.shell = Some(shell.clone());
+            format!("SHELL {shell:?}")
+        }
+        Op::Healthcheck { check, shell } => {
+            cc.healthcheck = Some(match check {
+                None => oci::manifest::Healthcheck {
+                    test: Some(vec!["NONE".into()]),
+                    ..Default::default()
+                },
+                Some(h) => {
+                    let test = match &h.command {
+                        ast::Command::Exec(v) => {
+                            let mut t = vec!["CMD".to_string()];
+                            t.extend(v.iter().cloned());
+                            t
+                        }
+                        ast::Command::Shell(s) => vec!["CMD-SHELL".into(), s.clone()],
+                    };
+                    let _ = shell;
+                    oci::manifest::Healthcheck {
+                        test: Some(test),
+                        interval: h.interval.as_deref().and_then(duration_ns),
+                        timeout: h.timeout.as_deref().and_then(duration_ns),
+                        start_period: h.start_period.as_deref().and_then(duration_ns),
+                        start_interval: h.start_interval.as_deref().and_then(duration_ns),
+                        retries: h.retries.map(i64::from),
+                        ..Default::default()
+                    }
+                }
+            });
+            "HEALTHCHECK".into()
+        }
+        Op::Stopsignal { signal } => {
+            cc.stop_signal = Some(signal.clone());
+            format!("STOPSIGNAL {signal}")
+        }
+        Op::Onbuild { trigger } => {
+            cc.on_build
+                .get_or_insert_with(Vec::new)
+                .push(trigger.clone());
+            format!("ONBUILD {trigger}")
+        }
+        Op::Maintainer { name } => {
+            *author = Some(name.clone());
+            format!("MAINTAINER {name}")
+        }
+        Op::Run { .. } | Op::Copy { .. } | Op::Add { .. } => String::new(),
+    }
+}
+
+/// Go-style durations as Docker writes them into HEALTHCHECK: `30s`, `1m30s`, `500ms`.
+fn duration_ns(s: &str) -> Option<i64> {
+    let mut total: f64 = 0.0;
+    let mut num = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() || c == '.' {
+            num.push(c);
+            continue;
+        }
+        let mut unit = c.to_string();
+        while let Some(&n) = chars.peek() {
+            if n.is_ascii_alphabetic() {
+                unit.push(n);
+                chars.next();
+            } else {
+                break;
+            }
+        }
+        let v: f64 = num.parse().ok()?;
+        num.clear();
+        total += v * match unit.as_str() {
+            "ns" => 1.0,
+            "us" | "µs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return None,
+        };
+    }
+    if !num.is_empty() {
+        return None;
+    }
+    Some(total as i64)
+}
+
+/// `--chown` in numeric form (`uid[:gid]`, or `root`); names need the image's passwd file.
+fn parse_chown(s: Option<&str>) -> Result<Option<(u32, u32)>> {
+    let Some(s) = s else { return Ok(None) };
+    let (u, g) = s.split_once(':').unwrap_or((s, s));
+    let num = |x: &str| -> Option<u32> {
+        if x == "root" {
+            Some(0)
+        } else {
+            x.parse().ok()
+        }
+    };
+    match (num(u), num(g)) {
+        (Some(u), Some(g)) => Ok(Some((u, g))),
+        _ => Err(Error::Unsupported(format!(
+            "--chown={s}: this version of manifold takes numeric ids (uid:gid) or root"
+        ))),
+    }
+}
+
+fn parse_chmod(s: Option<&str>) -> Result<Option<u32>> {
+    let Some(s) = s else { return Ok(None) };
+    u32::from_str_radix(s, 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .map(Some)
+        .ok_or_else(|| Error::Unsupported(format!("--chmod={s}: use an octal mode such as 755")))
+}
+
+/// Seconds since the epoch as RFC 3339 in UTC.
+pub fn rfc3339(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_and_durations() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(duration_ns("30s"), Some(30_000_000_000));
+        assert_eq!(duration_ns("1m30s"), Some(90_000_000_000));
+        assert_eq!(duration_ns("500ms"), Some(500_000_000));
+        assert_eq!(duration_ns("5"), None);
+    }
+
+    #[test]
+    fn heredoc_runs() {
+        let sh = vec!["/bin/sh".to_string(), "-c".to_string()];
+        let h = ast::Heredoc {
+            delimiter: "EOF".into(),
+            content: "echo a\necho b\n".into(),
+            expand: true,
+            strip_tabs: false,
+            pos: dockerfile::Pos { line: 1, column: 1 },
+        };
+        let argv = run_argv(
+            &ast::Command::Shell("<<EOF".into()),
+            std::slice::from_ref(&h),
+            &sh,
+        );
+        assert_eq!(argv, ["/bin/sh", "-c", "echo a\necho b\n"]);
+        let argv = run_argv(&ast::Command::Shell("cat > /x <<EOF".into()), &[h], &sh);
+        assert_eq!(argv[2], "cat > /x <<EOF\necho a\necho b\nEOF");
+    }
+
+    #[test]
+    fn chown_and_chmod() {
+        assert_eq!(parse_chown(Some("1000:1000")).unwrap(), Some((1000, 1000)));
+        assert_eq!(parse_chown(Some("root")).unwrap(), Some((0, 0)));
+        assert!(parse_chown(Some("app")).is_err());
+        assert_eq!(parse_chmod(Some("755")).unwrap(), Some(0o755));
+        assert!(parse_chmod(Some("u+x")).is_err());
+    }
+}
