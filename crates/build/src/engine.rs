@@ -39,6 +39,8 @@ pub trait BaseResolver: Sync {
 
 pub struct BuildOptions {
     pub context: PathBuf,
+    /// The Dockerfile as errors name it (`path:line:col`).
+    pub dockerfile: String,
     /// Where snapshots, the step cache and scratch space live (under the store's root).
     pub work_dir: PathBuf,
     pub no_cache: bool,
@@ -247,7 +249,10 @@ impl Engine<'_> {
             let (cached, emulated) =
                 self.apply(&mut state, step, platform, deps)
                     .map_err(|e| Error::Step {
-                        location: format!("{}:{}", step.pos.line, step.pos.column),
+                        location: format!(
+                            "{}:{}:{}",
+                            self.opts.dockerfile, step.pos.line, step.pos.column
+                        ),
                         instruction: step.instruction.clone(),
                         platform: platform.to_string(),
                         reason: e.to_string(),

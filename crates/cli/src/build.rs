@@ -467,6 +467,7 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
     let layer_opts = build::LayerOptions::from_env();
     let bopts = BuildOptions {
         context: a.context.to_path_buf(),
+        dockerfile: shown.clone(),
         work_dir,
         no_cache: a.no_cache,
         layer: layer_opts,

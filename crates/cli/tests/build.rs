@@ -1,0 +1,300 @@
+//! End-to-end: `manifold build` for several platforms from a real busybox base in a real
+//! registry, RUN steps natively and under QEMU, outputs read back by skopeo; the step cache,
+//! reproducibility, and bad input that changes nothing.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+/// A registry holding busybox for amd64, arm64 and arm/v7 as REG/busybox:1.
+fn base() -> Option<(Registry, String)> {
+    let reg = Registry::start(None)?;
+    let (layout, _) = busybox_layout(&["amd64", "arm64", "armhf"])?;
+    let t = tempfile::tempdir().unwrap();
+    let name = format!("{}/base/busybox:1", reg.addr);
+    ok(
+        t.path(),
+        &["cp", &format!("oci:{}:latest", layout.display()), &name],
+    );
+    Some((reg, name))
+}
+
+fn context(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let t = tempfile::tempdir().unwrap();
+    for (name, body) in files {
+        let p = t.path().join(name);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, body).unwrap();
+    }
+    t
+}
+
+fn read(p: &Path) -> String {
+    fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+#[test]
+fn three_platforms_each_run_their_own_binaries_and_push_one_index() {
+    if !peer("skopeo") {
+        return;
+    }
+    let Some((reg, base)) = base() else { return };
+    let df = format!(
+        "FROM --platform=$BUILDPLATFORM {base} AS prep\nARG TARGETARCH\nARG TARGETPLATFORM\nRUN uname -m > /built-on && echo \"$TARGETARCH\" > /target\n\nFROM {base}\nCOPY --from=prep /built-on /target /\nCOPY app.txt /app/\nWORKDIR /app\nRUN uname -m > arch\nCMD [\"cat\", \"/app/arch\"]\n"
+    );
+    let ctx = context(&[("Dockerfile", &df), ("app.txt", "payload\n")]);
+    let store = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let tag = format!("{}/app/multi:1", reg.addr);
+    let meta = out.path().join("meta.json");
+    let res = run(
+        store.path(),
+        &[
+            "build",
+            "--platform",
+            "linux/amd64,linux/arm64,linux/arm/v7",
+            "-t",
+            &tag,
+            "--push",
+            "-o",
+            &format!("type=local,dest={}", out.path().join("fs").display()),
+            "--metadata-file",
+            meta.to_str().unwrap(),
+            ctx.path().to_str().unwrap(),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(res.status.success(), "{stderr}");
+    // The prep stage runs natively, once per target; foreign RUN steps are marked.
+    assert!(
+        stderr.lines().any(|l| l.contains("linux/arm64 stage-1")
+            && l.contains("RUN uname")
+            && l.contains("EMULATED")),
+        "{stderr}"
+    );
+    assert!(
+        !stderr
+            .lines()
+            .any(|l| l.contains("prep") && l.contains("EMULATED")),
+        "{stderr}"
+    );
+
+    for (dir, arch, target) in [
+        ("linux_amd64", "x86_64", "amd64"),
+        ("linux_arm64", "aarch64", "arm64"),
+        ("linux_arm_v7", "armv7l", "arm"),
+    ] {
+        let root = out.path().join("fs").join(dir);
+        assert_eq!(read(&root.join("app/arch")).trim(), arch, "{dir}");
+        assert_eq!(
+            read(&root.join("target")).trim(),
+            target,
+            "{dir}: TARGETARCH in the native stage"
+        );
+        assert_eq!(
+            read(&root.join("built-on")).trim(),
+            "x86_64",
+            "{dir}: the prep stage ran natively"
+        );
+        assert_eq!(read(&root.join("app/app.txt")), "payload\n");
+    }
+
+    let raw = sh(Command::new("skopeo").args([
+        "inspect",
+        "--tls-verify=false",
+        "--raw",
+        &format!("docker://{tag}"),
+    ]));
+    let index: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    let plats: Vec<String> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let p = &m["platform"];
+            format!(
+                "{}/{}{}",
+                p["os"].as_str().unwrap(),
+                p["architecture"].as_str().unwrap(),
+                p["variant"]
+                    .as_str()
+                    .map(|v| format!("/{v}"))
+                    .unwrap_or_default()
+            )
+        })
+        .collect();
+    assert_eq!(plats, ["linux/amd64", "linux/arm64", "linux/arm/v7"]);
+    let m: serde_json::Value = serde_json::from_str(&read(&meta)).unwrap();
+    assert_eq!(
+        m["containerimage.digest"],
+        oci::Digest::sha256_of(raw.as_bytes()).to_string()
+    );
+    assert_eq!(m["containerimage.platforms"].as_array().unwrap().len(), 3);
+    // The pushed config carries the instructions.
+    let cfg = sh(Command::new("skopeo").args([
+        "inspect",
+        "--tls-verify=false",
+        "--config",
+        "--override-arch",
+        "arm64",
+        &format!("docker://{tag}"),
+    ]));
+    let cfg: serde_json::Value = serde_json::from_str(&cfg).unwrap();
+    assert_eq!(
+        cfg["config"]["Cmd"],
+        serde_json::json!(["cat", "/app/arch"])
+    );
+    assert_eq!(cfg["config"]["WorkingDir"], "/app");
+    assert_eq!(cfg["architecture"], "arm64");
+    assert_eq!(cfg["rootfs"]["diff_ids"].as_array().unwrap().len(), 4);
+}
+
+#[test]
+fn rebuilds_hit_the_cache_and_cold_builds_are_reproducible() {
+    let Some((_reg, base)) = base() else { return };
+    let df = format!("FROM {base}\nCOPY data.txt /data.txt\nRUN sed s/a/b/ /data.txt > /out.txt\n");
+    let ctx = context(&[("Dockerfile", &df), ("data.txt", "aaa\n")]);
+    let c = ctx.path().to_str().unwrap();
+    let s1 = tempfile::tempdir().unwrap();
+    let s2 = tempfile::tempdir().unwrap();
+    let env = [("SOURCE_DATE_EPOCH", "1700000000")];
+    let build = |root: &Path, extra: &[&str]| -> (String, String) {
+        let mut args = vec![
+            "build",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "-t",
+            "localhost/repro:1",
+        ];
+        args.extend_from_slice(extra);
+        args.push(c);
+        let out = run_with(root, &env, None, &args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (first, _) = build(s1.path(), &[]);
+    let (cached, log) = build(s1.path(), &[]);
+    assert_eq!(first, cached);
+    assert!(
+        log.lines()
+            .filter(|l| l.contains("RUN sed") && l.contains("CACHED"))
+            .count()
+            == 2,
+        "{log}"
+    );
+    // Another store, no cache at all: the same digests, file times newer than the epoch clamped.
+    fs::write(ctx.path().join("data.txt"), "aaa\n").unwrap();
+    let (cold, log) = build(s2.path(), &["--no-cache"]);
+    assert!(!log.contains("CACHED"), "{log}");
+    assert_eq!(
+        first, cold,
+        "two cold builds with one SOURCE_DATE_EPOCH give one index digest"
+    );
+    // A changed input changes the result.
+    fs::write(ctx.path().join("data.txt"), "abc\n").unwrap();
+    let (changed, _) = build(s1.path(), &[]);
+    assert_ne!(first, changed);
+}
+
+#[test]
+fn bad_input_is_a_clear_error_and_changes_nothing() {
+    let Some((_reg, base)) = base() else { return };
+    let store = tempfile::tempdir().unwrap();
+    let s = store.path();
+    // Something in the store first, so "unchanged" means something.
+    let ok_ctx = context(&[("Dockerfile", &format!("FROM {base}\nRUN true\n"))]);
+    ok(
+        s,
+        &[
+            "build",
+            "-t",
+            "localhost/keep:1",
+            ok_ctx.path().to_str().unwrap(),
+        ],
+    );
+    let before = fs::read(s.join("index.json")).unwrap();
+
+    let cases: Vec<(String, Vec<(&str, &str)>, Vec<&str>)> = vec![
+        (
+            format!("FROM {base}\nRUN echo going wrong && exit 3\n"),
+            vec![],
+            vec!["exited with code 3", "going wrong", "Dockerfile:2:1"],
+        ),
+        (
+            format!("FROM {base}\nCOPY missing.txt /x\n"),
+            vec![],
+            vec!["\"missing.txt\" is not in the build context"],
+        ),
+        (
+            format!("FROM {base}\nCOPY --from=nope /x /x\n"),
+            vec![],
+            vec!["nope"],
+        ),
+        (
+            format!("FROM {base}\nRUNN true\n"),
+            vec![],
+            vec!["Dockerfile:2:1", "did you mean RUN"],
+        ),
+        (
+            format!("FROM {base}\nCOPY link /x\n"),
+            vec![],
+            vec!["outside the build context"],
+        ),
+    ];
+    for (i, (df, files, wants)) in cases.into_iter().enumerate() {
+        let ctx = context(&files);
+        fs::write(ctx.path().join("Dockerfile"), &df).unwrap();
+        if df.contains("COPY link") {
+            std::os::unix::fs::symlink("/etc/shadow", ctx.path().join("link")).unwrap();
+        }
+        let err = fails(
+            s,
+            &[
+                "build",
+                "-t",
+                &format!("localhost/bad:{i}"),
+                ctx.path().to_str().unwrap(),
+            ],
+        );
+        for w in wants {
+            assert!(err.contains(w), "case {i}: wanted {w:?} in:\n{err}");
+        }
+        assert_eq!(
+            fs::read(s.join("index.json")).unwrap(),
+            before,
+            "case {i} changed the store's names"
+        );
+    }
+    // A base without the wanted platform names the base, the platform and what it offers.
+    let ctx = context(&[("Dockerfile", &format!("FROM {base}\nRUN true\n"))]);
+    let err = fails(
+        s,
+        &[
+            "build",
+            "--platform",
+            "linux/s390x",
+            "-t",
+            "localhost/bad:s390x",
+            ctx.path().to_str().unwrap(),
+        ],
+    );
+    assert!(
+        err.contains("linux/s390x")
+            && err.contains("linux/amd64, linux/arm64, linux/arm/v7")
+            && err.contains("base/busybox"),
+        "{err}"
+    );
+    assert_eq!(fs::read(s.join("index.json")).unwrap(), before);
+    assert!(ok(s, &["fsck"]).contains("store is consistent"));
+}
