@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The main job on a fresh machine: install what is needed, build manifold, make a real
-# two-platform busybox image (linux/amd64 + linux/arm64) from Debian's busybox-static packages,
-# load it into the local store and list it.
+# The main job on a fresh machine: install what is needed (QEMU user emulation, busybox-static
+# for amd64 and arm64, ...), build manifold, make a two-platform busybox base from Debian's
+# packages and load it into the local store, then build examples/cross for linux/amd64 and
+# linux/arm64 and show the index digest and each platform's digest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" = 0 ]; then scripts/install-deps.sh; else echo "not root: skipping package installs"; fi
@@ -9,11 +10,22 @@ cargo build --release --locked -q
 m=target/release/manifold
 layout=$(mktemp -d)
 trap 'rm -rf "$layout"' EXIT
-echo "making busybox for linux/amd64 and linux/arm64 from Debian's busybox-static..."
+echo "== a busybox base for linux/amd64 and linux/arm64, from Debian's busybox-static"
 scripts/busybox-image.sh "$layout/busybox" amd64 arm64 >/dev/null
 "$m" load -i "$layout/busybox"
-"$m" tag localhost/busybox:latest localhost/busybox:demo
-"$m" images
 echo
-echo "the store is an OCI layout at ${MANIFOLD_ROOT:-${XDG_DATA_HOME:-$HOME/.local/share}/manifold}; try:"
-echo "  $m save --format docker -o busybox.tar localhost/busybox:demo"
+echo "== manifold build --platform linux/amd64,linux/arm64 -t localhost/hello:demo examples/cross"
+"$m" build --platform linux/amd64,linux/arm64 -t localhost/hello:demo examples/cross
+echo
+"$m" imagetools inspect store:localhost/hello:demo
+echo
+echo "== each platform's program, run from the built root filesystems (arm64 under QEMU)"
+out="$layout/out"
+"$m" build -q --platform linux/amd64,linux/arm64 -o "type=local,dest=$out" examples/cross >/dev/null
+for p in linux_amd64 linux_arm64; do
+  if [ "$(id -u)" = 0 ]; then chroot "$out/$p" /usr/local/bin/hello; else echo "$p: (chroot needs root)"; fi
+done
+echo
+echo "the store is an OCI layout at ${MANIFOLD_ROOT:-${XDG_DATA_HOME:-$HOME/.local/share}/manifold}; next:"
+echo "  $m save --format docker -o hello.tar localhost/hello:demo   # for docker load"
+echo "  $m build --platform linux/amd64,linux/arm64 -t REGISTRY/hello:1 --push examples/cross"

@@ -105,6 +105,8 @@ struct Engine<'a> {
     snapshots: SnapshotCache,
     context: Context,
     progress: &'a (dyn Fn(Event) + Sync),
+    /// Instance key → the target platforms that need it, for progress labels.
+    targets: HashMap<String, Vec<String>>,
     epoch: Option<i64>,
     started: i64,
 }
@@ -133,7 +135,17 @@ pub fn build(
         let p = opts.work_dir.join(d);
         fs::create_dir_all(&p).map_err(io_err("creating", &p))?;
     }
+    let mut targets: HashMap<String, Vec<String>> = HashMap::new();
+    for pp in &plan.platforms {
+        for k in &pp.stages {
+            targets
+                .entry(k.clone())
+                .or_default()
+                .push(pp.platform.to_string());
+        }
+    }
     let engine = Engine {
+        targets,
         store,
         resolver,
         opts,
@@ -195,7 +207,7 @@ impl Engine<'_> {
                             let done = &done;
                             sc.spawn(move || -> Result<(String, State)> {
                                 let deps = done.lock().map_err(|_| poisoned())?.clone();
-                                let st = self.run_instance(&inst.body, &deps)?;
+                                let st = self.run_instance(&inst.key, &inst.body, &deps)?;
                                 Ok((inst.key.clone(), st))
                             })
                         })
@@ -215,7 +227,12 @@ impl Engine<'_> {
         done.into_inner().map_err(|_| poisoned())
     }
 
-    fn run_instance(&self, body: &InstanceBody, deps: &HashMap<String, State>) -> Result<State> {
+    fn run_instance(
+        &self,
+        key: &str,
+        body: &InstanceBody,
+        deps: &HashMap<String, State>,
+    ) -> Result<State> {
         let platform = &body.platform;
         let stage_name = body
             .stage
@@ -258,7 +275,7 @@ impl Engine<'_> {
                         reason: e.to_string(),
                     })?;
             (self.progress)(Event::Step {
-                platform: platform.to_string(),
+                platform: self.label(key, platform),
                 stage: stage_name.clone(),
                 index: i + 1,
                 total,
@@ -269,6 +286,16 @@ impl Engine<'_> {
             });
         }
         Ok(state)
+    }
+
+    /// `linux/arm64`, or `linux/amd64 for linux/arm64` when a stage runs on the build
+    /// platform for another target.
+    fn label(&self, key: &str, platform: &Platform) -> String {
+        let own = platform.to_string();
+        match self.targets.get(key).map(Vec::as_slice) {
+            Some([one]) if *one != own => format!("{own} for {one}"),
+            _ => own,
+        }
     }
 
     fn base_image(&self, reference: &str, platform: &Platform) -> Result<State> {

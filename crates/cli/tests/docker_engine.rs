@@ -236,4 +236,52 @@ fn docker_pulls_and_runs_each_platform_of_a_merged_tag_and_loads_our_archive() {
             "aarch64"
         }
     );
+
+    // What `manifold build --push` makes, docker pulls and runs per platform; its docker output
+    // loads and runs too.
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        format!("FROM {merged}\nRUN uname -m > /built-for\nCMD [\"cat\", \"/built-for\"]\n"),
+    )
+    .unwrap();
+    let app = format!("{a}/app/built:1");
+    let docker_tar = t.path().join("built.tar");
+    ok(
+        s,
+        &[
+            "build",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "-t",
+            &app,
+            "--push",
+            "-o",
+            &format!("type=docker,dest={}", docker_tar.display()),
+            ctx.path().to_str().unwrap(),
+        ],
+    );
+    for (platform, want) in [("linux/arm64", "aarch64"), ("linux/amd64", "x86_64")] {
+        dockerd.ok(&["pull", "-q", "--platform", platform, &app]);
+        let out = dockerd.ok(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--platform",
+            platform,
+            &app,
+        ]);
+        assert_eq!(out.trim(), want, "built image for {platform}");
+    }
+    let loaded = dockerd.ok(&["load", "-i", docker_tar.to_str().unwrap()]);
+    assert!(loaded.contains("app/built:1-linux-arm64"), "{loaded}");
+    let out = dockerd.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        &format!("{a}/app/built:1-linux-arm64"),
+    ]);
+    assert_eq!(out.trim(), "aarch64");
 }

@@ -1,0 +1,2 @@
+#!/bin/sh
+echo "hello from $(uname -m): built for @TARGET@ on @BUILT_ON@"
