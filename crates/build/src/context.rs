@@ -219,6 +219,82 @@ pub fn component_match(pat: &str, name: &str) -> bool {
     go(&p, &n)
 }
 
+impl Context {
+    /// A digest of everything `sources` would copy: paths, types, modes, mtimes and contents,
+    /// after `.dockerignore` and `exclude`. Equal fingerprints give equal COPY layers.
+    pub fn fingerprint(&self, sources: &[PlannedSource], exclude: &[String]) -> Result<String> {
+        let excludes: Vec<(Vec<String>, bool)> =
+            exclude.iter().map(|e| (components(e), false)).collect();
+        let mut h = oci::Algorithm::Sha256.hasher();
+        let mut field = |b: &[u8]| {
+            h.update(&(b.len() as u64).to_le_bytes());
+            h.update(b);
+        };
+        for s in sources {
+            match s {
+                PlannedSource::Heredoc { name, content } => {
+                    field(b"heredoc");
+                    field(name.as_bytes());
+                    field(content.as_bytes());
+                }
+                PlannedSource::Path { path } => {
+                    field(b"path");
+                    field(path.as_bytes());
+                    for rel in self.expand(path)? {
+                        if is_excluded(&excludes, &rel) {
+                            continue;
+                        }
+                        let real = self.resolve(&rel)?;
+                        self.hash_tree(&rel, &real, &excludes, &mut field)?;
+                    }
+                }
+            }
+        }
+        drop(field);
+        Ok(h.finish().to_string())
+    }
+
+    fn hash_tree(
+        &self,
+        rel: &str,
+        path: &Path,
+        excludes: &[(Vec<String>, bool)],
+        field: &mut dyn FnMut(&[u8]),
+    ) -> Result<()> {
+        let meta = fs::symlink_metadata(path).map_err(io_err("reading", path))?;
+        field(rel.as_bytes());
+        field(&meta.mode().to_le_bytes());
+        field(&meta.mtime().to_le_bytes());
+        field(&meta.mtime_nsec().to_le_bytes());
+        if meta.file_type().is_symlink() {
+            let t = fs::read_link(path).map_err(io_err("reading the link", path))?;
+            field(t.as_os_str().as_encoded_bytes());
+        } else if meta.is_file() {
+            let bytes = fs::read(path).map_err(io_err("reading", path))?;
+            field(&bytes);
+        } else if meta.is_dir() {
+            let mut names: Vec<String> = fs::read_dir(path)
+                .map_err(io_err("reading", path))?
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .collect();
+            names.sort();
+            for n in names {
+                let child = if rel.is_empty() {
+                    n.clone()
+                } else {
+                    format!("{rel}/{n}")
+                };
+                if self.ignored(&child) || is_excluded(excludes, &child) {
+                    continue;
+                }
+                self.hash_tree(&child, &path.join(&n), excludes, field)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Copies `sources` from `ctx` to `dest` (relative to `workdir` unless absolute) inside `upper`,
 /// with docker's rules: a directory's contents are copied, several sources or a trailing `/` make
 /// `dest` a directory, files keep their mode and mtime, owners become root or `owner`.

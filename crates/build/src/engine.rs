@@ -471,6 +471,22 @@ impl Engine<'_> {
                 exclude,
                 ..
             } => {
+                let from_key = match from {
+                    Origin::Context => self.context.fingerprint(sources, exclude)?,
+                    Origin::Stage { key, .. } => {
+                        deps.get(key).map(|s| s.key.clone()).unwrap_or_default()
+                    }
+                    Origin::Image { reference } => self.base_image(reference, platform)?.key,
+                };
+                let step_key = key_of(&[&step_key, &from_key]);
+                let history = format!("COPY {} {dest}", sources_text(sources));
+                if !self.opts.no_cache {
+                    if let Some(hit) = self.cached(&step_key) {
+                        self.push_layer(state, hit.layer, &step_key);
+                        self.history(state, history, false);
+                        return Ok((true, false));
+                    }
+                }
                 let workdir = workdir
                     .clone()
                     .or_else(|| cc.working_dir.clone())
@@ -515,16 +531,15 @@ impl Engine<'_> {
                     }
                 }
                 let written = layer::write_to_store(&upper, self.store, &self.opts.layer)?;
-                self.push_layer(
-                    state,
-                    Some((written.descriptor, written.diff_id)),
+                let new_layer = Some((written.descriptor, written.diff_id));
+                self.remember(
                     &step_key,
+                    &CachedStep {
+                        layer: new_layer.clone(),
+                    },
                 );
-                self.history(
-                    state,
-                    format!("COPY {} {dest}", sources_text(sources)),
-                    false,
-                );
+                self.push_layer(state, new_layer, &step_key);
+                self.history(state, history, false);
                 Ok((false, false))
             }
             Op::Add {
@@ -544,6 +559,15 @@ impl Engine<'_> {
                         "ADD of a URL ({url}) is not supported by this version of manifold yet; \
                          use RUN with wget or curl"
                     )));
+                }
+                let step_key = key_of(&[&step_key, &self.context.fingerprint(sources, exclude)?]);
+                let history = format!("ADD {} {dest}", sources_text(sources));
+                if !self.opts.no_cache {
+                    if let Some(hit) = self.cached(&step_key) {
+                        self.push_layer(state, hit.layer, &step_key);
+                        self.history(state, history, false);
+                        return Ok((true, false));
+                    }
                 }
                 let workdir = workdir
                     .clone()
@@ -568,16 +592,15 @@ impl Engine<'_> {
                     exclude,
                 )?;
                 let written = layer::write_to_store(&upper, self.store, &self.opts.layer)?;
-                self.push_layer(
-                    state,
-                    Some((written.descriptor, written.diff_id)),
+                let new_layer = Some((written.descriptor, written.diff_id));
+                self.remember(
                     &step_key,
+                    &CachedStep {
+                        layer: new_layer.clone(),
+                    },
                 );
-                self.history(
-                    state,
-                    format!("ADD {} {dest}", sources_text(sources)),
-                    false,
-                );
+                self.push_layer(state, new_layer, &step_key);
+                self.history(state, history, false);
                 Ok((false, false))
             }
             other => {
