@@ -24,6 +24,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::emulation::RunMode;
 use crate::{io_err, Error, Result};
 
 /// The network a step sees.
@@ -50,6 +51,25 @@ pub enum RootFs {
     Dir(PathBuf),
 }
 
+/// Which stream a piece of output came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// Receives output as it arrives, for progress display.
+#[derive(Clone)]
+pub struct OutputSink(pub Arc<OutputFn>);
+
+pub type OutputFn = dyn Fn(Stream, &[u8]) + Send + Sync;
+
+impl std::fmt::Debug for OutputSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OutputSink")
+    }
+}
+
 /// One command to run.
 #[derive(Clone, Debug)]
 pub struct RunSpec {
@@ -66,8 +86,14 @@ pub struct RunSpec {
     pub hostname: String,
     /// How many bytes of the combined output to keep for error messages.
     pub tail_bytes: usize,
-    /// At most this many bytes of stdout and of stderr are kept (the rest is counted, dropped).
+    /// At most this many bytes of stdout and of stderr are kept (the rest is dropped).
     pub capture_limit: usize,
+    /// The platform of the root filesystem: checked before anything runs (a platform this
+    /// machine cannot execute fails at once, saying what to install) and reported back.
+    pub platform: Option<oci::Platform>,
+    /// Killed (the whole PID namespace) after this long.
+    pub timeout: Option<Duration>,
+    pub on_output: Option<OutputSink>,
 }
 
 impl RunSpec {
@@ -82,6 +108,9 @@ impl RunSpec {
             hostname: "buildkitsandbox".into(),
             tail_bytes: 4096,
             capture_limit: 16 << 20,
+            platform: None,
+            timeout: None,
+            on_output: None,
         }
     }
 }
@@ -96,6 +125,10 @@ pub struct RunOutput {
     /// The last `tail_bytes` of stdout and stderr as they arrived, for error messages.
     pub tail: String,
     pub duration: Duration,
+    /// Native, or through which QEMU handler (native when the spec named no platform).
+    pub mode: RunMode,
+    /// The timeout killed it.
+    pub timed_out: bool,
 }
 
 impl RunOutput {
@@ -108,8 +141,13 @@ impl RunOutput {
         if self.success() {
             return Ok(self);
         }
+        let what = if self.timed_out {
+            format!("{argv:?} (killed by the timeout after {:?})", self.duration)
+        } else {
+            format!("{argv:?}")
+        };
         Err(Error::StepFailed {
-            argv: format!("{argv:?}"),
+            argv: what,
             code: self.code,
             tail: self.tail,
         })
@@ -169,6 +207,10 @@ pub fn run(spec: &RunSpec) -> Result<RunOutput> {
             "must be an absolute path",
         ));
     }
+    let mode = match &spec.platform {
+        Some(p) => crate::emulation::check(p)?,
+        None => RunMode::Native,
+    };
     let state = tempfile::Builder::new()
         .prefix("manifold-run-")
         .tempdir()
@@ -310,16 +352,34 @@ pub fn run(spec: &RunSpec) -> Result<RunOutput> {
             .map(|s| Box::new(s) as Box<dyn Read + Send>),
     ]
     .into_iter()
-    .map(|r| {
+    .zip([Stream::Stdout, Stream::Stderr])
+    .map(|(r, which)| {
         let tail = tail.clone();
         let limit = spec.capture_limit;
         let tail_bytes = spec.tail_bytes;
-        std::thread::spawn(move || capture(r, limit, &tail, tail_bytes))
+        let sink = spec.on_output.clone();
+        std::thread::spawn(move || capture(r, which, limit, &tail, tail_bytes, sink))
     })
     .collect();
+    // The watchdog kills the parent of PID 1; PID 1 follows (PDEATHSIG), and with it the
+    // whole namespace.
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let watchdog = spec.timeout.map(|t| {
+        let pid = child.id() as libc::pid_t;
+        std::thread::spawn(move || {
+            if done_rx.recv_timeout(t) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+                // SAFETY: the pid is our unreaped child: it cannot have been reused.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                return true;
+            }
+            false
+        })
+    });
     let status = child
         .wait()
         .map_err(|e| sandbox_err("waiting for the command", e.to_string()));
+    drop(done_tx);
+    let timed_out = watchdog.is_some_and(|w| w.join().unwrap_or(false));
     let mut outs = readers.into_iter().map(|h| h.join().unwrap_or_default());
     let stdout = outs.next().unwrap_or_default();
     let stderr = outs.next().unwrap_or_default();
@@ -347,14 +407,18 @@ pub fn run(spec: &RunSpec) -> Result<RunOutput> {
         stderr,
         tail,
         duration,
+        mode,
+        timed_out,
     })
 }
 
 fn capture(
     r: Option<Box<dyn Read + Send>>,
+    which: Stream,
     limit: usize,
     tail: &Mutex<VecDeque<u8>>,
     tail_bytes: usize,
+    sink: Option<OutputSink>,
 ) -> Vec<u8> {
     let mut out = Vec::new();
     let Some(mut r) = r else { return out };
@@ -367,6 +431,9 @@ fn capture(
             Err(_) => break,
         };
         let chunk = &buf[..n];
+        if let Some(s) = &sink {
+            (s.0)(which, chunk);
+        }
         if out.len() < limit {
             let room = limit - out.len();
             out.extend_from_slice(&chunk[..room.min(n)]);

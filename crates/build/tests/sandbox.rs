@@ -269,3 +269,62 @@ fn a_flattened_directory_works_without_overlay() {
         "stubs removed"
     );
 }
+
+#[test]
+fn timeout_kills_the_whole_namespace() {
+    let Some(step) = Step::new("linux/amd64") else {
+        return;
+    };
+    let mut spec = step.spec(&["sh", "-c", "sleep 30 & sleep 30; echo never"]);
+    spec.timeout = Some(std::time::Duration::from_millis(500));
+    let t = std::time::Instant::now();
+    let out = sandbox::run(&spec).unwrap();
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(out.timed_out);
+    assert_eq!(out.code, 137);
+    let err = out.check(&spec.argv).unwrap_err().to_string();
+    assert!(err.contains("timeout"), "{err}");
+}
+
+#[test]
+fn output_is_streamed_as_it_arrives() {
+    use std::sync::{Arc, Mutex};
+    let Some(step) = Step::new("linux/amd64") else {
+        return;
+    };
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    let mut spec = step.spec(&["sh", "-c", "echo one; echo two >&2"]);
+    spec.on_output = Some(sandbox::OutputSink(Arc::new(move |which, bytes| {
+        s2.lock().unwrap().push((which, bytes.to_vec()));
+    })));
+    sandbox::run(&spec).unwrap();
+    let seen = seen.lock().unwrap();
+    assert!(
+        seen.contains(&(sandbox::Stream::Stdout, b"one\n".to_vec())),
+        "{seen:?}"
+    );
+    assert!(
+        seen.contains(&(sandbox::Stream::Stderr, b"two\n".to_vec())),
+        "{seen:?}"
+    );
+}
+
+#[test]
+fn a_platform_that_cannot_run_fails_before_anything_runs() {
+    let Some(step) = Step::new("linux/amd64") else {
+        return;
+    };
+    let mut spec = step.spec(&["sh", "-c", "touch /ran"]);
+    spec.platform = Some(oci::Platform::parse("linux/mips64le").unwrap());
+    let err = sandbox::run(&spec).unwrap_err().to_string();
+    assert!(
+        err.contains("linux/mips64le") && err.contains("qemu-user-static"),
+        "{err}"
+    );
+    assert!(!step.upper().join("ran").exists());
+}
