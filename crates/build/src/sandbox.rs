@@ -259,6 +259,7 @@ pub fn run(spec: &RunSpec) -> Result<RunOutput> {
             RootMount::Bind(cstr(dir.as_os_str().as_bytes(), "root directory")?),
         ),
     };
+    let etc_before = etc_time(&spec.rootfs);
     let stubs_before: Vec<(&str, bool)> = STUBS.iter().map(|s| (*s, exists_in(&view, s))).collect();
 
     let hosts = state.path().join("hosts");
@@ -325,7 +326,7 @@ pub fn run(spec: &RunSpec) -> Result<RunOutput> {
         Ok(c) => c,
         Err(e) => {
             let msg = read_all(err_r);
-            cleanup_stubs(&spec.rootfs, &view, &stubs_before);
+            cleanup_stubs(&spec.rootfs, &view, &stubs_before, etc_before);
             if !msg.is_empty() {
                 return Err(sandbox_err("setting up", msg));
             }
@@ -384,7 +385,7 @@ pub fn run(spec: &RunSpec) -> Result<RunOutput> {
     let stdout = outs.next().unwrap_or_default();
     let stderr = outs.next().unwrap_or_default();
     let duration = start.elapsed();
-    cleanup_stubs(&spec.rootfs, &view, &stubs_before);
+    cleanup_stubs(&spec.rootfs, &view, &stubs_before, etc_before);
     let status = status?;
     if !setup_error.is_empty() {
         return Err(sandbox_err("setting up", setup_error));
@@ -521,8 +522,38 @@ fn exists_in(layers: &[PathBuf], rel: &str) -> bool {
     false
 }
 
-fn cleanup_stubs(rootfs: &RootFs, view: &[PathBuf], before: &[(&str, bool)]) {
+/// In a plain directory, making and removing /etc/hosts changes /etc's time, which the
+/// walking differ would report: remember it (and what /etc held) to put it back when only our
+/// stubs touched it.
+fn etc_time(rootfs: &RootFs) -> Option<(i64, i64, Vec<std::ffi::OsString>)> {
+    match rootfs {
+        RootFs::Dir(d) => fs::symlink_metadata(d.join("etc"))
+            .ok()
+            .filter(|m| m.is_dir())
+            .map(|m| (m.mtime(), m.mtime_nsec(), dir_names(&d.join("etc")))),
+        RootFs::Overlay { .. } => None,
+    }
+}
+
+fn dir_names(dir: &Path) -> Vec<std::ffi::OsString> {
+    let mut v: Vec<_> = fs::read_dir(dir)
+        .map(|r| r.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn cleanup_stubs(
+    rootfs: &RootFs,
+    view: &[PathBuf],
+    before: &[(&str, bool)],
+    etc_time: Option<(i64, i64, Vec<std::ffi::OsString>)>,
+) {
     let top = &view[0];
+    let etc = top.join("etc");
+    let ours_in_etc = before
+        .iter()
+        .any(|(rel, existed)| rel.starts_with("etc/") && !existed);
     for (rel, existed) in before.iter().rev() {
         let p = top.join(rel);
         let Ok(m) = fs::symlink_metadata(&p) else {
@@ -562,6 +593,11 @@ fn cleanup_stubs(rootfs: &RootFs, view: &[PathBuf], before: &[(&str, bool)]) {
             } else {
                 fs::remove_file(&p)
             };
+        }
+    }
+    if let (Some((s, ns, names)), true) = (etc_time, ours_in_etc) {
+        if dir_names(&etc) == names {
+            let _ = crate::snapshot::set_times(&etc, s, ns);
         }
     }
 }

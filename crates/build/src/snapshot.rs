@@ -449,10 +449,14 @@ pub(crate) fn mknod(path: &Path, mode: u32, major: u32, minor: u32) -> io::Resul
 
 /// Sets atime and mtime of `path` itself (not a symlink's target).
 pub(crate) fn set_mtime(path: &Path, secs: i64) -> io::Result<()> {
+    set_times(path, secs, 0)
+}
+
+pub(crate) fn set_times(path: &Path, secs: i64, nsec: i64) -> io::Result<()> {
     let c = cpath(path)?;
     let ts = libc::timespec {
         tv_sec: secs as libc::time_t,
-        tv_nsec: 0,
+        tv_nsec: nsec as libc::c_long,
     };
     let times = [ts, ts];
     // SAFETY: valid path and two timespecs, as utimensat wants.

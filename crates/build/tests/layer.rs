@@ -78,7 +78,12 @@ fn a_step_becomes_a_layer_with_whiteouts_and_opaque_dirs() {
     let store_dir = scratch.dir.path().join("store");
     let layout = store::Layout::open_or_create(&store_dir).unwrap();
     let _guard = layout.write_guard().unwrap();
-    let w = layer::write_to_store(&upper, &layout, &LayerOptions::default()).unwrap();
+    let w = layer::write_to_store(
+        layer::Changes::Upper(&upper),
+        &layout,
+        &LayerOptions::default(),
+    )
+    .unwrap();
     assert_eq!(w.descriptor.media_type, oci::media_type::OCI_LAYER_GZIP);
     assert_eq!(
         layout.blob_size(&w.descriptor.digest),
@@ -146,7 +151,7 @@ fn the_same_step_twice_gives_the_same_layer() {
             source_date_epoch: Some(1_700_000_000),
             ..Default::default()
         };
-        let w = layer::write_to_store(&upper, &layout, &opts).unwrap();
+        let w = layer::write_to_store(layer::Changes::Upper(&upper), &layout, &opts).unwrap();
         results.push((w.descriptor.digest, w.diff_id));
     }
     assert_eq!(results[0], results[1], "gzip: same digest and diffID");
@@ -184,7 +189,63 @@ fn an_emulated_step_becomes_a_layer() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "20000");
     assert_eq!(fs::read_to_string(upper.join("arch")).unwrap(), "aarch64\n");
     let layout = store::Layout::open_or_create(scratch.dir.path().join("store")).unwrap();
-    let w = layer::write_to_store(&upper, &layout, &LayerOptions::default()).unwrap();
+    let w = layer::write_to_store(
+        layer::Changes::Upper(&upper),
+        &layout,
+        &LayerOptions::default(),
+    )
+    .unwrap();
     let (names, _) = layer_entries(&layout, &w);
     assert_eq!(names, ["arch", "lines"]);
+}
+
+#[test]
+fn the_walking_differ_compares_a_plain_root_with_its_snapshots() {
+    if !common::is_root() {
+        return;
+    }
+    let Some(base) = common::busybox_snapshots("linux/amd64") else {
+        return;
+    };
+    let lowers: Vec<PathBuf> = base.iter().map(|s| s.path.clone()).collect();
+    let scratch = Scratch::new();
+    let flat = scratch.dir.path().join("flat");
+    snapshot::flatten(&lowers, &flat).unwrap();
+    let opts = LayerOptions {
+        compression: Compression::None,
+        source_date_epoch: Some(1_700_000_000),
+        ..Default::default()
+    };
+    let changes = layer::Changes::Walk {
+        root: &flat,
+        lowers: &lowers,
+    };
+    // A step that changes nothing gives an empty layer: the sandbox's stubs leave no trace.
+    run_ok(RootFs::Dir(flat.clone()), "true");
+    let (bytes, d) = layer::write_layer(changes, Vec::new(), &opts).unwrap();
+    assert_eq!(d.entries, 0, "{:?}", names_of(&bytes));
+
+    run_ok(RootFs::Dir(flat.clone()), CHANGES);
+    let (bytes, d) = layer::write_layer(changes, Vec::new(), &opts).unwrap();
+    let names = names_of(&bytes);
+    assert_eq!(
+        names,
+        [
+            "app/",
+            "app/greeting",
+            "etc/",
+            "etc/.wh.group",
+            "root/",
+            "root/file"
+        ]
+    );
+    assert_eq!(d.entries, 6);
+}
+
+fn names_of(tar_bytes: &[u8]) -> Vec<String> {
+    tar::Archive::new(tar_bytes)
+        .entries()
+        .unwrap()
+        .map(|e| String::from_utf8(e.unwrap().path_bytes().into_owned()).unwrap())
+        .collect()
 }
