@@ -937,6 +937,7 @@ fn setup_root(p: &Prepared, err_fd: i32) {
         // SAFETY: valid C strings.
         unsafe { libc::symlink(to.as_ptr(), l.as_ptr()) };
     }
+    harden_proc(err_fd, &proc_, &join(&dev, "null"));
     let sys = join(t, "sys");
     mkdir_p(err_fd, &sys, 0o555);
     let (sysfs, ro) = (
@@ -1060,6 +1061,86 @@ fn setup_root(p: &Prepared, err_fd: i32) {
         }
         if libc::setuid(p.uid) != 0 {
             fail(err_fd, &format!("setuid {}", p.uid), &errno_str());
+        }
+    }
+}
+
+/// What docker (runc) makes read-only or masks in /proc: euid 0 may write most sysctls without
+/// any capability, and some files leak host secrets.
+const PROC_READONLY: &[&str] = &["bus", "fs", "irq", "sys", "sysrq-trigger"];
+const PROC_MASKED_FILES: &[&str] = &[
+    "kcore",
+    "keys",
+    "latency_stats",
+    "timer_list",
+    "timer_stats",
+    "sched_debug",
+];
+const PROC_MASKED_DIRS: &[&str] = &["acpi", "asound", "scsi"];
+
+fn harden_proc(err_fd: i32, proc_: &CString, null: &CString) {
+    let tmpfs = c("tmpfs");
+    let ro_opts = c("size=0,mode=555");
+    // SAFETY: raw mount calls with valid C strings; paths this kernel lacks are skipped.
+    unsafe {
+        let exists = |p: &CString| {
+            let mut st: libc::stat = std::mem::zeroed();
+            libc::lstat(p.as_ptr(), &mut st) == 0
+        };
+        for rel in PROC_READONLY {
+            let p = join(proc_, rel);
+            if !exists(&p) {
+                continue;
+            }
+            if libc::mount(
+                p.as_ptr(),
+                p.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND | libc::MS_REC,
+                std::ptr::null(),
+            ) != 0
+                || libc::mount(
+                    std::ptr::null(),
+                    p.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_REC,
+                    std::ptr::null(),
+                ) != 0
+            {
+                fail(
+                    err_fd,
+                    &format!("making /proc/{rel} read-only"),
+                    &errno_str(),
+                );
+            }
+        }
+        for rel in PROC_MASKED_FILES {
+            let p = join(proc_, rel);
+            if exists(&p)
+                && libc::mount(
+                    null.as_ptr(),
+                    p.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ) != 0
+            {
+                fail(err_fd, &format!("masking /proc/{rel}"), &errno_str());
+            }
+        }
+        for rel in PROC_MASKED_DIRS {
+            let p = join(proc_, rel);
+            if exists(&p)
+                && libc::mount(
+                    tmpfs.as_ptr(),
+                    p.as_ptr(),
+                    tmpfs.as_ptr(),
+                    libc::MS_RDONLY,
+                    ro_opts.as_ptr().cast(),
+                ) != 0
+            {
+                fail(err_fd, &format!("masking /proc/{rel}"), &errno_str());
+            }
         }
     }
 }

@@ -124,6 +124,21 @@ fn namespaces_and_minimal_system() {
     // Only the sandbox's own processes are visible.
     let ps = step.run(&["sh", "-c", "ls -d /proc/[0-9]* | wc -l"]);
     assert!(ps.trim().parse::<u32>().unwrap() <= 3, "{ps}");
+    // /proc/sys is read-only (root could otherwise write host sysctls), secrets are masked.
+    let out = sandbox::run(&step.spec(&[
+        "sh",
+        "-c",
+        "cat /proc/sys/kernel/panic > /proc/sys/kernel/panic",
+    ]))
+    .unwrap();
+    assert_ne!(out.code, 0);
+    assert!(out.tail.contains("Read-only file system"), "{}", out.tail);
+    for f in ["kcore", "keys", "timer_list"] {
+        if std::path::Path::new("/proc").join(f).exists() {
+            let n = step.run(&["sh", "-c", &format!("cat /proc/{f} | wc -c")]);
+            assert_eq!(n.trim(), "0", "/proc/{f} is masked");
+        }
+    }
     // No CAP_SYS_ADMIN: root in the step cannot mount.
     let out = sandbox::run(&step.spec(&["mount", "-t", "tmpfs", "x", "/mnt"])).unwrap();
     assert_ne!(out.code, 0, "mount should be refused: {}", out.tail);
