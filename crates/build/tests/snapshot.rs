@@ -310,3 +310,53 @@ fn symlink_out_of_the_root_is_refused_and_nothing_written_outside() {
         0
     );
 }
+
+#[test]
+fn concurrent_unpacks_of_one_layer_keep_one_complete_copy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = SnapshotCache::open(tmp.path()).unwrap();
+    let layer = base_layer();
+    let want = oci::Digest::sha256_of(&layer);
+    let results: Vec<_> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| cache.unpack(&layer[..], None, Some(&want), "base").unwrap()))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(results.iter().all(|(s, _)| s.path == results[0].0.path));
+    assert!(results[0].0.path.join("c/sub/old2").is_file());
+    assert_eq!(fs::read_dir(tmp.path().join("sha256")).unwrap().count(), 1);
+    assert_eq!(fs::read_dir(tmp.path().join("tmp")).unwrap().count(), 0);
+}
+
+#[test]
+fn a_corrupt_blob_is_refused_and_nothing_kept() {
+    let Some(dir) = common::busybox_layout() else {
+        return;
+    };
+    let src = store::Layout::open_existing(&dir).unwrap();
+    let (m, c) = common::busybox_image(&src, "linux/amd64");
+    let layer = &m.layers[0];
+    // A copy of the store whose layer blob has one byte flipped in the middle.
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = store::Layout::open_or_create(tmp.path().join("store")).unwrap();
+    let mut bytes = fs::read(src.blob_path(&layer.digest)).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    let p = layout.blob_path(&layer.digest);
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::write(&p, &bytes).unwrap();
+    let cache = SnapshotCache::open(tmp.path().join("snapshots")).unwrap();
+    let err = cache
+        .unpack_blob(&layout, layer, &c.rootfs.diff_ids[0])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&layer.digest.to_string()), "{err}");
+    assert!(cache.get(&c.rootfs.diff_ids[0]).is_none());
+    assert_eq!(
+        fs::read_dir(tmp.path().join("snapshots/tmp"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
