@@ -106,8 +106,17 @@ pub struct LayerDigests {
     pub entries: u64,
 }
 
-/// Writes the layer of a step's changes into `out`, compressed as `opts` says.
+/// Writes the layer of an overlay upperdir into `out`, compressed as `opts` says.
 pub fn write_layer<W: Write>(
+    upper: &Path,
+    out: W,
+    opts: &LayerOptions,
+) -> Result<(W, LayerDigests)> {
+    write_changes(Changes::Upper(upper), out, opts)
+}
+
+/// Writes the layer of a step's changes into `out`, compressed as `opts` says.
+pub fn write_changes<W: Write>(
     changes: Changes,
     out: W,
     opts: &LayerOptions,
@@ -614,9 +623,18 @@ impl Read for ChannelReader {
     }
 }
 
+/// Writes the layer of an overlay upperdir into the store; see [`store_changes`].
+pub fn write_to_store(
+    upper: &Path,
+    layout: &store::Layout,
+    opts: &LayerOptions,
+) -> Result<WrittenLayer> {
+    store_changes(Changes::Upper(upper), layout, opts)
+}
+
 /// Writes the layer of a step's changes into the store, streaming (at most a few MiB in
 /// flight). The blob is named by nothing yet: hold `layout.write_guard()` until an image names it.
-pub fn write_to_store(
+pub fn store_changes(
     changes: Changes,
     layout: &store::Layout,
     opts: &LayerOptions,
@@ -636,7 +654,7 @@ pub fn write_to_store(
             tx: tx.clone(),
             buf: Vec::with_capacity(CHUNK),
         };
-        let written = write_layer(changes, w, opts).and_then(|(mut w, d)| {
+        let written = write_changes(changes, w, opts).and_then(|(mut w, d)| {
             w.flush().map_err(io_err("writing the layer of", upper))?;
             Ok(d)
         });
@@ -718,7 +736,7 @@ mod tests {
             source_date_epoch: Some(100),
             ..Default::default()
         };
-        let (bytes, d) = write_layer(Changes::Upper(u), Vec::new(), &opts).unwrap();
+        let (bytes, d) = write_layer(u, Vec::new(), &opts).unwrap();
         assert_eq!(d.diff_id, d.digest, "uncompressed: digest is the diffID");
         assert_eq!(Digest::sha256_of(&bytes), d.diff_id);
         let es = entries(&bytes);
@@ -737,14 +755,14 @@ mod tests {
         );
         assert_eq!(es[0].3, [("user.k".to_string(), b"v".to_vec())]);
         // Same tree, same bytes; gzip and zstd carry the same diffID.
-        let (again, _) = write_layer(Changes::Upper(u), Vec::new(), &opts).unwrap();
+        let (again, _) = write_layer(u, Vec::new(), &opts).unwrap();
         assert_eq!(again, bytes);
         for c in [Compression::Gzip, Compression::Zstd] {
             let o = LayerOptions {
                 compression: c,
                 ..opts.clone()
             };
-            let (z, dz) = write_layer(Changes::Upper(u), Vec::new(), &o).unwrap();
+            let (z, dz) = write_layer(u, Vec::new(), &o).unwrap();
             assert_eq!(dz.diff_id, d.diff_id);
             assert_eq!(Digest::sha256_of(&z), dz.digest);
             assert_eq!(dz.size, z.len() as u64);

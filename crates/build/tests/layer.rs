@@ -78,12 +78,7 @@ fn a_step_becomes_a_layer_with_whiteouts_and_opaque_dirs() {
     let store_dir = scratch.dir.path().join("store");
     let layout = store::Layout::open_or_create(&store_dir).unwrap();
     let _guard = layout.write_guard().unwrap();
-    let w = layer::write_to_store(
-        layer::Changes::Upper(&upper),
-        &layout,
-        &LayerOptions::default(),
-    )
-    .unwrap();
+    let w = layer::write_to_store(&upper, &layout, &LayerOptions::default()).unwrap();
     assert_eq!(w.descriptor.media_type, oci::media_type::OCI_LAYER_GZIP);
     assert_eq!(
         layout.blob_size(&w.descriptor.digest),
@@ -151,7 +146,7 @@ fn the_same_step_twice_gives_the_same_layer() {
             source_date_epoch: Some(1_700_000_000),
             ..Default::default()
         };
-        let w = layer::write_to_store(layer::Changes::Upper(&upper), &layout, &opts).unwrap();
+        let w = layer::write_to_store(&upper, &layout, &opts).unwrap();
         results.push((w.descriptor.digest, w.diff_id));
     }
     assert_eq!(results[0], results[1], "gzip: same digest and diffID");
@@ -189,12 +184,7 @@ fn an_emulated_step_becomes_a_layer() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "20000");
     assert_eq!(fs::read_to_string(upper.join("arch")).unwrap(), "aarch64\n");
     let layout = store::Layout::open_or_create(scratch.dir.path().join("store")).unwrap();
-    let w = layer::write_to_store(
-        layer::Changes::Upper(&upper),
-        &layout,
-        &LayerOptions::default(),
-    )
-    .unwrap();
+    let w = layer::write_to_store(&upper, &layout, &LayerOptions::default()).unwrap();
     let (names, _) = layer_entries(&layout, &w);
     assert_eq!(names, ["arch", "lines"]);
 }
@@ -222,11 +212,11 @@ fn the_walking_differ_compares_a_plain_root_with_its_snapshots() {
     };
     // A step that changes nothing gives an empty layer: the sandbox's stubs leave no trace.
     run_ok(RootFs::Dir(flat.clone()), "true");
-    let (bytes, d) = layer::write_layer(changes, Vec::new(), &opts).unwrap();
+    let (bytes, d) = layer::write_changes(changes, Vec::new(), &opts).unwrap();
     assert_eq!(d.entries, 0, "{:?}", names_of(&bytes));
 
     run_ok(RootFs::Dir(flat.clone()), CHANGES);
-    let (bytes, d) = layer::write_layer(changes, Vec::new(), &opts).unwrap();
+    let (bytes, d) = layer::write_changes(changes, Vec::new(), &opts).unwrap();
     let names = names_of(&bytes);
     assert_eq!(
         names,

@@ -4,7 +4,7 @@
 use std::fs;
 use std::io::Write;
 
-use manifold_build::layer::{self, Changes, LayerOptions};
+use manifold_build::layer::{self, LayerOptions};
 
 fn peak_rss_kib() -> u64 {
     fs::read_to_string("/proc/self/status")
@@ -38,8 +38,7 @@ fn a_big_layer_streams_into_the_store_in_bounded_memory() {
     let layout = store::Layout::open_or_create(tmp.path().join("store")).unwrap();
     let before = peak_rss_kib();
     let t = std::time::Instant::now();
-    let w =
-        layer::write_to_store(Changes::Upper(&upper), &layout, &LayerOptions::default()).unwrap();
+    let w = layer::write_to_store(&upper, &layout, &LayerOptions::default()).unwrap();
     let grew = peak_rss_kib().saturating_sub(before);
     eprintln!(
         "24 MiB layer: {} bytes gzip in {:?}, peak RSS grew {grew} KiB",
@@ -62,7 +61,7 @@ fn a_failing_walk_leaves_no_blob() {
     let tmp = tempfile::tempdir().unwrap();
     let layout = store::Layout::open_or_create(tmp.path().join("store")).unwrap();
     let missing = tmp.path().join("no-such-upper");
-    let err = layer::write_to_store(Changes::Upper(&missing), &layout, &LayerOptions::default())
+    let err = layer::write_to_store(&missing, &layout, &LayerOptions::default())
         .unwrap_err()
         .to_string();
     assert!(err.contains("no-such-upper"), "{err}");
