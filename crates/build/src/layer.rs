@@ -30,6 +30,9 @@ pub struct LayerOptions {
     pub level: Option<u32>,
     /// Clamp every mtime newer than this (seconds since the epoch).
     pub source_date_epoch: Option<i64>,
+    /// Threads compressing gzip layers (0: one per core, at most 8). The bytes do not depend
+    /// on it: layers past 1 MiB are cut in 1 MiB gzip members either way.
+    pub threads: usize,
 }
 
 impl Default for LayerOptions {
@@ -38,6 +41,7 @@ impl Default for LayerOptions {
             compression: Compression::Gzip,
             level: None,
             source_date_epoch: None,
+            threads: 0,
         }
     }
 }
@@ -127,7 +131,11 @@ pub fn write_changes<W: Write>(
     let (compressed, diff, entries) = match opts.compression {
         Compression::Gzip => {
             let level = flate2::Compression::new(opts.level.unwrap_or(6).min(9));
-            let enc = flate2::GzBuilder::new().mtime(0).write(compressed, level);
+            let threads = match opts.threads {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get().min(8)),
+                n => n,
+            };
+            let enc = crate::pargz::ParGz::new(compressed, level, threads);
             let (enc, diff, entries) = write_tar(changes, enc, opts)?;
             (enc.finish().map_err(werr)?, diff, entries)
         }

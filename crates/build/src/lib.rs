@@ -9,6 +9,7 @@
 
 pub mod emulation;
 pub mod layer;
+mod pargz;
 #[rustfmt::skip]
 mod probes;
 pub mod sandbox;

@@ -21,7 +21,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::emulation::RunMode;
@@ -122,7 +122,8 @@ pub struct RunOutput {
     pub code: i32,
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
-    /// The last `tail_bytes` of stdout and stderr as they arrived, for error messages.
+    /// At most `tail_bytes` of output for error messages: the end of stdout, then the end of
+    /// stderr.
     pub tail: String,
     pub duration: Duration,
     /// Native, or through which QEMU handler (native when the spec named no platform).
@@ -341,7 +342,6 @@ pub fn run(spec: &RunSpec) -> Result<RunOutput> {
     // Closed at exec, or carries the reason the setup failed.
     let setup_error = read_all(err_r);
 
-    let tail = Arc::new(Mutex::new(VecDeque::with_capacity(spec.tail_bytes)));
     let readers: Vec<_> = [
         child
             .stdout
@@ -355,11 +355,10 @@ pub fn run(spec: &RunSpec) -> Result<RunOutput> {
     .into_iter()
     .zip([Stream::Stdout, Stream::Stderr])
     .map(|(r, which)| {
-        let tail = tail.clone();
         let limit = spec.capture_limit;
         let tail_bytes = spec.tail_bytes;
         let sink = spec.on_output.clone();
-        std::thread::spawn(move || capture(r, which, limit, &tail, tail_bytes, sink))
+        std::thread::spawn(move || capture(r, which, limit, tail_bytes, sink))
     })
     .collect();
     // The watchdog kills the parent of PID 1; PID 1 follows (PDEATHSIG), and with it the
@@ -382,8 +381,8 @@ pub fn run(spec: &RunSpec) -> Result<RunOutput> {
     drop(done_tx);
     let timed_out = watchdog.is_some_and(|w| w.join().unwrap_or(false));
     let mut outs = readers.into_iter().map(|h| h.join().unwrap_or_default());
-    let stdout = outs.next().unwrap_or_default();
-    let stderr = outs.next().unwrap_or_default();
+    let (stdout, out_tail) = outs.next().unwrap_or_default();
+    let (stderr, err_tail) = outs.next().unwrap_or_default();
     let duration = start.elapsed();
     cleanup_stubs(&spec.rootfs, &view, &stubs_before, etc_before);
     let status = status?;
@@ -395,13 +394,7 @@ pub fn run(spec: &RunSpec) -> Result<RunOutput> {
         .code()
         .or_else(|| status.signal().map(|s| 128 + s))
         .unwrap_or(-1);
-    let tail = {
-        let t = tail
-            .lock()
-            .map(|t| t.iter().copied().collect::<Vec<u8>>())
-            .unwrap_or_default();
-        String::from_utf8_lossy(&t).into_owned()
-    };
+    let tail = compose_tail(out_tail, err_tail, spec.tail_bytes);
     Ok(RunOutput {
         code,
         stdout,
@@ -413,16 +406,44 @@ pub fn run(spec: &RunSpec) -> Result<RunOutput> {
     })
 }
 
+/// The tail for error messages: the end of stdout, then the end of stderr (where errors
+/// usually are). Two pipes have no reliable order between them, so none is pretended; a
+/// stream that printed nothing leaves all the room to the other.
+fn compose_tail(out: VecDeque<u8>, err: VecDeque<u8>, budget: usize) -> String {
+    let take = |v: VecDeque<u8>, n: usize| -> Vec<u8> {
+        let skip = v.len().saturating_sub(n);
+        let mut b: Vec<u8> = v.into_iter().skip(skip).collect();
+        // Start at a line boundary when the cut fell inside a line.
+        if skip > 0 {
+            if let Some(i) = b.iter().position(|c| *c == b'\n') {
+                b.drain(..=i);
+            }
+        }
+        b
+    };
+    let (o, e) = match (out.is_empty(), err.is_empty()) {
+        (_, true) => (take(out, budget), Vec::new()),
+        (true, false) => (Vec::new(), take(err, budget)),
+        (false, false) => (take(out, budget / 2), take(err, budget / 2)),
+    };
+    let mut all = o;
+    all.extend(e);
+    String::from_utf8_lossy(&all).into_owned()
+}
+
+/// Reads one stream to its end: what fits in `limit`, and the last `tail_bytes`.
 fn capture(
     r: Option<Box<dyn Read + Send>>,
     which: Stream,
     limit: usize,
-    tail: &Mutex<VecDeque<u8>>,
     tail_bytes: usize,
     sink: Option<OutputSink>,
-) -> Vec<u8> {
+) -> (Vec<u8>, VecDeque<u8>) {
     let mut out = Vec::new();
-    let Some(mut r) = r else { return out };
+    let mut tail = VecDeque::with_capacity(tail_bytes);
+    let Some(mut r) = r else {
+        return (out, tail);
+    };
     let mut buf = [0u8; 16384];
     loop {
         let n = match r.read(&mut buf) {
@@ -439,14 +460,11 @@ fn capture(
             let room = limit - out.len();
             out.extend_from_slice(&chunk[..room.min(n)]);
         }
-        if let Ok(mut t) = tail.lock() {
-            t.extend(chunk);
-            while t.len() > tail_bytes {
-                t.pop_front();
-            }
-        }
+        tail.extend(chunk);
+        let excess = tail.len().saturating_sub(tail_bytes);
+        tail.drain(..excess);
     }
-    out
+    (out, tail)
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {

@@ -202,6 +202,7 @@ fn exit_code_and_output_tail_are_reported() {
         out.tail
     );
     assert!(!out.tail.contains("\n1\n2\n3\n"), "only the tail is kept");
+    assert!(out.tail.ends_with("to-stdout\nto-stderr\n"), "{}", out.tail);
     let err = out.check(&spec.argv).unwrap_err().to_string();
     assert!(
         err.contains("exited with code 3") && err.contains("to-stderr"),
