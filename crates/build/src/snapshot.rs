@@ -93,6 +93,8 @@ pub fn apply_layer(
         written: HashSet::new(),
         dir_times: Vec::new(),
         entries: 0,
+        // SAFETY: geteuid has no preconditions.
+        root_user: unsafe { libc::geteuid() } == 0,
     };
     let entries = archive
         .entries()
@@ -123,6 +125,7 @@ struct Applier {
     written: HashSet<PathBuf>,
     dir_times: Vec<(PathBuf, i64)>,
     entries: u64,
+    root_user: bool,
 }
 
 /// Header fields, with PAX records taking precedence (large ids, long names, xattrs).
@@ -409,15 +412,26 @@ impl Applier {
     }
 
     fn set_meta(&self, path: &Path, m: &Meta, is_link: bool) -> Result<()> {
-        std::os::unix::fs::lchown(path, Some(m.uid), Some(m.gid))
-            .map_err(io_err("changing the owner of", path))?;
+        // Without root, owners and privileged xattrs cannot be kept (as `tar` does for users);
+        // everything else still is.
+        let tolerate =
+            |e: &io::Error| !self.root_user && e.kind() == io::ErrorKind::PermissionDenied;
+        if let Err(e) = std::os::unix::fs::lchown(path, Some(m.uid), Some(m.gid)) {
+            if !tolerate(&e) {
+                return Err(io_err("changing the owner of", path)(e));
+            }
+        }
         // After chown, which clears setuid bits.
         if !is_link {
             fs::set_permissions(path, fs::Permissions::from_mode(m.mode & 0o7777))
                 .map_err(io_err("setting the mode of", path))?;
         }
         for (k, v) in &m.xattrs {
-            xattr::set(path, k, v).map_err(io_err("setting an xattr on", path))?;
+            if let Err(e) = xattr::set(path, k, v) {
+                if !tolerate(&e) {
+                    return Err(io_err("setting an xattr on", path)(e));
+                }
+            }
         }
         Ok(())
     }
@@ -581,6 +595,35 @@ impl SnapshotCache {
             },
             true,
         ))
+    }
+
+    /// The diffIDs of every snapshot in the cache.
+    pub fn list(&self) -> Result<Vec<Digest>> {
+        let dir = self.dir.join("sha256");
+        let mut out = Vec::new();
+        for e in fs::read_dir(&dir).map_err(io_err("listing", &dir))? {
+            let e = e.map_err(io_err("listing", &dir))?;
+            if let Ok(d) = Digest::parse(&format!("sha256:{}", e.file_name().to_string_lossy())) {
+                out.push(d);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Removes a snapshot: renamed away first, so a reader never sees half of one. The caller
+    /// makes sure no running step uses it as a lowerdir.
+    pub fn remove(&self, diff_id: &Digest) -> Result<bool> {
+        let path = self.path_for(diff_id);
+        let tmp_parent = self.dir.join("tmp");
+        let doomed = tmp_parent.join(format!("remove-{}-{}", diff_id.hex(), std::process::id()));
+        match fs::rename(&path, &doomed) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io_err("removing snapshot", &path)(e)),
+        }
+        fs::remove_dir_all(&doomed).map_err(io_err("removing snapshot", &doomed))?;
+        Ok(true)
     }
 
     /// Unpacks a layer blob of `layout` (unless cached), checked against its diffID.
