@@ -344,3 +344,54 @@ fn a_platform_that_cannot_run_fails_before_anything_runs() {
     );
     assert!(!step.upper().join("ran").exists());
 }
+
+#[test]
+fn from_scratch_runs_a_static_binary_with_no_lower_layers() {
+    let Some(step) = Step::new("linux/amd64") else {
+        return;
+    };
+    // FROM scratch + COPY of a static busybox: only the upperdir has files.
+    let upper = step.upper();
+    fs::create_dir_all(&upper).unwrap();
+    fs::copy(step.lowers[0].join("bin/busybox"), upper.join("busybox")).unwrap();
+    let rootfs = RootFs::Overlay {
+        lowers: Vec::new(),
+        upper: upper.clone(),
+        work: step.dir.path().join("work"),
+    };
+    let out = sandbox::run(&RunSpec::new(rootfs, &["/busybox", "echo", "from scratch"])).unwrap();
+    assert!(out.success(), "{}", out.tail);
+    assert_eq!(out.stdout, b"from scratch\n");
+    let mut left: Vec<_> = fs::read_dir(&upper)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["busybox"], "no mountpoint stubs left behind");
+}
+
+#[test]
+fn emulated_step_with_user_workdir_and_no_network() {
+    if !runnable("linux/arm/v7") {
+        return;
+    }
+    let Some(step) = Step::new("linux/arm/v7") else {
+        return;
+    };
+    let mut spec = step.spec(&[
+        "sh",
+        "-c",
+        "id -u; pwd; uname -m; cat /proc/net/dev | tail -n +3 | wc -l",
+    ]);
+    spec.platform = Some(oci::Platform::parse("linux/arm/v7").unwrap());
+    spec.user = Some("nobody".into());
+    spec.workdir = "/srv/app".into();
+    spec.network = Network::None;
+    let out = sandbox::run(&spec).unwrap();
+    assert!(out.success(), "{}", out.tail);
+    assert!(out.mode.is_emulated());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "65534\n/srv/app\narmv7l\n1\n"
+    );
+}
