@@ -394,6 +394,29 @@ impl<W: Write> TarWriter<W> {
                 pax.push(("linkpath".into(), l.clone()));
             }
         }
+        // A renamed directory (redirect_dir) or a metadata-only copy-up (metacopy) does not
+        // hold what a layer needs; the sandbox mounts with both off, so this means an upperdir
+        // written by some other overlay mount.
+        for (key, what) in [
+            (
+                "trusted.overlay.redirect",
+                "a renamed directory (overlay redirect_dir)",
+            ),
+            (
+                "trusted.overlay.metacopy",
+                "a metadata-only copy-up (overlay metacopy)",
+            ),
+        ] {
+            if xattr::get(path, key).ok().flatten().is_some() {
+                return Err(Error::BadLayer {
+                    layer: self.upper.display().to_string(),
+                    reason: format!(
+                        "{} is {what}, which a layer cannot express; mount the overlay with redirect_dir=off,metacopy=off",
+                        path.display()
+                    ),
+                });
+            }
+        }
         let mut xattrs = xattrs_of(path)?;
         xattrs.sort();
         let opaque =

@@ -239,3 +239,56 @@ fn names_of(tar_bytes: &[u8]) -> Vec<String> {
         .map(|e| String::from_utf8(e.unwrap().path_bytes().into_owned()).unwrap())
         .collect()
 }
+
+#[test]
+fn renaming_a_base_directory_gives_a_whiteout_and_a_whole_copy() {
+    if !common::is_root() {
+        return;
+    }
+    let Some(base) = common::busybox_snapshots("linux/amd64") else {
+        return;
+    };
+    let lowers: Vec<PathBuf> = base.iter().map(|s| s.path.clone()).collect();
+    let scratch = Scratch::new();
+    let (rootfs, upper) = scratch.rootfs("mv", &lowers);
+    // Overlayfs (redirect_dir=off) refuses to rename a base directory with EXDEV and mv
+    // copies instead, so the layer can express it. (/etc cannot move: /etc/hosts is a mount,
+    // as under docker.)
+    run_ok(
+        rootfs,
+        "mkdir /root/sub && echo x > /root/sub/f && mv /root /root2 && mkdir /root && touch /root/x",
+    );
+    let opts = LayerOptions {
+        compression: Compression::None,
+        ..Default::default()
+    };
+    let (bytes, _) = layer::write_layer(&upper, Vec::new(), &opts).unwrap();
+    assert_eq!(
+        names_of(&bytes),
+        [
+            "root/",
+            "root/.wh..wh..opq",
+            "root/x",
+            "root2/",
+            "root2/sub/",
+            "root2/sub/f"
+        ]
+    );
+}
+
+#[test]
+fn an_upperdir_with_a_redirect_is_refused() {
+    if !common::is_root() {
+        return;
+    }
+    let t = tempfile::tempdir_in(common::repo_root().join("target")).unwrap();
+    fs::create_dir(t.path().join("moved")).unwrap();
+    xattr::set(t.path().join("moved"), "trusted.overlay.redirect", b"/orig").unwrap();
+    let err = layer::write_layer(t.path(), Vec::new(), &LayerOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("moved") && err.contains("redirect_dir=off"),
+        "{err}"
+    );
+}
