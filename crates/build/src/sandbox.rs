@@ -188,7 +188,7 @@ struct Prepared {
     workdir: PathBuf,
     uid: u32,
     gid: u32,
-    groups: Vec<libc::gid_t>,
+    groups: Vec<nix::unistd::Gid>,
 }
 
 enum RootMount {
@@ -290,7 +290,7 @@ pub fn run(spec: &RunSpec) -> Result<RunOutput> {
         workdir: PathBuf::from(&spec.workdir),
         uid,
         gid,
-        groups,
+        groups: groups.into_iter().map(nix::unistd::Gid::from_raw).collect(),
     };
 
     let mut cmd = Command::new(&spec.argv[0]);
@@ -717,41 +717,43 @@ fn fail(err_fd: i32, what: &str, why: &str) -> ! {
 }
 
 fn child_setup(p: &Prepared, err_fd: i32) -> io::Result<()> {
-    let mut flags =
-        libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
+    use nix::sched::{unshare, CloneFlags};
+    use nix::sys::wait::{waitpid, WaitStatus};
+    use nix::unistd::{fork, ForkResult};
+    let mut flags = CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWIPC;
     if p.new_net {
-        flags |= libc::CLONE_NEWNET;
+        flags |= CloneFlags::CLONE_NEWNET;
     }
-    // SAFETY: raw syscalls in the single-threaded forked child.
-    unsafe {
-        if libc::unshare(flags) != 0 {
-            fail(err_fd, "unshare (namespaces need root)", &errno_str());
-        }
-        let pid = libc::fork();
-        if pid < 0 {
-            fail(err_fd, "fork", &errno_str());
-        }
-        if pid > 0 {
+    if let Err(e) = unshare(flags) {
+        fail(err_fd, "unshare (namespaces need root)", &e.to_string());
+    }
+    // SAFETY: this process is the single-threaded child std forked; both sides only make
+    // syscalls before exec or _exit.
+    match unsafe { fork() } {
+        Err(e) => fail(err_fd, "fork", &e.to_string()),
+        Ok(ForkResult::Parent { child }) => {
             // The parent of PID 1: hold no copy of std's exec-error pipe or ours, wait, and
             // pass the status on.
-            libc::close_range(3, u32::MAX, 0);
-            let mut status = 0;
-            loop {
-                let r = libc::waitpid(pid, &mut status, 0);
-                if r == pid {
-                    break;
+            // SAFETY: closing fds this process does not use; _exit skips Rust's unwinding.
+            unsafe { libc::close_range(3, u32::MAX, 0) };
+            let code = loop {
+                match waitpid(child, None) {
+                    Ok(WaitStatus::Exited(_, code)) => break code,
+                    Ok(WaitStatus::Signaled(_, sig, _)) => break 128 + sig as i32,
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                    Err(_) => break 125,
                 }
-                if r < 0 && *libc::__errno_location() != libc::EINTR {
-                    libc::_exit(125);
-                }
-            }
-            if libc::WIFEXITED(status) {
-                libc::_exit(libc::WEXITSTATUS(status));
-            }
-            libc::_exit(128 + libc::WTERMSIG(status));
+            };
+            // SAFETY: as above.
+            unsafe { libc::_exit(code) }
         }
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        Ok(ForkResult::Child) => {}
     }
+    // PID 1 dies with its parent, which the timeout kills.
+    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
     setup_root(p, err_fd);
     Ok(())
 }
@@ -768,30 +770,13 @@ fn mount_or_fail(
     flags: libc::c_ulong,
     data: &str,
 ) {
-    let (src, fstype, data) = (c(src), c(fstype), c(data));
-    // SAFETY: valid C strings.
-    let r = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            flags,
-            if data.is_empty() {
-                std::ptr::null()
-            } else {
-                data.as_ptr().cast()
-            },
-        )
-    };
-    if r != 0 {
+    let flags = nix::mount::MsFlags::from_bits_truncate(flags);
+    let data = (!data.is_empty()).then_some(data);
+    if let Err(e) = nix::mount::mount(Some(src), target.as_c_str(), Some(fstype), flags, data) {
         fail(
             err_fd,
-            &format!(
-                "mounting {} at {}",
-                fstype.to_string_lossy(),
-                target.to_string_lossy()
-            ),
-            &errno_str(),
+            &format!("mounting {fstype} at {}", target.to_string_lossy()),
+            &e.to_string(),
         );
     }
 }
@@ -1014,28 +999,27 @@ fn setup_root(p: &Prepared, err_fd: i32) {
             );
         }
     }
-    // SAFETY: raw syscalls with valid arguments.
-    unsafe {
-        if libc::sethostname(p.hostname.as_ptr(), p.hostname.as_bytes().len()) != 0 {
-            fail(err_fd, "sethostname", &errno_str());
-        }
-        if p.new_net {
-            loopback_up(err_fd);
-        }
-        if libc::chdir(t.as_ptr()) != 0 {
-            fail(err_fd, "chdir to the new root", &errno_str());
-        }
-        let dot = c(".");
-        if libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) != 0 {
-            fail(err_fd, "pivot_root", &errno_str());
-        }
-        // The old root is stacked under the new one at "."; detach it.
-        if libc::umount2(dot.as_ptr(), libc::MNT_DETACH) != 0 {
-            fail(err_fd, "detaching the old root", &errno_str());
-        }
-        if libc::chdir(c("/").as_ptr()) != 0 {
-            fail(err_fd, "chdir /", &errno_str());
-        }
+    use nix::mount::{umount2, MntFlags};
+    use nix::unistd::{chdir, pivot_root, sethostname};
+    if let Err(e) = sethostname(std::ffi::OsStr::from_bytes(p.hostname.as_bytes())) {
+        fail(err_fd, "sethostname", &e.to_string());
+    }
+    if p.new_net {
+        // SAFETY: a socket and two ioctls, in the child.
+        unsafe { loopback_up(err_fd) };
+    }
+    if let Err(e) = chdir(t.as_c_str()) {
+        fail(err_fd, "chdir to the new root", &e.to_string());
+    }
+    // pivot_root(".", "."): the old root ends up stacked under the new one at "."; detach it.
+    if let Err(e) = pivot_root(".", ".") {
+        fail(err_fd, "pivot_root", &e.to_string());
+    }
+    if let Err(e) = umount2(".", MntFlags::MNT_DETACH) {
+        fail(err_fd, "detaching the old root", &e.to_string());
+    }
+    if let Err(e) = chdir("/") {
+        fail(err_fd, "chdir /", &e.to_string());
     }
     // Workdir: created as root, like docker, then entered.
     let mut cur = Vec::new();
@@ -1060,26 +1044,24 @@ fn setup_root(p: &Prepared, err_fd: i32) {
             }
         }
     }
-    let wd = CString::new(p.workdir.as_os_str().as_bytes()).unwrap_or_default();
-    // SAFETY: raw syscalls with valid arguments.
-    unsafe {
-        if libc::chdir(wd.as_ptr()) != 0 {
-            fail(
-                err_fd,
-                &format!("entering workdir {}", p.workdir.display()),
-                &errno_str(),
-            );
-        }
-        drop_capabilities();
-        if libc::setgroups(p.groups.len(), p.groups.as_ptr()) != 0 {
-            fail(err_fd, "setgroups", &errno_str());
-        }
-        if libc::setgid(p.gid) != 0 {
-            fail(err_fd, &format!("setgid {}", p.gid), &errno_str());
-        }
-        if libc::setuid(p.uid) != 0 {
-            fail(err_fd, &format!("setuid {}", p.uid), &errno_str());
-        }
+    use nix::unistd::{setgid, setgroups, setuid, Gid, Uid};
+    if let Err(e) = chdir(p.workdir.as_path()) {
+        fail(
+            err_fd,
+            &format!("entering workdir {}", p.workdir.display()),
+            &e.to_string(),
+        );
+    }
+    // SAFETY: prctl calls with integer arguments.
+    unsafe { drop_capabilities() };
+    if let Err(e) = setgroups(&p.groups) {
+        fail(err_fd, "setgroups", &e.to_string());
+    }
+    if let Err(e) = setgid(Gid::from_raw(p.gid)) {
+        fail(err_fd, &format!("setgid {}", p.gid), &e.to_string());
+    }
+    if let Err(e) = setuid(Uid::from_raw(p.uid)) {
+        fail(err_fd, &format!("setuid {}", p.uid), &e.to_string());
     }
 }
 

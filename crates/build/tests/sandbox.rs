@@ -257,6 +257,14 @@ fn env_user_and_workdir_are_honored() {
     );
     // The workdir, created as docker does, is part of the step's changes.
     assert!(step.upper().join("work/deep/dir").is_dir());
+    // A setup failure in the child comes back as an error that says what failed.
+    let mut spec = step.spec(&["true"]);
+    spec.workdir = "/etc/passwd/sub".into();
+    let err = sandbox::run(&spec).unwrap_err().to_string();
+    assert!(
+        err.contains("creating workdir /etc/passwd/sub") && err.contains("Not a directory"),
+        "{err}"
+    );
     let mut spec = step.spec(&["true"]);
     spec.user = Some("nosuchuser".into());
     let err = sandbox::run(&spec).unwrap_err().to_string();
