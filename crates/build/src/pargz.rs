@@ -4,8 +4,8 @@
 //!
 //! The bytes depend only on the input and the level, never on the number of threads, so
 //! digests stay reproducible. Input smaller than one block is a single member compressed on
-//! the caller's thread, identical to a plain gzip stream. At most `2 × threads` blocks are in
-//! flight, which bounds memory.
+//! the caller's thread, identical to a plain gzip stream. At most `threads + 1` blocks are in
+//! flight, which bounds memory (about 2 MiB each, input and output).
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
@@ -48,7 +48,7 @@ impl<W: Write> ParGz<W> {
     }
 
     fn start_workers(&mut self) {
-        let (tx, rx) = mpsc::sync_channel::<Job>(self.threads);
+        let (tx, rx) = mpsc::sync_channel::<Job>(1);
         let rx = Arc::new(Mutex::new(rx));
         for _ in 0..self.threads {
             let rx = rx.clone();
@@ -75,7 +75,7 @@ impl<W: Write> ParGz<W> {
             return Err(io::Error::other("the gzip workers stopped"));
         }
         self.pending.push_back(rrx);
-        while self.pending.len() > 2 * self.threads {
+        while self.pending.len() > self.threads + 1 {
             self.drain_one()?;
         }
         Ok(())
