@@ -21,7 +21,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::emulation::RunMode;
@@ -164,6 +164,135 @@ pub fn overlay_available() -> bool {
         .unwrap_or(false);
     // Not listed until the module loads; modprobe may not exist, so also ask for the module dir.
     known || Path::new("/sys/module/overlay").exists()
+}
+
+/// Can an overlay with its upperdir under `dir` be mounted? Tried once per filesystem (an
+/// upperdir on overlayfs itself, as in docker-in-docker, is refused by the kernel). The probe
+/// mounts in a private mount namespace of a short-lived thread, so the host never sees it.
+pub fn overlay_works(dir: &Path) -> bool {
+    use std::collections::HashMap;
+    use std::sync::OnceLock;
+    static SEEN: OnceLock<Mutex<HashMap<u64, bool>>> = OnceLock::new();
+    let Ok(dev) = fs::metadata(dir).map(|m| m.dev()) else {
+        return false;
+    };
+    let seen = SEEN.get_or_init(|| Mutex::new(HashMap::new()));
+    if let Some(v) = seen.lock().ok().and_then(|m| m.get(&dev).copied()) {
+        return v;
+    }
+    let ok = overlay_available() && probe_overlay(dir).is_ok();
+    if let Ok(mut m) = seen.lock() {
+        m.insert(dev, ok);
+    }
+    ok
+}
+
+fn probe_overlay(dir: &Path) -> Result<()> {
+    let t = tempfile::Builder::new()
+        .prefix(".overlay-probe-")
+        .tempdir_in(dir)
+        .map_err(io_err("creating a probe directory in", dir))?;
+    for d in ["lower", "upper", "work", "merged"] {
+        let p = t.path().join(d);
+        fs::create_dir(&p).map_err(io_err("creating", &p))?;
+    }
+    let opts = overlay_options(
+        &[t.path().join("lower")],
+        &t.path().join("upper"),
+        &t.path().join("work"),
+    )?;
+    let merged = t.path().join("merged");
+    std::thread::scope(|s| {
+        s.spawn(|| -> Result<()> {
+            use nix::mount::{mount, MsFlags};
+            // A mount namespace for this thread alone, gone when it ends.
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+                .map_err(|e| sandbox_err("probing overlayfs", e.to_string()))?;
+            mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                None::<&str>,
+            )
+            .map_err(|e| sandbox_err("probing overlayfs", e.to_string()))?;
+            let mut last = None;
+            for o in &opts {
+                match mount(
+                    Some("overlay"),
+                    &merged,
+                    Some("overlay"),
+                    MsFlags::empty(),
+                    Some(o.as_c_str()),
+                ) {
+                    Ok(()) => {
+                        let _ = nix::mount::umount2(&merged, nix::mount::MntFlags::MNT_DETACH);
+                        return Ok(());
+                    }
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(sandbox_err(
+                "probing overlayfs",
+                last.map(|e| e.to_string()).unwrap_or_default(),
+            ))
+        })
+        .join()
+        .unwrap_or_else(|_| {
+            Err(sandbox_err(
+                "probing overlayfs",
+                "the probe thread panicked",
+            ))
+        })
+    })
+}
+
+/// A step's root filesystem, made the best way this machine allows.
+#[derive(Clone, Debug)]
+pub struct StepRoot {
+    pub rootfs: RootFs,
+    /// The snapshots it starts from (bottom first), for the walking differ.
+    pub lowers: Vec<PathBuf>,
+}
+
+impl StepRoot {
+    /// An overlay over `lowers` with its upperdir and workdir under `step_dir`, or, where
+    /// overlayfs cannot be mounted there, a flattened copy of `lowers` in `step_dir/rootfs`.
+    pub fn prepare(lowers: &[PathBuf], step_dir: &Path) -> Result<StepRoot> {
+        fs::create_dir_all(step_dir).map_err(io_err("creating", step_dir))?;
+        if !overlay_works(step_dir) {
+            return Self::flattened(lowers, step_dir);
+        }
+        Ok(StepRoot {
+            rootfs: RootFs::Overlay {
+                lowers: lowers.to_vec(),
+                upper: step_dir.join("upper"),
+                work: step_dir.join("work"),
+            },
+            lowers: lowers.to_vec(),
+        })
+    }
+
+    /// The fallback: a flattened copy of `lowers` in `step_dir/rootfs`, diffed by walking.
+    pub fn flattened(lowers: &[PathBuf], step_dir: &Path) -> Result<StepRoot> {
+        let root = step_dir.join("rootfs");
+        crate::snapshot::flatten(lowers, &root)?;
+        Ok(StepRoot {
+            rootfs: RootFs::Dir(root),
+            lowers: lowers.to_vec(),
+        })
+    }
+
+    /// Where the step's changes are, for [`crate::layer::store_changes`].
+    pub fn changes(&self) -> crate::layer::Changes<'_> {
+        match &self.rootfs {
+            RootFs::Overlay { upper, .. } => crate::layer::Changes::Upper(upper),
+            RootFs::Dir(root) => crate::layer::Changes::Walk {
+                root,
+                lowers: &self.lowers,
+            },
+        }
+    }
 }
 
 fn sandbox_err(what: impl Into<String>, reason: impl Into<String>) -> Error {

@@ -292,3 +292,47 @@ fn an_upperdir_with_a_redirect_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn a_prepared_step_root_runs_and_diffs_the_best_way_available() {
+    if !common::is_root() {
+        return;
+    }
+    let Some(base) = common::busybox_snapshots("linux/amd64") else {
+        return;
+    };
+    let lowers: Vec<PathBuf> = base.iter().map(|s| s.path.clone()).collect();
+    let scratch = Scratch::new();
+    assert!(
+        sandbox::overlay_works(scratch.dir.path()),
+        "ext4 under target/ takes overlays"
+    );
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(".overlay-probe-"),
+        "the probe mount never reaches the host"
+    );
+    let step = sandbox::StepRoot::prepare(&lowers, &scratch.dir.path().join("step")).unwrap();
+    assert!(matches!(step.rootfs, RootFs::Overlay { .. }));
+    run_ok(step.rootfs.clone(), "echo hi > /hi");
+    let layout = store::Layout::open_or_create(scratch.dir.path().join("store")).unwrap();
+    let w = layer::store_changes(step.changes(), &layout, &LayerOptions::default()).unwrap();
+    assert_eq!(layer_entries(&layout, &w).0, ["hi"]);
+    // Without overlayfs: a flattened copy, diffed by walking, gives the same layer.
+    let flat = sandbox::StepRoot::flattened(&lowers, &scratch.dir.path().join("flat")).unwrap();
+    run_ok(
+        flat.rootfs.clone(),
+        "echo hi > /hi && touch -d @1700000000 /hi",
+    );
+    let opts = LayerOptions {
+        source_date_epoch: Some(0),
+        ..Default::default()
+    };
+    let a = layer::store_changes(step.changes(), &layout, &opts).unwrap();
+    let b = layer::store_changes(flat.changes(), &layout, &opts).unwrap();
+    assert_eq!(layer_entries(&layout, &b).0, ["hi"]);
+    assert_eq!(
+        a.diff_id, b.diff_id,
+        "same content, same clamped times, same layer"
+    );
+}
