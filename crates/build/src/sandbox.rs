@@ -321,7 +321,11 @@ struct Prepared {
 }
 
 enum RootMount {
-    Overlay { opts: Vec<CString> },
+    Overlay {
+        opts: Vec<CString>,
+        /// Mount from this directory: the lowerdirs are relative names in it.
+        chdir: Option<CString>,
+    },
     Bind(CString),
 }
 
@@ -379,10 +383,25 @@ pub fn run(spec: &RunSpec) -> Result<RunOutput> {
                     let _ = std::os::unix::fs::chown(upper, Some(m.uid()), Some(m.gid()));
                 }
             }
-            let opts = overlay_options(&lowers, upper, work)?;
+            let (opts, chdir) = match overlay_options(&lowers, upper, work) {
+                Ok(o) => (o, None),
+                Err(_) => {
+                    // Too many layers for a page of options: short names instead.
+                    let short = state.path().join("l");
+                    fs::create_dir(&short).map_err(io_err("creating", &short))?;
+                    for (i, l) in lowers.iter().enumerate() {
+                        let abs = fs::canonicalize(l).map_err(io_err("resolving", l))?;
+                        let link = short.join(i.to_string());
+                        std::os::unix::fs::symlink(&abs, &link)
+                            .map_err(io_err("creating", &link))?;
+                    }
+                    let o = overlay_options_with(&lowers, upper, work, Some(&short))?;
+                    (o, Some(cstr(short.as_os_str().as_bytes(), "state dir")?))
+                }
+            };
             let mut view = vec![upper.clone()];
             view.extend(lowers);
-            (view, RootMount::Overlay { opts })
+            (view, RootMount::Overlay { opts, chdir })
         }
         RootFs::Dir(dir) => (
             vec![dir.clone()],
@@ -615,7 +634,22 @@ fn read_all(fd: OwnedFd) -> String {
     s
 }
 
+/// Over this, lowerdirs are passed as short relative names (symlinks in the state dir, the
+/// child mounting from there): the kernel takes at most a page of mount options.
+const OPTIONS_LIMIT: usize = 3500;
+
 fn overlay_options(lowers: &[PathBuf], upper: &Path, work: &Path) -> Result<Vec<CString>> {
+    overlay_options_with(lowers, upper, work, None)
+}
+
+/// With `short` (a directory of symlinks named 0, 1, ... to the lowers), lowerdirs are those
+/// names, relative to it.
+fn overlay_options_with(
+    lowers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    short: Option<&Path>,
+) -> Result<Vec<CString>> {
     let check = |p: &Path| -> Result<String> {
         let abs = fs::canonicalize(p).map_err(io_err("resolving", p))?;
         let s = abs.to_string_lossy().into_owned();
@@ -627,21 +661,27 @@ fn overlay_options(lowers: &[PathBuf], upper: &Path, work: &Path) -> Result<Vec<
         }
         Ok(s)
     };
-    let lower = lowers
-        .iter()
-        .map(|p| check(p))
-        .collect::<Result<Vec<_>>>()?
-        .join(":");
+    let lower = match short {
+        Some(_) => (0..lowers.len())
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(":"),
+        None => lowers
+            .iter()
+            .map(|p| check(p))
+            .collect::<Result<Vec<_>>>()?
+            .join(":"),
+    };
     let base = format!(
         "lowerdir={lower},upperdir={},workdir={}",
         check(upper)?,
         check(work)?
     );
-    if base.len() > 4000 {
+    if base.len() > OPTIONS_LIMIT {
         return Err(sandbox_err(
             "mounting overlayfs",
             format!(
-                "{} layers make mount options of {} bytes, over the kernel's page-size limit; put the snapshot cache in a shorter directory",
+                "{} layers make mount options of {} bytes, over the kernel's page-size limit; put the step directory in a shorter path",
                 lowers.len(),
                 base.len()
             ),
@@ -957,7 +997,12 @@ fn setup_root(p: &Prepared, err_fd: i32) {
             fail(err_fd, "making mounts private", &errno_str());
         }
         match &p.root_mount {
-            RootMount::Overlay { opts } => {
+            RootMount::Overlay { opts, chdir } => {
+                if let Some(d) = chdir {
+                    if let Err(e) = nix::unistd::chdir(d.as_c_str()) {
+                        fail(err_fd, "entering the lowerdir names", &e.to_string());
+                    }
+                }
                 let ovl = c("overlay");
                 let mut last = String::new();
                 let mut ok = false;

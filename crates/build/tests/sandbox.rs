@@ -403,3 +403,37 @@ fn emulated_step_with_user_workdir_and_no_network() {
         "65534\n/srv/app\narmv7l\n1\n"
     );
 }
+
+#[test]
+fn more_layers_than_a_page_of_mount_options_holds() {
+    let Some(step) = Step::new("linux/amd64") else {
+        return;
+    };
+    // 120 layers of ~150-byte paths: ~18 KB of lowerdir, far past the kernel's 4 KB.
+    let deep = step.dir.path().join("l".repeat(100));
+    let mut lowers = step.lowers.clone();
+    for i in 0..120 {
+        let d = deep.join(format!("{i:03}-{}", "x".repeat(40)));
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join(format!("layer{i:03}")), format!("{i}\n")).unwrap();
+        fs::write(d.join("top"), format!("{i}\n")).unwrap();
+    }
+    let mut names: Vec<_> = fs::read_dir(&deep)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    names.sort();
+    lowers.extend(names);
+    let rootfs = RootFs::Overlay {
+        lowers,
+        upper: step.upper(),
+        work: step.dir.path().join("work"),
+    };
+    let out = sandbox::run(&RunSpec::new(
+        rootfs,
+        &["sh", "-c", "ls / | grep -c '^layer'; cat /top /layer000"],
+    ))
+    .unwrap();
+    assert!(out.success(), "{}", out.tail);
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "120\n119\n0\n");
+}
