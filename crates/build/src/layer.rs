@@ -7,13 +7,13 @@
 //! ordered depth first by name, owners are kept as numbers without names, and mtimes newer than
 //! SOURCE_DATE_EPOCH are clamped to it.
 
-use std::collections::HashMap;
-use std::ffi::OsString;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
 use oci::media_type::{self as mt, Compression};
@@ -30,6 +30,9 @@ pub struct LayerOptions {
     pub level: Option<u32>,
     /// Clamp every mtime newer than this (seconds since the epoch).
     pub source_date_epoch: Option<i64>,
+    /// Threads compressing gzip layers (0: one per core, at most 8). The bytes do not depend
+    /// on it: layers past 1 MiB are cut in 1 MiB gzip members either way.
+    pub threads: usize,
 }
 
 impl Default for LayerOptions {
@@ -38,6 +41,7 @@ impl Default for LayerOptions {
             compression: Compression::Gzip,
             level: None,
             source_date_epoch: None,
+            threads: 0,
         }
     }
 }
@@ -74,6 +78,28 @@ pub struct WrittenLayer {
     pub entries: u64,
 }
 
+/// Where a step's changes are read from.
+#[derive(Clone, Copy, Debug)]
+pub enum Changes<'a> {
+    /// An overlayfs upperdir: whiteouts and opaque directories as overlayfs writes them.
+    Upper(&'a Path),
+    /// A whole root filesystem (a flattened copy the step ran in), compared with the snapshots
+    /// it started from (bottom first): the walking differ, for when there is no overlay.
+    Walk {
+        root: &'a Path,
+        lowers: &'a [PathBuf],
+    },
+}
+
+impl Changes<'_> {
+    fn dir(&self) -> &Path {
+        match self {
+            Changes::Upper(p) => p,
+            Changes::Walk { root, .. } => root,
+        }
+    }
+}
+
 /// What [`write_layer`] produced into a writer.
 #[derive(Clone, Debug)]
 pub struct LayerDigests {
@@ -90,22 +116,36 @@ pub fn write_layer<W: Write>(
     out: W,
     opts: &LayerOptions,
 ) -> Result<(W, LayerDigests)> {
+    write_changes(Changes::Upper(upper), out, opts)
+}
+
+/// Writes the layer of a step's changes into `out`, compressed as `opts` says.
+pub fn write_changes<W: Write>(
+    changes: Changes,
+    out: W,
+    opts: &LayerOptions,
+) -> Result<(W, LayerDigests)> {
+    let upper = changes.dir();
     let compressed = DigestWriter::new(out, oci::Algorithm::Sha256);
     let werr = |e: io::Error| io_err("writing the layer of", upper)(e);
     let (compressed, diff, entries) = match opts.compression {
         Compression::Gzip => {
             let level = flate2::Compression::new(opts.level.unwrap_or(6).min(9));
-            let enc = flate2::GzBuilder::new().mtime(0).write(compressed, level);
-            let (enc, diff, entries) = write_tar(upper, enc, opts)?;
+            let threads = match opts.threads {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get().min(8)),
+                n => n,
+            };
+            let enc = crate::pargz::ParGz::new(compressed, level, threads);
+            let (enc, diff, entries) = write_tar(changes, enc, opts)?;
             (enc.finish().map_err(werr)?, diff, entries)
         }
         Compression::Zstd => {
             let level = opts.level.unwrap_or(3).clamp(1, 19) as i32;
             let enc = zstd::stream::write::Encoder::new(compressed, level).map_err(werr)?;
-            let (enc, diff, entries) = write_tar(upper, enc, opts)?;
+            let (enc, diff, entries) = write_tar(changes, enc, opts)?;
             (enc.finish().map_err(werr)?, diff, entries)
         }
-        Compression::None => write_tar(upper, compressed, opts)?,
+        Compression::None => write_tar(changes, compressed, opts)?,
     };
     let (out, digest, size) = compressed.finish();
     Ok((
@@ -120,12 +160,14 @@ pub fn write_layer<W: Write>(
     ))
 }
 
-/// Writes the uncompressed tar of an upperdir into `out`; returns `out`, (diffID, size), entries.
+/// Writes the uncompressed tar of a step's changes into `out`; returns `out`, (diffID, size)
+/// and the number of entries.
 pub fn write_tar<W: Write>(
-    upper: &Path,
+    changes: Changes,
     out: W,
     opts: &LayerOptions,
 ) -> Result<(W, (Digest, u64), u64)> {
+    let upper = changes.dir();
     let mut w = TarWriter {
         b: tar::Builder::new(DigestWriter::new(out, oci::Algorithm::Sha256)),
         epoch: opts.source_date_epoch,
@@ -133,7 +175,13 @@ pub fn write_tar<W: Write>(
         entries: 0,
         upper: upper.to_path_buf(),
     };
-    w.walk(upper, &mut Vec::new())?;
+    match changes {
+        Changes::Upper(u) => w.walk(u, &mut Vec::new())?,
+        Changes::Walk { root, lowers } => {
+            let lowers: Vec<PathBuf> = lowers.iter().rev().cloned().collect();
+            w.walk_diff(root, &lowers, &mut Vec::new())?
+        }
+    }
     let inner =
         w.b.into_inner()
             .map_err(io_err("finishing the tar of", upper))?;
@@ -177,6 +225,93 @@ impl<W: Write> TarWriter<W> {
             self.entry(&path, rel, &m)?;
             if m.is_dir() {
                 self.walk(&path, rel)?;
+            }
+            rel.truncate(len);
+        }
+        Ok(())
+    }
+
+    /// Compares `dir` with the same directory in `lowers` (top first, each already known to be
+    /// a directory there, cut below the first opaque one) and writes what differs.
+    fn walk_diff(&mut self, dir: &Path, lowers: &[PathBuf], rel: &mut Vec<u8>) -> Result<()> {
+        let mut names: BTreeSet<Vec<u8>> = list(dir)?.into_iter().collect();
+        // The merged lower view of this directory: a name's top-most occurrence decides.
+        let mut lower: BTreeMap<Vec<u8>, (PathBuf, fs::Metadata)> = BTreeMap::new();
+        let mut hidden: BTreeSet<Vec<u8>> = BTreeSet::new();
+        for l in lowers {
+            for n in list(l)? {
+                if lower.contains_key(&n) || hidden.contains(&n) {
+                    continue;
+                }
+                let p = l.join(OsStr::from_bytes(&n));
+                let m = fs::symlink_metadata(&p).map_err(io_err("inspecting", &p))?;
+                if m.file_type().is_char_device() && m.rdev() == 0 {
+                    hidden.insert(n);
+                } else {
+                    lower.insert(n, (p, m));
+                }
+            }
+        }
+        names.extend(lower.keys().cloned());
+        for n in names {
+            let path = dir.join(OsStr::from_bytes(&n));
+            let len = rel.len();
+            if !rel.is_empty() {
+                rel.push(b'/');
+            }
+            rel.extend_from_slice(&n);
+            let new = match fs::symlink_metadata(&path) {
+                Ok(m) => Some(m),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                Err(e) => return Err(io_err("inspecting", &path)(e)),
+            };
+            match (new, lower.get(&n)) {
+                (None, Some(_)) => {
+                    let (parent, base) = split(rel);
+                    let mut name = parent.to_vec();
+                    name.extend_from_slice(b".wh.");
+                    name.extend_from_slice(base);
+                    let mtime = self.clamp(0);
+                    self.marker(&name, mtime)?;
+                }
+                (Some(m), None) => {
+                    self.entry(&path, rel, &m)?;
+                    if m.is_dir() {
+                        self.walk(&path, rel)?;
+                    }
+                }
+                (Some(m), Some((lp, lm))) => {
+                    if m.is_dir() && lm.is_dir() {
+                        if differs(&path, &m, lp, lm) {
+                            self.entry(&path, rel, &m)?;
+                        }
+                        let mut below = Vec::new();
+                        for l in lowers {
+                            let p = l.join(OsStr::from_bytes(&n));
+                            match fs::symlink_metadata(&p) {
+                                Ok(pm) if pm.is_dir() => {
+                                    let opaque =
+                                        xattr::get(&p, OPAQUE_XATTR).ok().flatten().as_deref()
+                                            == Some(b"y");
+                                    below.push(p);
+                                    if opaque {
+                                        break;
+                                    }
+                                }
+                                // A file or whiteout here hides everything further down.
+                                Ok(_) => break,
+                                Err(_) => {}
+                            }
+                        }
+                        self.walk_diff(&path, &below, rel)?;
+                    } else if differs(&path, &m, lp, lm) {
+                        self.entry(&path, rel, &m)?;
+                        if m.is_dir() {
+                            self.walk(&path, rel)?;
+                        }
+                    }
+                }
+                (None, None) => {}
             }
             rel.truncate(len);
         }
@@ -259,6 +394,29 @@ impl<W: Write> TarWriter<W> {
                 pax.push(("linkpath".into(), l.clone()));
             }
         }
+        // A renamed directory (redirect_dir) or a metadata-only copy-up (metacopy) does not
+        // hold what a layer needs; the sandbox mounts with both off, so this means an upperdir
+        // written by some other overlay mount.
+        for (key, what) in [
+            (
+                "trusted.overlay.redirect",
+                "a renamed directory (overlay redirect_dir)",
+            ),
+            (
+                "trusted.overlay.metacopy",
+                "a metadata-only copy-up (overlay metacopy)",
+            ),
+        ] {
+            if xattr::get(path, key).ok().flatten().is_some() {
+                return Err(Error::BadLayer {
+                    layer: self.upper.display().to_string(),
+                    reason: format!(
+                        "{} is {what}, which a layer cannot express; mount the overlay with redirect_dir=off,metacopy=off",
+                        path.display()
+                    ),
+                });
+            }
+        }
         let mut xattrs = xattrs_of(path)?;
         xattrs.sort();
         let opaque =
@@ -336,6 +494,41 @@ impl<R: Read> Read for CountingReader<'_, R> {
         self.n += n as u64;
         Ok(n)
     }
+}
+
+fn list(dir: &Path) -> Result<Vec<Vec<u8>>> {
+    let mut v: Vec<Vec<u8>> = fs::read_dir(dir)
+        .map_err(io_err("listing", dir))?
+        .map(|e| e.map(|e| e.file_name().as_bytes().to_vec()))
+        .collect::<io::Result<_>>()
+        .map_err(io_err("listing", dir))?;
+    v.sort();
+    Ok(v)
+}
+
+/// Did a file change between the lower view and the new tree? By metadata, as docker's naive
+/// differ judges: type, mode, owner, size, mtime, link target, device and xattrs.
+fn differs(new: &Path, nm: &fs::Metadata, old: &Path, om: &fs::Metadata) -> bool {
+    if nm.mode() != om.mode()
+        || nm.uid() != om.uid()
+        || nm.gid() != om.gid()
+        || nm.rdev() != om.rdev()
+        || nm.mtime() != om.mtime()
+        || nm.mtime_nsec() != om.mtime_nsec()
+        || (!nm.is_dir() && nm.size() != om.size())
+    {
+        return true;
+    }
+    if nm.file_type().is_symlink() && fs::read_link(new).ok() != fs::read_link(old).ok() {
+        return true;
+    }
+    let xa = |p: &Path| {
+        xattrs_of(p).map(|mut v| {
+            v.sort();
+            v
+        })
+    };
+    xa(new).ok() != xa(old).ok()
 }
 
 fn split(rel: &[u8]) -> (&[u8], &[u8]) {
@@ -461,13 +654,23 @@ impl Read for ChannelReader {
     }
 }
 
-/// Writes the layer of an overlay upperdir into the store, streaming (at most a few MiB in
-/// flight). The blob is named by nothing yet: hold `layout.write_guard()` until an image names it.
+/// Writes the layer of an overlay upperdir into the store; see [`store_changes`].
 pub fn write_to_store(
     upper: &Path,
     layout: &store::Layout,
     opts: &LayerOptions,
 ) -> Result<WrittenLayer> {
+    store_changes(Changes::Upper(upper), layout, opts)
+}
+
+/// Writes the layer of a step's changes into the store, streaming (at most a few MiB in
+/// flight). The blob is named by nothing yet: hold `layout.write_guard()` until an image names it.
+pub fn store_changes(
+    changes: Changes,
+    layout: &store::Layout,
+    opts: &LayerOptions,
+) -> Result<WrittenLayer> {
+    let upper = changes.dir();
     let (tx, rx) = mpsc::sync_channel::<Chunk>(8);
     std::thread::scope(|s| {
         let ingest = s.spawn(move || {
@@ -482,7 +685,7 @@ pub fn write_to_store(
             tx: tx.clone(),
             buf: Vec::with_capacity(CHUNK),
         };
-        let written = write_layer(upper, w, opts).and_then(|(mut w, d)| {
+        let written = write_changes(changes, w, opts).and_then(|(mut w, d)| {
             w.flush().map_err(io_err("writing the layer of", upper))?;
             Ok(d)
         });

@@ -11,6 +11,7 @@ pub mod context;
 pub mod emulation;
 pub mod engine;
 pub mod layer;
+mod pargz;
 #[rustfmt::skip]
 mod probes;
 pub mod sandbox;
@@ -20,8 +21,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub use emulation::{Emulation, RunMode};
-pub use layer::{LayerOptions, WrittenLayer};
-pub use sandbox::{Network, RootFs, RunOutput, RunSpec};
+pub use layer::{Changes, LayerOptions, WrittenLayer};
+pub use sandbox::{Network, RootFs, RunOutput, RunSpec, StepRoot};
 pub use snapshot::{ApplyReport, Snapshot, SnapshotCache, WhiteoutMode};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

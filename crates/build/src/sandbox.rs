@@ -24,6 +24,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::emulation::RunMode;
 use crate::{io_err, Error, Result};
 
 /// The network a step sees.
@@ -50,6 +51,25 @@ pub enum RootFs {
     Dir(PathBuf),
 }
 
+/// Which stream a piece of output came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// Receives output as it arrives, for progress display.
+#[derive(Clone)]
+pub struct OutputSink(pub Arc<OutputFn>);
+
+pub type OutputFn = dyn Fn(Stream, &[u8]) + Send + Sync;
+
+impl std::fmt::Debug for OutputSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OutputSink")
+    }
+}
+
 /// One command to run.
 #[derive(Clone, Debug)]
 pub struct RunSpec {
@@ -66,8 +86,14 @@ pub struct RunSpec {
     pub hostname: String,
     /// How many bytes of the combined output to keep for error messages.
     pub tail_bytes: usize,
-    /// At most this many bytes of stdout and of stderr are kept (the rest is counted, dropped).
+    /// At most this many bytes of stdout and of stderr are kept (the rest is dropped).
     pub capture_limit: usize,
+    /// The platform of the root filesystem: checked before anything runs (a platform this
+    /// machine cannot execute fails at once, saying what to install) and reported back.
+    pub platform: Option<oci::Platform>,
+    /// Killed (the whole PID namespace) after this long.
+    pub timeout: Option<Duration>,
+    pub on_output: Option<OutputSink>,
 }
 
 impl RunSpec {
@@ -82,6 +108,9 @@ impl RunSpec {
             hostname: "buildkitsandbox".into(),
             tail_bytes: 4096,
             capture_limit: 16 << 20,
+            platform: None,
+            timeout: None,
+            on_output: None,
         }
     }
 }
@@ -93,9 +122,14 @@ pub struct RunOutput {
     pub code: i32,
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
-    /// The last `tail_bytes` of stdout and stderr as they arrived, for error messages.
+    /// At most `tail_bytes` of output for error messages: the end of stdout, then the end of
+    /// stderr.
     pub tail: String,
     pub duration: Duration,
+    /// Native, or through which QEMU handler (native when the spec named no platform).
+    pub mode: RunMode,
+    /// The timeout killed it.
+    pub timed_out: bool,
 }
 
 impl RunOutput {
@@ -108,8 +142,13 @@ impl RunOutput {
         if self.success() {
             return Ok(self);
         }
+        let what = if self.timed_out {
+            format!("{argv:?} (killed by the timeout after {:?})", self.duration)
+        } else {
+            format!("{argv:?}")
+        };
         Err(Error::StepFailed {
-            argv: format!("{argv:?}"),
+            argv: what,
             code: self.code,
             tail: self.tail,
         })
@@ -125,6 +164,135 @@ pub fn overlay_available() -> bool {
         .unwrap_or(false);
     // Not listed until the module loads; modprobe may not exist, so also ask for the module dir.
     known || Path::new("/sys/module/overlay").exists()
+}
+
+/// Can an overlay with its upperdir under `dir` be mounted? Tried once per filesystem (an
+/// upperdir on overlayfs itself, as in docker-in-docker, is refused by the kernel). The probe
+/// mounts in a private mount namespace of a short-lived thread, so the host never sees it.
+pub fn overlay_works(dir: &Path) -> bool {
+    use std::collections::HashMap;
+    use std::sync::OnceLock;
+    static SEEN: OnceLock<Mutex<HashMap<u64, bool>>> = OnceLock::new();
+    let Ok(dev) = fs::metadata(dir).map(|m| m.dev()) else {
+        return false;
+    };
+    let seen = SEEN.get_or_init(|| Mutex::new(HashMap::new()));
+    if let Some(v) = seen.lock().ok().and_then(|m| m.get(&dev).copied()) {
+        return v;
+    }
+    let ok = overlay_available() && probe_overlay(dir).is_ok();
+    if let Ok(mut m) = seen.lock() {
+        m.insert(dev, ok);
+    }
+    ok
+}
+
+fn probe_overlay(dir: &Path) -> Result<()> {
+    let t = tempfile::Builder::new()
+        .prefix(".overlay-probe-")
+        .tempdir_in(dir)
+        .map_err(io_err("creating a probe directory in", dir))?;
+    for d in ["lower", "upper", "work", "merged"] {
+        let p = t.path().join(d);
+        fs::create_dir(&p).map_err(io_err("creating", &p))?;
+    }
+    let opts = overlay_options(
+        &[t.path().join("lower")],
+        &t.path().join("upper"),
+        &t.path().join("work"),
+    )?;
+    let merged = t.path().join("merged");
+    std::thread::scope(|s| {
+        s.spawn(|| -> Result<()> {
+            use nix::mount::{mount, MsFlags};
+            // A mount namespace for this thread alone, gone when it ends.
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+                .map_err(|e| sandbox_err("probing overlayfs", e.to_string()))?;
+            mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                None::<&str>,
+            )
+            .map_err(|e| sandbox_err("probing overlayfs", e.to_string()))?;
+            let mut last = None;
+            for o in &opts {
+                match mount(
+                    Some("overlay"),
+                    &merged,
+                    Some("overlay"),
+                    MsFlags::empty(),
+                    Some(o.as_c_str()),
+                ) {
+                    Ok(()) => {
+                        let _ = nix::mount::umount2(&merged, nix::mount::MntFlags::MNT_DETACH);
+                        return Ok(());
+                    }
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(sandbox_err(
+                "probing overlayfs",
+                last.map(|e| e.to_string()).unwrap_or_default(),
+            ))
+        })
+        .join()
+        .unwrap_or_else(|_| {
+            Err(sandbox_err(
+                "probing overlayfs",
+                "the probe thread panicked",
+            ))
+        })
+    })
+}
+
+/// A step's root filesystem, made the best way this machine allows.
+#[derive(Clone, Debug)]
+pub struct StepRoot {
+    pub rootfs: RootFs,
+    /// The snapshots it starts from (bottom first), for the walking differ.
+    pub lowers: Vec<PathBuf>,
+}
+
+impl StepRoot {
+    /// An overlay over `lowers` with its upperdir and workdir under `step_dir`, or, where
+    /// overlayfs cannot be mounted there, a flattened copy of `lowers` in `step_dir/rootfs`.
+    pub fn prepare(lowers: &[PathBuf], step_dir: &Path) -> Result<StepRoot> {
+        fs::create_dir_all(step_dir).map_err(io_err("creating", step_dir))?;
+        if !overlay_works(step_dir) {
+            return Self::flattened(lowers, step_dir);
+        }
+        Ok(StepRoot {
+            rootfs: RootFs::Overlay {
+                lowers: lowers.to_vec(),
+                upper: step_dir.join("upper"),
+                work: step_dir.join("work"),
+            },
+            lowers: lowers.to_vec(),
+        })
+    }
+
+    /// The fallback: a flattened copy of `lowers` in `step_dir/rootfs`, diffed by walking.
+    pub fn flattened(lowers: &[PathBuf], step_dir: &Path) -> Result<StepRoot> {
+        let root = step_dir.join("rootfs");
+        crate::snapshot::flatten(lowers, &root)?;
+        Ok(StepRoot {
+            rootfs: RootFs::Dir(root),
+            lowers: lowers.to_vec(),
+        })
+    }
+
+    /// Where the step's changes are, for [`crate::layer::store_changes`].
+    pub fn changes(&self) -> crate::layer::Changes<'_> {
+        match &self.rootfs {
+            RootFs::Overlay { upper, .. } => crate::layer::Changes::Upper(upper),
+            RootFs::Dir(root) => crate::layer::Changes::Walk {
+                root,
+                lowers: &self.lowers,
+            },
+        }
+    }
 }
 
 fn sandbox_err(what: impl Into<String>, reason: impl Into<String>) -> Error {
@@ -149,11 +317,15 @@ struct Prepared {
     workdir: PathBuf,
     uid: u32,
     gid: u32,
-    groups: Vec<libc::gid_t>,
+    groups: Vec<nix::unistd::Gid>,
 }
 
 enum RootMount {
-    Overlay { opts: Vec<CString> },
+    Overlay {
+        opts: Vec<CString>,
+        /// Mount from this directory: the lowerdirs are relative names in it.
+        chdir: Option<CString>,
+    },
     Bind(CString),
 }
 
@@ -169,6 +341,10 @@ pub fn run(spec: &RunSpec) -> Result<RunOutput> {
             "must be an absolute path",
         ));
     }
+    let mode = match &spec.platform {
+        Some(p) => crate::emulation::check(p)?,
+        None => RunMode::Native,
+    };
     let state = tempfile::Builder::new()
         .prefix("manifold-run-")
         .tempdir()
@@ -207,16 +383,32 @@ pub fn run(spec: &RunSpec) -> Result<RunOutput> {
                     let _ = std::os::unix::fs::chown(upper, Some(m.uid()), Some(m.gid()));
                 }
             }
-            let opts = overlay_options(&lowers, upper, work)?;
+            let (opts, chdir) = match overlay_options(&lowers, upper, work) {
+                Ok(o) => (o, None),
+                Err(_) => {
+                    // Too many layers for a page of options: short names instead.
+                    let short = state.path().join("l");
+                    fs::create_dir(&short).map_err(io_err("creating", &short))?;
+                    for (i, l) in lowers.iter().enumerate() {
+                        let abs = fs::canonicalize(l).map_err(io_err("resolving", l))?;
+                        let link = short.join(i.to_string());
+                        std::os::unix::fs::symlink(&abs, &link)
+                            .map_err(io_err("creating", &link))?;
+                    }
+                    let o = overlay_options_with(&lowers, upper, work, Some(&short))?;
+                    (o, Some(cstr(short.as_os_str().as_bytes(), "state dir")?))
+                }
+            };
             let mut view = vec![upper.clone()];
             view.extend(lowers);
-            (view, RootMount::Overlay { opts })
+            (view, RootMount::Overlay { opts, chdir })
         }
         RootFs::Dir(dir) => (
             vec![dir.clone()],
             RootMount::Bind(cstr(dir.as_os_str().as_bytes(), "root directory")?),
         ),
     };
+    let etc_before = etc_time(&spec.rootfs);
     let stubs_before: Vec<(&str, bool)> = STUBS.iter().map(|s| (*s, exists_in(&view, s))).collect();
 
     let hosts = state.path().join("hosts");
@@ -246,7 +438,7 @@ pub fn run(spec: &RunSpec) -> Result<RunOutput> {
         workdir: PathBuf::from(&spec.workdir),
         uid,
         gid,
-        groups,
+        groups: groups.into_iter().map(nix::unistd::Gid::from_raw).collect(),
     };
 
     let mut cmd = Command::new(&spec.argv[0]);
@@ -283,7 +475,7 @@ pub fn run(spec: &RunSpec) -> Result<RunOutput> {
         Ok(c) => c,
         Err(e) => {
             let msg = read_all(err_r);
-            cleanup_stubs(&spec.rootfs, &view, &stubs_before);
+            cleanup_stubs(&spec.rootfs, &view, &stubs_before, etc_before);
             if !msg.is_empty() {
                 return Err(sandbox_err("setting up", msg));
             }
@@ -298,7 +490,6 @@ pub fn run(spec: &RunSpec) -> Result<RunOutput> {
     // Closed at exec, or carries the reason the setup failed.
     let setup_error = read_all(err_r);
 
-    let tail = Arc::new(Mutex::new(VecDeque::with_capacity(spec.tail_bytes)));
     let readers: Vec<_> = [
         child
             .stdout
@@ -310,21 +501,38 @@ pub fn run(spec: &RunSpec) -> Result<RunOutput> {
             .map(|s| Box::new(s) as Box<dyn Read + Send>),
     ]
     .into_iter()
-    .map(|r| {
-        let tail = tail.clone();
+    .zip([Stream::Stdout, Stream::Stderr])
+    .map(|(r, which)| {
         let limit = spec.capture_limit;
         let tail_bytes = spec.tail_bytes;
-        std::thread::spawn(move || capture(r, limit, &tail, tail_bytes))
+        let sink = spec.on_output.clone();
+        std::thread::spawn(move || capture(r, which, limit, tail_bytes, sink))
     })
     .collect();
+    // The watchdog kills the parent of PID 1; PID 1 follows (PDEATHSIG), and with it the
+    // whole namespace.
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let watchdog = spec.timeout.map(|t| {
+        let pid = child.id() as libc::pid_t;
+        std::thread::spawn(move || {
+            if done_rx.recv_timeout(t) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+                // SAFETY: the pid is our unreaped child: it cannot have been reused.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                return true;
+            }
+            false
+        })
+    });
     let status = child
         .wait()
         .map_err(|e| sandbox_err("waiting for the command", e.to_string()));
+    drop(done_tx);
+    let timed_out = watchdog.is_some_and(|w| w.join().unwrap_or(false));
     let mut outs = readers.into_iter().map(|h| h.join().unwrap_or_default());
-    let stdout = outs.next().unwrap_or_default();
-    let stderr = outs.next().unwrap_or_default();
+    let (stdout, out_tail) = outs.next().unwrap_or_default();
+    let (stderr, err_tail) = outs.next().unwrap_or_default();
     let duration = start.elapsed();
-    cleanup_stubs(&spec.rootfs, &view, &stubs_before);
+    cleanup_stubs(&spec.rootfs, &view, &stubs_before, etc_before);
     let status = status?;
     if !setup_error.is_empty() {
         return Err(sandbox_err("setting up", setup_error));
@@ -334,30 +542,56 @@ pub fn run(spec: &RunSpec) -> Result<RunOutput> {
         .code()
         .or_else(|| status.signal().map(|s| 128 + s))
         .unwrap_or(-1);
-    let tail = {
-        let t = tail
-            .lock()
-            .map(|t| t.iter().copied().collect::<Vec<u8>>())
-            .unwrap_or_default();
-        String::from_utf8_lossy(&t).into_owned()
-    };
+    let tail = compose_tail(out_tail, err_tail, spec.tail_bytes);
     Ok(RunOutput {
         code,
         stdout,
         stderr,
         tail,
         duration,
+        mode,
+        timed_out,
     })
 }
 
+/// The tail for error messages: the end of stdout, then the end of stderr (where errors
+/// usually are). Two pipes have no reliable order between them, so none is pretended; a
+/// stream that printed nothing leaves all the room to the other.
+fn compose_tail(out: VecDeque<u8>, err: VecDeque<u8>, budget: usize) -> String {
+    let take = |v: VecDeque<u8>, n: usize| -> Vec<u8> {
+        let skip = v.len().saturating_sub(n);
+        let mut b: Vec<u8> = v.into_iter().skip(skip).collect();
+        // Start at a line boundary when the cut fell inside a line.
+        if skip > 0 {
+            if let Some(i) = b.iter().position(|c| *c == b'\n') {
+                b.drain(..=i);
+            }
+        }
+        b
+    };
+    let (o, e) = match (out.is_empty(), err.is_empty()) {
+        (_, true) => (take(out, budget), Vec::new()),
+        (true, false) => (Vec::new(), take(err, budget)),
+        (false, false) => (take(out, budget / 2), take(err, budget / 2)),
+    };
+    let mut all = o;
+    all.extend(e);
+    String::from_utf8_lossy(&all).into_owned()
+}
+
+/// Reads one stream to its end: what fits in `limit`, and the last `tail_bytes`.
 fn capture(
     r: Option<Box<dyn Read + Send>>,
+    which: Stream,
     limit: usize,
-    tail: &Mutex<VecDeque<u8>>,
     tail_bytes: usize,
-) -> Vec<u8> {
+    sink: Option<OutputSink>,
+) -> (Vec<u8>, VecDeque<u8>) {
     let mut out = Vec::new();
-    let Some(mut r) = r else { return out };
+    let mut tail = VecDeque::with_capacity(tail_bytes);
+    let Some(mut r) = r else {
+        return (out, tail);
+    };
     let mut buf = [0u8; 16384];
     loop {
         let n = match r.read(&mut buf) {
@@ -367,18 +601,18 @@ fn capture(
             Err(_) => break,
         };
         let chunk = &buf[..n];
+        if let Some(s) = &sink {
+            (s.0)(which, chunk);
+        }
         if out.len() < limit {
             let room = limit - out.len();
             out.extend_from_slice(&chunk[..room.min(n)]);
         }
-        if let Ok(mut t) = tail.lock() {
-            t.extend(chunk);
-            while t.len() > tail_bytes {
-                t.pop_front();
-            }
-        }
+        tail.extend(chunk);
+        let excess = tail.len().saturating_sub(tail_bytes);
+        tail.drain(..excess);
     }
-    out
+    (out, tail)
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {
@@ -400,7 +634,22 @@ fn read_all(fd: OwnedFd) -> String {
     s
 }
 
+/// Over this, lowerdirs are passed as short relative names (symlinks in the state dir, the
+/// child mounting from there): the kernel takes at most a page of mount options.
+const OPTIONS_LIMIT: usize = 3500;
+
 fn overlay_options(lowers: &[PathBuf], upper: &Path, work: &Path) -> Result<Vec<CString>> {
+    overlay_options_with(lowers, upper, work, None)
+}
+
+/// With `short` (a directory of symlinks named 0, 1, ... to the lowers), lowerdirs are those
+/// names, relative to it.
+fn overlay_options_with(
+    lowers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    short: Option<&Path>,
+) -> Result<Vec<CString>> {
     let check = |p: &Path| -> Result<String> {
         let abs = fs::canonicalize(p).map_err(io_err("resolving", p))?;
         let s = abs.to_string_lossy().into_owned();
@@ -412,21 +661,27 @@ fn overlay_options(lowers: &[PathBuf], upper: &Path, work: &Path) -> Result<Vec<
         }
         Ok(s)
     };
-    let lower = lowers
-        .iter()
-        .map(|p| check(p))
-        .collect::<Result<Vec<_>>>()?
-        .join(":");
+    let lower = match short {
+        Some(_) => (0..lowers.len())
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(":"),
+        None => lowers
+            .iter()
+            .map(|p| check(p))
+            .collect::<Result<Vec<_>>>()?
+            .join(":"),
+    };
     let base = format!(
         "lowerdir={lower},upperdir={},workdir={}",
         check(upper)?,
         check(work)?
     );
-    if base.len() > 4000 {
+    if base.len() > OPTIONS_LIMIT {
         return Err(sandbox_err(
             "mounting overlayfs",
             format!(
-                "{} layers make mount options of {} bytes, over the kernel's page-size limit; put the snapshot cache in a shorter directory",
+                "{} layers make mount options of {} bytes, over the kernel's page-size limit; put the step directory in a shorter path",
                 lowers.len(),
                 base.len()
             ),
@@ -454,8 +709,38 @@ fn exists_in(layers: &[PathBuf], rel: &str) -> bool {
     false
 }
 
-fn cleanup_stubs(rootfs: &RootFs, view: &[PathBuf], before: &[(&str, bool)]) {
+/// In a plain directory, making and removing /etc/hosts changes /etc's time, which the
+/// walking differ would report: remember it (and what /etc held) to put it back when only our
+/// stubs touched it.
+fn etc_time(rootfs: &RootFs) -> Option<(i64, i64, Vec<std::ffi::OsString>)> {
+    match rootfs {
+        RootFs::Dir(d) => fs::symlink_metadata(d.join("etc"))
+            .ok()
+            .filter(|m| m.is_dir())
+            .map(|m| (m.mtime(), m.mtime_nsec(), dir_names(&d.join("etc")))),
+        RootFs::Overlay { .. } => None,
+    }
+}
+
+fn dir_names(dir: &Path) -> Vec<std::ffi::OsString> {
+    let mut v: Vec<_> = fs::read_dir(dir)
+        .map(|r| r.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn cleanup_stubs(
+    rootfs: &RootFs,
+    view: &[PathBuf],
+    before: &[(&str, bool)],
+    etc_time: Option<(i64, i64, Vec<std::ffi::OsString>)>,
+) {
     let top = &view[0];
+    let etc = top.join("etc");
+    let ours_in_etc = before
+        .iter()
+        .any(|(rel, existed)| rel.starts_with("etc/") && !existed);
     for (rel, existed) in before.iter().rev() {
         let p = top.join(rel);
         let Ok(m) = fs::symlink_metadata(&p) else {
@@ -495,6 +780,11 @@ fn cleanup_stubs(rootfs: &RootFs, view: &[PathBuf], before: &[(&str, bool)]) {
             } else {
                 fs::remove_file(&p)
             };
+        }
+    }
+    if let (Some((s, ns, names)), true) = (etc_time, ours_in_etc) {
+        if dir_names(&etc) == names {
+            let _ = crate::snapshot::set_times(&etc, s, ns);
         }
     }
 }
@@ -596,41 +886,43 @@ fn fail(err_fd: i32, what: &str, why: &str) -> ! {
 }
 
 fn child_setup(p: &Prepared, err_fd: i32) -> io::Result<()> {
-    let mut flags =
-        libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
+    use nix::sched::{unshare, CloneFlags};
+    use nix::sys::wait::{waitpid, WaitStatus};
+    use nix::unistd::{fork, ForkResult};
+    let mut flags = CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWIPC;
     if p.new_net {
-        flags |= libc::CLONE_NEWNET;
+        flags |= CloneFlags::CLONE_NEWNET;
     }
-    // SAFETY: raw syscalls in the single-threaded forked child.
-    unsafe {
-        if libc::unshare(flags) != 0 {
-            fail(err_fd, "unshare (namespaces need root)", &errno_str());
-        }
-        let pid = libc::fork();
-        if pid < 0 {
-            fail(err_fd, "fork", &errno_str());
-        }
-        if pid > 0 {
+    if let Err(e) = unshare(flags) {
+        fail(err_fd, "unshare (namespaces need root)", &e.to_string());
+    }
+    // SAFETY: this process is the single-threaded child std forked; both sides only make
+    // syscalls before exec or _exit.
+    match unsafe { fork() } {
+        Err(e) => fail(err_fd, "fork", &e.to_string()),
+        Ok(ForkResult::Parent { child }) => {
             // The parent of PID 1: hold no copy of std's exec-error pipe or ours, wait, and
             // pass the status on.
-            libc::close_range(3, u32::MAX, 0);
-            let mut status = 0;
-            loop {
-                let r = libc::waitpid(pid, &mut status, 0);
-                if r == pid {
-                    break;
+            // SAFETY: closing fds this process does not use; _exit skips Rust's unwinding.
+            unsafe { libc::close_range(3, u32::MAX, 0) };
+            let code = loop {
+                match waitpid(child, None) {
+                    Ok(WaitStatus::Exited(_, code)) => break code,
+                    Ok(WaitStatus::Signaled(_, sig, _)) => break 128 + sig as i32,
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                    Err(_) => break 125,
                 }
-                if r < 0 && *libc::__errno_location() != libc::EINTR {
-                    libc::_exit(125);
-                }
-            }
-            if libc::WIFEXITED(status) {
-                libc::_exit(libc::WEXITSTATUS(status));
-            }
-            libc::_exit(128 + libc::WTERMSIG(status));
+            };
+            // SAFETY: as above.
+            unsafe { libc::_exit(code) }
         }
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        Ok(ForkResult::Child) => {}
     }
+    // PID 1 dies with its parent, which the timeout kills.
+    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
     setup_root(p, err_fd);
     Ok(())
 }
@@ -647,30 +939,13 @@ fn mount_or_fail(
     flags: libc::c_ulong,
     data: &str,
 ) {
-    let (src, fstype, data) = (c(src), c(fstype), c(data));
-    // SAFETY: valid C strings.
-    let r = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            flags,
-            if data.is_empty() {
-                std::ptr::null()
-            } else {
-                data.as_ptr().cast()
-            },
-        )
-    };
-    if r != 0 {
+    let flags = nix::mount::MsFlags::from_bits_truncate(flags);
+    let data = (!data.is_empty()).then_some(data);
+    if let Err(e) = nix::mount::mount(Some(src), target.as_c_str(), Some(fstype), flags, data) {
         fail(
             err_fd,
-            &format!(
-                "mounting {} at {}",
-                fstype.to_string_lossy(),
-                target.to_string_lossy()
-            ),
-            &errno_str(),
+            &format!("mounting {fstype} at {}", target.to_string_lossy()),
+            &e.to_string(),
         );
     }
 }
@@ -722,7 +997,12 @@ fn setup_root(p: &Prepared, err_fd: i32) {
             fail(err_fd, "making mounts private", &errno_str());
         }
         match &p.root_mount {
-            RootMount::Overlay { opts } => {
+            RootMount::Overlay { opts, chdir } => {
+                if let Some(d) = chdir {
+                    if let Err(e) = nix::unistd::chdir(d.as_c_str()) {
+                        fail(err_fd, "entering the lowerdir names", &e.to_string());
+                    }
+                }
                 let ovl = c("overlay");
                 let mut last = String::new();
                 let mut ok = false;
@@ -834,6 +1114,7 @@ fn setup_root(p: &Prepared, err_fd: i32) {
         // SAFETY: valid C strings.
         unsafe { libc::symlink(to.as_ptr(), l.as_ptr()) };
     }
+    harden_proc(err_fd, &proc_, &join(&dev, "null"));
     let sys = join(t, "sys");
     mkdir_p(err_fd, &sys, 0o555);
     let (sysfs, ro) = (
@@ -892,28 +1173,27 @@ fn setup_root(p: &Prepared, err_fd: i32) {
             );
         }
     }
-    // SAFETY: raw syscalls with valid arguments.
-    unsafe {
-        if libc::sethostname(p.hostname.as_ptr(), p.hostname.as_bytes().len()) != 0 {
-            fail(err_fd, "sethostname", &errno_str());
-        }
-        if p.new_net {
-            loopback_up(err_fd);
-        }
-        if libc::chdir(t.as_ptr()) != 0 {
-            fail(err_fd, "chdir to the new root", &errno_str());
-        }
-        let dot = c(".");
-        if libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) != 0 {
-            fail(err_fd, "pivot_root", &errno_str());
-        }
-        // The old root is stacked under the new one at "."; detach it.
-        if libc::umount2(dot.as_ptr(), libc::MNT_DETACH) != 0 {
-            fail(err_fd, "detaching the old root", &errno_str());
-        }
-        if libc::chdir(c("/").as_ptr()) != 0 {
-            fail(err_fd, "chdir /", &errno_str());
-        }
+    use nix::mount::{umount2, MntFlags};
+    use nix::unistd::{chdir, pivot_root, sethostname};
+    if let Err(e) = sethostname(std::ffi::OsStr::from_bytes(p.hostname.as_bytes())) {
+        fail(err_fd, "sethostname", &e.to_string());
+    }
+    if p.new_net {
+        // SAFETY: a socket and two ioctls, in the child.
+        unsafe { loopback_up(err_fd) };
+    }
+    if let Err(e) = chdir(t.as_c_str()) {
+        fail(err_fd, "chdir to the new root", &e.to_string());
+    }
+    // pivot_root(".", "."): the old root ends up stacked under the new one at "."; detach it.
+    if let Err(e) = pivot_root(".", ".") {
+        fail(err_fd, "pivot_root", &e.to_string());
+    }
+    if let Err(e) = umount2(".", MntFlags::MNT_DETACH) {
+        fail(err_fd, "detaching the old root", &e.to_string());
+    }
+    if let Err(e) = chdir("/") {
+        fail(err_fd, "chdir /", &e.to_string());
     }
     // Workdir: created as root, like docker, then entered.
     let mut cur = Vec::new();
@@ -938,25 +1218,103 @@ fn setup_root(p: &Prepared, err_fd: i32) {
             }
         }
     }
-    let wd = CString::new(p.workdir.as_os_str().as_bytes()).unwrap_or_default();
-    // SAFETY: raw syscalls with valid arguments.
+    use nix::unistd::{setgid, setgroups, setuid, Gid, Uid};
+    if let Err(e) = chdir(p.workdir.as_path()) {
+        fail(
+            err_fd,
+            &format!("entering workdir {}", p.workdir.display()),
+            &e.to_string(),
+        );
+    }
+    // SAFETY: prctl calls with integer arguments.
+    unsafe { drop_capabilities() };
+    if let Err(e) = setgroups(&p.groups) {
+        fail(err_fd, "setgroups", &e.to_string());
+    }
+    if let Err(e) = setgid(Gid::from_raw(p.gid)) {
+        fail(err_fd, &format!("setgid {}", p.gid), &e.to_string());
+    }
+    if let Err(e) = setuid(Uid::from_raw(p.uid)) {
+        fail(err_fd, &format!("setuid {}", p.uid), &e.to_string());
+    }
+}
+
+/// What docker (runc) makes read-only or masks in /proc: euid 0 may write most sysctls without
+/// any capability, and some files leak host secrets.
+const PROC_READONLY: &[&str] = &["bus", "fs", "irq", "sys", "sysrq-trigger"];
+const PROC_MASKED_FILES: &[&str] = &[
+    "kcore",
+    "keys",
+    "latency_stats",
+    "timer_list",
+    "timer_stats",
+    "sched_debug",
+];
+const PROC_MASKED_DIRS: &[&str] = &["acpi", "asound", "scsi"];
+
+fn harden_proc(err_fd: i32, proc_: &CString, null: &CString) {
+    let tmpfs = c("tmpfs");
+    let ro_opts = c("size=0,mode=555");
+    // SAFETY: raw mount calls with valid C strings; paths this kernel lacks are skipped.
     unsafe {
-        if libc::chdir(wd.as_ptr()) != 0 {
-            fail(
-                err_fd,
-                &format!("entering workdir {}", p.workdir.display()),
-                &errno_str(),
-            );
+        let exists = |p: &CString| {
+            let mut st: libc::stat = std::mem::zeroed();
+            libc::lstat(p.as_ptr(), &mut st) == 0
+        };
+        for rel in PROC_READONLY {
+            let p = join(proc_, rel);
+            if !exists(&p) {
+                continue;
+            }
+            if libc::mount(
+                p.as_ptr(),
+                p.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND | libc::MS_REC,
+                std::ptr::null(),
+            ) != 0
+                || libc::mount(
+                    std::ptr::null(),
+                    p.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_REC,
+                    std::ptr::null(),
+                ) != 0
+            {
+                fail(
+                    err_fd,
+                    &format!("making /proc/{rel} read-only"),
+                    &errno_str(),
+                );
+            }
         }
-        drop_capabilities();
-        if libc::setgroups(p.groups.len(), p.groups.as_ptr()) != 0 {
-            fail(err_fd, "setgroups", &errno_str());
+        for rel in PROC_MASKED_FILES {
+            let p = join(proc_, rel);
+            if exists(&p)
+                && libc::mount(
+                    null.as_ptr(),
+                    p.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ) != 0
+            {
+                fail(err_fd, &format!("masking /proc/{rel}"), &errno_str());
+            }
         }
-        if libc::setgid(p.gid) != 0 {
-            fail(err_fd, &format!("setgid {}", p.gid), &errno_str());
-        }
-        if libc::setuid(p.uid) != 0 {
-            fail(err_fd, &format!("setuid {}", p.uid), &errno_str());
+        for rel in PROC_MASKED_DIRS {
+            let p = join(proc_, rel);
+            if exists(&p)
+                && libc::mount(
+                    tmpfs.as_ptr(),
+                    p.as_ptr(),
+                    tmpfs.as_ptr(),
+                    libc::MS_RDONLY,
+                    ro_opts.as_ptr().cast(),
+                ) != 0
+            {
+                fail(err_fd, &format!("masking /proc/{rel}"), &errno_str());
+            }
         }
     }
 }

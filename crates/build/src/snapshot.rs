@@ -37,6 +37,8 @@ pub struct ApplyReport {
     pub tar_size: u64,
     /// Entries applied (whiteouts included).
     pub entries: u64,
+    /// Something was taken from the lower layers (see [`apply_layer_on`]).
+    pub uses_lowers: bool,
 }
 
 pub const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
@@ -79,6 +81,21 @@ pub fn apply_layer(
     mode: WhiteoutMode,
     layer: &str,
 ) -> Result<ApplyReport> {
+    apply_layer_on(root, &[], reader, media_type, mode, layer)
+}
+
+/// [`apply_layer`] for a layer unpacked on its own over `lowers` (its parents' snapshots, top
+/// first): a directory the tar leaves implicit takes its attributes from below, a path through
+/// a symlink of a lower layer follows it, and a hardlink to a lower file becomes a copy, as the
+/// merged view needs. The report says whether the result depends on the lowers.
+pub fn apply_layer_on(
+    root: &Path,
+    lowers: &[PathBuf],
+    reader: impl Read,
+    media_type: Option<&str>,
+    mode: WhiteoutMode,
+    layer: &str,
+) -> Result<ApplyReport> {
     let bad = |reason: String| Error::BadLayer {
         layer: layer.to_string(),
         reason,
@@ -93,6 +110,10 @@ pub fn apply_layer(
         written: HashSet::new(),
         dir_times: Vec::new(),
         entries: 0,
+        // SAFETY: geteuid has no preconditions.
+        root_user: unsafe { libc::geteuid() } == 0,
+        lowers: lowers.to_vec(),
+        uses_lowers: false,
     };
     let entries = archive
         .entries()
@@ -113,6 +134,7 @@ pub fn apply_layer(
         diff_id,
         tar_size,
         entries: ap.entries,
+        uses_lowers: ap.uses_lowers,
     })
 }
 
@@ -123,6 +145,10 @@ struct Applier {
     written: HashSet<PathBuf>,
     dir_times: Vec<(PathBuf, i64)>,
     entries: u64,
+    root_user: bool,
+    /// The parents' snapshots, top first (overlay mode only).
+    lowers: Vec<PathBuf>,
+    uses_lowers: bool,
 }
 
 /// Header fields, with PAX records taking precedence (large ids, long names, xattrs).
@@ -222,20 +248,39 @@ impl Applier {
                 let Some((tbase, tparents)) = tcomps.split_last() else {
                     return Err(self.refuse(&name, "a hardlink to the root"));
                 };
-                let target = self.resolve_dir(tparents, &name)?.join(tbase);
+                let tdir = self.resolve_dir(tparents, &name)?;
+                let target = tdir.join(tbase);
                 match fs::symlink_metadata(&target) {
                     Ok(m) if m.is_dir() => {
                         return Err(self.refuse(&name, "a hardlink to a directory"))
                     }
                     Ok(_) => {}
                     Err(_) => {
-                        return Err(self.refuse(
-                            &name,
-                            format!(
-                                "its hardlink target {:?} is not in this layer",
-                                String::from_utf8_lossy(&target_raw)
-                            ),
-                        ))
+                        let rel = target
+                            .strip_prefix(&self.root)
+                            .unwrap_or(&target)
+                            .to_path_buf();
+                        match self.lower_entry(&rel) {
+                            // A link to a file of a lower layer: layers cannot share inodes,
+                            // so it becomes a copy (as overlayfs would show it after a copy-up).
+                            Some((lp, lm)) if lm.is_file() => {
+                                self.uses_lowers = true;
+                                remove_any(&dest, existing.as_ref())?;
+                                fs::copy(&lp, &dest).map_err(io_err("copying to", &dest))?;
+                                copy_meta(&lp, &dest, &lm)?;
+                                self.written.insert(dest);
+                                return Ok(());
+                            }
+                            _ => {
+                                return Err(self.refuse(
+                                    &name,
+                                    format!(
+                                        "its hardlink target {:?} is neither in this layer nor a file of the layers below",
+                                        String::from_utf8_lossy(&target_raw)
+                                    ),
+                                ))
+                            }
+                        }
                     }
                 }
                 if target != dest {
@@ -321,7 +366,7 @@ impl Applier {
 
     /// Resolves a directory path under the root without leaving it: symlinks are followed as if
     /// the root were `/`, one leading above the root is refused, missing directories are created.
-    fn resolve_dir(&self, comps: &[OsString], name: &str) -> Result<PathBuf> {
+    fn resolve_dir(&mut self, comps: &[OsString], name: &str) -> Result<PathBuf> {
         let mut stack: Vec<OsString> = Vec::new();
         let mut queue: VecDeque<OsString> = comps.iter().cloned().collect();
         let mut hops = 0;
@@ -363,10 +408,50 @@ impl Applier {
                     ));
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    fs::create_dir(&p).map_err(io_err("creating directory", &p))?;
-                    fs::set_permissions(&p, fs::Permissions::from_mode(0o755))
-                        .map_err(io_err("setting the mode of", &p))?;
-                    stack.push(c);
+                    let rel: PathBuf = stack.iter().chain([&c]).collect();
+                    match self.lower_entry(&rel) {
+                        Some((lp, lm)) if lm.file_type().is_symlink() => {
+                            // The merged view goes through the lower symlink: so do we.
+                            self.uses_lowers = true;
+                            hops += 1;
+                            if hops > MAX_SYMLINK_HOPS {
+                                return Err(
+                                    self.refuse(name, "too many levels of symlinks on its path")
+                                );
+                            }
+                            let target =
+                                fs::read_link(&lp).map_err(io_err("reading symlink", &lp))?;
+                            let tb = target.as_os_str().as_bytes();
+                            if tb.first() == Some(&b'/') {
+                                stack.clear();
+                            }
+                            for t in tb.split(|b| *b == b'/').rev() {
+                                queue.push_front(OsStr::from_bytes(t).to_os_string());
+                            }
+                        }
+                        Some((_, lm)) if lm.is_dir() => {
+                            // Implicit here, real below: keep the lower's owner, mode and time,
+                            // or this layer would mask them.
+                            self.uses_lowers = true;
+                            fs::create_dir(&p).map_err(io_err("creating directory", &p))?;
+                            let meta = Meta {
+                                mode: lm.mode(),
+                                uid: lm.uid(),
+                                gid: lm.gid(),
+                                mtime: lm.mtime(),
+                                xattrs: Vec::new(),
+                            };
+                            self.set_meta(&p, &meta, false)?;
+                            self.dir_times.push((p, lm.mtime()));
+                            stack.push(c);
+                        }
+                        _ => {
+                            fs::create_dir(&p).map_err(io_err("creating directory", &p))?;
+                            fs::set_permissions(&p, fs::Permissions::from_mode(0o755))
+                                .map_err(io_err("setting the mode of", &p))?;
+                            stack.push(c);
+                        }
+                    }
                 }
                 Err(e) => return Err(io_err("inspecting", &p)(e)),
             }
@@ -374,6 +459,20 @@ impl Applier {
         let mut p = self.root.clone();
         p.extend(&stack);
         Ok(p)
+    }
+
+    /// `rel` in the merged view of the lowers (top first); a whiteout hides it.
+    fn lower_entry(&self, rel: &Path) -> Option<(PathBuf, fs::Metadata)> {
+        for l in &self.lowers {
+            let p = l.join(rel);
+            if let Ok(m) = fs::symlink_metadata(&p) {
+                if is_whiteout(&m) {
+                    return None;
+                }
+                return Some((p, m));
+            }
+        }
+        None
     }
 
     fn whiteout(&mut self, path: &Path) -> Result<()> {
@@ -409,15 +508,26 @@ impl Applier {
     }
 
     fn set_meta(&self, path: &Path, m: &Meta, is_link: bool) -> Result<()> {
-        std::os::unix::fs::lchown(path, Some(m.uid), Some(m.gid))
-            .map_err(io_err("changing the owner of", path))?;
+        // Without root, owners and privileged xattrs cannot be kept (as `tar` does for users);
+        // everything else still is.
+        let tolerate =
+            |e: &io::Error| !self.root_user && e.kind() == io::ErrorKind::PermissionDenied;
+        if let Err(e) = std::os::unix::fs::lchown(path, Some(m.uid), Some(m.gid)) {
+            if !tolerate(&e) {
+                return Err(io_err("changing the owner of", path)(e));
+            }
+        }
         // After chown, which clears setuid bits.
         if !is_link {
             fs::set_permissions(path, fs::Permissions::from_mode(m.mode & 0o7777))
                 .map_err(io_err("setting the mode of", path))?;
         }
         for (k, v) in &m.xattrs {
-            xattr::set(path, k, v).map_err(io_err("setting an xattr on", path))?;
+            if let Err(e) = xattr::set(path, k, v) {
+                if !tolerate(&e) {
+                    return Err(io_err("setting an xattr on", path)(e));
+                }
+            }
         }
         Ok(())
     }
@@ -449,10 +559,14 @@ pub(crate) fn mknod(path: &Path, mode: u32, major: u32, minor: u32) -> io::Resul
 
 /// Sets atime and mtime of `path` itself (not a symlink's target).
 pub(crate) fn set_mtime(path: &Path, secs: i64) -> io::Result<()> {
+    set_times(path, secs, 0)
+}
+
+pub(crate) fn set_times(path: &Path, secs: i64, nsec: i64) -> io::Result<()> {
     let c = cpath(path)?;
     let ts = libc::timespec {
         tv_sec: secs as libc::time_t,
-        tv_nsec: 0,
+        tv_nsec: nsec as libc::c_long,
     };
     let times = [ts, ts];
     // SAFETY: valid path and two timespecs, as utimensat wants.
@@ -477,7 +591,8 @@ pub struct Snapshot {
     pub path: PathBuf,
 }
 
-/// Unpacked layers under one directory, keyed by diffID: `DIR/sha256/<hex>/`. Each is unpacked
+/// Unpacked layers under one directory, keyed by diffID: `DIR/sha256/<hex>/` (or, for the rare
+/// layer that needs its parents to be unpacked right, by chain ID: `DIR/chain/<hex>/`). Each is unpacked
 /// into `DIR/tmp/` first and renamed into place, so a snapshot that exists is complete; two
 /// processes unpacking the same layer both succeed and one copy is kept.
 #[derive(Clone, Debug)]
@@ -488,7 +603,7 @@ pub struct SnapshotCache {
 impl SnapshotCache {
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self> {
         let dir = dir.into();
-        for sub in ["sha256", "tmp"] {
+        for sub in ["sha256", "chain", "tmp"] {
             let p = dir.join(sub);
             fs::create_dir_all(&p).map_err(io_err("creating the snapshot cache", &p))?;
         }
@@ -524,7 +639,42 @@ impl SnapshotCache {
         expected: Option<&Digest>,
         layer: &str,
     ) -> Result<(Snapshot, bool)> {
-        if let Some(s) = expected.and_then(|d| self.get(d)) {
+        self.unpack_on(&[], reader, media_type, expected, layer)
+    }
+
+    fn chain_path(&self, parents: &[Snapshot], diff_id: &Digest) -> Option<PathBuf> {
+        let mut ids: Vec<Digest> = parents.iter().map(|s| s.diff_id.clone()).collect();
+        ids.push(diff_id.clone());
+        let chain = chain_id(&ids)?;
+        Some(self.dir.join("chain").join(chain.hex()))
+    }
+
+    /// The snapshot of `diff_id` over `parents` (bottom first): the shared one, or the one
+    /// made for this chain when the layer needed its parents (see [`apply_layer_on`]).
+    pub fn get_on(&self, parents: &[Snapshot], diff_id: &Digest) -> Option<Snapshot> {
+        if let Some(s) = self.get(diff_id) {
+            return Some(s);
+        }
+        let path = self.chain_path(parents, diff_id).filter(|p| p.is_dir())?;
+        Some(Snapshot {
+            diff_id: diff_id.clone(),
+            path,
+        })
+    }
+
+    /// [`SnapshotCache::unpack`] over the snapshots of the layers below (bottom first). A layer
+    /// that stands on its own is kept by diffID and shared by every image; one that needed its
+    /// parents (implicit directories, paths through their symlinks, hardlinks to their files)
+    /// is kept by chain ID.
+    pub fn unpack_on(
+        &self,
+        parents: &[Snapshot],
+        reader: impl Read,
+        media_type: Option<&str>,
+        expected: Option<&Digest>,
+        layer: &str,
+    ) -> Result<(Snapshot, bool)> {
+        if let Some(s) = expected.and_then(|d| self.get_on(parents, d)) {
             return Ok((s, false));
         }
         let tmp_parent = self.dir.join("tmp");
@@ -534,7 +684,15 @@ impl SnapshotCache {
             .map_err(io_err("creating a directory in", &tmp_parent))?;
         fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755))
             .map_err(io_err("setting the mode of", tmp.path()))?;
-        let report = apply_layer(tmp.path(), reader, media_type, WhiteoutMode::Overlay, layer)?;
+        let lowers: Vec<PathBuf> = parents.iter().rev().map(|s| s.path.clone()).collect();
+        let report = apply_layer_on(
+            tmp.path(),
+            &lowers,
+            reader,
+            media_type,
+            WhiteoutMode::Overlay,
+            layer,
+        )?;
         if let Some(want) = expected {
             if &report.diff_id != want {
                 return Err(Error::BadLayer {
@@ -546,15 +704,22 @@ impl SnapshotCache {
                 });
             }
         }
-        let dest = self.path_for(&report.diff_id);
+        let dest = match (
+            report.uses_lowers,
+            self.chain_path(parents, &report.diff_id),
+        ) {
+            (true, Some(p)) => p,
+            _ => self.path_for(&report.diff_id),
+        };
+        let snap = Snapshot {
+            diff_id: report.diff_id,
+            path: dest.clone(),
+        };
         if dest.is_dir() {
-            return Ok((
-                self.get(&report.diff_id).unwrap_or(Snapshot {
-                    diff_id: report.diff_id,
-                    path: dest,
-                }),
-                false,
-            ));
+            return Ok((snap, false));
+        }
+        if let Some(parent) = dest.parent() {
+            fs::create_dir_all(parent).map_err(io_err("creating", parent))?;
         }
         let kept = tmp.keep();
         if let Err(e) = fs::rename(&kept, &dest) {
@@ -562,21 +727,38 @@ impl SnapshotCache {
             if !dest.is_dir() {
                 return Err(io_err("moving a snapshot into", &dest)(e));
             }
-            return Ok((
-                Snapshot {
-                    diff_id: report.diff_id,
-                    path: dest,
-                },
-                false,
-            ));
+            return Ok((snap, false));
         }
-        Ok((
-            Snapshot {
-                diff_id: report.diff_id,
-                path: dest,
-            },
-            true,
-        ))
+        Ok((snap, true))
+    }
+
+    /// The diffIDs of every snapshot in the cache.
+    pub fn list(&self) -> Result<Vec<Digest>> {
+        let dir = self.dir.join("sha256");
+        let mut out = Vec::new();
+        for e in fs::read_dir(&dir).map_err(io_err("listing", &dir))? {
+            let e = e.map_err(io_err("listing", &dir))?;
+            if let Ok(d) = Digest::parse(&format!("sha256:{}", e.file_name().to_string_lossy())) {
+                out.push(d);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Removes a snapshot: renamed away first, so a reader never sees half of one. The caller
+    /// makes sure no running step uses it as a lowerdir.
+    pub fn remove(&self, diff_id: &Digest) -> Result<bool> {
+        let path = self.path_for(diff_id);
+        let tmp_parent = self.dir.join("tmp");
+        let doomed = tmp_parent.join(format!("remove-{}-{}", diff_id.hex(), std::process::id()));
+        match fs::rename(&path, &doomed) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io_err("removing snapshot", &path)(e)),
+        }
+        fs::remove_dir_all(&doomed).map_err(io_err("removing snapshot", &doomed))?;
+        Ok(true)
     }
 
     /// Unpacks a layer blob of `layout` (unless cached), checked against its diffID.
@@ -592,6 +774,29 @@ impl SnapshotCache {
         let f = layout.open_blob(&layer.digest)?;
         let verified = oci::VerifyingReader::new(f, layer.digest.clone(), Some(layer.size));
         let (s, _) = self.unpack(
+            verified,
+            Some(&layer.media_type),
+            Some(diff_id),
+            &layer.digest.to_string(),
+        )?;
+        Ok(s)
+    }
+
+    /// [`SnapshotCache::unpack_blob`] over the snapshots of the layers below (bottom first).
+    pub fn unpack_blob_on(
+        &self,
+        layout: &store::Layout,
+        parents: &[Snapshot],
+        layer: &Descriptor,
+        diff_id: &Digest,
+    ) -> Result<Snapshot> {
+        if let Some(s) = self.get_on(parents, diff_id) {
+            return Ok(s);
+        }
+        let f = layout.open_blob(&layer.digest)?;
+        let verified = oci::VerifyingReader::new(f, layer.digest.clone(), Some(layer.size));
+        let (s, _) = self.unpack_on(
+            parents,
             verified,
             Some(&layer.media_type),
             Some(diff_id),
@@ -617,11 +822,12 @@ impl SnapshotCache {
                 ),
             });
         }
-        layers
-            .iter()
-            .zip(diff_ids)
-            .map(|(l, d)| self.unpack_blob(layout, l, d))
-            .collect()
+        let mut out: Vec<Snapshot> = Vec::with_capacity(layers.len());
+        for (l, d) in layers.iter().zip(diff_ids) {
+            let s = self.unpack_blob_on(layout, &out, l, d)?;
+            out.push(s);
+        }
+        Ok(out)
     }
 }
 

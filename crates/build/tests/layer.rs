@@ -188,3 +188,151 @@ fn an_emulated_step_becomes_a_layer() {
     let (names, _) = layer_entries(&layout, &w);
     assert_eq!(names, ["arch", "lines"]);
 }
+
+#[test]
+fn the_walking_differ_compares_a_plain_root_with_its_snapshots() {
+    if !common::is_root() {
+        return;
+    }
+    let Some(base) = common::busybox_snapshots("linux/amd64") else {
+        return;
+    };
+    let lowers: Vec<PathBuf> = base.iter().map(|s| s.path.clone()).collect();
+    let scratch = Scratch::new();
+    let flat = scratch.dir.path().join("flat");
+    snapshot::flatten(&lowers, &flat).unwrap();
+    let opts = LayerOptions {
+        compression: Compression::None,
+        source_date_epoch: Some(1_700_000_000),
+        ..Default::default()
+    };
+    let changes = layer::Changes::Walk {
+        root: &flat,
+        lowers: &lowers,
+    };
+    // A step that changes nothing gives an empty layer: the sandbox's stubs leave no trace.
+    run_ok(RootFs::Dir(flat.clone()), "true");
+    let (bytes, d) = layer::write_changes(changes, Vec::new(), &opts).unwrap();
+    assert_eq!(d.entries, 0, "{:?}", names_of(&bytes));
+
+    run_ok(RootFs::Dir(flat.clone()), CHANGES);
+    let (bytes, d) = layer::write_changes(changes, Vec::new(), &opts).unwrap();
+    let names = names_of(&bytes);
+    assert_eq!(
+        names,
+        [
+            "app/",
+            "app/greeting",
+            "etc/",
+            "etc/.wh.group",
+            "root/",
+            "root/file"
+        ]
+    );
+    assert_eq!(d.entries, 6);
+}
+
+fn names_of(tar_bytes: &[u8]) -> Vec<String> {
+    tar::Archive::new(tar_bytes)
+        .entries()
+        .unwrap()
+        .map(|e| String::from_utf8(e.unwrap().path_bytes().into_owned()).unwrap())
+        .collect()
+}
+
+#[test]
+fn renaming_a_base_directory_gives_a_whiteout_and_a_whole_copy() {
+    if !common::is_root() {
+        return;
+    }
+    let Some(base) = common::busybox_snapshots("linux/amd64") else {
+        return;
+    };
+    let lowers: Vec<PathBuf> = base.iter().map(|s| s.path.clone()).collect();
+    let scratch = Scratch::new();
+    let (rootfs, upper) = scratch.rootfs("mv", &lowers);
+    // Overlayfs (redirect_dir=off) refuses to rename a base directory with EXDEV and mv
+    // copies instead, so the layer can express it. (/etc cannot move: /etc/hosts is a mount,
+    // as under docker.)
+    run_ok(
+        rootfs,
+        "mkdir /root/sub && echo x > /root/sub/f && mv /root /root2 && mkdir /root && touch /root/x",
+    );
+    let opts = LayerOptions {
+        compression: Compression::None,
+        ..Default::default()
+    };
+    let (bytes, _) = layer::write_layer(&upper, Vec::new(), &opts).unwrap();
+    assert_eq!(
+        names_of(&bytes),
+        [
+            "root/",
+            "root/.wh..wh..opq",
+            "root/x",
+            "root2/",
+            "root2/sub/",
+            "root2/sub/f"
+        ]
+    );
+}
+
+#[test]
+fn an_upperdir_with_a_redirect_is_refused() {
+    if !common::is_root() {
+        return;
+    }
+    let t = tempfile::tempdir_in(common::repo_root().join("target")).unwrap();
+    fs::create_dir(t.path().join("moved")).unwrap();
+    xattr::set(t.path().join("moved"), "trusted.overlay.redirect", b"/orig").unwrap();
+    let err = layer::write_layer(t.path(), Vec::new(), &LayerOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("moved") && err.contains("redirect_dir=off"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_prepared_step_root_runs_and_diffs_the_best_way_available() {
+    if !common::is_root() {
+        return;
+    }
+    let Some(base) = common::busybox_snapshots("linux/amd64") else {
+        return;
+    };
+    let lowers: Vec<PathBuf> = base.iter().map(|s| s.path.clone()).collect();
+    let scratch = Scratch::new();
+    assert!(
+        sandbox::overlay_works(scratch.dir.path()),
+        "ext4 under target/ takes overlays"
+    );
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(".overlay-probe-"),
+        "the probe mount never reaches the host"
+    );
+    let step = sandbox::StepRoot::prepare(&lowers, &scratch.dir.path().join("step")).unwrap();
+    assert!(matches!(step.rootfs, RootFs::Overlay { .. }));
+    run_ok(step.rootfs.clone(), "echo hi > /hi");
+    let layout = store::Layout::open_or_create(scratch.dir.path().join("store")).unwrap();
+    let w = layer::store_changes(step.changes(), &layout, &LayerOptions::default()).unwrap();
+    assert_eq!(layer_entries(&layout, &w).0, ["hi"]);
+    // Without overlayfs: a flattened copy, diffed by walking, gives the same layer.
+    let flat = sandbox::StepRoot::flattened(&lowers, &scratch.dir.path().join("flat")).unwrap();
+    run_ok(
+        flat.rootfs.clone(),
+        "echo hi > /hi && touch -d @1700000000 /hi",
+    );
+    let opts = LayerOptions {
+        source_date_epoch: Some(0),
+        ..Default::default()
+    };
+    let a = layer::store_changes(step.changes(), &layout, &opts).unwrap();
+    let b = layer::store_changes(flat.changes(), &layout, &opts).unwrap();
+    assert_eq!(layer_entries(&layout, &b).0, ["hi"]);
+    assert_eq!(
+        a.diff_id, b.diff_id,
+        "same content, same clamped times, same layer"
+    );
+}

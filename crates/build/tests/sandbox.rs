@@ -124,6 +124,21 @@ fn namespaces_and_minimal_system() {
     // Only the sandbox's own processes are visible.
     let ps = step.run(&["sh", "-c", "ls -d /proc/[0-9]* | wc -l"]);
     assert!(ps.trim().parse::<u32>().unwrap() <= 3, "{ps}");
+    // /proc/sys is read-only (root could otherwise write host sysctls), secrets are masked.
+    let out = sandbox::run(&step.spec(&[
+        "sh",
+        "-c",
+        "cat /proc/sys/kernel/panic > /proc/sys/kernel/panic",
+    ]))
+    .unwrap();
+    assert_ne!(out.code, 0);
+    assert!(out.tail.contains("Read-only file system"), "{}", out.tail);
+    for f in ["kcore", "keys", "timer_list"] {
+        if std::path::Path::new("/proc").join(f).exists() {
+            let n = step.run(&["sh", "-c", &format!("cat /proc/{f} | wc -c")]);
+            assert_eq!(n.trim(), "0", "/proc/{f} is masked");
+        }
+    }
     // No CAP_SYS_ADMIN: root in the step cannot mount.
     let out = sandbox::run(&step.spec(&["mount", "-t", "tmpfs", "x", "/mnt"])).unwrap();
     assert_ne!(out.code, 0, "mount should be refused: {}", out.tail);
@@ -187,6 +202,7 @@ fn exit_code_and_output_tail_are_reported() {
         out.tail
     );
     assert!(!out.tail.contains("\n1\n2\n3\n"), "only the tail is kept");
+    assert!(out.tail.ends_with("to-stdout\nto-stderr\n"), "{}", out.tail);
     let err = out.check(&spec.argv).unwrap_err().to_string();
     assert!(
         err.contains("exited with code 3") && err.contains("to-stderr"),
@@ -241,6 +257,14 @@ fn env_user_and_workdir_are_honored() {
     );
     // The workdir, created as docker does, is part of the step's changes.
     assert!(step.upper().join("work/deep/dir").is_dir());
+    // A setup failure in the child comes back as an error that says what failed.
+    let mut spec = step.spec(&["true"]);
+    spec.workdir = "/etc/passwd/sub".into();
+    let err = sandbox::run(&spec).unwrap_err().to_string();
+    assert!(
+        err.contains("creating workdir /etc/passwd/sub") && err.contains("Not a directory"),
+        "{err}"
+    );
     let mut spec = step.spec(&["true"]);
     spec.user = Some("nosuchuser".into());
     let err = sandbox::run(&spec).unwrap_err().to_string();
@@ -268,4 +292,148 @@ fn a_flattened_directory_works_without_overlay() {
         !flat.join("proc").exists() && !flat.join("etc/hosts").exists(),
         "stubs removed"
     );
+}
+
+#[test]
+fn timeout_kills_the_whole_namespace() {
+    let Some(step) = Step::new("linux/amd64") else {
+        return;
+    };
+    let mut spec = step.spec(&["sh", "-c", "sleep 30 & sleep 30; echo never"]);
+    spec.timeout = Some(std::time::Duration::from_millis(500));
+    let t = std::time::Instant::now();
+    let out = sandbox::run(&spec).unwrap();
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(out.timed_out);
+    assert_eq!(out.code, 137);
+    let err = out.check(&spec.argv).unwrap_err().to_string();
+    assert!(err.contains("timeout"), "{err}");
+}
+
+#[test]
+fn output_is_streamed_as_it_arrives() {
+    use std::sync::{Arc, Mutex};
+    let Some(step) = Step::new("linux/amd64") else {
+        return;
+    };
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    let mut spec = step.spec(&["sh", "-c", "echo one; echo two >&2"]);
+    spec.on_output = Some(sandbox::OutputSink(Arc::new(move |which, bytes| {
+        s2.lock().unwrap().push((which, bytes.to_vec()));
+    })));
+    sandbox::run(&spec).unwrap();
+    let seen = seen.lock().unwrap();
+    assert!(
+        seen.contains(&(sandbox::Stream::Stdout, b"one\n".to_vec())),
+        "{seen:?}"
+    );
+    assert!(
+        seen.contains(&(sandbox::Stream::Stderr, b"two\n".to_vec())),
+        "{seen:?}"
+    );
+}
+
+#[test]
+fn a_platform_that_cannot_run_fails_before_anything_runs() {
+    let Some(step) = Step::new("linux/amd64") else {
+        return;
+    };
+    let mut spec = step.spec(&["sh", "-c", "touch /ran"]);
+    spec.platform = Some(oci::Platform::parse("linux/mips64le").unwrap());
+    let err = sandbox::run(&spec).unwrap_err().to_string();
+    assert!(
+        err.contains("linux/mips64le") && err.contains("qemu-user-static"),
+        "{err}"
+    );
+    assert!(!step.upper().join("ran").exists());
+}
+
+#[test]
+fn from_scratch_runs_a_static_binary_with_no_lower_layers() {
+    let Some(step) = Step::new("linux/amd64") else {
+        return;
+    };
+    // FROM scratch + COPY of a static busybox: only the upperdir has files.
+    let upper = step.upper();
+    fs::create_dir_all(&upper).unwrap();
+    fs::copy(step.lowers[0].join("bin/busybox"), upper.join("busybox")).unwrap();
+    let rootfs = RootFs::Overlay {
+        lowers: Vec::new(),
+        upper: upper.clone(),
+        work: step.dir.path().join("work"),
+    };
+    let out = sandbox::run(&RunSpec::new(rootfs, &["/busybox", "echo", "from scratch"])).unwrap();
+    assert!(out.success(), "{}", out.tail);
+    assert_eq!(out.stdout, b"from scratch\n");
+    let mut left: Vec<_> = fs::read_dir(&upper)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["busybox"], "no mountpoint stubs left behind");
+}
+
+#[test]
+fn emulated_step_with_user_workdir_and_no_network() {
+    if !runnable("linux/arm/v7") {
+        return;
+    }
+    let Some(step) = Step::new("linux/arm/v7") else {
+        return;
+    };
+    let mut spec = step.spec(&[
+        "sh",
+        "-c",
+        "id -u; pwd; uname -m; cat /proc/net/dev | tail -n +3 | wc -l",
+    ]);
+    spec.platform = Some(oci::Platform::parse("linux/arm/v7").unwrap());
+    spec.user = Some("nobody".into());
+    spec.workdir = "/srv/app".into();
+    spec.network = Network::None;
+    let out = sandbox::run(&spec).unwrap();
+    assert!(out.success(), "{}", out.tail);
+    assert!(out.mode.is_emulated());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "65534\n/srv/app\narmv7l\n1\n"
+    );
+}
+
+#[test]
+fn more_layers_than_a_page_of_mount_options_holds() {
+    let Some(step) = Step::new("linux/amd64") else {
+        return;
+    };
+    // 120 layers of ~150-byte paths: ~18 KB of lowerdir, far past the kernel's 4 KB.
+    let deep = step.dir.path().join("l".repeat(100));
+    let mut lowers = step.lowers.clone();
+    for i in 0..120 {
+        let d = deep.join(format!("{i:03}-{}", "x".repeat(40)));
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join(format!("layer{i:03}")), format!("{i}\n")).unwrap();
+        fs::write(d.join("top"), format!("{i}\n")).unwrap();
+    }
+    let mut names: Vec<_> = fs::read_dir(&deep)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    names.sort();
+    lowers.extend(names);
+    let rootfs = RootFs::Overlay {
+        lowers,
+        upper: step.upper(),
+        work: step.dir.path().join("work"),
+    };
+    let out = sandbox::run(&RunSpec::new(
+        rootfs,
+        &["sh", "-c", "ls / | grep -c '^layer'; cat /top /layer000"],
+    ))
+    .unwrap();
+    assert!(out.success(), "{}", out.tail);
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "120\n119\n0\n");
 }

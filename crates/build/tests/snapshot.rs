@@ -193,6 +193,9 @@ fn whiteouts_and_opaque_dirs_become_overlay_markers() {
 
 #[test]
 fn metadata_hardlinks_xattrs_and_compressions() {
+    if !common::is_root() {
+        return; // owners are only kept by root
+    }
     let mut b = tar::Builder::new(Vec::new());
     let mut h = Tar::header(tar::EntryType::Regular, 0o4755, 3);
     h.set_uid(1234);
@@ -308,5 +311,151 @@ fn symlink_out_of_the_root_is_refused_and_nothing_written_outside() {
             .unwrap()
             .count(),
         0
+    );
+}
+
+#[test]
+fn concurrent_unpacks_of_one_layer_keep_one_complete_copy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = SnapshotCache::open(tmp.path()).unwrap();
+    let layer = base_layer();
+    let want = oci::Digest::sha256_of(&layer);
+    let results: Vec<_> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| cache.unpack(&layer[..], None, Some(&want), "base").unwrap()))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(results.iter().all(|(s, _)| s.path == results[0].0.path));
+    assert!(results[0].0.path.join("c/sub/old2").is_file());
+    assert_eq!(fs::read_dir(tmp.path().join("sha256")).unwrap().count(), 1);
+    assert_eq!(fs::read_dir(tmp.path().join("tmp")).unwrap().count(), 0);
+    assert_eq!(cache.list().unwrap(), std::slice::from_ref(&want));
+    assert!(cache.remove(&want).unwrap());
+    assert!(!cache.remove(&want).unwrap());
+    assert!(cache.get(&want).is_none() && cache.list().unwrap().is_empty());
+    assert_eq!(fs::read_dir(tmp.path().join("tmp")).unwrap().count(), 0);
+}
+
+#[test]
+fn a_corrupt_blob_is_refused_and_nothing_kept() {
+    let Some(dir) = common::busybox_layout() else {
+        return;
+    };
+    let src = store::Layout::open_existing(&dir).unwrap();
+    let (m, c) = common::busybox_image(&src, "linux/amd64");
+    let layer = &m.layers[0];
+    // A copy of the store whose layer blob has one byte flipped in the middle.
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = store::Layout::open_or_create(tmp.path().join("store")).unwrap();
+    let mut bytes = fs::read(src.blob_path(&layer.digest)).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    let p = layout.blob_path(&layer.digest);
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::write(&p, &bytes).unwrap();
+    let cache = SnapshotCache::open(tmp.path().join("snapshots")).unwrap();
+    let err = cache
+        .unpack_blob(&layout, layer, &c.rootfs.diff_ids[0])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&layer.digest.to_string()), "{err}");
+    assert!(cache.get(&c.rootfs.diff_ids[0]).is_none());
+    assert_eq!(
+        fs::read_dir(tmp.path().join("snapshots/tmp"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+#[test]
+fn a_layer_leaning_on_its_parents_is_unpacked_over_them_and_kept_by_chain() {
+    if !common::is_root() {
+        return;
+    }
+    let mut b = tar::Builder::new(Vec::new());
+    let mut d = Tar::header(tar::EntryType::Directory, 0o700, 0);
+    d.set_uid(1000);
+    b.append_data(&mut d, "opt/", &[][..]).unwrap();
+    for dir in ["usr/", "usr/lib/", "data/"] {
+        let mut h = Tar::header(tar::EntryType::Directory, 0o755, 0);
+        b.append_data(&mut h, dir, &[][..]).unwrap();
+    }
+    let mut f = Tar::header(tar::EntryType::Regular, 0o644, 1);
+    b.append_data(&mut f, "usr/lib/a.so", &b"a"[..]).unwrap();
+    let mut f = Tar::header(tar::EntryType::Regular, 0o640, 4);
+    b.append_data(&mut f, "data/f", &b"base"[..]).unwrap();
+    let mut l = Tar::header(tar::EntryType::Symlink, 0o777, 0);
+    b.append_link(&mut l, "lib", "usr/lib").unwrap();
+    let base = b.into_inner().unwrap();
+    // Hand-made, as some tools write them: no parent entries, a path through a lower
+    // symlink, a hardlink to a lower file.
+    let mut b = tar::Builder::new(Vec::new());
+    let mut f = Tar::header(tar::EntryType::Regular, 0o644, 1);
+    b.append_data(&mut f, "opt/new", &b"n"[..]).unwrap();
+    let mut f = Tar::header(tar::EntryType::Regular, 0o644, 1);
+    b.append_data(&mut f, "lib/b.so", &b"b"[..]).unwrap();
+    let mut h = Tar::header(tar::EntryType::Link, 0o644, 0);
+    b.append_link(&mut h, "data/g", "data/f").unwrap();
+    let upper = b.into_inner().unwrap();
+
+    let tmp = tempfile::tempdir_in(common::repo_root().join("target")).unwrap();
+    let cache = SnapshotCache::open(tmp.path().join("cache")).unwrap();
+    let (s0, _) = cache.unpack_on(&[], &base[..], None, None, "base").unwrap();
+    assert!(
+        s0.path.starts_with(tmp.path().join("cache/sha256")),
+        "stands alone: by diffID"
+    );
+    let (s1, fresh) = cache
+        .unpack_on(std::slice::from_ref(&s0), &upper[..], None, None, "upper")
+        .unwrap();
+    assert!(fresh);
+    assert!(
+        s1.path.starts_with(tmp.path().join("cache/chain")),
+        "{:?}",
+        s1.path
+    );
+    assert_eq!(
+        cache.get_on(std::slice::from_ref(&s0), &s1.diff_id),
+        Some(s1.clone())
+    );
+    assert!(
+        cache.get(&s1.diff_id).is_none(),
+        "not shared with other parents"
+    );
+    let opt = fs::metadata(s1.path.join("opt")).unwrap();
+    assert_eq!(
+        (opt.mode() & 0o7777, opt.uid()),
+        (0o700, 1000),
+        "implicit dir keeps the lower's"
+    );
+    assert!(s1.path.join("usr/lib/b.so").is_file() && !s1.path.join("lib").exists());
+    assert_eq!(fs::read(s1.path.join("data/g")).unwrap(), b"base");
+
+    let Some(busybox) = common::busybox_snapshots("linux/amd64") else {
+        return;
+    };
+    let steps = common::repo_root().join("target/fixtures/steps");
+    fs::create_dir_all(&steps).unwrap();
+    let step = tempfile::tempdir_in(steps).unwrap();
+    // The merged view: /lib still the symlink, both libraries there, /opt still private.
+    let mut lowers = busybox.into_iter().map(|s| s.path).collect::<Vec<_>>();
+    lowers.extend([s0.path.clone(), s1.path.clone()]);
+    let rootfs = manifold_build::RootFs::Overlay {
+        lowers,
+        upper: step.path().join("upper"),
+        work: step.path().join("work"),
+    };
+    let out = manifold_build::sandbox::run(&manifold_build::RunSpec::new(
+        rootfs,
+        &["sh", "-c", "ls /lib/; stat -c %a /opt; readlink /lib"],
+    ))
+    .unwrap();
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "a.so\nb.so\n700\nusr/lib\n",
+        "{}",
+        out.tail
     );
 }
