@@ -250,7 +250,6 @@ impl Context {
                 }
             }
         }
-        drop(field);
         Ok(h.finish().to_string())
     }
 
