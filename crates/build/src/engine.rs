@@ -449,6 +449,10 @@ impl Engine<'_> {
                 }
                 out.check(&argv)?;
                 let written = layer::write_to_store(&upper, self.store, &self.opts.layer)?;
+                if written.entries > 0 {
+                    // The directory is the layer's snapshot already: no unpacking it again.
+                    self.snapshots.adopt(&upper, &written.diff_id)?;
+                }
                 let new_layer =
                     (written.entries > 0).then_some((written.descriptor, written.diff_id));
                 self.remember(
@@ -531,6 +535,10 @@ impl Engine<'_> {
                     }
                 }
                 let written = layer::write_to_store(&upper, self.store, &self.opts.layer)?;
+                if written.entries > 0 {
+                    // The directory is the layer's snapshot already: no unpacking it again.
+                    self.snapshots.adopt(&upper, &written.diff_id)?;
+                }
                 let new_layer = Some((written.descriptor, written.diff_id));
                 self.remember(
                     &step_key,
@@ -592,6 +600,10 @@ impl Engine<'_> {
                     exclude,
                 )?;
                 let written = layer::write_to_store(&upper, self.store, &self.opts.layer)?;
+                if written.entries > 0 {
+                    // The directory is the layer's snapshot already: no unpacking it again.
+                    self.snapshots.adopt(&upper, &written.diff_id)?;
+                }
                 let new_layer = Some((written.descriptor, written.diff_id));
                 self.remember(
                     &step_key,

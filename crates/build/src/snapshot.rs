@@ -620,6 +620,26 @@ impl SnapshotCache {
             .join(diff_id.hex())
     }
 
+    /// Takes `dir` (a step's overlay upperdir or COPY staging directory, already in the
+    /// snapshot format: overlay whiteouts, opaque xattrs) as the snapshot of the layer made from
+    /// it, with a rename, instead of unpacking that layer again. When the snapshot exists, `dir`
+    /// is left alone.
+    pub fn adopt(&self, dir: &Path, diff_id: &Digest) -> Result<Snapshot> {
+        if let Some(s) = self.get(diff_id) {
+            return Ok(s);
+        }
+        let dest = self.path_for(diff_id);
+        if let Err(e) = fs::rename(dir, &dest) {
+            if !dest.is_dir() {
+                return Err(io_err("moving a snapshot into", &dest)(e));
+            }
+        }
+        Ok(Snapshot {
+            diff_id: diff_id.clone(),
+            path: dest,
+        })
+    }
+
     /// The snapshot of `diff_id`, when it was unpacked before.
     pub fn get(&self, diff_id: &Digest) -> Option<Snapshot> {
         let path = self.path_for(diff_id);
