@@ -220,6 +220,17 @@ pub fn component_match(pat: &str, name: &str) -> bool {
 }
 
 impl Context {
+    /// The files and directories a source pattern names: (path in the context, real path).
+    pub fn matches(&self, pattern: &str) -> Result<Vec<(String, PathBuf)>> {
+        self.expand(pattern)?
+            .into_iter()
+            .map(|rel| {
+                let real = self.resolve(&rel)?;
+                Ok((rel, real))
+            })
+            .collect()
+    }
+
     /// A digest of everything `sources` would copy: paths, types, modes, mtimes and contents,
     /// after `.dockerignore` and `exclude`. Equal fingerprints give equal COPY layers.
     pub fn fingerprint(&self, sources: &[PlannedSource], exclude: &[String]) -> Result<String> {

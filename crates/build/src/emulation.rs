@@ -17,7 +17,7 @@ use crate::probes;
 use crate::{Error, Result};
 
 pub const BINFMT_DIR: &str = "/proc/sys/fs/binfmt_misc";
-pub const INSTALL_HINT: &str = "Install QEMU user emulation: `apt-get install qemu-user-static binfmt-support` (Debian, Ubuntu), or run `manifold binfmt install`";
+pub const INSTALL_HINT: &str = "Install QEMU user emulation: `apt-get install qemu-user-static binfmt-support` (Debian, Ubuntu; other systems: their qemu-user-static package), which registers the binfmt_misc handlers with flag F";
 
 /// How steps of a platform run here.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -342,7 +342,7 @@ mod tests {
             "{err}"
         );
         assert!(
-            err.contains("qemu-user-static") && err.contains("manifold binfmt install"),
+            err.contains("qemu-user-static") && err.contains("binfmt-support"),
             "{err}"
         );
         let err = check_in(&found, &Platform::parse("linux/mips64le").unwrap())

@@ -589,16 +589,48 @@ impl Engine<'_> {
                 fs::create_dir_all(&upper).map_err(io_err("creating", &upper))?;
                 let owner = parse_chown(chown.as_deref())?;
                 let mode = parse_chmod(chmod.as_deref())?;
-                copy_into(
-                    &self.context,
-                    sources,
-                    dest,
-                    &workdir,
-                    &upper,
-                    owner,
-                    mode,
-                    exclude,
-                )?;
+                // Local tar archives (plain, gzip, zstd) are unpacked into the destination
+                // directory; everything else is copied as COPY does.
+                let mut plain = Vec::new();
+                let mut archives = Vec::new();
+                for src in sources {
+                    match src {
+                        PlannedSource::Path { path } => {
+                            let found = self.context.matches(path)?;
+                            if found.iter().all(|(_, real)| is_tar_archive(real))
+                                && !found.is_empty()
+                            {
+                                archives.extend(found);
+                            } else {
+                                plain.push(src.clone());
+                            }
+                        }
+                        other => plain.push(other.clone()),
+                    }
+                }
+                if !plain.is_empty() {
+                    copy_into(
+                        &self.context,
+                        &plain,
+                        dest,
+                        &workdir,
+                        &upper,
+                        owner,
+                        mode,
+                        exclude,
+                    )?;
+                }
+                let abs = if dest.starts_with('/') {
+                    dest.clone()
+                } else {
+                    format!("{}/{dest}", workdir.trim_end_matches('/'))
+                };
+                for (rel, real) in archives {
+                    let into = upper.join(abs.trim_start_matches('/'));
+                    fs::create_dir_all(&into).map_err(io_err("creating", &into))?;
+                    let f = fs::File::open(&real).map_err(io_err("opening", &real))?;
+                    snapshot::apply_layer(&into, f, None, snapshot::WhiteoutMode::Apply, &rel)?;
+                }
                 let written = layer::write_to_store(&upper, self.store, &self.opts.layer)?;
                 if written.entries > 0 {
                     // The directory is the layer's snapshot already: no unpacking it again.
@@ -694,6 +726,28 @@ impl Engine<'_> {
             config: cfg.digest().clone(),
         })
     }
+}
+
+/// Is this file a tar archive, plain or compressed (ADD unpacks those)?
+fn is_tar_archive(p: &std::path::Path) -> bool {
+    let Ok(f) = fs::File::open(p) else {
+        return false;
+    };
+    if !f.metadata().map(|m| m.is_file()).unwrap_or(false) {
+        return false;
+    }
+    let Ok(mut r) = snapshot::decompress(f, None) else {
+        return false;
+    };
+    let mut head = [0u8; 512];
+    let mut n = 0;
+    while n < head.len() {
+        match std::io::Read::read(&mut r, &mut head[n..]) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => n += k,
+        }
+    }
+    n == 512 && &head[257..262] == b"ustar"
 }
 
 fn poisoned() -> Error {

@@ -293,3 +293,39 @@ fn bad_input_is_a_clear_error_and_changes_nothing() {
     assert_eq!(fs::read(s.join("index.json")).unwrap(), before);
     assert!(ok(s, &["fsck"]).contains("store is consistent"));
 }
+
+#[test]
+fn add_unpacks_local_archives_and_copies_other_files() {
+    let Some((_reg, base)) = base() else { return };
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            &format!("FROM {base}\nADD app.tar.gz /opt/\nADD notes.txt /opt/notes.txt\n"),
+        ),
+        ("notes.txt", "plain\n"),
+        ("src/dir/x.txt", "inside the archive\n"),
+    ]);
+    sh(Command::new("tar")
+        .args(["-czf", "app.tar.gz", "-C", "src", "dir"])
+        .current_dir(ctx.path()));
+    let store = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    ok(
+        store.path(),
+        &[
+            "build",
+            "-o",
+            &format!("type=local,dest={}", out.path().display()),
+            ctx.path().to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        read(&out.path().join("opt/dir/x.txt")),
+        "inside the archive\n"
+    );
+    assert_eq!(read(&out.path().join("opt/notes.txt")), "plain\n");
+    assert!(
+        !out.path().join("opt/app.tar.gz").exists(),
+        "the archive was unpacked, not copied"
+    );
+}
