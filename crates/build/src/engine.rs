@@ -46,6 +46,9 @@ pub struct BuildOptions {
     pub no_cache: bool,
     pub layer: LayerOptions,
     pub jobs: usize,
+    /// `--secret id=ID,src=FILE`: mounted for `RUN --mount=type=secret`, never in a layer or a
+    /// cache key.
+    pub secrets: BTreeMap<String, PathBuf>,
 }
 
 /// Progress of a build, for displays.
@@ -369,14 +372,6 @@ impl Engine<'_> {
                 shell,
                 ..
             } => {
-                for m in mounts {
-                    if !matches!(m.kind, ast::MountType::Cache) {
-                        return Err(Error::Unsupported(format!(
-                            "RUN --mount=type={:?} is not supported by this version of manifold yet",
-                            m.kind
-                        )));
-                    }
-                }
                 let mode = emulation::check(platform)?;
                 let emulated = mode.is_emulated();
                 if !self.opts.no_cache {
@@ -427,7 +422,11 @@ impl Engine<'_> {
                         "RUN needs overlayfs (the kernel module `overlay`)".into(),
                     ));
                 };
+                // Held until the step ends: cache locks, flattened bind sources.
+                let mut holds: (Vec<fs::File>, Vec<tempfile::TempDir>) = (Vec::new(), Vec::new());
+                let step_mounts = self.mounts(mounts, &workdir, platform, deps, &mut holds)?;
                 let mut spec = RunSpec::new(rootfs, &[]);
+                spec.mounts = step_mounts;
                 spec.argv = argv.clone();
                 spec.env = full_env.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 spec.user = user;
@@ -654,6 +653,156 @@ impl Engine<'_> {
                 Ok((false, false))
             }
         }
+    }
+
+    /// RUN --mount: cache directories kept across builds (locked unless `sharing=shared`),
+    /// tmpfs, read-only binds of the context or of another stage, secrets given with --secret.
+    fn mounts(
+        &self,
+        mounts: &[dockerfile::plan::PlannedMount],
+        workdir: &str,
+        platform: &Platform,
+        deps: &HashMap<String, State>,
+        holds: &mut (Vec<fs::File>, Vec<tempfile::TempDir>),
+    ) -> Result<Vec<sandbox::StepMount>> {
+        let mut out = Vec::new();
+        for m in mounts {
+            let target = if m.target.starts_with('/') {
+                m.target.clone()
+            } else {
+                format!("{}/{}", workdir.trim_end_matches('/'), m.target)
+            };
+            match m.kind {
+                ast::MountType::Cache => {
+                    let id = m.id.clone().unwrap_or_else(|| target.clone());
+                    let hex = key_of(&[&id]);
+                    let dir = self
+                        .opts
+                        .work_dir
+                        .join("cache-mounts")
+                        .join(hex.trim_start_matches("sha256:"));
+                    if !dir.is_dir() {
+                        fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
+                        let mode = m
+                            .mode
+                            .as_deref()
+                            .and_then(|v| u32::from_str_radix(v, 8).ok())
+                            .unwrap_or(0o755);
+                        use std::os::unix::fs::PermissionsExt;
+                        fs::set_permissions(&dir, fs::Permissions::from_mode(mode))
+                            .map_err(io_err("chmod", &dir))?;
+                        let uid = m.uid.as_deref().and_then(|v| v.parse().ok());
+                        let gid = m.gid.as_deref().and_then(|v| v.parse().ok());
+                        std::os::unix::fs::chown(&dir, uid, gid).map_err(io_err("chown", &dir))?;
+                    }
+                    if m.sharing.as_deref() != Some("shared") {
+                        let lock_path = dir.with_extension("lock");
+                        let f = fs::OpenOptions::new()
+                            .create(true)
+                            .truncate(false)
+                            .write(true)
+                            .open(&lock_path)
+                            .map_err(io_err("opening", &lock_path))?;
+                        f.lock().map_err(io_err("locking", &lock_path))?;
+                        holds.0.push(f);
+                    }
+                    out.push(sandbox::StepMount {
+                        source: Some(dir),
+                        target,
+                        readonly: false,
+                    });
+                }
+                ast::MountType::Tmpfs => out.push(sandbox::StepMount {
+                    source: None,
+                    target,
+                    readonly: false,
+                }),
+                ast::MountType::Bind => {
+                    let rel = m.source.clone().unwrap_or_default();
+                    let source = match &m.from {
+                        None | Some(Origin::Context) => {
+                            if !m.readonly {
+                                return Err(Error::Unsupported(
+                                    "RUN --mount=type=bind,rw of the build context is not supported yet; \
+                                     bind it read-only or COPY what the step changes"
+                                        .into(),
+                                ));
+                            }
+                            let found =
+                                self.context
+                                    .matches(if rel.is_empty() { "." } else { &rel })?;
+                            found
+                                .into_iter()
+                                .next()
+                                .map(|(_, real)| real)
+                                .ok_or_else(|| {
+                                    Error::Unsupported(format!(
+                                        "bind source {rel:?} is not in the build context"
+                                    ))
+                                })?
+                        }
+                        Some(Origin::Stage { key, .. }) => {
+                            let st = deps.get(key).ok_or_else(|| Error::BadLayer {
+                                layer: key.clone(),
+                                reason: "a stage this mount reads was not built".into(),
+                            })?;
+                            self.flattened(st, &rel, holds)?
+                        }
+                        Some(Origin::Image { reference }) => {
+                            let st = self.base_image(reference, platform)?;
+                            self.flattened(&st, &rel, holds)?
+                        }
+                    };
+                    out.push(sandbox::StepMount {
+                        source: Some(source),
+                        target,
+                        readonly: m.readonly,
+                    });
+                }
+                ast::MountType::Secret => {
+                    let id = m.id.clone().unwrap_or_default();
+                    match self.opts.secrets.get(&id) {
+                        Some(src) => out.push(sandbox::StepMount {
+                            source: Some(src.clone()),
+                            target,
+                            readonly: true,
+                        }),
+                        None if m.required => {
+                            return Err(Error::Unsupported(format!(
+                                "secret {id:?} is required; pass it with --secret id={id},src=FILE"
+                            )))
+                        }
+                        None => {}
+                    }
+                }
+                ast::MountType::Ssh => {
+                    return Err(Error::Unsupported(
+                        "RUN --mount=type=ssh is not supported by this version of manifold yet"
+                            .into(),
+                    ))
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// A stage's filesystem flattened into a temporary directory (kept in `holds`); returns the
+    /// path of `rel` inside it.
+    fn flattened(
+        &self,
+        st: &State,
+        rel: &str,
+        holds: &mut (Vec<fs::File>, Vec<tempfile::TempDir>),
+    ) -> Result<PathBuf> {
+        let tmp = tempfile::Builder::new()
+            .prefix("bind-")
+            .tempdir_in(self.opts.work_dir.join("tmp"))
+            .map_err(io_err("creating a directory in", &self.opts.work_dir))?;
+        let root = tmp.path().join("root");
+        snapshot::flatten(&self.snapshot_paths(st)?, &root)?;
+        let p = root.join(rel.trim_start_matches('/'));
+        holds.1.push(tmp);
+        Ok(p)
     }
 
     fn push_layer(&self, state: &mut State, layer: Option<(Descriptor, Digest)>, step_key: &str) {

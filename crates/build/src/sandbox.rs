@@ -70,10 +70,22 @@ impl std::fmt::Debug for OutputSink {
     }
 }
 
+/// Something mounted into a step's root (RUN --mount): a host path, or a tmpfs.
+#[derive(Clone, Debug)]
+pub struct StepMount {
+    /// `None`: a tmpfs.
+    pub source: Option<PathBuf>,
+    /// Absolute path inside the root; created when missing (a file when the source is one).
+    pub target: String,
+    pub readonly: bool,
+}
+
 /// One command to run.
 #[derive(Clone, Debug)]
 pub struct RunSpec {
     pub rootfs: RootFs,
+    /// Mounted in order, after /dev, /proc and /etc, before the command starts.
+    pub mounts: Vec<StepMount>,
     pub argv: Vec<String>,
     /// `KEY=VALUE` entries; PATH gets docker's default and HOME the user's when missing.
     pub env: Vec<String>,
@@ -100,6 +112,7 @@ impl RunSpec {
     pub fn new(rootfs: RootFs, argv: &[&str]) -> Self {
         RunSpec {
             rootfs,
+            mounts: Vec::new(),
             argv: argv.iter().map(|s| s.to_string()).collect(),
             env: Vec::new(),
             user: None,
@@ -308,6 +321,8 @@ fn cstr(s: impl AsRef<[u8]>, what: &str) -> Result<CString> {
 
 /// Everything the child needs, made before fork so the child allocates as little as it can.
 struct Prepared {
+    /// (source or None for tmpfs, target relative to the root, source is a file, read-only).
+    mounts: Vec<(Option<CString>, String, bool, bool)>,
     target: CString,
     root_mount: RootMount,
     hosts: CString,
@@ -428,7 +443,32 @@ pub fn run(spec: &RunSpec) -> Result<RunOutput> {
     fs::write(&resolv, resolv_text).map_err(io_err("writing", &resolv))?;
 
     let (uid, gid, groups, home) = resolve_user(&view, spec.user.as_deref())?;
+    let mut mounts = Vec::new();
+    for m in &spec.mounts {
+        let rel = m.target.trim_start_matches('/').to_string();
+        if rel.is_empty() || rel.split('/').any(|c| c == "..") {
+            return Err(sandbox_err(
+                "mount",
+                format!(
+                    "target {:?} must be an absolute path inside the root",
+                    m.target
+                ),
+            ));
+        }
+        let (src, is_file) = match &m.source {
+            Some(p) => {
+                let meta = fs::metadata(p).map_err(io_err("mount source", p))?;
+                (
+                    Some(cstr(p.as_os_str().as_bytes(), "mount source")?),
+                    !meta.is_dir(),
+                )
+            }
+            None => (None, false),
+        };
+        mounts.push((src, rel, is_file, m.readonly));
+    }
     let prepared = Prepared {
+        mounts,
         target: cstr(target.as_os_str().as_bytes(), "state dir")?,
         root_mount,
         hosts: cstr(hosts.as_os_str().as_bytes(), "state dir")?,
@@ -1171,6 +1211,65 @@ fn setup_root(p: &Prepared, err_fd: i32) {
                 libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
                 std::ptr::null(),
             );
+        }
+    }
+    for (src, rel, is_file, readonly) in &p.mounts {
+        // Directories on the way are created inside the root, as docker's builder does.
+        let parts: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
+        let mut cur = String::new();
+        for (i, comp) in parts.iter().enumerate() {
+            if !cur.is_empty() {
+                cur.push('/');
+            }
+            cur.push_str(comp);
+            let path = join(t, &cur);
+            if i + 1 == parts.len() && *is_file {
+                // SAFETY: valid C string; the fd is closed at once.
+                unsafe {
+                    let fd = libc::open(
+                        path.as_ptr(),
+                        libc::O_CREAT | libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                        0o600,
+                    );
+                    if fd >= 0 {
+                        libc::close(fd);
+                    }
+                }
+            } else {
+                mkdir_p(err_fd, &path, 0o755);
+            }
+        }
+        let dst = join(t, rel);
+        match src {
+            Some(src) => {
+                let flags = nix::mount::MsFlags::MS_BIND | nix::mount::MsFlags::MS_REC;
+                if let Err(e) = nix::mount::mount(
+                    Some(src.as_c_str()),
+                    dst.as_c_str(),
+                    None::<&str>,
+                    flags,
+                    None::<&str>,
+                ) {
+                    fail(err_fd, &format!("mounting {}", rel), &e.to_string());
+                }
+                if *readonly {
+                    let _ = nix::mount::mount(
+                        None::<&str>,
+                        dst.as_c_str(),
+                        None::<&str>,
+                        flags | nix::mount::MsFlags::MS_REMOUNT | nix::mount::MsFlags::MS_RDONLY,
+                        None::<&str>,
+                    );
+                }
+            }
+            None => mount_or_fail(
+                err_fd,
+                "tmpfs",
+                &dst,
+                "tmpfs",
+                libc::MS_NOSUID | libc::MS_NODEV,
+                "mode=1777",
+            ),
         }
     }
     use nix::mount::{umount2, MntFlags};

@@ -36,6 +36,45 @@ pub struct BuildArgs<'a> {
     pub pull: bool,
     pub progress: &'a str,
     pub jobs: Option<usize>,
+    pub secrets: &'a [String],
+}
+
+/// `--secret id=ID,src=FILE` (or `env=VAR`, written to a private temporary file).
+fn parse_secrets(specs: &[String]) -> Result<BTreeMap<String, PathBuf>> {
+    let mut out = BTreeMap::new();
+    for spec in specs {
+        let mut kv = BTreeMap::new();
+        for part in spec.split(',') {
+            let (k, v) = part.split_once('=').unwrap_or(("id", part));
+            kv.insert(k.trim(), v.trim().to_string());
+        }
+        let id = kv
+            .get("id")
+            .cloned()
+            .with_context(|| format!("--secret {spec:?} needs id=ID"))?;
+        let src = if let Some(src) = kv.get("src").or_else(|| kv.get("source")) {
+            let p = PathBuf::from(src);
+            if !p.is_file() {
+                bail!("--secret {id}: {src} is not a file");
+            }
+            p
+        } else if let Some(var) = kv.get("env") {
+            let value =
+                std::env::var(var).with_context(|| format!("--secret {id}: ${var} is not set"))?;
+            let f = tempfile::Builder::new()
+                .prefix("manifold-secret-")
+                .tempfile()?;
+            std::fs::write(f.path(), value)?;
+            let (_, p) = f
+                .keep()
+                .map_err(|e| anyhow::anyhow!("keeping the secret file: {e}"))?;
+            p
+        } else {
+            bail!("--secret {spec:?} needs src=FILE or env=VAR");
+        };
+        out.insert(id, src);
+    }
+    Ok(out)
 }
 
 /// One `--output`.
@@ -476,6 +515,7 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
                 .map(|n| n.get())
                 .unwrap_or(2)
         }),
+        secrets: parse_secrets(a.secrets)?,
     };
     let started = std::time::Instant::now();
     let built = engine::build(&store, &plan, &bases, &bopts, &progress)?;

@@ -138,6 +138,7 @@ pub fn run(cli: &Cli, env: &Env) -> Result<ExitCode> {
             pull,
             progress,
             jobs,
+            secret,
         } => build::run(
             cli,
             env,
@@ -158,6 +159,7 @@ pub fn run(cli: &Cli, env: &Env) -> Result<ExitCode> {
                 pull: *pull,
                 progress,
                 jobs: *jobs,
+                secrets: secret,
             },
         ),
         Command::Digest {

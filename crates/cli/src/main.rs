@@ -309,6 +309,9 @@ pub enum Command {
         /// Stage instances run at once (default: the number of cores).
         #[arg(long)]
         jobs: Option<usize>,
+        /// id=ID,src=FILE (or env=VAR): a secret for RUN --mount=type=secret; never stored.
+        #[arg(long, value_name = "SPEC")]
+        secret: Vec<String>,
     },
     /// Stage, annotate, inspect and push manifest lists (docker manifest, with no daemon).
     Manifest {

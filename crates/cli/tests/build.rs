@@ -329,3 +329,72 @@ fn add_unpacks_local_archives_and_copies_other_files() {
         "the archive was unpacked, not copied"
     );
 }
+
+#[test]
+fn run_mounts_cache_secret_tmpfs_and_bind() {
+    let Some((_reg, base)) = base() else { return };
+    let df = format!(
+        "FROM {base}\n\
+         RUN --mount=type=cache,target=/var/cache/app sh -c 'echo x >> /var/cache/app/runs; wc -l < /var/cache/app/runs > /runs-seen'\n\
+         RUN --mount=type=secret,id=token cat /run/secrets/token | wc -c > /token-length\n\
+         RUN --mount=type=tmpfs,target=/scratch sh -c 'echo tmp > /scratch/x && cat /scratch/x > /tmpfs-worked'\n\
+         RUN --mount=type=bind,source=input.txt,target=/in.txt cat /in.txt > /bound\n"
+    );
+    let ctx = context(&[("Dockerfile", &df), ("input.txt", "from the context\n")]);
+    let t = tempfile::tempdir().unwrap();
+    let secret = t.path().join("token");
+    fs::write(&secret, "s3cr3t-value").unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let build = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "build",
+            "--secret",
+            &format!("id=token,src={}", secret.display()),
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.push("-o".into());
+        args.push(format!("type=local,dest={}", out.display()));
+        args.push(ctx.path().to_str().unwrap().into());
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        ok(store.path(), &refs);
+    };
+    let o1 = t.path().join("o1");
+    build(&o1, &[]);
+    assert_eq!(read(&o1.join("runs-seen")).trim(), "1");
+    assert!(
+        !o1.join("var/cache/app/runs").exists(),
+        "cache contents stay out of the image"
+    );
+    assert_eq!(read(&o1.join("token-length")).trim(), "12");
+    assert!(
+        !o1.join("run/secrets/token").exists() || read(&o1.join("run/secrets/token")).is_empty(),
+        "the secret is not in the image"
+    );
+    assert_eq!(read(&o1.join("tmpfs-worked")).trim(), "tmp");
+    assert!(
+        !o1.join("scratch/x").exists(),
+        "tmpfs contents are not kept"
+    );
+    assert_eq!(read(&o1.join("bound")), "from the context\n");
+    // The cache persists: a rebuild without the step cache sees the earlier run.
+    let o2 = t.path().join("o2");
+    build(&o2, &["--no-cache"]);
+    assert_eq!(read(&o2.join("runs-seen")).trim(), "2");
+    // Configs, manifests and history are stored uncompressed: the secret appears in none of them
+    // (the layers were checked through the exported filesystem above).
+    let secret_in_store = fs::read_dir(store.path().join("blobs/sha256"))
+        .unwrap()
+        .flatten()
+        .any(|e| {
+            fs::read(e.path())
+                .map(|b| b.windows(12).any(|w| w == b"s3cr3t-value"))
+                .unwrap_or(false)
+        });
+    assert!(
+        !secret_in_store,
+        "the secret's bytes are in no stored document"
+    );
+}
