@@ -166,7 +166,7 @@ pub fn run(cli: &Cli, env: &Env) -> Result<ExitCode> {
             reference,
             platform,
         } => lists::digest(env, reference, platform.as_deref(), cli.quiet),
-        Command::Prune { format } => prune(root, *format),
+        Command::Prune { format, cache } => prune(root, *format, *cache),
         Command::Fsck { format } => fsck(root, *format),
     }
 }
@@ -615,8 +615,21 @@ fn cp(
     Ok(ExitCode::SUCCESS)
 }
 
-fn prune(root: &Path, format: OutputFormat) -> Result<ExitCode> {
+fn prune(root: &Path, format: OutputFormat, cache: bool) -> Result<ExitCode> {
     let store = transport::open_store(root)?;
+    let mut cache_freed = 0u64;
+    if cache {
+        // Under the GC lock, so no build is using the cache while it goes.
+        let _g = store.gc_lock()?;
+        let build = root.join("build");
+        for d in ["cache", "cache-mounts", "snapshots", "tmp"] {
+            let p = build.join(d);
+            cache_freed += dir_size(&p);
+            if p.exists() {
+                std::fs::remove_dir_all(&p).with_context(|| format!("removing {}", p.display()))?;
+            }
+        }
+    }
     let r = store.gc()?;
     if format == OutputFormat::Json {
         println!("{}", serde_json::to_string_pretty(&r)?);
@@ -627,8 +640,23 @@ fn prune(root: &Path, format: OutputFormat) -> Result<ExitCode> {
             human_size(r.bytes_freed),
             r.temporaries_removed
         );
+        if cache {
+            println!("Removed the build cache ({})", human_size(cache_freed));
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn dir_size(p: &Path) -> u64 {
+    let Ok(meta) = std::fs::symlink_metadata(p) else {
+        return 0;
+    };
+    if !meta.is_dir() {
+        return meta.len();
+    }
+    std::fs::read_dir(p)
+        .map(|rd| rd.flatten().map(|e| dir_size(&e.path())).sum())
+        .unwrap_or(0)
 }
 
 fn fsck(root: &Path, format: OutputFormat) -> Result<ExitCode> {

@@ -346,6 +346,9 @@ pub enum Command {
     },
     /// Remove blobs that no image uses and leftovers of interrupted writes.
     Prune {
+        /// Also drop the build cache: cached steps, RUN cache mounts, unpacked layer snapshots.
+        #[arg(long)]
+        cache: bool,
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         format: OutputFormat,
     },

@@ -349,12 +349,18 @@ impl Layout {
         Ok(())
     }
 
+    /// Takes the GC lock exclusively: waits for running writers and keeps new ones out until
+    /// the guard drops.
+    pub fn gc_lock(&self) -> Result<File> {
+        let f = self.lock_file("gc.lock")?;
+        f.lock()
+            .map_err(|e| io_err(&self.root.join("gc.lock"), e))?;
+        Ok(f)
+    }
+
     /// Removes blobs no entry reaches and stale temporary files. Waits for running writers.
     pub fn gc(&self) -> Result<GcReport> {
-        let gc_lock = self.lock_file("gc.lock")?;
-        gc_lock
-            .lock()
-            .map_err(|e| io_err(&self.root.join("gc.lock"), e))?;
+        let _gc_lock = self.gc_lock()?;
         let mut seen = BTreeMap::new();
         let mut missing = Vec::new();
         for e in self.index()?.manifests {
