@@ -503,7 +503,32 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
         }
     };
     let work_dir = env.store_root.join("build");
-    let layer_opts = build::LayerOptions::from_env();
+    let mut layer_opts = build::LayerOptions::from_env();
+    // compression=gzip|zstd|uncompressed and compression-level=N in any --output set how
+    // layers are written.
+    for spec in a.outputs {
+        for part in spec.split(',') {
+            match part.split_once('=') {
+                Some(("compression", v)) => {
+                    layer_opts.compression = match v {
+                        "gzip" => oci::media_type::Compression::Gzip,
+                        "zstd" => oci::media_type::Compression::Zstd,
+                        "uncompressed" => oci::media_type::Compression::None,
+                        other => {
+                            bail!("--output compression={other}: use gzip, zstd or uncompressed")
+                        }
+                    }
+                }
+                Some(("compression-level", v)) => {
+                    layer_opts.level = Some(
+                        v.parse()
+                            .with_context(|| format!("compression-level={v} is not a number"))?,
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
     let bopts = BuildOptions {
         context: a.context.to_path_buf(),
         dockerfile: shown.clone(),
