@@ -357,7 +357,12 @@ impl Engine<'_> {
         deps: &HashMap<String, State>,
     ) -> Result<(bool, bool)> {
         let op_json = serde_json::to_string(&step.op).unwrap_or_default();
-        let step_key = key_of(&[&state.key, &op_json, &platform.to_string()]);
+        // How layers are written changes their bytes, so it is part of every step's key.
+        let layer_form = format!(
+            "{:?}/{:?}/{:?}",
+            self.opts.layer.compression, self.opts.layer.level, self.opts.layer.source_date_epoch
+        );
+        let step_key = key_of(&[&state.key, &op_json, &platform.to_string(), &layer_form]);
         let cc = state.config.config.get_or_insert_with(Default::default);
         match &step.op {
             Op::Run {

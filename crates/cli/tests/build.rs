@@ -398,3 +398,50 @@ fn run_mounts_cache_secret_tmpfs_and_bind() {
         "the secret's bytes are in no stored document"
     );
 }
+
+#[test]
+fn zstd_output_writes_zstd_layers_even_after_a_gzip_build() {
+    let Some((_reg, base)) = base() else { return };
+    let ctx = context(&[("Dockerfile", &format!("FROM {base}\nRUN echo hi > /hi\n"))]);
+    let store = tempfile::tempdir().unwrap();
+    let t = tempfile::tempdir().unwrap();
+    ok(store.path(), &["build", ctx.path().to_str().unwrap()]);
+    let archive = t.path().join("z.tar");
+    ok(
+        store.path(),
+        &[
+            "build",
+            "-o",
+            &format!("type=oci,dest={},compression=zstd", archive.display()),
+            ctx.path().to_str().unwrap(),
+        ],
+    );
+    let x = t.path().join("x");
+    fs::create_dir_all(&x).unwrap();
+    sh(Command::new("tar").args(["-xf", archive.to_str().unwrap(), "-C", x.to_str().unwrap()]));
+    let blob = |d: &str| -> serde_json::Value {
+        serde_json::from_slice(
+            &fs::read(x.join("blobs/sha256").join(d.trim_start_matches("sha256:"))).unwrap(),
+        )
+        .unwrap()
+    };
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(x.join("index.json")).unwrap()).unwrap();
+    let root = blob(index["manifests"][0]["digest"].as_str().unwrap());
+    let manifest = if root["manifests"].is_array() {
+        blob(root["manifests"][0]["digest"].as_str().unwrap())
+    } else {
+        root
+    };
+    let types: Vec<&str> = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["mediaType"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types.last().copied(),
+        Some("application/vnd.oci.image.layer.v1.tar+zstd"),
+        "{types:?}"
+    );
+}
