@@ -561,18 +561,43 @@ impl Engine<'_> {
                 chown,
                 chmod,
                 exclude,
+                checksum,
                 ..
             } => {
-                if let Some(url) = sources.iter().find_map(|s| match s {
-                    PlannedSource::Path { path } if path.contains("://") => Some(path.clone()),
-                    _ => None,
-                }) {
-                    return Err(Error::Unsupported(format!(
-                        "ADD of a URL ({url}) is not supported by this version of manifold yet; \
-                         use RUN with wget or curl"
-                    )));
+                let is_url = |p: &str| p.starts_with("http://") || p.starts_with("https://");
+                let urls: Vec<String> = sources
+                    .iter()
+                    .filter_map(|s| match s {
+                        PlannedSource::Path { path } if is_url(path) => Some(path.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                let sources: Vec<PlannedSource> = sources
+                    .iter()
+                    .filter(|s| !matches!(s, PlannedSource::Path { path } if is_url(path)))
+                    .cloned()
+                    .collect();
+                let sources = &sources;
+                // URLs are fetched every time; their content, not their name, keys the cache.
+                let fetch_dir = tempfile::Builder::new()
+                    .prefix("fetch-")
+                    .tempdir_in(self.opts.work_dir.join("tmp"))
+                    .map_err(io_err("creating a directory in", &self.opts.work_dir))?;
+                let mut fetched = Vec::new();
+                for (i, url) in urls.iter().enumerate() {
+                    let path = fetch_dir.path().join(i.to_string());
+                    let (digest, mtime) = fetch_url(url, &path, checksum.as_deref())?;
+                    fetched.push((url.clone(), path, digest, mtime));
                 }
-                let step_key = key_of(&[&step_key, &self.context.fingerprint(sources, exclude)?]);
+                let url_key: Vec<String> = fetched
+                    .iter()
+                    .map(|(u, _, d, _)| format!("{u}={d}"))
+                    .collect();
+                let step_key = key_of(&[
+                    &step_key,
+                    &self.context.fingerprint(sources, exclude)?,
+                    &url_key.join(","),
+                ]);
                 let history = format!("ADD {} {dest}", sources_text(sources));
                 if !self.opts.no_cache {
                     if let Some(hit) = self.cached(&step_key) {
@@ -623,6 +648,42 @@ impl Engine<'_> {
                         mode,
                         exclude,
                     )?;
+                }
+                for (url, path, _, mtime) in &fetched {
+                    // docker: a trailing slash (or several sources) names the file after the URL.
+                    let into_dir = dest.ends_with('/') || urls.len() + sources.len() > 1;
+                    let base_abs = if dest.starts_with('/') {
+                        dest.clone()
+                    } else {
+                        format!("{}/{dest}", workdir.trim_end_matches('/'))
+                    };
+                    let file = if into_dir {
+                        let name = url
+                            .split(['?', '#'])
+                            .next()
+                            .and_then(|u| u.rsplit('/').next())
+                            .filter(|n| !n.is_empty())
+                            .unwrap_or("index.html");
+                        format!("{}/{name}", base_abs.trim_end_matches('/'))
+                    } else {
+                        base_abs
+                    };
+                    let to = upper.join(file.trim_start_matches('/'));
+                    if let Some(parent) = to.parent() {
+                        fs::create_dir_all(parent).map_err(io_err("creating", parent))?;
+                    }
+                    fs::rename(path, &to).map_err(io_err("placing the download at", &to))?;
+                    use std::os::unix::fs::PermissionsExt;
+                    fs::set_permissions(&to, fs::Permissions::from_mode(mode.unwrap_or(0o600)))
+                        .map_err(io_err("chmod", &to))?;
+                    let (uid, gid) = owner.unwrap_or((0, 0));
+                    std::os::unix::fs::chown(&to, Some(uid), Some(gid))
+                        .map_err(io_err("chown", &to))?;
+                    if let Some(t) = mtime {
+                        if let Ok(f) = fs::File::open(&to) {
+                            let _ = f.set_times(fs::FileTimes::new().set_modified(*t));
+                        }
+                    }
                 }
                 let abs = if dest.starts_with('/') {
                     dest.clone()
@@ -880,6 +941,73 @@ impl Engine<'_> {
             config: cfg.digest().clone(),
         })
     }
+}
+
+/// Downloads `url` into `to`; returns the content digest and the Last-Modified time. With
+/// `checksum` (ADD --checksum=sha256:…) the content must match it.
+fn fetch_url(
+    url: &str,
+    to: &std::path::Path,
+    checksum: Option<&str>,
+) -> Result<(Digest, Option<std::time::SystemTime>)> {
+    let fail = |why: String| Error::Unsupported(format!("ADD {url}: {why}"));
+    let resp = ureq::get(url)
+        .call()
+        .map_err(|e| fail(format!("download failed: {e}")))?;
+    let mtime = resp
+        .headers()
+        .get("last-modified")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_http_date);
+    let mut body = resp.into_body();
+    let mut reader = body.as_reader();
+    let f = fs::File::create(to).map_err(io_err("creating", to))?;
+    let mut w = oci::DigestWriter::new(std::io::BufWriter::new(f), oci::Algorithm::Sha256);
+    std::io::copy(&mut reader, &mut w).map_err(|e| fail(format!("download interrupted: {e}")))?;
+    let (bw, digest, _) = w.finish();
+    bw.into_inner()
+        .map_err(|e| fail(e.to_string()))?
+        .sync_all()
+        .map_err(io_err("writing", to))?;
+    if let Some(want) = checksum {
+        let want = Digest::parse(want).map_err(|e| fail(e.to_string()))?;
+        if want != digest {
+            return Err(fail(format!(
+                "the download has checksum {digest}, but --checksum wants {want}"
+            )));
+        }
+    }
+    Ok((digest, mtime))
+}
+
+/// An HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`) as a time.
+fn parse_http_date(s: &str) -> Option<std::time::SystemTime> {
+    let parts: Vec<&str> = s.split_whitespace().collect();
+    if parts.len() != 6 {
+        return None;
+    }
+    let day: i64 = parts[1].parse().ok()?;
+    let months = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let month = months.iter().position(|m| *m == parts[2])? as i64 + 1;
+    let year: i64 = parts[3].parse().ok()?;
+    let hms: Vec<i64> = parts[4].split(':').filter_map(|x| x.parse().ok()).collect();
+    if hms.len() != 3 {
+        return None;
+    }
+    // Days from civil (Howard Hinnant).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hms[0] * 3600 + hms[1] * 60 + hms[2];
+    u64::try_from(secs)
+        .ok()
+        .map(|s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s))
 }
 
 /// Is this file a tar archive, plain or compressed (ADD unpacks those)?
@@ -1229,6 +1357,16 @@ mod tests {
         assert_eq!(argv, ["/bin/sh", "-c", "echo a\necho b\n"]);
         let argv = run_argv(&ast::Command::Shell("cat > /x <<EOF".into()), &[h], &sh);
         assert_eq!(argv[2], "cat > /x <<EOF\necho a\necho b\nEOF");
+    }
+
+    #[test]
+    fn http_dates() {
+        let t = parse_http_date("Tue, 14 Nov 2023 22:13:20 GMT").unwrap();
+        assert_eq!(
+            t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs(),
+            1_700_000_000
+        );
+        assert!(parse_http_date("yesterday").is_none());
     }
 
     #[test]

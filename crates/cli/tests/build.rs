@@ -445,3 +445,111 @@ fn zstd_output_writes_zstd_layers_even_after_a_gzip_build() {
         "{types:?}"
     );
 }
+
+/// A static HTTP server on a free loopback port for ADD of URLs; killed on drop.
+struct HttpServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl HttpServer {
+    fn start(dir: &Path) -> Option<HttpServer> {
+        if !peer("python3") {
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                &port.to_string(),
+            ])
+            .current_dir(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let start = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(start.elapsed().as_secs() < 10, "http.server did not start");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Some(HttpServer { child, port })
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn add_fetches_urls_and_checks_checksums() {
+    let Some((_reg, base)) = base() else { return };
+    let served = tempfile::tempdir().unwrap();
+    fs::write(served.path().join("data.txt"), "served over http\n").unwrap();
+    let Some(http) = HttpServer::start(served.path()) else {
+        return;
+    };
+    let url = format!("http://127.0.0.1:{}/data.txt", http.port);
+    let sum = oci::Digest::sha256_of(b"served over http\n");
+    let ctx = context(&[(
+        "Dockerfile",
+        &format!("FROM {base}\nADD {url} /fetched/\nADD --checksum={sum} {url} /checked.txt\n"),
+    )]);
+    let store = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    ok(
+        store.path(),
+        &[
+            "build",
+            "-o",
+            &format!("type=local,dest={}", out.path().display()),
+            ctx.path().to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        read(&out.path().join("fetched/data.txt")),
+        "served over http\n"
+    );
+    assert_eq!(read(&out.path().join("checked.txt")), "served over http\n");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        fs::metadata(out.path().join("checked.txt"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+
+    let wrong = oci::Digest::sha256_of(b"something else");
+    fs::write(
+        ctx.path().join("Dockerfile"),
+        format!("FROM {base}\nADD --checksum={wrong} {url} /x\n"),
+    )
+    .unwrap();
+    let err = fails(store.path(), &["build", ctx.path().to_str().unwrap()]);
+    assert!(
+        err.contains(&sum.to_string()) && err.contains(&wrong.to_string()),
+        "{err}"
+    );
+    fs::write(
+        ctx.path().join("Dockerfile"),
+        format!(
+            "FROM {base}\nADD http://127.0.0.1:{}/missing.txt /x\n",
+            http.port
+        ),
+    )
+    .unwrap();
+    let err = fails(store.path(), &["build", ctx.path().to_str().unwrap()]);
+    assert!(err.contains("missing.txt") && err.contains("404"), "{err}");
+}
