@@ -505,7 +505,7 @@ impl Engine<'_> {
                     .map_err(io_err("creating a step directory in", &self.opts.work_dir))?;
                 let upper = tmp.path().join("upper");
                 fs::create_dir_all(&upper).map_err(io_err("creating", &upper))?;
-                let owner = parse_chown(chown.as_deref())?;
+                let owner = self.chown(state, chown.as_deref())?;
                 let mode = parse_chmod(chmod.as_deref())?;
                 match from {
                     Origin::Context => {
@@ -616,7 +616,7 @@ impl Engine<'_> {
                     .map_err(io_err("creating a step directory in", &self.opts.work_dir))?;
                 let upper = tmp.path().join("upper");
                 fs::create_dir_all(&upper).map_err(io_err("creating", &upper))?;
-                let owner = parse_chown(chown.as_deref())?;
+                let owner = self.chown(state, chown.as_deref())?;
                 let mode = parse_chmod(chmod.as_deref())?;
                 // Local tar archives (plain, gzip, zstd) are unpacked into the destination
                 // directory; everything else is copied as COPY does.
@@ -869,6 +869,20 @@ impl Engine<'_> {
         let p = root.join(rel.trim_start_matches('/'));
         holds.1.push(tmp);
         Ok(p)
+    }
+
+    /// `--chown` resolved against the stage's filesystem as it is before the step.
+    fn chown(&self, state: &State, spec: Option<&str>) -> Result<Option<(u32, u32)>> {
+        let Some(spec) = spec else { return Ok(None) };
+        let numeric = spec.split(':').all(|p| p.parse::<u32>().is_ok());
+        if numeric {
+            return parse_chown_with(Some(spec), "", "");
+        }
+        let mut view = self.snapshot_paths(state)?;
+        view.reverse();
+        let passwd = sandbox::read_view(&view, "etc/passwd");
+        let group = sandbox::read_view(&view, "etc/group");
+        parse_chown_with(Some(spec), &passwd, &group)
     }
 
     fn push_layer(&self, state: &mut State, layer: Option<(Descriptor, Digest)>, step_key: &str) {
@@ -1273,23 +1287,47 @@ fn duration_ns(s: &str) -> Option<i64> {
     Some(total as i64)
 }
 
-/// `--chown` in numeric form (`uid[:gid]`, or `root`); names need the image's passwd file.
-fn parse_chown(s: Option<&str>) -> Result<Option<(u32, u32)>> {
+/// `--chown=user[:group]` with names looked up in the stage's own /etc/passwd and /etc/group
+/// (`passwd`, `group` are their text). docker: a user without a group gets the same numeric id
+/// as its group.
+fn parse_chown_with(s: Option<&str>, passwd: &str, group: &str) -> Result<Option<(u32, u32)>> {
     let Some(s) = s else { return Ok(None) };
-    let (u, g) = s.split_once(':').unwrap_or((s, s));
-    let num = |x: &str| -> Option<u32> {
-        if x == "root" {
-            Some(0)
-        } else {
-            x.parse().ok()
-        }
+    let (u, g) = match s.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (s, None),
     };
-    match (num(u), num(g)) {
-        (Some(u), Some(g)) => Ok(Some((u, g))),
-        _ => Err(Error::Unsupported(format!(
-            "--chown={s}: this version of manifold takes numeric ids (uid:gid) or root"
-        ))),
-    }
+    let lookup = |name: &str, table: &str, what: &str| -> Result<u32> {
+        if let Ok(n) = name.parse() {
+            return Ok(n);
+        }
+        table
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.len() > 2 && f[0] == name)
+                    .then(|| f[2].parse().ok())
+                    .flatten()
+            })
+            .next()
+            .or((name == "root").then_some(0))
+            .ok_or_else(|| {
+                Error::Unsupported(format!(
+                    "--chown={s}: no {what} {name:?} in the image's /etc/{}",
+                    if what == "user" { "passwd" } else { "group" }
+                ))
+            })
+    };
+    let uid = lookup(u, passwd, "user")?;
+    let gid = match g {
+        Some(g) => lookup(g, group, "group")?,
+        None => uid,
+    };
+    Ok(Some((uid, gid)))
+}
+
+#[cfg(test)]
+fn parse_chown(s: Option<&str>) -> Result<Option<(u32, u32)>> {
+    parse_chown_with(s, "", "")
 }
 
 fn parse_chmod(s: Option<&str>) -> Result<Option<u32>> {
@@ -1373,7 +1411,25 @@ mod tests {
     fn chown_and_chmod() {
         assert_eq!(parse_chown(Some("1000:1000")).unwrap(), Some((1000, 1000)));
         assert_eq!(parse_chown(Some("root")).unwrap(), Some((0, 0)));
+        assert_eq!(parse_chown(Some("1000")).unwrap(), Some((1000, 1000)));
         assert!(parse_chown(Some("app")).is_err());
+        let passwd = "root:x:0:0::/root:/bin/sh\napp:x:1001:1002::/home/app:/bin/sh\n";
+        let group = "root:x:0:\nstaff:x:50:\n";
+        assert_eq!(
+            parse_chown_with(Some("app"), passwd, group).unwrap(),
+            Some((1001, 1001))
+        );
+        assert_eq!(
+            parse_chown_with(Some("app:staff"), passwd, group).unwrap(),
+            Some((1001, 50))
+        );
+        let err = parse_chown_with(Some("ghost"), passwd, group)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no user \"ghost\"") && err.contains("/etc/passwd"),
+            "{err}"
+        );
         assert_eq!(parse_chmod(Some("755")).unwrap(), Some(0o755));
         assert!(parse_chmod(Some("u+x")).is_err());
     }

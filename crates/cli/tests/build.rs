@@ -553,3 +553,40 @@ fn add_fetches_urls_and_checks_checksums() {
     let err = fails(store.path(), &["build", ctx.path().to_str().unwrap()]);
     assert!(err.contains("missing.txt") && err.contains("404"), "{err}");
 }
+
+#[test]
+fn copy_chown_by_name_uses_the_images_own_users() {
+    let Some((_reg, base)) = base() else { return };
+    let ctx = context(&[
+        ("Dockerfile", &format!("FROM {base}\nCOPY --chown=nobody:nogroup --chmod=640 f.txt /f.txt\nCOPY --chown=nobody g.txt /g.txt\n")),
+        ("f.txt", "f\n"),
+        ("g.txt", "g\n"),
+    ]);
+    let store = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    ok(
+        store.path(),
+        &[
+            "build",
+            "-o",
+            &format!("type=local,dest={}", out.path().display()),
+            ctx.path().to_str().unwrap(),
+        ],
+    );
+    use std::os::unix::fs::MetadataExt;
+    let f = fs::metadata(out.path().join("f.txt")).unwrap();
+    assert_eq!((f.uid(), f.gid(), f.mode() & 0o777), (65534, 65534, 0o640));
+    let g = fs::metadata(out.path().join("g.txt")).unwrap();
+    assert_eq!(
+        (g.uid(), g.gid()),
+        (65534, 65534),
+        "a user alone gives its id as the group"
+    );
+    fs::write(
+        ctx.path().join("Dockerfile"),
+        format!("FROM {base}\nCOPY --chown=ghost f.txt /f.txt\n"),
+    )
+    .unwrap();
+    let err = fails(store.path(), &["build", ctx.path().to_str().unwrap()]);
+    assert!(err.contains("no user \"ghost\""), "{err}");
+}
