@@ -402,10 +402,7 @@ impl Engine<'_> {
                 let user = user
                     .clone()
                     .or_else(|| cc.user.clone().filter(|u| !u.is_empty()));
-                let tmp = tempfile::Builder::new()
-                    .prefix("run-")
-                    .tempdir_in(self.opts.work_dir.join("tmp"))
-                    .map_err(io_err("creating a step directory in", &self.opts.work_dir))?;
+                let tmp = self.scratch("run")?;
                 let upper = tmp.path().join("upper");
                 let work = tmp.path().join("work");
                 let empty = tmp.path().join("empty");
@@ -452,20 +449,7 @@ impl Engine<'_> {
                     });
                 }
                 out.check(&argv)?;
-                let written = layer::write_to_store(&upper, self.store, &self.opts.layer)?;
-                if written.entries > 0 {
-                    // The directory is the layer's snapshot already: no unpacking it again.
-                    self.snapshots.adopt(&upper, &written.diff_id)?;
-                }
-                let new_layer =
-                    (written.entries > 0).then_some((written.descriptor, written.diff_id));
-                self.remember(
-                    &step_key,
-                    &CachedStep {
-                        layer: new_layer.clone(),
-                    },
-                );
-                self.push_layer(state, new_layer, &step_key);
+                self.commit_layer(state, &upper, &step_key, false)?;
                 self.history(state, format!("RUN {}", command_text(command)), false);
                 Ok((false, emulated))
             }
@@ -499,10 +483,7 @@ impl Engine<'_> {
                     .clone()
                     .or_else(|| cc.working_dir.clone())
                     .unwrap_or_else(|| "/".into());
-                let tmp = tempfile::Builder::new()
-                    .prefix("copy-")
-                    .tempdir_in(self.opts.work_dir.join("tmp"))
-                    .map_err(io_err("creating a step directory in", &self.opts.work_dir))?;
+                let tmp = self.scratch("copy")?;
                 let upper = tmp.path().join("upper");
                 fs::create_dir_all(&upper).map_err(io_err("creating", &upper))?;
                 let owner = self.chown(state, chown.as_deref())?;
@@ -538,19 +519,7 @@ impl Engine<'_> {
                         copy_into(&ctx, sources, dest, &workdir, &upper, owner, mode, exclude)?;
                     }
                 }
-                let written = layer::write_to_store(&upper, self.store, &self.opts.layer)?;
-                if written.entries > 0 {
-                    // The directory is the layer's snapshot already: no unpacking it again.
-                    self.snapshots.adopt(&upper, &written.diff_id)?;
-                }
-                let new_layer = Some((written.descriptor, written.diff_id));
-                self.remember(
-                    &step_key,
-                    &CachedStep {
-                        layer: new_layer.clone(),
-                    },
-                );
-                self.push_layer(state, new_layer, &step_key);
+                self.commit_layer(state, &upper, &step_key, true)?;
                 self.history(state, history, false);
                 Ok((false, false))
             }
@@ -579,10 +548,7 @@ impl Engine<'_> {
                     .collect();
                 let sources = &sources;
                 // URLs are fetched every time; their content, not their name, keys the cache.
-                let fetch_dir = tempfile::Builder::new()
-                    .prefix("fetch-")
-                    .tempdir_in(self.opts.work_dir.join("tmp"))
-                    .map_err(io_err("creating a directory in", &self.opts.work_dir))?;
+                let fetch_dir = self.scratch("fetch")?;
                 let mut fetched = Vec::new();
                 for (i, url) in urls.iter().enumerate() {
                     let path = fetch_dir.path().join(i.to_string());
@@ -610,10 +576,7 @@ impl Engine<'_> {
                     .clone()
                     .or_else(|| cc.working_dir.clone())
                     .unwrap_or_else(|| "/".into());
-                let tmp = tempfile::Builder::new()
-                    .prefix("add-")
-                    .tempdir_in(self.opts.work_dir.join("tmp"))
-                    .map_err(io_err("creating a step directory in", &self.opts.work_dir))?;
+                let tmp = self.scratch("add")?;
                 let upper = tmp.path().join("upper");
                 fs::create_dir_all(&upper).map_err(io_err("creating", &upper))?;
                 let owner = self.chown(state, chown.as_deref())?;
@@ -696,19 +659,7 @@ impl Engine<'_> {
                     let f = fs::File::open(&real).map_err(io_err("opening", &real))?;
                     snapshot::apply_layer(&into, f, None, snapshot::WhiteoutMode::Apply, &rel)?;
                 }
-                let written = layer::write_to_store(&upper, self.store, &self.opts.layer)?;
-                if written.entries > 0 {
-                    // The directory is the layer's snapshot already: no unpacking it again.
-                    self.snapshots.adopt(&upper, &written.diff_id)?;
-                }
-                let new_layer = Some((written.descriptor, written.diff_id));
-                self.remember(
-                    &step_key,
-                    &CachedStep {
-                        layer: new_layer.clone(),
-                    },
-                );
-                self.push_layer(state, new_layer, &step_key);
+                self.commit_layer(state, &upper, &step_key, true)?;
                 self.history(state, history, false);
                 Ok((false, false))
             }
@@ -860,10 +811,7 @@ impl Engine<'_> {
         rel: &str,
         holds: &mut (Vec<fs::File>, Vec<tempfile::TempDir>),
     ) -> Result<PathBuf> {
-        let tmp = tempfile::Builder::new()
-            .prefix("bind-")
-            .tempdir_in(self.opts.work_dir.join("tmp"))
-            .map_err(io_err("creating a directory in", &self.opts.work_dir))?;
+        let tmp = self.scratch("bind")?;
         let root = tmp.path().join("root");
         snapshot::flatten(&self.snapshot_paths(st)?, &root)?;
         let p = root.join(rel.trim_start_matches('/'));
@@ -883,6 +831,41 @@ impl Engine<'_> {
         let passwd = sandbox::read_view(&view, "etc/passwd");
         let group = sandbox::read_view(&view, "etc/group");
         parse_chown_with(Some(spec), &passwd, &group)
+    }
+
+    /// A scratch directory for one step under the build's work dir, removed on drop.
+    fn scratch(&self, prefix: &str) -> Result<tempfile::TempDir> {
+        let dir = self.opts.work_dir.join("tmp");
+        tempfile::Builder::new()
+            .prefix(&format!("{prefix}-"))
+            .tempdir_in(&dir)
+            .map_err(io_err("creating a step directory in", &dir))
+    }
+
+    /// Writes the layer of what a step put in `upper`, remembers it under the step's key and adds
+    /// it to the stage. The directory becomes the layer's snapshot (no unpacking it again). An
+    /// empty RUN adds no layer; COPY and ADD always do (`keep_empty`), as docker's builder does.
+    fn commit_layer(
+        &self,
+        state: &mut State,
+        upper: &std::path::Path,
+        step_key: &str,
+        keep_empty: bool,
+    ) -> Result<()> {
+        let written = layer::write_to_store(upper, self.store, &self.opts.layer)?;
+        if written.entries > 0 {
+            self.snapshots.adopt(upper, &written.diff_id)?;
+        }
+        let layer =
+            (keep_empty || written.entries > 0).then_some((written.descriptor, written.diff_id));
+        self.remember(
+            step_key,
+            &CachedStep {
+                layer: layer.clone(),
+            },
+        );
+        self.push_layer(state, layer, step_key);
+        Ok(())
     }
 
     fn push_layer(&self, state: &mut State, layer: Option<(Descriptor, Digest)>, step_key: &str) {
