@@ -422,18 +422,8 @@ pub fn progress_copy(
     platforms: &[Platform],
     jobs: usize,
 ) -> Result<store::CopyReport> {
-    let show = |e: store::Event<'_>| {
-        let (what, d) = match e {
-            store::Event::Copied(d) => ("copied ", d),
-            store::Event::Skipped(d) => ("present", d),
-            store::Event::Mounted(d) => ("mounted", d),
-        };
-        eprintln!(
-            "  {what} {} {}",
-            &d.digest.to_string()[..19],
-            human_size(d.size)
-        );
-    };
+    let bp = crate::progress::BlobProgress::new(cli.quiet, "copied");
+    let show = |e: store::Event<'_>| bp.event(e);
     let opts = CopyOptions {
         platforms: Platforms::of(platforms),
         jobs,

@@ -3,6 +3,7 @@
 mod build;
 mod lists;
 mod local;
+mod progress;
 mod remote;
 
 use std::path::PathBuf;

@@ -38,15 +38,8 @@ pub fn pull(
     };
     let store = transport::open_store(&env.store_root)?;
     let _guard = store.write_guard()?;
-    let show = |e: store::Event<'_>| {
-        if let store::Event::Copied(d) = e {
-            eprintln!(
-                "  pulled {} {}",
-                &d.digest.to_string()[..19],
-                human_size(d.size)
-            );
-        }
-    };
+    let bp = crate::progress::BlobProgress::new(cli.quiet, "pulled");
+    let show = |e: store::Event<'_>| bp.event(e);
     let opts = store::CopyOptions {
         platforms: platforms.clone(),
         jobs,

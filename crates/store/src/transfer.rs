@@ -154,6 +154,8 @@ pub struct CopyReport {
 
 /// What happened to one blob, for progress displays.
 pub enum Event<'a> {
+    /// A transfer begins (the target lacks the blob).
+    Started(&'a Descriptor),
     Copied(&'a Descriptor),
     Skipped(&'a Descriptor),
     Mounted(&'a Descriptor),
@@ -366,6 +368,9 @@ fn copy_blobs(
                 let res = (|| -> Result<Option<Put>> {
                     if dst.has(desc)? {
                         return Ok(None);
+                    }
+                    if let Some(p) = opts.progress {
+                        p(Event::Started(desc));
                     }
                     Ok(Some(dst.put(desc, src)?))
                 })();
