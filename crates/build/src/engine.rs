@@ -363,7 +363,9 @@ impl Engine<'_> {
             self.opts.layer.compression, self.opts.layer.level, self.opts.layer.source_date_epoch
         );
         let step_key = key_of(&[&state.key, &op_json, &platform.to_string(), &layer_form]);
-        let cc = state.config.config.get_or_insert_with(Default::default);
+        // The config as it is before this step (env, workdir, user); only the config-only
+        // instructions below change it.
+        let cc = state.config.config.clone().unwrap_or_default();
         match &step.op {
             Op::Run {
                 command,
@@ -379,12 +381,8 @@ impl Engine<'_> {
             } => {
                 let mode = emulation::check(platform)?;
                 let emulated = mode.is_emulated();
-                if !self.opts.no_cache {
-                    if let Some(hit) = self.cached(&step_key) {
-                        self.push_layer(state, hit.layer, &step_key);
-                        self.history(state, format!("RUN {}", command_text(command)), false);
-                        return Ok((true, emulated));
-                    }
+                if self.take_cached(state, &step_key, format!("RUN {}", command_text(command))) {
+                    return Ok((true, emulated));
                 }
                 let mut full_env: BTreeMap<String, String> = BTreeMap::new();
                 for e in cc.env.iter().flatten() {
@@ -472,12 +470,8 @@ impl Engine<'_> {
                 };
                 let step_key = key_of(&[&step_key, &from_key]);
                 let history = format!("COPY {} {dest}", sources_text(sources));
-                if !self.opts.no_cache {
-                    if let Some(hit) = self.cached(&step_key) {
-                        self.push_layer(state, hit.layer, &step_key);
-                        self.history(state, history, false);
-                        return Ok((true, false));
-                    }
+                if self.take_cached(state, &step_key, history.clone()) {
+                    return Ok((true, false));
                 }
                 let workdir = workdir
                     .clone()
@@ -533,6 +527,7 @@ impl Engine<'_> {
                 checksum,
                 ..
             } => {
+                let history = format!("ADD {} {dest}", sources_text(sources));
                 let is_url = |p: &str| p.starts_with("http://") || p.starts_with("https://");
                 let urls: Vec<String> = sources
                     .iter()
@@ -564,13 +559,8 @@ impl Engine<'_> {
                     &self.context.fingerprint(sources, exclude)?,
                     &url_key.join(","),
                 ]);
-                let history = format!("ADD {} {dest}", sources_text(sources));
-                if !self.opts.no_cache {
-                    if let Some(hit) = self.cached(&step_key) {
-                        self.push_layer(state, hit.layer, &step_key);
-                        self.history(state, history, false);
-                        return Ok((true, false));
-                    }
+                if self.take_cached(state, &step_key, history.clone()) {
+                    return Ok((true, false));
                 }
                 let workdir = workdir
                     .clone()
@@ -664,7 +654,8 @@ impl Engine<'_> {
                 Ok((false, false))
             }
             other => {
-                let text = fold_config(cc, &mut state.config.author, other);
+                let config = state.config.config.get_or_insert_with(Default::default);
+                let text = fold_config(config, &mut state.config.author, other);
                 state.key = step_key;
                 self.history(state, text, true);
                 Ok((false, false))
@@ -831,6 +822,19 @@ impl Engine<'_> {
         let passwd = sandbox::read_view(&view, "etc/passwd");
         let group = sandbox::read_view(&view, "etc/group");
         parse_chown_with(Some(spec), &passwd, &group)
+    }
+
+    /// On a cache hit (and without --no-cache), applies the cached layer and history entry.
+    fn take_cached(&self, state: &mut State, step_key: &str, history: String) -> bool {
+        if self.opts.no_cache {
+            return false;
+        }
+        let Some(hit) = self.cached(step_key) else {
+            return false;
+        };
+        self.push_layer(state, hit.layer, step_key);
+        self.history(state, history, false);
+        true
     }
 
     /// A scratch directory for one step under the build's work dir, removed on drop.

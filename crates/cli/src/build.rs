@@ -1,7 +1,7 @@
 //! `manifold build`: plan the Dockerfile for every platform, make sure base images are in the
 //! store, run the plan with the build engine, then send the result where `--output` says.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Mutex;
@@ -684,16 +684,12 @@ fn export_filesystem(
         dest.to_path_buf()
     };
     let several = images.len() > 1;
-    let mut seen = BTreeSet::new();
     for i in images {
         let dir = if several {
             base.join(i.platform.slug('_'))
         } else {
             base.clone()
         };
-        if !seen.insert(dir.clone()) {
-            continue;
-        }
         std::fs::create_dir_all(&dir)?;
         let m = match store.read_manifest(&i.manifest)? {
             Manifest::Image(doc) => doc.value().clone(),

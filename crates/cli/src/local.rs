@@ -32,7 +32,7 @@ pub fn run(cli: &Cli, env: &Env) -> Result<ExitCode> {
             format,
             platform,
             images,
-        } => save(cli, root, output, *format, platform, images),
+        } => save(cli, env, output, *format, platform, images),
         Command::Load { input, platform } => load(cli, root, input.as_deref(), platform),
         Command::Cp {
             source,
@@ -449,19 +449,19 @@ pub fn progress_copy(
 
 fn save(
     cli: &Cli,
-    root: &Path,
+    env: &Env,
     output: &Path,
     format: ArchiveKind,
     platform: &[String],
     names: &[String],
 ) -> Result<ExitCode> {
     let platforms = parse_platforms(platform)?;
-    let store = transport::open_store(root)?;
+    let store = transport::open_store(&env.store_root)?;
     let place = match format {
         ArchiveKind::Oci => Place::OciArchive(output.to_path_buf(), None),
         ArchiveKind::Docker => Place::DockerArchive(output.to_path_buf(), None),
     };
-    let target = OpenTarget::open(&place, &Env::new(root.to_path_buf(), Default::default()))?;
+    let target = OpenTarget::open(&place, env)?;
     for n in names {
         let full = if Digest::parse(n).is_ok() {
             n.clone()

@@ -105,6 +105,20 @@ pub(crate) struct Host {
     creds: OnceCell<Option<Credential>>,
 }
 
+impl Host {
+    fn new(name: String, base: Url, http: reqwest::Client) -> Self {
+        Host {
+            name,
+            base,
+            http,
+            challenge: Mutex::new(Challenge::None),
+            tokens: Mutex::new(HashMap::new()),
+            token_fetch: tokio::sync::Mutex::new(()),
+            creds: OnceCell::new(),
+        }
+    }
+}
+
 /// What a request is for, for error messages.
 pub(crate) struct Op<'a> {
     pub(crate) name: &'a str,
@@ -334,15 +348,7 @@ impl Client {
             } else {
                 self.inner.opts.max_retries
             };
-            let host = Host {
-                name: name.to_string(),
-                base: base.clone(),
-                http: http.clone(),
-                challenge: Mutex::new(Challenge::None),
-                tokens: Mutex::new(HashMap::new()),
-                token_fetch: tokio::sync::Mutex::new(()),
-                creds: OnceCell::new(),
-            };
+            let host = Host::new(name.to_string(), base.clone(), http.clone());
             // A loopback port that is not TLS may never answer a ClientHello (plain TCP
             // proxies do not): do not wait the full connect timeout before trying HTTP.
             let probe_limit = if scheme == "https" && tls::is_loopback(name) {
@@ -656,15 +662,7 @@ impl Client {
         };
         let http = self.realm_client(&realm_host)?;
         let creds = self.creds(host).await?;
-        let token_host = Host {
-            name: realm_host.clone(),
-            base: realm_url.clone(),
-            http: http.clone(),
-            challenge: Mutex::new(Challenge::None),
-            tokens: Mutex::new(HashMap::new()),
-            token_fetch: tokio::sync::Mutex::new(()),
-            creds: OnceCell::new(),
-        };
+        let token_host = Host::new(realm_host.clone(), realm_url.clone(), http.clone());
         let token_op = Op {
             name: "getting a token for",
             reference: op.reference.clone(),

@@ -164,7 +164,6 @@ impl Layout {
     ) -> Result<(Digest, u64)> {
         if let Some((d, Some(size))) = expected {
             if self.blob_size(d) == Some(size) {
-                io::copy(reader, &mut io::sink()).map_err(|e| io_err(&self.blob_path(d), e))?;
                 return Ok((d.clone(), size));
             }
         }

@@ -208,7 +208,7 @@ pub fn copy(
                     copy_blobs(src, dst, std::slice::from_ref(child), opts, &mut report)?;
                 }
             }
-            put_bytes(src, dst, &index_desc, &index_bytes)?;
+            put_bytes(dst, &index_desc, &index_bytes)?;
             report.root = index_desc;
         }
         Manifest::Image(doc) => {
@@ -331,11 +331,11 @@ fn copy_image(
         .filter(|c| !mt::is_non_distributable(&c.media_type) || c.urls.is_empty())
         .collect();
     copy_blobs(src, dst, &children, opts, report)?;
-    put_bytes(src, dst, desc, manifest.bytes())
+    put_bytes(dst, desc, manifest.bytes())
 }
 
-/// Puts a document we hold (and have verified) in memory; `src` is still offered to adapters.
-fn put_bytes(_src: &dyn Source, dst: &dyn Target, desc: &Descriptor, bytes: &[u8]) -> Result<()> {
+/// Puts a document we hold (and have verified) in memory.
+fn put_bytes(dst: &dyn Target, desc: &Descriptor, bytes: &[u8]) -> Result<()> {
     if !dst.has(desc)? {
         dst.put(desc, &InMemory { desc, bytes })?;
     }

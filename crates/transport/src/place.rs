@@ -57,13 +57,19 @@ impl Place {
         if let Some(rest) = s.strip_prefix("docker://") {
             return Ok(Place::Registry(Reference::parse(rest)?));
         }
-        if s.contains(':')
-            && !s.contains('/')
-            && s.split(':').next().is_some_and(|t| t.contains('-'))
-        {
+        const OTHER_TRANSPORTS: [&str; 6] = [
+            "containers-storage:",
+            "docker-daemon:",
+            "dir:",
+            "ostree:",
+            "sif:",
+            "tarball:",
+        ];
+        if let Some(t) = OTHER_TRANSPORTS.iter().find(|t| s.starts_with(*t)) {
             bail!(
-                "unknown transport in {s:?}; use oci:DIR, oci-archive:FILE, docker-archive:FILE, \
-                 store:REF or a registry reference"
+                "{s:?}: the {} transport is not supported; use oci:DIR, oci-archive:FILE, \
+                 docker-archive:FILE, store:REF or a registry reference",
+                t.trim_end_matches(':')
             );
         }
         Ok(Place::Registry(Reference::parse(s)?))
@@ -200,5 +206,43 @@ pub fn target_name(place: &Place, source_name: Option<&str>) -> Option<String> {
         Place::Oci(_, n) | Place::OciArchive(_, n) | Place::DockerArchive(_, n) => {
             n.clone().or_else(|| source_name.map(str::to_string))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_places() {
+        match Place::parse("my-app:1").unwrap() {
+            Place::Registry(r) => assert_eq!(r.to_string(), "docker.io/library/my-app:1"),
+            other => panic!("a reference with a dash is a registry reference, got {other:?}"),
+        }
+        match Place::parse("oci:/tmp/lay:v1").unwrap() {
+            Place::Oci(p, n) => {
+                assert_eq!((p, n.as_deref()), (PathBuf::from("/tmp/lay"), Some("v1")))
+            }
+            other => panic!("{other:?}"),
+        }
+        match Place::parse("docker-archive:x.tar").unwrap() {
+            Place::DockerArchive(p, None) => assert_eq!(p, PathBuf::from("x.tar")),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            Place::parse("store:busybox").unwrap(),
+            Place::Store(_)
+        ));
+        assert!(matches!(
+            Place::parse("docker://localhost:5000/a:b").unwrap(),
+            Place::Registry(_)
+        ));
+        let err = Place::parse("containers-storage:busybox")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("containers-storage transport is not supported"),
+            "{err}"
+        );
     }
 }
