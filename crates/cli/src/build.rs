@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Mutex;
 
+use ::engine::engine::{self, BaseResolver, BuildOptions, Event};
 use anyhow::{bail, Context, Result};
-use build::engine::{self, BaseResolver, BuildOptions, Event};
 use dockerfile::plan::{Base, Op, Origin};
 use oci::media_type as mt;
 use oci::{Document, ImageConfig, ImageManifest, Manifest, Matcher, Platform, Reference};
@@ -503,7 +503,7 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
         }
     };
     let work_dir = env.store_root.join("build");
-    let mut layer_opts = build::LayerOptions::from_env();
+    let mut layer_opts = runtime::LayerOptions::from_env();
     // compression=gzip|zstd|uncompressed and compression-level=N in any --output set how
     // layers are written.
     for spec in a.outputs {
@@ -697,11 +697,11 @@ fn export_filesystem(
         };
         for l in &m.layers {
             let f = store.open_blob(&l.digest)?;
-            build::snapshot::apply_layer(
+            runtime::snapshot::apply_layer(
                 &dir,
                 f,
                 Some(&l.media_type),
-                build::WhiteoutMode::Apply,
+                runtime::WhiteoutMode::Apply,
                 &l.digest.to_string(),
             )?;
         }

@@ -830,7 +830,7 @@ fn cleanup_stubs(
 }
 
 /// Reads a file of the merged view (top layer first), for /etc/passwd and /etc/group.
-pub(crate) fn read_view(layers: &[PathBuf], rel: &str) -> String {
+pub fn read_view(layers: &[PathBuf], rel: &str) -> String {
     for l in layers {
         let p = l.join(rel);
         if let Ok(m) = fs::symlink_metadata(&p) {

@@ -4,7 +4,7 @@
 use std::fs;
 use std::io::Write;
 
-use manifold_build::layer::{self, LayerOptions};
+use manifold_runtime::layer::{self, LayerOptions};
 
 fn peak_rss_kib() -> u64 {
     fs::read_to_string("/proc/self/status")

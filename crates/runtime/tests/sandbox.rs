@@ -5,7 +5,7 @@ mod common;
 use std::fs;
 use std::path::PathBuf;
 
-use manifold_build::sandbox::{self, Network, RootFs, RunSpec};
+use manifold_runtime::sandbox::{self, Network, RootFs, RunSpec};
 
 /// A step's scratch space (upperdir and workdir) under target/, removed on drop.
 struct Step {
@@ -48,7 +48,7 @@ impl Step {
 
 /// Can this machine run `platform` (for foreign ones: is QEMU registered)?
 fn runnable(platform: &str) -> bool {
-    match manifold_build::emulation::check(&oci::Platform::parse(platform).unwrap()) {
+    match manifold_runtime::emulation::check(&oci::Platform::parse(platform).unwrap()) {
         Ok(_) => true,
         Err(e) => {
             common::skip(&format!("{e}"));
@@ -280,7 +280,7 @@ fn a_flattened_directory_works_without_overlay() {
         return;
     };
     let flat = step.dir.path().join("flat");
-    manifold_build::snapshot::flatten(&step.lowers, &flat).unwrap();
+    manifold_runtime::snapshot::flatten(&step.lowers, &flat).unwrap();
     let spec = RunSpec::new(
         RootFs::Dir(flat.clone()),
         &["sh", "-c", "uname -m > /tmp/m"],

@@ -21,11 +21,11 @@ use serde::{Deserialize, Serialize};
 use store::Layout;
 
 use crate::context::{copy_into, Context};
-use crate::emulation;
-use crate::layer::{self, LayerOptions};
-use crate::sandbox::{self, Network, RootFs, RunSpec};
-use crate::snapshot::{self, SnapshotCache};
-use crate::{io_err, Error, Result};
+use runtime::emulation;
+use runtime::layer::{self, LayerOptions};
+use runtime::sandbox::{self, Network, RootFs, RunSpec};
+use runtime::snapshot::{self, SnapshotCache};
+use runtime::{io_err, Error, Result};
 
 /// Finds base images (and `COPY --from` images): makes sure the image for `platform` is in the
 /// store and returns its manifest and config. The CLI implements it with the store and registries.

@@ -8,7 +8,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::Instant;
 
-use manifold_build::snapshot::{apply_layer, SnapshotCache, WhiteoutMode, OPAQUE_XATTR};
+use manifold_runtime::snapshot::{apply_layer, SnapshotCache, WhiteoutMode, OPAQUE_XATTR};
 
 #[test]
 fn unpacks_real_busybox_layers_for_three_arches() {
@@ -185,7 +185,7 @@ fn whiteouts_and_opaque_dirs_become_overlay_markers() {
     // Flattening base + upper carries the markers out.
     let (base, _) = cache.unpack(&base_layer()[..], None, None, "base").unwrap();
     let flat = tmp.path().join("flat");
-    manifold_build::snapshot::flatten(&[base.path.clone(), snap.path.clone()], &flat).unwrap();
+    manifold_runtime::snapshot::flatten(&[base.path.clone(), snap.path.clone()], &flat).unwrap();
     assert!(!flat.join("gone").exists());
     assert!(flat.join("a/keep").is_file());
     assert!(flat.join("c/new").is_file() && !flat.join("c/old1").exists());
@@ -442,12 +442,12 @@ fn a_layer_leaning_on_its_parents_is_unpacked_over_them_and_kept_by_chain() {
     // The merged view: /lib still the symlink, both libraries there, /opt still private.
     let mut lowers = busybox.into_iter().map(|s| s.path).collect::<Vec<_>>();
     lowers.extend([s0.path.clone(), s1.path.clone()]);
-    let rootfs = manifold_build::RootFs::Overlay {
+    let rootfs = manifold_runtime::RootFs::Overlay {
         lowers,
         upper: step.path().join("upper"),
         work: step.path().join("work"),
     };
-    let out = manifold_build::sandbox::run(&manifold_build::RunSpec::new(
+    let out = manifold_runtime::sandbox::run(&manifold_runtime::RunSpec::new(
         rootfs,
         &["sh", "-c", "ls /lib/; stat -c %a /opt; readlink /lib"],
     ))

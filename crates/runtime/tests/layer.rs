@@ -7,9 +7,9 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use manifold_build::layer::{self, LayerOptions};
-use manifold_build::sandbox::{self, RootFs, RunSpec};
-use manifold_build::snapshot::{self, SnapshotCache};
+use manifold_runtime::layer::{self, LayerOptions};
+use manifold_runtime::sandbox::{self, RootFs, RunSpec};
+use manifold_runtime::snapshot::{self, SnapshotCache};
 use oci::media_type::Compression;
 
 struct Scratch {
@@ -164,7 +164,7 @@ fn an_emulated_step_becomes_a_layer() {
         return;
     }
     let p = oci::Platform::parse("linux/arm64").unwrap();
-    let mode = match manifold_build::emulation::check(&p) {
+    let mode = match manifold_runtime::emulation::check(&p) {
         Ok(m) => m,
         Err(e) => return common::skip(&e.to_string()),
     };

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use manifold_build::snapshot::{Snapshot, SnapshotCache};
+use manifold_runtime::snapshot::{Snapshot, SnapshotCache};
 use oci::{Document, ImageConfig, ImageManifest, Index, Platform};
 
 pub const ARCHES: &[&str] = &["amd64", "arm64", "armhf"];

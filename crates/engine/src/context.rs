@@ -7,7 +7,7 @@ use std::path::{Component, Path, PathBuf};
 
 use dockerfile::plan::PlannedSource;
 
-use crate::{io_err, Error, Result};
+use runtime::{io_err, Error, Result};
 
 /// A directory COPY reads from.
 pub struct Context {

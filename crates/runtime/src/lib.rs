@@ -1,15 +1,14 @@
-//! The foundations of manifold's build engine: unpacking OCI layers into snapshots, running a
-//! command in an isolated root filesystem (namespaces, overlayfs, pivot_root), knowing which
-//! platforms this machine can execute (natively or through QEMU's binfmt_misc handlers), and
-//! turning what a step changed into a deterministic, compressed layer in the store.
+//! Running a process in an image's root filesystem: unpacking OCI layers into snapshots, the
+//! sandbox (namespaces, overlayfs, pivot_root, capabilities), knowing which platforms this
+//! machine can execute (natively or through QEMU's binfmt_misc handlers), and turning what a
+//! step changed into a deterministic, compressed layer in the store.
 //!
 //! This crate refuses to know Dockerfiles, registries, progress display or the step graph: it is
 //! handed directories, layers and argv vectors, and hands back snapshots, exit codes and
-//! descriptors. Everything here needs Linux, and the sandbox needs root.
+//! descriptors. `manifold build` (through the engine crate) and `manifold run` both use it.
+//! Everything here needs Linux, and the sandbox needs root.
 
-pub mod context;
 pub mod emulation;
-pub mod engine;
 pub mod layer;
 mod pargz;
 #[rustfmt::skip]
@@ -88,10 +87,8 @@ fn tail_block(tail: &str) -> String {
     }
 }
 
-pub(crate) fn io_err<'a>(
-    what: &'static str,
-    path: &'a Path,
-) -> impl FnOnce(io::Error) -> Error + 'a {
+/// Maps an I/O error on `path` to [`Error::Io`] saying what was being done.
+pub fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
     move |source| Error::Io {
         what,
         path: path.to_path_buf(),
