@@ -238,11 +238,12 @@ fn docker_pulls_and_runs_each_platform_of_a_merged_tag_and_loads_our_archive() {
     );
 
     // What `manifold build --push` makes, docker pulls and runs per platform; its docker output
-    // loads and runs too.
+    // loads and runs too. A test step that changes no file must be an empty history entry, or
+    // docker refuses the pull ("too many non-empty layers in History section").
     let ctx = tempfile::tempdir().unwrap();
     std::fs::write(
         ctx.path().join("Dockerfile"),
-        format!("FROM {merged}\nRUN uname -m > /built-for\nCMD [\"cat\", \"/built-for\"]\n"),
+        format!("FROM {merged}\nRUN uname -m > /built-for\nRUN [\"/bin/sh\", \"-c\", \"test -s /built-for\"]\nCMD [\"cat\", \"/built-for\"]\n"),
     )
     .unwrap();
     let app = format!("{a}/app/built:1");

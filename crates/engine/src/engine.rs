@@ -447,8 +447,8 @@ impl Engine<'_> {
                     });
                 }
                 out.check(&argv)?;
-                self.commit_layer(state, &upper, &step_key, false)?;
-                self.history(state, format!("RUN {}", command_text(command)), false);
+                let added = self.commit_layer(state, &upper, &step_key, false)?;
+                self.history(state, format!("RUN {}", command_text(command)), !added);
                 Ok((false, emulated))
             }
             Op::Copy {
@@ -832,8 +832,10 @@ impl Engine<'_> {
         let Some(hit) = self.cached(step_key) else {
             return false;
         };
+        // docker refuses an image whose layer-less entries do not say `empty_layer`.
+        let empty = hit.layer.is_none();
         self.push_layer(state, hit.layer, step_key);
-        self.history(state, history, false);
+        self.history(state, history, empty);
         true
     }
 
@@ -849,13 +851,14 @@ impl Engine<'_> {
     /// Writes the layer of what a step put in `upper`, remembers it under the step's key and adds
     /// it to the stage. The directory becomes the layer's snapshot (no unpacking it again). An
     /// empty RUN adds no layer; COPY and ADD always do (`keep_empty`), as docker's builder does.
+    /// Returns whether a layer was added.
     fn commit_layer(
         &self,
         state: &mut State,
         upper: &std::path::Path,
         step_key: &str,
         keep_empty: bool,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let written = layer::write_to_store(upper, self.store, &self.opts.layer)?;
         if written.entries > 0 {
             self.snapshots.adopt(upper, &written.diff_id)?;
@@ -868,8 +871,9 @@ impl Engine<'_> {
                 layer: layer.clone(),
             },
         );
+        let added = layer.is_some();
         self.push_layer(state, layer, step_key);
-        Ok(())
+        Ok(added)
     }
 
     fn push_layer(&self, state: &mut State, layer: Option<(Descriptor, Digest)>, step_key: &str) {

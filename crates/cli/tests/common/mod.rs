@@ -18,11 +18,64 @@ pub fn repo_root() -> PathBuf {
 
 /// Runs manifold with a store at `root`; returns the output whatever the exit code.
 pub fn run(root: &Path, args: &[&str]) -> Output {
-    Command::new(manifold_bin())
+    let out = Command::new(manifold_bin())
         .env("MANIFOLD_ROOT", root)
         .args(args)
         .output()
-        .expect("manifold runs")
+        .expect("manifold runs");
+    after_build(root, args, &out);
+    out
+}
+
+/// Every image a test build leaves in the store passes [`check_empty_layers`].
+fn after_build(root: &Path, args: &[&str], out: &Output) {
+    if out.status.success() && args.contains(&"build") {
+        check_empty_layers(root);
+    }
+}
+
+/// Every image config in the store at `root`: its history entries without `empty_layer` are
+/// exactly its layers, or `docker pull` refuses it ("too many non-empty layers in History
+/// section"). Returns how many configs with a history were checked.
+pub fn check_empty_layers(root: &Path) -> usize {
+    let mut checked = 0;
+    let Ok(dir) = std::fs::read_dir(root.join("blobs/sha256")) else {
+        return 0;
+    };
+    for e in dir.flatten() {
+        if !e.metadata().is_ok_and(|m| m.len() < 1 << 20) {
+            continue;
+        }
+        let Ok(bytes) = std::fs::read(e.path()) else {
+            continue;
+        };
+        if bytes.first() != Some(&b'{') {
+            continue;
+        }
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+            continue;
+        };
+        let (Some(diff_ids), Some(history)) =
+            (v["rootfs"]["diff_ids"].as_array(), v["history"].as_array())
+        else {
+            continue;
+        };
+        let non_empty = history
+            .iter()
+            .filter(|h| h["empty_layer"] != serde_json::Value::Bool(true))
+            .count();
+        assert_eq!(
+            non_empty,
+            diff_ids.len(),
+            "image config {} has {} history entries without empty_layer but {} layers:\n{}",
+            e.path().display(),
+            non_empty,
+            diff_ids.len(),
+            serde_json::to_string_pretty(&v["history"]).unwrap_or_default()
+        );
+        checked += 1;
+    }
+    checked
 }
 
 /// Runs manifold and fails the test, showing stderr, unless it succeeds. Returns stdout.
@@ -127,7 +180,9 @@ pub fn run_with(root: &Path, env: &[(&str, &str)], stdin: Option<&str>, args: &[
         child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
     }
     drop(child.stdin.take());
-    child.wait_with_output().unwrap()
+    let out = child.wait_with_output().unwrap();
+    after_build(root, args, &out);
+    out
 }
 
 /// Debian's docker-registry (distribution 2.8) on a free loopback port, killed on drop.

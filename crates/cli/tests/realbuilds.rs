@@ -1,0 +1,91 @@
+//! End-to-end: what real builds showed (issue 17): steps that change nothing are empty history
+//! entries docker accepts, step output streams live and in order, proxy build args reach RUN and
+//! stay out of the image, the first failure stops every platform, and fully cached rebuilds
+//! reproduce the previous image byte for byte.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+
+use common::*;
+
+/// A registry holding busybox for amd64 and arm64 as REG/base/busybox:1.
+fn base() -> Option<(Registry, String)> {
+    let reg = Registry::start(None)?;
+    let (layout, _) = busybox_layout(&["amd64", "arm64"])?;
+    let t = tempfile::tempdir().unwrap();
+    let name = format!("{}/base/busybox:1", reg.addr);
+    ok(
+        t.path(),
+        &["cp", &format!("oci:{}:latest", layout.display()), &name],
+    );
+    Some((reg, name))
+}
+
+fn context(dockerfile: &str) -> tempfile::TempDir {
+    let t = tempfile::tempdir().unwrap();
+    fs::write(t.path().join("Dockerfile"), dockerfile).unwrap();
+    t
+}
+
+/// The config of `tag` for `platform` in the store at `root`.
+fn config(root: &Path, tag: &str, platform: &str) -> serde_json::Value {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("oci");
+    ok(
+        root,
+        &[
+            "cp",
+            "--platform",
+            platform,
+            &format!("store:{tag}"),
+            &format!("oci:{}:x", dir.display()),
+        ],
+    );
+    let blob = |d: &str| -> serde_json::Value {
+        let hex = d.trim_start_matches("sha256:");
+        serde_json::from_slice(&fs::read(dir.join("blobs/sha256").join(hex)).unwrap()).unwrap()
+    };
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let mut m = blob(index["manifests"][0]["digest"].as_str().unwrap());
+    if m["manifests"].is_array() {
+        m = blob(m["manifests"][0]["digest"].as_str().unwrap());
+    }
+    blob(m["config"]["digest"].as_str().unwrap())
+}
+
+#[test]
+fn a_run_that_changes_nothing_is_an_empty_history_entry_fresh_and_cached() {
+    let Some((_reg, base)) = base() else { return };
+    let ctx = context(&format!(
+        "FROM {base}\nRUN echo hi > /hi\nRUN [\"/bin/sh\", \"-c\", \"test -s /hi\"]\nENV A=1\n"
+    ));
+    let store = tempfile::tempdir().unwrap();
+    let s = store.path();
+    let c = ctx.path().to_str().unwrap();
+    let args = [
+        "build",
+        "--platform",
+        "linux/amd64,linux/arm64",
+        "-t",
+        "localhost/empty:1",
+        c,
+    ];
+    ok(s, &args);
+    let log = String::from_utf8_lossy(&run(s, &args).stderr).to_string();
+    assert!(log.contains("CACHED"), "{log}");
+    // Base, fresh and cached images: every one keeps docker's invariant.
+    assert!(check_empty_layers(s) >= 3);
+    for p in ["linux/amd64", "linux/arm64"] {
+        let cfg = config(s, "localhost/empty:1", p);
+        let test_step = cfg["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["created_by"].as_str().unwrap_or("").contains("test -s"))
+            .unwrap_or_else(|| panic!("{cfg}"));
+        assert_eq!(test_step["empty_layer"], true, "{cfg}");
+    }
+}
