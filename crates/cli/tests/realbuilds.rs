@@ -89,3 +89,41 @@ fn a_run_that_changes_nothing_is_an_empty_history_entry_fresh_and_cached() {
         assert_eq!(test_step["empty_layer"], true, "{cfg}");
     }
 }
+
+#[test]
+fn fully_cached_rebuilds_give_the_same_digests_and_push_nothing() {
+    let Some((reg, base)) = base() else { return };
+    let ctx = context(&format!(
+        "FROM {base}\nENV A=1\nRUN echo hi > /hi\nRUN [\"/bin/sh\", \"-c\", \"test -s /hi\"]\nWORKDIR /app\nCMD [\"cat\", \"/hi\"]\n"
+    ));
+    let store = tempfile::tempdir().unwrap();
+    let s = store.path();
+    let tag = format!("{}/app/stable:1", reg.addr);
+    let args = [
+        "build",
+        "--platform",
+        "linux/amd64,linux/arm64",
+        "-t",
+        &tag,
+        "--push",
+        "--load",
+        ctx.path().to_str().unwrap(),
+    ];
+    let first = ok(s, &args);
+    let cfg_first = config(s, &tag, "linux/arm64");
+    // Another second on the clock: only the cache may decide the times.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let out = run(s, &args);
+    let log = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{log}");
+    assert_eq!(
+        first,
+        String::from_utf8_lossy(&out.stdout),
+        "index and platform digests\n{log}"
+    );
+    assert_eq!(cfg_first, config(s, &tag, "linux/arm64"));
+    assert!(
+        log.contains("(0 blobs, 0B,"),
+        "the unchanged push moved blobs:\n{log}"
+    );
+}

@@ -94,11 +94,16 @@ struct State {
     config: ImageConfig,
     /// Content key of everything so far: base, every step, every layer.
     key: String,
+    /// The latest history time this build gave the stage (the image's `created`).
+    created: Option<i64>,
 }
 
 #[derive(Serialize, Deserialize)]
 struct CachedStep {
     layer: Option<(Descriptor, Digest)>,
+    /// When the step first ran: a fully cached rebuild reproduces the image byte for byte.
+    #[serde(default)]
+    created: Option<i64>,
 }
 
 struct Engine<'a> {
@@ -256,6 +261,7 @@ impl Engine<'_> {
                     ..Default::default()
                 },
                 key: key_of(&["scratch", &platform.to_string()]),
+                created: None,
             },
             Base::Image { reference } => self.base_image(reference, platform)?,
             Base::Stage { key, .. } => deps.get(key).cloned().ok_or_else(|| Error::BadLayer {
@@ -332,6 +338,7 @@ impl Engine<'_> {
         let mut config = config;
         config.config.get_or_insert_with(Default::default);
         Ok(State {
+            created: None,
             key: key_of(&parts.iter().map(String::as_str).collect::<Vec<_>>()),
             layers,
             config,
@@ -339,8 +346,15 @@ impl Engine<'_> {
     }
 
     fn history(&self, state: &mut State, created_by: String, empty: bool) {
+        self.history_at(state, created_by, empty, self.started)
+    }
+
+    /// A history entry for a step that first ran at `when` (SOURCE_DATE_EPOCH wins).
+    fn history_at(&self, state: &mut State, created_by: String, empty: bool, when: i64) {
+        let when = self.epoch.unwrap_or(when);
+        state.created = Some(state.created.map_or(when, |c| c.max(when)));
         state.config.history.push(History {
-            created: Some(rfc3339(self.epoch.unwrap_or(self.started))),
+            created: Some(rfc3339(when)),
             created_by: Some(created_by),
             comment: Some("buildkit.dockerfile.v0".into()),
             empty_layer: empty.then_some(true),
@@ -656,8 +670,9 @@ impl Engine<'_> {
             other => {
                 let config = state.config.config.get_or_insert_with(Default::default);
                 let text = fold_config(config, &mut state.config.author, other);
+                let when = self.config_step_time(&step_key);
                 state.key = step_key;
-                self.history(state, text, true);
+                self.history_at(state, text, true, when);
                 Ok((false, false))
             }
         }
@@ -834,9 +849,42 @@ impl Engine<'_> {
         };
         // docker refuses an image whose layer-less entries do not say `empty_layer`.
         let empty = hit.layer.is_none();
+        let when = hit.created.unwrap_or(self.started);
+        if hit.created.is_none() {
+            // An entry from before times were kept: from now on this run's time is the step's.
+            self.remember(
+                step_key,
+                &CachedStep {
+                    layer: hit.layer.clone(),
+                    created: Some(when),
+                },
+            );
+        }
         self.push_layer(state, hit.layer, step_key);
-        self.history(state, history, empty);
+        self.history_at(state, history, empty, when);
         true
+    }
+
+    /// When a config-only step (ENV, CMD, ...) first ran with this key, so that its history
+    /// time, like a cached layer's, does not change between identical builds.
+    fn config_step_time(&self, step_key: &str) -> i64 {
+        if !self.opts.no_cache {
+            if let Some(CachedStep {
+                layer: None,
+                created: Some(t),
+            }) = self.cached(step_key)
+            {
+                return t;
+            }
+        }
+        self.remember(
+            step_key,
+            &CachedStep {
+                layer: None,
+                created: Some(self.started),
+            },
+        );
+        self.started
     }
 
     /// A scratch directory for one step under the build's work dir, removed on drop.
@@ -869,6 +917,7 @@ impl Engine<'_> {
             step_key,
             &CachedStep {
                 layer: layer.clone(),
+                created: Some(self.started),
             },
         );
         let added = layer.is_some();
@@ -921,7 +970,14 @@ impl Engine<'_> {
         config.architecture = platform.architecture.clone();
         config.os = platform.os.clone();
         config.variant = (!platform.variant.is_empty()).then(|| platform.variant.clone());
-        config.created = Some(rfc3339(self.epoch.unwrap_or(self.started)));
+        // The latest step's time, so a fully cached build gives the same config; a stage with no
+        // steps of its own keeps its base's.
+        config.created = match (self.epoch, state.created, &config.created) {
+            (Some(e), _, _) => Some(rfc3339(e)),
+            (None, Some(t), _) => Some(rfc3339(t)),
+            (None, None, Some(c)) => Some(c.clone()),
+            (None, None, None) => Some(rfc3339(self.started)),
+        };
         config.rootfs.kind = "layers".into();
         config.rootfs.diff_ids = state.layers.iter().map(|(_, d)| d.clone()).collect();
         let cfg = Document::new(config);
