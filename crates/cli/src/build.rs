@@ -77,6 +77,55 @@ fn parse_secrets(specs: &[String]) -> Result<BTreeMap<String, PathBuf>> {
     Ok(out)
 }
 
+const PROXY_ARGS: [&str; 5] = [
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "FTP_PROXY",
+    "NO_PROXY",
+    "ALL_PROXY",
+];
+
+/// BuildKit's predefined proxy args, in either spelling docker accepts.
+fn is_proxy_arg(name: &str) -> bool {
+    PROXY_ARGS
+        .iter()
+        .any(|p| name == *p || name == p.to_ascii_lowercase())
+}
+
+/// The `proxies.default` section of docker's config.json, as the docker CLI reads it: each
+/// proxy set there becomes both spellings of its build arg, unless `--build-arg` set that one.
+fn add_config_proxies(build_args: &mut BTreeMap<String, String>, env: &Env) {
+    let Some(dir) = env
+        .client_options
+        .docker_config_dir
+        .clone()
+        .or_else(registry::auth::default_config_dir)
+    else {
+        return;
+    };
+    let Ok(text) = std::fs::read(dir.join("config.json")) else {
+        return;
+    };
+    let Ok(cfg) = serde_json::from_slice::<serde_json::Value>(&text) else {
+        return;
+    };
+    let section = &cfg["proxies"]["default"];
+    for (field, arg) in [
+        ("httpProxy", "HTTP_PROXY"),
+        ("httpsProxy", "HTTPS_PROXY"),
+        ("ftpProxy", "FTP_PROXY"),
+        ("noProxy", "NO_PROXY"),
+        ("allProxy", "ALL_PROXY"),
+    ] {
+        let Some(v) = section[field].as_str().filter(|v| !v.is_empty()) else {
+            continue;
+        };
+        for k in [arg.to_string(), arg.to_ascii_lowercase()] {
+            build_args.entry(k).or_insert_with(|| v.to_string());
+        }
+    }
+}
+
 /// One `--output`.
 #[derive(Debug, Clone, PartialEq)]
 enum Output {
@@ -317,6 +366,12 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
             None => build_args.insert(arg.clone(), std::env::var(arg).unwrap_or_default()),
         };
     }
+    add_config_proxies(&mut build_args, env);
+    let proxies: BTreeMap<String, String> = build_args
+        .iter()
+        .filter(|(k, _)| is_proxy_arg(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     let mut opts = dockerfile::PlanOptions {
         target: a.target.map(str::to_string),
         platforms: platforms.clone(),
@@ -541,6 +596,7 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
                 .unwrap_or(2)
         }),
         secrets: parse_secrets(a.secrets)?,
+        proxies,
     };
     let started = std::time::Instant::now();
     let built = engine::build(&store, &plan, &bases, &bopts, &progress)?;

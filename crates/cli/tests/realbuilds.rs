@@ -127,3 +127,70 @@ fn fully_cached_rebuilds_give_the_same_digests_and_push_nothing() {
         "the unchanged push moved blobs:\n{log}"
     );
 }
+
+#[test]
+fn proxy_build_args_and_docker_config_proxies_reach_run_and_stay_out_of_the_image() {
+    let Some((_reg, base)) = base() else { return };
+    let ctx = context(&format!(
+        "FROM {base}\nRUN env | grep -i _proxy= | sort > /proxies\n"
+    ));
+    let docker_cfg = tempfile::tempdir().unwrap();
+    fs::write(
+        docker_cfg.path().join("config.json"),
+        r#"{"proxies":{"default":{"httpProxy":"http://cfg.example:1","httpsProxy":"http://cfg.example:2","noProxy":"localhost,.internal"}}}"#,
+    )
+    .unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let s = store.path();
+    let out = tempfile::tempdir().unwrap();
+    let fs_dir = out.path().join("fs");
+    let res = run_with(
+        s,
+        &[("DOCKER_CONFIG", docker_cfg.path().to_str().unwrap())],
+        None,
+        &[
+            "build",
+            "--build-arg",
+            "HTTPS_PROXY=http://arg.example:3128",
+            "--build-arg",
+            "ftp_proxy=http://ftp.example:21",
+            "-t",
+            "localhost/proxied:1",
+            "-o",
+            &format!("type=local,dest={}", fs_dir.display()),
+            "--load",
+            ctx.path().to_str().unwrap(),
+        ],
+    );
+    let log = String::from_utf8_lossy(&res.stderr);
+    assert!(res.status.success(), "{log}");
+    assert!(!log.contains("not consumed"), "{log}");
+    let seen = fs::read_to_string(fs_dir.join("proxies")).unwrap();
+    for want in [
+        "HTTPS_PROXY=http://arg.example:3128",
+        // The config's https proxy fills only the spelling --build-arg left unset, as docker's CLI.
+        "https_proxy=http://cfg.example:2",
+        "HTTP_PROXY=http://cfg.example:1",
+        "http_proxy=http://cfg.example:1",
+        "NO_PROXY=localhost,.internal",
+        "no_proxy=localhost,.internal",
+        "ftp_proxy=http://ftp.example:21",
+    ] {
+        assert!(
+            seen.lines().any(|l| l == want),
+            "{want} missing in:\n{seen}"
+        );
+    }
+    let cfg = config(s, "localhost/proxied:1", &platform_here()).to_string();
+    for secret in ["example", "PROXY="] {
+        assert!(!cfg.contains(secret), "{secret} in the config: {cfg}");
+    }
+}
+
+fn platform_here() -> String {
+    if cfg!(target_arch = "x86_64") {
+        "linux/amd64".into()
+    } else {
+        "linux/arm64".into()
+    }
+}

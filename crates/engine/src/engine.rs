@@ -49,6 +49,9 @@ pub struct BuildOptions {
     /// `--secret id=ID,src=FILE`: mounted for `RUN --mount=type=secret`, never in a layer or a
     /// cache key.
     pub secrets: BTreeMap<String, PathBuf>,
+    /// Proxy variables (`HTTP_PROXY`, `https_proxy`, ...) for every RUN, as BuildKit's predefined
+    /// args: never in the image's history or config, nor in a cache key.
+    pub proxies: BTreeMap<String, String>,
 }
 
 /// Progress of a build, for displays.
@@ -398,7 +401,7 @@ impl Engine<'_> {
                 if self.take_cached(state, &step_key, format!("RUN {}", command_text(command))) {
                     return Ok((true, emulated));
                 }
-                let mut full_env: BTreeMap<String, String> = BTreeMap::new();
+                let mut full_env: BTreeMap<String, String> = self.opts.proxies.clone();
                 for e in cc.env.iter().flatten() {
                     if let Some((k, v)) = e.split_once('=') {
                         full_env.insert(k.to_string(), v.to_string());
