@@ -555,6 +555,26 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
                     eprintln!("  {platform} | {line}");
                 }
             }
+            Event::Failed { platform, error } => {
+                if rawjson {
+                    eprintln!(
+                        "{}",
+                        serde_json::json!({"type": "error", "platform": platform, "error": error})
+                    );
+                } else {
+                    eprintln!("[{platform}] ERROR {error}");
+                }
+            }
+            Event::Cancelled { platform } => {
+                if rawjson {
+                    eprintln!(
+                        "{}",
+                        serde_json::json!({"type": "cancelled", "platform": platform})
+                    );
+                } else {
+                    eprintln!("[{platform}] CANCELED after the first failure");
+                }
+            }
         }
     };
     let work_dir = env.store_root.join("build");

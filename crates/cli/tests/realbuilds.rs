@@ -194,3 +194,88 @@ fn platform_here() -> String {
         "linux/arm64".into()
     }
 }
+
+/// Processes whose command line contains `marker`.
+fn processes_with(marker: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmd) = fs::read(e.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(marker) {
+                found.push(format!("{}: {cmd}", e.file_name().to_string_lossy()));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn the_first_failure_stops_every_platform_and_kills_their_steps() {
+    if !cfg!(target_arch = "x86_64") {
+        return;
+    }
+    let Some((_reg, base)) = base() else { return };
+    // amd64 sleeps (after opening the gate); arm64 waits for the gate, then fails.
+    let marker = format!("9{}7", std::process::id());
+    let ctx = context(&format!(
+        "FROM {base}\nRUN --mount=type=cache,id=gate,target=/gate,sharing=shared \
+         if [ \"$(uname -m)\" = x86_64 ]; then touch /gate/open; exec sleep {marker}; \
+         else while [ ! -f /gate/open ]; do sleep 0.1; done; echo arm64 broke >&2; exit 3; fi\n"
+    ));
+    let store = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(manifold_bin())
+        .env("MANIFOLD_ROOT", store.path())
+        .args([
+            "build",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "-t",
+            "localhost/stops:1",
+            ctx.path().to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Only a guard against hanging on the sleep: the build should end as soon as arm64 fails.
+    let guard = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if guard.elapsed() > std::time::Duration::from_secs(300) {
+            let _ = child.kill();
+            panic!(
+                "the build kept running after arm64 failed: {:?}",
+                processes_with(&marker)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "{log}");
+    // The sleeping step is gone with the build.
+    let mut left = processes_with(&marker);
+    for _ in 0..10 {
+        if left.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        left = processes_with(&marker);
+    }
+    assert!(left.is_empty(), "still running: {left:?}\n{log}");
+    // The failure is printed first, then what it stopped; nothing was named.
+    let failed = log
+        .find("ERROR")
+        .unwrap_or_else(|| panic!("no ERROR line:\n{log}"));
+    assert!(log[failed..].contains("arm64 broke"), "{log}");
+    let cancelled = log
+        .find("CANCELED")
+        .unwrap_or_else(|| panic!("no CANCELED line:\n{log}"));
+    assert!(failed < cancelled, "{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with("[linux/amd64]") && l.contains("CANCELED")),
+        "{log}"
+    );
+    let images = ok(store.path(), &["images"]);
+    assert!(!images.contains("stops"), "{images}");
+}

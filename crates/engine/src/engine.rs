@@ -71,6 +71,15 @@ pub enum Event {
         platform: String,
         line: String,
     },
+    /// The build's first failure, reported as it happens; the other instances are being stopped.
+    Failed {
+        platform: String,
+        error: String,
+    },
+    /// An instance stopped because another failed.
+    Cancelled {
+        platform: String,
+    },
 }
 
 /// One platform's image, in the store.
@@ -120,6 +129,9 @@ struct Engine<'a> {
     targets: HashMap<String, Vec<String>>,
     epoch: Option<i64>,
     started: i64,
+    /// Set at the first failure: kills running steps, starts no more.
+    cancel: sandbox::Cancel,
+    first_failure: Mutex<Option<Error>>,
 }
 
 pub fn build(
@@ -168,6 +180,8 @@ pub fn build(
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0),
+        cancel: sandbox::Cancel::default(),
+        first_failure: Mutex::new(None),
     };
     let results = engine.run_all(&plan.stages)?;
     let mut images = Vec::new();
@@ -218,7 +232,9 @@ impl Engine<'_> {
                             let done = &done;
                             sc.spawn(move || -> Result<(String, State)> {
                                 let deps = done.lock().map_err(|_| poisoned())?.clone();
-                                let st = self.run_instance(&inst.key, &inst.body, &deps)?;
+                                let st = self
+                                    .run_instance(&inst.key, &inst.body, &deps)
+                                    .map_err(|e| self.stop(e, &inst.key, &inst.body.platform))?;
                                 Ok((inst.key.clone(), st))
                             })
                         })
@@ -230,7 +246,7 @@ impl Engine<'_> {
                 });
                 let mut d = done.lock().map_err(|_| poisoned())?;
                 for r in results {
-                    let (k, s) = r?;
+                    let (k, s) = r.map_err(|e| self.first_failure(e))?;
                     d.insert(k, s);
                 }
             }
@@ -274,6 +290,9 @@ impl Engine<'_> {
         };
         let total = body.steps.len();
         for (i, step) in body.steps.iter().enumerate() {
+            if self.cancel.is_cancelled() {
+                return Err(stopped());
+            }
             let started = Instant::now();
             let (cached, emulated) =
                 self.apply(&mut state, step, platform, deps)
@@ -298,6 +317,35 @@ impl Engine<'_> {
             });
         }
         Ok(state)
+    }
+
+    /// The first failure cancels the build: reported at once, before what it stops; the
+    /// instances it stops report that they were cancelled.
+    fn stop(&self, e: Error, key: &str, platform: &Platform) -> Error {
+        let Ok(mut first) = self.first_failure.lock() else {
+            return e;
+        };
+        let platform = self.label(key, platform);
+        if self.cancel.is_cancelled() {
+            (self.progress)(Event::Cancelled { platform });
+            return e;
+        }
+        self.cancel.cancel();
+        (self.progress)(Event::Failed {
+            platform,
+            error: e.to_string(),
+        });
+        *first = Some(e);
+        stopped()
+    }
+
+    /// The error the build ends with: its first failure.
+    fn first_failure(&self, e: Error) -> Error {
+        self.first_failure
+            .lock()
+            .ok()
+            .and_then(|mut f| f.take())
+            .unwrap_or(e)
     }
 
     /// `linux/arm64`, or `linux/amd64 for linux/arm64` when a stage runs on the build
@@ -448,6 +496,7 @@ impl Engine<'_> {
                 spec.env = full_env.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 spec.user = user;
                 spec.workdir = workdir;
+                spec.cancel = Some(self.cancel.clone());
                 spec.network = if network.as_deref() == Some("none") {
                     Network::None
                 } else {
@@ -1094,6 +1143,13 @@ fn is_tar_archive(p: &std::path::Path) -> bool {
         }
     }
     n == 512 && &head[257..262] == b"ustar"
+}
+
+fn stopped() -> Error {
+    Error::Sandbox {
+        what: "build".into(),
+        reason: "stopped by another platform's failure".into(),
+    }
 }
 
 fn poisoned() -> Error {

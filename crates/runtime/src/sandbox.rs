@@ -105,7 +105,23 @@ pub struct RunSpec {
     pub platform: Option<oci::Platform>,
     /// Killed (the whole PID namespace) after this long.
     pub timeout: Option<Duration>,
+    /// Killed (the whole PID namespace) soon after this is cancelled, from any thread.
+    pub cancel: Option<Cancel>,
     pub on_output: Option<OutputSink>,
+}
+
+/// Stops running commands from another thread (a build stopping at its first failure).
+#[derive(Clone, Debug, Default)]
+pub struct Cancel(Arc<std::sync::atomic::AtomicBool>);
+
+impl Cancel {
+    pub fn cancel(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 impl RunSpec {
@@ -123,6 +139,7 @@ impl RunSpec {
             capture_limit: 16 << 20,
             platform: None,
             timeout: None,
+            cancel: None,
             on_output: None,
         }
     }
@@ -143,6 +160,8 @@ pub struct RunOutput {
     pub mode: RunMode,
     /// The timeout killed it.
     pub timed_out: bool,
+    /// [`RunSpec::cancel`] killed it.
+    pub cancelled: bool,
 }
 
 impl RunOutput {
@@ -157,6 +176,8 @@ impl RunOutput {
         }
         let what = if self.timed_out {
             format!("{argv:?} (killed by the timeout after {:?})", self.duration)
+        } else if self.cancelled {
+            format!("{argv:?} (cancelled)")
         } else {
             format!("{argv:?}")
         };
@@ -550,24 +571,33 @@ pub fn run(spec: &RunSpec) -> Result<RunOutput> {
     })
     .collect();
     // The watchdog kills the parent of PID 1; PID 1 follows (PDEATHSIG), and with it the
-    // whole namespace.
+    // whole namespace. Returns (timed out, cancelled).
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-    let watchdog = spec.timeout.map(|t| {
+    let watchdog = (spec.timeout.is_some() || spec.cancel.is_some()).then(|| {
         let pid = child.id() as libc::pid_t;
-        std::thread::spawn(move || {
-            if done_rx.recv_timeout(t) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+        let (timeout, cancel) = (spec.timeout, spec.cancel.clone());
+        std::thread::spawn(move || loop {
+            let mut wait = timeout.map_or(Duration::MAX, |t| t.saturating_sub(start.elapsed()));
+            if cancel.is_some() {
+                wait = wait.min(Duration::from_millis(50));
+            }
+            if done_rx.recv_timeout(wait) != Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+                return (false, false);
+            }
+            let expired = timeout.is_some_and(|t| start.elapsed() >= t);
+            let cancelled = cancel.as_ref().is_some_and(Cancel::is_cancelled);
+            if expired || cancelled {
                 // SAFETY: the pid is our unreaped child: it cannot have been reused.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
-                return true;
+                return (expired, !expired);
             }
-            false
         })
     });
     let status = child
         .wait()
         .map_err(|e| sandbox_err("waiting for the command", e.to_string()));
     drop(done_tx);
-    let timed_out = watchdog.is_some_and(|w| w.join().unwrap_or(false));
+    let (timed_out, cancelled) = watchdog.map_or((false, false), |w| w.join().unwrap_or_default());
     let mut outs = readers.into_iter().map(|h| h.join().unwrap_or_default());
     let (stdout, out_tail) = outs.next().unwrap_or_default();
     let (stderr, err_tail) = outs.next().unwrap_or_default();
@@ -591,6 +621,7 @@ pub fn run(spec: &RunSpec) -> Result<RunOutput> {
         duration,
         mode,
         timed_out,
+        cancelled,
     })
 }
 

@@ -315,6 +315,25 @@ fn timeout_kills_the_whole_namespace() {
 }
 
 #[test]
+fn cancel_from_another_thread_kills_the_whole_namespace() {
+    let Some(step) = Step::new("linux/amd64") else {
+        return;
+    };
+    let mut spec = step.spec(&["sh", "-c", "sleep 300 & echo up; sleep 300; echo never"]);
+    let cancel = sandbox::Cancel::default();
+    spec.cancel = Some(cancel.clone());
+    // Cancel once the command is running (it printed), as a failing platform does.
+    spec.on_output = Some(sandbox::OutputSink(std::sync::Arc::new(move |_, _| {
+        cancel.cancel()
+    })));
+    let out = sandbox::run(&spec).unwrap();
+    assert!(out.cancelled && !out.timed_out);
+    assert_eq!(out.code, 137);
+    let err = out.check(&spec.argv).unwrap_err().to_string();
+    assert!(err.contains("cancelled"), "{err}");
+}
+
+#[test]
 fn output_is_streamed_as_it_arrives() {
     use std::sync::{Arc, Mutex};
     let Some(step) = Step::new("linux/amd64") else {
