@@ -126,6 +126,13 @@ fn add_config_proxies(build_args: &mut BTreeMap<String, String>, env: &Env) {
     }
 }
 
+/// RFC 3339 in UTC with nanoseconds, as BuildKit's progress timestamps.
+fn timestamp(t: std::time::SystemTime) -> String {
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = engine::rfc3339(d.as_secs() as i64);
+    format!("{}.{:09}Z", secs.trim_end_matches('Z'), d.subsec_nanos())
+}
+
 /// One `--output`.
 #[derive(Debug, Clone, PartialEq)]
 enum Output {
@@ -306,6 +313,20 @@ impl Bases<'_> {
         let mut d = report.root.clone();
         d.annotations.remove(REF_NAME);
         self.store.set_name(&name, &d)?;
+        say(
+            cli,
+            format!(
+                "pulled {} for {} ({} blobs, {})",
+                r.familiar(),
+                missing
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                report.blobs_copied,
+                human_size(report.bytes_copied)
+            ),
+        );
         for p in &missing {
             let found = self
                 .lookup(&name, p)?
@@ -535,7 +556,7 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
                 if rawjson {
                     eprintln!(
                         "{}",
-                        serde_json::json!({"platform": platform, "stage": stage, "step": index, "total": total,
+                        serde_json::json!({"type": "done", "platform": platform, "stage": stage, "step": index, "total": total,
                             "instruction": text, "emulated": emulated, "cached": cached, "seconds": seconds})
                     );
                     return;
@@ -550,9 +571,49 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
                 let line = text.lines().next().unwrap_or("");
                 eprintln!("[{platform} {stage} {index}/{total}] {line}{marks} {seconds:.2}s");
             }
-            Event::Output { platform, line } => {
-                if !rawjson {
-                    eprintln!("  {platform} | {line}");
+            Event::StepStart {
+                platform,
+                stage,
+                index,
+                total,
+                text,
+                time,
+            } => {
+                if rawjson {
+                    eprintln!(
+                        "{}",
+                        serde_json::json!({"type": "start", "platform": platform, "stage": stage,
+                            "step": index, "total": total, "instruction": text,
+                            "timestamp": timestamp(time)})
+                    );
+                    return;
+                }
+                let line = text.lines().next().unwrap_or("");
+                eprintln!("[{platform} {stage} {index}/{total}] {line} ...");
+            }
+            Event::Output {
+                platform,
+                stage,
+                index,
+                total,
+                stream,
+                time,
+                line,
+            } => {
+                if rawjson {
+                    let stream = match stream {
+                        runtime::sandbox::Stream::Stdout => "stdout",
+                        runtime::sandbox::Stream::Stderr => "stderr",
+                        runtime::sandbox::Stream::Combined => "combined",
+                    };
+                    eprintln!(
+                        "{}",
+                        serde_json::json!({"type": "output", "platform": platform, "stage": stage,
+                            "step": index, "stream": stream, "timestamp": timestamp(time),
+                            "line": line})
+                    );
+                } else {
+                    eprintln!("  {platform} {stage} {index}/{total} | {line}");
                 }
             }
             Event::Failed { platform, error } => {

@@ -279,3 +279,151 @@ fn the_first_failure_stops_every_platform_and_kills_their_steps() {
     let images = ok(store.path(), &["images"]);
     assert!(!images.contains("stops"), "{images}");
 }
+
+#[test]
+fn step_output_streams_live_in_write_order_with_its_platform_and_step() {
+    use std::io::BufRead;
+    let Some((_reg, base)) = base() else { return };
+    // The step prints on both streams, then waits for the test to release it: its lines must
+    // arrive while it waits.
+    let ctx = context(&format!(
+        "FROM {base}\nRUN --mount=type=bind,target=/ctx echo out-1; echo err-2 >&2; echo out-3; \
+         while [ ! -f /ctx/release ]; do sleep 0.1; done; echo after-release\n"
+    ));
+    let release = ctx.path().join("release");
+    let store = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(manifold_bin())
+        .env("MANIFOLD_ROOT", store.path())
+        .args([
+            "build",
+            "--platform",
+            "linux/amd64",
+            "-t",
+            "localhost/live:1",
+            ctx.path().to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Hang guard only: without live output the step would wait for ever.
+    let guard_release = release.clone();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let guard = std::thread::spawn(move || {
+        let waited = done_rx.recv_timeout(std::time::Duration::from_secs(300));
+        if waited == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+            fs::write(&guard_release, "").unwrap();
+            return true;
+        }
+        false
+    });
+    let mut seen = Vec::new();
+    for line in std::io::BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if line.ends_with("| out-3") {
+            // Seen while the step still runs: it has not printed its end line.
+            assert!(
+                !seen
+                    .iter()
+                    .any(|l: &String| l.contains("RUN") && ends_with_seconds(l)),
+                "{seen:#?}"
+            );
+            fs::write(&release, "").unwrap();
+        }
+        seen.push(line);
+    }
+    drop(done_tx);
+    assert!(
+        !guard.join().unwrap(),
+        "output arrived only after the step:\n{seen:#?}"
+    );
+    assert!(child.wait().unwrap().success(), "{seen:#?}");
+    let pos = |what: &str| {
+        seen.iter()
+            .position(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("no {what}:\n{seen:#?}"))
+    };
+    // Announced, then the output in the order written, across stdout and stderr.
+    let started = pos("RUN --mount");
+    assert!(!seen[started].contains("CACHED"), "{seen:#?}");
+    assert!(pos("pulled ") < started, "{seen:#?}");
+    let order = [
+        pos("| out-1"),
+        pos("| err-2"),
+        pos("| out-3"),
+        pos("| after-release"),
+    ];
+    assert!(started < order[0] && order.is_sorted(), "{seen:#?}");
+    assert!(
+        seen[order[1]]
+            .trim_start()
+            .starts_with("linux/amd64 stage-0 1/1 |"),
+        "{seen:#?}"
+    );
+}
+
+#[test]
+fn build_platform_stages_say_which_target_they_serve_and_rawjson_has_steps_and_output() {
+    let Some((_reg, base)) = base() else { return };
+    let ctx = context(&format!(
+        "FROM --platform=$BUILDPLATFORM {base} AS tools\nARG TARGETARCH\nRUN echo for-$TARGETARCH; echo on-stderr >&2\n\
+         FROM {base}\nCOPY --from=tools /etc/passwd /copied\n"
+    ));
+    let store = tempfile::tempdir().unwrap();
+    let out = run(
+        store.path(),
+        &[
+            "build",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--progress",
+            "rawjson",
+            "-t",
+            "localhost/json:1",
+            ctx.path().to_str().unwrap(),
+        ],
+    );
+    let log = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{log}");
+    let events: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let of = |kind: &str| -> Vec<&serde_json::Value> {
+        events.iter().filter(|e| e["type"] == kind).collect()
+    };
+    let starts = of("start");
+    assert!(
+        starts
+            .iter()
+            .any(|e| e["platform"] == "linux/amd64 for linux/arm64"
+                && e["instruction"].as_str().unwrap().starts_with("RUN echo")
+                && e["timestamp"].as_str().is_some_and(|t| t.ends_with('Z'))),
+        "{log}"
+    );
+    let outputs = of("output");
+    for (platform, line, stream) in [
+        ("linux/amd64 for linux/arm64", "for-arm64", "combined"),
+        ("linux/amd64", "for-amd64", "combined"),
+        ("linux/amd64", "on-stderr", "combined"),
+    ] {
+        assert!(
+            outputs.iter().any(|e| e["platform"] == platform
+                && e["line"] == line
+                && e["stream"] == stream
+                && e["stage"] == "tools"
+                && e["step"].as_u64().is_some()
+                && e["timestamp"].as_str().is_some()),
+            "{platform} {line}:\n{log}"
+        );
+    }
+    assert!(!of("done").is_empty(), "{log}");
+}
+
+/// A step's end line ends with its duration, `0.52s`.
+fn ends_with_seconds(l: &str) -> bool {
+    l.rsplit(' ')
+        .next()
+        .and_then(|w| w.strip_suffix('s'))
+        .is_some_and(|n| n.parse::<f64>().is_ok())
+}

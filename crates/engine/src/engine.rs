@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use dockerfile::plan::{Base, InstanceBody, Op, Origin, PlannedSource, StageInstance};
 use dockerfile::{ast, BuildPlan};
@@ -67,19 +67,29 @@ pub enum Event {
         cached: bool,
         seconds: f64,
     },
+    /// A step starts work (not a cache hit).
+    StepStart {
+        platform: String,
+        stage: String,
+        index: usize,
+        total: usize,
+        text: String,
+        time: SystemTime,
+    },
+    /// A line a RUN step wrote, as it arrives.
     Output {
         platform: String,
+        stage: String,
+        index: usize,
+        total: usize,
+        stream: sandbox::Stream,
+        time: SystemTime,
         line: String,
     },
     /// The build's first failure, reported as it happens; the other instances are being stopped.
-    Failed {
-        platform: String,
-        error: String,
-    },
+    Failed { platform: String, error: String },
     /// An instance stopped because another failed.
-    Cancelled {
-        platform: String,
-    },
+    Cancelled { platform: String },
 }
 
 /// One platform's image, in the store.
@@ -97,6 +107,16 @@ pub struct PlatformImage {
 pub struct Built {
     pub images: Vec<PlatformImage>,
     pub index: Descriptor,
+}
+
+/// Which step of which instance runs, for the events it sends while it runs.
+struct At {
+    /// The platform label (`linux/amd64 for linux/arm64` on a build-platform stage).
+    platform: String,
+    stage: String,
+    index: usize,
+    total: usize,
+    text: String,
 }
 
 /// The filesystem and config a stage has reached.
@@ -294,8 +314,15 @@ impl Engine<'_> {
                 return Err(stopped());
             }
             let started = Instant::now();
+            let at = At {
+                platform: self.label(key, platform),
+                stage: stage_name.clone(),
+                index: i + 1,
+                total,
+                text: step.instruction.clone(),
+            };
             let (cached, emulated) =
-                self.apply(&mut state, step, platform, deps)
+                self.apply(&mut state, step, platform, deps, &at)
                     .map_err(|e| Error::Step {
                         location: format!(
                             "{}:{}:{}",
@@ -317,6 +344,73 @@ impl Engine<'_> {
             });
         }
         Ok(state)
+    }
+
+    fn step_start(&self, at: &At) {
+        (self.progress)(Event::StepStart {
+            platform: at.platform.clone(),
+            stage: at.stage.clone(),
+            index: at.index,
+            total: at.total,
+            text: at.text.clone(),
+            time: SystemTime::now(),
+        });
+    }
+
+    /// Runs a RUN step in the sandbox, sending its output line by line as it arrives: stdout
+    /// and stderr on one pipe, so the lines keep the order the step wrote them in.
+    fn run_streaming(&self, mut spec: RunSpec, at: &At) -> Result<sandbox::RunOutput> {
+        let (tx, rx) = std::sync::mpsc::channel::<(sandbox::Stream, Vec<u8>, SystemTime)>();
+        spec.merge_output = true;
+        spec.on_output = Some(sandbox::OutputSink(std::sync::Arc::new(
+            move |stream, bytes: &[u8]| {
+                let _ = tx.send((stream, bytes.to_vec(), SystemTime::now()));
+            },
+        )));
+        std::thread::scope(|sc| {
+            // The sink (and with it the sender) goes when the run ends, which ends the loop.
+            let run = sc.spawn(move || sandbox::run(&spec));
+            let mut partial: Vec<(sandbox::Stream, Vec<u8>)> = Vec::new();
+            for (stream, bytes, time) in rx {
+                let i = match partial.iter().position(|(s, _)| *s == stream) {
+                    Some(i) => i,
+                    None => {
+                        partial.push((stream, Vec::new()));
+                        partial.len() - 1
+                    }
+                };
+                let buf = &mut partial[i].1;
+                buf.extend_from_slice(&bytes);
+                while let Some(n) = buf.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=n).collect();
+                    self.output_line(at, stream, time, &line);
+                }
+                // A progress bar redrawn with \r never ends its line: show it in pieces.
+                if buf.len() > 64 << 10 {
+                    let line = std::mem::take(buf);
+                    self.output_line(at, stream, time, &line);
+                }
+            }
+            for (stream, rest) in partial {
+                if !rest.is_empty() {
+                    self.output_line(at, stream, SystemTime::now(), &rest);
+                }
+            }
+            run.join().unwrap_or_else(|_| Err(poisoned()))
+        })
+    }
+
+    fn output_line(&self, at: &At, stream: sandbox::Stream, time: SystemTime, line: &[u8]) {
+        let line = String::from_utf8_lossy(line);
+        (self.progress)(Event::Output {
+            platform: at.platform.clone(),
+            stage: at.stage.clone(),
+            index: at.index,
+            total: at.total,
+            stream,
+            time,
+            line: line.trim_end_matches(['\n', '\r']).to_string(),
+        });
     }
 
     /// The first failure cancels the build: reported at once, before what it stops; the
@@ -420,6 +514,7 @@ impl Engine<'_> {
         step: &dockerfile::plan::Step,
         platform: &Platform,
         deps: &HashMap<String, State>,
+        at: &At,
     ) -> Result<(bool, bool)> {
         let op_json = serde_json::to_string(&step.op).unwrap_or_default();
         // How layers are written changes their bytes, so it is part of every step's key.
@@ -449,6 +544,7 @@ impl Engine<'_> {
                 if self.take_cached(state, &step_key, format!("RUN {}", command_text(command))) {
                     return Ok((true, emulated));
                 }
+                self.step_start(at);
                 let mut full_env: BTreeMap<String, String> = self.opts.proxies.clone();
                 for e in cc.env.iter().flatten() {
                     if let Some((k, v)) = e.split_once('=') {
@@ -502,16 +598,7 @@ impl Engine<'_> {
                 } else {
                     Network::Host
                 };
-                let out = sandbox::run(&spec)?;
-                for line in String::from_utf8_lossy(&out.stdout)
-                    .lines()
-                    .chain(String::from_utf8_lossy(&out.stderr).lines())
-                {
-                    (self.progress)(Event::Output {
-                        platform: platform.to_string(),
-                        line: line.to_string(),
-                    });
-                }
+                let out = self.run_streaming(spec, at)?;
                 out.check(&argv)?;
                 let added = self.commit_layer(state, &upper, &step_key, false)?;
                 self.history(state, format!("RUN {}", command_text(command)), !added);
@@ -539,6 +626,7 @@ impl Engine<'_> {
                 if self.take_cached(state, &step_key, history.clone()) {
                     return Ok((true, false));
                 }
+                self.step_start(at);
                 let workdir = workdir
                     .clone()
                     .or_else(|| cc.working_dir.clone())
@@ -628,6 +716,7 @@ impl Engine<'_> {
                 if self.take_cached(state, &step_key, history.clone()) {
                     return Ok((true, false));
                 }
+                self.step_start(at);
                 let workdir = workdir
                     .clone()
                     .or_else(|| cc.working_dir.clone())

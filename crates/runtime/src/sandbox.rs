@@ -56,6 +56,8 @@ pub enum RootFs {
 pub enum Stream {
     Stdout,
     Stderr,
+    /// Both on one pipe ([`RunSpec::merge_output`]), in the order the command wrote them.
+    Combined,
 }
 
 /// Receives output as it arrives, for progress display.
@@ -108,6 +110,9 @@ pub struct RunSpec {
     /// Killed (the whole PID namespace) soon after this is cancelled, from any thread.
     pub cancel: Option<Cancel>,
     pub on_output: Option<OutputSink>,
+    /// stdout and stderr share one pipe, so output keeps the order it was written in (two pipes
+    /// have none between them); it all lands in [`RunOutput::stdout`] as [`Stream::Combined`].
+    pub merge_output: bool,
 }
 
 /// Stops running commands from another thread (a build stopping at its first failure).
@@ -141,6 +146,7 @@ impl RunSpec {
             timeout: None,
             cancel: None,
             on_output: None,
+            merge_output: false,
         }
     }
 }
@@ -503,11 +509,18 @@ pub fn run(spec: &RunSpec) -> Result<RunOutput> {
     };
 
     let mut cmd = Command::new(&spec.argv[0]);
-    cmd.args(&spec.argv[1..])
-        .env_clear()
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args(&spec.argv[1..]).env_clear().stdin(Stdio::null());
+    let merged = if spec.merge_output {
+        let (r, w) = pipe()?;
+        let w2 = w
+            .try_clone()
+            .map_err(|e| sandbox_err("duplicating the output pipe", e.to_string()))?;
+        cmd.stdout(Stdio::from(w)).stderr(Stdio::from(w2));
+        Some(r)
+    } else {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        None
+    };
     let mut has_path = false;
     let mut has_home = false;
     for kv in &spec.env {
@@ -531,6 +544,9 @@ pub fn run(spec: &RunSpec) -> Result<RunOutput> {
     }
     let start = Instant::now();
     let spawned = cmd.spawn();
+    // The command holds our copies of the merged pipe's write end: the reader sees its end
+    // only once they are closed.
+    drop(cmd);
     drop(err_w);
     let mut child = match spawned {
         Ok(c) => c,
@@ -551,18 +567,30 @@ pub fn run(spec: &RunSpec) -> Result<RunOutput> {
     // Closed at exec, or carries the reason the setup failed.
     let setup_error = read_all(err_r);
 
+    let first = match merged {
+        Some(r) => (
+            Some(Box::new(fs::File::from(r)) as Box<dyn Read + Send>),
+            Stream::Combined,
+        ),
+        None => (
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+            Stream::Stdout,
+        ),
+    };
     let readers: Vec<_> = [
-        child
-            .stdout
-            .take()
-            .map(|s| Box::new(s) as Box<dyn Read + Send>),
-        child
-            .stderr
-            .take()
-            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        first,
+        (
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+            Stream::Stderr,
+        ),
     ]
     .into_iter()
-    .zip([Stream::Stdout, Stream::Stderr])
     .map(|(r, which)| {
         let limit = spec.capture_limit;
         let tail_bytes = spec.tail_bytes;

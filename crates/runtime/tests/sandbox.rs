@@ -334,6 +334,36 @@ fn cancel_from_another_thread_kills_the_whole_namespace() {
 }
 
 #[test]
+fn merged_output_keeps_the_order_written_across_stdout_and_stderr() {
+    let Some(step) = Step::new("linux/amd64") else {
+        return;
+    };
+    let script = "for i in 1 2 3 4 5; do echo out$i; echo err$i >&2; done; exit 2";
+    let mut spec = step.spec(&["sh", "-c", script]);
+    spec.merge_output = true;
+    let streams = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s2 = streams.clone();
+    spec.on_output = Some(sandbox::OutputSink(std::sync::Arc::new(move |which, _| {
+        s2.lock().unwrap().push(which)
+    })));
+    let out = sandbox::run(&spec).unwrap();
+    let want = "out1\nerr1\nout2\nerr2\nout3\nerr3\nout4\nerr4\nout5\nerr5\n";
+    assert_eq!(String::from_utf8_lossy(&out.stdout), want);
+    assert!(out.stderr.is_empty());
+    assert!(streams
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|s| *s == sandbox::Stream::Combined));
+    // The error message's tail is in that order too.
+    assert!(out
+        .check(&spec.argv)
+        .unwrap_err()
+        .to_string()
+        .contains(want.trim_end()));
+}
+
+#[test]
 fn output_is_streamed_as_it_arrives() {
     use std::sync::{Arc, Mutex};
     let Some(step) = Step::new("linux/amd64") else {
