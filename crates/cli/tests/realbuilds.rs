@@ -278,6 +278,7 @@ fn the_first_failure_stops_every_platform_and_kills_their_steps() {
     );
     let images = ok(store.path(), &["images"]);
     assert!(!images.contains("stops"), "{images}");
+    check_empty_layers(store.path());
 }
 
 #[test]
@@ -338,6 +339,7 @@ fn step_output_streams_live_in_write_order_with_its_platform_and_step() {
         "output arrived only after the step:\n{seen:#?}"
     );
     assert!(child.wait().unwrap().success(), "{seen:#?}");
+    assert!(check_empty_layers(store.path()) > 0);
     let pos = |what: &str| {
         seen.iter()
             .position(|l| l.contains(what))
@@ -367,7 +369,8 @@ fn build_platform_stages_say_which_target_they_serve_and_rawjson_has_steps_and_o
     let Some((_reg, base)) = base() else { return };
     let ctx = context(&format!(
         "FROM --platform=$BUILDPLATFORM {base} AS tools\nARG TARGETARCH\nRUN echo for-$TARGETARCH; echo on-stderr >&2\n\
-         FROM {base}\nCOPY --from=tools /etc/passwd /copied\n"
+         FROM --platform=$BUILDPLATFORM {base} AS shared\nRUN echo once; echo once > /once\n\
+         FROM {base}\nCOPY --from=tools /etc/passwd /copied\nCOPY --from=shared /once /once\n"
     ));
     let store = tempfile::tempdir().unwrap();
     let out = run(
@@ -417,6 +420,13 @@ fn build_platform_stages_say_which_target_they_serve_and_rawjson_has_steps_and_o
             "{platform} {line}:\n{log}"
         );
     }
+    // One instance for both targets says so.
+    assert!(
+        outputs.iter().any(|e| e["line"] == "once"
+            && e["platform"] == "linux/amd64 for linux/amd64, linux/arm64"
+            && e["stage"] == "shared"),
+        "{log}"
+    );
     assert!(!of("done").is_empty(), "{log}");
 }
 

@@ -443,11 +443,13 @@ impl Engine<'_> {
     }
 
     /// `linux/arm64`, or `linux/amd64 for linux/arm64` when a stage runs on the build
-    /// platform for another target.
+    /// platform for another target (`for linux/amd64, linux/arm64` when one instance serves
+    /// several).
     fn label(&self, key: &str, platform: &Platform) -> String {
         let own = platform.to_string();
         match self.targets.get(key).map(Vec::as_slice) {
             Some([one]) if *one != own => format!("{own} for {one}"),
+            Some(many) if many.len() > 1 => format!("{own} for {}", many.join(", ")),
             _ => own,
         }
     }
