@@ -20,6 +20,7 @@ use crate::{
 pub fn run(cli: &Cli, env: &Env) -> Result<ExitCode> {
     let root = env.store_root.as_path();
     match &cli.command {
+        Command::Builder { command } => crate::builder::run(command),
         Command::Images {
             repository,
             format,

@@ -1,6 +1,7 @@
 //! The `manifold` binary: commands, output formats, and the glue between the crates.
 
 mod build;
+mod builder;
 mod lists;
 mod local;
 mod progress;
@@ -352,6 +353,12 @@ pub enum Command {
         cache: bool,
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         format: OutputFormat,
+    },
+    /// Manage builders: nodes on this machine or over SSH, each building the platforms it runs
+    /// natively (buildx create/ls/inspect/use/rm).
+    Builder {
+        #[command(subcommand)]
+        command: builder::BuilderCmd,
     },
     /// Check every blob against its digest and every image for missing parts.
     Fsck {
