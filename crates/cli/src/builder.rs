@@ -65,6 +65,28 @@ pub enum BuilderCmd {
     /// Print what this machine can build, as JSON (run by other machines over SSH).
     #[command(hide = true)]
     Probe,
+    /// Build for another machine: a tar of the context (with the Dockerfile and secrets under
+    /// `.manifold-node/`) on standard input, an OCI archive of the result on standard output,
+    /// progress on standard error.
+    #[command(hide = true)]
+    NodeBuild(NodeBuildArgs),
+}
+
+/// What a node is asked to build; the same inputs the user gave `manifold build`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct NodeBuildArgs {
+    #[arg(long, value_delimiter = ',')]
+    pub platform: Vec<String>,
+    #[arg(long = "build-arg")]
+    pub build_arg: Vec<String>,
+    #[arg(long)]
+    pub target: Option<String>,
+    #[arg(long)]
+    pub no_cache: bool,
+    #[arg(long)]
+    pub pull: bool,
+    #[arg(long)]
+    pub source_date_epoch: Option<String>,
 }
 
 /// One node of a builder.
@@ -387,10 +409,14 @@ pub fn ssh_failure(ep: &Endpoint, stderr: &str) -> String {
         );
     }
     if text.contains("REMOTE HOST IDENTIFICATION HAS CHANGED") {
-        return format!("the host key of {host} has changed since it was recorded in known_hosts: {text}");
+        return format!(
+            "the host key of {host} has changed since it was recorded in known_hosts: {text}"
+        );
     }
     if text.contains("command not found") || text.contains("manifold: not found") {
-        return format!("manifold is not installed on {host} (or not on the PATH of its SSH sessions): {text}");
+        return format!(
+            "manifold is not installed on {host} (or not on the PATH of its SSH sessions): {text}"
+        );
     }
     if text.contains("Permission denied") {
         return format!("ssh to {host} was refused: {text}; check the user and that your key is in the node's authorized_keys (or loaded in your agent)");
@@ -398,8 +424,9 @@ pub fn ssh_failure(ep: &Endpoint, stderr: &str) -> String {
     format!("ssh to {host} failed: {text}")
 }
 
-pub fn run(cmd: &BuilderCmd) -> Result<ExitCode> {
+pub fn run(cli: &crate::Cli, env: &transport::Env, cmd: &BuilderCmd) -> Result<ExitCode> {
     match cmd {
+        BuilderCmd::NodeBuild(a) => crate::nodes::node_build(cli, env, a),
         BuilderCmd::Probe => {
             println!("{}", serde_json::to_string(&probe_local())?);
             Ok(ExitCode::SUCCESS)
@@ -551,16 +578,11 @@ fn rm(name: &str, node: Option<&str>) -> Result<ExitCode> {
 }
 
 /// Probes every node of `builders` at once (SSH round trips overlap).
-fn probe_all(builders: &[Builder]) -> Vec<Vec<NodeStatus>> {
+pub fn probe_all(builders: &[Builder]) -> Vec<Vec<NodeStatus>> {
     std::thread::scope(|s| {
         let handles: Vec<Vec<_>> = builders
             .iter()
-            .map(|b| {
-                b.nodes
-                    .iter()
-                    .map(|n| s.spawn(move || probe(n)))
-                    .collect()
-            })
+            .map(|b| b.nodes.iter().map(|n| s.spawn(move || probe(n))).collect())
             .collect();
         handles
             .into_iter()
@@ -672,7 +694,12 @@ fn ls(format: OutputFormat) -> Result<ExitCode> {
     ]];
     for (b, ss) in builders.iter().zip(&statuses) {
         let mark = if b.name == current { " *" } else { "" };
-        rows.push([format!("{}{mark}", b.name), String::new(), String::new(), String::new()]);
+        rows.push([
+            format!("{}{mark}", b.name),
+            String::new(),
+            String::new(),
+            String::new(),
+        ]);
         for s in ss {
             rows.push([
                 format!("  \\_ {}", s.node.name),
@@ -708,9 +735,13 @@ fn print_table(rows: &[[String; 4]]) {
 
 fn inspect(name: Option<&str>, format: OutputFormat) -> Result<ExitCode> {
     let cfg = Config::load()?;
-    let name = name.map(str::to_string).unwrap_or_else(|| cfg.current_name());
+    let name = name
+        .map(str::to_string)
+        .unwrap_or_else(|| cfg.current_name());
     let b = cfg.find(&name)?;
-    let statuses = probe_all(std::slice::from_ref(&b)).pop().unwrap_or_default();
+    let statuses = probe_all(std::slice::from_ref(&b))
+        .pop()
+        .unwrap_or_default();
     if format == OutputFormat::Json {
         let v = BuilderJson {
             name: &b.name,
@@ -849,18 +880,34 @@ mod tests {
     #[test]
     fn native_nodes_win_then_local_emulation() {
         let nodes = vec![
-            status("here", "local", &["linux/amd64"], &["linux/arm64", "linux/riscv64"]),
+            status(
+                "here",
+                "local",
+                &["linux/amd64"],
+                &["linux/arm64", "linux/riscv64"],
+            ),
             status("pi", "ssh://pi", &["linux/arm64", "linux/arm/v7"], &[]),
         ];
         let p = |s: &str| Platform::parse(s).unwrap();
         let a = assign(
             &nodes,
-            &[p("linux/amd64"), p("linux/arm64"), p("linux/riscv64"), p("linux/arm/v7")],
+            &[
+                p("linux/amd64"),
+                p("linux/arm64"),
+                p("linux/riscv64"),
+                p("linux/arm/v7"),
+            ],
         )
         .unwrap();
-        let names: Vec<_> = a.iter().map(|(_, i)| nodes[*i].node.name.as_str()).collect();
+        let names: Vec<_> = a
+            .iter()
+            .map(|(_, i)| nodes[*i].node.name.as_str())
+            .collect();
         assert_eq!(names, ["here", "pi", "here", "pi"]);
         let err = assign(&nodes, &[p("linux/s390x")]).unwrap_err().to_string();
-        assert!(err.contains("linux/s390x") && err.contains("pi (ssh://pi): linux/arm64"), "{err}");
+        assert!(
+            err.contains("linux/s390x") && err.contains("pi (ssh://pi): linux/arm64"),
+            "{err}"
+        );
     }
 }

@@ -4,6 +4,7 @@ mod build;
 mod builder;
 mod lists;
 mod local;
+mod nodes;
 mod progress;
 mod remote;
 
@@ -314,6 +315,9 @@ pub enum Command {
         /// id=ID,src=FILE (or env=VAR): a secret for RUN --mount=type=secret; never stored.
         #[arg(long, value_name = "SPEC")]
         secret: Vec<String>,
+        /// The builder whose nodes build (default: MANIFOLD_BUILDER, else `builder use`'s).
+        #[arg(long, value_name = "NAME")]
+        builder: Option<String>,
     },
     /// Stage, annotate, inspect and push manifest lists (docker manifest, with no daemon).
     Manifest {

@@ -77,7 +77,10 @@ impl SshNode {
             )
             .unwrap();
             std::fs::write(d.join("empty_known_hosts"), "").unwrap();
-            for (name, known) in [("ssh_config", "known_hosts"), ("ssh_config_unknown", "empty_known_hosts")] {
+            for (name, known) in [
+                ("ssh_config", "known_hosts"),
+                ("ssh_config_unknown", "empty_known_hosts"),
+            ] {
                 std::fs::write(
                     d.join(name),
                     format!(
@@ -117,7 +120,11 @@ impl SshNode {
 
     /// `MANIFOLD_SSH` for a client that knows (or does not know) the node's host key.
     fn ssh_command(&self, known: bool) -> String {
-        let cfg = if known { "ssh_config" } else { "ssh_config_unknown" };
+        let cfg = if known {
+            "ssh_config"
+        } else {
+            "ssh_config_unknown"
+        };
         format!("ssh -F {}", self.dir.path().join(cfg).display())
     }
 
@@ -174,26 +181,67 @@ fn create_ls_inspect_use_rm_with_an_ssh_node() {
     assert!(ls.contains(&host), "{ls}");
 
     ok_out(
-        m(&["builder", "create", "--name", "multi", "--node", "here", "--platform", "linux/amd64", "local"]),
+        m(&[
+            "builder",
+            "create",
+            "--name",
+            "multi",
+            "--node",
+            "here",
+            "--platform",
+            "linux/amd64",
+            "local",
+        ]),
         "create",
     );
     ok_out(
-        m(&["builder", "create", "--name", "multi", "--append", "--node", "arm", "--platform", "linux/arm64", &node.endpoint()]),
+        m(&[
+            "builder",
+            "create",
+            "--name",
+            "multi",
+            "--append",
+            "--node",
+            "arm",
+            "--platform",
+            "linux/arm64",
+            &node.endpoint(),
+        ]),
         "create --append",
     );
     // A node that is only probed: the SSH node answers with what it runs.
     ok_out(
-        m(&["builder", "create", "--name", "probed", "--use", &node.endpoint()]),
+        m(&[
+            "builder",
+            "create",
+            "--name",
+            "probed",
+            "--use",
+            &node.endpoint(),
+        ]),
         "create --use",
     );
     let ls = ok_out(m(&["builder", "ls"]), "builder ls");
     assert!(ls.contains("probed *"), "{ls}");
-    assert!(ls.contains("\\_ arm") && ls.contains(&node.endpoint()), "{ls}");
-    assert!(ls.contains("linux/arm64*"), "pinned platforms are starred: {ls}");
+    assert!(
+        ls.contains("\\_ arm") && ls.contains(&node.endpoint()),
+        "{ls}"
+    );
+    assert!(
+        ls.contains("linux/arm64*"),
+        "pinned platforms are starred: {ls}"
+    );
     assert!(!ls.contains("error"), "{ls}");
 
     let json = ok_out(
-        m(&["builder", "inspect", "--bootstrap", "probed", "--format", "json"]),
+        m(&[
+            "builder",
+            "inspect",
+            "--bootstrap",
+            "probed",
+            "--format",
+            "json",
+        ]),
         "inspect",
     );
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
@@ -203,11 +251,18 @@ fn create_ls_inspect_use_rm_with_an_ssh_node() {
     assert_eq!(n["native"][0], host.as_str(), "{json}");
     // The node found its emulators by running probes there (qemu-user-static is installed).
     assert!(
-        n["emulated"].as_array().unwrap().iter().any(|p| p == "linux/arm64"),
+        n["emulated"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == "linux/arm64"),
         "{json}"
     );
     let text = ok_out(m(&["builder", "inspect", "probed"]), "inspect");
-    assert!(text.contains("Status:        running") && text.contains("Version:       manifold"), "{text}");
+    assert!(
+        text.contains("Status:        running") && text.contains("Version:       manifold"),
+        "{text}"
+    );
 
     // MANIFOLD_BUILDER wins over `use`.
     let o = run_with(
@@ -267,4 +322,345 @@ fn an_unknown_host_key_is_a_clear_error() {
             && text.contains(&format!("ssh-keyscan -p {} 127.0.0.1", node.port)),
         "{text}"
     );
+}
+
+/// A registry holding busybox for amd64 and arm64 as REG/base/busybox:1.
+fn base() -> Option<(Registry, String)> {
+    let reg = Registry::start(None)?;
+    let (layout, _) = busybox_layout(&["amd64", "arm64", "armhf"])?;
+    let t = tempfile::tempdir().unwrap();
+    let name = format!("{}/base/busybox:1", reg.addr);
+    ok(
+        t.path(),
+        &["cp", &format!("oci:{}:latest", layout.display()), &name],
+    );
+    Some((reg, name))
+}
+
+fn digest_of(root: &Path, reference: &str) -> String {
+    ok(root, &["digest", "-q", reference]).trim().to_string()
+}
+
+#[test]
+fn a_split_build_gives_the_same_index_as_one_machine() {
+    let Some(node) = SshNode::start() else {
+        return;
+    };
+    let Some((reg, base)) = base() else { return };
+    let t = tempfile::tempdir().unwrap();
+    let (root, config) = (t.path().join("root"), t.path().join("config"));
+    let ssh = node.ssh_command(true);
+    let ctx = t.path().join("ctx");
+    std::fs::create_dir(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM {base}\nCOPY app.txt /app/\nRUN --mount=type=secret,id=token cat /run/secrets/token | wc -c > /app/token-len\nRUN uname -m > /app/arch && echo built > /app/done\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(ctx.join("app.txt"), "payload\n").unwrap();
+    std::fs::write(ctx.join("ignored.bin"), "never sent\n").unwrap();
+    std::fs::write(ctx.join(".dockerignore"), "ignored.bin\n").unwrap();
+    let token = t.path().join("token");
+    std::fs::write(&token, "s3cret-value").unwrap();
+    let epoch = ("SOURCE_DATE_EPOCH", "1700000000");
+    let cfg = ("MANIFOLD_CONFIG", config.to_str().unwrap());
+    let m = |env: &[(&str, &str)], args: &[&str]| {
+        let mut all = vec![cfg, ("MANIFOLD_SSH", ssh.as_str()), epoch];
+        all.extend_from_slice(env);
+        run_with(&root, &all, None, args)
+    };
+    let secret = format!("id=token,src={}", token.display());
+    let build = |builder: &str, tag: &str| {
+        m(
+            &[],
+            &[
+                "build",
+                "--builder",
+                builder,
+                "--platform",
+                "linux/amd64,linux/arm64",
+                "--secret",
+                &secret,
+                "-t",
+                tag,
+                "--push",
+                ctx.to_str().unwrap(),
+            ],
+        )
+    };
+    // One machine.
+    let one = format!("{}/app/one:1", reg.addr);
+    ok_out(build("default", &one), "build on one machine");
+    // This machine builds amd64, the SSH node arm64.
+    ok_out(
+        m(
+            &[],
+            &[
+                "builder",
+                "create",
+                "--name",
+                "split",
+                "--node",
+                "here",
+                "--platform",
+                "linux/amd64",
+                "local",
+            ],
+        ),
+        "create",
+    );
+    ok_out(
+        m(
+            &[],
+            &[
+                "builder",
+                "create",
+                "--name",
+                "split",
+                "--append",
+                "--node",
+                "arm",
+                "--platform",
+                "linux/arm64",
+                &node.endpoint(),
+            ],
+        ),
+        "append",
+    );
+    let split = format!("{}/app/split:1", reg.addr);
+    let o = build("split", &split);
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("[arm] building linux/arm64 on ssh://")
+            && stderr.contains("[here] building linux/amd64 on local"),
+        "{stderr}"
+    );
+    // The node's own progress comes back under its name.
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("[arm] ") && l.contains("RUN uname")),
+        "{stderr}"
+    );
+    assert_eq!(
+        digest_of(&root, &one),
+        digest_of(&root, &split),
+        "the split build's index differs from one machine's"
+    );
+    // The arm64 image was made on the node: its store holds the steps; the secret was never
+    // written there, and the ignored file never sent.
+    assert!(node.node_root().join("index.json").exists());
+    let found = Command::new("grep")
+        .args(["-r", "-l", "s3cret-value"])
+        .arg(node.node_root())
+        .output()
+        .unwrap();
+    assert!(
+        found.stdout.is_empty(),
+        "the secret reached the node's disk"
+    );
+    // Each platform's image says where it ran and saw the secret.
+    let fs_out = t.path().join("fs");
+    ok_out(
+        m(
+            &[],
+            &[
+                "build",
+                "--builder",
+                "split",
+                "--platform",
+                "linux/amd64,linux/arm64",
+                "--secret",
+                &secret,
+                "-o",
+                &format!("type=local,dest={}", fs_out.display()),
+                ctx.to_str().unwrap(),
+            ],
+        ),
+        "build -o local",
+    );
+    for (p, arch) in [("linux_amd64", "x86_64"), ("linux_arm64", "aarch64")] {
+        let d = fs_out.join(p).join("app");
+        assert_eq!(
+            std::fs::read_to_string(d.join("arch")).unwrap().trim(),
+            arch
+        );
+        assert_eq!(
+            std::fs::read_to_string(d.join("token-len")).unwrap().trim(),
+            "12"
+        );
+        assert!(!fs_out.join(p).join("ignored.bin").exists());
+    }
+}
+
+#[test]
+fn a_node_that_dies_fails_the_build_and_stops_the_others() {
+    let Some(node) = SshNode::start() else {
+        return;
+    };
+    let Some((reg, base)) = base() else { return };
+    let t = tempfile::tempdir().unwrap();
+    let (root, config) = (t.path().join("root"), t.path().join("config"));
+    let ssh = node.ssh_command(true);
+    let ctx = t.path().join("ctx");
+    std::fs::create_dir(&ctx).unwrap();
+    // A marker unique to this test names the sleeping steps.
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {base}\nRUN echo started && sleep 4711\n"),
+    )
+    .unwrap();
+    let cfg = ("MANIFOLD_CONFIG", config.to_str().unwrap());
+    let env = [cfg, ("MANIFOLD_SSH", ssh.as_str())];
+    ok_out(
+        run_with(
+            &root,
+            &env,
+            None,
+            &[
+                "builder",
+                "create",
+                "--name",
+                "split",
+                "--node",
+                "here",
+                "--platform",
+                "linux/amd64",
+                "local",
+            ],
+        ),
+        "create",
+    );
+    ok_out(
+        run_with(
+            &root,
+            &env,
+            None,
+            &[
+                "builder",
+                "create",
+                "--name",
+                "split",
+                "--append",
+                "--node",
+                "arm",
+                "--platform",
+                "linux/arm64",
+                &node.endpoint(),
+            ],
+        ),
+        "append",
+    );
+    let tag = format!("{}/app/killed:1", reg.addr);
+    let mut child = Command::new(manifold_bin())
+        .env("MANIFOLD_ROOT", &root)
+        .envs(env)
+        .args([
+            "build",
+            "--builder",
+            "split",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "-t",
+            &tag,
+            "--push",
+        ])
+        .arg(&ctx)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until both platforms' steps sleep, then kill the node's manifold.
+    let sleeping = || -> Vec<(u32, String)> {
+        let mut v = Vec::new();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+                continue;
+            };
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains("sleep 4711") {
+                v.push((pid, cmd));
+            }
+        }
+        v
+    };
+    let node_builds = || -> Vec<u32> {
+        let mut v = Vec::new();
+        let want = format!("MANIFOLD_ROOT={}", node.node_root().display());
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(env) = std::fs::read(e.path().join("environ")) else {
+                continue;
+            };
+            let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+                continue;
+            };
+            let env = String::from_utf8_lossy(&env);
+            if env.split('\0').any(|kv| kv == want)
+                && String::from_utf8_lossy(&cmd).contains("node-build")
+            {
+                v.push(pid);
+            }
+        }
+        v
+    };
+    let start = Instant::now();
+    while sleeping().len() < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the steps never started"
+        );
+        if let Ok(Some(st)) = child.try_wait() {
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "the build ended early ({st}): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let victims = node_builds();
+    assert!(
+        !victims.is_empty(),
+        "no node-build process found on the node"
+    );
+    for pid in victims {
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the build survived its node: {stderr}"
+    );
+    assert!(
+        stderr.contains("node arm (ssh://") && stderr.contains("failed while building linux/arm64"),
+        "{stderr}"
+    );
+    // Nothing was pushed, and no step of either platform is left running.
+    let tags = run(&root, &["tags", &format!("{}/app/killed", reg.addr)]);
+    assert!(
+        !String::from_utf8_lossy(&tags.stdout).contains('1'),
+        "a tag was pushed: {}",
+        String::from_utf8_lossy(&tags.stdout)
+    );
+    let start = Instant::now();
+    while !sleeping().is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "steps outlived the build: {:?}",
+            sleeping()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
