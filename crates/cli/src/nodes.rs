@@ -127,6 +127,15 @@ pub fn build(
     // Every node succeeded: load the archives, then write the index.
     let mut found: Vec<(Platform, Descriptor)> = Vec::new();
     for r in &running {
+        if !req.quiet {
+            use std::sync::atomic::Ordering::Relaxed;
+            eprintln!(
+                "[{}] done: sent {} of context, received {} of results",
+                r.node,
+                crate::local::human_size(r.sent.load(Relaxed)),
+                crate::local::human_size(r.received.load(Relaxed))
+            );
+        }
         let src = TarSource::open(&r.archive)
             .with_context(|| format!("reading the result of node {}", r.node))?;
         let root = src
@@ -195,6 +204,9 @@ struct Running {
     tail: Arc<Mutex<VecDeque<String>>>,
     /// Our end of its standard input, held open until it is done.
     stdin: Arc<Mutex<Option<std::process::ChildStdin>>>,
+    /// Bytes of context sent, bytes of result received.
+    sent: Arc<std::sync::atomic::AtomicU64>,
+    received: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Running {
@@ -311,9 +323,12 @@ fn start(
     let stderr = child.stderr.take().context("node stderr")?;
     let tail = Arc::new(Mutex::new(VecDeque::new()));
     let mut io = Vec::new();
+    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
     // The context stream.
     {
         let stdin = stdin.clone();
+        let sent2 = sent.clone();
         let context = req.context.to_path_buf();
         let dockerfile = std::fs::read(req.dockerfile)
             .with_context(|| format!("reading the Dockerfile {}", req.dockerfile.display()))?;
@@ -330,7 +345,7 @@ fn start(
                     None => return Ok(()),
                 }
             };
-            let mut b = tar::Builder::new(std::io::BufWriter::new(w));
+            let mut b = tar::Builder::new(std::io::BufWriter::new(Counting(w, sent2)));
             let mut put = |name: &str, data: &[u8], mode: u32| -> std::io::Result<()> {
                 let mut h = tar::Header::new_gnu();
                 h.set_size(data.len() as u64);
@@ -355,9 +370,11 @@ fn start(
     // The result archive.
     {
         let path = archive.to_path_buf();
+        let received = received.clone();
         io.push(std::thread::spawn(move || -> std::io::Result<()> {
             let mut f = std::fs::File::create(&path)?;
-            std::io::copy(&mut stdout, &mut f)?;
+            let n = std::io::copy(&mut stdout, &mut f)?;
+            received.store(n, std::sync::atomic::Ordering::Relaxed);
             f.sync_all()
         }));
     }
@@ -391,7 +408,23 @@ fn start(
         io,
         tail,
         stdin,
+        sent,
+        received,
     })
+}
+
+/// A writer that counts what passes.
+struct Counting<W>(W, Arc<std::sync::atomic::AtomicU64>);
+
+impl<W: Write> Write for Counting<W> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let n = self.0.write(b)?;
+        self.1.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
 }
 
 /// The node side of `build`: read the stream, build, answer with an OCI archive.
