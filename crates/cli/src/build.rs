@@ -37,6 +37,8 @@ pub struct BuildArgs<'a> {
     pub progress: &'a str,
     pub jobs: Option<usize>,
     pub secrets: &'a [String],
+    /// The builder's name; `None`: MANIFOLD_BUILDER or the current one.
+    pub builder: Option<&'a str>,
 }
 
 /// `--secret id=ID,src=FILE` (or `env=VAR`, written to a private temporary file).
@@ -393,7 +395,7 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
         .filter(|(k, _)| is_proxy_arg(k))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let mut opts = dockerfile::PlanOptions {
+    let opts = dockerfile::PlanOptions {
         target: a.target.map(str::to_string),
         platforms: platforms.clone(),
         build_platform: Platform::host(),
@@ -459,6 +461,61 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
 
     let store = transport::open_store(&env.store_root)?;
     let _guard = store.write_guard()?;
+    let builders = crate::builder::Config::load()?;
+    let builder = builders.find(
+        &a.builder
+            .map(str::to_string)
+            .unwrap_or_else(|| builders.current_name()),
+    )?;
+    let built = if crate::nodes::uses_nodes(&builder) {
+        let started = std::time::Instant::now();
+        let built = crate::nodes::build(
+            &store,
+            &builder,
+            &platforms,
+            &crate::nodes::Request {
+                context: a.context,
+                dockerfile: &path,
+                build_arg: a.build_arg,
+                target: a.target,
+                no_cache: a.no_cache,
+                pull: a.pull,
+                secrets: crate::nodes::read_secrets(a.secrets)?,
+                quiet: cli.quiet || a.progress == "quiet",
+            },
+        )?;
+        say(
+            cli,
+            format!(
+                "built on builder {} in {:.1}s",
+                builder.name,
+                started.elapsed().as_secs_f64()
+            ),
+        );
+        built
+    } else {
+        match build_here(cli, env, a, &store, plan, opts, &df, &shown, proxies)? {
+            Ok(b) => b,
+            Err(code) => return Ok(code),
+        }
+    };
+    export(cli, env, a, &store, &built, &outputs, &tags)
+}
+
+/// Runs the plan on this machine: bases ready first, then the engine.
+#[allow(clippy::too_many_arguments)]
+fn build_here(
+    cli: &Cli,
+    env: &Env,
+    a: &BuildArgs<'_>,
+    store: &Layout,
+    plan: dockerfile::BuildPlan,
+    mut opts: dockerfile::PlanOptions,
+    df: &dockerfile::ast::Dockerfile,
+    shown: &str,
+    proxies: BTreeMap<String, String>,
+) -> Result<std::result::Result<engine::Built, ExitCode>> {
+    let store = store.clone();
     let bases = Bases {
         env,
         store: &store,
@@ -527,11 +584,11 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
     let plan = if wanted.is_empty() {
         plan
     } else {
-        match dockerfile::plan(&df, &opts) {
+        match dockerfile::plan(df, &opts) {
             Ok(p) => p,
             Err(e) => {
                 eprintln!("{e}");
-                return Ok(ExitCode::from(1));
+                return Ok(Err(ExitCode::from(1)));
             }
         }
     };
@@ -667,7 +724,7 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
     }
     let bopts = BuildOptions {
         context: a.context.to_path_buf(),
-        dockerfile: shown.clone(),
+        dockerfile: shown.to_string(),
         work_dir,
         no_cache: a.no_cache,
         layer: layer_opts,
@@ -681,6 +738,24 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
     };
     let started = std::time::Instant::now();
     let built = engine::build(&store, &plan, &bases, &bopts, &progress)?;
+    say(
+        cli,
+        format!("built in {:.1}s", started.elapsed().as_secs_f64()),
+    );
+    Ok(Ok(built))
+}
+
+/// Sends what was built where `--output` says.
+fn export(
+    cli: &Cli,
+    env: &Env,
+    a: &BuildArgs<'_>,
+    store: &Layout,
+    built: &engine::Built,
+    outputs: &[Output],
+    tags: &[Reference],
+) -> Result<ExitCode> {
+    let store = store.clone();
     // One platform without a list asked for: the image itself, as docker build gives.
     let root = if built.images.len() == 1 && a.platform.is_empty() {
         let mut d = built.images[0].manifest.clone();
@@ -689,13 +764,9 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
     } else {
         built.index.clone()
     };
-    say(
-        cli,
-        format!("built in {:.1}s", started.elapsed().as_secs_f64()),
-    );
 
     let mut names_done = Vec::new();
-    for out in &outputs {
+    for out in outputs {
         match out {
             Output::Store => {
                 let names: Vec<(String, oci::Descriptor)> =
@@ -716,7 +787,7 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
                         .split(',')
                         .map(|n| Reference::parse(n.trim()))
                         .collect::<Result<_, _>>()?,
-                    None => tags.clone(),
+                    None => tags.to_vec(),
                 };
                 for t in &targets {
                     let dst = RegistryRepo::new(env.client()?, t, env.runtime());

@@ -20,6 +20,7 @@ use crate::{
 pub fn run(cli: &Cli, env: &Env) -> Result<ExitCode> {
     let root = env.store_root.as_path();
     match &cli.command {
+        Command::Builder { command } => crate::builder::run(cli, env, command),
         Command::Images {
             repository,
             format,
@@ -139,6 +140,7 @@ pub fn run(cli: &Cli, env: &Env) -> Result<ExitCode> {
             progress,
             jobs,
             secret,
+            builder,
         } => build::run(
             cli,
             env,
@@ -160,6 +162,7 @@ pub fn run(cli: &Cli, env: &Env) -> Result<ExitCode> {
                 progress,
                 jobs: *jobs,
                 secrets: secret,
+                builder: builder.as_deref(),
             },
         ),
         Command::Digest {

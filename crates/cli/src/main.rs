@@ -1,8 +1,10 @@
 //! The `manifold` binary: commands, output formats, and the glue between the crates.
 
 mod build;
+mod builder;
 mod lists;
 mod local;
+mod nodes;
 mod progress;
 mod remote;
 
@@ -313,6 +315,9 @@ pub enum Command {
         /// id=ID,src=FILE (or env=VAR): a secret for RUN --mount=type=secret; never stored.
         #[arg(long, value_name = "SPEC")]
         secret: Vec<String>,
+        /// The builder whose nodes build (default: MANIFOLD_BUILDER, else `builder use`'s).
+        #[arg(long, value_name = "NAME")]
+        builder: Option<String>,
     },
     /// Stage, annotate, inspect and push manifest lists (docker manifest, with no daemon).
     Manifest {
@@ -352,6 +357,12 @@ pub enum Command {
         cache: bool,
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         format: OutputFormat,
+    },
+    /// Manage builders: nodes on this machine or over SSH, each building the platforms it runs
+    /// natively (buildx create/ls/inspect/use/rm).
+    Builder {
+        #[command(subcommand)]
+        command: builder::BuilderCmd,
     },
     /// Check every blob against its digest and every image for missing parts.
     Fsck {

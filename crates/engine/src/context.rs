@@ -513,6 +513,54 @@ fn make_parents(upper: &Path, target: &Path, uid: u32, gid: u32) -> Result<()> {
     Ok(())
 }
 
+impl Context {
+    /// Appends everything `.dockerignore` lets through to `out` (paths relative to the context,
+    /// sorted, symlinks as symlinks), as `docker build` sends a context to its daemon. The ignore
+    /// file itself always goes along.
+    pub fn write_tar<W: std::io::Write>(&self, out: &mut tar::Builder<W>) -> Result<()> {
+        out.follow_symlinks(false);
+        let mut dirs = vec![String::new()];
+        while let Some(rel) = dirs.pop() {
+            let dir = self.root.join(&rel);
+            let mut names: Vec<String> = fs::read_dir(&dir)
+                .map_err(io_err("reading", &dir))?
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            // Depth-first in name order: push in reverse so the smallest name comes out first.
+            let mut subdirs = Vec::new();
+            for n in names {
+                let r = if rel.is_empty() {
+                    n
+                } else {
+                    format!("{rel}/{n}")
+                };
+                if self.ignored(&r) && r != ".dockerignore" {
+                    // An exception below an excluded directory still needs the walk.
+                    if !self.ignore.iter().any(|(_, neg)| *neg) {
+                        continue;
+                    }
+                }
+                let p = self.root.join(&r);
+                let meta = fs::symlink_metadata(&p).map_err(io_err("reading", &p))?;
+                if meta.is_dir() {
+                    if !self.ignored(&r) {
+                        out.append_path_with_name(&p, &r)
+                            .map_err(io_err("adding to the context tar", &p))?;
+                    }
+                    subdirs.push(r);
+                } else if !self.ignored(&r) || r == ".dockerignore" {
+                    out.append_path_with_name(&p, &r)
+                        .map_err(io_err("adding to the context tar", &p))?;
+                }
+            }
+            dirs.extend(subdirs.into_iter().rev());
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,666 @@
+//! Builders and nodes against a real OpenSSH server on a loopback port standing for a node: its
+//! own host key, an authorized key made by the test whose `environment=` gives the node its own
+//! PATH (the manifold under test) and its own store.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// sshd on 127.0.0.1:PORT, killed on drop, plus a client config that trusts its host key.
+struct SshNode {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Child,
+}
+
+impl SshNode {
+    fn start() -> Option<SshNode> {
+        if !peer("ssh") || !peer("ssh-keygen") {
+            return None;
+        }
+        if !Path::new("/usr/sbin/sshd").exists() {
+            if std::env::var("MANIFOLD_REQUIRE_PEERS").as_deref() == Ok("1") {
+                panic!("/usr/sbin/sshd is missing and MANIFOLD_REQUIRE_PEERS=1: apt-get install openssh-server");
+            }
+            eprintln!("SKIPPED: /usr/sbin/sshd is not installed (openssh-server)");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let keygen = |file: &Path| {
+            sh(Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(file));
+        };
+        keygen(&d.join("host_key"));
+        keygen(&d.join("id"));
+        let bin = d.join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        std::os::unix::fs::symlink(manifold_bin(), bin.join("manifold")).unwrap();
+        let node_root = d.join("node-root");
+        let pubkey = std::fs::read_to_string(d.join("id.pub")).unwrap();
+        std::fs::write(
+            d.join("authorized_keys"),
+            format!(
+                "environment=\"PATH={}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\",environment=\"MANIFOLD_ROOT={}\" {}",
+                bin.display(),
+                node_root.display(),
+                pubkey
+            ),
+        )
+        .unwrap();
+        std::fs::create_dir_all("/run/sshd").unwrap();
+        for _ in 0..3 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            std::fs::write(
+                d.join("sshd_config"),
+                format!(
+                    "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nAuthorizedKeysFile {ak}\nPidFile {pid}\nPermitUserEnvironment yes\nPermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nLogLevel ERROR\n",
+                    hk = d.join("host_key").display(),
+                    ak = d.join("authorized_keys").display(),
+                    pid = d.join("sshd.pid").display(),
+                ),
+            )
+            .unwrap();
+            let host_pub = std::fs::read_to_string(d.join("host_key.pub")).unwrap();
+            std::fs::write(
+                d.join("known_hosts"),
+                format!("[127.0.0.1]:{port} {host_pub}"),
+            )
+            .unwrap();
+            std::fs::write(d.join("empty_known_hosts"), "").unwrap();
+            for (name, known) in [
+                ("ssh_config", "known_hosts"),
+                ("ssh_config_unknown", "empty_known_hosts"),
+            ] {
+                std::fs::write(
+                    d.join(name),
+                    format!(
+                        "Host *\n  IdentityFile {id}\n  IdentitiesOnly yes\n  UserKnownHostsFile {kh}\n  GlobalKnownHostsFile /dev/null\n  StrictHostKeyChecking yes\n  LogLevel ERROR\n",
+                        id = d.join("id").display(),
+                        kh = d.join(known).display(),
+                    ),
+                )
+                .unwrap();
+            }
+            let mut child = Command::new("/usr/sbin/sshd")
+                .args(["-D", "-e", "-f"])
+                .arg(d.join("sshd_config"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("sshd starts");
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(10) {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Some(SshNode { dir, port, child });
+                }
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("sshd did not start on a free port after 3 tries");
+    }
+
+    fn endpoint(&self) -> String {
+        format!("ssh://root@127.0.0.1:{}", self.port)
+    }
+
+    /// `MANIFOLD_SSH` for a client that knows (or does not know) the node's host key.
+    fn ssh_command(&self, known: bool) -> String {
+        let cfg = if known {
+            "ssh_config"
+        } else {
+            "ssh_config_unknown"
+        };
+        format!("ssh -F {}", self.dir.path().join(cfg).display())
+    }
+
+    fn node_root(&self) -> PathBuf {
+        self.dir.path().join("node-root")
+    }
+}
+
+impl Drop for SshNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// manifold with its own config dir (builders.json) and the node's ssh settings.
+fn mf(root: &Path, config: &Path, ssh: &str, args: &[&str]) -> Output {
+    run_with(
+        root,
+        &[
+            ("MANIFOLD_CONFIG", config.to_str().unwrap()),
+            ("MANIFOLD_SSH", ssh),
+        ],
+        None,
+        args,
+    )
+}
+
+fn ok_out(o: Output, what: &str) -> String {
+    assert!(
+        o.status.success(),
+        "{what} failed ({}):\n{}{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn create_ls_inspect_use_rm_with_an_ssh_node() {
+    let Some(node) = SshNode::start() else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let (root, config) = (t.path().join("root"), t.path().join("config"));
+    let ssh = node.ssh_command(true);
+    let m = |args: &[&str]| mf(&root, &config, &ssh, args);
+
+    // Before any builder exists, `default` (this machine) is current.
+    let ls = ok_out(m(&["builder", "ls"]), "builder ls");
+    assert!(ls.contains("default *"), "{ls}");
+    let host = oci::Platform::host().short();
+    assert!(ls.contains(&host), "{ls}");
+
+    ok_out(
+        m(&[
+            "builder",
+            "create",
+            "--name",
+            "multi",
+            "--node",
+            "here",
+            "--platform",
+            "linux/amd64",
+            "local",
+        ]),
+        "create",
+    );
+    ok_out(
+        m(&[
+            "builder",
+            "create",
+            "--name",
+            "multi",
+            "--append",
+            "--node",
+            "arm",
+            "--platform",
+            "linux/arm64",
+            &node.endpoint(),
+        ]),
+        "create --append",
+    );
+    // A node that is only probed: the SSH node answers with what it runs.
+    ok_out(
+        m(&[
+            "builder",
+            "create",
+            "--name",
+            "probed",
+            "--use",
+            &node.endpoint(),
+        ]),
+        "create --use",
+    );
+    let ls = ok_out(m(&["builder", "ls"]), "builder ls");
+    assert!(ls.contains("probed *"), "{ls}");
+    assert!(
+        ls.contains("\\_ arm") && ls.contains(&node.endpoint()),
+        "{ls}"
+    );
+    assert!(
+        ls.contains("linux/arm64*"),
+        "pinned platforms are starred: {ls}"
+    );
+    assert!(!ls.contains("error"), "{ls}");
+
+    let json = ok_out(
+        m(&[
+            "builder",
+            "inspect",
+            "--bootstrap",
+            "probed",
+            "--format",
+            "json",
+        ]),
+        "inspect",
+    );
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let n = &v["nodes"][0];
+    assert_eq!(n["status"], "running", "{json}");
+    assert_eq!(n["version"], env!("CARGO_PKG_VERSION"), "{json}");
+    assert_eq!(n["native"][0], host.as_str(), "{json}");
+    // The node found its emulators by running probes there (qemu-user-static is installed).
+    assert!(
+        n["emulated"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == "linux/arm64"),
+        "{json}"
+    );
+    let text = ok_out(m(&["builder", "inspect", "probed"]), "inspect");
+    assert!(
+        text.contains("Status:        running") && text.contains("Version:       manifold"),
+        "{text}"
+    );
+
+    // MANIFOLD_BUILDER wins over `use`.
+    let o = run_with(
+        &root,
+        &[
+            ("MANIFOLD_CONFIG", config.to_str().unwrap()),
+            ("MANIFOLD_SSH", &ssh),
+            ("MANIFOLD_BUILDER", "multi"),
+        ],
+        None,
+        &["builder", "ls"],
+    );
+    let ls = ok_out(o, "ls");
+    assert!(ls.contains("multi *") && !ls.contains("probed *"), "{ls}");
+
+    ok_out(m(&["builder", "use", "multi"]), "use");
+    ok_out(m(&["builder", "rm", "multi", "--node", "arm"]), "rm --node");
+    let ls = ok_out(m(&["builder", "ls"]), "ls");
+    assert!(ls.contains("multi *") && !ls.contains("\\_ arm"), "{ls}");
+    ok_out(m(&["builder", "rm", "multi"]), "rm");
+    let ls = ok_out(m(&["builder", "ls"]), "ls");
+    assert!(!ls.contains("multi") && ls.contains("default *"), "{ls}");
+
+    // Mistakes are refused with what to do.
+    let e = m(&["builder", "use", "nope"]);
+    assert!(!e.status.success());
+    assert!(String::from_utf8_lossy(&e.stderr).contains("no builder named \"nope\""));
+    let e = m(&["builder", "create", "--name", "probed", "local"]);
+    assert!(String::from_utf8_lossy(&e.stderr).contains("--append"));
+    let e = m(&["builder", "rm", "default"]);
+    assert!(!e.status.success());
+    let e = m(&["builder", "create", "tcp://x:1"]);
+    assert!(String::from_utf8_lossy(&e.stderr).contains("ssh://[USER@]HOST[:PORT]"));
+    // Nothing was written on the node's disk by probing.
+    assert!(!node.node_root().exists());
+}
+
+#[test]
+fn an_unknown_host_key_is_a_clear_error() {
+    let Some(node) = SshNode::start() else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let (root, config) = (t.path().join("root"), t.path().join("config"));
+    let ssh = node.ssh_command(false);
+    let m = |args: &[&str]| mf(&root, &config, &ssh, args);
+    ok_out(
+        m(&["builder", "create", "--name", "stranger", &node.endpoint()]),
+        "create",
+    );
+    let o = m(&["builder", "inspect", "stranger"]);
+    assert!(!o.status.success(), "an unreachable node fails inspect");
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("Status:        error")
+            && text.contains("host key of 127.0.0.1 is not known")
+            && text.contains(&format!("ssh-keyscan -p {} 127.0.0.1", node.port)),
+        "{text}"
+    );
+}
+
+/// A registry holding busybox for amd64 and arm64 as REG/base/busybox:1.
+fn base() -> Option<(Registry, String)> {
+    let reg = Registry::start(None)?;
+    let (layout, _) = busybox_layout(&["amd64", "arm64", "armhf"])?;
+    let t = tempfile::tempdir().unwrap();
+    let name = format!("{}/base/busybox:1", reg.addr);
+    ok(
+        t.path(),
+        &["cp", &format!("oci:{}:latest", layout.display()), &name],
+    );
+    Some((reg, name))
+}
+
+fn digest_of(root: &Path, reference: &str) -> String {
+    ok(root, &["digest", "-q", reference]).trim().to_string()
+}
+
+#[test]
+fn a_split_build_gives_the_same_index_as_one_machine() {
+    let Some(node) = SshNode::start() else {
+        return;
+    };
+    let Some((reg, base)) = base() else { return };
+    let t = tempfile::tempdir().unwrap();
+    let (root, config) = (t.path().join("root"), t.path().join("config"));
+    let ssh = node.ssh_command(true);
+    let ctx = t.path().join("ctx");
+    std::fs::create_dir(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM {base}\nCOPY app.txt /app/\nRUN --mount=type=secret,id=token cat /run/secrets/token | wc -c > /app/token-len\nRUN uname -m > /app/arch && echo built > /app/done\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(ctx.join("app.txt"), "payload\n").unwrap();
+    std::fs::write(ctx.join("ignored.bin"), "never sent\n").unwrap();
+    std::fs::write(ctx.join(".dockerignore"), "ignored.bin\n").unwrap();
+    let token = t.path().join("token");
+    std::fs::write(&token, "s3cret-value").unwrap();
+    let epoch = ("SOURCE_DATE_EPOCH", "1700000000");
+    let cfg = ("MANIFOLD_CONFIG", config.to_str().unwrap());
+    let m = |env: &[(&str, &str)], args: &[&str]| {
+        let mut all = vec![cfg, ("MANIFOLD_SSH", ssh.as_str()), epoch];
+        all.extend_from_slice(env);
+        run_with(&root, &all, None, args)
+    };
+    let secret = format!("id=token,src={}", token.display());
+    let build = |builder: &str, tag: &str| {
+        m(
+            &[],
+            &[
+                "build",
+                "--builder",
+                builder,
+                "--platform",
+                "linux/amd64,linux/arm64",
+                "--secret",
+                &secret,
+                "-t",
+                tag,
+                "--push",
+                ctx.to_str().unwrap(),
+            ],
+        )
+    };
+    // One machine.
+    let one = format!("{}/app/one:1", reg.addr);
+    ok_out(build("default", &one), "build on one machine");
+    // This machine builds amd64, the SSH node arm64.
+    ok_out(
+        m(
+            &[],
+            &[
+                "builder",
+                "create",
+                "--name",
+                "split",
+                "--node",
+                "here",
+                "--platform",
+                "linux/amd64",
+                "local",
+            ],
+        ),
+        "create",
+    );
+    ok_out(
+        m(
+            &[],
+            &[
+                "builder",
+                "create",
+                "--name",
+                "split",
+                "--append",
+                "--node",
+                "arm",
+                "--platform",
+                "linux/arm64",
+                &node.endpoint(),
+            ],
+        ),
+        "append",
+    );
+    let split = format!("{}/app/split:1", reg.addr);
+    let o = build("split", &split);
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("[arm] building linux/arm64 on ssh://")
+            && stderr.contains("[here] building linux/amd64 on local"),
+        "{stderr}"
+    );
+    // The node's own progress comes back under its name.
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("[arm] ") && l.contains("RUN uname")),
+        "{stderr}"
+    );
+    assert_eq!(
+        digest_of(&root, &one),
+        digest_of(&root, &split),
+        "the split build's index differs from one machine's"
+    );
+    // The arm64 image was made on the node: its store holds the steps; the secret was never
+    // written there, and the ignored file never sent.
+    assert!(node.node_root().join("index.json").exists());
+    let found = Command::new("grep")
+        .args(["-r", "-l", "s3cret-value"])
+        .arg(node.node_root())
+        .output()
+        .unwrap();
+    assert!(
+        found.stdout.is_empty(),
+        "the secret reached the node's disk"
+    );
+    // Each platform's image says where it ran and saw the secret.
+    let fs_out = t.path().join("fs");
+    ok_out(
+        m(
+            &[],
+            &[
+                "build",
+                "--builder",
+                "split",
+                "--platform",
+                "linux/amd64,linux/arm64",
+                "--secret",
+                &secret,
+                "-o",
+                &format!("type=local,dest={}", fs_out.display()),
+                ctx.to_str().unwrap(),
+            ],
+        ),
+        "build -o local",
+    );
+    for (p, arch) in [("linux_amd64", "x86_64"), ("linux_arm64", "aarch64")] {
+        let d = fs_out.join(p).join("app");
+        assert_eq!(
+            std::fs::read_to_string(d.join("arch")).unwrap().trim(),
+            arch
+        );
+        assert_eq!(
+            std::fs::read_to_string(d.join("token-len")).unwrap().trim(),
+            "12"
+        );
+        assert!(!fs_out.join(p).join("ignored.bin").exists());
+    }
+}
+
+#[test]
+fn a_node_that_dies_fails_the_build_and_stops_the_others() {
+    let Some(node) = SshNode::start() else {
+        return;
+    };
+    let Some((reg, base)) = base() else { return };
+    let t = tempfile::tempdir().unwrap();
+    let (root, config) = (t.path().join("root"), t.path().join("config"));
+    let ssh = node.ssh_command(true);
+    let ctx = t.path().join("ctx");
+    std::fs::create_dir(&ctx).unwrap();
+    // A marker unique to this test names the sleeping steps.
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {base}\nRUN echo started && sleep 4711\n"),
+    )
+    .unwrap();
+    let cfg = ("MANIFOLD_CONFIG", config.to_str().unwrap());
+    let env = [cfg, ("MANIFOLD_SSH", ssh.as_str())];
+    ok_out(
+        run_with(
+            &root,
+            &env,
+            None,
+            &[
+                "builder",
+                "create",
+                "--name",
+                "split",
+                "--node",
+                "here",
+                "--platform",
+                "linux/amd64",
+                "local",
+            ],
+        ),
+        "create",
+    );
+    ok_out(
+        run_with(
+            &root,
+            &env,
+            None,
+            &[
+                "builder",
+                "create",
+                "--name",
+                "split",
+                "--append",
+                "--node",
+                "arm",
+                "--platform",
+                "linux/arm64",
+                &node.endpoint(),
+            ],
+        ),
+        "append",
+    );
+    let tag = format!("{}/app/killed:1", reg.addr);
+    let mut child = Command::new(manifold_bin())
+        .env("MANIFOLD_ROOT", &root)
+        .envs(env)
+        .args([
+            "build",
+            "--builder",
+            "split",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "-t",
+            &tag,
+            "--push",
+        ])
+        .arg(&ctx)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until both platforms' steps sleep, then kill the node's manifold.
+    let sleeping = || -> Vec<(u32, String)> {
+        let mut v = Vec::new();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+                continue;
+            };
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains("sleep 4711") {
+                v.push((pid, cmd));
+            }
+        }
+        v
+    };
+    let node_builds = || -> Vec<u32> {
+        let mut v = Vec::new();
+        let want = format!("MANIFOLD_ROOT={}", node.node_root().display());
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(env) = std::fs::read(e.path().join("environ")) else {
+                continue;
+            };
+            let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+                continue;
+            };
+            let env = String::from_utf8_lossy(&env);
+            if env.split('\0').any(|kv| kv == want)
+                && String::from_utf8_lossy(&cmd).contains("node-build")
+            {
+                v.push(pid);
+            }
+        }
+        v
+    };
+    let start = Instant::now();
+    while sleeping().len() < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the steps never started"
+        );
+        if let Ok(Some(st)) = child.try_wait() {
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "the build ended early ({st}): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let victims = node_builds();
+    assert!(
+        !victims.is_empty(),
+        "no node-build process found on the node"
+    );
+    for pid in victims {
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the build survived its node: {stderr}"
+    );
+    assert!(
+        stderr.contains("node arm (ssh://") && stderr.contains("failed while building linux/arm64"),
+        "{stderr}"
+    );
+    // Nothing was pushed, and no step of either platform is left running.
+    let tags = run(&root, &["tags", &format!("{}/app/killed", reg.addr)]);
+    assert!(
+        !String::from_utf8_lossy(&tags.stdout).contains('1'),
+        "a tag was pushed: {}",
+        String::from_utf8_lossy(&tags.stdout)
+    );
+    let start = Instant::now();
+    while !sleeping().is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "steps outlived the build: {:?}",
+            sleeping()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
