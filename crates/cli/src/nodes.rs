@@ -419,7 +419,8 @@ struct Counting<W>(W, Arc<std::sync::atomic::AtomicU64>);
 impl<W: Write> Write for Counting<W> {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
         let n = self.0.write(b)?;
-        self.1.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        self.1
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(n)
     }
     fn flush(&mut self) -> std::io::Result<()> {
