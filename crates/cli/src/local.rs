@@ -29,10 +29,10 @@ pub fn run(cli: &Cli, env: &Env) -> Result<ExitCode> {
         Command::Tag { source, target } => tag(cli, root, source, target),
         Command::Save {
             output,
-            format,
+            archive_type,
             platform,
             images,
-        } => save(cli, env, output, *format, platform, images),
+        } => save(cli, env, output, *archive_type, platform, images),
         Command::Load { input, platform } => load(cli, root, input.as_deref(), platform),
         Command::Cp {
             source,
@@ -71,8 +71,8 @@ pub fn run(cli: &Cli, env: &Env) -> Result<ExitCode> {
                 amend,
                 no_flatten,
                 insecure: _,
-                format,
-            } => lists::manifest_create(cli, env, list, sources, *amend, !*no_flatten, *format),
+                list_type,
+            } => lists::manifest_create(cli, env, list, sources, *amend, !*no_flatten, *list_type),
             ManifestCmd::Annotate {
                 list,
                 source,
@@ -81,7 +81,9 @@ pub fn run(cli: &Cli, env: &Env) -> Result<ExitCode> {
                 variant,
                 os_version,
                 os_features,
+                insecure: _,
             } => lists::manifest_annotate(
+                cli,
                 env,
                 list,
                 source,
@@ -116,9 +118,9 @@ pub fn run(cli: &Cli, env: &Env) -> Result<ExitCode> {
                 platform,
                 annotation,
                 dry_run,
-                format,
+                list_type,
             } => lists::imagetools_create(
-                cli, env, tags, sources, *append, platform, annotation, *dry_run, *format,
+                cli, env, tags, sources, *append, platform, annotation, *dry_run, *list_type,
             ),
         },
         Command::Build {
@@ -145,7 +147,7 @@ pub fn run(cli: &Cli, env: &Env) -> Result<ExitCode> {
             &build::BuildArgs {
                 context,
                 file: file.as_deref(),
-                platform,
+                platform: &dedup_platform_args(platform)?,
                 tags: tag,
                 build_arg,
                 target: target.as_deref(),
@@ -165,6 +167,17 @@ pub fn run(cli: &Cli, env: &Env) -> Result<ExitCode> {
         Command::Digest {
             reference,
             platform,
+            which: Some(digest),
+            limit,
+        } => {
+            let _ = platform;
+            lists::digest_which(cli, env, digest, reference, *limit)
+        }
+        Command::Digest {
+            reference,
+            platform,
+            which: None,
+            limit: _,
         } => lists::digest(env, reference, platform.as_deref(), cli.quiet),
         Command::Prune { format, cache } => prune(root, *format, *cache),
         Command::Fsck { format } => fsck(root, *format),
@@ -177,10 +190,45 @@ pub fn say(cli: &Cli, line: impl AsRef<str>) {
     }
 }
 
+/// Parses `--platform` values; ones that name the same platform after normalization
+/// (`linux/arm64` and `linux/arm64/v8`) are merged, with a note.
 pub fn parse_platforms(list: &[String]) -> Result<Vec<Platform>> {
-    list.iter()
-        .map(|p| Platform::parse(p).map_err(Into::into))
-        .collect()
+    let mut out: Vec<Platform> = Vec::new();
+    let mut typed: Vec<&str> = Vec::new();
+    for s in list {
+        let p = Platform::parse(s)?;
+        match out
+            .iter()
+            .position(|q| q.same_target(&p) && q.os_version == p.os_version)
+        {
+            Some(i) => eprintln!(
+                "note: --platform {s} is {} after normalization, like {}; taking it once",
+                p.short(),
+                typed[i]
+            ),
+            None => {
+                out.push(p);
+                typed.push(s);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `--platform` values with duplicates after normalization merged (see [`parse_platforms`]),
+/// spelled as the user typed the first of each.
+fn dedup_platform_args(list: &[String]) -> Result<Vec<String>> {
+    let kept = parse_platforms(list)?;
+    let mut out = Vec::new();
+    for p in kept {
+        if let Some(s) = list
+            .iter()
+            .find(|s| Platform::parse(s).is_ok_and(|q| q == p))
+        {
+            out.push(s.clone());
+        }
+    }
+    Ok(out)
 }
 
 /// One row of `manifold images`.

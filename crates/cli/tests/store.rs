@@ -100,7 +100,7 @@ fn skopeo_reads_the_store_and_every_archive_format() {
         r,
         &[
             "save",
-            "--format",
+            "--type",
             "docker",
             "-o",
             dock.to_str().unwrap(),
@@ -446,7 +446,7 @@ fn bad_archives_are_refused_and_change_nothing() {
         r,
         &[
             "save",
-            "--format",
+            "--type",
             "docker",
             "--platform",
             "linux/amd64",
