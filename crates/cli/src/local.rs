@@ -392,34 +392,63 @@ fn store_name(s: &str) -> Result<String> {
         .to_string())
 }
 
+/// Removes names and digests in one update of the index and one GC; when any is not in the
+/// store, nothing changes.
 fn rm(cli: &Cli, root: &Path, names: &[String]) -> Result<ExitCode> {
     let store = transport::open_store(root)?;
-    let mut failed = false;
+    let mut digests = std::collections::BTreeSet::new();
+    let mut full_names = std::collections::BTreeSet::new();
+    let mut errors = Vec::new();
     for n in names {
-        if let Ok(d) = Digest::parse(n) {
-            let gone = store.remove_digest(&d)?;
-            if gone.is_empty() {
-                eprintln!("error: no image with digest {d} in the store");
-                failed = true;
+        match Digest::parse(n) {
+            Ok(d) => {
+                digests.insert(d);
             }
-            for g in gone {
-                println!(
-                    "Untagged: {}",
-                    g.annotations
-                        .get(REF_NAME)
-                        .map_or(d.to_string(), |s| familiar(s))
-                );
+            Err(_) => {
+                full_names.insert(store_name(n)?);
             }
-            continue;
         }
-        let full = store_name(n)?;
-        let gone = store.remove_names(std::slice::from_ref(&full))?;
-        if gone.is_empty() {
-            eprintln!("error: no such image: {n}");
-            failed = true;
-        } else {
-            println!("Untagged: {}", familiar(&full));
+    }
+    let removed = store.update_index(|entries| {
+        for d in &digests {
+            if !entries.iter().any(|e| &e.digest == d) {
+                errors.push(format!("no image with digest {d} in the store"));
+            }
         }
+        for n in &full_names {
+            if !entries
+                .iter()
+                .any(|e| e.annotations.get(REF_NAME) == Some(n))
+            {
+                errors.push(format!("no such image: {}", familiar(n)));
+            }
+        }
+        if !errors.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (gone, keep): (Vec<_>, Vec<_>) = entries.drain(..).partition(|e| {
+            digests.contains(&e.digest)
+                || e.annotations
+                    .get(REF_NAME)
+                    .is_some_and(|n| full_names.contains(n))
+        });
+        *entries = keep;
+        Ok(gone)
+    })?;
+    if !errors.is_empty() {
+        for e in &errors {
+            eprintln!("error: {e}");
+        }
+        eprintln!("nothing was removed");
+        return Ok(ExitCode::from(1));
+    }
+    for g in &removed {
+        println!(
+            "Untagged: {}",
+            g.annotations
+                .get(REF_NAME)
+                .map_or(g.digest.to_string(), |s| familiar(s))
+        );
     }
     let r = store.gc()?;
     if r.blobs_removed > 0 {
@@ -432,11 +461,7 @@ fn rm(cli: &Cli, root: &Path, names: &[String]) -> Result<ExitCode> {
             ),
         );
     }
-    Ok(if failed {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn familiar(name: &str) -> String {
@@ -639,7 +664,7 @@ fn cp(
     match transport::target_name(&dst_place, src.name.as_deref()) {
         Some(n) => target.target().set_name(&n, &d)?,
         None => {
-            if let OpenTarget::Layout(l, _) = &target {
+            if let OpenTarget::Layout(l, _) | OpenTarget::Export(l, _) = &target {
                 l.add_unnamed(&d)?;
             } else {
                 target.target().set_name(&d.digest.to_string(), &d)?;
@@ -649,7 +674,16 @@ fn cp(
     for line in target.finish()? {
         say(cli, line);
     }
-    println!("{}", d.digest);
+    let to_stdout = match &dst_place {
+        Place::OciArchive(p, _) | Place::DockerArchive(p, _) => store::archive::is_stdout(p),
+        _ => false,
+    };
+    if to_stdout {
+        // Standard output holds the archive.
+        eprintln!("{}", d.digest);
+    } else {
+        println!("{}", d.digest);
+    }
     Ok(ExitCode::SUCCESS)
 }
 
