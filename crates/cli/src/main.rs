@@ -24,7 +24,7 @@ pub struct Cli {
     quiet: bool,
 
     /// Reach this registry (HOST[:PORT]) over plain HTTP or unverified TLS. localhost and
-    /// 127.0.0.0/8 use plain HTTP already, as docker does; hosts in /etc/docker/daemon.json's
+    /// 127.0.0.0/8 are insecure already, as in docker; hosts in /etc/docker/daemon.json's
     /// insecure-registries are added.
     #[arg(
         long = "insecure-registry",

@@ -186,7 +186,13 @@ pub fn login(
         password,
     };
     let stored = env.runtime().block_on(client.login(registry, cred))?;
-    println!("Login Succeeded ({stored:?})");
+    let place = match &stored {
+        registry::Stored::File(p) => format!("credentials stored in {}", p.display()),
+        registry::Stored::Helper(h) => {
+            format!("credentials stored by the credential helper docker-credential-{h}")
+        }
+    };
+    println!("Login Succeeded ({place})");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -306,13 +306,15 @@ fn basic_auth_login_push_logout() {
     let out = run_with(
         r,
         &env,
-        Some("wrong\n"),
+        Some("not-the-pass\n"),
         &["login", "-u", "alice", "--password-stdin", &reg.addr],
     );
     assert!(!out.status.success(), "a wrong password is refused");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("not-the-pass"), "the secret is never printed");
     assert!(
-        !String::from_utf8_lossy(&out.stderr).contains("wrong"),
-        "the secret is never printed"
+        err.contains("unauthorized: wrong username or password") && !err.contains("stored"),
+        "{err}"
     );
 
     let out = run_with(
@@ -325,6 +327,14 @@ fn basic_auth_login_push_logout() {
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        said.trim(),
+        format!(
+            "Login Succeeded (credentials stored in {})",
+            cfg.join("config.json").display()
+        )
     );
     let conf = std::fs::read_to_string(cfg.join("config.json")).unwrap();
     let v: serde_json::Value = serde_json::from_str(&conf).unwrap();
@@ -436,4 +446,132 @@ fn a_registry_serving_corrupt_bytes_is_refused_and_nothing_lands() {
         .count();
     assert_eq!(blob_files, 0, "the corrupt blob did not land");
     assert!(ok(fresh.path(), &["fsck"]).contains("store is consistent"));
+}
+
+/// Debian's docker-registry serving TLS (a self-signed certificate made with openssl) on a free
+/// loopback port, killed on drop.
+struct TlsRegistry {
+    addr: String,
+    _dir: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+impl Drop for TlsRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tls_registry() -> Option<TlsRegistry> {
+    if !peer("docker-registry") || !peer("openssl") {
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (crt, key) = (dir.path().join("crt.pem"), dir.path().join("key.pem"));
+    sh(Command::new("openssl").args([
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=localhost",
+        "-addext",
+        "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        "-keyout",
+        key.to_str().unwrap(),
+        "-out",
+        crt.to_str().unwrap(),
+    ]));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let cfg = dir.path().join("config.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n  tls:\n    certificate: {}\n    key: {}\n",
+            dir.path().join("data").display(),
+            crt.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(&cfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("docker-registry starts");
+    let reg = TlsRegistry {
+        addr: addr.clone(),
+        _dir: dir,
+        child,
+    };
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(&addr).is_ok() {
+            return Some(reg);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("the TLS registry did not start on {addr}");
+}
+
+#[test]
+fn loopback_registries_are_reached_over_tls_or_plain_http() {
+    if !peer("skopeo") {
+        return;
+    }
+    let Some(tls) = tls_registry() else { return };
+    let Some(plain) = Registry::start(None) else {
+        return;
+    };
+    let Some((root, digest)) = loaded() else {
+        return;
+    };
+    let r = root.path();
+    // TLS with a certificate nobody vouches for, on 127.0.0.1 and localhost: as docker, loopback
+    // is an insecure registry, so HTTPS is tried first and its certificate not checked.
+    let port = tls.addr.rsplit(':').next().unwrap();
+    for host in [tls.addr.clone(), format!("localhost:{port}")] {
+        let name = format!("{host}/tls/bb:1");
+        ok(r, &["tag", "busybox:1", &name]);
+        let out = ok(r, &["push", &name]);
+        assert!(out.contains(&digest), "{out}");
+        assert_eq!(skopeo_digest(&name), digest);
+        let fresh = tempfile::tempdir().unwrap();
+        assert!(ok(fresh.path(), &["digest", &name]).starts_with(&digest));
+    }
+    // Plain HTTP on loopback, as before.
+    let name = format!("{}/plain/bb:1", plain.addr);
+    ok(r, &["tag", "busybox:1", &name]);
+    ok(r, &["push", &name]);
+
+    // A host that is not loopback by name (0.0.0.0 connects to this machine) and speaks plain
+    // HTTP: HTTPS fails at once, naming the flag; with the flag it works.
+    let port = plain.addr.rsplit(':').next().unwrap();
+    let other = format!("0.0.0.0:{port}");
+    let err = fails(r, &["tags", &format!("{other}/plain/bb")]);
+    assert!(
+        err.contains("answers plain HTTP") && err.contains(&format!("--insecure-registry {other}")),
+        "{err}"
+    );
+    assert!(!err.contains("attempt"), "no retries: {err}");
+    let tags = ok(
+        r,
+        &[
+            "--insecure-registry",
+            &other,
+            "tags",
+            &format!("{other}/plain/bb"),
+        ],
+    );
+    assert_eq!(tags.trim(), "1");
 }
