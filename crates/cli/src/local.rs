@@ -31,8 +31,17 @@ pub fn run(cli: &Cli, env: &Env) -> Result<ExitCode> {
             output,
             archive_type,
             platform,
+            oci_mediatypes,
             images,
-        } => save(cli, env, output, *archive_type, platform, images),
+        } => save(
+            cli,
+            env,
+            output,
+            *archive_type,
+            platform,
+            images,
+            *oci_mediatypes,
+        ),
         Command::Load { input, platform } => load(cli, root, input.as_deref(), platform),
         Command::Cp {
             source,
@@ -40,7 +49,16 @@ pub fn run(cli: &Cli, env: &Env) -> Result<ExitCode> {
             all: _,
             platform,
             jobs,
-        } => cp(cli, env, source, destination, platform, *jobs),
+            oci_mediatypes,
+        } => cp(
+            cli,
+            env,
+            source,
+            destination,
+            platform,
+            *jobs,
+            *oci_mediatypes,
+        ),
         Command::Pull {
             image,
             platform,
@@ -520,6 +538,53 @@ pub fn progress_copy(
     Ok(report)
 }
 
+/// Rewrites a store image for where it goes (see [`store::rewrite`]) and says what changed.
+pub fn rewrite_for(
+    cli: &Cli,
+    store: &store::Layout,
+    root: &Descriptor,
+    how: store::rewrite::Rewrite,
+) -> Result<Descriptor> {
+    let rw = store::rewrite::rewrite(store, root, how)?;
+    let zipped = rw.layers_compressed + rw.layers_reused;
+    if zipped > 0 {
+        say(
+            cli,
+            format!(
+                "compressed {zipped} layer(s) stored uncompressed with gzip, as docker push does \
+                 ({} -> {}{})",
+                human_size(rw.bytes_before),
+                human_size(rw.bytes_after),
+                if rw.layers_reused > 0 {
+                    format!(", {} remembered from before", rw.layers_reused)
+                } else {
+                    String::new()
+                }
+            ),
+        );
+    }
+    if rw.converted > 0 {
+        say(
+            cli,
+            format!(
+                "converted {} Docker manifest(s) and list(s) to OCI media types",
+                rw.converted
+            ),
+        );
+    }
+    if rw.changed(root) {
+        say(
+            cli,
+            format!(
+                "the copy's digest is {}; the image in the store keeps {}",
+                rw.root.digest, root.digest
+            ),
+        );
+    }
+    Ok(rw.root)
+}
+
+#[allow(clippy::too_many_arguments)]
 fn save(
     cli: &Cli,
     env: &Env,
@@ -527,9 +592,11 @@ fn save(
     format: ArchiveKind,
     platform: &[String],
     names: &[String],
+    oci_mediatypes: bool,
 ) -> Result<ExitCode> {
     let platforms = parse_platforms(platform)?;
     let store = transport::open_store(&env.store_root)?;
+    let _guard = store.write_guard()?;
     let place = match format {
         ArchiveKind::Oci => Place::OciArchive(output.to_path_buf(), None),
         ArchiveKind::Docker => Place::DockerArchive(output.to_path_buf(), None),
@@ -541,7 +608,14 @@ fn save(
         } else {
             store_name(n)?
         };
-        let desc = Source::resolve(&store, &full)?;
+        let mut desc = Source::resolve(&store, &full)?;
+        if oci_mediatypes {
+            let how = store::rewrite::Rewrite {
+                compress: false,
+                oci_media_types: true,
+            };
+            desc = rewrite_for(cli, &store, &desc, how)?;
+        }
         let report = progress_copy(cli, &store, target.target(), &desc, &platforms, 4)?;
         let mut root_desc = report.root.clone();
         root_desc.annotations.remove(REF_NAME);
@@ -643,17 +717,35 @@ fn cp(
     destination: &str,
     platform: &[String],
     jobs: usize,
+    oci_mediatypes: bool,
 ) -> Result<ExitCode> {
     let platforms = parse_platforms(platform)?;
     let src_place = Place::parse(source)?;
     let dst_place = Place::parse(destination)?;
     let src = transport::open_source(&src_place, env)?;
+    let to_registry = matches!(dst_place, Place::Registry(_));
+    let mut root = src.root.clone();
+    let mut _guard = None;
+    if let Place::Store(_) = &src_place {
+        let how = store::rewrite::Rewrite {
+            compress: to_registry,
+            oci_media_types: oci_mediatypes,
+        };
+        let store = transport::open_store(&env.store_root)?;
+        _guard = Some(store.write_guard()?);
+        root = rewrite_for(cli, &store, &root, how)?;
+    } else if oci_mediatypes {
+        bail!(
+            "--oci-mediatypes converts images from the local store; copy {source} into the \
+             store first (manifold cp {source} store:NAME), then from there"
+        );
+    }
     let target = OpenTarget::open(&dst_place, env)?;
     let report = progress_copy(
         cli,
         src.source.as_ref(),
         target.target(),
-        &src.root,
+        &root,
         &platforms,
         jobs,
     )?;

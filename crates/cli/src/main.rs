@@ -224,6 +224,10 @@ pub enum Command {
         /// Keep only these platforms (the best match for each); all when not given.
         #[arg(long, value_delimiter = ',')]
         platform: Vec<String>,
+        /// Write Docker manifests, lists and configs with OCI media types (digests change), for
+        /// tools that read only OCI layouts.
+        #[arg(long)]
+        oci_mediatypes: bool,
         /// The images to write.
         #[arg(required = true)]
         images: Vec<String>,
@@ -400,6 +404,10 @@ pub enum Command {
         /// Parallel blob transfers.
         #[arg(long, default_value_t = 4)]
         jobs: usize,
+        /// Copy Docker manifests, lists and configs with OCI media types (digests change), for
+        /// tools that read only OCI layouts. The source must be in the store (store:REF).
+        #[arg(long)]
+        oci_mediatypes: bool,
     },
     /// Remove blobs that no image uses and leftovers of interrupted writes.
     Prune {

@@ -84,6 +84,7 @@ pub fn pull(
 pub fn push(cli: &Cli, env: &Env, image: &str, jobs: usize) -> Result<ExitCode> {
     let r = Reference::parse(image)?;
     let store = transport::open_store(&env.store_root)?;
+    let _guard = store.write_guard()?;
     let name = r.to_string();
     let root = Source::resolve(&store, &name).with_context(|| {
         format!(
@@ -91,6 +92,12 @@ pub fn push(cli: &Cli, env: &Env, image: &str, jobs: usize) -> Result<ExitCode> 
             familiar(&name)
         )
     })?;
+    // Registries get compressed layers (a docker-archive's are stored uncompressed).
+    let how = store::rewrite::Rewrite {
+        compress: true,
+        oci_media_types: false,
+    };
+    let root = crate::local::rewrite_for(cli, &store, &root, how)?;
     let dst = repo(env, &r)?;
     let report = crate::local::progress_copy(cli, &store, &dst, &root, &[], jobs)?;
     store::Target::set_name(&dst, &name, &report.root)?;

@@ -366,6 +366,14 @@ impl Layout {
         for e in self.index()?.manifests {
             self.walk(&e, &mut seen, &mut missing)?;
         }
+        // Compressed forms of live layers stay (the next push needs them); the rest go.
+        for (from, to, path) in crate::rewrite::all_remembered(self) {
+            if seen.contains_key(&from) {
+                seen.entry(to).or_insert(0);
+            } else {
+                let _ = fs::remove_file(&path);
+            }
+        }
         let mut report = GcReport::default();
         for (digest, path) in self.all_blobs()? {
             if !seen.contains_key(&digest) {

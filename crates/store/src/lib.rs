@@ -9,6 +9,7 @@
 
 pub mod archive;
 pub mod layout;
+pub mod rewrite;
 pub mod transfer;
 
 use std::io;
