@@ -324,13 +324,20 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
         build_args,
         ..Default::default()
     };
-    let plan = match dockerfile::plan(&df, &opts) {
+    let mut plan = match dockerfile::plan(&df, &opts) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("{e}");
             return Ok(ExitCode::from(1));
         }
     };
+    // No --platform, and the target's base is one image for another platform: build for that.
+    if a.platform.is_empty() && !a.check {
+        if let Some(p) = crate::remote::implicit_platform(cli, env, &plan) {
+            opts.platforms = vec![p];
+            plan = dockerfile::plan(&df, &opts).map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+    }
     if a.check {
         for w in &plan.warnings {
             eprintln!("warning: {w}");
