@@ -662,13 +662,24 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
         store::layout::write_atomic(mf, serde_json::to_string_pretty(&meta)?.as_bytes())?;
     }
 
+    // An archive on standard output (dest=-) owns it: the digests go to stderr then.
+    let piped = a.outputs.iter().filter_map(|o| parse_output(o).ok()).any(|o| {
+        matches!(&o, Output::Oci(d) | Output::Docker(d) | Output::Tar(d) if store::archive::is_stdout(d))
+    });
+    let line = |s: String| {
+        if piped {
+            eprintln!("{s}")
+        } else {
+            println!("{s}")
+        }
+    };
     if mt::is_index(&root.media_type) {
-        println!("{}  index", root.digest);
+        line(format!("{}  index", root.digest));
     } else {
-        println!("{}  image", root.digest);
+        line(format!("{}  image", root.digest));
     }
     for i in &built.images {
-        println!("{}  {}", i.manifest.digest, i.platform);
+        line(format!("{}  {}", i.manifest.digest, i.platform));
     }
     if !names_done.is_empty() {
         say(cli, format!("named {}", names_done.join(", ")));
@@ -719,11 +730,20 @@ fn export_filesystem(
                 .filter(|p| !p.as_os_str().is_empty())
                 .unwrap_or(Path::new(".")),
         )?;
+        store::follow_umask(tmp.as_file(), tmp.path())?;
         {
             let mut b = tar::Builder::new(std::io::BufWriter::new(tmp.as_file()));
             b.follow_symlinks(false);
             b.append_dir_all(".", &base)?;
             b.into_inner()?;
+        }
+        if store::archive::is_stdout(dest) {
+            use std::io::IsTerminal;
+            if std::io::stdout().is_terminal() {
+                bail!("refusing to write a tar to a terminal (dest `-` is standard output); redirect it");
+            }
+            std::io::copy(&mut tmp.reopen()?, &mut std::io::stdout().lock())?;
+            return Ok(());
         }
         tmp.persist(dest)?;
     }

@@ -758,3 +758,67 @@ fn load_never_echoes_its_input() {
     let err = fails(root.path(), &["cp", "store:x:1", "oci:"]);
     assert!(err.contains("names no path"), "{err}");
 }
+
+#[test]
+fn build_outputs_follow_the_umask_and_take_dash_for_stdout() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    let ctx = tempfile::tempdir().unwrap();
+    fs::write(ctx.path().join("Dockerfile"), "FROM scratch\nCOPY f /f\n").unwrap();
+    fs::write(ctx.path().join("f"), "hello\n").unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let mask = {
+        let s = fs::read_to_string("/proc/self/status").unwrap();
+        let v = s.lines().find_map(|l| l.strip_prefix("Umask:")).unwrap();
+        u32::from_str_radix(v.trim(), 8).unwrap()
+    };
+    for kind in ["oci", "docker", "tar"] {
+        let dest = t.path().join(format!("out-{kind}.tar"));
+        let out = run_with(
+            r,
+            &[("SOURCE_DATE_EPOCH", "0")],
+            None,
+            &[
+                "build",
+                "--progress",
+                "quiet",
+                "-o",
+                &format!("type={kind},dest={}", dest.display()),
+                ctx.path().to_str().unwrap(),
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let m = fs::metadata(&dest).unwrap().permissions().mode() & 0o777;
+        assert_eq!(m, 0o666 & !mask, "type={kind}");
+        // dest=- is standard output: the same bytes, and no file named "-".
+        let out = Command::new(manifold_bin())
+            .current_dir(t.path())
+            .env("MANIFOLD_ROOT", r)
+            .env("SOURCE_DATE_EPOCH", "0")
+            .args([
+                "build",
+                "--progress",
+                "quiet",
+                "-o",
+                &format!("type={kind},dest=-"),
+                ctx.path().to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.stdout == fs::read(&dest).unwrap(),
+            "type={kind}: standard output holds the same archive, and only it"
+        );
+        assert!(!t.path().join("-").exists());
+    }
+}

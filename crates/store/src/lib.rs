@@ -90,7 +90,7 @@ fn umask() -> u32 {
 
 /// Gives a file made by `tempfile` (always 0600) the mode a plain create would have: 0666 less
 /// the umask, as cp, tar and docker do.
-pub(crate) fn follow_umask(f: &std::fs::File, path: &Path) -> Result<()> {
+pub fn follow_umask(f: &std::fs::File, path: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     f.set_permissions(std::fs::Permissions::from_mode(0o666 & !umask()))
         .map_err(|e| io_err(path, e))
