@@ -675,7 +675,17 @@ fn load(cli: &Cli, root: &Path, input: Option<&Path>, platform: &[String]) -> Re
     let source: Box<dyn Source> = if path.is_dir() {
         Box::new(Layout::open_existing(path.clone())?)
     } else {
-        Box::new(TarSource::open(&path)?)
+        Box::new(TarSource::open(&path).map_err(|e| {
+            let text = e.to_string();
+            match &_spool {
+                // Name what the user gave, not our spool file.
+                Some(t) => anyhow::anyhow!(
+                    "{}",
+                    text.replace(&t.path().display().to_string(), "standard input")
+                ),
+                None => e.into(),
+            }
+        })?)
     };
     let entries = source.entries()?;
     if entries.is_empty() {
