@@ -777,7 +777,10 @@ pub fn imagetools_inspect(
                 // A platform manifest named by digest: say which tags hold it.
                 if let Ok(Place::Registry(r)) = Place::parse(reference) {
                     if r.tag().is_none() && r.digest().is_some() {
-                        ins.found_in = holders(env, &r, &root.digest, Some(100), true)?.0;
+                        // Best effort: a registry may not list tags to this account.
+                        ins.found_in = holders(env, &r, &root.digest, Some(100), true)
+                            .map(|h| h.0)
+                            .unwrap_or_default();
                     }
                 }
             }

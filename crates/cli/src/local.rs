@@ -548,20 +548,30 @@ pub fn rewrite_for(
     let rw = store::rewrite::rewrite(store, root, how)?;
     let zipped = rw.layers_compressed + rw.layers_reused;
     if zipped > 0 {
-        say(
-            cli,
+        let sizes = format!(
+            "{} -> {}",
+            human_size(rw.bytes_before),
+            human_size(rw.bytes_after)
+        );
+        let line = if rw.layers_compressed == 0 {
             format!(
-                "compressed {zipped} layer(s) stored uncompressed with gzip, as docker push does \
-                 ({} -> {}{})",
-                human_size(rw.bytes_before),
-                human_size(rw.bytes_after),
+                "sending {zipped} layer(s) stored uncompressed in the gzip form remembered from \
+                 before ({sizes}; {} remembered from before)",
+                rw.layers_reused
+            )
+        } else {
+            format!(
+                "compressed {} layer(s) stored uncompressed with gzip, as docker push does \
+                 ({sizes}{})",
+                rw.layers_compressed,
                 if rw.layers_reused > 0 {
-                    format!(", {} remembered from before", rw.layers_reused)
+                    format!("; {} more remembered from before", rw.layers_reused)
                 } else {
                     String::new()
                 }
-            ),
-        );
+            )
+        };
+        say(cli, line);
     }
     if rw.converted > 0 {
         say(
