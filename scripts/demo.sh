@@ -27,5 +27,5 @@ for p in linux_amd64 linux_arm64; do
 done
 echo
 echo "the store is an OCI layout at ${MANIFOLD_ROOT:-${XDG_DATA_HOME:-$HOME/.local/share}/manifold}; next:"
-echo "  $m save --format docker -o hello.tar localhost/hello:demo   # for docker load"
+echo "  $m save --type docker -o hello.tar localhost/hello:demo   # for docker load"
 echo "  $m build --platform linux/amd64,linux/arm64 -t REGISTRY/hello:1 --push examples/cross"

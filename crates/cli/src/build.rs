@@ -395,20 +395,28 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
         .filter(|(k, _)| is_proxy_arg(k))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let opts = dockerfile::PlanOptions {
+    let mut opts = dockerfile::PlanOptions {
         target: a.target.map(str::to_string),
         platforms: platforms.clone(),
         build_platform: Platform::host(),
         build_args,
         ..Default::default()
     };
-    let plan = match dockerfile::plan(&df, &opts) {
+    let mut plan = match dockerfile::plan(&df, &opts) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("{e}");
             return Ok(ExitCode::from(1));
         }
     };
+    // No --platform, and the target's base is one image for another platform: build for that.
+    if a.platform.is_empty() && !a.check {
+        if let Some(p) = crate::remote::implicit_platform(cli, env, &plan) {
+            opts.platforms = vec![p.clone()];
+            platforms = vec![p];
+            plan = dockerfile::plan(&df, &opts).map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+    }
     if a.check {
         for w in &plan.warnings {
             eprintln!("warning: {w}");
@@ -863,13 +871,24 @@ fn export(
         store::layout::write_atomic(mf, serde_json::to_string_pretty(&meta)?.as_bytes())?;
     }
 
+    // An archive on standard output (dest=-) owns it: the digests go to stderr then.
+    let piped = a.outputs.iter().filter_map(|o| parse_output(o).ok()).any(|o| {
+        matches!(&o, Output::Oci(d) | Output::Docker(d) | Output::Tar(d) if store::archive::is_stdout(d))
+    });
+    let line = |s: String| {
+        if piped {
+            eprintln!("{s}")
+        } else {
+            println!("{s}")
+        }
+    };
     if mt::is_index(&root.media_type) {
-        println!("{}  index", root.digest);
+        line(format!("{}  index", root.digest));
     } else {
-        println!("{}  image", root.digest);
+        line(format!("{}  image", root.digest));
     }
     for i in &built.images {
-        println!("{}  {}", i.manifest.digest, i.platform);
+        line(format!("{}  {}", i.manifest.digest, i.platform));
     }
     if !names_done.is_empty() {
         say(cli, format!("named {}", names_done.join(", ")));
@@ -920,11 +939,20 @@ fn export_filesystem(
                 .filter(|p| !p.as_os_str().is_empty())
                 .unwrap_or(Path::new(".")),
         )?;
+        store::follow_umask(tmp.as_file(), tmp.path())?;
         {
             let mut b = tar::Builder::new(std::io::BufWriter::new(tmp.as_file()));
             b.follow_symlinks(false);
             b.append_dir_all(".", &base)?;
             b.into_inner()?;
+        }
+        if store::archive::is_stdout(dest) {
+            use std::io::IsTerminal;
+            if std::io::stdout().is_terminal() {
+                bail!("refusing to write a tar to a terminal (dest `-` is standard output); redirect it");
+            }
+            std::io::copy(&mut tmp.reopen()?, &mut std::io::stdout().lock())?;
+            return Ok(());
         }
         tmp.persist(dest)?;
     }

@@ -22,6 +22,10 @@ struct Entry {
     /// The repository holding the manifest (`registry/repo`), for copying on push.
     source: String,
     descriptor: Descriptor,
+    /// The references `manifest create` took for this entry, so `annotate` finds it by them
+    /// (a one-entry index that create flattened has another digest than its entry).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    added_as: Vec<String>,
 }
 
 /// A list staged locally by `manifest create`, pushed by `manifest push`.
@@ -75,6 +79,38 @@ fn repo(env: &Env, r: &Reference) -> Result<RegistryRepo> {
     Ok(RegistryRepo::new(env.client()?, r, env.runtime()))
 }
 
+/// Why an image manifest is an artifact rather than a runnable image, if it is one.
+fn artifact_kind(m: &oci::ImageManifest) -> Option<String> {
+    if let Some(t) = &m.artifact_type {
+        return Some(format!("artifactType {t}"));
+    }
+    let cmt = m.config.media_type.as_str();
+    (cmt != mt::OCI_CONFIG && cmt != mt::DOCKER_CONFIG).then(|| format!("config type {cmt}"))
+}
+
+fn has_platform(p: Option<&Platform>) -> bool {
+    p.is_some_and(|p| !p.os.is_empty() && !p.architecture.is_empty())
+}
+
+/// The store's entry for a registry reference that could not be read, as a hint.
+fn store_hint(env: &Env, r: &Reference) -> Option<String> {
+    let store = store::Layout::open_existing(env.store_root.clone()).ok()?;
+    store.lookup(&r.to_string()).ok()??;
+    Some(format!(
+        "{} is in the local store: name it store:{} to read it from there",
+        r.familiar(),
+        r.familiar()
+    ))
+}
+
+/// Adds the store hint to an error about reading `r` from its registry.
+fn with_store_hint<T>(env: &Env, r: &Reference, res: Result<T>) -> Result<T> {
+    res.map_err(|e| match store_hint(env, r) {
+        Some(h) => e.context(h),
+        None => e,
+    })
+}
+
 /// The platform an image manifest runs on, from its config.
 fn config_platform(src: &dyn Source, m: &Manifest) -> Result<Option<Platform>> {
     let Manifest::Image(doc) = m else {
@@ -90,7 +126,7 @@ fn config_platform(src: &dyn Source, m: &Manifest) -> Result<Option<Platform>> {
 fn entries_of(env: &Env, source: &str, flatten: bool, only: &[Matcher]) -> Result<Vec<Entry>> {
     let r = Reference::parse(source)?;
     let src = repo(env, &r)?;
-    let root = src.resolve(&r.to_string())?;
+    let root = with_store_hint(env, &r, src.resolve(&r.to_string()).map_err(Into::into))?;
     let m = src.read_manifest(&root)?;
     let origin = r.repo_only().to_string();
     let keep = |p: Option<&Platform>| {
@@ -110,9 +146,17 @@ fn entries_of(env: &Env, source: &str, flatten: bool, only: &[Matcher]) -> Resul
                 if d.is_attestation() || !keep(d.platform.as_ref()) {
                     continue;
                 }
+                if !has_platform(d.platform.as_ref()) {
+                    bail!(
+                        "{source}: its entry {} names no platform, so it cannot be a platform \
+                         entry of a list; name the images it is for instead",
+                        d.digest
+                    );
+                }
                 out.push(Entry {
                     source: origin.clone(),
                     descriptor: d.clone(),
+                    added_as: Vec::new(),
                 });
             }
             if out.is_empty() {
@@ -120,9 +164,26 @@ fn entries_of(env: &Env, source: &str, flatten: bool, only: &[Matcher]) -> Resul
             }
             Ok(out)
         }
-        Manifest::Image(_) => {
+        Manifest::Image(doc) => {
+            if let Some(kind) = artifact_kind(doc.value()) {
+                bail!(
+                    "{source} is an OCI artifact ({kind}), not an image: it runs on no platform, \
+                     so it cannot be a platform entry of a list; attach it to an image as a \
+                     referrer instead (oras attach)"
+                );
+            }
             let mut d = root.clone();
             d.platform = config_platform(&src, &m)?;
+            if !has_platform(d.platform.as_ref()) {
+                let p = d.platform.clone().unwrap_or_default();
+                bail!(
+                    "{source} names no platform in its config (architecture {:?}, os {:?}), so it \
+                     cannot be a platform entry of a list; give the image a platform when making \
+                     it (crane: --platform, buildah: --arch/--os)",
+                    p.architecture,
+                    p.os
+                );
+            }
             if !keep(d.platform.as_ref()) {
                 bail!(
                     "{source} is for {}, not {}",
@@ -135,6 +196,7 @@ fn entries_of(env: &Env, source: &str, flatten: bool, only: &[Matcher]) -> Resul
             Ok(vec![Entry {
                 source: origin,
                 descriptor: d,
+                added_as: Vec::new(),
             }])
         }
     }
@@ -148,14 +210,31 @@ fn matchers_text(m: &[Matcher]) -> String {
 }
 
 /// The list's media type: as asked, else Docker's only when every entry is a Docker manifest.
+/// A Docker list of anything but Docker v2 manifests is refused.
 fn list_media_type(
     format: Option<ListFormat>,
     entries: &[Entry],
     has_annotations: bool,
-) -> &'static str {
-    match format {
+) -> Result<&'static str> {
+    Ok(match format {
         Some(ListFormat::Oci) => mt::OCI_INDEX,
-        Some(ListFormat::Docker) => mt::DOCKER_MANIFEST_LIST,
+        Some(ListFormat::Docker) => {
+            if let Some(e) = entries
+                .iter()
+                .find(|e| e.descriptor.media_type != mt::DOCKER_MANIFEST)
+            {
+                bail!(
+                    "--type docker: the entry {}@{} ({}) has media type {}, and a Docker manifest \
+                     list holds only Docker v2 manifests; use --type oci, or leave --type out to get \
+                     an OCI index",
+                    e.source,
+                    e.descriptor.digest,
+                    platform_text(&e.descriptor),
+                    e.descriptor.media_type
+                );
+            }
+            mt::DOCKER_MANIFEST_LIST
+        }
         None => {
             let all_docker = !entries.is_empty()
                 && entries
@@ -167,7 +246,7 @@ fn list_media_type(
                 mt::OCI_INDEX
             }
         }
-    }
+    })
 }
 
 fn build_index(
@@ -218,13 +297,29 @@ pub fn manifest_create(
         staged.format = format;
     }
     for s in sources {
-        for e in entries_of(env, s, flatten, &[])? {
+        let mut found = entries_of(env, s, flatten, &[])?;
+        if let [one] = found.as_mut_slice() {
+            one.added_as.push(Reference::parse(s)?.to_string());
+        }
+        for mut e in found {
+            if let Some(old) = staged
+                .entries
+                .iter()
+                .find(|x| x.descriptor.digest == e.descriptor.digest)
+            {
+                for a in &old.added_as {
+                    if !e.added_as.contains(a) {
+                        e.added_as.push(a.clone());
+                    }
+                }
+            }
             staged
                 .entries
                 .retain(|x| x.descriptor.digest != e.descriptor.digest);
             staged.entries.push(e);
         }
     }
+    list_media_type(staged.format, &staged.entries, false)?;
     warn_duplicates(cli, &staged.entries);
     save_staged(env, &staged, &list_ref)?;
     println!("Created manifest list {}", list_ref.familiar());
@@ -242,8 +337,72 @@ fn platform_text(d: &Descriptor) -> String {
     d.platform.as_ref().map_or("?".into(), |p| p.to_string())
 }
 
+/// The staged entry `source` names: a digest, a reference create took, or a reference whose
+/// manifest (or the one entry of its index) is in the list.
+fn find_entry(env: &Env, staged: &Staged, list: &Reference, source: &str) -> Result<usize> {
+    let by_digest = |d: &oci::Digest| {
+        staged
+            .entries
+            .iter()
+            .position(|e| &e.descriptor.digest == d)
+    };
+    let missing = |what: String| {
+        let have: Vec<String> = staged
+            .entries
+            .iter()
+            .map(|e| format!("{} {}", platform_text(&e.descriptor), e.descriptor.digest))
+            .collect();
+        anyhow::anyhow!(
+            "{what} is not in list {}; its entries are: {}",
+            list.familiar(),
+            have.join(", ")
+        )
+    };
+    if let Ok(d) = oci::Digest::parse(source) {
+        return by_digest(&d).ok_or_else(|| missing(source.to_string()));
+    }
+    let want = Reference::parse(source)?;
+    if let Some(d) = want.digest() {
+        return by_digest(d).ok_or_else(|| missing(source.to_string()));
+    }
+    let full = want.to_string();
+    if let Some(i) = staged
+        .entries
+        .iter()
+        .position(|e| e.added_as.contains(&full))
+    {
+        return Ok(i);
+    }
+    // Not known by name: ask the registry what the reference points at now.
+    let src = repo(env, &want)?;
+    let root = src.resolve(&full)?;
+    if let Some(i) = by_digest(&root.digest) {
+        return Ok(i);
+    }
+    if let Manifest::Index(doc) = src.read_manifest(&root)? {
+        let hits: Vec<usize> = doc
+            .value()
+            .manifests
+            .iter()
+            .filter_map(|d| by_digest(&d.digest))
+            .collect();
+        if let [one] = hits.as_slice() {
+            return Ok(*one);
+        }
+        if hits.len() > 1 {
+            bail!(
+                "{source} is an index with {} entries in list {}; name one by digest",
+                hits.len(),
+                list.familiar()
+            );
+        }
+    }
+    Err(missing(format!("{source} ({})", root.digest)))
+}
+
 #[allow(clippy::too_many_arguments)]
 pub fn manifest_annotate(
+    cli: &Cli,
     env: &Env,
     list: &str,
     source: &str,
@@ -260,16 +419,9 @@ pub fn manifest_annotate(
             list_ref.familiar()
         )
     })?;
-    let want = Reference::parse(source)?;
-    let digest = match want.digest() {
-        Some(d) => d.clone(),
-        None => repo(env, &want)?.resolve(&want.to_string())?.digest,
-    };
-    let e = staged
-        .entries
-        .iter_mut()
-        .find(|e| e.descriptor.digest == digest)
-        .with_context(|| format!("{source} ({digest}) is not in list {}", list_ref.familiar()))?;
+    let i = find_entry(env, &staged, &list_ref, source)?;
+    let e = &mut staged.entries[i];
+    // What the user types is what the list gets (as docker does); normalization is for matching.
     let mut p = e.descriptor.platform.clone().unwrap_or_default();
     if let Some(v) = os {
         p.os = v.to_string();
@@ -286,7 +438,21 @@ pub fn manifest_annotate(
     if !os_features.is_empty() {
         p.os_features = os_features.to_vec();
     }
-    e.descriptor.platform = Some(p.normalized());
+    let norm = p.clone().normalized();
+    if norm.architecture != p.architecture {
+        say(
+            cli,
+            format!(
+                "note: architecture {:?} is stored as typed; clients match it as {} (docker's \
+                 own name is {:?})",
+                p.architecture,
+                norm.short(),
+                norm.architecture
+            ),
+        );
+    }
+    e.descriptor.platform = Some(p);
+    let digest = e.descriptor.digest.clone();
     let text = platform_text(&e.descriptor);
     save_staged(env, &staged, &list_ref)?;
     println!("{digest} is now {text} in {}", list_ref.familiar());
@@ -296,7 +462,7 @@ pub fn manifest_annotate(
 pub fn manifest_inspect(env: &Env, reference: &str, verbose: bool) -> Result<ExitCode> {
     let r = Reference::parse(reference)?;
     if let Some(staged) = load_staged(env, &r)? {
-        let media_type = list_media_type(staged.format, &staged.entries, false);
+        let media_type = list_media_type(staged.format, &staged.entries, false)?;
         let doc = build_index(media_type, &staged.entries, &BTreeMap::new());
         if verbose {
             let v = serde_json::json!({
@@ -313,7 +479,7 @@ pub fn manifest_inspect(env: &Env, reference: &str, verbose: bool) -> Result<Exi
         return Ok(ExitCode::SUCCESS);
     }
     let src = repo(env, &r)?;
-    let root = src.resolve(&r.to_string())?;
+    let root = with_store_hint(env, &r, src.resolve(&r.to_string()).map_err(Into::into))?;
     let m = src.read_manifest(&root)?;
     let pretty = |b: &[u8]| -> Result<String> {
         let v: serde_json::Value = serde_json::from_slice(b)?;
@@ -404,7 +570,7 @@ pub fn manifest_push(cli: &Cli, env: &Env, list: &str, purge: bool) -> Result<Ex
     if staged.entries.is_empty() {
         bail!("list {} has no entries", list_ref.familiar());
     }
-    let media_type = list_media_type(staged.format, &staged.entries, false);
+    let media_type = list_media_type(staged.format, &staged.entries, false)?;
     let doc = build_index(media_type, &staged.entries, &BTreeMap::new());
     push_index(
         cli,
@@ -470,8 +636,13 @@ struct Inspection {
     #[serde(rename = "mediaType")]
     media_type: String,
     digest: String,
-    /// `index` or `manifest`.
+    /// `index`, `manifest` or `artifact`.
     kind: &'static str,
+    #[serde(rename = "artifactType", skip_serializing_if = "Option::is_none")]
+    artifact_type: Option<String>,
+    /// For a platform manifest named by digest: the tags whose index holds it.
+    #[serde(rename = "foundIn", skip_serializing_if = "Vec::is_empty")]
+    found_in: Vec<Holder>,
     platforms: Vec<PlatformRow>,
     attestations: Vec<AttestationRow>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -510,7 +681,14 @@ fn describe_image(
 
 fn open_place(env: &Env, reference: &str) -> Result<(Box<dyn Source>, Descriptor, String)> {
     let place = Place::parse(reference)?;
-    let opened = transport::open_source(&place, env)?;
+    let opened = match &place {
+        Place::Registry(r) => with_store_hint(
+            env,
+            r,
+            transport::open_source(&place, env).map_err(Into::into),
+        )?,
+        _ => transport::open_source(&place, env)?,
+    };
     let name = match &place {
         Place::Registry(r) | Place::Store(r) => r.to_string(),
         _ => reference.to_string(),
@@ -536,6 +714,8 @@ pub fn imagetools_inspect(
         media_type: m.media_type().to_string(),
         digest: m.digest().to_string(),
         kind: "manifest",
+        artifact_type: None,
+        found_in: Vec::new(),
         platforms: Vec::new(),
         attestations: Vec::new(),
         annotations: BTreeMap::new(),
@@ -571,9 +751,39 @@ pub fn imagetools_inspect(
                 }
             }
         }
-        Manifest::Image(_) => {
-            ins.platforms
-                .push(describe_image(src.as_ref(), &root, None)?);
+        Manifest::Image(doc) => {
+            if let Some(kind) = artifact_kind(doc.value()) {
+                ins.kind = "artifact";
+                ins.artifact_type = Some(
+                    doc.value()
+                        .artifact_type
+                        .clone()
+                        .unwrap_or_else(|| doc.value().config.media_type.clone()),
+                );
+                let man = doc.value();
+                ins.platforms.push(PlatformRow {
+                    platform: format!("(artifact: {kind})"),
+                    digest: root.digest.to_string(),
+                    media_type: m.media_type().to_string(),
+                    size: root.size,
+                    config: man.config.digest.to_string(),
+                    created: None,
+                    layers: man.layers.len(),
+                    layers_size: man.layers.iter().map(|l| l.size).sum(),
+                });
+            } else {
+                ins.platforms
+                    .push(describe_image(src.as_ref(), &root, None)?);
+                // A platform manifest named by digest: say which tags hold it.
+                if let Ok(Place::Registry(r)) = Place::parse(reference) {
+                    if r.tag().is_none() && r.digest().is_some() {
+                        // Best effort: a registry may not list tags to this account.
+                        ins.found_in = holders(env, &r, &root.digest, Some(100), true)
+                            .map(|h| h.0)
+                            .unwrap_or_default();
+                    }
+                }
+            }
         }
     }
     if format == OutputFormat::Json {
@@ -587,6 +797,13 @@ pub fn imagetools_inspect(
             "Digest:    {}  (the index: what the tag points at)",
             ins.digest
         );
+    } else if let Some(t) = &ins.artifact_type {
+        println!("Digest:    {}", ins.digest);
+        println!("ArtifactType: {t}");
+        println!();
+        println!(
+            "This is an OCI artifact, not an image: it runs on no platform (layers below are its files)."
+        );
     } else {
         println!("Digest:    {}", ins.digest);
         println!();
@@ -594,6 +811,9 @@ pub fn imagetools_inspect(
             "This is a single-platform image ({}), not an index: the digest above is the image itself.",
             ins.platforms.first().map_or("?", |p| p.platform.as_str())
         );
+        for h in &ins.found_in {
+            println!("It is the {}", h.text());
+        }
     }
     for (k, v) in &ins.annotations {
         println!("Annotation: {k}={v}");
@@ -690,7 +910,7 @@ pub fn imagetools_create(
         }
     }
     warn_duplicates(cli, &entries);
-    let media_type = list_media_type(format, &entries, !annotations.is_empty());
+    let media_type = list_media_type(format, &entries, !annotations.is_empty())?;
     if media_type == mt::DOCKER_MANIFEST_LIST && !annotations.is_empty() {
         bail!("Docker manifest lists cannot carry annotations; use --format oci");
     }
@@ -785,6 +1005,113 @@ pub fn digest(env: &Env, reference: &str, platform: Option<&str>, quiet: bool) -
                 );
             }
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A tag whose index holds a digest (or that points at it directly).
+#[derive(Serialize)]
+struct Holder {
+    tag: String,
+    /// The platform of the entry, or None when the tag points at the digest itself.
+    platform: Option<String>,
+    index: Option<String>,
+}
+
+impl Holder {
+    fn text(&self) -> String {
+        match (&self.platform, &self.index) {
+            (Some(p), Some(i)) => format!("{p} entry of {} (index {i})", self.tag),
+            _ => format!("manifest {} points at", self.tag),
+        }
+    }
+}
+
+/// Looks through the tags of `repo` (up to `limit`) for indexes holding `digest`. Returns what
+/// it found and how many tags it looked at, of how many.
+fn holders(
+    env: &Env,
+    repo_ref: &Reference,
+    digest: &oci::Digest,
+    limit: Option<usize>,
+    quiet: bool,
+) -> Result<(Vec<Holder>, usize, usize)> {
+    let client = env.client()?;
+    let rt = env.runtime();
+    let bare = repo_ref.repo_only();
+    let mut tags = rt.block_on(client.tags(&bare))?;
+    tags.sort();
+    let total = tags.len();
+    let take = limit.unwrap_or(usize::MAX).min(total);
+    let bar = crate::progress::counter(quiet, take as u64, "tags looked at");
+    let src = repo(env, &bare)?;
+    let mut found = Vec::new();
+    for t in tags.iter().take(take) {
+        bar.inc(1);
+        let tagged = format!("{bare}:{t}");
+        let Ok(root) = src.resolve(&tagged) else {
+            continue;
+        };
+        let name = Reference::parse(&tagged)?.familiar();
+        if &root.digest == digest {
+            found.push(Holder {
+                tag: name,
+                platform: None,
+                index: None,
+            });
+            continue;
+        }
+        if !mt::is_index(&root.media_type) {
+            continue;
+        }
+        let Ok(Manifest::Index(doc)) = src.read_manifest(&root) else {
+            continue;
+        };
+        for d in doc.value().manifests.iter().filter(|d| &d.digest == digest) {
+            let p = if d.is_attestation() {
+                "attestation".to_string()
+            } else {
+                platform_text(d)
+            };
+            found.push(Holder {
+                tag: name.clone(),
+                platform: Some(p),
+                index: Some(root.digest.to_string()),
+            });
+        }
+    }
+    bar.finish_and_clear();
+    Ok((found, take, total))
+}
+
+/// `digest --which DIGEST REPO`: which tags' indexes hold this digest, and as what.
+pub fn digest_which(
+    cli: &Cli,
+    env: &Env,
+    digest: &str,
+    repository: &str,
+    limit: Option<usize>,
+) -> Result<ExitCode> {
+    let d = oci::Digest::parse(digest)
+        .with_context(|| format!("--which takes a digest (sha256:...), not {digest:?}"))?;
+    let r = Reference::parse(repository)?;
+    let (found, looked, total) = holders(env, &r, &d, limit, cli.quiet)?;
+    for h in &found {
+        println!("{}", h.text());
+    }
+    if found.is_empty() {
+        let scope = if looked < total {
+            format!("the first {looked} of {total} tags (raise --limit to look further)")
+        } else {
+            format!("any of its {total} tags")
+        };
+        bail!("{d} is not held by {scope} of {}", r.repo_only());
+    }
+    if looked < total {
+        say(
+            cli,
+            format!("looked at the first {looked} of {total} tags; raise --limit to look further"),
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -30,10 +30,19 @@ pub fn run(cli: &Cli, env: &Env) -> Result<ExitCode> {
         Command::Tag { source, target } => tag(cli, root, source, target),
         Command::Save {
             output,
-            format,
+            archive_type,
+            platform,
+            oci_mediatypes,
+            images,
+        } => save(
+            cli,
+            env,
+            output,
+            *archive_type,
             platform,
             images,
-        } => save(cli, env, output, *format, platform, images),
+            *oci_mediatypes,
+        ),
         Command::Load { input, platform } => load(cli, root, input.as_deref(), platform),
         Command::Cp {
             source,
@@ -41,7 +50,16 @@ pub fn run(cli: &Cli, env: &Env) -> Result<ExitCode> {
             all: _,
             platform,
             jobs,
-        } => cp(cli, env, source, destination, platform, *jobs),
+            oci_mediatypes,
+        } => cp(
+            cli,
+            env,
+            source,
+            destination,
+            platform,
+            *jobs,
+            *oci_mediatypes,
+        ),
         Command::Pull {
             image,
             platform,
@@ -72,8 +90,8 @@ pub fn run(cli: &Cli, env: &Env) -> Result<ExitCode> {
                 amend,
                 no_flatten,
                 insecure: _,
-                format,
-            } => lists::manifest_create(cli, env, list, sources, *amend, !*no_flatten, *format),
+                list_type,
+            } => lists::manifest_create(cli, env, list, sources, *amend, !*no_flatten, *list_type),
             ManifestCmd::Annotate {
                 list,
                 source,
@@ -82,7 +100,9 @@ pub fn run(cli: &Cli, env: &Env) -> Result<ExitCode> {
                 variant,
                 os_version,
                 os_features,
+                insecure: _,
             } => lists::manifest_annotate(
+                cli,
                 env,
                 list,
                 source,
@@ -117,9 +137,9 @@ pub fn run(cli: &Cli, env: &Env) -> Result<ExitCode> {
                 platform,
                 annotation,
                 dry_run,
-                format,
+                list_type,
             } => lists::imagetools_create(
-                cli, env, tags, sources, *append, platform, annotation, *dry_run, *format,
+                cli, env, tags, sources, *append, platform, annotation, *dry_run, *list_type,
             ),
         },
         Command::Build {
@@ -147,7 +167,7 @@ pub fn run(cli: &Cli, env: &Env) -> Result<ExitCode> {
             &build::BuildArgs {
                 context,
                 file: file.as_deref(),
-                platform,
+                platform: &dedup_platform_args(platform)?,
                 tags: tag,
                 build_arg,
                 target: target.as_deref(),
@@ -168,6 +188,17 @@ pub fn run(cli: &Cli, env: &Env) -> Result<ExitCode> {
         Command::Digest {
             reference,
             platform,
+            which: Some(digest),
+            limit,
+        } => {
+            let _ = platform;
+            lists::digest_which(cli, env, digest, reference, *limit)
+        }
+        Command::Digest {
+            reference,
+            platform,
+            which: None,
+            limit: _,
         } => lists::digest(env, reference, platform.as_deref(), cli.quiet),
         Command::Prune { format, cache } => prune(root, *format, *cache),
         Command::Fsck { format } => fsck(root, *format),
@@ -180,10 +211,45 @@ pub fn say(cli: &Cli, line: impl AsRef<str>) {
     }
 }
 
+/// Parses `--platform` values; ones that name the same platform after normalization
+/// (`linux/arm64` and `linux/arm64/v8`) are merged, with a note.
 pub fn parse_platforms(list: &[String]) -> Result<Vec<Platform>> {
-    list.iter()
-        .map(|p| Platform::parse(p).map_err(Into::into))
-        .collect()
+    let mut out: Vec<Platform> = Vec::new();
+    let mut typed: Vec<&str> = Vec::new();
+    for s in list {
+        let p = Platform::parse(s)?;
+        match out
+            .iter()
+            .position(|q| q.same_target(&p) && q.os_version == p.os_version)
+        {
+            Some(i) => eprintln!(
+                "note: --platform {s} is {} after normalization, like {}; taking it once",
+                p.short(),
+                typed[i]
+            ),
+            None => {
+                out.push(p);
+                typed.push(s);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `--platform` values with duplicates after normalization merged (see [`parse_platforms`]),
+/// spelled as the user typed the first of each.
+fn dedup_platform_args(list: &[String]) -> Result<Vec<String>> {
+    let kept = parse_platforms(list)?;
+    let mut out = Vec::new();
+    for p in kept {
+        if let Some(s) = list
+            .iter()
+            .find(|s| Platform::parse(s).is_ok_and(|q| q == p))
+        {
+            out.push(s.clone());
+        }
+    }
+    Ok(out)
 }
 
 /// One row of `manifold images`.
@@ -347,34 +413,63 @@ fn store_name(s: &str) -> Result<String> {
         .to_string())
 }
 
+/// Removes names and digests in one update of the index and one GC; when any is not in the
+/// store, nothing changes.
 fn rm(cli: &Cli, root: &Path, names: &[String]) -> Result<ExitCode> {
     let store = transport::open_store(root)?;
-    let mut failed = false;
+    let mut digests = std::collections::BTreeSet::new();
+    let mut full_names = std::collections::BTreeSet::new();
+    let mut errors = Vec::new();
     for n in names {
-        if let Ok(d) = Digest::parse(n) {
-            let gone = store.remove_digest(&d)?;
-            if gone.is_empty() {
-                eprintln!("error: no image with digest {d} in the store");
-                failed = true;
+        match Digest::parse(n) {
+            Ok(d) => {
+                digests.insert(d);
             }
-            for g in gone {
-                println!(
-                    "Untagged: {}",
-                    g.annotations
-                        .get(REF_NAME)
-                        .map_or(d.to_string(), |s| familiar(s))
-                );
+            Err(_) => {
+                full_names.insert(store_name(n)?);
             }
-            continue;
         }
-        let full = store_name(n)?;
-        let gone = store.remove_names(std::slice::from_ref(&full))?;
-        if gone.is_empty() {
-            eprintln!("error: no such image: {n}");
-            failed = true;
-        } else {
-            println!("Untagged: {}", familiar(&full));
+    }
+    let removed = store.update_index(|entries| {
+        for d in &digests {
+            if !entries.iter().any(|e| &e.digest == d) {
+                errors.push(format!("no image with digest {d} in the store"));
+            }
         }
+        for n in &full_names {
+            if !entries
+                .iter()
+                .any(|e| e.annotations.get(REF_NAME) == Some(n))
+            {
+                errors.push(format!("no such image: {}", familiar(n)));
+            }
+        }
+        if !errors.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (gone, keep): (Vec<_>, Vec<_>) = entries.drain(..).partition(|e| {
+            digests.contains(&e.digest)
+                || e.annotations
+                    .get(REF_NAME)
+                    .is_some_and(|n| full_names.contains(n))
+        });
+        *entries = keep;
+        Ok(gone)
+    })?;
+    if !errors.is_empty() {
+        for e in &errors {
+            eprintln!("error: {e}");
+        }
+        eprintln!("nothing was removed");
+        return Ok(ExitCode::from(1));
+    }
+    for g in &removed {
+        println!(
+            "Untagged: {}",
+            g.annotations
+                .get(REF_NAME)
+                .map_or(g.digest.to_string(), |s| familiar(s))
+        );
     }
     let r = store.gc()?;
     if r.blobs_removed > 0 {
@@ -387,11 +482,7 @@ fn rm(cli: &Cli, root: &Path, names: &[String]) -> Result<ExitCode> {
             ),
         );
     }
-    Ok(if failed {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn familiar(name: &str) -> String {
@@ -450,6 +541,63 @@ pub fn progress_copy(
     Ok(report)
 }
 
+/// Rewrites a store image for where it goes (see [`store::rewrite`]) and says what changed.
+pub fn rewrite_for(
+    cli: &Cli,
+    store: &store::Layout,
+    root: &Descriptor,
+    how: store::rewrite::Rewrite,
+) -> Result<Descriptor> {
+    let rw = store::rewrite::rewrite(store, root, how)?;
+    let zipped = rw.layers_compressed + rw.layers_reused;
+    if zipped > 0 {
+        let sizes = format!(
+            "{} -> {}",
+            human_size(rw.bytes_before),
+            human_size(rw.bytes_after)
+        );
+        let line = if rw.layers_compressed == 0 {
+            format!(
+                "sending {zipped} layer(s) stored uncompressed in the gzip form remembered from \
+                 before ({sizes}; {} remembered from before)",
+                rw.layers_reused
+            )
+        } else {
+            format!(
+                "compressed {} layer(s) stored uncompressed with gzip, as docker push does \
+                 ({sizes}{})",
+                rw.layers_compressed,
+                if rw.layers_reused > 0 {
+                    format!("; {} more remembered from before", rw.layers_reused)
+                } else {
+                    String::new()
+                }
+            )
+        };
+        say(cli, line);
+    }
+    if rw.converted > 0 {
+        say(
+            cli,
+            format!(
+                "converted {} Docker manifest(s) and list(s) to OCI media types",
+                rw.converted
+            ),
+        );
+    }
+    if rw.changed(root) {
+        say(
+            cli,
+            format!(
+                "the copy's digest is {}; the image in the store keeps {}",
+                rw.root.digest, root.digest
+            ),
+        );
+    }
+    Ok(rw.root)
+}
+
+#[allow(clippy::too_many_arguments)]
 fn save(
     cli: &Cli,
     env: &Env,
@@ -457,9 +605,11 @@ fn save(
     format: ArchiveKind,
     platform: &[String],
     names: &[String],
+    oci_mediatypes: bool,
 ) -> Result<ExitCode> {
     let platforms = parse_platforms(platform)?;
     let store = transport::open_store(&env.store_root)?;
+    let _guard = store.write_guard()?;
     let place = match format {
         ArchiveKind::Oci => Place::OciArchive(output.to_path_buf(), None),
         ArchiveKind::Docker => Place::DockerArchive(output.to_path_buf(), None),
@@ -471,7 +621,14 @@ fn save(
         } else {
             store_name(n)?
         };
-        let desc = Source::resolve(&store, &full)?;
+        let mut desc = Source::resolve(&store, &full)?;
+        if oci_mediatypes {
+            let how = store::rewrite::Rewrite {
+                compress: false,
+                oci_media_types: true,
+            };
+            desc = rewrite_for(cli, &store, &desc, how)?;
+        }
         let report = progress_copy(cli, &store, target.target(), &desc, &platforms, 4)?;
         let mut root_desc = report.root.clone();
         root_desc.annotations.remove(REF_NAME);
@@ -531,7 +688,17 @@ fn load(cli: &Cli, root: &Path, input: Option<&Path>, platform: &[String]) -> Re
     let source: Box<dyn Source> = if path.is_dir() {
         Box::new(Layout::open_existing(path.clone())?)
     } else {
-        Box::new(TarSource::open(&path)?)
+        Box::new(TarSource::open(&path).map_err(|e| {
+            let text = e.to_string();
+            match &_spool {
+                // Name what the user gave, not our spool file.
+                Some(t) => anyhow::anyhow!(
+                    "{}",
+                    text.replace(&t.path().display().to_string(), "standard input")
+                ),
+                None => e.into(),
+            }
+        })?)
     };
     let entries = source.entries()?;
     if entries.is_empty() {
@@ -573,17 +740,35 @@ fn cp(
     destination: &str,
     platform: &[String],
     jobs: usize,
+    oci_mediatypes: bool,
 ) -> Result<ExitCode> {
     let platforms = parse_platforms(platform)?;
     let src_place = Place::parse(source)?;
     let dst_place = Place::parse(destination)?;
     let src = transport::open_source(&src_place, env)?;
+    let to_registry = matches!(dst_place, Place::Registry(_));
+    let mut root = src.root.clone();
+    let mut _guard = None;
+    if let Place::Store(_) = &src_place {
+        let how = store::rewrite::Rewrite {
+            compress: to_registry,
+            oci_media_types: oci_mediatypes,
+        };
+        let store = transport::open_store(&env.store_root)?;
+        _guard = Some(store.write_guard()?);
+        root = rewrite_for(cli, &store, &root, how)?;
+    } else if oci_mediatypes {
+        bail!(
+            "--oci-mediatypes converts images from the local store; copy {source} into the \
+             store first (manifold cp {source} store:NAME), then from there"
+        );
+    }
     let target = OpenTarget::open(&dst_place, env)?;
     let report = progress_copy(
         cli,
         src.source.as_ref(),
         target.target(),
-        &src.root,
+        &root,
         &platforms,
         jobs,
     )?;
@@ -594,7 +779,7 @@ fn cp(
     match transport::target_name(&dst_place, src.name.as_deref()) {
         Some(n) => target.target().set_name(&n, &d)?,
         None => {
-            if let OpenTarget::Layout(l, _) = &target {
+            if let OpenTarget::Layout(l, _) | OpenTarget::Export(l, _) = &target {
                 l.add_unnamed(&d)?;
             } else {
                 target.target().set_name(&d.digest.to_string(), &d)?;
@@ -604,7 +789,16 @@ fn cp(
     for line in target.finish()? {
         say(cli, line);
     }
-    println!("{}", d.digest);
+    let to_stdout = match &dst_place {
+        Place::OciArchive(p, _) | Place::DockerArchive(p, _) => store::archive::is_stdout(p),
+        _ => false,
+    };
+    if to_stdout {
+        // Standard output holds the archive.
+        eprintln!("{}", d.digest);
+    } else {
+        println!("{}", d.digest);
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -26,7 +26,7 @@ pub struct Cli {
     quiet: bool,
 
     /// Reach this registry (HOST[:PORT]) over plain HTTP or unverified TLS. localhost and
-    /// 127.0.0.0/8 use plain HTTP already, as docker does; hosts in /etc/docker/daemon.json's
+    /// 127.0.0.0/8 are insecure already, as in docker; hosts in /etc/docker/daemon.json's
     /// insecure-registries are added.
     #[arg(
         long = "insecure-registry",
@@ -62,11 +62,13 @@ pub enum ManifestCmd {
     /// Stage a manifest list locally from images in any repository of any registry. A source that
     /// is itself a list contributes each of its platforms.
     Create {
+        /// The list's name, e.g. localhost:5000/app:1.
         list: String,
+        /// The images (tags or digests) whose platforms make the list.
         #[arg(required = true)]
         sources: Vec<String>,
-        /// Add to a list that is already staged.
-        #[arg(short, long)]
+        /// Add to a list that is already staged (may be repeated, as with docker).
+        #[arg(short, long, overrides_with = "amend")]
         amend: bool,
         /// Refuse sources that are lists instead of taking their platforms.
         #[arg(long)]
@@ -74,48 +76,62 @@ pub enum ManifestCmd {
         /// Reach the registries named here over plain HTTP or unverified TLS.
         #[arg(long)]
         insecure: bool,
-        /// The list's type; by default Docker's when every source is a Docker v2 manifest, OCI
-        /// otherwise.
-        #[arg(long, value_enum)]
-        format: Option<ListFormat>,
+        /// The list's media type; by default Docker's when every source is a Docker v2 manifest,
+        /// OCI otherwise.
+        #[arg(long = "type", value_enum, value_name = "TYPE")]
+        list_type: Option<ListFormat>,
     },
     /// Set the platform of one entry of a staged list.
     Annotate {
+        /// The staged list.
         list: String,
-        /// The entry, by the reference or digest it was added with.
+        /// The entry: any reference `manifest create` took for it, or its digest (sha256:...).
         source: String,
+        /// The entry's operating system, stored as typed.
         #[arg(long)]
         os: Option<String>,
+        /// The entry's architecture, stored as typed.
         #[arg(long)]
         arch: Option<String>,
+        /// The entry's architecture variant (v7, v8, ...), stored as typed.
         #[arg(long)]
         variant: Option<String>,
+        /// The entry's OS version (Windows images).
         #[arg(long)]
         os_version: Option<String>,
+        /// The entry's OS features, comma-separated.
         #[arg(long, value_delimiter = ',')]
         os_features: Vec<String>,
+        /// Reach the registries named here over plain HTTP or unverified TLS.
+        #[arg(long)]
+        insecure: bool,
     },
     /// Show a staged list, or a list or manifest in a registry.
     Inspect {
+        /// A staged list, or a registry reference.
         reference: String,
         /// Show every entry's manifest too.
         #[arg(short, long)]
         verbose: bool,
+        /// Reach the registry named here over plain HTTP or unverified TLS.
         #[arg(long)]
         insecure: bool,
     },
     /// Push a staged list: every entry's content is copied (or mounted) into the list's
     /// repository first, then the list is tagged. Prints the list's digest.
     Push {
+        /// The staged list; it is pushed to the name it was created with.
         list: String,
         /// Remove the staged list after pushing.
         #[arg(short, long)]
         purge: bool,
+        /// Reach the registry named here over plain HTTP or unverified TLS.
         #[arg(long)]
         insecure: bool,
     },
     /// Remove staged lists.
     Rm {
+        /// The staged lists to remove.
         #[arg(required = true)]
         lists: Vec<String>,
     },
@@ -127,10 +143,12 @@ pub enum ImagetoolsCmd {
     /// creation time and layers; attestations apart. Takes a registry reference or any place
     /// (store:REF, oci:DIR:NAME, oci-archive:FILE, docker-archive:FILE).
     Inspect {
+        /// A registry reference or a place (store:REF, oci:DIR:NAME, ...).
         reference: String,
         /// Print the manifest or index exactly as stored.
         #[arg(long)]
         raw: bool,
+        /// Output format.
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         format: OutputFormat,
     },
@@ -140,6 +158,7 @@ pub enum ImagetoolsCmd {
         /// Where the index goes (repeatable).
         #[arg(short = 't', long = "tag", value_name = "REF")]
         tags: Vec<String>,
+        /// The images to merge: tags or digests, from any repositories.
         sources: Vec<String>,
         /// Keep the entries the first tag's index has now.
         #[arg(long)]
@@ -153,8 +172,10 @@ pub enum ImagetoolsCmd {
         /// Print the index instead of pushing it.
         #[arg(long)]
         dry_run: bool,
-        #[arg(long, value_enum)]
-        format: Option<ListFormat>,
+        /// The index's media type; by default Docker's when every source is a Docker v2
+        /// manifest and there are no annotations, OCI otherwise.
+        #[arg(long = "type", value_enum, value_name = "TYPE")]
+        list_type: Option<ListFormat>,
     },
 }
 
@@ -173,6 +194,7 @@ pub enum Command {
     Images {
         /// Only images whose repository matches this name (e.g. busybox, localhost:5000/app).
         repository: Option<String>,
+        /// Output format.
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         format: OutputFormat,
         /// Show full digests.
@@ -187,17 +209,28 @@ pub enum Command {
         images: Vec<String>,
     },
     /// Give an image in the local store another name.
-    Tag { source: String, target: String },
+    Tag {
+        /// The image's current name or digest.
+        source: String,
+        /// The new name.
+        target: String,
+    },
     /// Write images from the local store to an archive (OCI or docker-archive).
     Save {
         /// The file to write.
         #[arg(short, long, value_name = "FILE")]
         output: PathBuf,
-        #[arg(long, value_enum, default_value_t = ArchiveKind::Oci)]
-        format: ArchiveKind,
+        /// The archive's kind.
+        #[arg(long = "type", value_enum, value_name = "TYPE", default_value_t = ArchiveKind::Oci)]
+        archive_type: ArchiveKind,
         /// Keep only these platforms (the best match for each); all when not given.
         #[arg(long, value_delimiter = ',')]
         platform: Vec<String>,
+        /// Write Docker manifests, lists and configs with OCI media types (digests change), for
+        /// tools that read only OCI layouts.
+        #[arg(long)]
+        oci_mediatypes: bool,
+        /// The images to write.
         #[arg(required = true)]
         images: Vec<String>,
     },
@@ -221,33 +254,45 @@ pub enum Command {
         /// Pull every platform; the index keeps its digest.
         #[arg(long, short = 'a')]
         all_platforms: bool,
+        /// Parallel blob transfers.
         #[arg(long, default_value_t = 4)]
         jobs: usize,
     },
     /// Push an image from the local store to the registry its name points at.
     Push {
+        /// The image's name in the local store, which says where it goes.
         image: String,
+        /// Parallel blob transfers.
         #[arg(long, default_value_t = 4)]
         jobs: usize,
     },
     /// List a repository's tags (all pages).
     Tags {
+        /// The repository, e.g. localhost:5000/app.
         repository: String,
+        /// Output format.
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         format: OutputFormat,
     },
     /// List a registry's repositories (all pages).
     Catalog {
+        /// The registry, HOST[:PORT].
         registry: String,
+        /// Output format.
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         format: OutputFormat,
     },
     /// Delete a manifest from a registry. A tag is resolved first, and what it points at is
     /// deleted (with every tag on it): the command says which digest.
-    Delete { image: String },
+    Delete {
+        /// The manifest, by tag or digest.
+        image: String,
+    },
     /// Log in to a registry; writes docker's config.json (or its credential helper).
     Login {
+        /// The registry, HOST[:PORT].
         registry: String,
+        /// The user name.
         #[arg(short, long)]
         username: Option<String>,
         /// Read the password from standard input.
@@ -258,7 +303,10 @@ pub enum Command {
         password: Option<String>,
     },
     /// Remove a registry's stored login.
-    Logout { registry: String },
+    Logout {
+        /// The registry, HOST[:PORT].
+        registry: String,
+    },
     /// Build an image from a Dockerfile for one or more platforms, in parallel, natively or under
     /// QEMU emulation. The result goes to the local store unless --push or --output say otherwise.
     Build {
@@ -306,8 +354,8 @@ pub enum Command {
         /// Check the registry for newer base images even when the store has them.
         #[arg(long)]
         pull: bool,
-        /// auto, plain, tty, quiet or rawjson (JSON lines for tools).
-        #[arg(long, default_value = "auto")]
+        /// auto, tty, plain, rawjson (JSON lines for tools) or quiet.
+        #[arg(long, default_value = "auto", value_parser = ["auto", "tty", "plain", "rawjson", "quiet"])]
         progress: String,
         /// Stage instances run at once (default: the number of cores).
         #[arg(long)]
@@ -331,14 +379,26 @@ pub enum Command {
     },
     /// Print the digest to pin: the index digest, or with --platform that platform's manifest.
     Digest {
+        /// A registry reference or a place (store:REF, oci:DIR:NAME, ...); with --which, the
+        /// repository to search.
         reference: String,
-        #[arg(long)]
+        /// The platform whose manifest digest to print.
+        #[arg(long, conflicts_with = "which")]
         platform: Option<String>,
+        /// Say which tags of the repository hold this digest, and as which platform:
+        /// `digest --which sha256:... localhost:5000/app`.
+        #[arg(long, value_name = "DIGEST")]
+        which: Option<String>,
+        /// With --which: look at no more than this many tags.
+        #[arg(long, requires = "which")]
+        limit: Option<usize>,
     },
     /// Copy an image between places: a registry reference, store:REF, oci:DIR[:NAME],
     /// oci-archive:FILE[:NAME], docker-archive:FILE[:NAME].
     Cp {
+        /// Where the image is.
         source: String,
+        /// Where it goes.
         destination: String,
         /// Copy every platform (the default when no --platform is given).
         #[arg(long, conflicts_with = "platform")]
@@ -349,12 +409,17 @@ pub enum Command {
         /// Parallel blob transfers.
         #[arg(long, default_value_t = 4)]
         jobs: usize,
+        /// Copy Docker manifests, lists and configs with OCI media types (digests change), for
+        /// tools that read only OCI layouts. The source must be in the store (store:REF).
+        #[arg(long)]
+        oci_mediatypes: bool,
     },
     /// Remove blobs that no image uses and leftovers of interrupted writes.
     Prune {
         /// Also drop the build cache: cached steps, RUN cache mounts, unpacked layer snapshots.
         #[arg(long)]
         cache: bool,
+        /// Output format.
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         format: OutputFormat,
     },
@@ -366,6 +431,7 @@ pub enum Command {
     },
     /// Check every blob against its digest and every image for missing parts.
     Fsck {
+        /// Output format.
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         format: OutputFormat,
     },
@@ -383,6 +449,15 @@ fn insecure_from_flags(cmd: &Command) -> Vec<String> {
                     ..
                 },
         } => std::iter::once(list).chain(sources.iter()).collect(),
+        Command::Manifest {
+            command:
+                ManifestCmd::Annotate {
+                    insecure: true,
+                    list,
+                    source,
+                    ..
+                },
+        } => vec![list, source],
         Command::Manifest {
             command:
                 ManifestCmd::Inspect {
@@ -486,5 +561,56 @@ mod tests {
         std::fs::write(&p, "{broken").unwrap();
         assert!(insecure_from_daemon_json(&p).is_empty());
         assert!(insecure_from_daemon_json(&t.path().join("missing")).is_empty());
+    }
+
+    /// Walks every command and fails on an option or argument without a help line.
+    #[test]
+    fn every_option_of_every_command_has_a_help_line() {
+        use clap::CommandFactory;
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in cmd.get_arguments() {
+                let id = a.get_id().as_str();
+                if id != "help" && id != "version" && a.get_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "manifold", &mut missing);
+        assert!(missing.is_empty(), "options without help: {missing:#?}");
+    }
+
+    #[test]
+    fn progress_takes_only_known_modes() {
+        use clap::Parser;
+        for ok in ["auto", "tty", "plain", "rawjson", "quiet"] {
+            assert!(Cli::try_parse_from(["manifold", "build", "--progress", ok]).is_ok());
+        }
+        let err = Cli::try_parse_from(["manifold", "build", "--progress", "fancy"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("fancy") && err.contains("auto, tty, plain, rawjson, quiet"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn amend_may_be_repeated_as_with_docker() {
+        use clap::Parser;
+        let cli = Cli::try_parse_from([
+            "manifold", "manifest", "create", "l:1", "--amend", "a:1", "--amend", "b:1", "--amend",
+            "c:1",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Manifest {
+                command: ManifestCmd::Create { amend, sources, .. },
+            } => assert!(amend && sources == ["a:1", "b:1", "c:1"]),
+            other => panic!("{other:?}"),
+        }
     }
 }

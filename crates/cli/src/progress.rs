@@ -109,3 +109,15 @@ impl BlobProgress {
         }
     }
 }
+
+/// A counter line (`[12/40] tags looked at`) on a TTY; hidden elsewhere and with --quiet.
+pub fn counter(quiet: bool, total: u64, what: &str) -> ProgressBar {
+    if quiet || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(total);
+    if let Ok(style) = ProgressStyle::with_template(&format!("  [{{pos}}/{{len}}] {what}")) {
+        pb.set_style(style);
+    }
+    pb
+}

@@ -84,6 +84,7 @@ pub fn pull(
 pub fn push(cli: &Cli, env: &Env, image: &str, jobs: usize) -> Result<ExitCode> {
     let r = Reference::parse(image)?;
     let store = transport::open_store(&env.store_root)?;
+    let _guard = store.write_guard()?;
     let name = r.to_string();
     let root = Source::resolve(&store, &name).with_context(|| {
         format!(
@@ -91,6 +92,12 @@ pub fn push(cli: &Cli, env: &Env, image: &str, jobs: usize) -> Result<ExitCode> 
             familiar(&name)
         )
     })?;
+    // Registries get compressed layers (a docker-archive's are stored uncompressed).
+    let how = store::rewrite::Rewrite {
+        compress: true,
+        oci_media_types: false,
+    };
+    let root = crate::local::rewrite_for(cli, &store, &root, how)?;
     let dst = repo(env, &r)?;
     let report = crate::local::progress_copy(cli, &store, &dst, &root, &[], jobs)?;
     store::Target::set_name(&dst, &name, &report.root)?;
@@ -186,7 +193,13 @@ pub fn login(
         password,
     };
     let stored = env.runtime().block_on(client.login(registry, cred))?;
-    println!("Login Succeeded ({stored:?})");
+    let place = match &stored {
+        registry::Stored::File(p) => format!("credentials stored in {}", p.display()),
+        registry::Stored::Helper(h) => {
+            format!("credentials stored by the credential helper docker-credential-{h}")
+        }
+    };
+    println!("Login Succeeded ({place})");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -198,4 +211,66 @@ pub fn logout(env: &Env, registry: &str) -> Result<ExitCode> {
         println!("Not logged in to {registry}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The platform to build for when no --platform was given and the target stage's base (through
+/// its stage chain) is a single-platform image of a platform this machine is not: docker builds
+/// for the base's platform then, with a warning. `None` in every other case (and on any error:
+/// the build itself reports those).
+pub fn implicit_platform(
+    cli: &Cli,
+    env: &Env,
+    plan: &dockerfile::BuildPlan,
+) -> Option<oci::Platform> {
+    use dockerfile::plan::Base;
+    let pp = plan.platforms.first()?;
+    let mut stage = plan.stage(&pp.target)?;
+    let reference = loop {
+        match &stage.body.base {
+            Base::Image { reference } => break reference.clone(),
+            Base::Stage { key, .. } => stage = plan.stage(key)?,
+            Base::Scratch => return None,
+        }
+    };
+    let r = Reference::parse(&reference).ok()?;
+    let name = r.to_string();
+    // The store first, as the build looks there first; then the registry.
+    let from_store = transport::open_store(&env.store_root).ok().and_then(|s| {
+        let root = s.lookup(&name).ok()??;
+        single_platform(&s, &root)
+    });
+    let own = match from_store {
+        Some(p) => p,
+        None => {
+            let src = repo(env, &r).ok()?;
+            let root = src.resolve(&name).ok()?;
+            single_platform(&src, &root)?
+        }
+    };
+    if Matcher::new(&pp.platform).matches(&own) {
+        return None;
+    }
+    say(
+        cli,
+        format!(
+            "warning: base image {} is only for {own}, and no --platform was given: building for \
+             {own} (emulated where this machine cannot run it), as docker does; pass --platform \
+             to choose",
+            r.familiar()
+        ),
+    );
+    Some(own)
+}
+
+/// The platform of a single image manifest (from its config); `None` for an index.
+fn single_platform(src: &dyn Source, root: &oci::Descriptor) -> Option<oci::Platform> {
+    let oci::Manifest::Image(doc) = src.read_manifest(root).ok()? else {
+        return None;
+    };
+    let cfg = src.read_verified(&doc.value().config).ok()?;
+    let p = oci::Document::<oci::ImageConfig>::parse(cfg)
+        .ok()?
+        .value()
+        .platform();
+    (!p.os.is_empty() && !p.architecture.is_empty()).then_some(p)
 }

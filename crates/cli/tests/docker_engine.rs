@@ -197,7 +197,7 @@ fn docker_pulls_and_runs_each_platform_of_a_merged_tag_and_loads_our_archive() {
         s,
         &[
             "save",
-            "--format",
+            "--type",
             "docker",
             "-o",
             archive.to_str().unwrap(),

@@ -306,13 +306,15 @@ fn basic_auth_login_push_logout() {
     let out = run_with(
         r,
         &env,
-        Some("wrong\n"),
+        Some("not-the-pass\n"),
         &["login", "-u", "alice", "--password-stdin", &reg.addr],
     );
     assert!(!out.status.success(), "a wrong password is refused");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("not-the-pass"), "the secret is never printed");
     assert!(
-        !String::from_utf8_lossy(&out.stderr).contains("wrong"),
-        "the secret is never printed"
+        err.contains("unauthorized: wrong username or password") && !err.contains("stored"),
+        "{err}"
     );
 
     let out = run_with(
@@ -325,6 +327,14 @@ fn basic_auth_login_push_logout() {
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        said.trim(),
+        format!(
+            "Login Succeeded (credentials stored in {})",
+            cfg.join("config.json").display()
+        )
     );
     let conf = std::fs::read_to_string(cfg.join("config.json")).unwrap();
     let v: serde_json::Value = serde_json::from_str(&conf).unwrap();
@@ -436,4 +446,382 @@ fn a_registry_serving_corrupt_bytes_is_refused_and_nothing_lands() {
         .count();
     assert_eq!(blob_files, 0, "the corrupt blob did not land");
     assert!(ok(fresh.path(), &["fsck"]).contains("store is consistent"));
+}
+
+/// Debian's docker-registry serving TLS (a self-signed certificate made with openssl) on a free
+/// loopback port, killed on drop.
+struct TlsRegistry {
+    addr: String,
+    _dir: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+impl Drop for TlsRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tls_registry() -> Option<TlsRegistry> {
+    if !peer("docker-registry") || !peer("openssl") {
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (crt, key) = (dir.path().join("crt.pem"), dir.path().join("key.pem"));
+    sh(Command::new("openssl").args([
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=localhost",
+        "-addext",
+        "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        "-keyout",
+        key.to_str().unwrap(),
+        "-out",
+        crt.to_str().unwrap(),
+    ]));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let cfg = dir.path().join("config.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n  tls:\n    certificate: {}\n    key: {}\n",
+            dir.path().join("data").display(),
+            crt.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(&cfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("docker-registry starts");
+    let reg = TlsRegistry {
+        addr: addr.clone(),
+        _dir: dir,
+        child,
+    };
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(&addr).is_ok() {
+            return Some(reg);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("the TLS registry did not start on {addr}");
+}
+
+#[test]
+fn loopback_registries_are_reached_over_tls_or_plain_http() {
+    if !peer("skopeo") {
+        return;
+    }
+    let Some(tls) = tls_registry() else { return };
+    let Some(plain) = Registry::start(None) else {
+        return;
+    };
+    let Some((root, digest)) = loaded() else {
+        return;
+    };
+    let r = root.path();
+    // TLS with a certificate nobody vouches for, on 127.0.0.1 and localhost: as docker, loopback
+    // is an insecure registry, so HTTPS is tried first and its certificate not checked.
+    let port = tls.addr.rsplit(':').next().unwrap();
+    for host in [tls.addr.clone(), format!("localhost:{port}")] {
+        let name = format!("{host}/tls/bb:1");
+        ok(r, &["tag", "busybox:1", &name]);
+        let out = ok(r, &["push", &name]);
+        assert!(out.contains(&digest), "{out}");
+        assert_eq!(skopeo_digest(&name), digest);
+        let fresh = tempfile::tempdir().unwrap();
+        assert!(ok(fresh.path(), &["digest", &name]).starts_with(&digest));
+    }
+    // Plain HTTP on loopback, as before.
+    let name = format!("{}/plain/bb:1", plain.addr);
+    ok(r, &["tag", "busybox:1", &name]);
+    ok(r, &["push", &name]);
+
+    // A host that is not loopback by name (0.0.0.0 connects to this machine) and speaks plain
+    // HTTP: HTTPS fails at once, naming the flag; with the flag it works.
+    let port = plain.addr.rsplit(':').next().unwrap();
+    let other = format!("0.0.0.0:{port}");
+    let err = fails(r, &["tags", &format!("{other}/plain/bb")]);
+    assert!(
+        err.contains("answers plain HTTP") && err.contains(&format!("--insecure-registry {other}")),
+        "{err}"
+    );
+    assert!(!err.contains("attempt"), "no retries: {err}");
+    let tags = ok(
+        r,
+        &[
+            "--insecure-registry",
+            &other,
+            "tags",
+            &format!("{other}/plain/bb"),
+        ],
+    );
+    assert_eq!(tags.trim(), "1");
+}
+
+/// A `docker save`-style archive: Docker media types, one uncompressed layer of `size` bytes.
+fn docker_save_archive(path: &std::path::Path, tag: &str, size: usize) -> String {
+    let content: String = (0..)
+        .map(|i| format!("line {i} of a file that compresses well\n"))
+        .take_while({
+            let mut n = 0;
+            move |l: &String| {
+                n += l.len();
+                n <= size
+            }
+        })
+        .collect();
+    let mut lb = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_ustar();
+    h.set_path("data.txt").unwrap();
+    h.set_size(content.len() as u64);
+    h.set_mode(0o644);
+    h.set_mtime(0);
+    h.set_cksum();
+    lb.append(&h, content.as_bytes()).unwrap();
+    let layer = lb.into_inner().unwrap();
+    let diff_id = oci::Digest::sha256_of(&layer).to_string();
+    let cfg = format!(
+        r#"{{"architecture":"amd64","os":"linux","config":{{"Cmd":["/bin/sh"]}},"rootfs":{{"type":"layers","diff_ids":["{diff_id}"]}}}}"#
+    );
+    let cfg_name = format!("{}.json", oci::Digest::sha256_of(cfg.as_bytes()).hex());
+    let manifest =
+        format!(r#"[{{"Config":"{cfg_name}","RepoTags":["{tag}"],"Layers":["l1/layer.tar"]}}]"#);
+    let mut b = tar::Builder::new(std::fs::File::create(path).unwrap());
+    for (name, data) in [
+        (cfg_name.as_str(), cfg.as_bytes()),
+        ("l1/layer.tar", &layer[..]),
+        ("manifest.json", manifest.as_bytes()),
+    ] {
+        let mut h = tar::Header::new_ustar();
+        h.set_path(name).unwrap();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append(&h, data).unwrap();
+    }
+    b.finish().unwrap();
+    diff_id
+}
+
+#[test]
+fn uncompressed_layers_are_compressed_on_push_once() {
+    if !peer("skopeo") || !peer("umoci") {
+        return;
+    }
+    let Some(reg) = Registry::start(None) else {
+        return;
+    };
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    let t = tempfile::tempdir().unwrap();
+    let archive = t.path().join("saved.tar");
+    let diff_id = docker_save_archive(&archive, "app:1", 400_000);
+    ok(r, &["load", "-i", archive.to_str().unwrap()]);
+    let local = ok(r, &["-q", "digest", "store:app:1"]).trim().to_string();
+    let name = format!("{}/app/one:1", reg.addr);
+    ok(r, &["tag", "app:1", &name]);
+    let out = run(r, &["push", &name]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("compressed 1 layer(s)") && said.contains(&local),
+        "{said}"
+    );
+
+    // What the registry holds: a gzip layer, much smaller, whose content is the original layer.
+    let raw: serde_json::Value = serde_json::from_str(&sh(Command::new("skopeo").args([
+        "inspect",
+        "--tls-verify=false",
+        "--raw",
+        &format!("docker://{name}"),
+    ])))
+    .unwrap();
+    let layer = &raw["layers"][0];
+    // load keeps a docker-archive's layers as they are (uncompressed) under OCI media types.
+    assert_eq!(
+        layer["mediaType"],
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+    );
+    let pushed = layer["size"].as_u64().unwrap();
+    assert!(pushed * 10 < 400_000, "compressed to {pushed} bytes");
+    let dir = t.path().join("dir");
+    sh(Command::new("skopeo").args([
+        "copy",
+        "--src-tls-verify=false",
+        &format!("docker://{name}"),
+        &format!("dir:{}", dir.display()),
+    ]));
+    let blob = std::fs::read(
+        dir.join(
+            layer["digest"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("sha256:"),
+        ),
+    )
+    .unwrap();
+    let mut plain = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&blob[..]), &mut plain).unwrap();
+    assert_eq!(oci::Digest::sha256_of(&plain).to_string(), diff_id);
+    // umoci checks every layer against the config's diff_ids.
+    let lay = t.path().join("oci");
+    sh(Command::new("skopeo").args([
+        "copy",
+        "--src-tls-verify=false",
+        &format!("docker://{name}"),
+        &format!("oci:{}:x", lay.display()),
+    ]));
+    sh(Command::new("umoci").args([
+        "unpack",
+        "--rootless",
+        "--image",
+        &format!("{}:x", lay.display()),
+        t.path().join("bundle").to_str().unwrap(),
+    ]));
+
+    // The second push compresses nothing and sends nothing, even after a prune; the store's
+    // image keeps its digest.
+    ok(r, &["prune"]);
+    let out = run(r, &["push", &name]);
+    assert!(out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("1 remembered from before") && said.contains("copied 0 blobs"),
+        "{said}"
+    );
+    assert_eq!(ok(r, &["-q", "digest", "store:app:1"]).trim(), local);
+    // Another repository of the same registry gets it by mount, still compressed.
+    let other = format!("{}/app/two:1", reg.addr);
+    let out = run(r, &["cp", "store:app:1", &other]);
+    assert!(out.status.success());
+    assert_eq!(
+        ok(r, &["-q", "digest", &other]).trim(),
+        ok(r, &["-q", "digest", &name]).trim()
+    );
+}
+
+#[test]
+fn oci_mediatypes_makes_layouts_umoci_can_read() {
+    if !peer("umoci") || !peer("skopeo") {
+        return;
+    }
+    let Some(reg) = Registry::start(None) else {
+        return;
+    };
+    let Some((layout, _)) = busybox_layout(&["amd64", "arm64"]) else {
+        return;
+    };
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    let t = tempfile::tempdir().unwrap();
+    // An image with Docker media types, as most registries serve them.
+    let v2 = format!("{}/docker/types:1", reg.addr);
+    sh(Command::new("skopeo").args([
+        "copy",
+        "--dest-tls-verify=false",
+        "--format",
+        "v2s2",
+        &format!("oci:{}:latest", layout.display()),
+        &format!("docker://{v2}"),
+    ]));
+    ok(r, &["pull", &v2]);
+    ok(r, &["tag", &v2, "app:1"]);
+    // Kept with Docker media types, umoci refuses it.
+    let plain = t.path().join("plain");
+    ok(
+        r,
+        &["cp", "store:app:1", &format!("oci:{}:app", plain.display())],
+    );
+    let out = Command::new("umoci")
+        .args([
+            "unpack",
+            "--rootless",
+            "--image",
+            &format!("{}:app", plain.display()),
+        ])
+        .arg(t.path().join("b1"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "umoci reads only OCI media types");
+    let lay = t.path().join("lay");
+    let out = run(
+        r,
+        &[
+            "cp",
+            "--oci-mediatypes",
+            "store:app:1",
+            &format!("oci:{}:app", lay.display()),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("converted 1 Docker manifest"));
+    sh(Command::new("umoci")
+        .args([
+            "unpack",
+            "--rootless",
+            "--image",
+            &format!("{}:app", lay.display()),
+        ])
+        .arg(t.path().join("b2")));
+    let tar = t.path().join("app.tar");
+    ok(
+        r,
+        &[
+            "save",
+            "--oci-mediatypes",
+            "-o",
+            tar.to_str().unwrap(),
+            "app:1",
+        ],
+    );
+    let raw: serde_json::Value = serde_json::from_str(&sh(Command::new("skopeo").args([
+        "inspect",
+        "--raw",
+        &format!("oci-archive:{}", tar.display()),
+    ])))
+    .unwrap();
+    assert_eq!(
+        raw["mediaType"],
+        "application/vnd.oci.image.manifest.v1+json"
+    );
+    assert_eq!(
+        raw["config"]["mediaType"],
+        "application/vnd.oci.image.config.v1+json"
+    );
+    let err = fails(
+        r,
+        &[
+            "cp",
+            "--oci-mediatypes",
+            &format!("oci:{}:app", plain.display()),
+            &format!("oci:{}:x", t.path().join("x").display()),
+        ],
+    );
+    assert!(err.contains("from the local store"), "{err}");
 }

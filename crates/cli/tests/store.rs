@@ -100,7 +100,7 @@ fn skopeo_reads_the_store_and_every_archive_format() {
         r,
         &[
             "save",
-            "--format",
+            "--type",
             "docker",
             "-o",
             dock.to_str().unwrap(),
@@ -446,7 +446,7 @@ fn bad_archives_are_refused_and_change_nothing() {
         r,
         &[
             "save",
-            "--format",
+            "--type",
             "docker",
             "--platform",
             "linux/amd64",
@@ -537,4 +537,317 @@ fn put(layout: &Path, b: &[u8]) -> String {
     let h = sha256(b);
     fs::write(layout.join("blobs/sha256").join(&h), b).unwrap();
     h
+}
+
+/// Modes of every file under `dir`, by path relative to it.
+fn modes(dir: &Path) -> Vec<(String, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.push((
+                    p.strip_prefix(dir).unwrap().display().to_string() + "/",
+                    fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+                ));
+                stack.push(p);
+            } else {
+                out.push((
+                    p.strip_prefix(dir).unwrap().display().to_string(),
+                    fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+                ));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn exports_follow_the_umask_and_hold_only_the_layout() {
+    let Some((root, digest)) = loaded_store() else {
+        return;
+    };
+    let r = root.path();
+    let t = tempfile::tempdir().unwrap();
+    let tar = t.path().join("bb.tar");
+    let dock = t.path().join("bb-docker.tar");
+    let lay = t.path().join("layout");
+    ok(r, &["save", "-o", tar.to_str().unwrap(), "busybox:1"]);
+    ok(
+        r,
+        &[
+            "save",
+            "--type",
+            "docker",
+            "-o",
+            dock.to_str().unwrap(),
+            "busybox:1",
+        ],
+    );
+    ok(
+        r,
+        &[
+            "cp",
+            "store:busybox:1",
+            &format!("oci:{}:bb", lay.display()),
+        ],
+    );
+    // The test process's umask (022 unless the caller set another) decides, as for cp or tar.
+    let mask = {
+        let s = fs::read_to_string("/proc/self/status").unwrap();
+        let v = s.lines().find_map(|l| l.strip_prefix("Umask:")).unwrap();
+        u32::from_str_radix(v.trim(), 8).unwrap()
+    };
+    use std::os::unix::fs::PermissionsExt;
+    for f in [&tar, &dock] {
+        let m = fs::metadata(f).unwrap().permissions().mode() & 0o777;
+        assert_eq!(m, 0o666 & !mask, "{}", f.display());
+    }
+    let files = modes(&lay);
+    for (p, m) in &files {
+        let want = if p.ends_with('/') {
+            0o777 & !mask
+        } else {
+            0o666 & !mask
+        };
+        assert_eq!(*m, want, "{p}");
+    }
+    let names: Vec<&str> = files
+        .iter()
+        .map(|(p, _)| p.as_str())
+        .filter(|p| *p == "blobs/sha256/" || !p.starts_with("blobs/sha256/"))
+        .collect();
+    assert_eq!(
+        names,
+        ["blobs/", "blobs/sha256/", "index.json", "oci-layout"]
+    );
+    // umoci (which checks a layout strictly) reads it; so does skopeo.
+    if peer("skopeo") {
+        let raw = sh(Command::new("skopeo").args([
+            "inspect",
+            "--raw",
+            &format!("oci:{}:bb", lay.display()),
+        ]));
+        assert_eq!(format!("sha256:{}", sha256(raw.as_bytes())), digest);
+    }
+}
+
+#[test]
+fn dash_is_standard_output_and_never_a_terminal() {
+    let Some((root, digest)) = loaded_store() else {
+        return;
+    };
+    let r = root.path();
+    let t = tempfile::tempdir().unwrap();
+    // save -o - and cp to oci-archive:- write the archive to stdout, and no file named "-".
+    let out = Command::new(manifold_bin())
+        .current_dir(t.path())
+        .env("MANIFOLD_ROOT", r)
+        .args(["save", "-o", "-", "busybox:1"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tar = t.path().join("piped.tar");
+    fs::write(&tar, &out.stdout).unwrap();
+    let loaded = tempfile::tempdir().unwrap();
+    ok(loaded.path(), &["load", "-i", tar.to_str().unwrap()]);
+    assert!(ok(loaded.path(), &["images", "--no-trunc"]).contains(&digest));
+    let out = Command::new(manifold_bin())
+        .current_dir(t.path())
+        .env("MANIFOLD_ROOT", r)
+        .args(["cp", "store:busybox:1", "oci-archive:-"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let file = fs::read(&tar).unwrap();
+    assert!(
+        out.stdout.len() == file.len() && tar_entries(&out.stdout) == tar_entries(&file),
+        "the same archive, and only it"
+    );
+    assert!(!t.path().join("-").exists());
+
+    // A terminal on stdout is refused (script(1) gives the command a real pseudo-terminal).
+    if !peer("script") {
+        return;
+    }
+    let cmd = format!(
+        "MANIFOLD_ROOT={} {} save -o - busybox:1; echo rc=$?",
+        r.display(),
+        manifold_bin().display()
+    );
+    let out = sh(Command::new("script").args(["-qec", &cmd, "/dev/null"]));
+    assert!(
+        out.contains("refusing to write an archive to a terminal") && out.contains("rc=1"),
+        "{out}"
+    );
+}
+
+#[test]
+fn rm_changes_nothing_on_error_and_removes_many_names_at_once() {
+    let Some((root, _)) = loaded_store() else {
+        return;
+    };
+    let r = root.path();
+    let before = fs::read(r.join("index.json")).unwrap();
+    let blobs = fs::read_dir(r.join("blobs/sha256")).unwrap().count();
+    // An unnamed orphan blob that a GC would sweep: an error must not sweep it.
+    let orphan = put(r, b"orphan");
+    let out = run(r, &["rm", "busybox:1", "nonexistent:1"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no such image: nonexistent:1")
+            && err.contains("nothing was removed")
+            && !err.contains("Deleted"),
+        "{err}"
+    );
+    assert_eq!(fs::read(r.join("index.json")).unwrap(), before);
+    assert!(r
+        .join("blobs/sha256")
+        .join(orphan.trim_start_matches("sha256:"))
+        .exists());
+    assert_eq!(
+        fs::read_dir(r.join("blobs/sha256")).unwrap().count(),
+        blobs + 1
+    );
+
+    // 3,000 names go in one index update and one GC.
+    let names: Vec<(String, oci::Descriptor)> = {
+        let idx: serde_json::Value = serde_json::from_slice(&before).unwrap();
+        let d: oci::Descriptor = serde_json::from_value(idx["manifests"][0].clone()).unwrap();
+        (0..3000)
+            .map(|i| (format!("docker.io/library/many:{i}"), d.clone()))
+            .collect()
+    };
+    store::Layout::open_existing(r)
+        .unwrap()
+        .set_names(&names)
+        .unwrap();
+    let mut args = vec!["rm".to_string()];
+    args.extend((0..3000).map(|i| format!("many:{i}")));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = ok(r, &args);
+    assert_eq!(out.lines().count(), 3000);
+    let left = ok(r, &["images", "--format", "json"]);
+    assert!(!left.contains("many"), "{left}");
+}
+
+#[test]
+fn load_never_echoes_its_input() {
+    let root = tempfile::tempdir().unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let f = t.path().join("secrets");
+    fs::write(
+        &f,
+        "root:x:0:0:root:/root:/bin/bash\nTOKEN=hunter2-very-secret\n",
+    )
+    .unwrap();
+    let err = fails(root.path(), &["load", "-i", f.to_str().unwrap()]);
+    assert!(err.contains("not a tar archive"), "{err}");
+    assert!(
+        !err.contains("hunter2") && !err.contains("/bin/bash"),
+        "{err}"
+    );
+    let out = run_with(
+        root.path(),
+        &[],
+        Some("TOKEN=hunter2-very-secret\n"),
+        &["load"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("standard input: not a tar archive") && !err.contains("hunter2"),
+        "{err}"
+    );
+    let err = fails(root.path(), &["cp", "store:x:1", "oci:"]);
+    assert!(err.contains("names no path"), "{err}");
+}
+
+#[test]
+fn build_outputs_follow_the_umask_and_take_dash_for_stdout() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    let ctx = tempfile::tempdir().unwrap();
+    fs::write(ctx.path().join("Dockerfile"), "FROM scratch\nCOPY f /f\n").unwrap();
+    fs::write(ctx.path().join("f"), "hello\n").unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let mask = {
+        let s = fs::read_to_string("/proc/self/status").unwrap();
+        let v = s.lines().find_map(|l| l.strip_prefix("Umask:")).unwrap();
+        u32::from_str_radix(v.trim(), 8).unwrap()
+    };
+    for kind in ["oci", "docker", "tar"] {
+        let dest = t.path().join(format!("out-{kind}.tar"));
+        let out = run_with(
+            r,
+            &[("SOURCE_DATE_EPOCH", "0")],
+            None,
+            &[
+                "build",
+                "--progress",
+                "quiet",
+                "-o",
+                &format!("type={kind},dest={}", dest.display()),
+                ctx.path().to_str().unwrap(),
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let m = fs::metadata(&dest).unwrap().permissions().mode() & 0o777;
+        assert_eq!(m, 0o666 & !mask, "type={kind}");
+        // dest=- is standard output: the same bytes, and no file named "-".
+        let out = Command::new(manifold_bin())
+            .current_dir(t.path())
+            .env("MANIFOLD_ROOT", r)
+            .env("SOURCE_DATE_EPOCH", "0")
+            .args([
+                "build",
+                "--progress",
+                "quiet",
+                "-o",
+                &format!("type={kind},dest=-"),
+                ctx.path().to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The same entries (parallel transfers may order them differently), and nothing else.
+        let file = fs::read(&dest).unwrap();
+        assert!(
+            out.stdout.len() == file.len() && tar_entries(&out.stdout) == tar_entries(&file),
+            "type={kind}: standard output holds the same archive, and only it"
+        );
+        assert!(!t.path().join("-").exists());
+    }
+}
+
+/// A tar's entries by path; panics unless `bytes` is a tar and nothing follows it.
+fn tar_entries(bytes: &[u8]) -> std::collections::BTreeMap<String, Vec<u8>> {
+    use std::io::Read;
+    let mut a = tar::Archive::new(bytes);
+    let mut out = std::collections::BTreeMap::new();
+    for e in a.entries().unwrap() {
+        let mut e = e.unwrap();
+        let mut b = Vec::new();
+        e.read_to_end(&mut b).unwrap();
+        out.insert(e.path().unwrap().display().to_string(), b);
+    }
+    assert!(!out.is_empty());
+    out
 }

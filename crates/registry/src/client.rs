@@ -191,7 +191,15 @@ impl Client {
         // A fresh client, so neither cached tokens nor stored credentials mask a bad password.
         let probe = Client::new(self.inner.opts.clone())?;
         probe.set_credential(registry, cred.clone());
-        probe.verify_credentials(registry).await?;
+        probe.verify_credentials(registry).await.map_err(|mut e| {
+            if let Error::Refused {
+                status: 401, hint, ..
+            } = &mut e
+            {
+                *hint = "unauthorized: wrong username or password".into();
+            }
+            e
+        })?;
         store.login(registry, &cred).await
     }
 
@@ -320,11 +328,12 @@ impl Client {
         }
     }
 
-    /// Finds the scheme: HTTPS, or plain HTTP for loopback and insecure hosts when HTTPS fails
-    /// for a reason other than an untrusted certificate (as docker does).
+    /// Finds the scheme: HTTPS first, then plain HTTP for loopback and insecure hosts (as
+    /// docker does, which also skips certificate checks for them). A plain-HTTP port reached
+    /// over HTTPS for any other host fails at once, naming the flag that allows it.
     async fn connect(&self, name: &str) -> Result<Arc<Host>, Error> {
-        let insecure = self.is_insecure(name);
-        let plain_ok = insecure || tls::is_loopback(name);
+        let plain_ok = self.is_insecure(name) || tls::is_loopback(name);
+        let insecure = plain_ok;
         let slot = Arc::new(IssuerSlot::default());
         let http = self.build_http(name, insecure, slot.clone())?;
         let op = Op {
@@ -394,6 +403,7 @@ impl Client {
                     return Ok(Arc::new(host));
                 }
                 Err(e @ Error::Certificate { .. }) if !insecure => return Err(e),
+                Err(e @ Error::PlainHttp { .. }) if !plain_ok => return Err(e),
                 // The port speaks TLS but the handshake failed: plain HTTP would only confuse.
                 Err(e @ Error::Tls { .. }) => return Err(e),
                 Err(Error::Connect {
@@ -457,6 +467,15 @@ impl Client {
                     let empty = IssuerSlot::default();
                     if let Some(ce) = self.tls_error(&host.name, &e, slot.unwrap_or(&empty)) {
                         return Err(ce);
+                    }
+                    // Retrying will not make a plain-HTTP port speak TLS.
+                    if matches!(
+                        tls::find_rustls_error(&e),
+                        Some(rustls::Error::InvalidMessage(_))
+                    ) {
+                        return Err(Error::PlainHttp {
+                            host: host.name.clone(),
+                        });
                     }
                     // A name that does not resolve will not resolve on the next try either.
                     let permanent = e.is_builder() || describe(&e).contains("dns error");

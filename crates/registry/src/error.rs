@@ -56,6 +56,10 @@ pub enum Error {
         ca_path: PathBuf,
     },
 
+    /// An HTTPS request reached a port that speaks plain HTTP.
+    #[error("registry {host} answers plain HTTP, not HTTPS; to reach it over plain HTTP (only on a network you trust), pass --insecure-registry {host} (or set MANIFOLD_INSECURE_REGISTRIES, or list it in /etc/docker/daemon.json's insecure-registries)")]
+    PlainHttp { host: String },
+
     #[error("TLS setup for {host} failed: {reason}")]
     Tls { host: String, reason: String },
 

@@ -51,9 +51,13 @@ async fn tls_fails_with_certs_d_hint_until_the_ca_is_placed() {
         ..Config::default()
     });
     let cfg = tempfile::tempdir().unwrap();
-    let r = reference(&reg.addr, "secure/app:v1");
+    // Loopback names are insecure registries (as docker has them): their certificates are not
+    // checked. 0.0.0.0 reaches the same port under a name that is not loopback.
+    let port = reg.addr.rsplit(':').next().unwrap();
+    let addr = format!("0.0.0.0:{port}");
+    let r = reference(&addr, "secure/app:v1");
     let img = common::tiny_image(cfg.path(), "tls");
-    let ca_path = cfg.path().join("certs.d").join(&reg.addr).join("ca.crt");
+    let ca_path = cfg.path().join("certs.d").join(&addr).join("ca.crt");
 
     let client = Client::new(options(cfg.path())).unwrap();
     let err = client.get_manifest(&r).await.unwrap_err();
@@ -62,9 +66,12 @@ async fn tls_fails_with_certs_d_hint_until_the_ca_is_placed() {
     assert!(matches!(err, Error::Certificate { .. }), "{msg}");
     assert!(msg.contains(&ca_path.display().to_string()), "{msg}");
     assert!(msg.contains("manifold test CA"), "issuer missing: {msg}");
-    assert!(msg.contains(&reg.addr), "{msg}");
-    // The loopback default of plain HTTP must not hide a TLS registry's bad certificate.
+    assert!(msg.contains(&addr), "{msg}");
     assert!(!msg.contains("http:"), "{msg}");
+
+    // On loopback the same registry is reached over HTTPS without the CA.
+    let lo = Client::new(options(cfg.path())).unwrap();
+    push_and_pull(&lo, &reference(&reg.addr, "loopback/app:v1"), &img).await;
 
     std::fs::create_dir_all(ca_path.parent().unwrap()).unwrap();
     std::fs::copy(&ca.ca_crt, &ca_path).unwrap();
@@ -74,7 +81,7 @@ async fn tls_fails_with_certs_d_hint_until_the_ca_is_placed() {
     // Listed as insecure, the registry is reached without the CA.
     let other = tempfile::tempdir().unwrap();
     let insecure = Client::new(ClientOptions {
-        insecure_registries: vec![reg.addr.clone()],
+        insecure_registries: vec![addr.clone()],
         ..options(other.path())
     })
     .unwrap();

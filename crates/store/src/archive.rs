@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufReader, IsTerminal, Read, Seek, SeekFrom, Write};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Mutex;
 
@@ -102,10 +102,25 @@ impl TarSource {
             let entries = ar
                 .entries()
                 .map_err(|e| bad(format!("not a tar archive: {e}")))?;
+            let mut last: Option<String> = None;
             for ent in entries {
-                let ent = ent.map_err(|e| bad(format!("broken tar entry: {e}")))?;
+                // The tar crate's messages quote header bytes: never echo the input back.
+                let ent = ent.map_err(|e| {
+                    bad(match e.kind() {
+                        io::ErrorKind::Other
+                        | io::ErrorKind::InvalidData
+                        | io::ErrorKind::UnexpectedEof => match &last {
+                            None => "not a tar archive (it does not start with a tar header); give an OCI \
+                                     archive, a docker-archive (plain, .gz or .zst) or an OCI layout directory"
+                                .to_string(),
+                            Some(n) => format!("broken tar entry after {n:?}: the archive is truncated or corrupt"),
+                        },
+                        k => format!("reading it failed: {k}"),
+                    })
+                })?;
                 let raw = ent.path_bytes();
                 let name = String::from_utf8_lossy(&raw).to_string();
+                last = Some(name.clone());
                 let clean = clean_path(&name).ok_or_else(|| {
                     bad(format!(
                         "entry {name:?} points outside the archive; refusing to read it"
@@ -446,7 +461,8 @@ fn clean_path(p: &str) -> Option<String> {
 }
 
 /// Writes a tar into a temporary file beside `dest` and renames it into place on `finish`:
-/// an interrupted export leaves no half-written archive under the destination name.
+/// an interrupted export leaves no half-written archive under the destination name. A `dest` of
+/// `-` is standard output (written on `finish`; refused when it is a terminal).
 struct TarOut {
     dest: PathBuf,
     tmp: tempfile::NamedTempFile,
@@ -455,14 +471,28 @@ struct TarOut {
 
 impl TarOut {
     fn create(dest: &Path) -> Result<Self> {
-        let dir = dest
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
+        let stdout = is_stdout(dest);
+        if stdout && io::stdout().is_terminal() {
+            return Err(Error::Unsupported(
+                "refusing to write an archive to a terminal (dest `-` is standard output); \
+                 redirect it to a file or a pipe, or give a file name"
+                    .into(),
+            ));
+        }
+        let dir = if stdout {
+            std::env::temp_dir()
+        } else {
+            dest.parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+                .to_path_buf()
+        };
+        let dir = dir.as_path();
         let tmp = tempfile::Builder::new()
             .prefix(".manifold-")
             .tempfile_in(dir)
             .map_err(|e| io_err(dir, e))?;
+        crate::follow_umask(tmp.as_file(), tmp.path())?;
         let f = tmp.reopen().map_err(|e| io_err(tmp.path(), e))?;
         let mut builder = tar::Builder::new(io::BufWriter::with_capacity(1 << 20, f));
         builder.mode(tar::HeaderMode::Deterministic);
@@ -500,10 +530,21 @@ impl TarOut {
         let mut w = builder.into_inner().map_err(|e| io_err(&dest, e))?;
         w.flush().map_err(|e| io_err(&dest, e))?;
         let f = w.into_inner().map_err(|e| io_err(&dest, e.into_error()))?;
+        if is_stdout(&dest) {
+            let mut r = tmp.reopen().map_err(|e| io_err(tmp.path(), e))?;
+            let mut out = io::stdout().lock();
+            io::copy(&mut r, &mut out).map_err(|e| io_err(&dest, e))?;
+            return out.flush().map_err(|e| io_err(&dest, e));
+        }
         f.sync_all().map_err(|e| io_err(&dest, e))?;
         tmp.persist(&dest).map_err(|e| io_err(&dest, e.error))?;
         Ok(())
     }
+}
+
+/// `-` as a destination: standard output, as docker takes it.
+pub fn is_stdout(dest: &Path) -> bool {
+    dest.as_os_str() == "-"
 }
 
 /// What both archive targets keep while writing: the tar, the blobs written and the names given.

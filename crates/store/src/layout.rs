@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 use oci::media_type as mt;
 use oci::{Descriptor, Digest, Document, Index, Manifest, VerifyingReader};
 
-use crate::{io_err, Error, Result};
+use crate::{follow_umask, io_err, Error, Result};
 
 pub const REF_NAME: &str = oci::manifest::ANNOTATION_REF_NAME;
 const LAYOUT_VERSION: &str = r#"{"imageLayoutVersion":"1.0.0"}"#;
@@ -173,6 +173,7 @@ impl Layout {
             .suffix(".tmp")
             .tempfile_in(&dir)
             .map_err(|e| io_err(&dir, e))?;
+        follow_umask(tmp.as_file(), tmp.path())?;
         let alg = expected.map_or(oci::Algorithm::Sha256, |(d, _)| d.algorithm());
         let tmp_path = tmp.path().to_path_buf();
         let mut w = oci::DigestWriter::new(
@@ -365,6 +366,14 @@ impl Layout {
         for e in self.index()?.manifests {
             self.walk(&e, &mut seen, &mut missing)?;
         }
+        // Compressed forms of live layers stay (the next push needs them); the rest go.
+        for (from, to, path) in crate::rewrite::all_remembered(self) {
+            if seen.contains_key(&from) {
+                seen.entry(to).or_insert(0);
+            } else {
+                let _ = fs::remove_file(&path);
+            }
+        }
         let mut report = GcReport::default();
         for (digest, path) in self.all_blobs()? {
             if !seen.contains_key(&digest) {
@@ -418,6 +427,24 @@ impl Layout {
             }
         }
         Ok(out)
+    }
+
+    /// For a layout written as an export (not the store): removes the lock files and the empty
+    /// ingest directory, so only the layout itself remains. Skipped while another writer holds it.
+    pub fn tidy_export(&self) -> Result<()> {
+        let f = self.lock_file("gc.lock")?;
+        if f.try_lock().is_err() {
+            return Ok(());
+        }
+        let _ = fs::remove_dir(self.root.join(INGEST_DIR));
+        for name in ["index.lock", "gc.lock"] {
+            let p = self.root.join(name);
+            match fs::remove_file(&p) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err(&p, e)),
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// Re-hashes every blob and checks that every entry's children are present.
@@ -504,6 +531,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .prefix(".tmp-")
         .tempfile_in(dir)
         .map_err(|e| io_err(dir, e))?;
+    follow_umask(tmp.as_file(), tmp.path())?;
     tmp.write_all(bytes).map_err(|e| io_err(tmp.path(), e))?;
     tmp.as_file()
         .sync_all()

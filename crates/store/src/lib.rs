@@ -9,6 +9,7 @@
 
 pub mod archive;
 pub mod layout;
+pub mod rewrite;
 pub mod transfer;
 
 use std::io;
@@ -69,6 +70,30 @@ fn known_list(k: &[String]) -> String {
         v.sort();
         format!("; it holds: {}", v.join(", "))
     }
+}
+
+/// The process umask, read from /proc (setting it to read it would race other threads);
+/// 022 when /proc is not there.
+fn umask() -> u32 {
+    static MASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *MASK.get_or_init(|| {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Umask:"))
+                    .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+            })
+            .unwrap_or(0o022)
+    })
+}
+
+/// Gives a file made by `tempfile` (always 0600) the mode a plain create would have: 0666 less
+/// the umask, as cp, tar and docker do.
+pub fn follow_umask(f: &std::fs::File, path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    f.set_permissions(std::fs::Permissions::from_mode(0o666 & !umask()))
+        .map_err(|e| io_err(path, e))
 }
 
 pub(crate) fn io_err(path: &Path, source: io::Error) -> Error {

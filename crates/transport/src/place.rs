@@ -36,17 +36,24 @@ impl Place {
                 None => (PathBuf::from(rest), None),
             }
         }
-        if let Some(rest) = s.strip_prefix("oci:") {
+        for (prefix, what) in [
+            ("oci:", "DIR"),
+            ("oci-archive:", "FILE"),
+            ("docker-archive:", "FILE"),
+        ] {
+            let Some(rest) = s.strip_prefix(prefix) else {
+                continue;
+            };
             let (p, n) = split(rest);
-            return Ok(Place::Oci(p, n));
-        }
-        if let Some(rest) = s.strip_prefix("oci-archive:") {
-            let (p, n) = split(rest);
-            return Ok(Place::OciArchive(p, n));
-        }
-        if let Some(rest) = s.strip_prefix("docker-archive:") {
-            let (p, n) = split(rest);
-            return Ok(Place::DockerArchive(p, n));
+            // An empty path would silently mean the current directory.
+            if p.as_os_str().is_empty() {
+                bail!("{s:?} names no path; use {prefix}{what}[:NAME] (`.` for the current directory)");
+            }
+            return Ok(match prefix {
+                "oci:" => Place::Oci(p, n),
+                "oci-archive:" => Place::OciArchive(p, n),
+                _ => Place::DockerArchive(p, n),
+            });
         }
         if let Some(rest) = s
             .strip_prefix("store:")
@@ -131,6 +138,8 @@ pub fn open_store(root: &Path) -> Result<Layout> {
 pub enum OpenTarget {
     /// The guard keeps GC away until the copy has named what it wrote.
     Layout(Layout, #[allow(dead_code)] store::WriteGuard),
+    /// An OCI layout directory written for others: only the layout is left when finished.
+    Export(Layout, store::WriteGuard),
     OciArchive(OciArchiveTarget),
     DockerArchive(DockerArchiveTarget),
     Registry(RegistryRepo),
@@ -147,7 +156,7 @@ impl OpenTarget {
             Place::Oci(dir, _) => {
                 let l = Layout::open_or_create(dir.clone())?;
                 let g = l.write_guard()?;
-                OpenTarget::Layout(l, g)
+                OpenTarget::Export(l, g)
             }
             Place::OciArchive(f, _) => OpenTarget::OciArchive(OciArchiveTarget::create(f)?),
             Place::DockerArchive(f, _) => {
@@ -161,7 +170,7 @@ impl OpenTarget {
 
     pub fn target(&self) -> &dyn Target {
         match self {
-            OpenTarget::Layout(l, _) => l,
+            OpenTarget::Layout(l, _) | OpenTarget::Export(l, _) => l,
             OpenTarget::OciArchive(t) => t,
             OpenTarget::DockerArchive(t) => t,
             OpenTarget::Registry(t) => t,
@@ -172,6 +181,11 @@ impl OpenTarget {
     pub fn finish(self) -> Result<Vec<String>> {
         match self {
             OpenTarget::Layout(_, _) | OpenTarget::Registry(_) => Ok(Vec::new()),
+            OpenTarget::Export(l, guard) => {
+                drop(guard);
+                l.tidy_export()?;
+                Ok(Vec::new())
+            }
             OpenTarget::OciArchive(t) => {
                 t.finish()?;
                 Ok(Vec::new())
@@ -237,6 +251,10 @@ mod tests {
             Place::parse("docker://localhost:5000/a:b").unwrap(),
             Place::Registry(_)
         ));
+        for empty in ["oci:", "oci::x", "oci-archive:", "docker-archive::n"] {
+            let err = Place::parse(empty).unwrap_err().to_string();
+            assert!(err.contains("names no path"), "{empty}: {err}");
+        }
         let err = Place::parse("containers-storage:busybox")
             .unwrap_err()
             .to_string();

@@ -239,7 +239,7 @@ pub fn make_ca(dir: &Path, ca_name: &str) -> TestCa {
         .arg(p("server.csr")));
     std::fs::write(
         p("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+        "subjectAltName=IP:127.0.0.1,IP:0.0.0.0,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
     )
     .expect("ext file");
     run(Command::new("openssl")
