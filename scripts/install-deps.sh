@@ -6,8 +6,9 @@ pkgs=(skopeo umoci docker-registry apache2-utils openssl busybox-static qemu-use
       binfmt-support jq ca-certificates docker.io)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
-# Foreign architectures for the busybox fixtures (arm64, arm/v7).
-for a in arm64 armhf; do
+# Foreign architectures for the busybox fixtures (manifold run's tests cover each).
+fixture_arches=(arm64 armhf i386 ppc64el s390x riscv64 mips64el)
+for a in "${fixture_arches[@]}"; do
   dpkg --print-foreign-architectures | grep -qx "$a" || { dpkg --add-architecture "$a"; }
 done
 apt_update() {
@@ -15,8 +16,8 @@ apt_update() {
   for i in 1 2 3; do apt-get update -qq >/dev/null 2>&1 && return 0; sleep 3; done
   echo "apt-get update reported errors; continuing with what it fetched" >&2
 }
-policy=$(apt-cache policy busybox-static:arm64 busybox-static:armhf 2>/dev/null || true)
-if [ ${#missing[@]} -gt 0 ] || [ "$(grep -c 'Candidate: [0-9]' <<<"$policy")" != 2 ]; then
+policy=$(apt-cache policy "${fixture_arches[@]/#/busybox-static:}" 2>/dev/null || true)
+if [ ${#missing[@]} -gt 0 ] || [ "$(grep -c 'Candidate: [0-9]' <<<"$policy")" != ${#fixture_arches[@]} ]; then
   apt_update
 fi
 if [ ${#missing[@]} -gt 0 ]; then
