@@ -80,6 +80,30 @@ pub struct StepMount {
     pub readonly: bool,
 }
 
+/// Where the command's standard streams go.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum StdioMode {
+    /// stdin is /dev/null; stdout and stderr are captured (a build step).
+    #[default]
+    Capture,
+    /// stdout and stderr are this process's; stdin too when `stdin` (`manifold run -i`).
+    Inherit { stdin: bool },
+    /// All three are this pseudo-terminal slave (the caller keeps it open until `run`
+    /// returns), which becomes the command's controlling terminal (`manifold run -t`).
+    Tty(std::os::fd::RawFd),
+}
+
+/// Called with the PID of the sandbox's outer process as soon as it started (its only child
+/// is the command, PID 1 of the new namespace), for forwarding signals.
+#[derive(Clone)]
+pub struct SpawnHook(pub Arc<dyn Fn(u32) + Send + Sync>);
+
+impl std::fmt::Debug for SpawnHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SpawnHook")
+    }
+}
+
 /// One command to run.
 #[derive(Clone, Debug)]
 pub struct RunSpec {
@@ -106,6 +130,10 @@ pub struct RunSpec {
     /// Killed (the whole PID namespace) after this long.
     pub timeout: Option<Duration>,
     pub on_output: Option<OutputSink>,
+    pub stdio: StdioMode,
+    /// Mount the root read-only (mounts inside it keep their own mode).
+    pub readonly_root: bool,
+    pub on_spawn: Option<SpawnHook>,
 }
 
 impl RunSpec {
@@ -124,6 +152,9 @@ impl RunSpec {
             platform: None,
             timeout: None,
             on_output: None,
+            stdio: StdioMode::Capture,
+            readonly_root: false,
+            on_spawn: None,
         }
     }
 }
@@ -333,6 +364,8 @@ struct Prepared {
     uid: u32,
     gid: u32,
     groups: Vec<nix::unistd::Gid>,
+    tty: bool,
+    readonly_root: bool,
 }
 
 enum RootMount {
@@ -479,14 +512,39 @@ pub fn run(spec: &RunSpec) -> Result<RunOutput> {
         uid,
         gid,
         groups: groups.into_iter().map(nix::unistd::Gid::from_raw).collect(),
+        tty: matches!(spec.stdio, StdioMode::Tty(_)),
+        readonly_root: spec.readonly_root,
     };
 
     let mut cmd = Command::new(&spec.argv[0]);
-    cmd.args(&spec.argv[1..])
-        .env_clear()
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args(&spec.argv[1..]).env_clear();
+    match &spec.stdio {
+        StdioMode::Capture => {
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+        }
+        StdioMode::Inherit { stdin } => {
+            cmd.stdin(if *stdin {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit());
+        }
+        StdioMode::Tty(fd) => {
+            // SAFETY: the caller keeps `fd` open for the duration of this call.
+            let tty = unsafe { std::os::fd::BorrowedFd::borrow_raw(*fd) };
+            let dup = |what| {
+                tty.try_clone_to_owned()
+                    .map_err(|e| sandbox_err(what, e.to_string()))
+            };
+            cmd.stdin(Stdio::from(dup("the terminal")?))
+                .stdout(Stdio::from(dup("the terminal")?))
+                .stderr(Stdio::from(dup("the terminal")?));
+        }
+    }
     let mut has_path = false;
     let mut has_home = false;
     for kv in &spec.env {
@@ -527,6 +585,9 @@ pub fn run(spec: &RunSpec) -> Result<RunOutput> {
             return Err(sandbox_err(format!("starting {:?}", spec.argv[0]), reason));
         }
     };
+    if let Some(hook) = &spec.on_spawn {
+        (hook.0)(child.id());
+    }
     // Closed at exec, or carries the reason the setup failed.
     let setup_error = read_all(err_r);
 
@@ -963,6 +1024,16 @@ fn child_setup(p: &Prepared, err_fd: i32) -> io::Result<()> {
     }
     // PID 1 dies with its parent, which the timeout kills.
     let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+    if p.tty {
+        // A session of its own with the terminal (already on fds 0-2) as its controlling one.
+        if let Err(e) = nix::unistd::setsid() {
+            fail(err_fd, "setsid", &e.to_string());
+        }
+        // SAFETY: an ioctl on fd 0 with an integer argument.
+        if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } != 0 {
+            fail(err_fd, "making the terminal the controlling one", &errno_str());
+        }
+    }
     setup_root(p, err_fd);
     Ok(())
 }
@@ -1280,6 +1351,20 @@ fn setup_root(p: &Prepared, err_fd: i32) {
     if p.new_net {
         // SAFETY: a socket and two ioctls, in the child.
         unsafe { loopback_up(err_fd) };
+    }
+    if p.readonly_root {
+        // Only the root mount: /dev, /proc, tmpfs and bind mounts keep their own mode.
+        if let Err(e) = nix::mount::mount(
+            None::<&str>,
+            t.as_c_str(),
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND
+                | nix::mount::MsFlags::MS_REMOUNT
+                | nix::mount::MsFlags::MS_RDONLY,
+            None::<&str>,
+        ) {
+            fail(err_fd, "making the root read-only", &e.to_string());
+        }
     }
     if let Err(e) = chdir(t.as_c_str()) {
         fail(err_fd, "chdir to the new root", &e.to_string());
