@@ -161,7 +161,10 @@ fn install(cli: &Cli, list: &str) -> Result<ExitCode> {
             Ok(Installed::Present {
                 handler,
                 interpreter,
-            }) => println!("{:<10} already installed: {handler} ({interpreter})", a.name),
+            }) => println!(
+                "{:<10} already installed: {handler} ({interpreter})",
+                a.name
+            ),
             Ok(Installed::Native) => println!("{:<10} runs natively here: no handler", a.name),
             Err(e) => {
                 failed += 1;
@@ -190,7 +193,10 @@ fn uninstall(cli: &Cli, list: &str) -> Result<ExitCode> {
     let arches = binfmt::parse_arches(list).map_err(anyhow::Error::msg)?;
     let dir = Path::new(BINFMT_DIR);
     if !dir.join("status").exists() {
-        say(cli, format!("binfmt_misc is not mounted at {BINFMT_DIR}: no handler to remove"));
+        say(
+            cli,
+            format!("binfmt_misc is not mounted at {BINFMT_DIR}: no handler to remove"),
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let done = binfmt::uninstall(&arches, dir).map_err(anyhow::Error::msg)?;

@@ -114,7 +114,7 @@ pub fn run(cli: &Cli, env: &Env, a: &RunArgs) -> Result<ExitCode> {
     if let Err(e) = bases.ensure(cli, &a.image, std::slice::from_ref(&platform), false) {
         return Err(match offered(&store, &a.image) {
             Some(list) => e.context(format!(
-                "{} has no image for {platform} in the local store; it offers {list}",
+                "no image of {} for {platform}; the local store has {list}",
                 a.image
             )),
             None => e,
@@ -191,6 +191,9 @@ pub fn run(cli: &Cli, env: &Env, a: &RunArgs) -> Result<ExitCode> {
     spec.network = network;
     spec.hostname = a.name.clone().unwrap_or_else(random_hostname);
     spec.mounts = mounts;
+    let host = Platform::host();
+    spec.linux32 = (platform.architecture == "386" && host.architecture == "amd64")
+        || (platform.architecture == "arm" && host.architecture == "arm64");
     spec.platform = Some(platform);
     spec.readonly_root = a.read_only;
     let outer = Arc::new(AtomicU32::new(0));
@@ -313,7 +316,9 @@ fn parse_mounts(volumes: &[String], specs: &[String]) -> Result<Vec<StepMount>> 
                 "source" | "src" => source = Some(val),
                 "target" | "destination" | "dst" => target = Some(val),
                 "readonly" | "ro" => readonly = val.is_empty() || val == "true" || val == "1",
-                other => bail!("--mount {s:?}: unknown key {other:?}; use type, source, target, readonly"),
+                other => bail!(
+                    "--mount {s:?}: unknown key {other:?}; use type, source, target, readonly"
+                ),
             }
         }
         let target =
@@ -416,8 +421,11 @@ impl Tty {
         let pty = nix::pty::openpty(None, None).context("opening a pseudo-terminal")?;
         for fd in [&pty.master, &pty.slave] {
             // Not inherited by the command: it gets the slave as fds 0-2 only.
-            nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
-                .context("setting close-on-exec on the pseudo-terminal")?;
+            nix::fcntl::fcntl(
+                fd,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            )
+            .context("setting close-on-exec on the pseudo-terminal")?;
         }
         let stdin = std::io::stdin();
         let saved = termios::tcgetattr(stdin.as_fd()).ok();

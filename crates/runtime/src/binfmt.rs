@@ -186,7 +186,9 @@ pub fn parse_arches(list: &str) -> Result<Vec<&'static Arch>, String> {
         }
     }
     if out.is_empty() {
-        return Err("name the architectures: all, or a comma-separated list such as arm64,riscv64".into());
+        return Err(
+            "name the architectures: all, or a comma-separated list such as arm64,riscv64".into(),
+        );
     }
     Ok(out)
 }
@@ -308,15 +310,27 @@ fn elf_is_static(b: &[u8]) -> Option<bool> {
     let le = *b.get(5)? == 1;
     let u16_at = |o: usize| -> Option<u64> {
         let s: [u8; 2] = b.get(o..o + 2)?.try_into().ok()?;
-        Some(if le { u16::from_le_bytes(s) } else { u16::from_be_bytes(s) } as u64)
+        Some(if le {
+            u16::from_le_bytes(s)
+        } else {
+            u16::from_be_bytes(s)
+        } as u64)
     };
     let u32_at = |o: usize| -> Option<u64> {
         let s: [u8; 4] = b.get(o..o + 4)?.try_into().ok()?;
-        Some(if le { u32::from_le_bytes(s) } else { u32::from_be_bytes(s) } as u64)
+        Some(if le {
+            u32::from_le_bytes(s)
+        } else {
+            u32::from_be_bytes(s)
+        } as u64)
     };
     let u64_at = |o: usize| -> Option<u64> {
         let s: [u8; 8] = b.get(o..o + 8)?.try_into().ok()?;
-        Some(if le { u64::from_le_bytes(s) } else { u64::from_be_bytes(s) })
+        Some(if le {
+            u64::from_le_bytes(s)
+        } else {
+            u64::from_be_bytes(s)
+        })
     };
     let (phoff, phentsize, phnum) = if is64 {
         (u64_at(32)?, u16_at(54)?, u16_at(56)?)
@@ -357,9 +371,15 @@ pub fn ensure_mounted(dir: &Path) -> Result<(), String> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Installed {
     /// Registered now.
-    Registered { handler: String, interpreter: PathBuf },
+    Registered {
+        handler: String,
+        interpreter: PathBuf,
+    },
     /// A QEMU handler with flag F was enabled already; left as it is.
-    Present { handler: String, interpreter: String },
+    Present {
+        handler: String,
+        interpreter: String,
+    },
     /// This machine runs these binaries itself: no handler wanted.
     Native,
 }
@@ -488,13 +508,8 @@ mod tests {
 
     #[test]
     fn arch_names() {
-        let names = |s: &str| -> Vec<&str> {
-            parse_arches(s)
-                .unwrap()
-                .iter()
-                .map(|a| a.name)
-                .collect()
-        };
+        let names =
+            |s: &str| -> Vec<&str> { parse_arches(s).unwrap().iter().map(|a| a.name).collect() };
         assert_eq!(names("aarch64,linux/riscv64"), ["arm64", "riscv64"]);
         assert_eq!(names("arm/v7,armel,ppc64el"), ["arm/v7", "ppc64le"]);
         assert_eq!(names("all").len(), ARCHES.len() - 1);

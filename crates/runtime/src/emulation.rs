@@ -274,15 +274,21 @@ fn check_in(found: &[Emulation], platform: &Platform) -> Result<RunMode> {
         });
     }
     let Some(e) = found.iter().find(|e| e.architecture == p.architecture) else {
-        return Err(unavailable(format!(
-            "manifold has no probe for the {} architecture (it knows {})",
-            p.architecture,
-            PROBES
-                .iter()
-                .map(|(a, _)| *a)
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
+        return Err(Error::PlatformUnavailable {
+            platform: p.short(),
+            host: host.short(),
+            reason: format!(
+                "manifold has no probe for the {} architecture (it knows {})",
+                p.architecture,
+                PROBES
+                    .iter()
+                    .map(|(a, _)| *a)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            hint: "`manifold binfmt` lists the architectures manifold can set up emulation for"
+                .into(),
+        });
     };
     let mode = e.mode.clone().map_err(unavailable)?;
     if p.architecture == "amd64" && mode == RunMode::Native {

@@ -134,6 +134,9 @@ pub struct RunSpec {
     /// Mount the root read-only (mounts inside it keep their own mode).
     pub readonly_root: bool,
     pub on_spawn: Option<SpawnHook>,
+    /// The 32-bit personality (`uname -m` says i686 or armv8l), for a 32-bit platform run
+    /// natively on its 64-bit sibling, as `linux32`/`setarch` do.
+    pub linux32: bool,
 }
 
 impl RunSpec {
@@ -155,6 +158,7 @@ impl RunSpec {
             stdio: StdioMode::Capture,
             readonly_root: false,
             on_spawn: None,
+            linux32: false,
         }
     }
 }
@@ -366,6 +370,7 @@ struct Prepared {
     groups: Vec<nix::unistd::Gid>,
     tty: bool,
     readonly_root: bool,
+    linux32: bool,
 }
 
 enum RootMount {
@@ -514,6 +519,7 @@ pub fn run(spec: &RunSpec) -> Result<RunOutput> {
         groups: groups.into_iter().map(nix::unistd::Gid::from_raw).collect(),
         tty: matches!(spec.stdio, StdioMode::Tty(_)),
         readonly_root: spec.readonly_root,
+        linux32: spec.linux32,
     };
 
     let mut cmd = Command::new(&spec.argv[0]);
@@ -1024,6 +1030,11 @@ fn child_setup(p: &Prepared, err_fd: i32) -> io::Result<()> {
     }
     // PID 1 dies with its parent, which the timeout kills.
     let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+    if p.linux32 {
+        // SAFETY: personality with a constant; inherited across exec.
+        // PER_LINUX32 from <linux/personality.h>; the libc crate does not name it.
+        unsafe { libc::personality(0x0008) };
+    }
     if p.tty {
         // A session of its own with the terminal (already on fds 0-2) as its controlling one.
         if let Err(e) = nix::unistd::setsid() {
@@ -1031,7 +1042,11 @@ fn child_setup(p: &Prepared, err_fd: i32) -> io::Result<()> {
         }
         // SAFETY: an ioctl on fd 0 with an integer argument.
         if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } != 0 {
-            fail(err_fd, "making the terminal the controlling one", &errno_str());
+            fail(
+                err_fd,
+                "making the terminal the controlling one",
+                &errno_str(),
+            );
         }
     }
     setup_root(p, err_fd);
