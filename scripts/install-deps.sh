@@ -3,7 +3,7 @@
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(skopeo umoci docker-registry apache2-utils openssl busybox-static qemu-user-static
-      binfmt-support jq ca-certificates docker.io)
+      jq ca-certificates docker.io)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 # Foreign architectures for the busybox fixtures (manifold run's tests cover each).
@@ -24,11 +24,6 @@ fi
 if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-# QEMU user emulation through binfmt_misc (flag F), as buildah and BuildKit use it.
-if [ -d /proc/sys/fs/binfmt_misc ] && [ ! -e /proc/sys/fs/binfmt_misc/status ]; then
-  mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc 2>/dev/null || true
-fi
-if [ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] && command -v update-binfmts >/dev/null; then
-  update-binfmts --enable >/dev/null 2>&1 || true
-fi
+# QEMU's binfmt_misc handlers are registered by `manifold binfmt install` (scripts/test.sh and
+# scripts/demo.sh run it once manifold is built).
 echo "dependencies ready: ${pkgs[*]}"
