@@ -251,7 +251,11 @@ fn offered(store: &store::Layout, image: &str) -> Option<String> {
                 .collect::<Vec<_>>()
                 .join(", "),
         ),
-        Manifest::Image(_) => None,
+        Manifest::Image(doc) => {
+            let cfg = store.read_blob(&doc.value().config.digest).ok()?;
+            let cfg = oci::Document::<oci::ImageConfig>::parse(cfg).ok()?;
+            Some(cfg.value().platform().to_string())
+        }
     }
 }
 

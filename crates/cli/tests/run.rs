@@ -63,6 +63,58 @@ fn every_platform_prints_its_own_machine() {
     }
 }
 
+/// An OCI layout `DIR:latest` for linux/riscv64 holding one program, `/uname-m`, as its Cmd.
+fn riscv64_layout(dir: &std::path::Path) {
+    let bin = fs::read(repo_root().join("crates/cli/tests/fixtures/uname-m.riscv64")).unwrap();
+    let blobs = dir.join("blobs/sha256");
+    fs::create_dir_all(&blobs).unwrap();
+    let put = |b: &[u8]| -> (String, usize) {
+        let d = oci::Digest::sha256_of(b);
+        fs::write(blobs.join(d.hex()), b).unwrap();
+        (d.to_string(), b.len())
+    };
+    let mut header = tar::Header::new_gnu();
+    header.set_path("uname-m").unwrap();
+    header.set_size(bin.len() as u64);
+    header.set_mode(0o755);
+    header.set_mtime(0);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_cksum();
+    let mut b = tar::Builder::new(Vec::new());
+    b.append(&header, bin.as_slice()).unwrap();
+    let (ld, ls) = put(&b.into_inner().unwrap());
+    let (cd, cs) = put(format!(r#"{{"architecture":"riscv64","os":"linux","config":{{"Cmd":["/uname-m"]}},"rootfs":{{"type":"layers","diff_ids":["{ld}"]}}}}"#).as_bytes());
+    let (md, ms) = put(format!(r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{cd}","size":{cs}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{ld}","size":{ls}}}]}}"#).as_bytes());
+    fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    fs::write(
+        dir.join("index.json"),
+        format!(r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{md}","size":{ms},"platform":{{"architecture":"riscv64","os":"linux"}},"annotations":{{"org.opencontainers.image.ref.name":"latest"}}}}]}}"#),
+    )
+    .unwrap();
+}
+
+#[test]
+fn riscv64_prints_its_own_machine() {
+    // Debian 12 has no riscv64 port (no busybox): a riscv64 program of our own instead.
+    if !peer("qemu-riscv64-static") {
+        return;
+    }
+    let s = tempfile::tempdir().unwrap();
+    let layout = tempfile::tempdir().unwrap();
+    riscv64_layout(layout.path());
+    ok(
+        s.path(),
+        &[
+            "cp",
+            &format!("oci:{}:latest", layout.path().display()),
+            "store:rv:1",
+        ],
+    );
+    let out = ok(s.path(), &["run", "--platform", "linux/riscv64", "rv:1"]);
+    assert_eq!(out, "riscv64\n");
+}
+
 #[test]
 fn exit_codes_propagate() {
     let Some(s) = store() else { return };
