@@ -204,7 +204,7 @@ pub fn run(cli: &Cli, env: &Env, a: &RunArgs) -> Result<ExitCode> {
 
     let tty = if a.tty { Some(Tty::open()?) } else { None };
     spec.stdio = match &tty {
-        Some(t) => StdioMode::Tty(t.slave.as_raw_fd()),
+        Some(t) => StdioMode::Tty(t.slave.as_ref().map_or(-1, |s| s.as_raw_fd())),
         None => StdioMode::Inherit {
             stdin: a.interactive,
         },
@@ -415,7 +415,8 @@ fn copy_window_size(fd: i32) {
 /// drop), so keys like Ctrl-C reach the container's terminal, as with docker run -t.
 struct Tty {
     master: OwnedFd,
-    slave: OwnedFd,
+    /// Ours until the command ends; the output copier stops once no slave is open.
+    slave: Option<OwnedFd>,
     saved: Option<nix::sys::termios::Termios>,
 }
 
@@ -444,7 +445,7 @@ impl Tty {
         }
         Ok(Tty {
             master: pty.master,
-            slave: pty.slave,
+            slave: Some(pty.slave),
             saved,
         })
     }
@@ -488,23 +489,22 @@ impl Tty {
         }))
     }
 
-    /// Closes our copy of the slave, waits for the last output, restores the terminal.
-    fn finish(self, copier: Option<std::thread::JoinHandle<()>>) {
-        let Tty {
-            master,
-            slave,
-            saved,
-        } = self;
-        drop(slave);
+    /// Closes our copy of the slave, waits for the last output; dropping restores the terminal.
+    fn finish(mut self, copier: Option<std::thread::JoinHandle<()>>) {
+        self.slave = None;
         if let Some(c) = copier {
             let _ = c.join();
         }
-        drop(master);
-        if let Some(t) = saved {
+    }
+}
+
+impl Drop for Tty {
+    fn drop(&mut self) {
+        if let Some(t) = &self.saved {
             let _ = nix::sys::termios::tcsetattr(
                 std::io::stdin().as_fd(),
                 nix::sys::termios::SetArg::TCSANOW,
-                &t,
+                t,
             );
         }
     }

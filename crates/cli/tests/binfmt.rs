@@ -242,3 +242,36 @@ ls /proc/sys/fs/binfmt_misc > {d}/left.txt
         ["qemu-aarch64", "register", "status"]
     );
 }
+
+#[test]
+fn build_and_run_name_the_install_command_when_a_platform_cannot_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    fs::write(dir.path().join("Dockerfile"), "FROM scratch\nRUN true\n").unwrap();
+    // No handler in the private instance: arm64 cannot run; nothing is pulled or built.
+    let Some(out) = private(
+        true,
+        &format!(
+            "export MANIFOLD_ROOT={d}/store
+$M build --platform linux/arm64 {d} 2> {d}/build.txt; echo $? >> {d}/build.txt
+$M run --platform linux/arm64 localhost:1/nothing/here uname -m 2> {d}/run.txt; echo $? >> {d}/run.txt
+"
+        ),
+    ) else {
+        return;
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for f in ["build.txt", "run.txt"] {
+        let text = fs::read_to_string(dir.path().join(f)).unwrap();
+        assert!(text.contains("cannot run linux/arm64"), "{f}: {text}");
+        assert!(
+            text.contains("`manifold binfmt install arm64`"),
+            "{f}: {text}"
+        );
+        assert!(text.trim_end().ends_with('1'), "{f}: {text}");
+    }
+}
