@@ -418,6 +418,28 @@ fn a_tty_session_on_a_real_pseudo_terminal() {
         "{}",
         text(&seen)
     );
+    // Ctrl-C goes through the terminal to the foreground job, as with docker run -it. (Sent
+    // once the job printed, so it is the terminal's foreground process group by then.)
+    master
+        .write_all(b"sh -c 'echo started; exec sleep 100000'\r")
+        .unwrap();
+    assert!(
+        read_until(&mut master, &mut seen, "started\r\n"),
+        "{}",
+        text(&seen)
+    );
+    master.write_all(b"\x03").unwrap();
+    assert!(
+        read_until(&mut master, &mut seen, "^C\r\n/ # "),
+        "{}",
+        text(&seen)
+    );
+    master.write_all(b"echo rc=$?\r").unwrap();
+    assert!(
+        read_until(&mut master, &mut seen, "rc=130\r\n"),
+        "{}",
+        text(&seen)
+    );
     master.write_all(b"exit 3\r").unwrap();
     let status = child.wait().unwrap();
     let _ = read_until(&mut master, &mut seen, "\u{0}never");
