@@ -204,7 +204,10 @@ pub fn run(cli: &Cli, env: &Env, a: &RunArgs) -> Result<ExitCode> {
 
     let tty = if a.tty { Some(Tty::open()?) } else { None };
     spec.stdio = match &tty {
-        Some(t) => StdioMode::Tty(t.slave.as_ref().map_or(-1, |s| s.as_raw_fd())),
+        Some(t) => match &t.slave {
+            Some(s) => StdioMode::Tty(s.clone()),
+            None => bail!("the pseudo-terminal is gone"),
+        },
         None => StdioMode::Inherit {
             stdin: a.interactive,
         },
@@ -216,6 +219,8 @@ pub fn run(cli: &Cli, env: &Env, a: &RunArgs) -> Result<ExitCode> {
         None => None,
     };
     let result = sandbox::run(&spec);
+    // The spec holds a copy of the terminal: the output copier ends once every copy is closed.
+    drop(spec);
     forwarder.close();
     if let Some(t) = tty {
         t.finish(copier);
@@ -416,7 +421,7 @@ fn copy_window_size(fd: i32) {
 struct Tty {
     master: OwnedFd,
     /// Ours until the command ends; the output copier stops once no slave is open.
-    slave: Option<OwnedFd>,
+    slave: Option<Arc<OwnedFd>>,
     saved: Option<nix::sys::termios::Termios>,
 }
 
@@ -445,7 +450,7 @@ impl Tty {
         }
         Ok(Tty {
             master: pty.master,
-            slave: Some(pty.slave),
+            slave: Some(Arc::new(pty.slave)),
             saved,
         })
     }

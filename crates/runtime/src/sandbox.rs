@@ -81,16 +81,16 @@ pub struct StepMount {
 }
 
 /// Where the command's standard streams go.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub enum StdioMode {
     /// stdin is /dev/null; stdout and stderr are captured (a build step).
     #[default]
     Capture,
     /// stdout and stderr are this process's; stdin too when `stdin` (`manifold run -i`).
     Inherit { stdin: bool },
-    /// All three are this pseudo-terminal slave (the caller keeps it open until `run`
-    /// returns), which becomes the command's controlling terminal (`manifold run -t`).
-    Tty(std::os::fd::RawFd),
+    /// All three are this pseudo-terminal slave, which becomes the command's controlling
+    /// terminal (`manifold run -t`).
+    Tty(Arc<OwnedFd>),
 }
 
 /// Called with the PID of the sandbox's outer process as soon as it started (its only child
@@ -539,11 +539,9 @@ pub fn run(spec: &RunSpec) -> Result<RunOutput> {
             .stdout(Stdio::inherit())
             .stderr(Stdio::inherit());
         }
-        StdioMode::Tty(fd) => {
-            // SAFETY: the caller keeps `fd` open for the duration of this call.
-            let tty = unsafe { std::os::fd::BorrowedFd::borrow_raw(*fd) };
+        StdioMode::Tty(tty) => {
             let dup = |what| {
-                tty.try_clone_to_owned()
+                tty.try_clone()
                     .map_err(|e| sandbox_err(what, e.to_string()))
             };
             cmd.stdin(Stdio::from(dup("the terminal")?))
