@@ -5,7 +5,7 @@
 #
 #   scripts/busybox-image.sh OUT_DIR [DEB_ARCH...]     (default: amd64 arm64)
 #
-# DEB_ARCH is a Debian architecture: amd64 arm64 armhf armel i386 riscv64 s390x ppc64el.
+# DEB_ARCH is a Debian architecture: amd64 arm64 armhf armel i386 riscv64 s390x ppc64el mips64el.
 # Needs: apt-get (for downloads; uses the cache in $BUSYBOX_DEB_CACHE when set), dpkg-deb,
 # tar, gzip, sha256sum, and a busybox for the host to list applets.
 set -euo pipefail
@@ -21,7 +21,7 @@ trap 'rm -rf "$work"' EXIT
 oci_platform() { # debian arch -> "arch variant"
   case $1 in
     amd64) echo "amd64 -";; arm64) echo "arm64 -";; armhf) echo "arm v7";; armel) echo "arm v5";;
-    i386) echo "386 -";; ppc64el) echo "ppc64le -";; *) echo "$1 -";;
+    i386) echo "386 -";; ppc64el) echo "ppc64le -";; mips64el) echo "mips64le -";; *) echo "$1 -";;
   esac
 }
 

@@ -4,6 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then scripts/install-deps.sh; fi
+if [ "$(id -u)" = 0 ]; then
+  # QEMU's handlers (flag F) for the emulated tests, registered by manifold itself.
+  cargo build -q -p manifold-cli
+  target/debug/manifold binfmt install all ||
+    echo "warning: manifold binfmt install all failed; emulated tests will say why" >&2
+fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace

@@ -184,14 +184,22 @@ fn parse_output(spec: &str) -> Result<Output> {
 
 /// Looks for base images in the store and pulls what is missing, only the platforms the build
 /// needs. Every base is made ready before the build starts; the engine then only reads.
-struct Bases<'a> {
+pub(crate) struct Bases<'a> {
     env: &'a Env,
     store: &'a Layout,
     /// Bases found, by (reference, platform): their manifest and config.
     found: Mutex<BTreeMap<(String, String), (ImageManifest, ImageConfig)>>,
 }
 
-impl Bases<'_> {
+impl<'a> Bases<'a> {
+    pub(crate) fn new(env: &'a Env, store: &'a Layout) -> Self {
+        Bases {
+            env,
+            store,
+            found: Mutex::new(BTreeMap::new()),
+        }
+    }
+
     /// The image for `platform` under `name` in the store, if every part of it is there.
     fn lookup(
         &self,
@@ -241,7 +249,7 @@ impl Bases<'_> {
     }
 
     /// Makes `reference` ready for every platform in `platforms`: from the store, else pulled.
-    fn ensure(
+    pub(crate) fn ensure(
         &self,
         cli: &Cli,
         reference: &str,

@@ -202,6 +202,8 @@ pub fn run(cli: &Cli, env: &Env) -> Result<ExitCode> {
         } => lists::digest(env, reference, platform.as_deref(), cli.quiet),
         Command::Prune { format, cache } => prune(root, *format, *cache),
         Command::Fsck { format } => fsck(root, *format),
+        Command::Run(a) => crate::run::run(cli, env, a),
+        Command::Binfmt(a) => crate::binfmt::run(cli, a),
     }
 }
 

@@ -1,5 +1,6 @@
 //! The `manifold` binary: commands, output formats, and the glue between the crates.
 
+mod binfmt;
 mod build;
 mod builder;
 mod lists;
@@ -7,6 +8,7 @@ mod local;
 mod nodes;
 mod progress;
 mod remote;
+mod run;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -435,6 +437,11 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         format: OutputFormat,
     },
+    /// Run a command in an image (from the store, else pulled), in the sandbox RUN steps use;
+    /// other platforms under QEMU. Nothing outlives the command. Exits with its exit code.
+    Run(run::RunArgs),
+    /// Show, install and remove QEMU's binfmt_misc handlers for running other architectures.
+    Binfmt(binfmt::BinfmtArgs),
 }
 
 /// `manifest ... --insecure` marks every registry the command names as insecure, as docker does.

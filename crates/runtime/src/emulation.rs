@@ -17,7 +17,13 @@ use crate::probes;
 use crate::{Error, Result};
 
 pub const BINFMT_DIR: &str = "/proc/sys/fs/binfmt_misc";
-pub const INSTALL_HINT: &str = "Install QEMU user emulation: `apt-get install qemu-user-static binfmt-support` (Debian, Ubuntu; other systems: their qemu-user-static package), which registers the binfmt_misc handlers with flag F";
+
+/// What to do when `arches` (OCI architecture names, comma-separated) cannot run here.
+pub fn install_hint(arches: &str) -> String {
+    format!(
+        "Run `manifold binfmt install {arches}` (as root; it needs QEMU's user-mode emulators: `apt-get install qemu-user-static` on Debian and Ubuntu, `qemu-user-static` on Fedora and Arch), then `manifold binfmt` to check"
+    )
+}
 
 /// How steps of a platform run here.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,6 +61,9 @@ pub const PROBES: &[(&str, &[u8])] = &[
     ("riscv64", probes::RISCV64),
     ("s390x", probes::S390X),
     ("ppc64le", probes::PPC64LE),
+    ("mips64le", probes::MIPS64EL),
+    ("mips64", probes::MIPS64),
+    ("loong64", probes::LOONGARCH64),
 ];
 
 /// A registered binfmt_misc handler.
@@ -70,7 +79,8 @@ pub struct Handler {
 }
 
 impl Handler {
-    fn matches(&self, bin: &[u8]) -> bool {
+    /// Would the kernel hand `bin` to this handler (its magic under its mask)?
+    pub fn matches(&self, bin: &[u8]) -> bool {
         let Some(head) = bin.get(self.offset..self.offset + self.magic.len()) else {
             return false;
         };
@@ -171,7 +181,7 @@ pub fn detect_uncached() -> Vec<Emulation> {
                     interpreter: h.interpreter.clone(),
                 }),
                 (Ok(true), Some(h)) => Err(format!(
-                    "the binfmt_misc handler {} lacks the F flag, so its interpreter {} would have to exist inside the build's root filesystem; re-register it with flag F (Debian's qemu-user-static does)",
+                    "the binfmt_misc handler {} lacks the F flag, so its interpreter {} would have to exist inside the build's root filesystem; re-register it with flag F",
                     h.name, h.interpreter
                 )),
                 (Ok(false), Some(h)) => Err(format!(
@@ -232,7 +242,15 @@ pub fn check_all(platforms: &[Platform]) -> Result<Vec<RunMode>> {
                 .join(", "),
             host: Platform::host().short(),
             reason: failed.join("; "),
-            hint: INSTALL_HINT.into(),
+            hint: install_hint(
+                &platforms
+                    .iter()
+                    .zip(&results)
+                    .filter(|(_, r)| r.is_err())
+                    .map(|(p, _)| p.clone().normalized().architecture)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
         });
     }
     results.into_iter().collect()
@@ -245,7 +263,7 @@ fn check_in(found: &[Emulation], platform: &Platform) -> Result<RunMode> {
         platform: p.short(),
         host: host.short(),
         reason,
-        hint: INSTALL_HINT.into(),
+        hint: install_hint(&p.architecture),
     };
     if p.os != "linux" {
         return Err(Error::PlatformUnavailable {
@@ -256,15 +274,21 @@ fn check_in(found: &[Emulation], platform: &Platform) -> Result<RunMode> {
         });
     }
     let Some(e) = found.iter().find(|e| e.architecture == p.architecture) else {
-        return Err(unavailable(format!(
-            "manifold has no probe for the {} architecture (it knows {})",
-            p.architecture,
-            PROBES
-                .iter()
-                .map(|(a, _)| *a)
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
+        return Err(Error::PlatformUnavailable {
+            platform: p.short(),
+            host: host.short(),
+            reason: format!(
+                "manifold has no probe for the {} architecture (it knows {})",
+                p.architecture,
+                PROBES
+                    .iter()
+                    .map(|(a, _)| *a)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            hint: "`manifold binfmt` lists the architectures manifold can set up emulation for"
+                .into(),
+        });
     };
     let mode = e.mode.clone().map_err(unavailable)?;
     if p.architecture == "amd64" && mode == RunMode::Native {
@@ -308,11 +332,15 @@ mod tests {
             ("riscv64", 243),
             ("s390x", 22),
             ("ppc64le", 21),
+            ("mips64le", 8),
+            ("mips64", 8),
+            ("loong64", 258),
         ];
+        assert_eq!(PROBES.len(), want.len());
         for ((arch, bytes), (warch, machine)) in PROBES.iter().zip(want) {
             assert_eq!(*arch, warch);
             assert_eq!(&bytes[..4], b"\x7fELF");
-            let m = if *arch == "s390x" {
+            let m = if *arch == "s390x" || *arch == "mips64" {
                 u16::from_be_bytes([bytes[18], bytes[19]])
             } else {
                 u16::from_le_bytes([bytes[18], bytes[19]])
@@ -342,13 +370,13 @@ mod tests {
             "{err}"
         );
         assert!(
-            err.contains("qemu-user-static") && err.contains("binfmt-support"),
+            err.contains("manifold binfmt install s390x") && err.contains("qemu-user-static"),
             "{err}"
         );
-        let err = check_in(&found, &Platform::parse("linux/mips64le").unwrap())
+        let err = check_in(&found, &Platform::parse("linux/sparc64").unwrap())
             .unwrap_err()
             .to_string();
-        assert!(err.contains("no probe for the mips64le"), "{err}");
+        assert!(err.contains("no probe for the sparc64"), "{err}");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! descriptors. `manifold build` (through the engine crate) and `manifold run` both use it.
 //! Everything here needs Linux, and the sandbox needs root.
 
+pub mod binfmt;
 pub mod emulation;
 pub mod layer;
 mod pargz;

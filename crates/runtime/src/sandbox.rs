@@ -82,6 +82,30 @@ pub struct StepMount {
     pub readonly: bool,
 }
 
+/// Where the command's standard streams go.
+#[derive(Clone, Debug, Default)]
+pub enum StdioMode {
+    /// stdin is /dev/null; stdout and stderr are captured (a build step).
+    #[default]
+    Capture,
+    /// stdout and stderr are this process's; stdin too when `stdin` (`manifold run -i`).
+    Inherit { stdin: bool },
+    /// All three are this pseudo-terminal slave, which becomes the command's controlling
+    /// terminal (`manifold run -t`).
+    Tty(Arc<OwnedFd>),
+}
+
+/// Called with the PID of the sandbox's outer process as soon as it started (its only child
+/// is the command, PID 1 of the new namespace), for forwarding signals.
+#[derive(Clone)]
+pub struct SpawnHook(pub Arc<dyn Fn(u32) + Send + Sync>);
+
+impl std::fmt::Debug for SpawnHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SpawnHook")
+    }
+}
+
 /// One command to run.
 #[derive(Clone, Debug)]
 pub struct RunSpec {
@@ -113,6 +137,13 @@ pub struct RunSpec {
     /// stdout and stderr share one pipe, so output keeps the order it was written in (two pipes
     /// have none between them); it all lands in [`RunOutput::stdout`] as [`Stream::Combined`].
     pub merge_output: bool,
+    pub stdio: StdioMode,
+    /// Mount the root read-only (mounts inside it keep their own mode).
+    pub readonly_root: bool,
+    pub on_spawn: Option<SpawnHook>,
+    /// The 32-bit personality (`uname -m` says i686 or armv8l), for a 32-bit platform run
+    /// natively on its 64-bit sibling, as `linux32`/`setarch` do.
+    pub linux32: bool,
 }
 
 /// Stops running commands from another thread (a build stopping at its first failure).
@@ -147,6 +178,10 @@ impl RunSpec {
             cancel: None,
             on_output: None,
             merge_output: false,
+            stdio: StdioMode::Capture,
+            readonly_root: false,
+            on_spawn: None,
+            linux32: false,
         }
     }
 }
@@ -360,6 +395,9 @@ struct Prepared {
     uid: u32,
     gid: u32,
     groups: Vec<nix::unistd::Gid>,
+    tty: bool,
+    readonly_root: bool,
+    linux32: bool,
 }
 
 enum RootMount {
@@ -506,21 +544,47 @@ pub fn run(spec: &RunSpec) -> Result<RunOutput> {
         uid,
         gid,
         groups: groups.into_iter().map(nix::unistd::Gid::from_raw).collect(),
+        tty: matches!(spec.stdio, StdioMode::Tty(_)),
+        readonly_root: spec.readonly_root,
+        linux32: spec.linux32,
     };
 
     let mut cmd = Command::new(&spec.argv[0]);
-    cmd.args(&spec.argv[1..]).env_clear().stdin(Stdio::null());
-    let merged = if spec.merge_output {
-        let (r, w) = pipe()?;
-        let w2 = w
-            .try_clone()
-            .map_err(|e| sandbox_err("duplicating the output pipe", e.to_string()))?;
-        cmd.stdout(Stdio::from(w)).stderr(Stdio::from(w2));
-        Some(r)
-    } else {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        None
-    };
+    cmd.args(&spec.argv[1..]).env_clear();
+    let mut merged = None;
+    match &spec.stdio {
+        StdioMode::Capture => {
+            cmd.stdin(Stdio::null());
+            if spec.merge_output {
+                let (r, w) = pipe()?;
+                let w2 = w
+                    .try_clone()
+                    .map_err(|e| sandbox_err("duplicating the output pipe", e.to_string()))?;
+                cmd.stdout(Stdio::from(w)).stderr(Stdio::from(w2));
+                merged = Some(r);
+            } else {
+                cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+            }
+        }
+        StdioMode::Inherit { stdin } => {
+            cmd.stdin(if *stdin {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit());
+        }
+        StdioMode::Tty(tty) => {
+            let dup = |what| {
+                tty.try_clone()
+                    .map_err(|e| sandbox_err(what, e.to_string()))
+            };
+            cmd.stdin(Stdio::from(dup("the terminal")?))
+                .stdout(Stdio::from(dup("the terminal")?))
+                .stderr(Stdio::from(dup("the terminal")?));
+        }
+    }
     let mut has_path = false;
     let mut has_home = false;
     for kv in &spec.env {
@@ -564,6 +628,9 @@ pub fn run(spec: &RunSpec) -> Result<RunOutput> {
             return Err(sandbox_err(format!("starting {:?}", spec.argv[0]), reason));
         }
     };
+    if let Some(hook) = &spec.on_spawn {
+        (hook.0)(child.id());
+    }
     // Closed at exec, or carries the reason the setup failed.
     let setup_error = read_all(err_r);
 
@@ -1022,6 +1089,25 @@ fn child_setup(p: &Prepared, err_fd: i32) -> io::Result<()> {
     }
     // PID 1 dies with its parent, which the timeout kills.
     let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+    if p.linux32 {
+        // SAFETY: personality with a constant; inherited across exec.
+        // PER_LINUX32 from <linux/personality.h>; the libc crate does not name it.
+        unsafe { libc::personality(0x0008) };
+    }
+    if p.tty {
+        // A session of its own with the terminal (already on fds 0-2) as its controlling one.
+        if let Err(e) = nix::unistd::setsid() {
+            fail(err_fd, "setsid", &e.to_string());
+        }
+        // SAFETY: an ioctl on fd 0 with an integer argument.
+        if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } != 0 {
+            fail(
+                err_fd,
+                "making the terminal the controlling one",
+                &errno_str(),
+            );
+        }
+    }
     setup_root(p, err_fd);
     Ok(())
 }
@@ -1339,6 +1425,20 @@ fn setup_root(p: &Prepared, err_fd: i32) {
     if p.new_net {
         // SAFETY: a socket and two ioctls, in the child.
         unsafe { loopback_up(err_fd) };
+    }
+    if p.readonly_root {
+        // Only the root mount: /dev, /proc, tmpfs and bind mounts keep their own mode.
+        if let Err(e) = nix::mount::mount(
+            None::<&str>,
+            t.as_c_str(),
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND
+                | nix::mount::MsFlags::MS_REMOUNT
+                | nix::mount::MsFlags::MS_RDONLY,
+            None::<&str>,
+        ) {
+            fail(err_fd, "making the root read-only", &e.to_string());
+        }
     }
     if let Err(e) = chdir(t.as_c_str()) {
         fail(err_fd, "chdir to the new root", &e.to_string());
