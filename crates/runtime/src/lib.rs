@@ -9,6 +9,7 @@
 //! Everything here needs Linux, and the sandbox needs root.
 
 pub mod emulation;
+pub mod inroot;
 pub mod layer;
 mod pargz;
 #[rustfmt::skip]
@@ -21,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 pub use emulation::{Emulation, RunMode};
 pub use layer::{Changes, LayerOptions, WrittenLayer};
-pub use sandbox::{Network, RootFs, RunOutput, RunSpec, StepRoot};
+pub use sandbox::{MountSource, Network, RootFs, RunOutput, RunSpec, StepMount, StepRoot};
 pub use snapshot::{ApplyReport, Snapshot, SnapshotCache, WhiteoutMode};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
