@@ -352,3 +352,79 @@ fn secrets_never_touch_a_disk_and_stubs_are_removed() {
         .collect();
     assert!(left.is_empty(), "left in TMPDIR: {left:?}");
 }
+
+#[test]
+fn prune_removes_what_a_killed_build_left_and_nothing_a_live_one_uses() {
+    let Some((_reg, base)) = base() else { return };
+    let store = tempfile::tempdir().unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let tmp = t.path().join("tmp");
+    fs::create_dir(&tmp).unwrap();
+    // A state directory of a live process (this test) stays.
+    let live = tmp.join("manifold-run-live");
+    fs::create_dir(&live).unwrap();
+    fs::write(
+        live.join("owner"),
+        format!(
+            "{} {}\n",
+            std::process::id(),
+            fs::read_to_string("/proc/self/stat")
+                .unwrap()
+                .rsplit(')')
+                .next()
+                .unwrap()
+                .split_whitespace()
+                .nth(19)
+                .unwrap()
+        ),
+    )
+    .unwrap();
+    // An older version's step directory.
+    fs::create_dir_all(store.path().join("build/tmp/run-old/upper")).unwrap();
+    let ctx = context(&[("Dockerfile", &format!("FROM {base}\nRUN sleep 3\n"))]);
+    let mut child = std::process::Command::new(manifold_bin())
+        .env("MANIFOLD_ROOT", store.path())
+        .env("TMPDIR", &tmp)
+        .args(["build", ctx.path().to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let names = |d: &Path| -> Vec<String> {
+        fs::read_dir(d)
+            .map(|r| {
+                r.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // Wait until the step runs: its step directory and sandbox state exist.
+    let running = (0..600).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        names(&store.path().join("build/tmp"))
+            .iter()
+            .any(|n| n.starts_with("run-") && n != "run-old")
+            && names(&tmp)
+                .iter()
+                .any(|n| n.starts_with("manifold-run-") && n != "manifold-run-live")
+    });
+    assert!(running, "the RUN step never started");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let tmp_s = tmp.to_str().unwrap();
+    let out = run_with(store.path(), &[("TMPDIR", tmp_s)], None, &["prune"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("step directories left by killed builds"),
+        "{text}"
+    );
+    assert_eq!(names(&store.path().join("build/tmp")), Vec::<String>::new());
+    assert_eq!(names(&tmp), vec!["manifold-run-live".to_string()]);
+    assert_eq!(names(&store.path().join("ingest")), Vec::<String>::new());
+}

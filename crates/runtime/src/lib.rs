@@ -11,6 +11,7 @@
 pub mod emulation;
 pub mod inroot;
 pub mod layer;
+pub mod leftovers;
 mod pargz;
 #[rustfmt::skip]
 mod probes;

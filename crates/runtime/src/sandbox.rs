@@ -603,6 +603,8 @@ pub fn run(spec: &RunSpec) -> Result<RunOutput> {
             "creating a state directory in",
             &std::env::temp_dir(),
         ))?;
+    // So `manifold prune` can tell a killed build's leftovers from a running one's.
+    crate::leftovers::mark(state.path()).map_err(io_err("marking", state.path()))?;
     let target = state.path().join("root");
     fs::create_dir(&target).map_err(io_err("creating", &target))?;
 
