@@ -428,3 +428,56 @@ fn prune_removes_what_a_killed_build_left_and_nothing_a_live_one_uses() {
     assert_eq!(names(&tmp), vec!["manifold-run-live".to_string()]);
     assert_eq!(names(&store.path().join("ingest")), Vec::<String>::new());
 }
+
+#[test]
+fn emulated_steps_get_the_same_mount_rules() {
+    let Some(reg) = Registry::start(None) else {
+        return;
+    };
+    let Some((layout, _)) = busybox_layout(&["amd64", "arm64"]) else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let base = format!("{}/base/busybox:2", reg.addr);
+    ok(
+        t.path(),
+        &["cp", &format!("oci:{}:latest", layout.display()), &base],
+    );
+    let host = host_canary();
+    let h = host.path().display().to_string();
+    let store = tempfile::tempdir().unwrap();
+    let df = format!(
+        "FROM {base} AS evil\nRUN ln -s / /hostroot && mkdir /data && echo orig > /data/f\n\
+         FROM {base}\n\
+         RUN --mount=type=bind,from=evil,source=/hostroot/etc,target=/m cmp /m/passwd /etc/passwd && uname -m > /arch\n\
+         RUN --mount=type=bind,from=evil,source=/data,target=/m,rw sh -c 'echo changed > /m/f && cat /m/f > /seen'\n\
+         RUN --mount=type=bind,from=evil,source=/data,target=/m cat /m/f > /after\n"
+    );
+    let ctx = context(&[("Dockerfile", &df)]);
+    let out = t.path().join("o");
+    let (ok_, err) = build(
+        store.path(),
+        ctx.path(),
+        &out,
+        &["--platform", "linux/arm64"],
+        &[],
+    );
+    assert!(ok_, "{err}");
+    assert_eq!(read(&out.join("arch")).trim(), "aarch64");
+    assert_eq!(read(&out.join("seen")).trim(), "changed");
+    assert_eq!(read(&out.join("after")).trim(), "orig");
+    let df = format!(
+        "FROM {base} AS evil\nRUN ln -s / /hostroot\nFROM {base}\n\
+         RUN --mount=type=bind,from=evil,source=/hostroot{h},target=/m,rw touch /m/planted\n"
+    );
+    let ctx = context(&[("Dockerfile", &df)]);
+    let (ok_, err) = build(
+        store.path(),
+        ctx.path(),
+        &t.path().join("o2"),
+        &["--platform", "linux/arm64"],
+        &[],
+    );
+    assert!(!ok_ && err.contains("no such file or directory"), "{err}");
+    assert!(!host.path().join("planted").exists());
+}
