@@ -1078,8 +1078,19 @@ fn cleanup_stubs(
 }
 
 /// Reads a file of the merged view (top layer first), for /etc/passwd and /etc/group.
+/// A symlink on the way (a step may make `/etc` point at the host's) reads as nothing.
 pub fn read_view(layers: &[PathBuf], rel: &str) -> String {
+    let parts: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
     for l in layers {
+        let mut dir = l.clone();
+        for c in &parts[..parts.len().saturating_sub(1)] {
+            dir.push(c);
+            match fs::symlink_metadata(&dir) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => return String::new(),
+                Err(_) => break,
+            }
+        }
         let p = l.join(rel);
         if let Ok(m) = fs::symlink_metadata(&p) {
             if m.is_file() {

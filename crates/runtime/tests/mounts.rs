@@ -171,3 +171,19 @@ fn a_lower_layer_may_repeat() {
         "/other\n/stamp\n"
     );
 }
+
+#[test]
+fn users_are_never_looked_up_through_a_symlink_to_the_host() {
+    let Some(mut step) = Step::new() else { return };
+    // A layer whose /etc points at the host's /etc (on the host, that is where it leads).
+    let evil = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink("/etc", evil.path().join("etc")).unwrap();
+    step.lowers.push(evil.path().to_path_buf());
+    let mut spec = step.spec(&["true"], vec![]);
+    spec.user = Some("root".into());
+    let e = sandbox::run(&spec).unwrap_err().to_string();
+    assert!(
+        e.contains("not found in the root filesystem's /etc/passwd"),
+        "{e}"
+    );
+}
