@@ -84,7 +84,11 @@ pub fn open_in_root(root: &Path, path: &str) -> Result<Resolved> {
             root,
             "this kernel has no openat2 (Linux 5.6 or newer is needed to resolve mount sources safely)",
         ),
-        rustix::io::Errno::NOENT => refused(path, root, "no such file or directory"),
+        rustix::io::Errno::NOENT => refused(
+            path,
+            root,
+            "no such file or directory inside that root (its symlinks resolve inside it, never on the host)",
+        ),
         e => refused(path, root, e.to_string()),
     })?;
     let st = rustix::fs::fstat(&fd).map_err(|e| refused(path, root, e.to_string()))?;
