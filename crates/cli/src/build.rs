@@ -41,8 +41,9 @@ pub struct BuildArgs<'a> {
     pub builder: Option<&'a str>,
 }
 
-/// `--secret id=ID,src=FILE` (or `env=VAR`, written to a private temporary file).
-fn parse_secrets(specs: &[String]) -> Result<BTreeMap<String, PathBuf>> {
+/// `--secret id=ID,src=FILE` or `id=ID,env=VAR`, read into memory: the sandbox puts it on a
+/// tmpfs private to the step, so it is never written to a disk.
+fn parse_secrets(specs: &[String]) -> Result<BTreeMap<String, runtime::sandbox::SecretBytes>> {
     let mut out = BTreeMap::new();
     for spec in specs {
         let mut kv = BTreeMap::new();
@@ -54,27 +55,20 @@ fn parse_secrets(specs: &[String]) -> Result<BTreeMap<String, PathBuf>> {
             .get("id")
             .cloned()
             .with_context(|| format!("--secret {spec:?} needs id=ID"))?;
-        let src = if let Some(src) = kv.get("src").or_else(|| kv.get("source")) {
+        let value = if let Some(src) = kv.get("src").or_else(|| kv.get("source")) {
             let p = PathBuf::from(src);
             if !p.is_file() {
                 bail!("--secret {id}: {src} is not a file");
             }
-            p
+            std::fs::read(&p).with_context(|| format!("--secret {id}: reading {src}"))?
         } else if let Some(var) = kv.get("env") {
-            let value =
-                std::env::var(var).with_context(|| format!("--secret {id}: ${var} is not set"))?;
-            let f = tempfile::Builder::new()
-                .prefix("manifold-secret-")
-                .tempfile()?;
-            std::fs::write(f.path(), value)?;
-            let (_, p) = f
-                .keep()
-                .map_err(|e| anyhow::anyhow!("keeping the secret file: {e}"))?;
-            p
+            std::env::var_os(var)
+                .with_context(|| format!("--secret {id}: ${var} is not set"))?
+                .into_encoded_bytes()
         } else {
             bail!("--secret {spec:?} needs src=FILE or env=VAR");
         };
-        out.insert(id, src);
+        out.insert(id, runtime::sandbox::SecretBytes(value));
     }
     Ok(out)
 }

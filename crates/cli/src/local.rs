@@ -807,21 +807,36 @@ fn cp(
 fn prune(root: &Path, format: OutputFormat, cache: bool) -> Result<ExitCode> {
     let store = transport::open_store(root)?;
     let mut cache_freed = 0u64;
-    if cache {
-        // Under the GC lock, so no build is using the cache while it goes.
+    let build = root.join("build");
+    let leftovers = {
+        // Under the GC lock every build of this store has ended (each holds the lock shared
+        // while it runs): what is left in build/tmp is a killed build's step directories.
         let _g = store.gc_lock()?;
-        let build = root.join("build");
-        for d in ["cache", "cache-mounts", "snapshots", "tmp"] {
-            let p = build.join(d);
-            cache_freed += dir_size(&p);
-            if p.exists() {
-                std::fs::remove_dir_all(&p).with_context(|| format!("removing {}", p.display()))?;
+        let mut s = runtime::leftovers::sweep_all(&build.join("tmp"));
+        // The sandbox's state directories, of any store: only those whose process is gone.
+        let t = runtime::leftovers::sweep_state_dirs(&std::env::temp_dir());
+        s.dirs += t.dirs;
+        s.bytes += t.bytes;
+        if cache {
+            for d in ["cache", "cache-mounts", "snapshots", "tmp"] {
+                let p = build.join(d);
+                cache_freed += dir_size(&p);
+                if p.exists() {
+                    std::fs::remove_dir_all(&p)
+                        .with_context(|| format!("removing {}", p.display()))?;
+                }
             }
         }
-    }
+        s
+    };
     let r = store.gc()?;
     if format == OutputFormat::Json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        let mut v = serde_json::to_value(&r)?;
+        if let Some(o) = v.as_object_mut() {
+            o.insert("leftover_dirs_removed".into(), leftovers.dirs.into());
+            o.insert("leftover_bytes_freed".into(), leftovers.bytes.into());
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         println!(
             "Deleted {} blobs, reclaimed {}; removed {} leftover temporary files",
@@ -829,6 +844,13 @@ fn prune(root: &Path, format: OutputFormat, cache: bool) -> Result<ExitCode> {
             human_size(r.bytes_freed),
             r.temporaries_removed
         );
+        if leftovers.dirs > 0 {
+            println!(
+                "Removed {} step directories left by killed builds ({})",
+                leftovers.dirs,
+                human_size(leftovers.bytes)
+            );
+        }
         if cache {
             println!("Removed the build cache ({})", human_size(cache_freed));
         }

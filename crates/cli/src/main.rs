@@ -529,10 +529,17 @@ fn main() -> ExitCode {
     insecure.extend(insecure_from_daemon_json(std::path::Path::new(
         "/etc/docker/daemon.json",
     )));
-    let options = registry::ClientOptions {
+    let mut options = registry::ClientOptions {
         insecure_registries: insecure,
         ..Default::default()
     };
+    if let Some(secs) = std::env::var("MANIFOLD_STALL_TIMEOUT")
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0)
+    {
+        options.stall_timeout = std::time::Duration::from_secs_f64(secs);
+    }
     let env = transport::Env::new(root, options);
     match local::run(&cli, &env) {
         Ok(code) => code,

@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use engine::engine::BaseResolver;
 use oci::{Manifest, Platform};
-use runtime::sandbox::{self, SpawnHook, StdioMode, StepMount};
+use runtime::sandbox::{self, MountSource, SpawnHook, StdioMode, StepMount};
 use runtime::snapshot::SnapshotCache;
 use runtime::{Network, RunSpec, StepRoot};
 use transport::Env;
@@ -342,7 +342,7 @@ fn parse_mounts(volumes: &[String], specs: &[String]) -> Result<Vec<StepMount>> 
                 out.push(bind(src, target, readonly, &format!("--mount {s:?}"))?);
             }
             "tmpfs" => out.push(StepMount {
-                source: None,
+                source: MountSource::Tmpfs,
                 target: check_target(target, s)?,
                 readonly: false,
             }),
@@ -362,7 +362,7 @@ fn check_target(t: &str, what: &str) -> Result<String> {
 fn bind(host: &str, target: &str, readonly: bool, what: &str) -> Result<StepMount> {
     let source = fs::canonicalize(host).with_context(|| format!("{what}: resolving {host}"))?;
     Ok(StepMount {
-        source: Some(source),
+        source: MountSource::Host(source),
         target: check_target(target, what)?,
         readonly,
     })
@@ -542,7 +542,7 @@ mod tests {
         .unwrap();
         assert_eq!(m.len(), 4);
         assert!(m[0].readonly && !m[1].readonly && m[3].readonly);
-        assert!(m[2].source.is_none());
+        assert!(matches!(m[2].source, MountSource::Tmpfs));
         assert!(parse_mounts(&["data:/x".into()], &[]).is_err());
         assert!(parse_mounts(&[format!("{h}:/x:zz")], &[]).is_err());
         assert!(parse_mounts(&[], &["type=volume,target=/x".into()]).is_err());

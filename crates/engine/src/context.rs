@@ -73,6 +73,11 @@ impl Context {
         Ok(real)
     }
 
+    /// The context directory (canonical).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// Paths (relative to the root) matching a source pattern with `*`, `?` or `[...]`.
     fn expand(&self, pattern: &str) -> Result<Vec<String>> {
         let pat = clean(pattern);

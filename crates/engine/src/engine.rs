@@ -46,9 +46,9 @@ pub struct BuildOptions {
     pub no_cache: bool,
     pub layer: LayerOptions,
     pub jobs: usize,
-    /// `--secret id=ID,src=FILE`: mounted for `RUN --mount=type=secret`, never in a layer or a
-    /// cache key.
-    pub secrets: BTreeMap<String, PathBuf>,
+    /// `--secret id=ID,src=FILE|env=VAR`, by value: mounted for `RUN --mount=type=secret` from a
+    /// tmpfs private to the step, never on disk, in a layer or in a cache key.
+    pub secrets: BTreeMap<String, sandbox::SecretBytes>,
     /// Proxy variables (`HTTP_PROXY`, `https_proxy`, ...) for every RUN, as BuildKit's predefined
     /// args: never in the image's history or config, nor in a cache key.
     pub proxies: BTreeMap<String, String>,
@@ -873,39 +873,33 @@ impl Engine<'_> {
                         holds.0.push(f);
                     }
                     out.push(sandbox::StepMount {
-                        source: Some(dir),
+                        source: sandbox::MountSource::Cache(dir),
                         target,
                         readonly: false,
                     });
                 }
                 ast::MountType::Tmpfs => out.push(sandbox::StepMount {
-                    source: None,
+                    source: sandbox::MountSource::Tmpfs,
                     target,
                     readonly: false,
                 }),
                 ast::MountType::Bind => {
                     let rel = m.source.clone().unwrap_or_default();
+                    // Every source is resolved inside its own root by the sandbox.
                     let source = match &m.from {
                         None | Some(Origin::Context) => {
-                            if !m.readonly {
-                                return Err(Error::Unsupported(
-                                    "RUN --mount=type=bind,rw of the build context is not supported yet; \
-                                     bind it read-only or COPY what the step changes"
-                                        .into(),
-                                ));
-                            }
                             let found =
                                 self.context
                                     .matches(if rel.is_empty() { "." } else { &rel })?;
-                            found
-                                .into_iter()
-                                .next()
-                                .map(|(_, real)| real)
-                                .ok_or_else(|| {
-                                    Error::Unsupported(format!(
-                                        "bind source {rel:?} is not in the build context"
-                                    ))
-                                })?
+                            let (path, _) = found.into_iter().next().ok_or_else(|| {
+                                Error::Unsupported(format!(
+                                    "bind source {rel:?} is not in the build context"
+                                ))
+                            })?;
+                            sandbox::MountSource::Bind {
+                                root: self.context.root().to_path_buf(),
+                                path,
+                            }
                         }
                         Some(Origin::Stage { key, .. }) => {
                             let st = deps.get(key).ok_or_else(|| Error::BadLayer {
@@ -920,16 +914,27 @@ impl Engine<'_> {
                         }
                     };
                     out.push(sandbox::StepMount {
-                        source: Some(source),
+                        source,
                         target,
                         readonly: m.readonly,
                     });
                 }
                 ast::MountType::Secret => {
                     let id = m.id.clone().unwrap_or_default();
+                    let num = |v: &Option<String>, radix, default| {
+                        v.as_deref()
+                            .and_then(|v| u32::from_str_radix(v, radix).ok())
+                            .unwrap_or(default)
+                    };
                     match self.opts.secrets.get(&id) {
-                        Some(src) => out.push(sandbox::StepMount {
-                            source: Some(src.clone()),
+                        Some(data) => out.push(sandbox::StepMount {
+                            // BuildKit's defaults: root's, mode 0400.
+                            source: sandbox::MountSource::Secret {
+                                data: data.clone(),
+                                mode: num(&m.mode, 8, 0o400),
+                                uid: num(&m.uid, 10, 0),
+                                gid: num(&m.gid, 10, 0),
+                            },
                             target,
                             readonly: true,
                         }),
@@ -952,20 +957,22 @@ impl Engine<'_> {
         Ok(out)
     }
 
-    /// A stage's filesystem flattened into a temporary directory (kept in `holds`); returns the
-    /// path of `rel` inside it.
+    /// A stage's filesystem flattened into a temporary directory (kept in `holds`), with `rel`
+    /// to be resolved inside it (its symlinks and `..` cannot leave it).
     fn flattened(
         &self,
         st: &State,
         rel: &str,
         holds: &mut (Vec<fs::File>, Vec<tempfile::TempDir>),
-    ) -> Result<PathBuf> {
+    ) -> Result<sandbox::MountSource> {
         let tmp = self.scratch("bind")?;
         let root = tmp.path().join("root");
         snapshot::flatten(&self.snapshot_paths(st)?, &root)?;
-        let p = root.join(rel.trim_start_matches('/'));
         holds.1.push(tmp);
-        Ok(p)
+        Ok(sandbox::MountSource::Bind {
+            root,
+            path: rel.to_string(),
+        })
     }
 
     /// `--chown` resolved against the stage's filesystem as it is before the step.

@@ -156,6 +156,10 @@ struct Pull {
     resp: Option<Response>,
     resumes: Arc<std::sync::atomic::AtomicU32>,
     done: bool,
+    /// Bytes received over the wire (skipped ones included), and since when the current
+    /// stall window counts: (start, bytes received at its start).
+    received: u64,
+    window: (std::time::Instant, u64),
 }
 
 impl Pull {
@@ -245,15 +249,33 @@ impl Pull {
                     Ok(r) => self.resp = Some(r),
                     Err(e) => return Some(Err(io::Error::other(e))),
                 }
+                self.window = (std::time::Instant::now(), self.received);
             }
-            let resp = self.resp.as_mut()?;
             let limit = self.client.options().read_timeout;
-            let next = match tokio::time::timeout(limit, resp.chunk()).await {
-                Ok(r) => r.map_err(|e| describe(&e)),
-                Err(_) => Err(format!("no data for {limit:?}")),
+            let stall = self.client.options().stall_timeout;
+            let moved = self.received - self.window.1;
+            let next = if self.window.0.elapsed() >= stall && moved < crate::client::STALL_MIN_BYTES
+            {
+                Err(format!(
+                    "stalled: {moved} bytes in {stall:?} (less than {} KiB); set MANIFOLD_STALL_TIMEOUT (seconds) to wait longer",
+                    crate::client::STALL_MIN_BYTES >> 10
+                ))
+            } else {
+                if self.window.0.elapsed() >= stall {
+                    self.window = (std::time::Instant::now(), self.received);
+                }
+                let wait = limit.min(stall.saturating_sub(self.window.0.elapsed()));
+                let resp = self.resp.as_mut()?;
+                match tokio::time::timeout(wait, resp.chunk()).await {
+                    Ok(r) => r.map_err(|e| describe(&e)),
+                    // The stall window ended first: judge it above.
+                    Err(_) if wait < limit => continue,
+                    Err(_) => Err(format!("no data for {limit:?}")),
+                }
             };
             let failure = match next {
                 Ok(Some(mut b)) => {
+                    self.received += b.len() as u64;
                     if self.skip > 0 {
                         let n = usize::try_from(self.skip)
                             .unwrap_or(usize::MAX)
@@ -428,6 +450,8 @@ impl Client {
             offset,
             skip: 0,
             hasher: (offset == 0).then(|| desc.digest.algorithm().hasher()),
+            received: 0,
+            window: (std::time::Instant::now(), 0),
             resp: None,
             resumes: resumes.clone(),
             done: false,

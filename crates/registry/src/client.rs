@@ -39,6 +39,11 @@ pub struct ClientOptions {
     pub connect_timeout: Duration,
     /// A blob download that delivers nothing for this long counts as dropped (and resumes).
     pub read_timeout: Duration,
+    /// A blob download that moves less than [`STALL_MIN_BYTES`] in this long (a peer that
+    /// trickles) is stalled: it is dropped and resumes from where it got, and after
+    /// `max_retries` stalls fails naming the host and the blob. The CLI reads
+    /// `MANIFOLD_STALL_TIMEOUT` (seconds).
+    pub stall_timeout: Duration,
     /// The whole of a request that moves no blob (manifests, listings, tokens, an upload's
     /// final PUT). Blob bodies have no total limit: a layer takes as long as it takes.
     pub request_timeout: Duration,
@@ -49,6 +54,10 @@ pub struct ClientOptions {
     /// `n` for tag and catalog listings; `None` lets the registry choose.
     pub page_size: Option<u32>,
 }
+
+/// Less than this in a `stall_timeout` window is a stall (16 KiB a minute by default: any
+/// working link does far better).
+pub const STALL_MIN_BYTES: u64 = 16 << 10;
 
 impl Default for ClientOptions {
     fn default() -> Self {
@@ -68,6 +77,7 @@ impl Default for ClientOptions {
             retry_after_max: Duration::from_secs(120),
             connect_timeout: Duration::from_secs(15),
             read_timeout: Duration::from_secs(120),
+            stall_timeout: Duration::from_secs(60),
             request_timeout: Duration::from_secs(300),
             user_agent: concat!("manifold/", env!("CARGO_PKG_VERSION")).to_string(),
             monolithic_max: 16 << 20,
@@ -117,6 +127,38 @@ impl Host {
             creds: OnceCell::new(),
         }
     }
+}
+
+/// Adds `auth` to a request only when it goes to the host the credentials or token were issued
+/// for (same scheme, host and port as its API base): a registry may name another host in an
+/// upload `Location`, and that host gets nothing. Returns whether the header was added.
+/// A request that cannot be built is handed back as its error.
+pub(crate) fn authorize(
+    rb: RequestBuilder,
+    host: &Host,
+    auth: Option<&str>,
+) -> Result<(RequestBuilder, bool), reqwest::Error> {
+    let Some(auth) = auth else {
+        return Ok((rb, false));
+    };
+    let (client, req) = rb.build_split();
+    let mut req = req?;
+    let mut sent = false;
+    if same_origin(req.url(), &host.base) {
+        if let Ok(mut v) = reqwest::header::HeaderValue::from_str(auth) {
+            v.set_sensitive(true);
+            req.headers_mut().insert(AUTHORIZATION, v);
+            sent = true;
+        }
+    }
+    Ok((RequestBuilder::from_parts(client, req), sent))
+}
+
+pub(crate) fn same_origin(a: &Url, b: &Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host_str().map(|h| h.to_ascii_lowercase())
+            == b.host_str().map(|h| h.to_ascii_lowercase())
+        && a.port_or_known_default() == b.port_or_known_default()
 }
 
 /// What a request is for, for error messages.
@@ -536,22 +578,33 @@ impl Client {
         let mut fresh = false;
         loop {
             let auth = self.authorization(host, &scopes, fresh, op).await?;
+            let foreign = std::sync::atomic::AtomicBool::new(false);
             let resp = self
                 .execute(
                     host,
                     op,
                     self.inner.opts.max_retries,
                     &|| {
-                        let rb = mk(&host.http);
-                        match &auth {
-                            Some(a) => rb.header(AUTHORIZATION, a),
-                            None => rb,
+                        match authorize(mk(&host.http), host, auth.as_deref()) {
+                            Ok((rb, sent)) => {
+                                if auth.is_some() && !sent {
+                                    foreign.store(true, std::sync::atomic::Ordering::Relaxed);
+                                }
+                                rb
+                            }
+                            // Sending fails with the same error, without credentials.
+                            Err(_) => mk(&host.http),
                         }
                     },
                     None,
                 )
                 .await?;
-            if resp.status() != StatusCode::UNAUTHORIZED || fresh {
+            // A 401 from another host (an upload Location elsewhere) is its own business: our
+            // credentials are not offered to it.
+            if resp.status() != StatusCode::UNAUTHORIZED
+                || fresh
+                || foreign.load(std::sync::atomic::Ordering::Relaxed)
+            {
                 return Ok(resp);
             }
             let Some(ch) = www_authenticate(resp.headers()) else {
@@ -590,11 +643,10 @@ impl Client {
         rb: RequestBuilder,
     ) -> Result<Result<Response, reqwest::Error>, Error> {
         let auth = self.authorization(host, scopes, false, op).await?;
-        let rb = match auth {
-            Some(a) => rb.header(AUTHORIZATION, a),
-            None => rb,
-        };
-        Ok(rb.send().await)
+        match authorize(rb, host, auth.as_deref()) {
+            Ok((rb, _)) => Ok(rb.send().await),
+            Err(e) => Ok(Err(e)),
+        }
     }
 
     pub(crate) async fn creds(&self, host: &Host) -> Result<Option<Credential>, Error> {

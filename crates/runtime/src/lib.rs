@@ -10,7 +10,9 @@
 
 pub mod binfmt;
 pub mod emulation;
+pub mod inroot;
 pub mod layer;
+pub mod leftovers;
 mod pargz;
 #[rustfmt::skip]
 mod probes;
@@ -22,7 +24,7 @@ use std::path::{Path, PathBuf};
 
 pub use emulation::{Emulation, RunMode};
 pub use layer::{Changes, LayerOptions, WrittenLayer};
-pub use sandbox::{Network, RootFs, RunOutput, RunSpec, StepRoot};
+pub use sandbox::{MountSource, Network, RootFs, RunOutput, RunSpec, StepMount, StepRoot};
 pub use snapshot::{ApplyReport, Snapshot, SnapshotCache, WhiteoutMode};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

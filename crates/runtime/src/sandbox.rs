@@ -72,11 +72,12 @@ impl std::fmt::Debug for OutputSink {
     }
 }
 
-/// Something mounted into a step's root (RUN --mount): a host path, or a tmpfs.
+/// Something mounted into a step's root (RUN --mount). Targets are resolved inside the step's
+/// root (its symlinks cannot point them at the host); those that had to be created are removed
+/// again afterwards when still empty, so they never reach a layer.
 #[derive(Clone, Debug)]
 pub struct StepMount {
-    /// `None`: a tmpfs.
-    pub source: Option<PathBuf>,
+    pub source: MountSource,
     /// Absolute path inside the root; created when missing (a file when the source is one).
     pub target: String,
     pub readonly: bool,
@@ -103,6 +104,39 @@ pub struct SpawnHook(pub Arc<dyn Fn(u32) + Send + Sync>);
 impl std::fmt::Debug for SpawnHook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("SpawnHook")
+    }
+}
+
+/// Where a mount's content comes from.
+#[derive(Clone, Debug)]
+pub enum MountSource {
+    /// An empty tmpfs.
+    Tmpfs,
+    /// `path` inside `root`, resolved as if `root` were `/` ([`crate::inroot::open_in_root`]):
+    /// neither its symlinks nor `..` reach outside. Writable binds are copy-on-write: the step
+    /// sees its writes, which are thrown away with the step (as BuildKit does).
+    Bind { root: PathBuf, path: String },
+    /// A directory kept across steps (a cache mount): writes stay unless `readonly`.
+    Cache(PathBuf),
+    /// A host file or directory the user named (`manifold run -v HOST:CTR`): trusted, bound as
+    /// it is, writes stay unless `readonly`. Never for anything a Dockerfile names.
+    Host(PathBuf),
+    /// A file with these bytes, on a tmpfs private to the step: never written to a disk.
+    Secret {
+        data: SecretBytes,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    },
+}
+
+/// Bytes that never appear in `Debug` output or logs.
+#[derive(Clone, Default)]
+pub struct SecretBytes(pub Vec<u8>);
+
+impl std::fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<{} secret bytes>", self.0.len())
     }
 }
 
@@ -383,8 +417,10 @@ fn cstr(s: impl AsRef<[u8]>, what: &str) -> Result<CString> {
 
 /// Everything the child needs, made before fork so the child allocates as little as it can.
 struct Prepared {
-    /// (source or None for tmpfs, target relative to the root, source is a file, read-only).
-    mounts: Vec<(Option<CString>, String, bool, bool)>,
+    mounts: Vec<PreparedMount>,
+    /// A directory of the state dir where the child mounts a tmpfs for copy-on-write uppers and
+    /// secrets, when a mount needs one.
+    scratch: Option<CString>,
     target: CString,
     root_mount: RootMount,
     hosts: CString,
@@ -398,6 +434,226 @@ struct Prepared {
     tty: bool,
     readonly_root: bool,
     linux32: bool,
+}
+
+/// A [`StepMount`] ready for the child: the source opened (resolved inside its root), the
+/// target split into the components the child resolves inside the step's root.
+struct PreparedMount {
+    /// `a`, `a/b`, `a/b/c`: each prefix of the target, relative to the root.
+    prefixes: Vec<CString>,
+    /// `a`, `b`, `c`: the last component of each prefix.
+    names: Vec<CString>,
+    target: String,
+    file: bool,
+    kind: PreparedKind,
+}
+
+/// `fd`s of sources are detached mount trees (open_tree): a mount of the parent's namespace
+/// cannot be bound from inside the child's, but a detached one can be moved in.
+enum PreparedKind {
+    Tmpfs,
+    Bind {
+        fd: OwnedFd,
+        readonly: bool,
+    },
+    /// An overlay on the target: the source bound read-only at `lower`, a throwaway upper; all
+    /// under `dir` on the scratch tmpfs.
+    Cow {
+        fd: OwnedFd,
+        dir: CString,
+        lower: CString,
+        upper: CString,
+        work: CString,
+        opts: CString,
+    },
+    /// A file `file` on the scratch tmpfs holding `data`.
+    Secret {
+        file: CString,
+        data: Vec<u8>,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    },
+}
+
+/// Opens every mount's source in the parent (inside its root), so the child mounts through
+/// descriptors; `state` holds copies of writable file sources and the scratch mountpoint.
+fn prepare_mounts(
+    mounts: &[StepMount],
+    state: &Path,
+) -> Result<(Vec<PreparedMount>, Option<CString>)> {
+    use crate::inroot::{open_in_root, Kind};
+    let detach = |fd: &OwnedFd, what: &dyn std::fmt::Display| {
+        use rustix::mount::OpenTreeFlags as F;
+        rustix::mount::open_tree(
+            fd,
+            c"",
+            F::OPEN_TREE_CLONE | F::OPEN_TREE_CLOEXEC | F::AT_EMPTY_PATH,
+        )
+        .map_err(|e| sandbox_err(format!("cloning the mount of {what}"), e.to_string()))
+    };
+    let scratch = state.join("m");
+    let mut needs_scratch = false;
+    let mut out = Vec::new();
+    for (i, m) in mounts.iter().enumerate() {
+        let rel = m.target.trim_start_matches('/').to_string();
+        let parts: Vec<&str> = rel
+            .split('/')
+            .filter(|c| !c.is_empty() && *c != ".")
+            .collect();
+        if parts.is_empty() || parts.contains(&"..") {
+            return Err(sandbox_err(
+                "mount",
+                format!(
+                    "target {:?} must be an absolute path inside the root",
+                    m.target
+                ),
+            ));
+        }
+        let mut prefixes = Vec::new();
+        let mut names = Vec::new();
+        for n in 1..=parts.len() {
+            prefixes.push(cstr(parts[..n].join("/"), "mount target")?);
+            names.push(cstr(parts[n - 1], "mount target")?);
+        }
+        let dir = scratch.join(i.to_string());
+        let (kind, file) = match &m.source {
+            MountSource::Tmpfs => (PreparedKind::Tmpfs, false),
+            MountSource::Cache(d) => {
+                let fd = rustix::fs::open(
+                    d,
+                    rustix::fs::OFlags::PATH
+                        | rustix::fs::OFlags::DIRECTORY
+                        | rustix::fs::OFlags::NOFOLLOW
+                        | rustix::fs::OFlags::CLOEXEC,
+                    rustix::fs::Mode::empty(),
+                )
+                .map_err(|e| {
+                    sandbox_err(format!("cache directory {}", d.display()), e.to_string())
+                })?;
+                let fd = detach(&fd, &d.display())?;
+                (
+                    PreparedKind::Bind {
+                        fd,
+                        readonly: m.readonly,
+                    },
+                    false,
+                )
+            }
+            MountSource::Host(p) => {
+                let fd = rustix::fs::open(
+                    p,
+                    rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC,
+                    rustix::fs::Mode::empty(),
+                )
+                .map_err(|e| sandbox_err(format!("host path {}", p.display()), e.to_string()))?;
+                let is_file = !fs::metadata(p).map_err(io_err("mount source", p))?.is_dir();
+                let fd = detach(&fd, &p.display())?;
+                (
+                    PreparedKind::Bind {
+                        fd,
+                        readonly: m.readonly,
+                    },
+                    is_file,
+                )
+            }
+            MountSource::Bind { root, path } => {
+                let r = open_in_root(root, path)?;
+                let shown = format!("{path:?} in {}", root.display());
+                let tree = || detach(&r.fd, &shown);
+                match (r.kind, m.readonly) {
+                    (kind, true) => (
+                        PreparedKind::Bind {
+                            fd: tree()?,
+                            readonly: true,
+                        },
+                        kind == Kind::File,
+                    ),
+                    (Kind::Dir, false) => {
+                        needs_scratch = true;
+                        let sub = |n: &str| cstr(dir.join(n).as_os_str().as_bytes(), "state dir");
+                        let (lower, upper, work) = (sub("lower")?, sub("upper")?, sub("work")?);
+                        let opts = format!(
+                            "lowerdir={},upperdir={},workdir={}",
+                            lower.to_string_lossy(),
+                            upper.to_string_lossy(),
+                            work.to_string_lossy()
+                        );
+                        if dir
+                            .as_os_str()
+                            .as_bytes()
+                            .iter()
+                            .any(|b| b",:\\".contains(b))
+                        {
+                            return Err(sandbox_err(
+                                format!("state directory {}", dir.display()),
+                                "its path has a comma, colon or backslash, which overlayfs options cannot carry; set TMPDIR to a plainer path",
+                            ));
+                        }
+                        (
+                            PreparedKind::Cow {
+                                fd: tree()?,
+                                dir: cstr(dir.as_os_str().as_bytes(), "state dir")?,
+                                lower,
+                                upper,
+                                work,
+                                opts: cstr(opts, "overlay options")?,
+                            },
+                            false,
+                        )
+                    }
+                    (Kind::File, false) => {
+                        // A writable file: the step writes to a copy of it, thrown away after.
+                        use std::os::fd::AsRawFd;
+                        let from = PathBuf::from(format!("/proc/self/fd/{}", r.fd.as_raw_fd()));
+                        let copy = state.join(format!("file-{i}"));
+                        fs::copy(&from, &copy)
+                            .map_err(io_err("copying a writable bind source to", &copy))?;
+                        let r = open_in_root(state, &format!("file-{i}"))?;
+                        (
+                            PreparedKind::Bind {
+                                fd: detach(&r.fd, &copy.display())?,
+                                readonly: false,
+                            },
+                            true,
+                        )
+                    }
+                }
+            }
+            MountSource::Secret {
+                data,
+                mode,
+                uid,
+                gid,
+            } => {
+                needs_scratch = true;
+                (
+                    PreparedKind::Secret {
+                        file: cstr(dir.as_os_str().as_bytes(), "state dir")?,
+                        data: data.0.clone(),
+                        mode: *mode,
+                        uid: *uid,
+                        gid: *gid,
+                    },
+                    true,
+                )
+            }
+        };
+        out.push(PreparedMount {
+            prefixes,
+            names,
+            target: m.target.clone(),
+            file,
+            kind,
+        });
+    }
+    let scratch = if needs_scratch {
+        fs::create_dir(&scratch).map_err(io_err("creating", &scratch))?;
+        Some(cstr(scratch.as_os_str().as_bytes(), "state dir")?)
+    } else {
+        None
+    };
+    Ok((out, scratch))
 }
 
 enum RootMount {
@@ -432,20 +688,31 @@ pub fn run(spec: &RunSpec) -> Result<RunOutput> {
             "creating a state directory in",
             &std::env::temp_dir(),
         ))?;
+    // So `manifold prune` can tell a killed build's leftovers from a running one's.
+    crate::leftovers::mark(state.path()).map_err(io_err("marking", state.path()))?;
     let target = state.path().join("root");
     fs::create_dir(&target).map_err(io_err("creating", &target))?;
 
     // The view of the root before the run: upper (or the dir) first, then lowers top-down.
     let (view, root_mount) = match &spec.rootfs {
         RootFs::Overlay {
-            lowers,
+            lowers: lowers_in,
             upper,
             work,
         } => {
             for d in [upper, work] {
                 fs::create_dir_all(d).map_err(io_err("creating", d))?;
             }
-            let mut lowers: Vec<PathBuf> = lowers.iter().rev().cloned().collect();
+            // Top first. Two steps that made identical changes share one snapshot, and
+            // overlayfs refuses a lower twice (ELOOP): the upper copy already shows everything
+            // the lower one would, so only the topmost is kept.
+            let mut lowers: Vec<PathBuf> = Vec::new();
+            let mut seen = std::collections::HashSet::new();
+            for l in lowers_in.iter().rev() {
+                if seen.insert(fs::canonicalize(l).unwrap_or_else(|_| l.clone())) {
+                    lowers.push(l.clone());
+                }
+            }
             if lowers.is_empty() {
                 // FROM scratch: overlayfs wants a lowerdir.
                 let empty = state.path().join("empty");
@@ -489,7 +756,10 @@ pub fn run(spec: &RunSpec) -> Result<RunOutput> {
         ),
     };
     let etc_before = etc_time(&spec.rootfs);
-    let stubs_before: Vec<(&str, bool)> = STUBS.iter().map(|s| (*s, exists_in(&view, s))).collect();
+    let mut stubs_before: Vec<(String, bool)> = STUBS
+        .iter()
+        .map(|s| (s.to_string(), exists_in(&view, s)))
+        .collect();
 
     let hosts = state.path().join("hosts");
     let resolv = state.path().join("resolv.conf");
@@ -508,32 +778,20 @@ pub fn run(spec: &RunSpec) -> Result<RunOutput> {
     fs::write(&resolv, resolv_text).map_err(io_err("writing", &resolv))?;
 
     let (uid, gid, groups, home) = resolve_user(&view, spec.user.as_deref())?;
-    let mut mounts = Vec::new();
-    for m in &spec.mounts {
-        let rel = m.target.trim_start_matches('/').to_string();
-        if rel.is_empty() || rel.split('/').any(|c| c == "..") {
-            return Err(sandbox_err(
-                "mount",
-                format!(
-                    "target {:?} must be an absolute path inside the root",
-                    m.target
-                ),
-            ));
-        }
-        let (src, is_file) = match &m.source {
-            Some(p) => {
-                let meta = fs::metadata(p).map_err(io_err("mount source", p))?;
-                (
-                    Some(cstr(p.as_os_str().as_bytes(), "mount source")?),
-                    !meta.is_dir(),
-                )
+    let (mounts, scratch) = prepare_mounts(&spec.mounts, state.path())?;
+    // Mountpoints the mounts may create, parents first, with whether they were there before.
+    for m in &mounts {
+        for p in &m.prefixes {
+            let rel = p.to_string_lossy().into_owned();
+            if !stubs_before.iter().any(|(r, _)| *r == rel) {
+                let existed = exists_in(&view, &rel);
+                stubs_before.push((rel, existed));
             }
-            None => (None, false),
-        };
-        mounts.push((src, rel, is_file, m.readonly));
+        }
     }
     let prepared = Prepared {
         mounts,
+        scratch,
         target: cstr(target.as_os_str().as_bytes(), "state dir")?,
         root_mount,
         hosts: cstr(hosts.as_os_str().as_bytes(), "state dir")?,
@@ -899,7 +1157,7 @@ fn dir_names(dir: &Path) -> Vec<std::ffi::OsString> {
 fn cleanup_stubs(
     rootfs: &RootFs,
     view: &[PathBuf],
-    before: &[(&str, bool)],
+    before: &[(String, bool)],
     etc_time: Option<(i64, i64, Vec<std::ffi::OsString>)>,
 ) {
     let top = &view[0];
@@ -907,7 +1165,21 @@ fn cleanup_stubs(
     let ours_in_etc = before
         .iter()
         .any(|(rel, existed)| rel.starts_with("etc/") && !existed);
-    for (rel, existed) in before.iter().rev() {
+    // Children before parents; nothing through a symlink the step made.
+    let mut order: Vec<&(String, bool)> = before.iter().collect();
+    order.sort_by_key(|(rel, _)| std::cmp::Reverse(rel.matches('/').count()));
+    for (rel, existed) in order {
+        let parent_is_plain = {
+            let mut cur = top.clone();
+            let parts: Vec<&str> = rel.split('/').collect();
+            parts[..parts.len() - 1].iter().all(|c| {
+                cur.push(c);
+                fs::symlink_metadata(&cur).is_ok_and(|m| m.is_dir())
+            })
+        };
+        if !parent_is_plain {
+            continue;
+        }
         let p = top.join(rel);
         let Ok(m) = fs::symlink_metadata(&p) else {
             continue;
@@ -941,11 +1213,7 @@ fn cleanup_stubs(
             false
         };
         if removable {
-            let _ = if m.is_dir() {
-                fs::remove_dir(&p)
-            } else {
-                fs::remove_file(&p)
-            };
+            crate::inroot::remove_empty(top, rel);
         }
     }
     if let (Some((s, ns, names)), true) = (etc_time, ours_in_etc) {
@@ -956,8 +1224,19 @@ fn cleanup_stubs(
 }
 
 /// Reads a file of the merged view (top layer first), for /etc/passwd and /etc/group.
+/// A symlink on the way (a step may make `/etc` point at the host's) reads as nothing.
 pub fn read_view(layers: &[PathBuf], rel: &str) -> String {
+    let parts: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
     for l in layers {
+        let mut dir = l.clone();
+        for c in &parts[..parts.len().saturating_sub(1)] {
+            dir.push(c);
+            match fs::symlink_metadata(&dir) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => return String::new(),
+                Err(_) => break,
+            }
+        }
         let p = l.join(rel);
         if let Ok(m) = fs::symlink_metadata(&p) {
             if m.is_file() {
@@ -1358,65 +1637,7 @@ fn setup_root(p: &Prepared, err_fd: i32) {
             );
         }
     }
-    for (src, rel, is_file, readonly) in &p.mounts {
-        // Directories on the way are created inside the root, as docker's builder does.
-        let parts: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
-        let mut cur = String::new();
-        for (i, comp) in parts.iter().enumerate() {
-            if !cur.is_empty() {
-                cur.push('/');
-            }
-            cur.push_str(comp);
-            let path = join(t, &cur);
-            if i + 1 == parts.len() && *is_file {
-                // SAFETY: valid C string; the fd is closed at once.
-                unsafe {
-                    let fd = libc::open(
-                        path.as_ptr(),
-                        libc::O_CREAT | libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                        0o600,
-                    );
-                    if fd >= 0 {
-                        libc::close(fd);
-                    }
-                }
-            } else {
-                mkdir_p(err_fd, &path, 0o755);
-            }
-        }
-        let dst = join(t, rel);
-        match src {
-            Some(src) => {
-                let flags = nix::mount::MsFlags::MS_BIND | nix::mount::MsFlags::MS_REC;
-                if let Err(e) = nix::mount::mount(
-                    Some(src.as_c_str()),
-                    dst.as_c_str(),
-                    None::<&str>,
-                    flags,
-                    None::<&str>,
-                ) {
-                    fail(err_fd, &format!("mounting {}", rel), &e.to_string());
-                }
-                if *readonly {
-                    let _ = nix::mount::mount(
-                        None::<&str>,
-                        dst.as_c_str(),
-                        None::<&str>,
-                        flags | nix::mount::MsFlags::MS_REMOUNT | nix::mount::MsFlags::MS_RDONLY,
-                        None::<&str>,
-                    );
-                }
-            }
-            None => mount_or_fail(
-                err_fd,
-                "tmpfs",
-                &dst,
-                "tmpfs",
-                libc::MS_NOSUID | libc::MS_NODEV,
-                "mode=1777",
-            ),
-        }
-    }
+    mount_steps(p, err_fd);
     use nix::mount::{umount2, MntFlags};
     use nix::unistd::{chdir, pivot_root, sethostname};
     if let Err(e) = sethostname(std::ffi::OsStr::from_bytes(p.hostname.as_bytes())) {
@@ -1494,6 +1715,205 @@ fn setup_root(p: &Prepared, err_fd: i32) {
     }
     if let Err(e) = setuid(Uid::from_raw(p.uid)) {
         fail(err_fd, &format!("setuid {}", p.uid), &e.to_string());
+    }
+}
+
+/// RUN --mount, in the child: each target resolved (and made) inside the root, each source
+/// reached through the descriptor the parent opened, so neither side can be a symlink to the
+/// host; binds are not recursive, read-only ones really so, writable ones copy-on-write.
+fn mount_steps(p: &Prepared, err_fd: i32) {
+    use crate::inroot::{make_target, FdPath};
+    use nix::mount::{mount, MsFlags};
+    use std::os::fd::AsFd;
+    if p.mounts.is_empty() {
+        return;
+    }
+    let root = match rustix::fs::open(
+        p.target.as_c_str(),
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(e) => fail(err_fd, "opening the step's root", &e.to_string()),
+    };
+    if let Some(scratch) = &p.scratch {
+        if let Err(e) = mount(
+            Some("tmpfs"),
+            scratch.as_c_str(),
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=700"),
+        ) {
+            fail(err_fd, "mounting the mounts' scratch tmpfs", &e.to_string());
+        }
+    }
+    let none = None::<&str>;
+    for m in &p.mounts {
+        let what = |verb: &str| format!("{verb} {}", m.target);
+        let target = match make_target(root.as_fd(), &m.prefixes, &m.names, m.file) {
+            Ok(fd) => fd,
+            Err((at, e)) => fail(
+                err_fd,
+                &format!(
+                    "making the mountpoint {} (at /{})",
+                    m.target,
+                    at.to_string_lossy()
+                ),
+                &if e == rustix::io::Errno::EXIST {
+                    "a symlink there points at a path missing inside the root (symlinks resolve inside the step's root, never on the host); create that directory first".to_string()
+                } else {
+                    e.to_string()
+                },
+            ),
+        };
+        let dst = FdPath::new(target.as_raw_fd());
+        let dst = dst.as_cstr();
+        // Made read-only through the mount now on the target, reached again inside the root.
+        let seal = |extra: MsFlags| {
+            let last = m.prefixes.last().map(|c| c.as_c_str()).unwrap_or(c"/");
+            let on = match rustix::fs::openat2(
+                &root,
+                last,
+                rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+                crate::inroot::IN_ROOT,
+            ) {
+                Ok(fd) => fd,
+                Err(e) => fail(err_fd, &what("reopening"), &e.to_string()),
+            };
+            let path = FdPath::new(on.as_raw_fd());
+            if let Err(e) = mount(
+                none,
+                path.as_cstr(),
+                none,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra,
+                none,
+            ) {
+                fail(err_fd, &what("making read-only"), &e.to_string());
+            }
+        };
+        let locked = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+        match &m.kind {
+            PreparedKind::Tmpfs => {
+                if let Err(e) = mount(Some("tmpfs"), dst, Some("tmpfs"), locked, Some("mode=1777"))
+                {
+                    fail(err_fd, &what("mounting a tmpfs at"), &e.to_string());
+                }
+            }
+            PreparedKind::Bind { fd, readonly } => {
+                use rustix::mount::MoveMountFlags as F;
+                if let Err(e) = rustix::mount::move_mount(
+                    fd,
+                    c"",
+                    &target,
+                    c"",
+                    F::MOVE_MOUNT_F_EMPTY_PATH | F::MOVE_MOUNT_T_EMPTY_PATH,
+                ) {
+                    fail(err_fd, &what("bind-mounting"), &e.to_string());
+                }
+                let ro = if *readonly {
+                    MsFlags::MS_RDONLY
+                } else {
+                    MsFlags::empty()
+                };
+                seal(locked | ro);
+            }
+            PreparedKind::Cow {
+                fd,
+                dir,
+                lower,
+                upper,
+                work,
+                opts,
+            } => {
+                for d in [dir, lower, upper, work] {
+                    // SAFETY: valid C strings, on the scratch tmpfs.
+                    if unsafe { libc::mkdir(d.as_ptr(), 0o755) } != 0 {
+                        fail(
+                            err_fd,
+                            &format!("creating {}", d.to_string_lossy()),
+                            &errno_str(),
+                        );
+                    }
+                }
+                use rustix::mount::MoveMountFlags as F;
+                if let Err(e) = rustix::mount::move_mount(
+                    fd,
+                    c"",
+                    rustix::fs::CWD,
+                    lower.as_c_str(),
+                    F::MOVE_MOUNT_F_EMPTY_PATH,
+                )
+                .map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error()))
+                .and_then(|()| {
+                    mount(
+                        none,
+                        lower.as_c_str(),
+                        none,
+                        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | locked,
+                        none,
+                    )
+                }) {
+                    fail(err_fd, &what("binding the source of"), &e.to_string());
+                }
+                if let Err(e) = mount(
+                    Some("overlay"),
+                    dst,
+                    Some("overlay"),
+                    locked,
+                    Some(opts.as_c_str()),
+                ) {
+                    fail(
+                        err_fd,
+                        &what("mounting copy-on-write"),
+                        &format!("{e} ({})", opts.to_string_lossy()),
+                    );
+                }
+            }
+            PreparedKind::Secret {
+                file,
+                data,
+                mode,
+                uid,
+                gid,
+            } => {
+                use rustix::fs::{Mode, OFlags};
+                let f = match rustix::fs::open(
+                    file.as_c_str(),
+                    OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                ) {
+                    Ok(f) => f,
+                    Err(e) => fail(err_fd, &what("writing the secret for"), &e.to_string()),
+                };
+                let mut rest: &[u8] = data;
+                while !rest.is_empty() {
+                    match rustix::io::write(&f, rest) {
+                        Ok(n) => rest = &rest[n..],
+                        Err(rustix::io::Errno::INTR) => continue,
+                        Err(e) => fail(err_fd, &what("writing the secret for"), &e.to_string()),
+                    }
+                }
+                let owned = rustix::fs::fchown(
+                    &f,
+                    Some(rustix::fs::Uid::from_raw(*uid)),
+                    Some(rustix::fs::Gid::from_raw(*gid)),
+                )
+                .and_then(|()| rustix::fs::fchmod(&f, Mode::from_raw_mode(*mode & 0o7777)));
+                if let Err(e) = owned {
+                    fail(
+                        err_fd,
+                        &what("setting the owner and mode of the secret for"),
+                        &e.to_string(),
+                    );
+                }
+                drop(f);
+                if let Err(e) = mount(Some(file.as_c_str()), dst, none, MsFlags::MS_BIND, none) {
+                    fail(err_fd, &what("bind-mounting the secret at"), &e.to_string());
+                }
+                seal(locked | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY);
+            }
+        }
     }
 }
 
