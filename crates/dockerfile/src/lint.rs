@@ -409,7 +409,7 @@ mod tests {
                 ("MultipleInstructionsDisallowed", 5),
                 ("RedundantTargetPlatform", 7),
                 ("ReservedStageName", 7),
-                ("NoEmptyContinuation", 10),
+                ("NoEmptyContinuation", 11),
             ]
         );
     }
