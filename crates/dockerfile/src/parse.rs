@@ -1242,7 +1242,9 @@ pub(crate) fn parse_mount(
         )));
     }
     if m.size.is_some() && kind != MountType::Tmpfs {
-        return Err(bad(format!("unexpected key 'size' for mount type '{name}'")));
+        return Err(bad(format!(
+            "unexpected key 'size' for mount type '{name}'"
+        )));
     }
     for (set, what) in [(&m.mode, "mode"), (&m.uid, "uid"), (&m.gid, "gid")] {
         if set.is_some() && !file_info {

@@ -694,10 +694,12 @@ impl<'a> Planner<'a> {
                 }
             }
         }
-        pass.done
-            .get(&i)
-            .map(|d| d.0.clone())
-            .ok_or_else(|| self.err(ErrorKind::Syntax("stage was not planned".into()), Pos::default()))
+        pass.done.get(&i).map(|d| d.0.clone()).ok_or_else(|| {
+            self.err(
+                ErrorKind::Syntax("stage was not planned".into()),
+                Pos::default(),
+            )
+        })
     }
 
     fn cycle(&self, stack: &[Frame], j: usize, pos: Pos) -> Error {
@@ -783,11 +785,7 @@ impl<'a> Planner<'a> {
     }
 
     /// The base of stage `i`: an image, scratch, or an earlier stage (which must be planned).
-    fn start(
-        &self,
-        i: usize,
-        pass: &Pass,
-    ) -> Result<Progress<(Started, Vec<Instruction>)>, Error> {
+    fn start(&self, i: usize, pass: &Pass) -> Result<Progress<(Started, Vec<Instruction>)>, Error> {
         let def_from = self.st.defs[i].from;
         let meta = &pass.meta;
         let meta_lookup = |n: &str| meta.get(n).cloned();
@@ -1014,7 +1012,11 @@ impl<'a> Planner<'a> {
                     mounts,
                     network,
                     security,
-                    env: if keep { state.env.clone() } else { BTreeMap::new() },
+                    env: if keep {
+                        state.env.clone()
+                    } else {
+                        BTreeMap::new()
+                    },
                     args: if keep { args.clone() } else { BTreeMap::new() },
                     workdir: state.workdir.clone(),
                     user: state.user.clone(),
@@ -1440,7 +1442,9 @@ fn check_port(raw: &str) -> Result<(), String> {
         None => (raw, "tcp"),
     };
     if proto.is_empty() {
-        return Err(format!("invalid port: {raw:?}: no port specified: {rest}/<empty>"));
+        return Err(format!(
+            "invalid port: {raw:?}: no port specified: {rest}/<empty>"
+        ));
     }
     let container = rest.rsplit(':').next().unwrap_or(rest);
     let range = |s: &str| -> bool {
@@ -1451,9 +1455,7 @@ fn check_port(raw: &str) -> Result<(), String> {
         }
     };
     if container.is_empty() || !range(container) {
-        return Err(format!(
-            "invalid containerPort: {container}"
-        ));
+        return Err(format!("invalid containerPort: {container}"));
     }
     Ok(())
 }
