@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use manifold_dockerfile::{lint, parse, plan, render_text, PlanOptions};
+use manifold_dockerfile::lint::{check, CheckOptions};
+use manifold_dockerfile::{parse, plan, render_text, PlanOptions};
 use oci::Platform;
 
 fn corpus_dir() -> PathBuf {
@@ -98,9 +99,17 @@ fn corpus_matches_goldens() {
     for path in &files {
         let name = name_of(path);
         let text = fs::read_to_string(path).expect("utf-8 Dockerfile");
+        // Lint as `--check` does, with this file's platforms (two by default), so the
+        // multi-platform checks run too.
         let result = parse(&text, name).and_then(|df| {
-            let findings = lint(&df);
-            plan(&df, &options(path)).map(|p| (p, findings))
+            let report = check(
+                &df,
+                &CheckOptions {
+                    plan: options(path),
+                    ..Default::default()
+                },
+            );
+            plan(&df, &options(path)).map(|p| (p, report.findings))
         });
         let (plan_out, err_out, lint_out) = match result {
             Ok((p, findings)) => {

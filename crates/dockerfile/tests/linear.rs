@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use manifold_dockerfile::{lint, parse, plan, plan::validate, PlanOptions};
+use manifold_dockerfile::{lint, parse, plan::validate, PlanOptions};
 use oci::Platform;
 use proptest::prelude::*;
 
@@ -85,7 +85,7 @@ fn assert_linear(what: &str, gen: &dyn Fn(usize) -> String, n: usize) {
         "{what}: 4x input allocated {rb:.1}x the bytes ({b1} -> {b4})"
     );
     assert!(
-        rt < 9.0,
+        rt < 10.0,
         "{what}: 4x input took {rt:.1}x the time ({t1:.4}s -> {t4:.4}s)"
     );
 }
@@ -139,7 +139,7 @@ proptest! {
 
     #[test]
     fn stage_chains_are_linear(word in "[a-z]{1,12}") {
-        assert_linear("stage chain", &|n| stage_chain(n, &word), 600);
+        assert_linear("stage chain", &|n| stage_chain(n, &word), 1_500);
     }
 
     #[test]
