@@ -387,38 +387,38 @@ fn compiler_in(text: &str) -> Option<String> {
         ("dotnet", &["build", "publish"]),
     ];
     // Words at the start of a command (after ; && || | ( and line starts).
-    let mut at_start = true;
-    let mut prev_cmd: Option<&str> = None;
-    for w in text.split(|c: char| c.is_whitespace()) {
-        if w.is_empty() || w == "\\" {
-            continue;
-        }
-        if matches!(w, "&&" | "||" | ";" | "|" | "(" | "then" | "do" | "else") {
-            at_start = true;
-            prev_cmd = None;
-            continue;
-        }
-        let trimmed = w.trim_matches(|c| matches!(c, ';' | '(' | ')' | '"' | '\''));
-        if let Some(p) = prev_cmd.take() {
-            if let Some((_, subs)) = PAIRS.iter().find(|(c, _)| *c == p) {
-                if subs.contains(&trimmed) {
-                    return Some(format!("{p} {trimmed}"));
+    for line in text.lines() {
+        let mut at_start = true;
+        let mut prev_cmd: Option<&str> = None;
+        for w in line.split_whitespace() {
+            if w == "\\" {
+                continue;
+            }
+            if matches!(w, "&&" | "||" | ";" | "|" | "(" | "then" | "do" | "else") {
+                at_start = true;
+                prev_cmd = None;
+                continue;
+            }
+            let trimmed = w.trim_matches(|c| matches!(c, ';' | '(' | ')' | '"' | '\''));
+            if let Some(p) = prev_cmd.take() {
+                if let Some((_, subs)) = PAIRS.iter().find(|(c, _)| *c == p) {
+                    if subs.contains(&trimmed) {
+                        return Some(format!("{p} {trimmed}"));
+                    }
                 }
             }
-        }
-        if at_start {
-            let base = trimmed.rsplit('/').next().unwrap_or(trimmed);
-            if SINGLE.contains(&trimmed) || SINGLE.contains(&base) {
-                return Some(base.to_string());
-            }
-            if PAIRS.iter().any(|(c, _)| *c == base) {
+            if at_start {
+                let base = trimmed.rsplit('/').next().unwrap_or(trimmed);
+                if SINGLE.contains(&trimmed) || SINGLE.contains(&base) {
+                    return Some(base.to_string());
+                }
                 prev_cmd = PAIRS.iter().find(|(c, _)| *c == base).map(|(c, _)| *c);
+                // Prefixes such as `sudo`, `env X=y` or `CGO_ENABLED=0` keep a command start.
+                at_start = trimmed.contains('=') || matches!(trimmed, "sudo" | "env" | "time");
             }
-            // Prefixes such as `sudo`, `env X=y` or `CGO_ENABLED=0` keep us at a command start.
-            at_start = trimmed.contains('=') || matches!(trimmed, "sudo" | "env" | "time");
-        }
-        if w.ends_with(';') {
-            at_start = true;
+            if w.ends_with(';') {
+                at_start = true;
+            }
         }
     }
     None
