@@ -291,10 +291,11 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
     let path: PathBuf = a
         .file
         .map_or_else(|| a.context.join("Dockerfile"), Path::to_path_buf);
-    let text = std::fs::read_to_string(&path)
+    let bytes = std::fs::read(&path)
         .with_context(|| format!("reading the Dockerfile {}", path.display()))?;
     let shown = path.display().to_string();
-    let df = match dockerfile::parse(&text, &shown) {
+    // Bytes, not text: BuildKit accepts files that are not valid UTF-8.
+    let df = match dockerfile::parse_bytes(bytes, &shown) {
         Ok(df) => df,
         Err(e) => {
             eprintln!("{e}");
@@ -324,6 +325,48 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
         build_args,
         ..Default::default()
     };
+    // The checks come first: BuildKit reports the warnings found before an error too.
+    let dockerignore = std::fs::read_to_string(a.context.join(".dockerignore")).ok();
+    let report = dockerfile::lint::check(
+        &df,
+        &dockerfile::lint::CheckOptions {
+            plan: opts.clone(),
+            dockerignore,
+            base_platforms: None,
+        },
+    );
+    if let Some(e) = &report.config_error {
+        eprintln!("{shown}: {e}");
+        return Ok(ExitCode::from(1));
+    }
+    if a.check {
+        for w in &report.warnings {
+            eprintln!("warning: {w}");
+        }
+        let findings = &report.findings;
+        if a.format == OutputFormat::Json {
+            println!("{}", dockerfile::render_json(findings));
+        } else if findings.is_empty() {
+            println!("Check complete, no warnings found.");
+        } else {
+            print!("{}", dockerfile::render_text(findings));
+            println!("Check complete, {} warnings found.", findings.len());
+        }
+        if let Some(e) = &report.error {
+            eprintln!("{e}");
+        }
+        return Ok(if findings.is_empty() && report.error.is_none() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
+    }
+    // `# check=error=true`: findings fail the build, as in BuildKit.
+    if let Some(msg) = report.lint_error() {
+        eprint!("{}", dockerfile::render_text(&report.findings));
+        eprintln!("{msg}");
+        return Ok(ExitCode::from(1));
+    }
     let plan = match dockerfile::plan(&df, &opts) {
         Ok(p) => p,
         Err(e) => {
@@ -331,25 +374,6 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
     };
-    if a.check {
-        for w in &plan.warnings {
-            eprintln!("warning: {w}");
-        }
-        let findings = dockerfile::lint(&df);
-        if a.format == OutputFormat::Json {
-            println!("{}", dockerfile::render_json(&findings));
-        } else if findings.is_empty() {
-            println!("Check complete, no warnings found.");
-        } else {
-            print!("{}", dockerfile::render_text(&findings));
-            println!("Check complete, {} warnings found.", findings.len());
-        }
-        return Ok(if findings.is_empty() {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::from(1)
-        });
-    }
     for w in &plan.warnings {
         say(cli, format!("warning: {w}"));
     }
