@@ -124,6 +124,35 @@ fn parse_output(spec: &str) -> Result<Output> {
     })
 }
 
+/// InvalidBaseImagePlatform's lookup: the platform of the image a base resolves to in the local
+/// store (a single-platform image, or an index without the wanted platform).
+struct StorePlatforms<'a>(&'a Layout);
+
+impl dockerfile::lint::BasePlatforms for StorePlatforms<'_> {
+    fn platform_of(&self, reference: &str, wanted: &Platform) -> Option<Platform> {
+        let root = self.0.lookup(reference).ok().flatten()?;
+        let image = match self.0.read_manifest(&root).ok()? {
+            Manifest::Image(doc) => doc.value().clone(),
+            Manifest::Index(doc) => {
+                let cands: Vec<Platform> = doc
+                    .value()
+                    .manifests
+                    .iter()
+                    .filter(|d| !d.is_attestation())
+                    .filter_map(|d| d.platform.clone())
+                    .collect();
+                return match Matcher::new(wanted).best(&cands) {
+                    Some(i) => cands.get(i).cloned(),
+                    None => cands.into_iter().next(),
+                };
+            }
+        };
+        let bytes = self.0.read_blob(&image.config.digest).ok()?;
+        let config = Document::<ImageConfig>::parse(bytes).ok()?;
+        Some(config.value().platform())
+    }
+}
+
 /// Looks for base images in the store and pulls what is missing, only the platforms the build
 /// needs. Every base is made ready before the build starts; the engine then only reads.
 struct Bases<'a> {
@@ -327,12 +356,20 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
     };
     // The checks come first: BuildKit reports the warnings found before an error too.
     let dockerignore = std::fs::read_to_string(a.context.join(".dockerignore")).ok();
+    // Bases already in the local store tell InvalidBaseImagePlatform their platform.
+    let local = match env.store_root.exists() {
+        true => transport::open_store(&env.store_root).ok(),
+        false => None,
+    };
+    let lookup = local.as_ref().map(StorePlatforms);
     let report = dockerfile::lint::check(
         &df,
         &dockerfile::lint::CheckOptions {
             plan: opts.clone(),
             dockerignore,
-            base_platforms: None,
+            base_platforms: lookup
+                .as_ref()
+                .map(|l| l as &dyn dockerfile::lint::BasePlatforms),
         },
     );
     if let Some(e) = &report.config_error {

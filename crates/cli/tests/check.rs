@@ -67,3 +67,40 @@ fn check_error_true_fails_a_build_before_it_starts() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("Check complete, no warnings found."));
 }
+
+#[test]
+fn invalid_base_image_platform_from_the_local_store() {
+    let store = tempfile::tempdir().expect("tempdir");
+    let t = tempfile::tempdir().expect("tempdir");
+    let layout = t.path().join("fixed");
+    common::fixed_layout(&layout, &["amd64"], "v1");
+    common::ok(
+        store.path(),
+        &[
+            "cp",
+            &format!("oci:{}:v1", layout.display()),
+            "store:localhost/amd64only:1",
+        ],
+    );
+    let ctx = context(&[("Dockerfile", b"FROM localhost/amd64only:1\nCMD [\"x\"]\n")]);
+    let dir = ctx.path().to_str().expect("utf-8 path");
+    let out = run(
+        store.path(),
+        &["build", "--check", "--platform", "linux/arm64", dir],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("InvalidBaseImagePlatform: Base image localhost/amd64only:1 was pulled with platform \"linux/amd64\", expected \"linux/arm64\" for current build"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(
+        store.path(),
+        &["build", "--check", "--platform", "linux/amd64", dir],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
