@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmark: `manifold build --check` (parse, every check, plan without steps) over the
 # tests/dockerfiles corpus and over generated large files: 50 MB of RUN lines, one ENV with 20,000
-# pairs, 16,000 global ARGs, a chain of 10,000 stages. Two target platforms (linux/amd64,
+# pairs, 16,000 global ARGs, a chain of 10,000 stages. The 50 MB come twice: as short RUN lines
+# (~90 bytes) and as long ones (~400 bytes), since memory per instruction has a fixed part. Two target platforms (linux/amd64,
 # linux/arm64), as a multi-platform build would. Wall time and peak RSS from /usr/bin/time.
 # No BuildKit peer: the BuildKit here (docker 20.10's built-in 0.8) has no --check.
 #
@@ -24,6 +25,14 @@ with open(f"{w}/run-lines.Dockerfile", "w") as f:
     while n < 50 * 1024 * 1024:
         line = f"RUN echo step {i} && test -d /usr/local/share && printf '%s\\n' \"value $i\" > /dev/null\n"
         f.write(line); n += len(line); i += 1
+# The same 50 MB as real-world-length RUN lines (~400 bytes: apt-get installs, build commands).
+with open(f"{w}/run-long-lines.Dockerfile", "w") as f:
+    f.write("FROM alpine:3.19\n")
+    n, i = 17, 0
+    pkgs = " ".join(f"package-{k}-dev" for k in range(24))
+    while n < 50 * 1024 * 1024:
+        line = f"RUN apt-get update && apt-get install -y --no-install-recommends {pkgs} && rm -rf /var/lib/apt/lists/* # {i}\n"
+        f.write(line); n += len(line); i += 1
 with open(f"{w}/env-pairs.Dockerfile", "w") as f:
     f.write("FROM alpine:3.19\nENV " + " ".join(f"K{i}=value{i}" for i in range(20000)) + "\nRUN true\n")
 with open(f"{w}/global-args.Dockerfile", "w") as f:
@@ -40,7 +49,7 @@ corpus() { for f in tests/dockerfiles/*.Dockerfile; do check "$f" >/dev/null 2>&
 export -f check corpus; export m work
 
 printf '%-16s %10s %10s %10s %12s\n' input size_MB best_s peak_MB peak/size
-for name in corpus run-lines env-pairs global-args stage-chain; do
+for name in corpus run-lines run-long-lines env-pairs global-args stage-chain; do
   best=; peak=0
   for _ in $(seq "$runs"); do
     if [ "$name" = corpus ]; then

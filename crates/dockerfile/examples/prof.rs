@@ -1,12 +1,31 @@
+//! `--check` of one file, as the CLI does it, for measuring: `prof FILE`.
 fn main() {
-    use manifold_dockerfile::ast::*;
-    eprintln!(
-        "Instruction {} Kind {} Copy {} Run {} Mount {} Word {}",
-        std::mem::size_of::<Instruction>(),
-        std::mem::size_of::<Kind>(),
-        std::mem::size_of::<Copy>(),
-        std::mem::size_of::<Run>(),
-        std::mem::size_of::<Mount>(),
-        std::mem::size_of::<Word>()
+    let path = std::env::args().nth(1).expect("a Dockerfile path");
+    let bytes = std::fs::read(&path).expect("readable");
+    let t = std::time::Instant::now();
+    let df = manifold_dockerfile::parse_bytes(bytes, &path).expect("parses");
+    eprintln!("parse {:?}", t.elapsed());
+    let t = std::time::Instant::now();
+    let n = manifold_dockerfile::lint(&df).len();
+    eprintln!("lint {:?} {n}", t.elapsed());
+    let t = std::time::Instant::now();
+    let _ = manifold_dockerfile::plan::validate(&df, &Default::default());
+    eprintln!("validate {:?}", t.elapsed());
+    let opts = manifold_dockerfile::lint::CheckOptions {
+        plan: manifold_dockerfile::PlanOptions {
+            platforms: vec![
+                oci::Platform::new("linux", "amd64", ""),
+                oci::Platform::new("linux", "arm64", ""),
+            ],
+            build_platform: oci::Platform::new("linux", "amd64", ""),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let r = manifold_dockerfile::lint::check(&df, &opts);
+    println!(
+        "{} findings, error: {:?}",
+        r.findings.len(),
+        r.error.map(|e| e.to_string())
     );
 }

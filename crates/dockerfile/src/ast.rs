@@ -95,13 +95,14 @@ pub struct Word {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "instruction", rename_all = "UPPERCASE")]
 pub enum Kind {
-    From(From),
+    // The large variants are boxed: a 50 MB file of RUN lines holds ~600,000 of these.
+    From(Box<From>),
     Arg { args: Vec<ArgDecl> },
     Env { vars: Vec<KeyValue> },
     Label { labels: Vec<KeyValue> },
     Run(Run),
-    Copy(Copy),
-    Add(Copy),
+    Copy(Box<Copy>),
+    Add(Box<Copy>),
     Workdir { path: Word },
     User { user: Word },
     Expose { ports: Vec<Word> },
@@ -109,7 +110,7 @@ pub enum Kind {
     Cmd { command: Command },
     Entrypoint { command: Command },
     Shell { shell: Vec<String> },
-    Healthcheck { check: Option<Healthcheck> },
+    Healthcheck { check: Option<Box<Healthcheck>> },
     Stopsignal { signal: Word },
     Onbuild { trigger: Box<Instruction> },
     Maintainer { name: String },

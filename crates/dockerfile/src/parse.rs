@@ -388,8 +388,8 @@ impl Src<'_> {
                 labels: p.name_values()?,
             },
             "RUN" => p.run(heredocs)?,
-            "COPY" => Kind::Copy(p.copy(false, heredocs)?),
-            "ADD" => Kind::Add(p.copy(true, heredocs)?),
+            "COPY" => Kind::Copy(Box::new(p.copy(false, heredocs)?)),
+            "ADD" => Kind::Add(Box::new(p.copy(true, heredocs)?)),
             "WORKDIR" => Kind::Workdir { path: p.whole()? },
             "USER" => Kind::User { user: p.whole()? },
             "STOPSIGNAL" => Kind::Stopsignal { signal: p.whole()? },
@@ -408,7 +408,7 @@ impl Src<'_> {
             },
             "SHELL" => Kind::Shell { shell: p.shell()? },
             "HEALTHCHECK" => Kind::Healthcheck {
-                check: p.healthcheck()?,
+                check: p.healthcheck()?.map(Box::new),
             },
             "ONBUILD" => p.onbuild(heredocs)?,
             _ => {
@@ -446,6 +446,12 @@ fn directive(line: &str) -> Option<(String, String)> {
 
 /// Splits on unquoted blanks, keeping quotes and escapes in the words (expansion removes them).
 fn split_words(s: &str, base: usize, esc: char) -> Vec<RawWord> {
+    split_words_until(s, base, esc, false)
+}
+
+/// With `flags_only`, stops after the first word that is not a `--flag` (the arguments need no
+/// splitting just to find the flags).
+fn split_words_until(s: &str, base: usize, esc: char, flags_only: bool) -> Vec<RawWord> {
     let mut words = Vec::new();
     let mut cur = String::new();
     let mut start: Option<usize> = None;
@@ -454,10 +460,15 @@ fn split_words(s: &str, base: usize, esc: char) -> Vec<RawWord> {
     while let Some((i, c)) = chars.next() {
         if quote.is_none() && c.is_whitespace() {
             if let Some(st) = start.take() {
+                let raw = std::mem::take(&mut cur);
+                let done = flags_only && !raw.starts_with("--");
                 words.push(RawWord {
-                    raw: std::mem::take(&mut cur),
+                    raw,
                     off: base + st,
                 });
+                if done {
+                    return words;
+                }
             }
             continue;
         }
@@ -575,7 +586,7 @@ impl InsParser<'_> {
     /// Leading `--name[=value]` words; returns them and the offset where the arguments start.
     fn flags(&self, allowed: &[&str]) -> Result<(Vec<Flag>, usize), Error> {
         let mut flags = Vec::new();
-        let words = self.words(self.rest_off);
+        let words = split_words_until(&self.text[self.rest_off..], self.rest_off, self.esc, true);
         let mut args_off = self.text.len();
         for w in &words {
             let Some(body) = w.raw.strip_prefix("--") else {
@@ -677,12 +688,12 @@ impl InsParser<'_> {
                     .with_help("write `FROM <image> [AS <name>]`"))
             }
         };
-        Ok(Kind::From(From {
+        Ok(Kind::From(Box::new(From {
             image,
             platform,
             name,
             as_keyword,
-        }))
+        })))
     }
 
     fn arg(&self) -> Result<Kind, Error> {
@@ -835,7 +846,8 @@ impl InsParser<'_> {
             Command::Exec(v) if v.is_empty() => {
                 return Err(self.syntax("RUN requires at least one argument", self.pos))
             }
-            Command::Shell(_) => {
+            // Only a line with `<<` can hold a here-document: no splitting otherwise.
+            Command::Shell(_) if self.text[args_off..].contains("<<") => {
                 let words = self.words(args_off);
                 run.heredocs = self
                     .read_heredocs(&words, reader)?
@@ -843,7 +855,7 @@ impl InsParser<'_> {
                     .flatten()
                     .collect();
             }
-            Command::Exec(_) => {}
+            Command::Shell(_) | Command::Exec(_) => {}
         }
         Ok(Kind::Run(run))
     }

@@ -1224,7 +1224,7 @@ impl<'a> Planner<'a> {
                 shell: check
                     .as_ref()
                     .and_then(|c| shell_for(&c.command, &state.shell)),
-                check: check.clone(),
+                check: check.as_deref().cloned(),
             },
             Kind::Stopsignal { signal } => Op::Stopsignal {
                 signal: self.expand(signal, &lookup)?,
