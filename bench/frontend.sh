@@ -2,8 +2,8 @@
 # Benchmark: `manifold build --check` (parse, every check, plan without steps) over the
 # tests/dockerfiles corpus and over generated large files: 50 MB of RUN lines, one ENV with 20,000
 # pairs, 16,000 global ARGs, a chain of 10,000 stages. The 50 MB come twice: as short RUN lines
-# (~90 bytes) and as long ones (~400 bytes), since memory per instruction has a fixed part. Two target platforms (linux/amd64,
-# linux/arm64), as a multi-platform build would. Wall time and peak RSS from /usr/bin/time.
+# (~90 bytes) and as long ones (~400 bytes), since memory per instruction has a fixed part. Two
+# target platforms (linux/amd64, linux/arm64), as a multi-platform build would. Wall time and peak RSS from /usr/bin/time.
 # No BuildKit peer: the BuildKit here (docker 20.10's built-in 0.8) has no --check.
 #
 #   bench/frontend.sh [RUNS]     (default 3; needs /usr/bin/time, python3)
