@@ -34,6 +34,7 @@ pub trait BasePlatforms {
 }
 
 /// What a check knows beyond the Dockerfile.
+#[derive(Default)]
 pub struct CheckOptions<'a> {
     /// Target, platforms, build args (`BUILDKIT_DOCKERFILE_CHECK` among them) and known base
     /// image configs (their ENV feeds UndefinedVar).
@@ -42,16 +43,6 @@ pub struct CheckOptions<'a> {
     pub dockerignore: Option<String>,
     /// For InvalidBaseImagePlatform; without it that check is skipped.
     pub base_platforms: Option<&'a dyn BasePlatforms>,
-}
-
-impl Default for CheckOptions<'_> {
-    fn default() -> Self {
-        CheckOptions {
-            plan: PlanOptions::default(),
-            dockerignore: None,
-            base_platforms: None,
-        }
-    }
 }
 
 /// The result of `--check`.

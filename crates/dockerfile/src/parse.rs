@@ -1152,12 +1152,12 @@ impl InsParser<'_> {
 /// A mount error: the message and an optional hint.
 pub(crate) type MountError = (String, Option<String>);
 
+/// Expands one mount value (planning passes the stage's scope).
+pub(crate) type Expander<'a> = &'a dyn Fn(&str) -> Result<String, String>;
+
 /// Parses a `--mount` value with BuildKit's rules. With `expand`, every value is expanded first
 /// (planning, for mounts written with variables); without, values stay as written.
-pub(crate) fn parse_mount(
-    raw: &str,
-    expand: Option<&dyn Fn(&str) -> Result<String, String>>,
-) -> Result<Mount, MountError> {
+pub(crate) fn parse_mount(raw: &str, expand: Option<Expander<'_>>) -> Result<Mount, MountError> {
     let bad = |msg: String| -> MountError { (msg, None) };
     let mut m = Mount {
         raw: raw.to_string(),

@@ -57,7 +57,7 @@ fn mount_values_with_variables_expand_in_the_stage_scope() {
          RUN --mount=type=$T,target=$TGT,ro=$RO,sharing=${SH:-locked} --mount=type=secret,id=s,required=$REQ true\n",
     );
     let steps = &p.stages.last().expect("stage").body.steps;
-    let Some(Op::Run { mounts, .. }) = steps.iter().map(|s| &s.op).last() else {
+    let Some(Op::Run { mounts, .. }) = steps.iter().map(|s| &s.op).next_back() else {
         panic!("RUN expected")
     };
     assert_eq!(format!("{:?}", mounts[0].kind), "Cache");
