@@ -1,4 +1,5 @@
-//! `--check` of one file, as the CLI does it, for measuring: `prof FILE`.
+//! `--check` of one file as the CLI does it (two platforms), with the time of each phase:
+//! `cargo run --release -p manifold-dockerfile --example check_timed -- FILE`.
 fn main() {
     let path = std::env::args().nth(1).expect("a Dockerfile path");
     let bytes = std::fs::read(&path).expect("readable");
