@@ -676,6 +676,7 @@ impl<'a> Planner<'a> {
                     on_stack.remove(&top.i);
                     stack.pop();
                 }
+                Progress::Need(needs) if needs.is_empty() => return Err(self.not_started(top.i)),
                 Progress::Need(needs) => {
                     for (j, pos) in needs.into_iter().rev() {
                         if on_stack.contains(&j) {
@@ -700,6 +701,14 @@ impl<'a> Planner<'a> {
                 Pos::default(),
             )
         })
+    }
+
+    /// Unreachable: a frame is started before its steps. An error rather than a loop if not.
+    fn not_started(&self, i: usize) -> Error {
+        self.err(
+            ErrorKind::Syntax(format!("internal error: stage {i} was not started")),
+            Pos::default(),
+        )
     }
 
     fn cycle(&self, stack: &[Frame], j: usize, pos: Pos) -> Error {
@@ -732,7 +741,7 @@ impl<'a> Planner<'a> {
             started, triggers, ..
         } = frame;
         let Some(s) = started.as_mut() else {
-            return Ok(Progress::Need(Vec::new()));
+            return Err(self.not_started(i));
         };
         let own_len = self.st.defs[i].body.len();
         let total = triggers.len() + own_len;
@@ -756,7 +765,7 @@ impl<'a> Planner<'a> {
             s.next += 1;
         }
         let Some(s) = started.take() else {
-            return Ok(Progress::Need(Vec::new()));
+            return Err(self.not_started(i));
         };
         let body = InstanceBody {
             stage: self.st.defs[i].stage_ref(),
