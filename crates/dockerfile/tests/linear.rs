@@ -1,5 +1,5 @@
 //! Parsing, planning and linting are linear in the input: for generated inputs of size n and 4n,
-//! the bytes allocated (counted exactly) and the best-of-5 CPU time grow by well under 16x (what
+//! the bytes allocated (counted exactly) and the best-of-3 CPU time grow by well under 16x (what
 //! quadratic work would give). Ratios between two sizes, never absolute times.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -67,13 +67,13 @@ fn cpu_seconds() -> f64 {
     ns / 1e9
 }
 
-/// (bytes allocated, best-of-5 CPU seconds) for one run over `src`.
+/// (bytes allocated, best-of-3 CPU seconds) for one run over `src`.
 fn cost(src: &str) -> (f64, f64) {
     let before = ALLOCATED.load(Ordering::Relaxed);
     check(src);
     let bytes = (ALLOCATED.load(Ordering::Relaxed) - before) as f64;
     let mut best = f64::MAX;
-    for _ in 0..5 {
+    for _ in 0..3 {
         let t = cpu_seconds();
         check(src);
         best = best.min(cpu_seconds() - t);
@@ -183,7 +183,7 @@ proptest! {
         let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let t = |b: &[u8]| {
             let mut best = f64::MAX;
-            for _ in 0..5 {
+            for _ in 0..3 {
                 let t = cpu_seconds();
                 let r = manifold_dockerfile::parse_bytes(b.to_vec(), "D");
                 best = best.min(cpu_seconds() - t);
