@@ -1,5 +1,5 @@
 FROM alpine AS a
-COPY --from=b /b /b
+RUN --mount=from=b,target=/b ls /b
 
 FROM alpine AS b
 COPY --from=a /a /a

@@ -176,6 +176,35 @@ fn parse_output(spec: &str) -> Result<Output> {
     })
 }
 
+/// InvalidBaseImagePlatform's lookup: the platform of the image a base resolves to in the local
+/// store (a single-platform image, or an index without the wanted platform).
+struct StorePlatforms<'a>(&'a Layout);
+
+impl dockerfile::lint::BasePlatforms for StorePlatforms<'_> {
+    fn platform_of(&self, reference: &str, wanted: &Platform) -> Option<Platform> {
+        let root = self.0.lookup(reference).ok().flatten()?;
+        let image = match self.0.read_manifest(&root).ok()? {
+            Manifest::Image(doc) => doc.value().clone(),
+            Manifest::Index(doc) => {
+                let cands: Vec<Platform> = doc
+                    .value()
+                    .manifests
+                    .iter()
+                    .filter(|d| !d.is_attestation())
+                    .filter_map(|d| d.platform.clone())
+                    .collect();
+                return match Matcher::new(wanted).best(&cands) {
+                    Some(i) => cands.get(i).cloned(),
+                    None => cands.into_iter().next(),
+                };
+            }
+        };
+        let bytes = self.0.read_blob(&image.config.digest).ok()?;
+        let config = Document::<ImageConfig>::parse(bytes).ok()?;
+        Some(config.value().platform())
+    }
+}
+
 /// Looks for base images in the store and pulls what is missing, only the platforms the build
 /// needs. Every base is made ready before the build starts; the engine then only reads.
 pub(crate) struct Bases<'a> {
@@ -365,10 +394,11 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
     let path: PathBuf = a
         .file
         .map_or_else(|| a.context.join("Dockerfile"), Path::to_path_buf);
-    let text = std::fs::read_to_string(&path)
+    let bytes = std::fs::read(&path)
         .with_context(|| format!("reading the Dockerfile {}", path.display()))?;
     let shown = path.display().to_string();
-    let df = match dockerfile::parse(&text, &shown) {
+    // Bytes, not text: BuildKit accepts files that are not valid UTF-8.
+    let df = match dockerfile::parse_bytes(bytes, &shown) {
         Ok(df) => df,
         Err(e) => {
             eprintln!("{e}");
@@ -404,6 +434,56 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
         build_args,
         ..Default::default()
     };
+    // The checks come first: BuildKit reports the warnings found before an error too.
+    let dockerignore = std::fs::read_to_string(a.context.join(".dockerignore")).ok();
+    // Bases already in the local store tell InvalidBaseImagePlatform their platform.
+    let local = match env.store_root.exists() {
+        true => transport::open_store(&env.store_root).ok(),
+        false => None,
+    };
+    let lookup = local.as_ref().map(StorePlatforms);
+    let report = dockerfile::lint::check(
+        &df,
+        &dockerfile::lint::CheckOptions {
+            plan: opts.clone(),
+            dockerignore,
+            base_platforms: lookup
+                .as_ref()
+                .map(|l| l as &dyn dockerfile::lint::BasePlatforms),
+        },
+    );
+    if let Some(e) = &report.config_error {
+        eprintln!("{shown}: {e}");
+        return Ok(ExitCode::from(1));
+    }
+    if a.check {
+        for w in &report.warnings {
+            eprintln!("warning: {w}");
+        }
+        let findings = &report.findings;
+        if a.format == OutputFormat::Json {
+            println!("{}", dockerfile::render_json(findings));
+        } else if findings.is_empty() {
+            println!("Check complete, no warnings found.");
+        } else {
+            print!("{}", dockerfile::render_text(findings));
+            println!("Check complete, {} warnings found.", findings.len());
+        }
+        if let Some(e) = &report.error {
+            eprintln!("{e}");
+        }
+        return Ok(if findings.is_empty() && report.error.is_none() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
+    }
+    // `# check=error=true`: findings fail the build, as in BuildKit.
+    if let Some(msg) = report.lint_error() {
+        eprint!("{}", dockerfile::render_text(&report.findings));
+        eprintln!("{msg}");
+        return Ok(ExitCode::from(1));
+    }
     let mut plan = match dockerfile::plan(&df, &opts) {
         Ok(p) => p,
         Err(e) => {
@@ -412,31 +492,12 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
         }
     };
     // No --platform, and the target's base is one image for another platform: build for that.
-    if a.platform.is_empty() && !a.check {
+    if a.platform.is_empty() {
         if let Some(p) = crate::remote::implicit_platform(cli, env, &plan) {
             opts.platforms = vec![p.clone()];
             platforms = vec![p];
             plan = dockerfile::plan(&df, &opts).map_err(|e| anyhow::anyhow!("{e}"))?;
         }
-    }
-    if a.check {
-        for w in &plan.warnings {
-            eprintln!("warning: {w}");
-        }
-        let findings = dockerfile::lint(&df);
-        if a.format == OutputFormat::Json {
-            println!("{}", dockerfile::render_json(&findings));
-        } else if findings.is_empty() {
-            println!("Check complete, no warnings found.");
-        } else {
-            print!("{}", dockerfile::render_text(&findings));
-            println!("Check complete, {} warnings found.", findings.len());
-        }
-        return Ok(if findings.is_empty() {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::from(1)
-        });
     }
     for w in &plan.warnings {
         say(cli, format!("warning: {w}"));

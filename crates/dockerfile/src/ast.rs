@@ -14,9 +14,42 @@ pub struct Dockerfile {
     pub instructions: Vec<Instruction>,
     /// Empty lines inside continuations (BuildKit warns: NoEmptyContinuation).
     pub empty_continuation_lines: Vec<usize>,
-    /// Physical lines without their line ending, for caret displays.
+    /// The text, for caret displays: one copy, lines found by offset.
     #[serde(skip)]
-    pub(crate) lines: Vec<String>,
+    pub(crate) lines: Lines,
+}
+
+/// The source text and where each physical line starts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Lines {
+    text: String,
+    starts: Vec<usize>,
+}
+
+impl Lines {
+    pub(crate) fn new(text: String) -> Self {
+        let mut starts = vec![0];
+        starts.extend(
+            text.bytes()
+                .enumerate()
+                .filter(|(_, b)| *b == b'\n')
+                .map(|(i, _)| i + 1),
+        );
+        Lines { text, starts }
+    }
+
+    /// Line `i` (0-based) without its line ending; empty past the end.
+    pub(crate) fn line(&self, i: usize) -> &str {
+        let Some(&start) = self.starts.get(i) else {
+            return "";
+        };
+        let end = self
+            .starts
+            .get(i + 1)
+            .map_or(self.text.len(), |e| e.saturating_sub(1));
+        let l = self.text.get(start..end).unwrap_or("");
+        l.strip_suffix('\r').unwrap_or(l)
+    }
 }
 
 /// Parser directives from the top of the file.
@@ -46,6 +79,10 @@ pub struct Instruction {
     /// The logical line: continuations joined, here-document bodies not included.
     pub text: String,
     pub kind: Kind,
+    /// The comment lines since the previous instruction, without `#` (BuildKit reads
+    /// `# check=...` and description comments from them).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub comments: Vec<String>,
 }
 
 /// A word as written, quotes and variable references intact.
@@ -58,13 +95,14 @@ pub struct Word {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "instruction", rename_all = "UPPERCASE")]
 pub enum Kind {
-    From(From),
+    // The large variants are boxed: a 50 MB file of RUN lines holds ~600,000 of these.
+    From(Box<From>),
     Arg { args: Vec<ArgDecl> },
     Env { vars: Vec<KeyValue> },
     Label { labels: Vec<KeyValue> },
     Run(Run),
-    Copy(Copy),
-    Add(Copy),
+    Copy(Box<Copy>),
+    Add(Box<Copy>),
     Workdir { path: Word },
     User { user: Word },
     Expose { ports: Vec<Word> },
@@ -72,7 +110,7 @@ pub enum Kind {
     Cmd { command: Command },
     Entrypoint { command: Command },
     Shell { shell: Vec<String> },
-    Healthcheck { check: Option<Healthcheck> },
+    Healthcheck { check: Option<Box<Healthcheck>> },
     Stopsignal { signal: Word },
     Onbuild { trigger: Box<Instruction> },
     Maintainer { name: String },
@@ -201,6 +239,12 @@ pub struct Mount {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub size: Option<String>,
     pub pos: Pos,
+    /// The value as written. When `deferred`, fields hold variables: planning parses `raw` again
+    /// with the stage's ARG/ENV scope (as BuildKit does) and only then validates.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub raw: String,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub deferred: bool,
 }
 
 /// COPY and ADD. Flags that only ADD accepts (`--checksum`, `--keep-git-dir`) stay empty for COPY,
@@ -215,6 +259,9 @@ pub struct Copy {
     pub parents: bool,
     pub checksum: Option<Word>,
     pub keep_git_dir: bool,
+    /// ADD `--unpack[=bool]`; `None` when not given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unpack: Option<bool>,
     pub sources: Vec<Source>,
     pub dest: Word,
     /// The sources and destination were given in JSON form.

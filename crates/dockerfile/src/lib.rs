@@ -44,5 +44,5 @@ pub mod plan;
 pub use ast::Dockerfile;
 pub use error::{Error, ErrorKind, Location, Pos};
 pub use lint::{lint, render_json, render_text, Finding};
-pub use parse::parse;
+pub use parse::{parse, parse_bytes};
 pub use plan::{plan, BaseConfig, BuildPlan, PlanOptions};

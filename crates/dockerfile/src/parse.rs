@@ -32,7 +32,38 @@ const INSTRUCTIONS: &[&str] = &[
 
 /// Parses Dockerfile text. `file` names the file in errors and findings.
 pub fn parse(source: &str, file: &str) -> Result<Dockerfile, Error> {
-    let text = source.strip_prefix('\u{feff}').unwrap_or(source);
+    parse_owned(source.to_string(), file)
+}
+
+/// Parses Dockerfile bytes. BuildKit accepts any bytes: invalid UTF-8 sequences (in a comment, a
+/// label, a Latin-1 file) become U+FFFD instead of rejecting the file. Valid UTF-8 is not copied.
+pub fn parse_bytes(source: Vec<u8>, file: &str) -> Result<Dockerfile, Error> {
+    let text = match String::from_utf8(source) {
+        Ok(t) => t,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    };
+    parse_owned(text, file)
+}
+
+fn parse_owned(mut text: String, file: &str) -> Result<Dockerfile, Error> {
+    if text.starts_with('\u{feff}') {
+        text.drain(..'\u{feff}'.len_utf8());
+    }
+    let (directives, instructions, empty_continuation_lines) = parse_text(&text, file)?;
+    let df = Dockerfile {
+        file: file.to_string(),
+        directives,
+        instructions,
+        empty_continuation_lines,
+        lines: Lines::new(text),
+    };
+    check_order(&df)?;
+    Ok(df)
+}
+
+type Parsed = (Directives, Vec<Instruction>, Vec<usize>);
+
+fn parse_text(text: &str, file: &str) -> Result<Parsed, Error> {
     let lines: Vec<&str> = text
         .split('\n')
         .map(|l| l.strip_suffix('\r').unwrap_or(l))
@@ -40,22 +71,37 @@ pub fn parse(source: &str, file: &str) -> Result<Dockerfile, Error> {
     let src = Src {
         file,
         lines: &lines,
+        ascii: lines.iter().map(|l| l.is_ascii()).collect(),
+        cursor: std::cell::Cell::new((usize::MAX, 0, 0)),
     };
     let (directives, mut i) = src.directives()?;
     let esc = directives.escape;
     let mut instructions = Vec::new();
     let mut empty_continuation_lines = Vec::new();
     let n = lines.len();
+    // Comment lines since the previous instruction (BuildKit's PrevComment).
+    let mut comments: Vec<String> = Vec::new();
     while i < n {
         let line = lines[i];
         let trimmed = line.trim_start();
-        if trimmed.is_empty() || trimmed.starts_with('#') {
+        if trimmed.is_empty() {
+            i += 1;
+            continue;
+        }
+        if let Some(c) = trimmed.strip_prefix('#') {
+            let c = c.trim();
+            if c.is_empty() {
+                comments.clear();
+            } else {
+                comments.push(c.to_string());
+            }
             i += 1;
             continue;
         }
         let mut logical = Logical::default();
         let mut cur = trimmed;
         let mut col = line.len() - trimmed.len();
+        let mut empty_continuation = false;
         loop {
             let (content, more) = strip_continuation(cur, esc);
             logical.push(content, i, col);
@@ -70,7 +116,7 @@ pub fn parse(source: &str, file: &str) -> Result<Dockerfile, Error> {
             } {
                 // (The last element after a final newline is not a line.)
                 if lines[i].trim().is_empty() && i + 1 < n {
-                    empty_continuation_lines.push(i + 1);
+                    empty_continuation = true;
                 }
                 i += 1;
             }
@@ -80,23 +126,20 @@ pub fn parse(source: &str, file: &str) -> Result<Dockerfile, Error> {
             cur = lines[i];
             col = 0;
         }
+        // BuildKit reports it once per instruction, at the instruction's last line.
+        if empty_continuation {
+            empty_continuation_lines.push(i);
+        }
         let mut heredoc_reader = HeredocReader {
             lines: &lines,
             next: i,
         };
-        let ins = src.instruction(&logical, esc, Some(&mut heredoc_reader))?;
+        let mut ins = src.instruction(&logical, esc, Some(&mut heredoc_reader))?;
+        ins.comments = std::mem::take(&mut comments);
         i = heredoc_reader.next;
         instructions.push(ins);
     }
-    let df = Dockerfile {
-        file: file.to_string(),
-        directives,
-        instructions,
-        empty_continuation_lines,
-        lines: lines.iter().map(|s| s.to_string()).collect(),
-    };
-    check_order(&df)?;
-    Ok(df)
+    Ok((directives, instructions, empty_continuation_lines))
 }
 
 /// Only ARG may precede the first FROM, and there must be a FROM.
@@ -129,26 +172,26 @@ impl Dockerfile {
         let line = pos
             .line
             .checked_sub(1)
-            .and_then(|i| self.lines.get(i))
-            .cloned()
+            .map(|i| self.lines.line(i))
             .unwrap_or_default();
         Error::new(
             kind,
             Some(Location {
                 file: self.file.clone(),
                 pos,
-                source_line: line,
+                source_line: line.to_string(),
             }),
         )
     }
 }
 
-/// Strips a trailing escape character (and the blanks after it): the line continues.
+/// Strips a trailing escape character (and the blanks after it): the line continues. As in
+/// BuildKit (`([^\\])\\[ \t]*$|^\\[ \t]*$`), an escaped escape (`\\\\`) ends the line.
 fn strip_continuation(line: &str, esc: char) -> (&str, bool) {
     let t = line.trim_end_matches([' ', '\t']);
     match t.strip_suffix(esc) {
-        Some(rest) => (rest, true),
-        None => (line, false),
+        Some(rest) if !rest.ends_with(esc) => (rest, true),
+        _ => (line, false),
     }
 }
 
@@ -170,6 +213,11 @@ impl Logical {
 struct Src<'a> {
     file: &'a str,
     lines: &'a [&'a str],
+    /// Per line: pure ASCII (columns are byte offsets).
+    ascii: Vec<bool>,
+    /// Last (line, byte, column) computed on a non-ASCII line: words are located left to
+    /// right, so counting on from there keeps long lines linear.
+    cursor: std::cell::Cell<(usize, usize, usize)>,
 }
 
 struct HeredocReader<'a> {
@@ -219,12 +267,20 @@ impl Src<'_> {
             .copied()
             .unwrap_or((0, 0, 0));
         let line = self.lines.get(seg.1).copied().unwrap_or("");
-        let byte_col = seg.2 + (off - seg.0);
-        let column = line
-            .char_indices()
-            .take_while(|(i, _)| *i < byte_col)
-            .count()
-            + 1;
+        let byte_col = (seg.2 + (off - seg.0)).min(line.len());
+        let column = if self.ascii.get(seg.1).copied().unwrap_or(true) {
+            byte_col + 1
+        } else {
+            let (cl, cb, cc) = self.cursor.get();
+            let (from_b, from_c) = if cl == seg.1 && cb <= byte_col {
+                (cb, cc)
+            } else {
+                (0, 1)
+            };
+            let c = from_c + line.get(from_b..byte_col).map_or(0, |t| t.chars().count());
+            self.cursor.set((seg.1, byte_col, c));
+            c
+        };
         Pos {
             line: seg.1 + 1,
             column,
@@ -332,8 +388,8 @@ impl Src<'_> {
                 labels: p.name_values()?,
             },
             "RUN" => p.run(heredocs)?,
-            "COPY" => Kind::Copy(p.copy(false, heredocs)?),
-            "ADD" => Kind::Add(p.copy(true, heredocs)?),
+            "COPY" => Kind::Copy(Box::new(p.copy(false, heredocs)?)),
+            "ADD" => Kind::Add(Box::new(p.copy(true, heredocs)?)),
             "WORKDIR" => Kind::Workdir { path: p.whole()? },
             "USER" => Kind::User { user: p.whole()? },
             "STOPSIGNAL" => Kind::Stopsignal { signal: p.whole()? },
@@ -352,7 +408,7 @@ impl Src<'_> {
             },
             "SHELL" => Kind::Shell { shell: p.shell()? },
             "HEALTHCHECK" => Kind::Healthcheck {
-                check: p.healthcheck()?,
+                check: p.healthcheck()?.map(Box::new),
             },
             "ONBUILD" => p.onbuild(heredocs)?,
             _ => {
@@ -368,6 +424,7 @@ impl Src<'_> {
             keyword: keyword.to_string(),
             text: text.to_string(),
             kind,
+            comments: Vec::new(),
         })
     }
 }
@@ -389,6 +446,12 @@ fn directive(line: &str) -> Option<(String, String)> {
 
 /// Splits on unquoted blanks, keeping quotes and escapes in the words (expansion removes them).
 fn split_words(s: &str, base: usize, esc: char) -> Vec<RawWord> {
+    split_words_until(s, base, esc, false)
+}
+
+/// With `flags_only`, stops after the first word that is not a `--flag` (the arguments need no
+/// splitting just to find the flags).
+fn split_words_until(s: &str, base: usize, esc: char, flags_only: bool) -> Vec<RawWord> {
     let mut words = Vec::new();
     let mut cur = String::new();
     let mut start: Option<usize> = None;
@@ -397,10 +460,15 @@ fn split_words(s: &str, base: usize, esc: char) -> Vec<RawWord> {
     while let Some((i, c)) = chars.next() {
         if quote.is_none() && c.is_whitespace() {
             if let Some(st) = start.take() {
+                let raw = std::mem::take(&mut cur);
+                let done = flags_only && !raw.starts_with("--");
                 words.push(RawWord {
-                    raw: std::mem::take(&mut cur),
+                    raw,
                     off: base + st,
                 });
+                if done {
+                    return words;
+                }
             }
             continue;
         }
@@ -518,7 +586,7 @@ impl InsParser<'_> {
     /// Leading `--name[=value]` words; returns them and the offset where the arguments start.
     fn flags(&self, allowed: &[&str]) -> Result<(Vec<Flag>, usize), Error> {
         let mut flags = Vec::new();
-        let words = self.words(self.rest_off);
+        let words = split_words_until(&self.text[self.rest_off..], self.rest_off, self.esc, true);
         let mut args_off = self.text.len();
         for w in &words {
             let Some(body) = w.raw.strip_prefix("--") else {
@@ -620,12 +688,12 @@ impl InsParser<'_> {
                     .with_help("write `FROM <image> [AS <name>]`"))
             }
         };
-        Ok(Kind::From(From {
+        Ok(Kind::From(Box::new(From {
             image,
             platform,
             name,
             as_keyword,
-        }))
+        })))
     }
 
     fn arg(&self) -> Result<Kind, Error> {
@@ -745,7 +813,15 @@ impl InsParser<'_> {
     }
 
     fn run(&self, reader: Option<&mut HeredocReader<'_>>) -> Result<Kind, Error> {
-        let (flags, args_off) = self.flags(&["mount", "network", "security"])?;
+        let (flags, args_off) = self.flags(&["mount", "network", "security", "device"])?;
+        if let Some(f) = flags.iter().find(|f| f.name == "device") {
+            return Err(self
+                .syntax(
+                    "RUN --device is not supported yet (it needs the labs Dockerfile syntax and device access in the sandbox)",
+                    self.at(f.off),
+                )
+                .with_help("remove --device, or build this Dockerfile with docker buildx"));
+        }
         let mut run = Run {
             mounts: Vec::new(),
             network: None,
@@ -770,7 +846,8 @@ impl InsParser<'_> {
             Command::Exec(v) if v.is_empty() => {
                 return Err(self.syntax("RUN requires at least one argument", self.pos))
             }
-            Command::Shell(_) => {
+            // Only a line with `<<` can hold a here-document: no splitting otherwise.
+            Command::Shell(_) if self.text[args_off..].contains("<<") => {
                 let words = self.words(args_off);
                 run.heredocs = self
                     .read_heredocs(&words, reader)?
@@ -778,7 +855,7 @@ impl InsParser<'_> {
                     .flatten()
                     .collect();
             }
-            Command::Exec(_) => {}
+            Command::Shell(_) | Command::Exec(_) => {}
         }
         Ok(Kind::Run(run))
     }
@@ -794,112 +871,38 @@ impl InsParser<'_> {
     }
 
     fn mount(&self, w: &Word) -> Result<Mount, Error> {
-        let bad = |msg: String| self.src.err(ErrorKind::InvalidMount(msg), w.pos);
-        let mut m = Mount {
-            pos: w.pos,
-            ..Default::default()
+        let bad = |(msg, help): (String, Option<String>)| {
+            let e = self.src.err(ErrorKind::InvalidMount(msg), w.pos);
+            match help {
+                Some(h) => e.with_help(h),
+                None => e,
+            }
         };
+        if !w.raw.contains('$') {
+            let mut m = parse_mount(&w.raw, None).map_err(bad)?;
+            m.pos = w.pos;
+            return Ok(m);
+        }
+        // Variables: only `from` is checked now (BuildKit refuses variables there); the rest is
+        // parsed and validated at planning, after expansion with the stage's scope.
         for field in split_csv(&w.raw) {
-            let (key, value) = match field.split_once('=') {
-                Some((k, v)) => (k.trim().to_ascii_lowercase(), Some(v.to_string())),
-                None => (field.trim().to_ascii_lowercase(), None),
-            };
-            let need = |v: Option<String>| {
-                v.ok_or_else(|| bad(format!("{key} needs a value: {key}=<value>")))
-            };
-            // Go's strconv.ParseBool, which BuildKit uses.
-            let boolean = |v: Option<String>| match v.as_deref() {
-                None | Some("1" | "t" | "T" | "true" | "TRUE" | "True") => Ok(true),
-                Some("0" | "f" | "F" | "false" | "FALSE" | "False") => Ok(false),
-                Some(x) => Err(bad(format!("invalid value for {key}: {x:?}"))),
-            };
-            match key.as_str() {
-                "type" => {
-                    m.kind = Some(match need(value)?.to_ascii_lowercase().as_str() {
-                        "bind" => MountType::Bind,
-                        "cache" => MountType::Cache,
-                        "tmpfs" => MountType::Tmpfs,
-                        "secret" => MountType::Secret,
-                        "ssh" => MountType::Ssh,
-                        other => {
-                            return Err(bad(format!("unsupported mount type {other:?}"))
-                                .with_help("use one of bind, cache, tmpfs, secret, ssh"))
-                        }
-                    })
+            if let Some((k, v)) = field.split_once('=') {
+                let idx = v.find('$');
+                if k.trim().eq_ignore_ascii_case("from") && idx.is_some_and(|i| i + 1 != v.len()) {
+                    return Err(bad((
+                        "'from' doesn't support variable expansion, define alias stage instead"
+                            .into(),
+                        Some("add `FROM ${VAR} AS alias` and use from=alias".into()),
+                    )));
                 }
-                "target" | "dst" | "destination" => m.target = Some(need(value)?),
-                "source" | "src" => m.source = Some(need(value)?),
-                "from" => m.from = Some(need(value)?),
-                "id" => m.id = Some(need(value)?),
-                "sharing" => {
-                    let v = need(value)?.to_ascii_lowercase();
-                    if !matches!(v.as_str(), "shared" | "private" | "locked") && !v.contains('$') {
-                        return Err(bad(format!("unsupported sharing value {v:?}"))
-                            .with_help("use shared, private or locked"));
-                    }
-                    m.sharing = Some(v);
-                }
-                "mode" => {
-                    let v = need(value)?;
-                    if !v.contains('$') && u32::from_str_radix(&v, 8).is_err() {
-                        return Err(bad(format!("invalid value {v} for mode"))
-                            .with_help("give an octal mode such as 0400"));
-                    }
-                    m.mode = Some(v);
-                }
-                "uid" | "gid" => {
-                    let v = need(value)?;
-                    if !v.contains('$') && v.parse::<u32>().is_err() {
-                        return Err(bad(format!("invalid value {v} for {key}")));
-                    }
-                    if key == "uid" {
-                        m.uid = Some(v);
-                    } else {
-                        m.gid = Some(v);
-                    }
-                }
-                "ro" | "readonly" => m.readonly = Some(boolean(value)?),
-                "rw" | "readwrite" => m.readonly = Some(!boolean(value)?),
-                "required" => m.required = Some(boolean(value)?),
-                "env" => m.env = Some(need(value)?),
-                "size" => m.size = Some(need(value)?),
-                "" => {}
-                other => return Err(bad(format!("unexpected key {other:?} in {field:?}"))),
             }
         }
-        // BuildKit's checks. No target is fine: it means the working directory.
-        let kind = m.kind.unwrap_or(MountType::Bind);
-        m.kind = Some(kind);
-        let name = format!("{kind:?}").to_ascii_lowercase();
-        let file_info = matches!(kind, MountType::Secret | MountType::Ssh | MountType::Cache);
-        if m.required.is_some() && !matches!(kind, MountType::Secret | MountType::Ssh) {
-            return Err(bad(format!(
-                "unexpected key 'required' for mount type '{name}'"
-            )));
-        }
-        for (set, what) in [(&m.mode, "mode"), (&m.uid, "uid"), (&m.gid, "gid")] {
-            if set.is_some() && !file_info {
-                return Err(bad(format!("{what} not allowed for {name:?} type mounts")));
-            }
-        }
-        if m.sharing.is_some() && kind != MountType::Cache {
-            return Err(bad(format!("invalid cache sharing set for {name} mount")));
-        }
-        if kind == MountType::Secret {
-            if m.from.is_some() {
-                return Err(bad("secret mount should not have a from".into()));
-            }
-            if m.source.is_none() && m.target.is_none() && m.id.is_none() {
-                return Err(
-                    bad("invalid secret mount. one of source, target required".into())
-                        .with_help("add id=<secret id>"),
-                );
-            }
-            if m.source.is_some() && m.id.is_some() {
-                return Err(bad("both source and id can't be set".into()));
-            }
-        }
-        Ok(m)
+        Ok(Mount {
+            pos: w.pos,
+            raw: w.raw.clone(),
+            deferred: true,
+            ..Default::default()
+        })
     }
 
     fn copy(&self, add: bool, reader: Option<&mut HeredocReader<'_>>) -> Result<Copy, Error> {
@@ -911,6 +914,7 @@ impl InsParser<'_> {
                 "exclude",
                 "checksum",
                 "keep-git-dir",
+                "unpack",
             ]
         } else {
             &["from", "chown", "chmod", "link", "exclude", "parents"]
@@ -926,6 +930,7 @@ impl InsParser<'_> {
                 "exclude" => c.exclude.push(self.flag_word(f)?),
                 "parents" => c.parents = self.flag_bool(f)?,
                 "checksum" => c.checksum = Some(self.flag_word(f)?),
+                "unpack" => c.unpack = Some(self.flag_bool(f)?),
                 _ => c.keep_git_dir = self.flag_bool(f)?,
             }
         }
@@ -1142,6 +1147,143 @@ impl InsParser<'_> {
             trigger: Box::new(trigger),
         })
     }
+}
+
+/// A mount error: the message and an optional hint.
+pub(crate) type MountError = (String, Option<String>);
+
+/// Expands one mount value (planning passes the stage's scope).
+pub(crate) type Expander<'a> = &'a dyn Fn(&str) -> Result<String, String>;
+
+/// Parses a `--mount` value with BuildKit's rules. With `expand`, every value is expanded first
+/// (planning, for mounts written with variables); without, values stay as written.
+pub(crate) fn parse_mount(raw: &str, expand: Option<Expander<'_>>) -> Result<Mount, MountError> {
+    let bad = |msg: String| -> MountError { (msg, None) };
+    let mut m = Mount {
+        raw: raw.to_string(),
+        ..Default::default()
+    };
+    for field in split_csv(raw) {
+        let (key, value) = match field.split_once('=') {
+            Some((k, v)) => {
+                let v = match expand {
+                    Some(x) => x(v).map_err(bad)?,
+                    None => v.to_string(),
+                };
+                (k.trim().to_ascii_lowercase(), Some(v))
+            }
+            None => (field.trim().to_ascii_lowercase(), None),
+        };
+        let need = |v: Option<String>| {
+            v.ok_or_else(|| bad(format!("invalid field '{field}' must be a key=value pair")))
+        };
+        // Go's strconv.ParseBool, which BuildKit uses.
+        let boolean = |v: Option<String>| match v.as_deref() {
+            None | Some("1" | "t" | "T" | "true" | "TRUE" | "True") => Ok(true),
+            Some("0" | "f" | "F" | "false" | "FALSE" | "False") => Ok(false),
+            Some(x) => Err(bad(format!("invalid value for {key}: {x}"))),
+        };
+        match key.as_str() {
+            "type" => {
+                m.kind = Some(match need(value)?.to_ascii_lowercase().as_str() {
+                    "bind" => MountType::Bind,
+                    "cache" => MountType::Cache,
+                    "tmpfs" => MountType::Tmpfs,
+                    "secret" => MountType::Secret,
+                    "ssh" => MountType::Ssh,
+                    other => {
+                        return Err((
+                            format!("unsupported mount type {other:?}"),
+                            Some("use one of bind, cache, tmpfs, secret, ssh".into()),
+                        ))
+                    }
+                })
+            }
+            "target" | "dst" | "destination" => m.target = Some(need(value)?),
+            "source" | "src" => m.source = Some(need(value)?),
+            "from" => m.from = Some(need(value)?),
+            "id" => m.id = Some(need(value)?),
+            "sharing" => {
+                let v = need(value)?.to_ascii_lowercase();
+                if !matches!(v.as_str(), "shared" | "private" | "locked") {
+                    return Err((
+                        format!("unsupported sharing value {v:?}"),
+                        Some("use shared, private or locked".into()),
+                    ));
+                }
+                m.sharing = Some(v);
+            }
+            "mode" => {
+                let v = need(value)?;
+                if u32::from_str_radix(&v, 8).is_err() {
+                    return Err((
+                        format!("invalid value {v} for mode"),
+                        Some("give an octal mode such as 0400".into()),
+                    ));
+                }
+                m.mode = Some(v);
+            }
+            "uid" | "gid" => {
+                let v = need(value)?;
+                if v.parse::<u32>().is_err() {
+                    return Err(bad(format!("invalid value {v} for {key}")));
+                }
+                if key == "uid" {
+                    m.uid = Some(v);
+                } else {
+                    m.gid = Some(v);
+                }
+            }
+            "ro" | "readonly" => m.readonly = Some(boolean(value)?),
+            "rw" | "readwrite" => m.readonly = Some(!boolean(value)?),
+            "required" => m.required = Some(boolean(value)?),
+            "env" => m.env = Some(need(value)?),
+            "size" => m.size = Some(need(value)?),
+            "" => {}
+            other => return Err(bad(format!("unexpected key {other:?} in {field:?}"))),
+        }
+    }
+    // BuildKit's checks. No target is fine: it means the working directory.
+    let kind = m.kind.unwrap_or(MountType::Bind);
+    m.kind = Some(kind);
+    let name = format!("{kind:?}").to_ascii_lowercase();
+    let file_info = matches!(kind, MountType::Secret | MountType::Ssh | MountType::Cache);
+    if m.required.is_some() && !matches!(kind, MountType::Secret | MountType::Ssh) {
+        return Err(bad(format!(
+            "unexpected key 'required' for mount type '{name}'"
+        )));
+    }
+    if m.size.is_some() && kind != MountType::Tmpfs {
+        return Err(bad(format!(
+            "unexpected key 'size' for mount type '{name}'"
+        )));
+    }
+    for (set, what) in [(&m.mode, "mode"), (&m.uid, "uid"), (&m.gid, "gid")] {
+        if set.is_some() && !file_info {
+            return Err(bad(format!("{what} not allowed for {name:?} type mounts")));
+        }
+    }
+    if kind == MountType::Secret {
+        if m.from.is_some() {
+            return Err(bad("secret mount should not have a from".into()));
+        }
+        if m.sharing.is_some() {
+            return Err(bad("secret mount should not define sharing".into()));
+        }
+        if m.source.is_none() && m.target.is_none() && m.id.is_none() {
+            return Err((
+                "invalid secret mount. one of source, target required".into(),
+                Some("add id=<secret id>".into()),
+            ));
+        }
+        if m.source.is_some() && m.id.is_some() {
+            return Err(bad("both source and id can't be set".into()));
+        }
+    }
+    if m.sharing.is_some() && kind != MountType::Cache {
+        return Err(bad(format!("invalid cache sharing set for {name} mount")));
+    }
+    Ok(m)
 }
 
 /// Comma-separated fields; double quotes protect commas (BuildKit reads --mount as CSV).

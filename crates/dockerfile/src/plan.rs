@@ -3,7 +3,7 @@
 //! so a stage whose inputs do not depend on the target platform (e.g. `FROM
 //! --platform=$BUILDPLATFORM` without TARGET* args) gets one key shared by every platform.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use oci::{Digest, Platform, Reference};
 use serde::Serialize;
@@ -287,7 +287,6 @@ struct StageDef<'a> {
     /// Lower-cased, as BuildKit compares names.
     name: Option<String>,
     from: &'a ast::From,
-    pos: Pos,
     body: Vec<&'a Instruction>,
 }
 
@@ -328,23 +327,36 @@ fn platform_args(target: &Platform, build: &Platform) -> BTreeMap<String, String
 /// The stages of a Dockerfile and its global ARGs.
 struct Stages<'a> {
     global_args: Vec<&'a ast::ArgDecl>,
+    global_names: HashSet<&'a str>,
     defs: Vec<StageDef<'a>>,
+    /// Lower-cased name to the indexes of the stages of that name, in order.
+    by_name: HashMap<String, Vec<usize>>,
+    /// Stage names in order, each once.
+    names: Vec<String>,
 }
 
 fn stages(df: &Dockerfile) -> Stages<'_> {
     let mut global_args = Vec::new();
     let mut defs: Vec<StageDef<'_>> = Vec::new();
+    let mut by_name: HashMap<String, Vec<usize>> = HashMap::new();
+    let mut names = Vec::new();
     for ins in &df.instructions {
         match (&ins.kind, defs.last_mut()) {
             (Kind::From(f), _) => {
                 // Duplicate names are legal (DuplicateStageName is only a lint): as in
                 // BuildKit, later lookups see the last stage of that name.
                 let name = f.name.as_ref().map(|n| n.raw.to_ascii_lowercase());
+                if let Some(n) = &name {
+                    let v = by_name.entry(n.clone()).or_default();
+                    if v.is_empty() {
+                        names.push(n.clone());
+                    }
+                    v.push(defs.len());
+                }
                 defs.push(StageDef {
                     index: defs.len(),
                     name,
                     from: f,
-                    pos: ins.pos,
                     body: Vec::new(),
                 });
             }
@@ -354,19 +366,26 @@ fn stages(df: &Dockerfile) -> Stages<'_> {
             (_, None) => {}
         }
     }
-    Stages { global_args, defs }
+    let global_names = global_args.iter().map(|a| a.name.as_str()).collect();
+    Stages {
+        global_args,
+        global_names,
+        defs,
+        by_name,
+        names,
+    }
 }
 
 impl Stages<'_> {
-    /// Stage names in order, each once.
     fn names(&self) -> Vec<&str> {
-        let mut out: Vec<&str> = Vec::new();
-        for n in self.defs.iter().filter_map(|d| d.name.as_deref()) {
-            if !out.contains(&n) {
-                out.push(n);
-            }
-        }
-        out
+        self.names.iter().map(String::as_str).collect()
+    }
+
+    /// The last stage named `lower` (already lower-cased) before stage `before`.
+    fn named_before(&self, lower: &str, before: usize) -> Option<usize> {
+        let v = self.by_name.get(lower)?;
+        let k = v.partition_point(|&i| i < before);
+        k.checked_sub(1).map(|k| v[k])
     }
 }
 
@@ -388,6 +407,9 @@ struct Planner<'a> {
     /// Build args some ARG declared.
     consumed: BTreeSet<String>,
     instances: Vec<StageInstance>,
+    instance_keys: HashSet<String>,
+    /// Validation only (`--check`): steps are checked, then dropped.
+    keep_steps: bool,
 }
 
 /// Per target platform.
@@ -397,10 +419,50 @@ struct Pass {
     auto: BTreeMap<String, String>,
     done: HashMap<usize, (String, StageState)>,
     order: Vec<String>,
+    ordered: HashSet<String>,
+}
+
+/// A stage being planned. Planning is a loop over an explicit stack of these, never recursion:
+/// a chain of 10,000 `FROM previous` stages needs no call stack.
+struct Frame {
+    i: usize,
+    started: Option<Started>,
+    /// The base image's ONBUILD triggers, planned before the stage's own instructions.
+    triggers: Vec<Instruction>,
+}
+
+struct Started {
+    base: Base,
+    state: StageState,
+    deps: Vec<String>,
+    dep_set: HashSet<String>,
+    args: BTreeMap<String, String>,
+    steps: Vec<Step>,
+    /// The next instruction (triggers first, then the stage's own).
+    next: usize,
+}
+
+/// Stages a step needs before it can be planned.
+type Need = Vec<(usize, Pos)>;
+
+enum Progress<T> {
+    Done(T),
+    Need(Need),
 }
 
 /// Plans the build of `opts.target` (or the last stage) for every platform in `opts.platforms`.
 pub fn plan(df: &Dockerfile, opts: &PlanOptions) -> Result<BuildPlan, Error> {
+    plan_with(df, opts, true)
+}
+
+/// Everything [`plan`] checks, without keeping the steps: what `--check` needs, in memory
+/// proportional to the Dockerfile rather than to (steps x platforms x environment). Returns the
+/// plan's warnings.
+pub fn validate(df: &Dockerfile, opts: &PlanOptions) -> Result<Vec<String>, Error> {
+    plan_with(df, opts, false).map(|p| p.warnings)
+}
+
+fn plan_with(df: &Dockerfile, opts: &PlanOptions, keep_steps: bool) -> Result<BuildPlan, Error> {
     if opts.platforms.is_empty() {
         return Err(Error::new(ErrorKind::NoPlatforms, None)
             .with_help("pass at least one platform, such as linux/amd64"));
@@ -408,12 +470,10 @@ pub fn plan(df: &Dockerfile, opts: &PlanOptions) -> Result<BuildPlan, Error> {
     let st = stages(df);
     let target_idx = match &opts.target {
         None => st.defs.len().checked_sub(1),
-        Some(t) => {
-            let lower = t.to_ascii_lowercase();
-            st.defs
-                .iter()
-                .rposition(|d| d.name.as_deref() == Some(lower.as_str()))
-        }
+        Some(t) => st
+            .by_name
+            .get(&t.to_ascii_lowercase())
+            .and_then(|v| v.last().copied()),
     };
     let Some(target_idx) = target_idx else {
         let names = st.names();
@@ -433,6 +493,8 @@ pub fn plan(df: &Dockerfile, opts: &PlanOptions) -> Result<BuildPlan, Error> {
         esc: df.directives.escape,
         consumed: BTreeSet::new(),
         instances: Vec::new(),
+        instance_keys: HashSet::new(),
+        keep_steps,
     };
     let mut platforms = Vec::new();
     for tp in &opts.platforms {
@@ -451,8 +513,9 @@ pub fn plan(df: &Dockerfile, opts: &PlanOptions) -> Result<BuildPlan, Error> {
             auto,
             done: HashMap::new(),
             order: Vec::new(),
+            ordered: HashSet::new(),
         };
-        let key = p.resolve(target_idx, &mut pass, &mut Vec::new())?;
+        let key = p.resolve(target_idx, &mut pass)?;
         platforms.push(PlatformPlan {
             platform: tp.clone(),
             target: key,
@@ -483,15 +546,15 @@ pub fn plan(df: &Dockerfile, opts: &PlanOptions) -> Result<BuildPlan, Error> {
 
 impl<'a> Planner<'a> {
     fn all_arg_names(&self) -> Vec<&'a str> {
-        let mut v: Vec<&str> = self
-            .st
-            .global_args
-            .iter()
-            .map(|a| a.name.as_str())
-            .collect();
-        for ins in &self.df.instructions {
-            if let Kind::Arg { args } = &ins.kind {
-                v.extend(args.iter().map(|a| a.name.as_str()));
+        let mut seen = HashSet::new();
+        let mut v: Vec<&str> = Vec::new();
+        let stage_args = self.df.instructions.iter().flat_map(|ins| match &ins.kind {
+            Kind::Arg { args } => args.as_slice(),
+            _ => &[],
+        });
+        for a in stage_args {
+            if seen.insert(a.name.as_str()) {
+                v.push(a.name.as_str());
             }
         }
         v
@@ -516,8 +579,8 @@ impl<'a> Planner<'a> {
                 self.consumed.insert(a.name.clone());
                 Some(v.clone())
             } else if let Some(d) = &a.default {
-                let m = meta.clone();
-                let lookup = move |n: &str| m.get(n).cloned();
+                let m = &meta;
+                let lookup = |n: &str| m.get(n).cloned();
                 Some(
                     expand_word(d, &lookup, self.esc)
                         .map_err(|e| self.err(ErrorKind::Expansion(e), a.pos))?,
@@ -535,14 +598,8 @@ impl<'a> Planner<'a> {
     /// Which stage a `--from` / `from=` value names, if any. Names win over indexes.
     fn stage_named(&self, value: &str, pos: Pos) -> Result<Option<usize>, Error> {
         let lower = value.to_ascii_lowercase();
-        if let Some(d) = self
-            .st
-            .defs
-            .iter()
-            .rev()
-            .find(|d| d.name.as_deref() == Some(&lower))
-        {
-            return Ok(Some(d.index));
+        if let Some(&i) = self.st.by_name.get(&lower).and_then(|v| v.last()) {
+            return Ok(Some(i));
         }
         if let Ok(i) = value.parse::<usize>() {
             if i < self.st.defs.len() {
@@ -573,25 +630,16 @@ impl<'a> Planner<'a> {
         }
     }
 
-    fn origin(
-        &mut self,
-        value: &str,
-        pos: Pos,
-        pass: &mut Pass,
-        stack: &mut Vec<(usize, Pos)>,
-        deps: &mut Vec<String>,
-    ) -> Result<Origin, Error> {
+    /// Where `--from`/`from=` reads. A stage not planned yet in this pass is a [`Need`].
+    fn origin(&self, value: &str, pos: Pos, pass: &Pass) -> Result<Progress<Origin>, Error> {
         match self.stage_named(value, pos)? {
-            Some(i) => {
-                let key = self.dep(i, pos, pass, stack)?;
-                if !deps.contains(&key) {
-                    deps.push(key.clone());
-                }
-                Ok(Origin::Stage {
-                    key,
+            Some(i) => match pass.done.get(&i) {
+                Some((key, _)) => Ok(Progress::Done(Origin::Stage {
+                    key: key.clone(),
                     stage: self.st.defs[i].stage_ref(),
-                })
-            }
+                })),
+                None => Ok(Progress::Need(vec![(i, pos)])),
+            },
             None => {
                 let r = Reference::parse(value).map_err(|e| {
                     self.err(
@@ -602,55 +650,154 @@ impl<'a> Planner<'a> {
                         pos,
                     )
                 })?;
-                Ok(Origin::Image {
+                Ok(Progress::Done(Origin::Image {
                     reference: r.to_string(),
-                })
+                }))
             }
         }
     }
 
-    /// Resolves a dependency on stage `i`, detecting cycles.
-    fn dep(
-        &mut self,
-        i: usize,
-        pos: Pos,
-        pass: &mut Pass,
-        stack: &mut Vec<(usize, Pos)>,
-    ) -> Result<String, Error> {
-        if let Some(start) = stack.iter().position(|(s, _)| *s == i) {
-            let label = |s: usize| {
-                self.st.defs[s]
-                    .name
-                    .clone()
-                    .unwrap_or_else(|| format!("stage {s}"))
-            };
-            let mut chain: Vec<String> = stack[start..].iter().map(|(s, _)| label(*s)).collect();
-            chain.push(label(i));
-            return Err(self
-                .err(ErrorKind::Cycle(chain.join(" -> ")), pos)
-                .with_help("a stage cannot use itself, directly or through other stages"));
+    /// Plans stage `i` and every stage it needs, with an explicit stack.
+    fn resolve(&mut self, i: usize, pass: &mut Pass) -> Result<String, Error> {
+        let mut stack = vec![Frame {
+            i,
+            started: None,
+            triggers: Vec::new(),
+        }];
+        let mut on_stack: HashSet<usize> = HashSet::from([i]);
+        while let Some(top) = stack.last_mut() {
+            if pass.done.contains_key(&top.i) {
+                on_stack.remove(&top.i);
+                stack.pop();
+                continue;
+            }
+            match self.advance(top, pass)? {
+                Progress::Done(()) => {
+                    on_stack.remove(&top.i);
+                    stack.pop();
+                }
+                Progress::Need(needs) if needs.is_empty() => return Err(self.not_started(top.i)),
+                Progress::Need(needs) => {
+                    for (j, pos) in needs.into_iter().rev() {
+                        if on_stack.contains(&j) {
+                            return Err(self.cycle(&stack, j, pos));
+                        }
+                        if pass.done.contains_key(&j) {
+                            continue;
+                        }
+                        on_stack.insert(j);
+                        stack.push(Frame {
+                            i: j,
+                            started: None,
+                            triggers: Vec::new(),
+                        });
+                    }
+                }
+            }
         }
-        stack.push((i, pos));
-        let r = self.resolve(i, pass, stack);
-        stack.pop();
-        r
+        pass.done.get(&i).map(|d| d.0.clone()).ok_or_else(|| {
+            self.err(
+                ErrorKind::Syntax("stage was not planned".into()),
+                Pos::default(),
+            )
+        })
     }
 
-    fn resolve(
-        &mut self,
-        i: usize,
-        pass: &mut Pass,
-        stack: &mut Vec<(usize, Pos)>,
-    ) -> Result<String, Error> {
-        if let Some((key, _)) = pass.done.get(&i) {
-            return Ok(key.clone());
+    /// Unreachable: a frame is started before its steps. An error rather than a loop if not.
+    fn not_started(&self, i: usize) -> Error {
+        self.err(
+            ErrorKind::Syntax(format!("internal error: stage {i} was not started")),
+            Pos::default(),
+        )
+    }
+
+    fn cycle(&self, stack: &[Frame], j: usize, pos: Pos) -> Error {
+        let label = |s: usize| {
+            self.st.defs[s]
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("stage {s}"))
+        };
+        let start = stack.iter().position(|f| f.i == j).unwrap_or(0);
+        let mut chain: Vec<String> = stack[start..].iter().map(|f| label(f.i)).collect();
+        chain.push(label(j));
+        self.err(ErrorKind::Cycle(chain.join(" -> ")), pos)
+            .with_help("a stage cannot use itself, directly or through other stages")
+    }
+
+    /// Plans as much of `frame`'s stage as its dependencies allow.
+    fn advance(&mut self, frame: &mut Frame, pass: &mut Pass) -> Result<Progress<()>, Error> {
+        let i = frame.i;
+        if frame.started.is_none() {
+            match self.start(i, pass)? {
+                Progress::Done((s, t)) => {
+                    frame.started = Some(s);
+                    frame.triggers = t;
+                }
+                Progress::Need(n) => return Ok(Progress::Need(n)),
+            }
         }
-        if stack.is_empty() {
-            stack.push((i, self.st.defs[i].pos));
+        let Frame {
+            started, triggers, ..
+        } = frame;
+        let Some(s) = started.as_mut() else {
+            return Err(self.not_started(i));
+        };
+        let own_len = self.st.defs[i].body.len();
+        let total = triggers.len() + own_len;
+        while s.next < total {
+            let n = s.next;
+            let onbuild = n < triggers.len();
+            let ins: &Instruction = if onbuild {
+                &triggers[n]
+            } else {
+                self.st.defs[i].body[n - triggers.len()]
+            };
+            let step = match self.step(i, ins, onbuild, pass, s)? {
+                Progress::Done(step) => step,
+                Progress::Need(need) => return Ok(Progress::Need(need)),
+            };
+            if let Some(step) = step {
+                if self.keep_steps {
+                    s.steps.push(step);
+                }
+            }
+            s.next += 1;
         }
+        let Some(s) = started.take() else {
+            return Err(self.not_started(i));
+        };
+        let body = InstanceBody {
+            stage: self.st.defs[i].stage_ref(),
+            platform: s.state.platform.clone(),
+            base: s.base,
+            depends_on: s.deps,
+            steps: s.steps,
+        };
+        let key = if self.keep_steps {
+            let bytes = serde_json::to_vec(&body).unwrap_or_default();
+            Digest::sha256_of(&bytes).to_string()
+        } else {
+            format!("{i}/{}", body.platform.short())
+        };
+        if self.instance_keys.insert(key.clone()) && self.keep_steps {
+            self.instances.push(StageInstance {
+                key: key.clone(),
+                body,
+            });
+        }
+        if pass.ordered.insert(key.clone()) {
+            pass.order.push(key.clone());
+        }
+        pass.done.insert(i, (key, s.state));
+        Ok(Progress::Done(()))
+    }
+
+    /// The base of stage `i`: an image, scratch, or an earlier stage (which must be planned).
+    fn start(&self, i: usize, pass: &Pass) -> Result<Progress<(Started, Vec<Instruction>)>, Error> {
         let def_from = self.st.defs[i].from;
-        let meta = pass.meta.clone();
-        let meta_lookup = move |n: &str| meta.get(n).cloned();
+        let meta = &pass.meta;
+        let meta_lookup = |n: &str| meta.get(n).cloned();
         let image = self.expand(&def_from.image, &meta_lookup)?;
         if image.is_empty() {
             return Err(self
@@ -680,31 +827,29 @@ impl<'a> Planner<'a> {
             }
             None => None,
         };
-        let lower = image.to_ascii_lowercase();
-        let parent = self.st.defs[..i]
-            .iter()
-            .rev()
-            .find(|d| d.name.as_deref() == Some(lower.as_str()))
-            .map(|d| d.index);
+        // As BuildKit: FROM matches earlier stage names exactly (they are lower case), so
+        // `FROM Build` is an image reference, not the stage `build`.
+        let parent = self.st.named_before(&image, i);
         let mut deps = Vec::new();
         let mut triggers: Vec<Instruction> = Vec::new();
         let (base, mut state) = match parent {
             Some(pi) => {
-                let key = self.dep(pi, def_from.image.pos, pass, stack)?;
-                let state = pass.done.get(&pi).map(|d| d.1.clone()).unwrap_or_default();
+                let Some((key, state)) = pass.done.get(&pi) else {
+                    return Ok(Progress::Need(vec![(pi, def_from.image.pos)]));
+                };
                 deps.push(key.clone());
                 (
                     Base::Stage {
-                        key,
+                        key: key.clone(),
                         stage: self.st.defs[pi].stage_ref(),
                     },
-                    state,
+                    state.clone(),
                 )
             }
             None => {
                 let platform = explicit_platform.clone().unwrap_or(pass.target.clone());
                 let shell = default_shell(&platform);
-                let base = if lower == "scratch" {
+                let base = if image.eq_ignore_ascii_case("scratch") {
                     Base::Scratch
                 } else {
                     let r = Reference::parse(&image).map_err(|e| {
@@ -749,281 +894,450 @@ impl<'a> Planner<'a> {
         if let Some(p) = explicit_platform {
             state.platform = p;
         }
-        let steps = self.steps(i, pass, stack, &mut state, &mut deps, &triggers)?;
-        let body = InstanceBody {
-            stage: self.st.defs[i].stage_ref(),
-            platform: state.platform.clone(),
-            base,
-            depends_on: deps,
-            steps,
-        };
-        let bytes = serde_json::to_vec(&body).unwrap_or_default();
-        let key = Digest::sha256_of(&bytes).to_string();
-        if !self.instances.iter().any(|s| s.key == key) {
-            self.instances.push(StageInstance {
-                key: key.clone(),
-                body,
-            });
-        }
-        if !pass.order.contains(&key) {
-            pass.order.push(key.clone());
-        }
-        pass.done.insert(i, (key.clone(), state));
-        Ok(key)
+        let dep_set = deps.iter().cloned().collect();
+        Ok(Progress::Done((
+            Started {
+                base,
+                state,
+                deps,
+                dep_set,
+                args: BTreeMap::new(),
+                steps: Vec::new(),
+                next: 0,
+            },
+            triggers,
+        )))
     }
 
-    fn steps(
+    /// One instruction of stage `i`. Nothing in `s` changes unless it returns `Done`, so a step
+    /// that needs another stage first runs again, whole, once that stage is planned.
+    fn step(
         &mut self,
         i: usize,
-        pass: &mut Pass,
-        stack: &mut Vec<(usize, Pos)>,
-        state: &mut StageState,
-        deps: &mut Vec<String>,
-        triggers: &[Instruction],
-    ) -> Result<Vec<Step>, Error> {
-        let mut args: BTreeMap<String, String> = BTreeMap::new();
-        let mut steps = Vec::new();
-        let own: Vec<&Instruction> = self.st.defs[i].body.clone();
-        let body: Vec<&Instruction> = triggers.iter().chain(own).collect();
-        for (n, ins) in body.into_iter().enumerate() {
-            // One environment in declaration order: an ARG shadows earlier ENV values (also the
-            // base image's); an ENV evicts the ARG of its name.
-            // Borrows, not clones: each arm mutates the state only after its last lookup.
-            let lookup = |n: &str| args.get(n).or_else(|| state.env.get(n)).cloned();
-            let op = match &ins.kind {
-                Kind::Arg { args: decls } => {
-                    for d in decls {
-                        let value = if let Some(v) = self.opts.build_args.get(&d.name) {
-                            self.consumed.insert(d.name.clone());
-                            Some(v.clone())
-                        } else if let Some(def) = &d.default {
-                            // Unlike ENV, each default sees the ARGs declared before it in the
-                            // same instruction (BuildKit's dispatchArg updates state per arg).
-                            let (env, a) = (&state.env, &args);
-                            let seq = |n: &str| a.get(n).or_else(|| env.get(n)).cloned();
-                            Some(
-                                expand_word(def, &seq, self.esc)
-                                    .map_err(|e| self.err(ErrorKind::Expansion(e), d.pos))?,
-                            )
-                        } else if let Some(v) = pass.auto.get(&d.name) {
-                            Some(v.clone())
-                        } else {
-                            let global = self.st.global_args.iter().any(|g| g.name == d.name);
-                            global.then(|| pass.meta.get(&d.name).cloned()).flatten()
-                        };
-                        if let Some(v) = value {
-                            args.insert(d.name.clone(), v);
-                        }
-                    }
-                    continue;
-                }
-                Kind::Env { vars } => {
-                    let mut out = Vec::new();
-                    for kv in vars {
-                        let w = |raw: &str| Word {
-                            raw: raw.to_string(),
-                            pos: kv.pos,
-                        };
-                        let key = self.expand(&w(&kv.key), &lookup)?;
-                        let value = self.expand(&w(&kv.value), &lookup)?;
-                        out.push(KeyValue { key, value });
-                    }
-                    for kv in &out {
-                        state.env.insert(kv.key.clone(), kv.value.clone());
-                        args.remove(&kv.key);
-                    }
-                    Op::Env { vars: out }
-                }
-                Kind::Label { labels } => {
-                    let mut out = Vec::new();
-                    for kv in labels {
-                        let w = |raw: &str| Word {
-                            raw: raw.to_string(),
-                            pos: kv.pos,
-                        };
-                        out.push(KeyValue {
-                            key: self.expand(&w(&kv.key), &lookup)?,
-                            value: self.expand(&w(&kv.value), &lookup)?,
-                        });
-                    }
-                    Op::Label { labels: out }
-                }
-                Kind::Run(r) => {
-                    let mut mounts = Vec::new();
-                    for m in &r.mounts {
-                        let wd = state.workdir.clone();
-                        mounts.push(self.mount(m, wd.as_deref(), &lookup, pass, stack, deps)?);
-                    }
-                    let opt = |w: &Option<Word>| -> Result<Option<String>, Error> {
-                        w.as_ref().map(|w| self.expand(w, &lookup)).transpose()
-                    };
-                    Op::Run {
-                        command: r.command.clone(),
-                        heredocs: r.heredocs.clone(),
-                        mounts,
-                        network: opt(&r.network)?,
-                        security: opt(&r.security)?,
-                        env: state.env.clone(),
-                        args: args.clone(),
-                        workdir: state.workdir.clone(),
-                        user: state.user.clone(),
-                        shell: state.shell.clone(),
-                    }
-                }
-                Kind::Copy(c) | Kind::Add(c) => {
-                    let opt = |w: &Option<Word>| -> Result<Option<String>, Error> {
-                        w.as_ref().map(|w| self.expand(w, &lookup)).transpose()
-                    };
-                    let mut sources = Vec::new();
-                    for s in &c.sources {
-                        match s {
-                            // Each source is one word after expansion (BuildKit's
-                            // SingleWordExpander): `$FILES` never becomes several sources.
-                            Source::Path(w) => sources.push(PlannedSource::Path {
-                                path: self.expand(w, &lookup)?,
-                            }),
-                            Source::Heredoc(h) => {
-                                let content = if h.expand {
-                                    expand_heredoc(&h.content, &lookup)
-                                        .map_err(|e| self.err(ErrorKind::Expansion(e), h.pos))?
-                                } else {
-                                    h.content.clone()
-                                };
-                                sources.push(PlannedSource::Heredoc {
-                                    name: h.delimiter.clone(),
-                                    content,
-                                });
-                            }
-                        }
-                    }
-                    let dest = self.expand(&c.dest, &lookup)?;
-                    let mut exclude = Vec::new();
-                    for w in &c.exclude {
-                        exclude.push(self.expand(w, &lookup)?);
-                    }
-                    let (chown, chmod) = (opt(&c.chown)?, opt(&c.chmod)?);
-                    if let Kind::Add(_) = ins.kind {
-                        Op::Add {
-                            sources,
-                            dest,
-                            workdir: state.workdir.clone(),
-                            chown,
-                            chmod,
-                            link: c.link,
-                            exclude,
-                            checksum: opt(&c.checksum)?,
-                            keep_git_dir: c.keep_git_dir,
-                        }
-                    } else {
-                        let from = match &c.from {
-                            Some(w) => {
-                                let v = self.expand(w, &lookup)?;
-                                self.origin(&v, w.pos, pass, stack, deps)?
-                            }
-                            None => Origin::Context,
-                        };
-                        Op::Copy {
-                            from,
-                            sources,
-                            dest,
-                            workdir: state.workdir.clone(),
-                            chown,
-                            chmod,
-                            link: c.link,
-                            parents: c.parents,
-                            exclude,
-                        }
-                    }
-                }
-                Kind::Workdir { path } => {
-                    let p = self.expand(path, &lookup)?;
-                    let resolved = resolve_workdir(state.workdir.as_deref(), &p);
-                    state.workdir = Some(resolved.clone());
-                    Op::Workdir { path: resolved }
-                }
-                Kind::User { user } => {
-                    let u = self.expand(user, &lookup)?;
-                    state.user = Some(u.clone());
-                    Op::User { user: u }
-                }
-                Kind::Expose { ports } => {
-                    let mut out = Vec::new();
-                    for w in ports {
-                        let v = self.expand(w, &lookup)?;
-                        out.extend(v.split_whitespace().map(str::to_string));
-                    }
-                    Op::Expose { ports: out }
-                }
-                Kind::Volume { paths } => {
-                    let mut out = Vec::new();
-                    for w in paths {
-                        out.push(self.expand(w, &lookup)?);
-                    }
-                    Op::Volume { paths: out }
-                }
-                Kind::Cmd { command } => Op::Cmd {
-                    command: command.clone(),
-                    shell: shell_for(command, &state.shell),
-                },
-                Kind::Entrypoint { command } => Op::Entrypoint {
-                    command: command.clone(),
-                    shell: shell_for(command, &state.shell),
-                },
-                Kind::Shell { shell } => {
-                    state.shell = shell.clone();
-                    Op::Shell {
-                        shell: shell.clone(),
-                    }
-                }
-                Kind::Healthcheck { check } => Op::Healthcheck {
-                    shell: check
-                        .as_ref()
-                        .and_then(|c| shell_for(&c.command, &state.shell)),
-                    check: check.clone(),
-                },
-                Kind::Stopsignal { signal } => Op::Stopsignal {
-                    signal: self.expand(signal, &lookup)?,
-                },
-                Kind::Onbuild { trigger } => Op::Onbuild {
-                    trigger: trigger_text(trigger),
-                },
-                Kind::Maintainer { name } => Op::Maintainer { name: name.clone() },
-                Kind::From(_) => continue,
-            };
-            steps.push(Step {
-                pos: ins.pos,
-                instruction: ins.text.clone(),
-                op,
-                onbuild: n < triggers.len(),
-            });
+        ins: &Instruction,
+        onbuild: bool,
+        pass: &Pass,
+        s: &mut Started,
+    ) -> Result<Progress<Option<Step>>, Error> {
+        let Started {
+            state,
+            args,
+            deps,
+            dep_set,
+            ..
+        } = s;
+        if let Kind::Arg { args: decls } = &ins.kind {
+            self.arg(decls, state, args, pass)?;
+            return Ok(Progress::Done(None));
         }
-        Ok(steps)
+        // One environment in declaration order: an ARG shadows earlier ENV values (also the
+        // base image's); an ENV evicts the ARG of its name.
+        let lookup = |n: &str| args.get(n).or_else(|| state.env.get(n)).cloned();
+        // One environment in declaration order: an ARG shadows earlier ENV values (also the
+        // base image's); an ENV evicts the ARG of its name.
+        let op = match &ins.kind {
+            Kind::Arg { .. } => return Ok(Progress::Done(None)),
+            Kind::Env { vars } => {
+                let mut out = Vec::new();
+                for kv in vars {
+                    let w = |raw: &str| Word {
+                        raw: raw.to_string(),
+                        pos: kv.pos,
+                    };
+                    let key = self.expand(&w(&kv.key), &lookup)?;
+                    let value = self.expand(&w(&kv.value), &lookup)?;
+                    out.push(KeyValue { key, value });
+                }
+                for kv in &out {
+                    state.env.insert(kv.key.clone(), kv.value.clone());
+                    args.remove(&kv.key);
+                }
+                Op::Env { vars: out }
+            }
+            Kind::Label { labels } => {
+                let mut out = Vec::new();
+                for kv in labels {
+                    let w = |raw: &str| Word {
+                        raw: raw.to_string(),
+                        pos: kv.pos,
+                    };
+                    out.push(KeyValue {
+                        key: self.expand(&w(&kv.key), &lookup)?,
+                        value: self.expand(&w(&kv.value), &lookup)?,
+                    });
+                }
+                Op::Label { labels: out }
+            }
+            Kind::Run(r) => {
+                let mut mounts = Vec::new();
+                let mut need = Vec::new();
+                for m in &r.mounts {
+                    match self.mount(m, state.workdir.as_deref(), &lookup, pass)? {
+                        Progress::Done(pm) => mounts.push(pm),
+                        Progress::Need(n) => need.extend(n),
+                    }
+                }
+                if !need.is_empty() {
+                    return Ok(Progress::Need(need));
+                }
+                for m in &mounts {
+                    if let Some(Origin::Stage { key, .. }) = &m.from {
+                        if dep_set.insert(key.clone()) {
+                            deps.push(key.clone());
+                        }
+                    }
+                }
+                let opt = |w: &Option<Word>| -> Result<Option<String>, Error> {
+                    w.as_ref().map(|w| self.expand(w, &lookup)).transpose()
+                };
+                let network = opt(&r.network)?;
+                if let Some(n) = &network {
+                    if !matches!(n.as_str(), "default" | "none" | "host") {
+                        return Err(self.err(
+                            ErrorKind::Syntax(format!("unsupported value {n:?} for --network")),
+                            ins.pos,
+                        ));
+                    }
+                }
+                let security = opt(&r.security)?;
+                if let Some(n) = &security {
+                    if !matches!(n.as_str(), "sandbox" | "insecure") {
+                        return Err(self.err(
+                            ErrorKind::Syntax(format!("unsupported value {n:?} for --security")),
+                            ins.pos,
+                        ));
+                    }
+                }
+                // `--check` drops the step: copying the environment into each RUN only to
+                // drop it would make ENV x RUN quadratic.
+                let keep = self.keep_steps;
+                Op::Run {
+                    command: if keep {
+                        r.command.clone()
+                    } else {
+                        Command::Exec(Vec::new())
+                    },
+                    heredocs: if keep { r.heredocs.clone() } else { Vec::new() },
+                    mounts,
+                    network,
+                    security,
+                    env: if keep {
+                        state.env.clone()
+                    } else {
+                        BTreeMap::new()
+                    },
+                    args: if keep { args.clone() } else { BTreeMap::new() },
+                    workdir: state.workdir.clone(),
+                    user: state.user.clone(),
+                    shell: state.shell.clone(),
+                }
+            }
+            Kind::Copy(c) | Kind::Add(c) => {
+                let add = matches!(ins.kind, Kind::Add(_));
+                // The origin first: it may need another stage planned.
+                let from = match &c.from {
+                    Some(w) if !add => {
+                        let plain = |_: &str| None;
+                        let literal = expand_word(&w.raw, &plain, self.esc).ok();
+                        if literal.as_deref() != Some(w.raw.as_str()) {
+                            return Err(self
+                                .err(
+                                    ErrorKind::Syntax(
+                                        "variable expansion is not supported for --from, define a new stage with FROM using ARG from global scope as a workaround".into(),
+                                    ),
+                                    w.pos,
+                                )
+                                .with_help("write `ARG IMG=...` before the first FROM, `FROM ${IMG} AS src`, then `COPY --from=src`"));
+                        }
+                        if let Some(j) = self.stage_named(&w.raw, w.pos)? {
+                            if j >= i {
+                                let here = self.st.defs[i]
+                                    .name
+                                    .clone()
+                                    .unwrap_or_else(|| i.to_string());
+                                return Err(self
+                                    .err(
+                                        ErrorKind::Syntax(format!(
+                                            "cannot copy from stage {:?}, it needs to be defined before current stage {here:?}",
+                                            w.raw
+                                        )),
+                                        w.pos,
+                                    )
+                                    .with_help("move the stage it copies from above this one"));
+                            }
+                        }
+                        match self.origin(&w.raw, w.pos, pass)? {
+                            Progress::Done(o) => o,
+                            Progress::Need(n) => return Ok(Progress::Need(n)),
+                        }
+                    }
+                    _ => Origin::Context,
+                };
+                if let Origin::Stage { key, .. } = &from {
+                    if dep_set.insert(key.clone()) {
+                        deps.push(key.clone());
+                    }
+                }
+                let opt = |w: &Option<Word>| -> Result<Option<String>, Error> {
+                    w.as_ref().map(|w| self.expand(w, &lookup)).transpose()
+                };
+                let mut sources = Vec::new();
+                for src in &c.sources {
+                    match src {
+                        // Each source is one word after expansion (BuildKit's
+                        // SingleWordExpander): `$FILES` never becomes several sources.
+                        Source::Path(w) => {
+                            let path = self.expand(w, &lookup)?;
+                            if !add && is_url(&path) {
+                                return Err(self
+                                    .err(
+                                        ErrorKind::Syntax("source can't be a URL for COPY".into()),
+                                        w.pos,
+                                    )
+                                    .with_help("use ADD for remote files"));
+                            }
+                            sources.push(PlannedSource::Path { path });
+                        }
+                        Source::Heredoc(h) => {
+                            let content = if h.expand {
+                                expand_heredoc(&h.content, &lookup)
+                                    .map_err(|e| self.err(ErrorKind::Expansion(e), h.pos))?
+                            } else {
+                                h.content.clone()
+                            };
+                            sources.push(PlannedSource::Heredoc {
+                                name: h.delimiter.clone(),
+                                content,
+                            });
+                        }
+                    }
+                }
+                let dest = self.expand(&c.dest, &lookup)?;
+                let mut exclude = Vec::new();
+                for w in &c.exclude {
+                    exclude.push(self.expand(w, &lookup)?);
+                }
+                let (chown, chmod) = (opt(&c.chown)?, opt(&c.chmod)?);
+                if let (Some(m), Some(w)) = (&chmod, &c.chmod) {
+                    check_chmod(m).map_err(|e| self.err(ErrorKind::Syntax(e), w.pos))?;
+                }
+                if add {
+                    let checksum = opt(&c.checksum)?;
+                    let paths = || {
+                        sources.iter().filter_map(|s| match s {
+                            PlannedSource::Path { path } => Some(path.as_str()),
+                            PlannedSource::Heredoc { .. } => None,
+                        })
+                    };
+                    if let (Some(_), Some(w)) = (&checksum, &c.checksum) {
+                        let problem = if sources.len() != 1 {
+                            Some("checksum can't be specified for multiple sources")
+                        } else if !paths().all(|p| is_url(p) || is_git(p)) {
+                            Some("checksum requires HTTP(S) or Git sources")
+                        } else {
+                            None
+                        };
+                        if let Some(msg) = problem {
+                            return Err(self.err(ErrorKind::Syntax(msg.into()), w.pos));
+                        }
+                    }
+                    // The engine unpacks local archives and never remote ones: only the
+                    // --unpack values that match that are supported for now.
+                    if let Some(u) = c.unpack {
+                        let off_default = paths().any(|p| is_url(p) == u);
+                        if off_default {
+                            return Err(self
+                                .err(
+                                    ErrorKind::Syntax(format!(
+                                        "ADD --unpack={u} is not supported yet for {} sources",
+                                        if u { "remote" } else { "local" }
+                                    )),
+                                    ins.pos,
+                                )
+                                .with_help(if u {
+                                    "fetch the archive with ADD, then unpack it with RUN tar -xf"
+                                } else {
+                                    "rename the archive or COPY it: ADD unpacks local archives"
+                                }));
+                        }
+                    }
+                    Op::Add {
+                        sources,
+                        dest,
+                        workdir: state.workdir.clone(),
+                        chown,
+                        chmod,
+                        link: c.link,
+                        exclude,
+                        checksum,
+                        keep_git_dir: c.keep_git_dir,
+                    }
+                } else {
+                    Op::Copy {
+                        from,
+                        sources,
+                        dest,
+                        workdir: state.workdir.clone(),
+                        chown,
+                        chmod,
+                        link: c.link,
+                        parents: c.parents,
+                        exclude,
+                    }
+                }
+            }
+            Kind::Workdir { path } => {
+                let p = self.expand(path, &lookup)?;
+                let resolved = resolve_workdir(state.workdir.as_deref(), &p);
+                state.workdir = Some(resolved.clone());
+                Op::Workdir { path: resolved }
+            }
+            Kind::User { user } => {
+                let u = self.expand(user, &lookup)?;
+                state.user = Some(u.clone());
+                Op::User { user: u }
+            }
+            Kind::Expose { ports } => {
+                let mut out = Vec::new();
+                for w in ports {
+                    let v = self.expand(w, &lookup)?;
+                    for p in v.split_whitespace() {
+                        check_port(p).map_err(|e| self.err(ErrorKind::Syntax(e), w.pos))?;
+                        out.push(p.to_string());
+                    }
+                }
+                Op::Expose { ports: out }
+            }
+            Kind::Volume { paths } => {
+                let mut out = Vec::new();
+                for w in paths {
+                    out.push(self.expand(w, &lookup)?);
+                }
+                Op::Volume { paths: out }
+            }
+            Kind::Cmd { command } => Op::Cmd {
+                command: command.clone(),
+                shell: shell_for(command, &state.shell),
+            },
+            Kind::Entrypoint { command } => Op::Entrypoint {
+                command: command.clone(),
+                shell: shell_for(command, &state.shell),
+            },
+            Kind::Shell { shell } => {
+                state.shell = shell.clone();
+                Op::Shell {
+                    shell: shell.clone(),
+                }
+            }
+            Kind::Healthcheck { check } => Op::Healthcheck {
+                shell: check
+                    .as_ref()
+                    .and_then(|c| shell_for(&c.command, &state.shell)),
+                check: check.as_deref().cloned(),
+            },
+            Kind::Stopsignal { signal } => Op::Stopsignal {
+                signal: self.expand(signal, &lookup)?,
+            },
+            Kind::Onbuild { trigger } => Op::Onbuild {
+                trigger: trigger_text(trigger),
+            },
+            Kind::Maintainer { name } => Op::Maintainer { name: name.clone() },
+            Kind::From(_) => return Ok(Progress::Done(None)),
+        };
+        Ok(Progress::Done(Some(Step {
+            pos: ins.pos,
+            instruction: if self.keep_steps {
+                ins.text.clone()
+            } else {
+                String::new()
+            },
+            op,
+            onbuild,
+        })))
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn mount(
+    /// ARG needs no other stage, so it updates the scope as it goes.
+    fn arg(
         &mut self,
+        decls: &[ast::ArgDecl],
+        state: &StageState,
+        args: &mut BTreeMap<String, String>,
+        pass: &Pass,
+    ) -> Result<(), Error> {
+        for d in decls {
+            let value = if let Some(v) = self.opts.build_args.get(&d.name) {
+                self.consumed.insert(d.name.clone());
+                Some(v.clone())
+            } else if let Some(def) = &d.default {
+                // Unlike ENV, each default sees the ARGs declared before it in the
+                // same instruction (BuildKit's dispatchArg updates state per arg).
+                let (env, a) = (&state.env, &*args);
+                let seq = |n: &str| a.get(n).or_else(|| env.get(n)).cloned();
+                Some(
+                    expand_word(def, &seq, self.esc)
+                        .map_err(|e| self.err(ErrorKind::Expansion(e), d.pos))?,
+                )
+            } else if let Some(v) = pass.auto.get(&d.name) {
+                Some(v.clone())
+            } else if self.st.global_names.contains(d.name.as_str()) {
+                pass.meta.get(&d.name).cloned()
+            } else {
+                None
+            };
+            if let Some(v) = value {
+                args.insert(d.name.clone(), v);
+            }
+        }
+        Ok(())
+    }
+
+    fn mount(
+        &self,
         m: &ast::Mount,
         workdir: Option<&str>,
         lookup: &dyn Fn(&str) -> Option<String>,
-        pass: &mut Pass,
-        stack: &mut Vec<(usize, Pos)>,
-        deps: &mut Vec<String>,
-    ) -> Result<PlannedMount, Error> {
+        pass: &Pass,
+    ) -> Result<Progress<PlannedMount>, Error> {
+        // Written with variables: parse again now, every value expanded in the stage's scope.
+        let expanded;
+        let pre_expanded = m.deferred;
+        let m = if m.deferred {
+            let x = |v: &str| expand_word(v, &lookup, self.esc);
+            let mut e = crate::parse::parse_mount(&m.raw, Some(&x)).map_err(|(msg, help)| {
+                let e = self.err(ErrorKind::InvalidMount(msg), m.pos);
+                match help {
+                    Some(h) => e.with_help(h),
+                    None => e,
+                }
+            })?;
+            e.pos = m.pos;
+            expanded = e;
+            &expanded
+        } else {
+            m
+        };
         let x = |v: &Option<String>| -> Result<Option<String>, Error> {
-            v.as_ref()
-                .map(|raw| {
-                    self.expand(
+            match v {
+                Some(raw) if !pre_expanded => self
+                    .expand(
                         &Word {
                             raw: raw.clone(),
                             pos: m.pos,
                         },
                         lookup,
                     )
-                })
-                .transpose()
+                    .map(Some),
+                other => Ok(other.clone()),
+            }
         };
         let kind = m.kind.unwrap_or(MountType::Bind);
+        let from = match x(&m.from)? {
+            Some(v) => match self.origin(&v, m.pos, pass)? {
+                Progress::Done(o) => Some(o),
+                Progress::Need(n) => return Ok(Progress::Need(n)),
+            },
+            None => None,
+        };
         let mut id = x(&m.id)?;
         let mut target = x(&m.target)?;
         let mut source = x(&m.source)?;
@@ -1062,16 +1376,15 @@ impl<'a> Planner<'a> {
             (t, Some(w)) => resolve_workdir(Some(w), t.as_deref().unwrap_or(".")),
             (t, None) => t.unwrap_or_default(),
         };
-        let from_value = x(&m.from)?;
         let sharing = match kind {
             MountType::Cache => Some(x(&m.sharing)?.unwrap_or_else(|| "shared".into())),
             _ => x(&m.sharing)?,
         };
-        let mut planned = PlannedMount {
+        Ok(Progress::Done(PlannedMount {
             kind,
             target,
             source,
-            from: None,
+            from,
             id,
             sharing,
             mode: x(&m.mode)?,
@@ -1084,12 +1397,76 @@ impl<'a> Planner<'a> {
             required: m.required.unwrap_or(false),
             env: x(&m.env)?,
             size: x(&m.size)?,
-        };
-        if let Some(v) = from_value {
-            planned.from = Some(self.origin(&v, m.pos, pass, stack, deps)?);
-        }
-        Ok(planned)
+        }))
     }
+}
+
+fn is_url(p: &str) -> bool {
+    p.starts_with("http://") || p.starts_with("https://")
+}
+
+fn is_git(p: &str) -> bool {
+    p.starts_with("git@")
+        || p.starts_with("git://")
+        || p.ends_with(".git")
+        || p.contains(".git#")
+        || p.starts_with("ssh://")
+}
+
+/// BuildKit's `--chmod` rule: octal up to 07777, or a symbolic mode (`u+x,go-w`).
+fn check_chmod(v: &str) -> Result<(), String> {
+    let bad = || {
+        format!("invalid chmod parameter: '{v}'. it should be octal string and between 0 and 07777")
+    };
+    if v.bytes().all(|b| b.is_ascii_digit()) && !v.is_empty() {
+        return match u32::from_str_radix(v, 8) {
+            Ok(m) if m <= 0o7777 => Ok(()),
+            _ => Err(bad()),
+        };
+    }
+    let symbolic = !v.is_empty()
+        && v.split(',').all(|clause| {
+            let who = clause.trim_start_matches(['u', 'g', 'o', 'a']);
+            let mut rest = who;
+            let mut ops = 0;
+            while let Some(op) = rest.chars().next().filter(|c| "+-=".contains(*c)) {
+                rest = &rest[op.len_utf8()..];
+                let perms = rest.trim_start_matches(['r', 'w', 'x', 'X', 's', 't', 'u', 'g', 'o']);
+                rest = perms;
+                ops += 1;
+            }
+            ops > 0 && rest.is_empty()
+        });
+    if symbolic {
+        Ok(())
+    } else {
+        Err(bad())
+    }
+}
+
+/// BuildKit's EXPOSE parsing: `[ip:][host[-host]:]port[-port][/proto]` with ports in 1..=65535.
+fn check_port(raw: &str) -> Result<(), String> {
+    let (rest, proto) = match raw.rsplit_once('/') {
+        Some((r, p)) => (r, p),
+        None => (raw, "tcp"),
+    };
+    if proto.is_empty() {
+        return Err(format!(
+            "invalid port: {raw:?}: no port specified: {rest}/<empty>"
+        ));
+    }
+    let container = rest.rsplit(':').next().unwrap_or(rest);
+    let range = |s: &str| -> bool {
+        let (a, b) = s.split_once('-').unwrap_or((s, s));
+        match (a.parse::<u32>(), b.parse::<u32>()) {
+            (Ok(a), Ok(b)) => (1..=65535).contains(&a) && (1..=65535).contains(&b) && a <= b,
+            _ => false,
+        }
+    };
+    if container.is_empty() || !range(container) {
+        return Err(format!("invalid containerPort: {container}"));
+    }
+    Ok(())
 }
 
 /// The reason alone: our message already names the value.

@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use manifold_dockerfile::{lint, parse, plan, render_text, PlanOptions};
+use manifold_dockerfile::lint::{check, CheckOptions};
+use manifold_dockerfile::{parse, parse_bytes, plan, render_text, PlanOptions};
 use oci::Platform;
 
 fn corpus_dir() -> PathBuf {
@@ -97,10 +98,19 @@ fn corpus_matches_goldens() {
     let mut problems = Vec::new();
     for path in &files {
         let name = name_of(path);
-        let text = fs::read_to_string(path).expect("utf-8 Dockerfile");
-        let result = parse(&text, name).and_then(|df| {
-            let findings = lint(&df);
-            plan(&df, &options(path)).map(|p| (p, findings))
+        // Bytes: the corpus has a file that is not UTF-8, as BuildKit accepts.
+        let bytes = fs::read(path).expect("readable Dockerfile");
+        // Lint as `--check` does, with this file's platforms (two by default), so the
+        // multi-platform checks run too.
+        let result = parse_bytes(bytes, name).and_then(|df| {
+            let report = check(
+                &df,
+                &CheckOptions {
+                    plan: options(path),
+                    ..Default::default()
+                },
+            );
+            plan(&df, &options(path)).map(|p| (p, report.findings))
         });
         let (plan_out, err_out, lint_out) = match result {
             Ok((p, findings)) => {
@@ -141,7 +151,7 @@ fn negative_cases_point_into_the_file() {
     let mut checked = 0;
     for path in dockerfiles().iter().filter(|p| is_negative(p)) {
         let name = name_of(path);
-        let text = fs::read_to_string(path).expect("utf-8 Dockerfile");
+        let text = String::from_utf8_lossy(&fs::read(path).expect("readable")).into_owned();
         let Err(e) = parse(&text, name).and_then(|df| plan(&df, &options(path))) else {
             panic!("{name} should fail");
         };
@@ -176,7 +186,15 @@ fn instruction_sequence_agrees_with_parse_dockerfile() {
     use parse_dockerfile::Instruction as I;
     let mut compared = 0;
     for path in dockerfiles().iter().filter(|p| !is_negative(p)) {
-        let text = fs::read_to_string(path).expect("utf-8 Dockerfile");
+        let text = String::from_utf8_lossy(&fs::read(path).expect("readable")).into_owned();
+        // parse-dockerfile still continues a line after an escaped escape (`\\\\`), which
+        // BuildKit stopped doing (docker/for-win#5254): there it is the one that is wrong.
+        if ["escape-trailing-backslash", "windows-powershell-paths"]
+            .iter()
+            .any(|n| name_of(path).starts_with(n))
+        {
+            continue;
+        }
         let Ok(theirs) = parse_dockerfile::parse(&text) else {
             continue;
         };
@@ -218,7 +236,7 @@ fn instruction_sequence_agrees_with_parse_dockerfile() {
 fn crlf_and_lf_plan_identically() {
     let mut compared = 0;
     for path in dockerfiles().iter().filter(|p| !is_negative(p)) {
-        let text = fs::read_to_string(path).expect("utf-8 Dockerfile");
+        let text = String::from_utf8_lossy(&fs::read(path).expect("readable")).into_owned();
         let lf = text.replace("\r\n", "\n");
         let crlf = lf.replace('\n', "\r\n");
         let plan_of = |t: &str| {

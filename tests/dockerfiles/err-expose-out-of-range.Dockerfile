@@ -1,0 +1,2 @@
+FROM alpine:3.19
+EXPOSE 8080 80000/tcp
