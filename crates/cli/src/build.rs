@@ -37,6 +37,8 @@ pub struct BuildArgs<'a> {
     pub progress: &'a str,
     pub jobs: Option<usize>,
     pub secrets: &'a [String],
+    /// `--ssh` specs.
+    pub ssh: &'a [String],
     /// The builder's name; `None`: MANIFOLD_BUILDER or the current one.
     pub builder: Option<&'a str>,
 }
@@ -540,6 +542,7 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
     )?;
     let built = if crate::nodes::uses_nodes(&builder) {
         let started = std::time::Instant::now();
+        let agents = crate::ssh::Agents::from_specs(a.ssh)?;
         let built = crate::nodes::build(
             &store,
             &builder,
@@ -552,6 +555,7 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
                 no_cache: a.no_cache,
                 pull: a.pull,
                 secrets: crate::nodes::read_secrets(a.secrets)?,
+                ssh: &agents.sockets,
                 quiet: cli.quiet || a.progress == "quiet",
             },
         )?;
@@ -793,6 +797,8 @@ fn build_here(
             }
         }
     }
+    // Held until the build ends: a private agent for key files dies with it.
+    let agents = crate::ssh::Agents::from_specs(a.ssh)?;
     let bopts = BuildOptions {
         context: a.context.to_path_buf(),
         dockerfile: shown.to_string(),
@@ -805,6 +811,7 @@ fn build_here(
                 .unwrap_or(2)
         }),
         secrets: parse_secrets(a.secrets)?,
+        ssh: agents.sockets.clone(),
         proxies,
     };
     let started = std::time::Instant::now();

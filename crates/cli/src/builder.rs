@@ -87,6 +87,8 @@ pub struct NodeBuildArgs {
     pub pull: bool,
     #[arg(long)]
     pub source_date_epoch: Option<String>,
+    #[arg(long)]
+    pub ssh: Vec<String>,
 }
 
 /// One node of a builder.

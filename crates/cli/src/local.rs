@@ -160,6 +160,7 @@ pub fn run(cli: &Cli, env: &Env) -> Result<ExitCode> {
             progress,
             jobs,
             secret,
+            ssh,
             builder,
         } => build::run(
             cli,
@@ -182,6 +183,7 @@ pub fn run(cli: &Cli, env: &Env) -> Result<ExitCode> {
                 progress,
                 jobs: *jobs,
                 secrets: secret,
+                ssh,
                 builder: builder.as_deref(),
             },
         ),

@@ -9,6 +9,7 @@ mod nodes;
 mod progress;
 mod remote;
 mod run;
+mod ssh;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -365,6 +366,10 @@ pub enum Command {
         /// id=ID,src=FILE (or env=VAR): a secret for RUN --mount=type=secret; never stored.
         #[arg(long, value_name = "SPEC")]
         secret: Vec<String>,
+        /// default|ID[=SOCKET|KEY[,KEY...]]: an SSH agent for RUN --mount=type=ssh (default:
+        /// your SSH_AUTH_SOCK; key files are loaded into a private agent for the build).
+        #[arg(long, value_name = "SPEC")]
+        ssh: Vec<String>,
         /// The builder whose nodes build (default: MANIFOLD_BUILDER, else `builder use`'s).
         #[arg(long, value_name = "NAME")]
         builder: Option<String>,

@@ -10,7 +10,7 @@
 //! failure elsewhere, Ctrl-C, a dropped connection), the node sees end-of-file and kills its
 //! build, so no node's work outlives the build.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -39,6 +39,9 @@ pub struct Request<'a> {
     pub pull: bool,
     /// (id, value): sent inside the stream, never written to a disk on either side.
     pub secrets: Vec<(String, Vec<u8>)>,
+    /// `--ssh` agents (id → socket here): forwarded to SSH nodes with the ssh client's agent
+    /// forwarding, passed as they are to local ones.
+    pub ssh: &'a BTreeMap<String, PathBuf>,
     pub quiet: bool,
 }
 
@@ -251,7 +254,7 @@ impl Running {
     }
 }
 
-fn node_args(ps: &[Platform], req: &Request<'_>) -> Vec<String> {
+fn node_args(ps: &[Platform], req: &Request<'_>, remote: bool) -> Vec<String> {
     let mut args = vec![
         "builder".to_string(),
         "node-build".into(),
@@ -282,6 +285,15 @@ fn node_args(ps: &[Platform], req: &Request<'_>) -> Vec<String> {
     if let Ok(e) = std::env::var("SOURCE_DATE_EPOCH") {
         args.extend(["--source-date-epoch".into(), e]);
     }
+    for (id, sock) in req.ssh {
+        // A remote node sees the forwarded agent as its own SSH_AUTH_SOCK.
+        let spec = if remote {
+            id.clone()
+        } else {
+            format!("{id}={}", sock.display())
+        };
+        args.extend(["--ssh".into(), spec]);
+    }
     args
 }
 
@@ -291,8 +303,24 @@ fn start(
     req: &Request<'_>,
     archive: &Path,
 ) -> Result<Running> {
-    let args = node_args(ps, req);
     let endpoint = Endpoint::parse(&status.node.endpoint)?;
+    let remote = endpoint != Endpoint::Local;
+    let args = node_args(ps, req, remote);
+    // One agent can be forwarded over an SSH connection.
+    let forward: Option<&PathBuf> = if remote {
+        let mut socks: Vec<&PathBuf> = req.ssh.values().collect();
+        socks.dedup();
+        if socks.len() > 1 {
+            bail!(
+                "node {}: --ssh names {} different agents, and one agent can be forwarded to an SSH node; use one agent for every id",
+                status.node.name,
+                socks.len()
+            );
+        }
+        socks.first().copied()
+    } else {
+        None
+    };
     let mut cmd = match endpoint.ssh(
         &std::iter::once("manifold".to_string())
             .chain(args.clone())
@@ -307,6 +335,15 @@ fn start(
             c
         }
     };
+    if let Some(sock) = forward {
+        // The ssh client forwards the agent its SSH_AUTH_SOCK names (-A must come before the
+        // host: it is inserted at the front of the arguments by a second command).
+        let program = cmd.get_program().to_owned();
+        let rest: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
+        let mut with_a = Proc::new(program);
+        with_a.arg("-A").args(rest).env("SSH_AUTH_SOCK", sock);
+        cmd = with_a;
+    }
     let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -514,6 +551,7 @@ pub fn node_build(cli: &Cli, env: &transport::Env, a: &NodeBuildArgs) -> Result<
             progress: "plain",
             jobs: None,
             secrets: &secret_specs,
+            ssh: &a.ssh,
             builder: Some(crate::builder::DEFAULT),
         },
     );

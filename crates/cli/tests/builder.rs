@@ -664,3 +664,157 @@ fn a_node_that_dies_fails_the_build_and_stops_the_others() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// An ssh-agent holding one fresh key, killed on drop.
+struct Agent {
+    dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl Agent {
+    fn start() -> Agent {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("agent.sock");
+        let child = Command::new("ssh-agent")
+            .arg("-D")
+            .arg("-a")
+            .arg(&sock)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ssh-agent starts");
+        let start = Instant::now();
+        while !sock.exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "ssh-agent did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        sh(Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(dir.path().join("key")));
+        sh(Command::new("ssh-add")
+            .arg(dir.path().join("key"))
+            .env("SSH_AUTH_SOCK", &sock));
+        Agent { dir, child }
+    }
+
+    fn sock(&self) -> PathBuf {
+        self.dir.path().join("agent.sock")
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn run_mount_ssh_reaches_the_agent_here_and_on_a_node() {
+    if !peer("gcc") || !peer("ssh-agent") {
+        return;
+    }
+    let Some(node) = SshNode::start() else {
+        return;
+    };
+    let Some((_reg, base)) = base() else { return };
+    let t = tempfile::tempdir().unwrap();
+    let (root, config) = (t.path().join("root"), t.path().join("config"));
+    let ctx = t.path().join("ctx");
+    std::fs::create_dir(&ctx).unwrap();
+    sh(Command::new("gcc")
+        .args(["-static", "-O2", "-o"])
+        .arg(ctx.join("agentq"))
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/agentq.c")));
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {base}\nCOPY agentq /agentq\nRUN --mount=type=ssh /agentq > /agent.txt\nRUN --mount=type=ssh,id=deploy,target=/tmp/deploy.sock SSH_AUTH_SOCK=/tmp/deploy.sock /agentq > /deploy.txt\n"),
+    )
+    .unwrap();
+    let agent = Agent::start();
+    let ssh = node.ssh_command(true);
+    let sock = agent.sock();
+    let env = [
+        ("MANIFOLD_CONFIG", config.to_str().unwrap()),
+        ("MANIFOLD_SSH", ssh.as_str()),
+        ("SSH_AUTH_SOCK", sock.to_str().unwrap()),
+    ];
+    ok_out(
+        run_with(
+            &root,
+            &env,
+            None,
+            &[
+                "builder",
+                "create",
+                "--name",
+                "remote",
+                "--platform",
+                "linux/amd64",
+                &node.endpoint(),
+            ],
+        ),
+        "create",
+    );
+    let key = agent.dir.path().join("key");
+    for builder in ["default", "remote"] {
+        let out = t.path().join(format!("out-{builder}"));
+        let o = run_with(
+            &root,
+            &env,
+            None,
+            &[
+                "build",
+                "--builder",
+                builder,
+                "--no-cache",
+                "--ssh",
+                "default",
+                "--ssh",
+                &format!(
+                    "deploy={}",
+                    if builder == "default" {
+                        key.display().to_string()
+                    } else {
+                        sock.display().to_string()
+                    }
+                ),
+                "-o",
+                &format!("type=local,dest={}", out.display()),
+                ctx.to_str().unwrap(),
+            ],
+        );
+        ok_out(o, &format!("build with --ssh on {builder}"));
+        for f in ["agent.txt", "deploy.txt"] {
+            let text = std::fs::read_to_string(out.join(f)).unwrap();
+            assert!(
+                text.contains("answered type 12 with 1 keys"),
+                "{builder} {f}: {text}"
+            );
+        }
+        assert!(
+            std::fs::read_to_string(out.join("agent.txt"))
+                .unwrap()
+                .contains("/run/buildkit/ssh_agent.0"),
+            "SSH_AUTH_SOCK names the mount"
+        );
+        // The mount point leaves nothing in the image.
+        assert!(!out.join("run/buildkit/ssh_agent.0").exists(), "{builder}");
+    }
+    // A required agent that was not forwarded is a clear error.
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {base}\nRUN --mount=type=ssh,id=missing,required=true true\n"),
+    )
+    .unwrap();
+    let o = run_with(&root, &env, None, &["build", ctx.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--ssh missing"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

@@ -49,6 +49,8 @@ pub struct BuildOptions {
     /// `--secret id=ID,src=FILE|env=VAR`, by value: mounted for `RUN --mount=type=secret` from a
     /// tmpfs private to the step, never on disk, in a layer or in a cache key.
     pub secrets: BTreeMap<String, sandbox::SecretBytes>,
+    /// `--ssh ID=SOCKET`: SSH agent sockets for `RUN --mount=type=ssh`, never in a cache key.
+    pub ssh: BTreeMap<String, PathBuf>,
     /// Proxy variables (`HTTP_PROXY`, `https_proxy`, ...) for every RUN, as BuildKit's predefined
     /// args: never in the image's history or config, nor in a cache key.
     pub proxies: BTreeMap<String, String>,
@@ -592,6 +594,16 @@ impl Engine<'_> {
                 spec.mounts = step_mounts;
                 spec.argv = argv.clone();
                 spec.env = full_env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                // As BuildKit: the first SSH mount is the step's agent.
+                if let Some(m) = spec
+                    .mounts
+                    .iter()
+                    .find(|m| matches!(m.source, sandbox::MountSource::Host(_)))
+                {
+                    if !full_env.iter().any(|(k, _)| k == "SSH_AUTH_SOCK") {
+                        spec.env.push(format!("SSH_AUTH_SOCK={}", m.target));
+                    }
+                }
                 spec.user = user;
                 spec.workdir = workdir;
                 spec.cancel = Some(self.cancel.clone());
@@ -947,10 +959,21 @@ impl Engine<'_> {
                     }
                 }
                 ast::MountType::Ssh => {
-                    return Err(Error::Unsupported(
-                        "RUN --mount=type=ssh is not supported by this version of manifold yet"
-                            .into(),
-                    ))
+                    let id = m.id.clone().unwrap_or_else(|| "default".into());
+                    match self.opts.ssh.get(&id) {
+                        // The user's own agent socket, named on the command line (trusted).
+                        Some(sock) => out.push(sandbox::StepMount {
+                            source: sandbox::MountSource::Host(sock.clone()),
+                            target,
+                            readonly: false,
+                        }),
+                        None if m.required => {
+                            return Err(Error::Unsupported(format!(
+                                "RUN --mount=type=ssh,id={id} is required; forward an agent with --ssh {id} (your SSH_AUTH_SOCK) or --ssh {id}=SOCKET|KEY"
+                            )))
+                        }
+                        None => {}
+                    }
                 }
             }
         }
