@@ -5,6 +5,7 @@ mod lists;
 mod local;
 mod progress;
 mod remote;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -352,6 +353,11 @@ pub enum Command {
         cache: bool,
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         format: OutputFormat,
+    },
+    /// Run an OCI registry (serve, gc).
+    Registry {
+        #[command(subcommand)]
+        command: serve::RegistryCmd,
     },
     /// Check every blob against its digest and every image for missing parts.
     Fsck {

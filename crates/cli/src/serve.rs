@@ -1,0 +1,135 @@
+//! `manifold registry serve` and `manifold registry gc`: the embedded registry.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Subcommand;
+
+use crate::{Cli, OutputFormat};
+
+#[derive(Subcommand, Debug)]
+pub enum RegistryCmd {
+    /// Serve an OCI registry (distribution spec v1.1): a registry directory of its own
+    /// (`--root DIR`), or the local image store (`--store`), so what `manifold build` made is
+    /// pullable at once.
+    Serve {
+        /// Where to listen.
+        #[arg(long, default_value = "127.0.0.1:5000")]
+        addr: std::net::SocketAddr,
+        /// Serve the local image store instead of a registry directory.
+        #[arg(long)]
+        store: bool,
+        /// Run GC this often while serving (e.g. 1h, 30m); off when not given.
+        #[arg(long, value_parser = parse_duration)]
+        gc_every: Option<Duration>,
+        /// Blobs younger than this are never collected (uploads waiting for their manifest).
+        #[arg(long, value_parser = parse_duration, default_value = "1h")]
+        gc_grace: Duration,
+    },
+    /// Delete blobs no manifest reaches (older than --grace), links to them and abandoned
+    /// uploads. Safe while `serve` runs on the same directory.
+    Gc {
+        #[arg(long)]
+        store: bool,
+        #[arg(long, value_parser = parse_duration, default_value = "1h")]
+        grace: Duration,
+        /// Upload sessions untouched this long are removed.
+        #[arg(long, value_parser = parse_duration, default_value = "168h")]
+        upload_ttl: Duration,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        format: OutputFormat,
+    },
+}
+
+/// `90s`, `30m`, `1h`, `2d`, or plain seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 90s, 30m, 1h or 2d"))?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use s, m, h or d)")),
+    };
+    Ok(Duration::from_secs(n * mult))
+}
+
+/// The directory to serve and how names map: `--store` serves the store, otherwise `--root DIR`
+/// names a registry directory and must be given on the command line.
+fn target(cli: &Cli, store_root: &Path, store: bool) -> Result<(PathBuf, server::Naming)> {
+    if store {
+        return Ok((store_root.to_path_buf(), server::Naming::Store));
+    }
+    let from_env = std::env::var_os("MANIFOLD_ROOT").map(PathBuf::from);
+    match &cli.root {
+        Some(r) if Some(r) != from_env.as_ref() => Ok((r.clone(), server::Naming::Raw)),
+        _ => bail!(
+            "say what to serve: --root DIR for a registry directory of its own, or --store for the \
+             local image store"
+        ),
+    }
+}
+
+pub fn run(cli: &Cli, store_root: &Path, cmd: &RegistryCmd) -> Result<ExitCode> {
+    match cmd {
+        RegistryCmd::Serve {
+            addr,
+            store,
+            gc_every,
+            gc_grace,
+        } => {
+            let (root, naming) = target(cli, store_root, *store)?;
+            let config = server::Config {
+                addr: *addr,
+                root: root.clone(),
+                naming,
+                gc_every: *gc_every,
+                gc_grace: *gc_grace,
+            };
+            server::serve(config, |a| {
+                eprintln!(
+                    "serving {} ({}) on http://{a}/v2/",
+                    root.display(),
+                    if naming == server::Naming::Store {
+                        "the local image store"
+                    } else {
+                        "registry directory"
+                    }
+                );
+            })
+            .with_context(|| format!("registry on {addr} failed"))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        RegistryCmd::Gc {
+            store,
+            grace,
+            upload_ttl,
+            format,
+        } => {
+            let (root, naming) = target(cli, store_root, *store)?;
+            let s = server::Storage::open(&root, naming)
+                .with_context(|| format!("cannot open {}", root.display()))?;
+            let r = s
+                .gc(*grace, *upload_ttl)
+                .map_err(|e| anyhow::anyhow!("gc of {} failed: {}", root.display(), e.message))?;
+            match format {
+                OutputFormat::Json => println!("{}", serde_json::to_string(&r)?),
+                OutputFormat::Table => println!(
+                    "removed {} blobs ({} bytes), {} stale links, {} abandoned uploads; kept {} blobs younger than {}s",
+                    r.blobs_removed,
+                    r.bytes_freed,
+                    r.links_removed,
+                    r.uploads_removed,
+                    r.blobs_kept_young,
+                    grace.as_secs()
+                ),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
