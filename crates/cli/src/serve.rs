@@ -38,6 +38,10 @@ pub enum RegistryCmd {
         /// Upload sessions untouched this long are removed.
         #[arg(long, value_parser = parse_duration, default_value = "168h")]
         upload_ttl: Duration,
+        /// Also drop manifests that only a digest names (no tag reaches them), as
+        /// distribution's `garbage-collect --delete-untagged` does.
+        #[arg(long)]
+        delete_untagged: bool,
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         format: OutputFormat,
     },
@@ -109,18 +113,20 @@ pub fn run(cli: &Cli, store_root: &Path, cmd: &RegistryCmd) -> Result<ExitCode> 
             store,
             grace,
             upload_ttl,
+            delete_untagged,
             format,
         } => {
             let (root, naming) = target(cli, store_root, *store)?;
             let s = server::Storage::open(&root, naming)
                 .with_context(|| format!("cannot open {}", root.display()))?;
             let r = s
-                .gc(*grace, *upload_ttl)
+                .gc(*grace, *upload_ttl, *delete_untagged)
                 .map_err(|e| anyhow::anyhow!("gc of {} failed: {}", root.display(), e.message))?;
             match format {
                 OutputFormat::Json => println!("{}", serde_json::to_string(&r)?),
                 OutputFormat::Table => println!(
-                    "removed {} blobs ({} bytes), {} stale links, {} abandoned uploads; kept {} blobs younger than {}s",
+                    "untagged {} manifests; removed {} blobs ({} bytes), {} stale links, {} abandoned uploads; kept {} blobs younger than {}s",
+                    r.manifests_untagged,
                     r.blobs_removed,
                     r.bytes_freed,
                     r.links_removed,

@@ -285,3 +285,39 @@ fn docker_pulls_and_runs_each_platform_of_a_merged_tag_and_loads_our_archive() {
     ]);
     assert_eq!(out.trim(), "aarch64");
 }
+
+/// The Docker engine pulls, runs and pushes through `manifold registry serve`.
+#[test]
+fn docker_pulls_runs_and_pushes_through_manifold_registry_serve() {
+    let Some((layout, _)) = busybox_layout(&["amd64", "arm64"]) else {
+        return;
+    };
+    let Some(dockerd) = Dockerd::start() else {
+        return;
+    };
+    let store = tempfile::tempdir().unwrap();
+    let s = store.path();
+    let reg = tempfile::tempdir().unwrap();
+    let srv = Server::start(s, &["--root", reg.path().to_str().unwrap()], &[]);
+    let image = format!("{}/tools/busybox:1", srv.addr);
+    ok(
+        s,
+        &["cp", &format!("oci:{}:latest", layout.display()), &image],
+    );
+    dockerd.ok(&["pull", "-q", &image]);
+    let out = dockerd.ok(&["run", "--rm", "--network", "none", &image, "echo", "hi"]);
+    assert_eq!(out.trim(), "hi");
+    // docker push: Docker v2 schema 2 content, its blobs mounted or uploaded.
+    let pushed = format!("{}/pushed/busybox:2", srv.addr);
+    dockerd.ok(&["tag", &image, &pushed]);
+    dockerd.ok(&["push", &pushed]);
+    let raw = ok(s, &["imagetools", "inspect", "--raw", &pushed]);
+    assert!(
+        raw.contains("application/vnd.docker.distribution.manifest.v2+json"),
+        "{raw}"
+    );
+    dockerd.ok(&["rmi", &image, &pushed]);
+    dockerd.ok(&["pull", "-q", &pushed]);
+    let out = dockerd.ok(&["run", "--rm", "--network", "none", &pushed, "echo", "again"]);
+    assert_eq!(out.trim(), "again");
+}

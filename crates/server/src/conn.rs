@@ -89,7 +89,9 @@ pub(crate) fn incoming(listener: TcpListener, tls: Tls) -> std::io::Result<Incom
 /// Go's server does, then read until the client closes, so its alert does not hit a closed socket.
 async fn refuse_tls(mut s: TcpStream) {
     let _ = s
-        .write_all(b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n")
+        .write_all(
+            b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n",
+        )
         .await;
     let mut buf = [0u8; 1024];
     let _ = tokio::time::timeout(Duration::from_secs(10), async {

@@ -67,11 +67,7 @@ impl ApiError {
         Self::new(StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED", m)
     }
     pub fn range_invalid(m: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::RANGE_NOT_SATISFIABLE,
-            "BLOB_UPLOAD_INVALID",
-            m,
-        )
+        Self::new(StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UPLOAD_INVALID", m)
     }
     pub fn internal(m: impl std::fmt::Display) -> Self {
         tracing::error!("internal error: {m}");

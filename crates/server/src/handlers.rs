@@ -141,6 +141,7 @@ async fn handle(app: Arc<App>, req: Request) -> Result<Response> {
             format!("{path} is no route of the distribution API"),
         ));
     };
+    let route = route.map_repository(|r| app.storage.canonical(r));
     let m = req.method().clone();
     match (route, m) {
         (Route::Base, Method::GET | Method::HEAD) => Ok(json(serde_json::json!({}), vec![])),
@@ -171,7 +172,9 @@ async fn handle(app: Arc<App>, req: Request) -> Result<Response> {
         (Route::Upload(repo, Some(id)), Method::PATCH) => {
             patch_upload(app, repo, id, req, false).await
         }
-        (Route::Upload(repo, Some(id)), Method::PUT) => patch_upload(app, repo, id, req, true).await,
+        (Route::Upload(repo, Some(id)), Method::PUT) => {
+            patch_upload(app, repo, id, req, true).await
+        }
         (Route::Upload(repo, Some(id)), Method::GET) => {
             check_session(&app, &repo, &id).await?;
             let sess = app.sessions.get(&id);
@@ -294,9 +297,8 @@ async fn get_manifest(app: Arc<App>, repo: String, r: Reference, head: bool) -> 
 }
 
 async fn put_manifest(app: Arc<App>, repo: String, r: Reference, req: Request) -> Result<Response> {
-    let ct = header(req.headers(), "content-type").map(|c| {
-        c.split(';').next().unwrap_or(c).trim().to_string()
-    });
+    let ct = header(req.headers(), "content-type")
+        .map(|c| c.split(';').next().unwrap_or(c).trim().to_string());
     if content_length(req.headers()) > MAX_MANIFEST as u64 {
         return Err(too_large());
     }
@@ -462,6 +464,7 @@ async fn start_upload(app: Arc<App>, repo: String, req: Request) -> Result<Respo
     if let (Some(mount), Some(from)) = (q.get("mount"), q.get("from")) {
         let d = route::parse_digest(mount)?;
         if route::validate_name(from).is_ok() {
+            let from = app.storage.canonical(from);
             let (r2, f2, d2) = (repo.clone(), from.clone(), d.clone());
             let mounted = blocking(&app, move |s| {
                 let _g = s.layout().write_guard()?;
@@ -565,13 +568,7 @@ async fn append(app: &Arc<App>, id: &str, s: &mut Session, body: Body) -> Result
     }
 }
 
-async fn finish(
-    app: &Arc<App>,
-    repo: &str,
-    id: &str,
-    d: &Digest,
-    s: &mut Session,
-) -> Result<()> {
+async fn finish(app: &Arc<App>, repo: &str, id: &str, d: &Digest, s: &mut Session) -> Result<()> {
     let hashed = s.hasher.clone().map(|h| h.finish());
     let (r2, i2, d2) = (repo.to_string(), id.to_string(), d.clone());
     let r = blocking(app, move |st| st.finish_upload(&r2, &i2, &d2, hashed)).await;
@@ -604,7 +601,10 @@ async fn patch_upload(
     let mut g = sess.lock().await;
     sync_offset(&app, &id, &mut g).await?;
     if let Some(cr) = header(req.headers(), "content-range") {
-        let spec = cr.trim().trim_start_matches("bytes ").trim_start_matches("bytes=");
+        let spec = cr
+            .trim()
+            .trim_start_matches("bytes ")
+            .trim_start_matches("bytes=");
         let start = spec
             .split(['-', '/'])
             .next()

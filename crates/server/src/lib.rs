@@ -116,7 +116,9 @@ async fn log_requests(State(app): State<Arc<App>>, req: Request, next: Next) -> 
         start.elapsed().as_secs_f64() * 1000.0
     );
     app.metrics.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
-    app.metrics.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
+    app.metrics
+        .bytes_out
+        .fetch_add(bytes_out, Ordering::Relaxed);
     if let Ok(mut m) = app.metrics.requests.lock() {
         *m.entry((method, status)).or_default() += 1;
     }
@@ -166,7 +168,7 @@ pub fn serve(config: Config, ready: impl FnOnce(SocketAddr)) -> Result<(), Error
                     tokio::time::sleep(every).await;
                     let a = app.clone();
                     match tokio::task::spawn_blocking(move || {
-                        a.storage.gc(grace, Duration::from_secs(7 * 86400))
+                        a.storage.gc(grace, Duration::from_secs(7 * 86400), false)
                     })
                     .await
                     {

@@ -34,6 +34,18 @@ impl std::fmt::Display for Reference {
 }
 
 impl Route {
+    /// The same route with its repository name replaced by `f(name)`.
+    pub fn map_repository(self, f: impl FnOnce(&str) -> String) -> Route {
+        match self {
+            Route::Base | Route::Catalog => self,
+            Route::Tags(n) => Route::Tags(f(&n)),
+            Route::Manifest(n, r) => Route::Manifest(f(&n), r),
+            Route::Blob(n, d) => Route::Blob(f(&n), d),
+            Route::Upload(n, u) => Route::Upload(f(&n), u),
+            Route::Referrers(n, d) => Route::Referrers(f(&n), d),
+        }
+    }
+
     pub fn repository(&self) -> Option<&str> {
         match self {
             Route::Base | Route::Catalog => None,
@@ -66,7 +78,10 @@ pub fn parse(rest: &str) -> Result<Option<Route>, ApiError> {
         return Ok(Some(Route::Tags(name(2)?)));
     }
     if n >= 3 && segs[n - 2] == "manifests" {
-        return Ok(Some(Route::Manifest(name(2)?, parse_reference(segs[n - 1])?)));
+        return Ok(Some(Route::Manifest(
+            name(2)?,
+            parse_reference(segs[n - 1])?,
+        )));
     }
     if n >= 3 && segs[n - 2] == "referrers" {
         return Ok(Some(Route::Referrers(name(2)?, parse_digest(segs[n - 1])?)));
@@ -123,7 +138,8 @@ pub fn validate_tag(t: &str) -> Result<(), ApiError> {
 /// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(\/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*`, at most 255 long.
 /// No component can be `.` or `..`, so a valid name never leaves the directory it names.
 pub fn validate_name(name: &str) -> Result<(), ApiError> {
-    let bad = |why: &str| ApiError::name_invalid(format!("invalid repository name {name:?}: {why}"));
+    let bad =
+        |why: &str| ApiError::name_invalid(format!("invalid repository name {name:?}: {why}"));
     if name.is_empty() {
         return Err(bad("it is empty"));
     }

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -84,6 +84,19 @@ impl Storage {
             Naming::Store => oci::Reference::parse(&raw)
                 .map(|x| x.to_string())
                 .unwrap_or(raw),
+        }
+    }
+
+    /// The one spelling of a repository name: in the store, `busybox` and `library/busybox`
+    /// are the same image.
+    pub fn canonical(&self, repo: &str) -> String {
+        match self.naming {
+            Naming::Raw => repo.to_string(),
+            Naming::Store => match oci::Reference::parse_bare(repo) {
+                Ok(p) if p.registry() == "docker.io" => p.repository().to_string(),
+                Ok(p) => format!("{}/{}", p.registry(), p.repository()),
+                Err(_) => repo.to_string(),
+            },
         }
     }
 
@@ -347,6 +360,7 @@ impl Storage {
         let len = m.bytes().len() as u64;
         self.layout
             .ingest(&mut &m.bytes()[..], Some((&digest, Some(len))))?;
+        self.touch(&digest);
         self.link(repo, &digest)?;
         let desc = Descriptor::new(media_type, digest.clone(), len);
         let mut names = vec![(
@@ -518,13 +532,13 @@ impl Storage {
     /// upload sessions untouched for `upload_ttl`. Safe while the server runs: it waits for
     /// writers (they hold the layout's GC lock shared), and young blobs (just uploaded, not yet
     /// named by a manifest) are kept.
-    pub fn gc(&self, grace: Duration, upload_ttl: Duration) -> Result<GcReport, ApiError> {
+    pub fn gc(
+        &self,
+        grace: Duration,
+        upload_ttl: Duration,
+        delete_untagged: bool,
+    ) -> Result<GcReport, ApiError> {
         let _lock = self.layout.gc_lock()?;
-        let mut marked = BTreeMap::new();
-        let mut missing = Vec::new();
-        for e in self.layout.index()?.manifests {
-            self.layout.walk(&e, &mut marked, &mut missing)?;
-        }
         let now = SystemTime::now();
         let age = |p: &Path| -> Duration {
             fs::metadata(p)
@@ -533,6 +547,14 @@ impl Storage {
                 .unwrap_or_default()
         };
         let mut report = GcReport::default();
+        if delete_untagged {
+            report.manifests_untagged = self.drop_untagged(grace, &age)?;
+        }
+        let mut marked = BTreeMap::new();
+        let mut missing = Vec::new();
+        for e in self.layout.index()?.manifests {
+            self.layout.walk(&e, &mut marked, &mut missing)?;
+        }
         let blobs = self.layout.root().join("blobs");
         for alg in fs::read_dir(&blobs)?.flatten() {
             let alg_name = alg.file_name().to_string_lossy().to_string();
@@ -590,21 +612,46 @@ impl Storage {
     }
 }
 
+impl Storage {
+    /// Removes the digest names of manifests no tag of their repository reaches, when older
+    /// than `grace` (a multi-platform push names its per-platform manifests before the tag).
+    fn drop_untagged(
+        &self,
+        grace: Duration,
+        age: &dyn Fn(&Path) -> Duration,
+    ) -> Result<usize, ApiError> {
+        let entries = self.entries()?;
+        let mut reached: BTreeMap<&str, BTreeMap<Digest, u64>> = BTreeMap::new();
+        for e in entries.iter() {
+            if let Reference::Tag(_) = e.reference {
+                let seen = reached.entry(&e.repo).or_default();
+                self.layout.walk(&e.desc, seen, &mut Vec::new())?;
+            }
+        }
+        let names: Vec<String> = entries
+            .iter()
+            .filter(|e| matches!(e.reference, Reference::Digest(_)))
+            .filter(|e| {
+                !reached
+                    .get(e.repo.as_str())
+                    .is_some_and(|r| r.contains_key(&e.desc.digest))
+            })
+            .filter(|e| age(&self.layout.blob_path(&e.desc.digest)) >= grace)
+            .filter_map(|e| e.desc.annotations.get(REF_NAME).cloned())
+            .collect();
+        if names.is_empty() {
+            return Ok(0);
+        }
+        Ok(self.layout.remove_names(&names)?.len())
+    }
+}
+
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct GcReport {
+    pub manifests_untagged: usize,
     pub blobs_removed: usize,
     pub bytes_freed: u64,
     pub blobs_kept_young: usize,
     pub links_removed: usize,
     pub uploads_removed: usize,
-}
-
-/// Reads at most `limit` bytes; more is an error.
-pub fn read_limited(r: &mut dyn Read, limit: usize) -> io::Result<Vec<u8>> {
-    let mut buf = Vec::new();
-    r.take(limit as u64 + 1).read_to_end(&mut buf)?;
-    if buf.len() > limit {
-        return Err(io::Error::other("too large"));
-    }
-    Ok(buf)
 }
