@@ -9,6 +9,12 @@ use clap::Subcommand;
 
 use crate::{Cli, OutputFormat};
 
+#[derive(Clone, Copy, Debug, clap::ValueEnum, PartialEq, Eq)]
+pub enum AuthMode {
+    Basic,
+    Token,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum RegistryCmd {
     /// Serve an OCI registry (distribution spec v1.1): a registry directory of its own
@@ -27,6 +33,31 @@ pub enum RegistryCmd {
         /// Blobs younger than this are never collected (uploads waiting for their manifest).
         #[arg(long, value_parser = parse_duration, default_value = "1h")]
         gc_grace: Duration,
+        /// Require logins from this htpasswd file (bcrypt entries, `htpasswd -B`).
+        #[arg(long, value_name = "FILE")]
+        htpasswd: Option<PathBuf>,
+        /// How clients log in: basic (HTTP Basic on every request) or token (Bearer tokens from
+        /// the built-in endpoint /token, as Docker Hub does).
+        #[arg(long, value_enum, default_value_t = AuthMode::Basic, requires = "htpasswd")]
+        auth: AuthMode,
+        /// USER:REPOSITORY:pull|push (repeatable). USER `*` is anyone logged in, `anonymous`
+        /// anyone; REPOSITORY is a name, PREFIX/* or *. Without rules, users may push anywhere.
+        #[arg(long = "allow", value_name = "RULE", requires = "htpasswd")]
+        allow: Vec<server::auth::Rule>,
+        /// Serve HTTPS with this certificate (PEM, chain included) ...
+        #[arg(long, value_name = "FILE", requires = "tls_key", conflicts_with = "tls")]
+        tls_cert: Option<PathBuf>,
+        /// ... and this private key (PEM).
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// `auto`: make a private CA and a server certificate under the registry directory
+        /// (kept and reused), and print where clients put the CA.
+        #[arg(long, value_name = "auto", value_parser = ["auto"])]
+        tls: Option<String>,
+        /// More names for the --tls auto certificate (127.0.0.1, localhost and the --addr IP are
+        /// in it already).
+        #[arg(long = "tls-name", value_name = "NAME")]
+        tls_names: Vec<String>,
     },
     /// Delete blobs no manifest reaches (older than --grace), links to them and abandoned
     /// uploads. Safe while `serve` runs on the same directory.
@@ -86,24 +117,70 @@ pub fn run(cli: &Cli, store_root: &Path, cmd: &RegistryCmd) -> Result<ExitCode> 
             store,
             gc_every,
             gc_grace,
+            htpasswd,
+            auth,
+            allow,
+            tls_cert,
+            tls_key,
+            tls,
+            tls_names,
         } => {
             let (root, naming) = target(cli, store_root, *store)?;
+            let tls = match (tls_cert, tls_key, tls) {
+                (Some(cert), Some(key), _) => Some(server::tls::TlsConfig::Files {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }),
+                (_, _, Some(_)) => {
+                    let mut names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+                    if !addr.ip().is_unspecified() {
+                        names.push(addr.ip().to_string());
+                    }
+                    names.extend(tls_names.iter().cloned());
+                    Some(server::tls::TlsConfig::Auto { names })
+                }
+                _ => None,
+            };
             let config = server::Config {
                 addr: *addr,
                 root: root.clone(),
                 naming,
                 gc_every: *gc_every,
                 gc_grace: *gc_grace,
+                auth: htpasswd.as_ref().map(|h| server::auth::AuthConfig {
+                    htpasswd: h.clone(),
+                    mode: match auth {
+                        AuthMode::Basic => server::auth::Mode::Basic,
+                        AuthMode::Token => server::auth::Mode::Token,
+                    },
+                    rules: allow.clone(),
+                }),
+                tls,
             };
-            server::serve(config, |a| {
+            server::serve(config, |r| {
+                if let Some(ca) = &r.ca {
+                    let host = if r.addr.ip().is_unspecified() {
+                        format!("HOST:{}", r.addr.port())
+                    } else {
+                        r.addr.to_string()
+                    };
+                    eprintln!(
+                        "TLS with a private CA ({}); give it to clients (docker, containerd, manifold read this path):\n  \
+                         mkdir -p /etc/docker/certs.d/{host} && cp {} /etc/docker/certs.d/{host}/ca.crt",
+                        ca.display(),
+                        ca.display()
+                    );
+                }
                 eprintln!(
-                    "serving {} ({}) on http://{a}/v2/",
+                    "serving {} ({}) on {}://{}/v2/",
                     root.display(),
                     if naming == server::Naming::Store {
                         "the local image store"
                     } else {
                         "registry directory"
-                    }
+                    },
+                    if r.tls { "https" } else { "http" },
+                    r.addr
                 );
             })
             .with_context(|| format!("registry on {addr} failed"))?;

@@ -11,6 +11,7 @@ use futures_util::StreamExt;
 use oci::{Digest, Hasher};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
+use crate::auth::{Access, Identity, Mode};
 use crate::error::ApiError;
 use crate::route::{self, Reference, Route};
 use crate::storage::MAX_MANIFEST;
@@ -100,6 +101,57 @@ fn respond(status: StatusCode, headers: Vec<(&'static str, String)>, body: Body)
     r
 }
 
+fn json_text(body: String) -> Response {
+    respond(
+        StatusCode::OK,
+        vec![
+            ("content-type", "application/json".to_string()),
+            ("content-length", body.len().to_string()),
+        ],
+        Body::from(body),
+    )
+}
+
+/// Checks credentials and rules for a route; the identity when auth is on.
+fn authorize(app: &App, req: &Request, route: &Route) -> Result<Option<Identity>> {
+    let Some(auth) = &app.auth else {
+        return Ok(None);
+    };
+    let host = header(req.headers(), "host").unwrap_or("localhost");
+    let realm = format!("{}://{host}", if app.tls { "https" } else { "http" });
+    let id = auth
+        .identify(req.headers())
+        .map_err(|_| auth.challenge(&realm, None))?;
+    match route {
+        Route::Base => {
+            if !auth.logged_in(&id) {
+                return Err(auth.challenge(&realm, None));
+            }
+        }
+        Route::Catalog => {
+            if auth.catalog_user(&id).is_none() {
+                return Err(auth.challenge(&realm, Some("registry:catalog:*".into())));
+            }
+        }
+        r => {
+            let repo = r.repository().unwrap_or_default();
+            let need = if matches!(*req.method(), Method::GET | Method::HEAD) {
+                Access::Pull
+            } else {
+                Access::Push
+            };
+            if !auth.can(&id, repo, need) {
+                if auth.mode() == Mode::Basic && auth.logged_in(&id) {
+                    return Err(auth.denied(repo));
+                }
+                let actions = if need == Access::Push { "pull,push" } else { "pull" };
+                return Err(auth.challenge(&realm, Some(format!("repository:{repo}:{actions}"))));
+            }
+        }
+    }
+    Ok(Some(id))
+}
+
 fn json(value: serde_json::Value, extra: Vec<(&'static str, String)>) -> Response {
     let body = value.to_string();
     let mut h = vec![
@@ -112,6 +164,17 @@ fn json(value: serde_json::Value, extra: Vec<(&'static str, String)>) -> Respons
 
 async fn handle(app: Arc<App>, req: Request) -> Result<Response> {
     let path = req.uri().path().to_string();
+    if path == "/token" && req.method() == Method::GET {
+        if let Some(auth) = app.auth.as_ref().filter(|a| a.mode() == Mode::Token) {
+            let scopes: Vec<String> =
+                form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+                    .filter(|(k, _)| k == "scope")
+                    .map(|(_, v)| v.into_owned())
+                    .collect();
+            let body = auth.issue(req.headers(), &scopes)?;
+            return Ok(json_text(body));
+        }
+    }
     if path == "/metrics" && req.method() == Method::GET {
         let body = app.metrics.render();
         return Ok(respond(
@@ -142,10 +205,11 @@ async fn handle(app: Arc<App>, req: Request) -> Result<Response> {
         ));
     };
     let route = route.map_repository(|r| app.storage.canonical(r));
+    let id = authorize(&app, &req, &route)?;
     let m = req.method().clone();
     match (route, m) {
         (Route::Base, Method::GET | Method::HEAD) => Ok(json(serde_json::json!({}), vec![])),
-        (Route::Catalog, Method::GET) => catalog(app, query(&req)).await,
+        (Route::Catalog, Method::GET) => catalog(app, query(&req), id).await,
         (Route::Tags(repo), Method::GET) => tags(app, query(&req), repo).await,
         (Route::Manifest(repo, r), Method::GET) => get_manifest(app, repo, r, false).await,
         (Route::Manifest(repo, r), Method::HEAD) => get_manifest(app, repo, r, true).await,
@@ -168,7 +232,7 @@ async fn handle(app: Arc<App>, req: Request) -> Result<Response> {
                 Err(ApiError::blob_unknown(ds))
             }
         }
-        (Route::Upload(repo, None), Method::POST) => start_upload(app, repo, req).await,
+        (Route::Upload(repo, None), Method::POST) => start_upload(app, repo, req, id).await,
         (Route::Upload(repo, Some(id)), Method::PATCH) => {
             patch_upload(app, repo, id, req, false).await
         }
@@ -246,11 +310,19 @@ fn paginate(
     Ok((items, link))
 }
 
-async fn catalog(app: Arc<App>, q: HashMap<String, String>) -> Result<Response> {
-    let repos: Vec<String> = blocking(&app, |s| s.repositories())
+async fn catalog(
+    app: Arc<App>,
+    q: HashMap<String, String>,
+    id: Option<Identity>,
+) -> Result<Response> {
+    let mut repos: Vec<String> = blocking(&app, |s| s.repositories())
         .await?
         .into_iter()
         .collect();
+    if let (Some(auth), Some(id)) = (&app.auth, &id) {
+        let user = auth.catalog_user(id).flatten();
+        repos.retain(|r| auth.can_pull_as(user.as_deref(), r));
+    }
     let (page, link) = paginate(repos, &q, "/v2/_catalog")?;
     Ok(json(
         serde_json::json!({ "repositories": page }),
@@ -459,12 +531,21 @@ fn blob_created(repo: &str, d: &Digest) -> Response {
     )
 }
 
-async fn start_upload(app: Arc<App>, repo: String, req: Request) -> Result<Response> {
+async fn start_upload(
+    app: Arc<App>,
+    repo: String,
+    req: Request,
+    id: Option<Identity>,
+) -> Result<Response> {
     let q = query(&req);
     if let (Some(mount), Some(from)) = (q.get("mount"), q.get("from")) {
         let d = route::parse_digest(mount)?;
-        if route::validate_name(from).is_ok() {
-            let from = app.storage.canonical(from);
+        let from = app.storage.canonical(from);
+        let may_read = match (&app.auth, &id) {
+            (Some(auth), Some(id)) => auth.can(id, &from, Access::Pull),
+            _ => true,
+        };
+        if route::validate_name(&from).is_ok() && may_read {
             let (r2, f2, d2) = (repo.clone(), from.clone(), d.clone());
             let mounted = blocking(&app, move |s| {
                 let _g = s.layout().write_guard()?;

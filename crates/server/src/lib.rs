@@ -5,11 +5,13 @@
 //! This crate serves content; it refuses to know how images are built or how other registries
 //! are reached as a client. Every write is verified against its digest before anything names it.
 
+pub mod auth;
 mod conn;
 pub mod error;
 mod handlers;
 pub mod route;
 pub mod storage;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,6 +33,17 @@ pub struct Config {
     /// Run GC this often (None: only `manifold registry gc`).
     pub gc_every: Option<Duration>,
     pub gc_grace: Duration,
+    pub auth: Option<auth::AuthConfig>,
+    pub tls: Option<tls::TlsConfig>,
+}
+
+/// What the server tells its caller once it listens.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    pub addr: SocketAddr,
+    pub tls: bool,
+    /// With `--tls auto`: the CA certificate clients must trust.
+    pub ca: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +61,8 @@ pub enum Error {
 
 pub(crate) struct App {
     pub storage: Storage,
+    pub auth: Option<auth::Auth>,
+    pub tls: bool,
     pub sessions: handlers::Sessions,
     pub metrics: Metrics,
 }
@@ -137,15 +152,28 @@ fn router(app: Arc<App>) -> axum::Router {
 
 /// Serves until SIGINT or SIGTERM, then finishes running requests. `ready` gets the bound
 /// address (useful with port 0).
-pub fn serve(config: Config, ready: impl FnOnce(SocketAddr)) -> Result<(), Error> {
+pub fn serve(config: Config, ready: impl FnOnce(Ready)) -> Result<(), Error> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| Error::Other(format!("cannot start the async runtime: {e}")))?;
     rt.block_on(async move {
         let storage = Storage::open(&config.root, config.naming)?;
+        let auth = match &config.auth {
+            Some(a) => Some(auth::Auth::new(a.clone()).map_err(Error::Other)?),
+            None => None,
+        };
+        let (tls, ca) = match &config.tls {
+            Some(t) => {
+                let (sc, ca) = tls::server_config(t, &config.root).map_err(Error::Other)?;
+                (Some(Arc::new(tokio_rustls::TlsAcceptor::from(sc))), ca)
+            }
+            None => (None, None),
+        };
         let app = Arc::new(App {
             storage,
+            auth,
+            tls: tls.is_some(),
             sessions: Default::default(),
             metrics: Default::default(),
         });
@@ -159,7 +187,11 @@ pub fn serve(config: Config, ready: impl FnOnce(SocketAddr)) -> Result<(), Error
             addr: config.addr,
             source,
         })?;
-        ready(addr);
+        ready(Ready {
+            addr,
+            tls: tls.is_some(),
+            ca,
+        });
         if let Some(every) = config.gc_every {
             let app = app.clone();
             let grace = config.gc_grace;
@@ -182,7 +214,7 @@ pub fn serve(config: Config, ready: impl FnOnce(SocketAddr)) -> Result<(), Error
                 }
             });
         }
-        let incoming = conn::incoming(listener, None).map_err(|source| Error::Bind {
+        let incoming = conn::incoming(listener, tls).map_err(|source| Error::Bind {
             addr: config.addr,
             source,
         })?;

@@ -314,7 +314,11 @@ impl Server {
         let start = std::time::Instant::now();
         while start.elapsed() < std::time::Duration::from_secs(30) {
             let text = std::fs::read_to_string(&s.log).unwrap_or_default();
-            if let Some(rest) = text.split(" on http://").nth(1) {
+            if let Some(rest) = text
+                .split(" on http://")
+                .nth(1)
+                .or_else(|| text.split(" on https://").nth(1))
+            {
                 s.addr = rest.split('/').next().unwrap().to_string();
                 return s;
             }
