@@ -45,7 +45,12 @@ pub enum RegistryCmd {
         #[arg(long = "allow", value_name = "RULE", requires = "htpasswd")]
         allow: Vec<server::auth::Rule>,
         /// Serve HTTPS with this certificate (PEM, chain included) ...
-        #[arg(long, value_name = "FILE", requires = "tls_key", conflicts_with = "tls")]
+        #[arg(
+            long,
+            value_name = "FILE",
+            requires = "tls_key",
+            conflicts_with = "tls"
+        )]
         tls_cert: Option<PathBuf>,
         /// ... and this private key (PEM).
         #[arg(long, value_name = "FILE", requires = "tls_cert")]

@@ -1056,3 +1056,165 @@ fn concurrent_pushes_and_gc_lose_nothing() {
         404
     );
 }
+
+fn htpasswd(dir: &Path) -> Option<std::path::PathBuf> {
+    if !peer("htpasswd") {
+        return None;
+    }
+    let f = dir.join("htpasswd");
+    sh(Command::new("htpasswd").args(["-Bbc", f.to_str().unwrap(), "alice", "secret"]));
+    sh(Command::new("htpasswd").args(["-Bb", f.to_str().unwrap(), "bob", "hunter2"]));
+    Some(f)
+}
+
+/// Logins in both modes, per-repository rules, and TLS with the auto CA placed in certs.d:
+/// manifold's own client and skopeo (which verifies against --cert-dir).
+#[test]
+fn auth_modes_rules_and_tls_auto() {
+    if !peer("skopeo") {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let Some(htp) = htpasswd(t.path()) else {
+        return;
+    };
+    let lay = t.path().join("lay");
+    let idx = fixed_layout(&lay, &["amd64"], "v");
+    for mode in ["basic", "token"] {
+        let store = tempfile::tempdir().unwrap();
+        let s = store.path();
+        let home = tempfile::tempdir().unwrap();
+        let reg = t.path().join(format!("reg-{mode}"));
+        let srv = Server::start(
+            s,
+            &["--root", reg.to_str().unwrap()],
+            &[
+                "--htpasswd",
+                htp.to_str().unwrap(),
+                "--auth",
+                mode,
+                "--allow",
+                "alice:*:push",
+                "--allow",
+                "bob:team/*:pull",
+                "--allow",
+                "anonymous:public/*:pull",
+                "--tls",
+                "auto",
+            ],
+        );
+        let a = &srv.addr;
+        // The exact line for clients is printed; follow it, into this test's HOME.
+        let log = srv.log_text();
+        let ca = reg.join("registry/tls/ca.crt");
+        assert!(
+            log.contains(&format!(
+                "cp {} /etc/docker/certs.d/{a}/ca.crt",
+                ca.display()
+            )),
+            "{log}"
+        );
+        let certs = home.path().join(format!(".docker/certs.d/{a}"));
+        std::fs::create_dir_all(&certs).unwrap();
+        std::fs::copy(&ca, certs.join("ca.crt")).unwrap();
+        let home_s = home.path().to_str().unwrap();
+        let cfg = home.path().join(".docker");
+        let env = [("HOME", home_s), ("DOCKER_CONFIG", cfg.to_str().unwrap())];
+        let m = |stdin: Option<&str>, args: &[&str]| run_with(s, &env, stdin, args);
+        let okm = |stdin: Option<&str>, args: &[&str]| {
+            let o = m(stdin, args);
+            assert!(
+                o.status.success(),
+                "{mode}: manifold {args:?}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            String::from_utf8_lossy(&o.stdout).to_string()
+        };
+        let src = format!("oci:{}:v", lay.display());
+        let team = format!("{a}/team/app:1");
+        // Nobody logged in: refused.
+        let o = m(None, &["cp", &src, &team]);
+        assert!(!o.status.success(), "{mode}: anonymous push went through");
+        let o = m(
+            Some("wrong\n"),
+            &["login", a, "-u", "alice", "--password-stdin"],
+        );
+        assert!(!o.status.success(), "{mode}: a wrong password logged in");
+        okm(
+            Some("secret\n"),
+            &["login", a, "-u", "alice", "--password-stdin"],
+        );
+        okm(None, &["cp", &src, &team]);
+        okm(None, &["cp", &src, &format!("{a}/public/app:1")]);
+        // bob may pull team/* but push nowhere.
+        okm(
+            Some("hunter2\n"),
+            &["login", a, "-u", "bob", "--password-stdin"],
+        );
+        assert_eq!(okm(None, &["-q", "digest", &team]).trim(), idx);
+        let o = m(None, &["cp", &src, &format!("{a}/team/app:2")]);
+        assert!(!o.status.success(), "{mode}: bob pushed");
+        let o = m(None, &["-q", "digest", &format!("{a}/other/app:1")]);
+        assert!(!o.status.success());
+        // skopeo verifies the server against the CA, with and without credentials.
+        let certdir = certs.to_str().unwrap();
+        let out = sh(Command::new("skopeo").args([
+            "inspect",
+            "--raw",
+            "--cert-dir",
+            certdir,
+            "--creds",
+            "bob:hunter2",
+            &format!("docker://{team}"),
+        ]));
+        assert_eq!(sha(out.as_bytes()), idx);
+        let out = sh(Command::new("skopeo").args([
+            "inspect",
+            "--raw",
+            "--cert-dir",
+            certdir,
+            "--no-creds",
+            &format!("docker://{a}/public/app:1"),
+        ]));
+        assert_eq!(sha(out.as_bytes()), idx, "anonymous may pull public/*");
+        let o = Command::new("skopeo")
+            .args([
+                "inspect",
+                "--raw",
+                "--cert-dir",
+                certdir,
+                "--no-creds",
+                &format!("docker://{team}"),
+            ])
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "{mode}: anonymous read team/*");
+        // Without the CA, TLS is refused.
+        let o = Command::new("skopeo")
+            .args([
+                "inspect",
+                "--raw",
+                "--creds",
+                "bob:hunter2",
+                &format!("docker://{team}"),
+            ])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains("certificate"), "{err}");
+    }
+}
+
+/// SIGTERM stops the server cleanly (exit 0) and the log says so.
+#[test]
+fn stops_cleanly_on_sigterm() {
+    let (_store, _reg, mut srv) = raw_root();
+    assert_eq!(req(&srv.addr, "GET", "/v2/", &[], b"").status, 200);
+    let st = srv.stop();
+    assert!(st.success(), "{st}");
+    assert!(
+        srv.log_text().contains("shutting down"),
+        "{}",
+        srv.log_text()
+    );
+}

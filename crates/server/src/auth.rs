@@ -44,7 +44,11 @@ impl std::str::FromStr for Rule {
         let access = match *access {
             "pull" => Access::Pull,
             "push" => Access::Push,
-            other => return Err(format!("access rule {s:?}: {other:?} is neither pull nor push")),
+            other => {
+                return Err(format!(
+                    "access rule {s:?}: {other:?} is neither pull nor push"
+                ))
+            }
         };
         Ok(Rule {
             user: user.to_string(),
@@ -185,7 +189,10 @@ impl Auth {
         let Some(v) = headers.get("authorization").and_then(|v| v.to_str().ok()) else {
             return Ok(None);
         };
-        let Some(b) = v.strip_prefix("Basic ").or_else(|| v.strip_prefix("basic ")) else {
+        let Some(b) = v
+            .strip_prefix("Basic ")
+            .or_else(|| v.strip_prefix("basic "))
+        else {
             return Ok(None);
         };
         let raw = base64::engine::general_purpose::STANDARD
@@ -193,6 +200,9 @@ impl Auth {
             .map_err(|_| ())?;
         let text = String::from_utf8(raw).map_err(|_| ())?;
         let (u, p) = text.split_once(':').ok_or(())?;
+        if u.is_empty() && p.is_empty() {
+            return Ok(None);
+        }
         if self.check_password(u, p) {
             Ok(Some(u.to_string()))
         } else {
@@ -213,7 +223,7 @@ impl Auth {
             .max()
     }
 
-    pub fn identify(&self, headers: &HeaderMap) -> Result<Identity, ()> {
+    pub(crate) fn identify(&self, headers: &HeaderMap) -> Result<Identity, ()> {
         match self.cfg.mode {
             Mode::Basic => Ok(match self.basic_user(headers)? {
                 Some(u) => Identity::User(u),
@@ -335,7 +345,9 @@ impl Auth {
                 (Some("registry"), Some("catalog"), _) => claims.catalog = user.is_some(),
                 (Some("repository"), Some(name), Some(actions)) => {
                     let has = self.allowed(user.as_deref(), name);
-                    let wants_push = actions.split(',').any(|a| a == "push" || a == "delete" || a == "*");
+                    let wants_push = actions
+                        .split(',')
+                        .any(|a| a == "push" || a == "delete" || a == "*");
                     let grant = match has {
                         Some(Access::Push) if wants_push => Some(Access2::Push),
                         Some(_) => Some(Access2::Pull),

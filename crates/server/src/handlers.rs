@@ -144,7 +144,11 @@ fn authorize(app: &App, req: &Request, route: &Route) -> Result<Option<Identity>
                 if auth.mode() == Mode::Basic && auth.logged_in(&id) {
                     return Err(auth.denied(repo));
                 }
-                let actions = if need == Access::Push { "pull,push" } else { "pull" };
+                let actions = if need == Access::Push {
+                    "pull,push"
+                } else {
+                    "pull"
+                };
                 return Err(auth.challenge(&realm, Some(format!("repository:{repo}:{actions}"))));
             }
         }

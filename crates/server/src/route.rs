@@ -234,7 +234,7 @@ mod tests {
             "/a/blobs/uploads/../../etc",
             "/%2e%2e/manifests/latest",
         ] {
-            assert!(parse(p).is_err(), "{p} accepted");
+            assert!(!matches!(parse(p), Ok(Some(_))), "{p} accepted");
         }
         assert!(validate_name(&"a".repeat(256)).is_err());
         assert!(validate_name("a__b/c-----d/e.f_g").is_ok());

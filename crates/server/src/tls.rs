@@ -9,9 +9,14 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 #[derive(Debug, Clone)]
 pub enum TlsConfig {
-    Files { cert: PathBuf, key: PathBuf },
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+    },
     /// Names (host names or IP addresses) the certificate is for.
-    Auto { names: Vec<String> },
+    Auto {
+        names: Vec<String>,
+    },
 }
 
 /// The rustls config, and with `Auto` the CA certificate clients must trust.
@@ -35,13 +40,14 @@ pub fn server_config(
     }
     let key = PrivateKeyDer::from_pem_file(&key)
         .map_err(|e| format!("cannot read a private key from {}: {e}", key.display()))?;
-    let mut sc =
-        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .map_err(|e| format!("the certificate and key do not make a TLS identity: {e}"))?;
+    let mut sc = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| format!("the certificate and key do not make a TLS identity: {e}"))?;
     sc.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok((Arc::new(sc), ca))
 }
@@ -77,9 +83,10 @@ fn auto_certs(dir: &Path, names: &[String]) -> Result<PathBuf, String> {
     let issuer = rcgen::Issuer::new(ca_params, ca_key);
     let key = rcgen::KeyPair::generate().map_err(err)?;
     let mut params = rcgen::CertificateParams::new(names.clone()).map_err(err)?;
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, names.first().cloned().unwrap_or_default());
+    params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        names.first().cloned().unwrap_or_default(),
+    );
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
     let cert = params.signed_by(&key, &issuer).map_err(err)?;
     let write = |name: &str, text: &str, mode: u32| -> Result<(), String> {
