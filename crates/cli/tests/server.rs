@@ -1205,11 +1205,35 @@ fn auth_modes_rules_and_tls_auto() {
     }
 }
 
-/// SIGTERM stops the server cleanly (exit 0) and the log says so.
+/// SIGTERM stops the server cleanly (exit 0), after it finished a download in progress.
 #[test]
-fn stops_cleanly_on_sigterm() {
+fn stops_cleanly_on_sigterm_finishing_running_requests() {
     let (_store, _reg, mut srv) = raw_root();
-    assert_eq!(req(&srv.addr, "GET", "/v2/", &[], b"").status, 200);
+    let a = srv.addr.clone();
+    assert_eq!(req(&a, "GET", "/v2/", &[], b"").status, 200);
+    let big: Vec<u8> = (0..40_000_000u32).map(|i| (i % 241) as u8).collect();
+    let d = push_blob(&a, "big", &big);
+    let mut s = TcpStream::connect(&a).unwrap();
+    s.write_all(
+        format!("GET /v2/big/blobs/{d} HTTP/1.1\r\nHost: {a}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .unwrap();
+    let mut first = [0u8; 4096];
+    let n = s.read(&mut first).unwrap();
+    assert!(n > 0);
+    // The server is mid-body (40 MB do not fit in socket buffers) when it is told to stop.
+    let _ = Command::new("kill").arg(srv.pid().to_string()).status();
+    let mut raw = first[..n].to_vec();
+    s.read_to_end(&mut raw).unwrap();
+    let r = parse_resp(&raw);
+    assert_eq!(r.status, 200);
+    assert!(
+        r.body == big,
+        "the download was cut short: {} of {} bytes",
+        r.body.len(),
+        big.len()
+    );
     let st = srv.stop();
     assert!(st.success(), "{st}");
     assert!(
