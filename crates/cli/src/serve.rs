@@ -63,6 +63,23 @@ pub enum RegistryCmd {
         /// in it already).
         #[arg(long = "tls-name", value_name = "NAME")]
         tls_names: Vec<String>,
+        /// Be a pull-through mirror of this registry (e.g. https://registry-1.docker.io): serve
+        /// what is stored, fetch and verify what is not. Pushes are refused.
+        #[arg(long, value_name = "URL")]
+        proxy: Option<String>,
+        /// Upstream login for --proxy.
+        #[arg(long, requires = "proxy", env = "MANIFOLD_PROXY_USERNAME")]
+        proxy_username: Option<String>,
+        #[arg(
+            long,
+            requires = "proxy",
+            env = "MANIFOLD_PROXY_PASSWORD",
+            hide_env_values = true
+        )]
+        proxy_password: Option<String>,
+        /// How long a mirrored tag is served before it is checked upstream again.
+        #[arg(long, value_parser = parse_duration, default_value = "5m")]
+        proxy_tag_ttl: Duration,
     },
     /// Delete blobs no manifest reaches (older than --grace), links to them and abandoned
     /// uploads. Safe while `serve` runs on the same directory.
@@ -129,6 +146,10 @@ pub fn run(cli: &Cli, store_root: &Path, cmd: &RegistryCmd) -> Result<ExitCode> 
             tls_key,
             tls,
             tls_names,
+            proxy,
+            proxy_username,
+            proxy_password,
+            proxy_tag_ttl,
         } => {
             let (root, naming) = target(cli, store_root, *store)?;
             let tls = match (tls_cert, tls_key, tls) {
@@ -161,6 +182,12 @@ pub fn run(cli: &Cli, store_root: &Path, cmd: &RegistryCmd) -> Result<ExitCode> 
                     rules: allow.clone(),
                 }),
                 tls,
+                proxy: proxy.as_ref().map(|url| server::proxy::ProxyConfig {
+                    url: url.clone(),
+                    username: proxy_username.clone(),
+                    password: proxy_password.clone(),
+                    tag_ttl: *proxy_tag_ttl,
+                }),
             };
             server::serve(config, |r| {
                 if let Some(ca) = &r.ca {
@@ -175,6 +202,9 @@ pub fn run(cli: &Cli, store_root: &Path, cmd: &RegistryCmd) -> Result<ExitCode> 
                         ca.display(),
                         ca.display()
                     );
+                }
+                if let Some(p) = proxy {
+                    eprintln!("mirroring {p} (tags re-checked after {}s)", proxy_tag_ttl.as_secs());
                 }
                 eprintln!(
                     "serving {} ({}) on {}://{}/v2/",

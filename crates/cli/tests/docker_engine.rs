@@ -23,6 +23,15 @@ impl Dockerd {
 
     /// `insecure`: plain HTTP (and unverified TLS) to 127.0.0.0/8, as most tests want.
     fn start_with(insecure: bool) -> Option<Dockerd> {
+        let insecure_args: &[&str] = if insecure {
+            &["--insecure-registry", "127.0.0.0/8"]
+        } else {
+            &[]
+        };
+        Self::start_args(insecure_args)
+    }
+
+    fn start_args(extra: &[&str]) -> Option<Dockerd> {
         if !peer("dockerd") || !peer("docker") {
             return None;
         }
@@ -47,11 +56,7 @@ impl Dockerd {
                 "--ip-masq=false",
                 "--bridge=none",
             ])
-            .args(if insecure {
-                &["--insecure-registry", "127.0.0.0/8"][..]
-            } else {
-                &[]
-            })
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("log")).unwrap())
             .spawn()
@@ -475,4 +480,64 @@ fn docker_over_tls_with_the_auto_ca_in_certs_d() {
     dockerd.ok(&["tag", &image, &pushed]);
     dockerd.ok(&["push", &pushed]);
     assert!(ok(s, &["imagetools", "inspect", &pushed]).contains("linux/amd64"));
+}
+
+/// dockerd with `registry-mirrors` pointing at `registry serve --proxy`, pulling a Docker Hub
+/// name that only the upstream (a second instance standing for Docker Hub) has.
+#[test]
+fn dockerd_pulls_docker_hub_names_through_the_mirror() {
+    let Some((layout, _)) = busybox_layout(&["amd64", "arm64"]) else {
+        return;
+    };
+    let store = tempfile::tempdir().unwrap();
+    let s = store.path();
+    let t = tempfile::tempdir().unwrap();
+    let mut hub = Server::start(s, &["--root", t.path().join("hub").to_str().unwrap()], &[]);
+    ok(
+        s,
+        &[
+            "cp",
+            &format!("oci:{}:latest", layout.display()),
+            &format!("{}/library/mirrored-busybox:1", hub.addr),
+        ],
+    );
+    let mreg = t.path().join("mirror");
+    let mirror = Server::start(
+        s,
+        &["--root", mreg.to_str().unwrap()],
+        &["--proxy", &format!("http://{}", hub.addr)],
+    );
+    let Some(dockerd) = Dockerd::start_args(&[
+        "--insecure-registry",
+        "127.0.0.0/8",
+        "--registry-mirror",
+        &format!("http://{}", mirror.addr),
+    ]) else {
+        return;
+    };
+    dockerd.ok(&["pull", "-q", "mirrored-busybox:1"]);
+    let out = dockerd.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "mirrored-busybox:1",
+        "echo",
+        "via mirror",
+    ]);
+    assert_eq!(out.trim(), "via mirror");
+    assert!(
+        mirror
+            .log_text()
+            .contains("/v2/library/mirrored-busybox/manifests/1 200"),
+        "{}",
+        mirror.log_text()
+    );
+    // With the upstream gone, the mirror alone serves it again.
+    hub.stop();
+    dockerd.ok(&["rmi", "mirrored-busybox:1"]);
+    dockerd.ok(&["pull", "-q", "mirrored-busybox:1"]);
+    // Only what was asked for is stored: the index, this platform's manifest, config, layer.
+    let n = std::fs::read_dir(mreg.join("blobs/sha256")).unwrap().count();
+    assert_eq!(n, 4);
 }

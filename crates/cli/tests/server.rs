@@ -1242,3 +1242,111 @@ fn stops_cleanly_on_sigterm_finishing_running_requests() {
         srv.log_text()
     );
 }
+
+/// A pull-through mirror of a registry that wants a token login (a second instance stands for
+/// Docker Hub): it fetches and verifies what it lacks, re-checks tags after their TTL, refuses
+/// pushes, and keeps serving what it has when upstream is gone.
+#[test]
+fn pull_through_mirror() {
+    if !peer("skopeo") {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let Some(htp) = htpasswd(t.path()) else {
+        return;
+    };
+    let store = tempfile::tempdir().unwrap();
+    let s = store.path();
+    let mut upstream = Server::start(
+        s,
+        &["--root", t.path().join("up").to_str().unwrap()],
+        &["--htpasswd", htp.to_str().unwrap(), "--auth", "token"],
+    );
+    let up = upstream.addr.clone();
+    let cfg = t.path().join("docker");
+    let env = [("DOCKER_CONFIG", cfg.to_str().unwrap())];
+    let o = run_with(
+        s,
+        &env,
+        Some("secret\n"),
+        &["login", &up, "-u", "alice", "--password-stdin"],
+    );
+    assert!(o.status.success());
+    let v1 = fixed_layout(&t.path().join("v1"), &["amd64", "arm64"], "v");
+    let v2 = fixed_layout(&t.path().join("v2"), &["amd64", "riscv64"], "v");
+    let push = |dir: &str| {
+        let o = run_with(
+            s,
+            &env,
+            None,
+            &[
+                "cp",
+                &format!("oci:{}:v", t.path().join(dir).display()),
+                &format!("{up}/library/app:1"),
+            ],
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    push("v1");
+    let mreg = t.path().join("mirror");
+    let mirror = Server::start(
+        s,
+        &["--root", mreg.to_str().unwrap()],
+        &[
+            "--proxy",
+            &format!("http://{up}"),
+            "--proxy-username",
+            "alice",
+            "--proxy-password",
+            "secret",
+            "--proxy-tag-ttl",
+            "0s",
+        ],
+    );
+    let m = &mirror.addr;
+    let inspect = || {
+        sha(sh(Command::new("skopeo").args([
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{m}/library/app:1"),
+        ]))
+        .as_bytes())
+    };
+    let copy_out = |name: &str| {
+        sh(Command::new("skopeo").args([
+            "copy",
+            "--all",
+            "--src-tls-verify=false",
+            &format!("docker://{m}/library/app:1"),
+            &format!("oci:{}:x", t.path().join(name).display()),
+        ]));
+    };
+    assert_eq!(inspect(), v1);
+    copy_out("out1");
+    // Everything came through and was verified into the mirror's own directory.
+    let f = run(&mreg, &["fsck"]);
+    assert!(f.status.success(), "{}", String::from_utf8_lossy(&f.stdout));
+    assert!(
+        count_files(&mreg.join("blobs")) >= 7,
+        "index, 2 manifests, 2 configs, 2 layers"
+    );
+    // A new image under the same tag upstream: with a TTL of 0 the mirror follows at once.
+    push("v2");
+    assert_eq!(inspect(), v2);
+    copy_out("out2");
+    let r = req(
+        m,
+        "PUT",
+        "/v2/library/app/manifests/x",
+        &[("Content-Type", OCI_MANIFEST)],
+        b"{}",
+    );
+    assert_eq!((r.status, r.code().as_str()), (405, "UNSUPPORTED"));
+    // Upstream gone: what the mirror has is still served, what it lacks is an error.
+    upstream.stop();
+    assert_eq!(inspect(), v2);
+    copy_out("out3");
+    let r = req(m, "GET", "/v2/library/other/manifests/1", &[], b"");
+    assert!(r.status >= 400, "{}", r.status);
+}

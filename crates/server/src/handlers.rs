@@ -211,6 +211,25 @@ async fn handle(app: Arc<App>, req: Request) -> Result<Response> {
     let route = route.map_repository(|r| app.storage.canonical(r));
     let id = authorize(&app, &req, &route)?;
     let m = req.method().clone();
+    if let Some(up) = &app.proxy {
+        match (&route, &m) {
+            (Route::Manifest(repo, r), &Method::GET | &Method::HEAD) => {
+                crate::proxy::ensure_manifest(&app, up, repo, r).await?
+            }
+            (Route::Blob(repo, d), &Method::GET | &Method::HEAD) => {
+                crate::proxy::ensure_blob(&app, up, repo, d).await?
+            }
+            (
+                Route::Manifest(..) | Route::Blob(..) | Route::Upload(..),
+                &Method::PUT | &Method::POST | &Method::PATCH | &Method::DELETE,
+            ) => {
+                return Err(ApiError::unsupported(
+                    "this registry is a pull-through mirror; push to the upstream registry",
+                ))
+            }
+            _ => {}
+        }
+    }
     match (route, m) {
         (Route::Base, Method::GET | Method::HEAD) => Ok(json(serde_json::json!({}), vec![])),
         (Route::Catalog, Method::GET) => catalog(app, query(&req), id).await,

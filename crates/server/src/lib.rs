@@ -9,6 +9,7 @@ pub mod auth;
 mod conn;
 pub mod error;
 mod handlers;
+pub mod proxy;
 pub mod route;
 pub mod storage;
 pub mod tls;
@@ -35,6 +36,7 @@ pub struct Config {
     pub gc_grace: Duration,
     pub auth: Option<auth::AuthConfig>,
     pub tls: Option<tls::TlsConfig>,
+    pub proxy: Option<proxy::ProxyConfig>,
 }
 
 /// What the server tells its caller once it listens.
@@ -63,6 +65,7 @@ pub(crate) struct App {
     pub storage: Storage,
     pub auth: Option<auth::Auth>,
     pub tls: bool,
+    pub proxy: Option<proxy::Upstream>,
     pub sessions: handlers::Sessions,
     pub metrics: Metrics,
 }
@@ -170,8 +173,13 @@ pub fn serve(config: Config, ready: impl FnOnce(Ready)) -> Result<(), Error> {
             }
             None => (None, None),
         };
+        let proxy = match &config.proxy {
+            Some(p) => Some(proxy::Upstream::new(p.clone()).map_err(Error::Other)?),
+            None => None,
+        };
         let app = Arc::new(App {
             storage,
+            proxy,
             auth,
             tls: tls.is_some(),
             sessions: Default::default(),

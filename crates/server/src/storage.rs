@@ -70,6 +70,10 @@ impl Storage {
         })
     }
 
+    pub fn state_dir(&self) -> &Path {
+        &self.state
+    }
+
     pub fn layout(&self) -> &Layout {
         &self.layout
     }
@@ -365,6 +369,46 @@ impl Storage {
         let desc = Descriptor::new(media_type, digest.clone(), len);
         let mut names = vec![(
             self.name_for(repo, &Reference::Digest(digest.clone())),
+            desc.clone(),
+        )];
+        if let Reference::Tag(_) = r {
+            names.push((self.name_for(repo, r), desc.clone()));
+        }
+        self.layout.set_names(&names)?;
+        Ok(desc)
+    }
+
+    /// Stores a manifest fetched from upstream (verified by the caller) and names it. Its
+    /// children are fetched when asked for, so they are not checked here.
+    pub fn put_proxied_manifest(
+        &self,
+        repo: &str,
+        r: &Reference,
+        bytes: Vec<u8>,
+        content_type: Option<&str>,
+    ) -> Result<Descriptor, ApiError> {
+        let m = Manifest::parse(bytes, content_type)
+            .map_err(|e| ApiError::manifest_invalid(format!("upstream manifest: {e}")))?;
+        let media_type = match &m {
+            Manifest::Index(d) => d.value().media_type.clone(),
+            Manifest::Image(d) => d.value().media_type.clone(),
+        }
+        .or_else(|| {
+            content_type
+                .filter(|c| mt::is_manifest_like(c))
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| m.media_type().to_string());
+        let _guard = self.layout.write_guard()?;
+        let digest = m.digest().clone();
+        let len = m.bytes().len() as u64;
+        self.layout
+            .ingest(&mut &m.bytes()[..], Some((&digest, Some(len))))?;
+        self.touch(&digest);
+        self.link(repo, &digest)?;
+        let desc = Descriptor::new(media_type, digest.clone(), len);
+        let mut names = vec![(
+            self.name_for(repo, &Reference::Digest(digest)),
             desc.clone(),
         )];
         if let Reference::Tag(_) = r {
