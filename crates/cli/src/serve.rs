@@ -15,6 +15,8 @@ pub enum AuthMode {
     Token,
 }
 
+// Parsed once per run; the size of the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum RegistryCmd {
     /// Serve an OCI registry (distribution spec v1.1): a registry directory of its own
