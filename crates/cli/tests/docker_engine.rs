@@ -538,6 +538,8 @@ fn dockerd_pulls_docker_hub_names_through_the_mirror() {
     dockerd.ok(&["rmi", "mirrored-busybox:1"]);
     dockerd.ok(&["pull", "-q", "mirrored-busybox:1"]);
     // Only what was asked for is stored: the index, this platform's manifest, config, layer.
-    let n = std::fs::read_dir(mreg.join("blobs/sha256")).unwrap().count();
+    let n = std::fs::read_dir(mreg.join("blobs/sha256"))
+        .unwrap()
+        .count();
     assert_eq!(n, 4);
 }

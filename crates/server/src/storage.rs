@@ -40,7 +40,7 @@ pub struct Entry {
     pub desc: Descriptor,
 }
 
-type IndexCache = Option<((SystemTime, u64), Arc<Vec<Entry>>)>;
+type IndexCache = Option<(Vec<u8>, Arc<Vec<Entry>>)>;
 
 pub struct Storage {
     layout: Layout,
@@ -136,18 +136,19 @@ impl Storage {
         Some((repo, r))
     }
 
-    /// Every named entry, parsed once per change of `index.json`.
+    /// Every named entry, parsed again only when the bytes of `index.json` change (timestamps
+    /// are too coarse to tell two quick rewrites apart).
     pub fn entries(&self) -> Result<Arc<Vec<Entry>>, ApiError> {
         let p = self.layout.root().join("index.json");
-        let meta = fs::metadata(&p)?;
-        let key = (meta.modified()?, meta.len());
+        let bytes = fs::read(&p)?;
         let mut cache = self.cache.lock().map_err(|_| ApiError::internal("lock"))?;
         if let Some((k, v)) = cache.as_ref() {
-            if *k == key {
+            if *k == bytes {
                 return Ok(v.clone());
             }
         }
-        let idx = self.layout.index()?;
+        let idx: oci::Index = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::internal(format!("{}: {e}", p.display())))?;
         let mut out = Vec::new();
         for d in idx.manifests {
             let Some(name) = d.annotations.get(REF_NAME) else {
@@ -162,7 +163,7 @@ impl Storage {
             }
         }
         let v = Arc::new(out);
-        *cache = Some((key, v.clone()));
+        *cache = Some((bytes, v.clone()));
         Ok(v)
     }
 
