@@ -1350,3 +1350,72 @@ fn pull_through_mirror() {
     let r = req(m, "GET", "/v2/library/other/manifests/1", &[], b"");
     assert!(r.status >= 400, "{}", r.status);
 }
+
+/// buildah pulls from and pushes to it; `manifold build --push` pushes a multi-platform build.
+#[test]
+fn buildah_and_manifold_build_push() {
+    if !peer("buildah") || !peer("skopeo") {
+        return;
+    }
+    let (store, _reg, srv) = raw_root();
+    let s = store.path();
+    let a = &srv.addr;
+    let t = tempfile::tempdir().unwrap();
+    let lay = t.path().join("lay");
+    let idx = fixed_layout(&lay, &["amd64", "arm64"], "v");
+    ok(s, &["cp", &format!("oci:{}:v", lay.display()), &format!("{a}/base/img:1")]);
+    let b = |args: &[&str]| {
+        sh(Command::new("buildah")
+            .arg("--root")
+            .arg(t.path().join("broot"))
+            .arg("--runroot")
+            .arg(t.path().join("brun"))
+            .args(["--storage-driver", "vfs"])
+            .args(args))
+    };
+    b(&["pull", "--tls-verify=false", &format!("docker://{a}/base/img:1")]);
+    b(&[
+        "push",
+        "--tls-verify=false",
+        &format!("{a}/base/img:1"),
+        &format!("docker://{a}/buildah/img:1"),
+    ]);
+    let cfg = sh(Command::new("skopeo").args([
+        "inspect",
+        "--config",
+        "--tls-verify=false",
+        &format!("docker://{a}/buildah/img:1"),
+    ]));
+    assert!(cfg.contains("\"architecture\""), "{cfg}");
+
+    // manifold build --push: a FROM of the registry's own image, per platform, pushed back.
+    let ctx = t.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("note.txt"), "built\n").unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {a}/base/img:1\nCOPY note.txt /note.txt\n"),
+    )
+    .unwrap();
+    let app = format!("{a}/built/app:1");
+    ok(
+        s,
+        &[
+            "build",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "-t",
+            &app,
+            "--push",
+            ctx.to_str().unwrap(),
+        ],
+    );
+    let raw = sh(Command::new("skopeo").args([
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{app}"),
+    ]));
+    assert!(raw.contains("arm64") && raw.contains("amd64"), "{raw}");
+    assert_ne!(sha(raw.as_bytes()), idx);
+}
