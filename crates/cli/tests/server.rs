@@ -1363,7 +1363,14 @@ fn buildah_and_manifold_build_push() {
     let t = tempfile::tempdir().unwrap();
     let lay = t.path().join("lay");
     let idx = fixed_layout(&lay, &["amd64", "arm64"], "v");
-    ok(s, &["cp", &format!("oci:{}:v", lay.display()), &format!("{a}/base/img:1")]);
+    ok(
+        s,
+        &[
+            "cp",
+            &format!("oci:{}:v", lay.display()),
+            &format!("{a}/base/img:1"),
+        ],
+    );
     let b = |args: &[&str]| {
         sh(Command::new("buildah")
             .arg("--root")
@@ -1373,7 +1380,11 @@ fn buildah_and_manifold_build_push() {
             .args(["--storage-driver", "vfs"])
             .args(args))
     };
-    b(&["pull", "--tls-verify=false", &format!("docker://{a}/base/img:1")]);
+    b(&[
+        "pull",
+        "--tls-verify=false",
+        &format!("docker://{a}/base/img:1"),
+    ]);
     b(&[
         "push",
         "--tls-verify=false",
