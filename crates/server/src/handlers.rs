@@ -478,23 +478,26 @@ async fn get_blob(
     range: Option<String>,
     head: bool,
 ) -> Result<Response> {
+    // One trip to the blocking pool: the check, the open and the size.
     let d2 = d.clone();
-    let ok = blocking(&app, move |s| {
-        let ok = s.blob_in_repo(&repo, &d2)?;
-        if ok && head {
+    let found = blocking(&app, move |s| {
+        if !s.blob_in_repo(&repo, &d2)? {
+            return Ok(None);
+        }
+        if head {
             s.touch(&d2);
         }
-        Ok(ok)
+        let Ok(f) = std::fs::File::open(s.layout().blob_path(&d2)) else {
+            return Ok(None);
+        };
+        let size = f.metadata()?.len();
+        Ok(Some((f, size)))
     })
     .await?;
-    if !ok {
+    let Some((file, size)) = found else {
         return Err(ApiError::blob_unknown(&d));
-    }
-    let path = app.storage.layout().blob_path(&d);
-    let mut file = tokio::fs::File::open(&path)
-        .await
-        .map_err(|_| ApiError::blob_unknown(&d))?;
-    let size = file.metadata().await?.len();
+    };
+    let mut file = tokio::fs::File::from_std(file);
     let mut h = vec![
         ("content-type", "application/octet-stream".to_string()),
         ("docker-content-digest", d.to_string()),
