@@ -83,6 +83,7 @@ pub fn run(cli: &Cli, env: &Env) -> Result<ExitCode> {
             password.as_deref(),
         ),
         Command::Logout { registry } => remote::logout(env, registry),
+        Command::Registry { command } => crate::serve::run(cli, root, command),
         Command::Manifest { command } => match command {
             ManifestCmd::Create {
                 list,

@@ -9,6 +9,7 @@ mod nodes;
 mod progress;
 mod remote;
 mod run;
+mod serve;
 mod ssh;
 
 use std::path::PathBuf;
@@ -436,6 +437,11 @@ pub enum Command {
         #[command(subcommand)]
         command: builder::BuilderCmd,
     },
+    /// Run an OCI registry (serve, gc).
+    Registry {
+        #[command(subcommand)]
+        command: serve::RegistryCmd,
+    },
     /// Check every blob against its digest and every image for missing parts.
     Fsck {
         /// Output format.
@@ -522,11 +528,21 @@ fn insecure_from_daemon_json(path: &std::path::Path) -> Vec<String> {
 
 fn main() -> ExitCode {
     // Piped into `head`, a closed stdout ends us quietly, as it ends cat or grep, instead of a
-    // panic from println!.
-    // SAFETY: setting a signal disposition at startup, before any thread exists.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
+    // panic from println!. SIGPIPE itself stays ignored: a peer closing a socket (a registry
+    // refusing a TLS probe) must be an error to handle, not the end of the process.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default_hook(info)
+    }));
     let cli = Cli::parse();
     let root = cli.root.clone().unwrap_or_else(store::default_root);
     let mut insecure = cli.insecure_registries.clone();

@@ -337,3 +337,77 @@ pub fn golden(name: &str, actual: &str, subst: &[(&str, &str)]) {
     });
     assert_eq!(text, want, "output differs from {}", path.display());
 }
+
+/// `manifold registry serve` on a free loopback port, stopped (SIGTERM) on drop. `args` go before
+/// `registry serve` (e.g. `--root DIR`); `serve_args` after it.
+pub struct Server {
+    pub addr: String,
+    pub log: PathBuf,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    pub fn start(store: &Path, args: &[&str], serve_args: &[&str]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("server.log");
+        let child = Command::new(manifold_bin())
+            .env("MANIFOLD_ROOT", store)
+            .args(args)
+            .args(["registry", "serve", "--addr", "127.0.0.1:0"])
+            .args(serve_args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("manifold registry serve starts");
+        let mut s = Server {
+            addr: String::new(),
+            log,
+            child,
+            _dir: dir,
+        };
+        let start = std::time::Instant::now();
+        while start.elapsed() < std::time::Duration::from_secs(30) {
+            let text = std::fs::read_to_string(&s.log).unwrap_or_default();
+            if let Some(rest) = text
+                .split(" on http://")
+                .nth(1)
+                .or_else(|| text.split(" on https://").nth(1))
+            {
+                s.addr = rest.split('/').next().unwrap().to_string();
+                return s;
+            }
+            if let Ok(Some(st)) = s.child.try_wait() {
+                panic!("registry serve exited ({st}):\n{text}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("registry serve did not start in 30 s");
+    }
+
+    /// The server's log so far (one line per request).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Stops it with SIGTERM and returns its exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Benchmark: `manifold registry serve` against Debian's docker-registry (distribution 2.8), skopeo
+# as the client for both, in the same run:
+#   - push and pull of a two-platform image, 4 gzip layers per platform of incompressible data
+#     (~209 MB), to a fresh registry directory, pulled to a fresh OCI layout;
+#   - push and pull of an image of 1,000 small layers (1 KiB each);
+#   - 16 skopeo clients pulling the big image at once; then the server's peak RSS (VmHWM).
+# Prints one markdown row per server; times are wall-clock seconds of the skopeo commands.
+#
+#   bench/registry.sh        (needs skopeo, docker-registry, python3; builds manifold --release)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release -q -p manifold-cli
+m=$PWD/target/release/manifold
+work=$(mktemp -d /tmp/manifold-rbench.XXXXXX)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+start_distribution() { # dir -> ADDR, PID
+  local dir=$1 port; port=$(free_port); mkdir -p "$dir"
+  printf 'version: 0.1\nlog: {level: error, accesslog: {disabled: true}}\nstorage: {filesystem: {rootdirectory: %s}, delete: {enabled: true}}\nhttp: {addr: 127.0.0.1:%s}\n' "$dir/data" "$port" > "$dir/config.yml"
+  docker-registry serve "$dir/config.yml" >/dev/null 2>&1 &
+  PID=$!; pids+=("$PID"); wait_port "$port"; ADDR="127.0.0.1:$port"
+}
+start_manifold() { # dir -> ADDR, PID
+  local dir=$1 port; port=$(free_port)
+  "$m" --root "$dir" registry serve --addr "127.0.0.1:$port" >/dev/null 2>"$dir.log" &
+  PID=$!; pids+=("$PID"); wait_port "$port"; ADDR="127.0.0.1:$port"
+}
+
+python3 - "$work/big" "$work/small" <<'PY'
+import gzip, hashlib, json, os, sys, io, tarfile
+def layout(out, platforms, make_layers):
+    os.makedirs(f"{out}/blobs/sha256")
+    def put(b):
+        d = hashlib.sha256(b).hexdigest(); open(f"{out}/blobs/sha256/{d}", "wb").write(b); return "sha256:" + d, len(b)
+    entries = []
+    for arch in platforms:
+        layers, diffs = [], []
+        for name, data in make_layers(arch):
+            buf = io.BytesIO()
+            with tarfile.open(fileobj=buf, mode="w") as t:
+                ti = tarfile.TarInfo(name); ti.size = len(data); t.addfile(ti, io.BytesIO(data))
+            raw = buf.getvalue(); diffs.append("sha256:" + hashlib.sha256(raw).hexdigest())
+            d, n = put(gzip.compress(raw, compresslevel=1, mtime=0))
+            layers.append({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d, "size": n})
+        cd, cn = put(json.dumps({"architecture": arch, "os": "linux", "rootfs": {"type": "layers", "diff_ids": diffs}}).encode())
+        md, mn = put(json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cn}, "layers": layers}).encode())
+        entries.append({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": mn,
+                        "platform": {"architecture": arch, "os": "linux"}})
+    d, n = put(json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": entries}).encode())
+    open(f"{out}/oci-layout", "w").write('{"imageLayoutVersion":"1.0.0"}')
+    open(f"{out}/index.json", "w").write(json.dumps({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.index.v1+json",
+        "digest": d, "size": n, "annotations": {"org.opencontainers.image.ref.name": "bench"}}]}))
+layout(sys.argv[1], ["amd64", "arm64"], lambda a: [(f"data-{a}-{i}.bin", os.urandom(25 << 20)) for i in range(4)])
+layout(sys.argv[2], ["amd64"], lambda a: [(f"f{i}", os.urandom(1024)) for i in range(1000)])
+PY
+
+t() { local s e; s=$(date +%s.%N); "$@" >/dev/null 2>&1 || { echo "failed: $*" >&2; exit 1; }; e=$(date +%s.%N); python3 -c "print(f'{$e-$s:.2f}')"; }
+sk() { skopeo copy --all --src-tls-verify=false --dest-tls-verify=false "$@"; }
+
+row() { # name start-function
+  local name=$1 dir="$work/reg-$1"
+  $2 "$dir"
+  local a=$ADDR pid=$PID
+  local push_big pull_big push_small pull_small conc
+  push_big=$(t sk "oci:$work/big:bench" "docker://$a/bench/big:1")
+  pull_big=$(t sk "docker://$a/bench/big:1" "oci:$work/out-$name-big:x")
+  push_small=$(t sk "oci:$work/small:bench" "docker://$a/bench/small:1")
+  pull_small=$(t sk "docker://$a/bench/small:1" "oci:$work/out-$name-small:x")
+  rm -rf "$work/out-$name-big" "$work/out-$name-small"
+  local s e; s=$(date +%s.%N)
+  for i in $(seq 16); do sk "docker://$a/bench/big:1" "oci:$work/conc-$name-$i:x" >/dev/null 2>&1 & done
+  wait $(jobs -p | grep -v "^$pid$") 2>/dev/null || true
+  e=$(date +%s.%N); conc=$(python3 -c "print(f'{$e-$s:.2f}')")
+  for i in $(seq 16); do [ -f "$work/conc-$name-$i/index.json" ] || { echo "concurrent pull $i failed" >&2; exit 1; }; done
+  rm -rf "$work"/conc-$name-*
+  local rss; rss=$(awk '/VmHWM/ {printf "%.0f", $2/1024}' /proc/$pid/status)
+  echo "| $name | $push_big s | $pull_big s | $push_small s | $pull_small s | $conc s | $rss MB |"
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+
+echo "| server | push 2×4×25 MB | pull | push 1,000 blobs | pull | 16 concurrent pulls | peak RSS |"
+echo "|---|---|---|---|---|---|---|"
+row distribution start_distribution
+row manifold start_manifold

@@ -1,0 +1,764 @@
+//! The API: one dispatcher over the parsed route and method.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use oci::{Digest, Hasher};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+
+use crate::auth::{Access, Identity, Mode};
+use crate::error::ApiError;
+use crate::route::{self, Reference, Route};
+use crate::storage::MAX_MANIFEST;
+use crate::App;
+
+type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+/// What the server knows of a running upload beyond its file: the hash so far.
+pub(crate) struct Session {
+    offset: u64,
+    hasher: Option<Hasher>,
+}
+
+#[derive(Default)]
+pub(crate) struct Sessions {
+    map: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Session>>>>,
+}
+
+impl Sessions {
+    fn get(&self, id: &str) -> Arc<tokio::sync::Mutex<Session>> {
+        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry(id.to_string())
+            .or_insert_with(|| {
+                Arc::new(tokio::sync::Mutex::new(Session {
+                    offset: u64::MAX,
+                    hasher: None,
+                }))
+            })
+            .clone()
+    }
+    fn new_session(&self, id: &str) {
+        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        m.insert(
+            id.to_string(),
+            Arc::new(tokio::sync::Mutex::new(Session {
+                offset: 0,
+                hasher: Some(oci::Algorithm::Sha256.hasher()),
+            })),
+        );
+    }
+    fn remove(&self, id: &str) {
+        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        m.remove(id);
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    app: &Arc<App>,
+    f: impl FnOnce(&crate::Storage) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let a = app.clone();
+    tokio::task::spawn_blocking(move || f(&a.storage))
+        .await
+        .map_err(ApiError::internal)?
+}
+
+pub(crate) async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
+    let mut resp = match handle(app, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    };
+    resp.headers_mut().insert(
+        "docker-distribution-api-version",
+        HeaderValue::from_static("registry/2.0"),
+    );
+    resp
+}
+
+fn query(req: &Request) -> HashMap<String, String> {
+    form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+        .into_owned()
+        .collect()
+}
+
+fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn respond(status: StatusCode, headers: Vec<(&'static str, String)>, body: Body) -> Response {
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    for (k, v) in headers {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            r.headers_mut().insert(k, v);
+        }
+    }
+    r
+}
+
+fn json_text(body: String) -> Response {
+    respond(
+        StatusCode::OK,
+        vec![
+            ("content-type", "application/json".to_string()),
+            ("content-length", body.len().to_string()),
+        ],
+        Body::from(body),
+    )
+}
+
+/// Checks credentials and rules for a route; the identity when auth is on.
+fn authorize(app: &App, req: &Request, route: &Route) -> Result<Option<Identity>> {
+    let Some(auth) = &app.auth else {
+        return Ok(None);
+    };
+    let host = header(req.headers(), "host").unwrap_or("localhost");
+    let realm = format!("{}://{host}", if app.tls { "https" } else { "http" });
+    let id = auth
+        .identify(req.headers())
+        .map_err(|_| auth.challenge(&realm, None))?;
+    match route {
+        Route::Base => {
+            if !auth.logged_in(&id) {
+                return Err(auth.challenge(&realm, None));
+            }
+        }
+        Route::Catalog => {
+            if auth.catalog_user(&id).is_none() {
+                return Err(auth.challenge(&realm, Some("registry:catalog:*".into())));
+            }
+        }
+        r => {
+            let repo = r.repository().unwrap_or_default();
+            let need = if matches!(*req.method(), Method::GET | Method::HEAD) {
+                Access::Pull
+            } else {
+                Access::Push
+            };
+            if !auth.can(&id, repo, need) {
+                if auth.mode() == Mode::Basic && auth.logged_in(&id) {
+                    return Err(auth.denied(repo));
+                }
+                let actions = if need == Access::Push {
+                    "pull,push"
+                } else {
+                    "pull"
+                };
+                return Err(auth.challenge(&realm, Some(format!("repository:{repo}:{actions}"))));
+            }
+        }
+    }
+    Ok(Some(id))
+}
+
+fn json(value: serde_json::Value, extra: Vec<(&'static str, String)>) -> Response {
+    let body = value.to_string();
+    let mut h = vec![
+        ("content-type", "application/json".to_string()),
+        ("content-length", body.len().to_string()),
+    ];
+    h.extend(extra);
+    respond(StatusCode::OK, h, Body::from(body))
+}
+
+async fn handle(app: Arc<App>, req: Request) -> Result<Response> {
+    let path = req.uri().path().to_string();
+    if path == "/token" && req.method() == Method::GET {
+        if let Some(auth) = app.auth.as_ref().filter(|a| a.mode() == Mode::Token) {
+            let scopes: Vec<String> =
+                form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+                    .filter(|(k, _)| k == "scope")
+                    .map(|(_, v)| v.into_owned())
+                    .collect();
+            let body = auth.issue(req.headers(), &scopes)?;
+            return Ok(json_text(body));
+        }
+    }
+    if path == "/metrics" && req.method() == Method::GET {
+        let body = app.metrics.render();
+        return Ok(respond(
+            StatusCode::OK,
+            vec![("content-type", "text/plain; version=0.0.4".into())],
+            Body::from(body),
+        ));
+    }
+    let Some(rest) = path.strip_prefix("/v2") else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "not an API path",
+        ));
+    };
+    if !(rest.is_empty() || rest.starts_with('/')) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "not an API path",
+        ));
+    }
+    let Some(route) = route::parse(rest)? else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            format!("{path} is no route of the distribution API"),
+        ));
+    };
+    let route = route.map_repository(|r| app.storage.canonical(r));
+    let id = authorize(&app, &req, &route)?;
+    let m = req.method().clone();
+    if let Some(up) = &app.proxy {
+        match (&route, &m) {
+            (Route::Manifest(repo, r), &Method::GET | &Method::HEAD) => {
+                crate::proxy::ensure_manifest(&app, up, repo, r).await?
+            }
+            (Route::Blob(repo, d), &Method::GET | &Method::HEAD) => {
+                crate::proxy::ensure_blob(&app, up, repo, d).await?
+            }
+            (
+                Route::Manifest(..) | Route::Blob(..) | Route::Upload(..),
+                &Method::PUT | &Method::POST | &Method::PATCH | &Method::DELETE,
+            ) => {
+                return Err(ApiError::unsupported(
+                    "this registry is a pull-through mirror; push to the upstream registry",
+                ))
+            }
+            _ => {}
+        }
+    }
+    match (route, m) {
+        (Route::Base, Method::GET | Method::HEAD) => Ok(json(serde_json::json!({}), vec![])),
+        (Route::Catalog, Method::GET) => catalog(app, query(&req), id).await,
+        (Route::Tags(repo), Method::GET) => tags(app, query(&req), repo).await,
+        (Route::Manifest(repo, r), Method::GET) => get_manifest(app, repo, r, false).await,
+        (Route::Manifest(repo, r), Method::HEAD) => get_manifest(app, repo, r, true).await,
+        (Route::Manifest(repo, r), Method::PUT) => put_manifest(app, repo, r, req).await,
+        (Route::Manifest(repo, r), Method::DELETE) => {
+            let rs = r.to_string();
+            if blocking(&app, move |s| s.delete_manifest(&repo, &r)).await? {
+                Ok(respond(StatusCode::ACCEPTED, vec![], Body::empty()))
+            } else {
+                Err(ApiError::manifest_unknown(&rs))
+            }
+        }
+        (Route::Blob(repo, d), Method::GET) => get_blob(app, repo, d, range_of(&req), false).await,
+        (Route::Blob(repo, d), Method::HEAD) => get_blob(app, repo, d, range_of(&req), true).await,
+        (Route::Blob(repo, d), Method::DELETE) => {
+            let ds = d.to_string();
+            if blocking(&app, move |s| s.unlink(&repo, &d)).await? {
+                Ok(respond(StatusCode::ACCEPTED, vec![], Body::empty()))
+            } else {
+                Err(ApiError::blob_unknown(ds))
+            }
+        }
+        (Route::Upload(repo, None), Method::POST) => start_upload(app, repo, req, id).await,
+        (Route::Upload(repo, Some(id)), Method::PATCH) => {
+            patch_upload(app, repo, id, req, false).await
+        }
+        (Route::Upload(repo, Some(id)), Method::PUT) => {
+            patch_upload(app, repo, id, req, true).await
+        }
+        (Route::Upload(repo, Some(id)), Method::GET) => {
+            check_session(&app, &repo, &id).await?;
+            let sess = app.sessions.get(&id);
+            let mut g = sess.lock().await;
+            sync_offset(&app, &id, &mut g).await?;
+            Ok(upload_status(StatusCode::NO_CONTENT, &repo, &id, g.offset))
+        }
+        (Route::Upload(repo, Some(id)), Method::DELETE) => {
+            check_session(&app, &repo, &id).await?;
+            app.storage.cancel_upload(&id);
+            app.sessions.remove(&id);
+            Ok(respond(StatusCode::NO_CONTENT, vec![], Body::empty()))
+        }
+        (Route::Referrers(repo, d), Method::GET) => {
+            let q = query(&req);
+            let at = q.get("artifactType").cloned();
+            let at2 = at.clone();
+            let list = blocking(&app, move |s| s.referrers(&repo, &d, at2.as_deref())).await?;
+            let idx = oci::Index::new(oci::media_type::OCI_INDEX, list);
+            let body = serde_json::to_string(&idx).map_err(ApiError::internal)?;
+            let mut h = vec![
+                ("content-type", oci::media_type::OCI_INDEX.to_string()),
+                ("content-length", body.len().to_string()),
+            ];
+            if at.is_some() {
+                h.push(("oci-filters-applied", "artifactType".into()));
+            }
+            Ok(respond(StatusCode::OK, h, Body::from(body)))
+        }
+        (_, m) => Err(ApiError::unsupported(format!(
+            "{m} is not supported on {path}"
+        ))),
+    }
+}
+
+/// `n` and `last` pagination over a sorted list; returns the page and the Link header.
+fn paginate(
+    all: Vec<String>,
+    q: &HashMap<String, String>,
+    base: &str,
+) -> Result<(Vec<String>, Option<String>)> {
+    let n = match q.get("n") {
+        Some(v) => Some(v.parse::<usize>().map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "PAGINATION_NUMBER_INVALID",
+                format!("n={v:?} is not a count"),
+            )
+        })?),
+        None => None,
+    };
+    let mut items: Vec<String> = match q.get("last") {
+        Some(l) => all.into_iter().filter(|x| x > l).collect(),
+        None => all,
+    };
+    let mut link = None;
+    if let Some(n) = n {
+        if items.len() > n {
+            items.truncate(n);
+            if let Some(last) = items.last() {
+                let qs: String = form_urlencoded::Serializer::new(String::new())
+                    .append_pair("last", last)
+                    .append_pair("n", &n.to_string())
+                    .finish();
+                link = Some(format!("<{base}?{qs}>; rel=\"next\""));
+            }
+        }
+    }
+    Ok((items, link))
+}
+
+async fn catalog(
+    app: Arc<App>,
+    q: HashMap<String, String>,
+    id: Option<Identity>,
+) -> Result<Response> {
+    let mut repos: Vec<String> = blocking(&app, |s| s.repositories())
+        .await?
+        .into_iter()
+        .collect();
+    if let (Some(auth), Some(id)) = (&app.auth, &id) {
+        let user = auth.catalog_user(id).flatten();
+        repos.retain(|r| auth.can_pull_as(user.as_deref(), r));
+    }
+    let (page, link) = paginate(repos, &q, "/v2/_catalog")?;
+    Ok(json(
+        serde_json::json!({ "repositories": page }),
+        link.map(|l| vec![("link", l)]).unwrap_or_default(),
+    ))
+}
+
+async fn tags(app: Arc<App>, q: HashMap<String, String>, repo: String) -> Result<Response> {
+    let r2 = repo.clone();
+    let Some(all) = blocking(&app, move |s| s.tags(&r2)).await? else {
+        return Err(ApiError::name_unknown(&repo));
+    };
+    let (page, link) = paginate(all, &q, &format!("/v2/{repo}/tags/list"))?;
+    Ok(json(
+        serde_json::json!({ "name": repo, "tags": page }),
+        link.map(|l| vec![("link", l)]).unwrap_or_default(),
+    ))
+}
+
+async fn get_manifest(app: Arc<App>, repo: String, r: Reference, head: bool) -> Result<Response> {
+    let rs = r.to_string();
+    let found = blocking(&app, move |s| {
+        let Some(desc) = s.resolve(&repo, &r)? else {
+            return Ok(None);
+        };
+        let bytes = if head {
+            Vec::new()
+        } else {
+            s.layout().read_blob(&desc.digest)?
+        };
+        Ok(Some((desc, bytes)))
+    })
+    .await?;
+    let Some((desc, bytes)) = found else {
+        return Err(ApiError::manifest_unknown(&rs));
+    };
+    let h = vec![
+        ("content-type", desc.media_type.clone()),
+        ("content-length", desc.size.to_string()),
+        ("docker-content-digest", desc.digest.to_string()),
+        ("etag", format!("\"{}\"", desc.digest)),
+    ];
+    Ok(respond(StatusCode::OK, h, Body::from(bytes)))
+}
+
+async fn put_manifest(app: Arc<App>, repo: String, r: Reference, req: Request) -> Result<Response> {
+    let ct = header(req.headers(), "content-type")
+        .map(|c| c.split(';').next().unwrap_or(c).trim().to_string());
+    if content_length(req.headers()) > MAX_MANIFEST as u64 {
+        return Err(too_large());
+    }
+    let bytes = axum::body::to_bytes(req.into_body(), MAX_MANIFEST)
+        .await
+        .map_err(|_| too_large())?;
+    let repo2 = repo.clone();
+    let r2 = r.clone();
+    let desc = blocking(&app, move |s| {
+        s.put_manifest(&repo2, &r2, bytes.to_vec(), ct.as_deref())
+    })
+    .await?;
+    let subject = {
+        let d = desc.clone();
+        blocking(&app, move |s| {
+            let bytes = s.layout().read_blob(&d.digest)?;
+            Ok(oci::Manifest::parse(bytes, Some(&d.media_type))
+                .ok()
+                .and_then(|m| match m {
+                    oci::Manifest::Image(x) => x.value().subject.clone(),
+                    oci::Manifest::Index(x) => x.value().subject.clone(),
+                }))
+        })
+        .await?
+    };
+    let mut h = vec![
+        ("location", format!("/v2/{repo}/manifests/{}", desc.digest)),
+        ("docker-content-digest", desc.digest.to_string()),
+        ("content-length", "0".into()),
+    ];
+    if let Some(s) = subject {
+        h.push(("oci-subject", s.digest.to_string()));
+    }
+    Ok(respond(StatusCode::CREATED, h, Body::empty()))
+}
+
+fn too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "MANIFEST_INVALID",
+        format!("manifests are limited to {} bytes", MAX_MANIFEST),
+    )
+}
+
+fn content_length(h: &HeaderMap) -> u64 {
+    header(h, "content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A `Range: bytes=...` request against a blob of `size` bytes: (start, end inclusive).
+fn parse_range(spec: &str, size: u64) -> Option<(u64, u64)> {
+    let r = spec.trim().strip_prefix("bytes=")?;
+    if r.contains(',') {
+        return None;
+    }
+    let (a, b) = r.split_once('-')?;
+    let (a, b) = (a.trim(), b.trim());
+    if a.is_empty() {
+        let n: u64 = b.parse().ok()?;
+        if n == 0 || size == 0 {
+            return None;
+        }
+        return Some((size.saturating_sub(n), size - 1));
+    }
+    let start: u64 = a.parse().ok()?;
+    let end: u64 = if b.is_empty() {
+        size.checked_sub(1)?
+    } else {
+        b.parse::<u64>().ok()?.min(size.checked_sub(1)?)
+    };
+    if start > end || start >= size {
+        return None;
+    }
+    Some((start, end))
+}
+
+async fn get_blob(
+    app: Arc<App>,
+    repo: String,
+    d: Digest,
+    range: Option<String>,
+    head: bool,
+) -> Result<Response> {
+    // One trip to the blocking pool: the check, the open and the size.
+    let d2 = d.clone();
+    let found = blocking(&app, move |s| {
+        if !s.blob_in_repo(&repo, &d2)? {
+            return Ok(None);
+        }
+        if head {
+            s.touch(&d2);
+        }
+        let Ok(f) = std::fs::File::open(s.layout().blob_path(&d2)) else {
+            return Ok(None);
+        };
+        let size = f.metadata()?.len();
+        Ok(Some((f, size)))
+    })
+    .await?;
+    let Some((file, size)) = found else {
+        return Err(ApiError::blob_unknown(&d));
+    };
+    let mut file = tokio::fs::File::from_std(file);
+    let mut h = vec![
+        ("content-type", "application/octet-stream".to_string()),
+        ("docker-content-digest", d.to_string()),
+        ("accept-ranges", "bytes".into()),
+        ("etag", format!("\"{d}\"")),
+    ];
+    let (status, start, len) = match range {
+        Some(spec) => {
+            let Some((a, b)) = parse_range(&spec, size) else {
+                return Err(ApiError::range_invalid(format!(
+                    "range {spec:?} is not satisfiable for a blob of {size} bytes"
+                ))
+                .with_header("content-range", format!("bytes */{size}")));
+            };
+            h.push(("content-range", format!("bytes {a}-{b}/{size}")));
+            (StatusCode::PARTIAL_CONTENT, a, b - a + 1)
+        }
+        None => (StatusCode::OK, 0, size),
+    };
+    h.push(("content-length", len.to_string()));
+    if head {
+        return Ok(respond(status, h, Body::empty()));
+    }
+    if start > 0 {
+        file.seek(std::io::SeekFrom::Start(start)).await?;
+    }
+    let stream = tokio_util::io::ReaderStream::with_capacity(file.take(len), 256 * 1024);
+    Ok(respond(status, h, Body::from_stream(stream)))
+}
+
+fn range_of(req: &Request) -> Option<String> {
+    header(req.headers(), "range").map(str::to_string)
+}
+
+fn upload_status(status: StatusCode, repo: &str, id: &str, offset: u64) -> Response {
+    respond(
+        status,
+        vec![
+            ("location", format!("/v2/{repo}/blobs/uploads/{id}")),
+            ("range", format!("0-{}", offset.saturating_sub(1))),
+            ("docker-upload-uuid", id.to_string()),
+            ("content-length", "0".into()),
+        ],
+        Body::empty(),
+    )
+}
+
+fn blob_created(repo: &str, d: &Digest) -> Response {
+    respond(
+        StatusCode::CREATED,
+        vec![
+            ("location", format!("/v2/{repo}/blobs/{d}")),
+            ("docker-content-digest", d.to_string()),
+            ("content-length", "0".into()),
+        ],
+        Body::empty(),
+    )
+}
+
+async fn start_upload(
+    app: Arc<App>,
+    repo: String,
+    req: Request,
+    id: Option<Identity>,
+) -> Result<Response> {
+    let q = query(&req);
+    if let (Some(mount), Some(from)) = (q.get("mount"), q.get("from")) {
+        let d = route::parse_digest(mount)?;
+        let from = app.storage.canonical(from);
+        let may_read = match (&app.auth, &id) {
+            (Some(auth), Some(id)) => auth.can(id, &from, Access::Pull),
+            _ => true,
+        };
+        if route::validate_name(&from).is_ok() && may_read {
+            let (r2, f2, d2) = (repo.clone(), from.clone(), d.clone());
+            let mounted = blocking(&app, move |s| {
+                let _g = s.layout().write_guard()?;
+                if s.blob_in_repo(&f2, &d2)? {
+                    s.touch(&d2);
+                    s.link(&r2, &d2)?;
+                    return Ok(true);
+                }
+                Ok(false)
+            })
+            .await?;
+            if mounted {
+                return Ok(blob_created(&repo, &d));
+            }
+        }
+    }
+    let digest = match q.get("digest") {
+        Some(d) => Some(route::parse_digest(d)?),
+        None => None,
+    };
+    let r2 = repo.clone();
+    let id = blocking(&app, move |s| s.start_upload(&r2)).await?;
+    app.sessions.new_session(&id);
+    match digest {
+        None => Ok(upload_status(StatusCode::ACCEPTED, &repo, &id, 0)),
+        Some(d) => {
+            let sess = app.sessions.get(&id);
+            let mut g = sess.lock().await;
+            let r = append(&app, &id, &mut g, req.into_body()).await;
+            if let Err(e) = r {
+                app.storage.cancel_upload(&id);
+                app.sessions.remove(&id);
+                return Err(e);
+            }
+            finish(&app, &repo, &id, &d, &mut g).await?;
+            Ok(blob_created(&repo, &d))
+        }
+    }
+}
+
+async fn check_session(app: &Arc<App>, repo: &str, id: &str) -> Result<()> {
+    match app.storage.upload_repo(id) {
+        Some(r) if r == repo => Ok(()),
+        _ => Err(ApiError::upload_unknown()),
+    }
+}
+
+/// Makes the session's idea of the offset agree with its file (after a restart or a drop).
+async fn sync_offset(app: &Arc<App>, id: &str, s: &mut Session) -> Result<()> {
+    let len = tokio::fs::metadata(app.storage.upload_data(id))
+        .await
+        .map_err(|_| ApiError::upload_unknown())?
+        .len();
+    if len != s.offset {
+        s.offset = len;
+        s.hasher = None;
+    }
+    Ok(())
+}
+
+/// Appends a request body to the upload's file, hashing as it goes. On a dropped connection,
+/// what arrived stays and the offset says how much: the client resumes from there.
+async fn append(app: &Arc<App>, id: &str, s: &mut Session, body: Body) -> Result<()> {
+    let f = tokio::fs::OpenOptions::new()
+        .append(true)
+        .open(app.storage.upload_data(id))
+        .await
+        .map_err(|_| ApiError::upload_unknown())?;
+    let mut w = tokio::io::BufWriter::with_capacity(1 << 20, f);
+    let mut stream = body.into_data_stream();
+    let mut failed = None;
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(c) => {
+                if let Err(e) = w.write_all(&c).await {
+                    failed = Some(ApiError::internal(e));
+                    break;
+                }
+                if let Some(h) = s.hasher.as_mut() {
+                    h.update(&c);
+                }
+                s.offset += c.len() as u64;
+            }
+            Err(e) => {
+                failed = Some(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "BLOB_UPLOAD_INVALID",
+                    format!("the upload body ended early: {e}; resume from the offset GET returns"),
+                ));
+                break;
+            }
+        }
+    }
+    if let Err(e) = w.flush().await {
+        s.hasher = None;
+        return Err(ApiError::internal(e));
+    }
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+async fn finish(app: &Arc<App>, repo: &str, id: &str, d: &Digest, s: &mut Session) -> Result<()> {
+    let hashed = s.hasher.clone().map(|h| h.finish());
+    let (r2, i2, d2) = (repo.to_string(), id.to_string(), d.clone());
+    let r = blocking(app, move |st| st.finish_upload(&r2, &i2, &d2, hashed)).await;
+    app.sessions.remove(id);
+    r
+}
+
+async fn patch_upload(
+    app: Arc<App>,
+    repo: String,
+    id: String,
+    req: Request,
+    complete: bool,
+) -> Result<Response> {
+    check_session(&app, &repo, &id).await?;
+    let q = query(&req);
+    let digest = if complete {
+        match q.get("digest") {
+            Some(d) => Some(route::parse_digest(d)?),
+            None => {
+                return Err(ApiError::digest_invalid(
+                    "PUT that completes an upload needs ?digest=",
+                ))
+            }
+        }
+    } else {
+        None
+    };
+    let sess = app.sessions.get(&id);
+    let mut g = sess.lock().await;
+    sync_offset(&app, &id, &mut g).await?;
+    if let Some(cr) = header(req.headers(), "content-range") {
+        let spec = cr
+            .trim()
+            .trim_start_matches("bytes ")
+            .trim_start_matches("bytes=");
+        let start = spec
+            .split(['-', '/'])
+            .next()
+            .and_then(|x| x.trim().parse::<u64>().ok());
+        match start {
+            Some(st) if st == g.offset => {}
+            _ => {
+                return Err(ApiError::range_invalid(format!(
+                    "Content-Range {cr:?} does not continue the upload, which has {} bytes; resume at that offset",
+                    g.offset
+                ))
+                .with_header("range", format!("0-{}", g.offset.saturating_sub(1)))
+                .with_header("location", format!("/v2/{repo}/blobs/uploads/{id}"))
+                .with_header("docker-upload-uuid", id.clone()));
+            }
+        }
+    }
+    append(&app, &id, &mut g, req.into_body()).await?;
+    match digest {
+        None => Ok(upload_status(StatusCode::ACCEPTED, &repo, &id, g.offset)),
+        Some(d) => {
+            finish(&app, &repo, &id, &d, &mut g).await?;
+            Ok(blob_created(&repo, &d))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_range;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-9", 100), Some((0, 9)));
+        assert_eq!(parse_range("bytes=90-", 100), Some((90, 99)));
+        assert_eq!(parse_range("bytes=-10", 100), Some((90, 99)));
+        assert_eq!(parse_range("bytes=95-200", 100), Some((95, 99)));
+        for bad in [
+            "bytes=100-",
+            "bytes=5-1",
+            "bytes=a-b",
+            "items=0-1",
+            "bytes=0-1,4-5",
+            "bytes=-0",
+            "bytes=-",
+        ] {
+            assert_eq!(parse_range(bad, 100), None, "{bad}");
+        }
+    }
+}
