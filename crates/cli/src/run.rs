@@ -77,11 +77,25 @@ pub struct RunArgs {
     /// Which platform of the image to run (default: this machine's); foreign ones run under QEMU.
     #[arg(long)]
     platform: Option<String>,
-    /// The image: a name in the local store, else pulled (only the platform needed).
-    image: String,
-    /// The command and its arguments (default: the image's ENTRYPOINT and CMD).
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    command: Vec<String>,
+    /// The image (a name in the local store, else pulled: only the platform needed), then the
+    /// command and its arguments (default: the image's ENTRYPOINT and CMD). Everything after
+    /// the image is the command's, `-e` included, as with docker run.
+    #[arg(
+        value_name = "IMAGE [COMMAND [ARG...]]",
+        required = true,
+        trailing_var_arg = true
+    )]
+    image_and_command: Vec<String>,
+}
+
+impl RunArgs {
+    fn image(&self) -> &str {
+        self.image_and_command.first().map_or("", String::as_str)
+    }
+
+    fn command(&self) -> &[String] {
+        self.image_and_command.get(1..).unwrap_or_default()
+    }
 }
 
 /// docker's exit codes for what went wrong before the command ran.
@@ -111,17 +125,17 @@ pub fn run(cli: &Cli, env: &Env, a: &RunArgs) -> Result<ExitCode> {
 
     let store = transport::open_store(&env.store_root)?;
     let bases = crate::build::Bases::new(env, &store);
-    if let Err(e) = bases.ensure(cli, &a.image, std::slice::from_ref(&platform), false) {
-        return Err(match offered(&store, &a.image) {
+    if let Err(e) = bases.ensure(cli, a.image(), std::slice::from_ref(&platform), false) {
+        return Err(match offered(&store, a.image()) {
             Some(list) => e.context(format!(
                 "no image of {} for {platform}; the local store has {list}",
-                a.image
+                a.image()
             )),
             None => e,
         });
     }
     let (manifest, config) = bases
-        .resolve(&a.image, &platform)
+        .resolve(a.image(), &platform)
         .map_err(anyhow::Error::msg)?;
     let work = env.store_root.join("build");
     let snapshots = SnapshotCache::open(work.join("snapshots"))?;
@@ -144,8 +158,8 @@ pub fn run(cli: &Cli, env: &Env, a: &RunArgs) -> Result<ExitCode> {
         Some(e) => vec![e.clone()],
         None => cc.entrypoint.clone().unwrap_or_default(),
     };
-    let cmd: Vec<String> = if !a.command.is_empty() {
-        a.command.clone()
+    let cmd: Vec<String> = if !a.command().is_empty() {
+        a.command().to_vec()
     } else if a.entrypoint.is_some() {
         Vec::new()
     } else {
@@ -155,7 +169,7 @@ pub fn run(cli: &Cli, env: &Env, a: &RunArgs) -> Result<ExitCode> {
     if argv.is_empty() {
         bail!(
             "{} has no ENTRYPOINT or CMD: name a command after the image",
-            a.image
+            a.image()
         );
     }
     let mut vars = cc.env.clone().unwrap_or_default();
