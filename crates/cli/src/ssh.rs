@@ -70,8 +70,9 @@ impl Agents {
             .spawn()
             .with_context(|| format!("--ssh {id}: starting ssh-agent (install openssh-client)"))?;
         self.private.push((child, dir));
-        for _ in 0..200 {
-            if is_socket(&sock.to_string_lossy()) {
+        // The socket file appears at bind(); the agent answers after listen().
+        for _ in 0..500 {
+            if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(10));

@@ -684,7 +684,7 @@ impl Agent {
             .spawn()
             .expect("ssh-agent starts");
         let start = Instant::now();
-        while !sock.exists() {
+        while std::os::unix::net::UnixStream::connect(&sock).is_err() {
             assert!(
                 start.elapsed() < Duration::from_secs(10),
                 "ssh-agent did not start"
