@@ -10,10 +10,12 @@
 
 pub mod emulation;
 pub mod layer;
+pub mod network;
 mod pargz;
 #[rustfmt::skip]
 mod probes;
 pub mod sandbox;
+pub mod seccomp;
 pub mod snapshot;
 
 use std::io;
