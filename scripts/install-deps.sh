@@ -3,7 +3,7 @@
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(skopeo umoci docker-registry apache2-utils openssl busybox-static qemu-user-static
-      binfmt-support jq ca-certificates docker.io)
+      binfmt-support jq ca-certificates docker.io slirp4netns libseccomp-dev gcc libc6-dev)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 # Foreign architectures for the busybox fixtures (arm64, arm/v7).

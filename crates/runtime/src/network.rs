@@ -224,7 +224,10 @@ fn serve(
                 return Err(std::io::Error::last_os_error());
             }
             // Moved out of the way first, so neither lands on the other's target.
-            let (a, b) = (libc::fcntl(rw, libc::F_DUPFD, 10), libc::fcntl(er, libc::F_DUPFD, 10));
+            let (a, b) = (
+                libc::fcntl(rw, libc::F_DUPFD, 10),
+                libc::fcntl(er, libc::F_DUPFD, 10),
+            );
             if a < 0 || b < 0 || libc::dup2(a, 3) < 0 || libc::dup2(b, 4) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -272,7 +275,10 @@ mod tests {
     fn resolv_conf_points_past_a_loopback_resolver() {
         let host = "search example.org\nnameserver 127.0.0.53\noptions edns0\n";
         let r = resolv_conf(Network::Default, host);
-        assert!(r.contains("nameserver 10.0.2.3") && !r.contains("127.0.0.53"), "{r}");
+        assert!(
+            r.contains("nameserver 10.0.2.3") && !r.contains("127.0.0.53"),
+            "{r}"
+        );
         assert!(r.contains("search example.org") && r.contains("options edns0"));
         let host = "nameserver 10.255.255.53\n";
         assert_eq!(resolv_conf(Network::Default, host), host);
@@ -285,7 +291,9 @@ mod tests {
     fn host_network_needs_the_entitlement() {
         assert!(check_entitlement(Network::Default, &[]).is_ok());
         assert!(check_entitlement(Network::None, &[]).is_ok());
-        let e = check_entitlement(Network::Host, &[]).unwrap_err().to_string();
+        let e = check_entitlement(Network::Host, &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--allow network.host"), "{e}");
         assert!(check_entitlement(Network::Host, &["network.host".into()]).is_ok());
         assert_eq!("none".parse::<Network>().unwrap(), Network::None);
