@@ -37,6 +37,8 @@ pub struct BuildArgs<'a> {
     pub progress: &'a str,
     pub jobs: Option<usize>,
     pub secrets: &'a [String],
+    pub network: &'a str,
+    pub allow: &'a [String],
 }
 
 /// `--secret id=ID,src=FILE` (or `env=VAR`, written to a private temporary file).
@@ -541,6 +543,8 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
                 .unwrap_or(2)
         }),
         secrets: parse_secrets(a.secrets)?,
+        network: runtime::network::for_step(None, a.network.parse()?, a.allow)?,
+        allow: a.allow.to_vec(),
     };
     let started = std::time::Instant::now();
     let built = engine::build(&store, &plan, &bases, &bopts, &progress)?;

@@ -49,6 +49,9 @@ pub struct BuildOptions {
     /// `--secret id=ID,src=FILE`: mounted for `RUN --mount=type=secret`, never in a layer or a
     /// cache key.
     pub secrets: BTreeMap<String, PathBuf>,
+    /// `--network`: RUN steps' default network; `--allow`: granted entitlements (network.host).
+    pub network: Network,
+    pub allow: Vec<String>,
 }
 
 /// Progress of a build, for displays.
@@ -431,11 +434,11 @@ impl Engine<'_> {
                 spec.env = full_env.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 spec.user = user;
                 spec.workdir = workdir;
-                spec.network = if network.as_deref() == Some("none") {
-                    Network::None
-                } else {
-                    Network::Host
-                };
+                spec.network = runtime::network::for_step(
+                    network.as_deref(),
+                    self.opts.network,
+                    &self.opts.allow,
+                )?;
                 let out = sandbox::run(&spec)?;
                 for line in String::from_utf8_lossy(&out.stdout)
                     .lines()

@@ -79,6 +79,17 @@ pub fn check_entitlement(network: Network, allowed: &[String]) -> Result<()> {
     }
 }
 
+/// The network of one RUN step: its `--network` flag (`default` means the build's), checked
+/// against the granted entitlements.
+pub fn for_step(step: Option<&str>, build: Network, allowed: &[String]) -> Result<Network> {
+    let net = match step {
+        None | Some("default") => build,
+        Some(s) => s.parse()?,
+    };
+    check_entitlement(net, allowed)?;
+    Ok(net)
+}
+
 /// slirp4netns's built-in DNS forwarder, reachable from inside the namespace.
 pub const SLIRP_DNS: &str = "10.0.2.3";
 
@@ -297,6 +308,17 @@ mod tests {
         assert!(e.contains("--allow network.host"), "{e}");
         assert!(check_entitlement(Network::Host, &["network.host".into()]).is_ok());
         assert_eq!("none".parse::<Network>().unwrap(), Network::None);
+        assert_eq!(for_step(None, Network::None, &[]).unwrap(), Network::None);
+        assert_eq!(
+            for_step(Some("default"), Network::Default, &[]).unwrap(),
+            Network::Default
+        );
+        assert!(for_step(Some("host"), Network::Default, &[]).is_err());
+        let granted = ["network.host".to_string()];
+        assert_eq!(
+            for_step(Some("host"), Network::None, &granted).unwrap(),
+            Network::Host
+        );
         assert!("bridge".parse::<Network>().is_err());
     }
 }
