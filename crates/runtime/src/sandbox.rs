@@ -1,12 +1,15 @@
 //! Running one command in an isolated root filesystem, as a RUN step does.
 //!
 //! The process is started with [`std::process::Command`]; in its forked child (before exec) we
-//! unshare new mount, PID, UTS and IPC namespaces (and a network namespace holding only loopback
-//! for [`Network::None`]), fork once more so the command is PID 1 of its namespace, mount the
-//! root (overlayfs over snapshots, or a plain directory), a minimal /dev, /proc, /sys,
-//! /etc/hosts and /etc/resolv.conf, pivot_root into it, drop capabilities to docker's default
-//! set, create and enter the workdir and switch to the user; then std execs the argv. Every mount
-//! lives in the private mount namespace and vanishes with it: nothing to clean up on the host.
+//! unshare new mount, PID, UTS, IPC and network namespaces (not the network one for
+//! [`Network::Host`]; for [`Network::Default`] slirp4netns gives it outbound access, see
+//! [`crate::network`]), fork once more so the command is PID 1 of its namespace, mount the
+//! root (overlayfs over snapshots, or a plain directory), a minimal read-only /dev, /proc, /sys,
+//! /etc/hosts and /etc/resolv.conf, make every mount but /dev `nodev`, pivot_root into it,
+//! create and enter the workdir, mark inherited descriptors close-on-exec, drop capabilities to
+//! docker's default set, load docker's seccomp profile ([`crate::seccomp`]) and switch to the
+//! user; then std execs the argv. Both forked levels die with their parent (PDEATHSIG). Every
+//! mount lives in the private mount namespace and vanishes with it.
 //!
 //! Mountpoints that had to be created in the root (`/proc`, `/dev`, `/etc/hosts`, ...) are
 //! removed again afterwards when they are still empty stubs, so they never reach a layer.
