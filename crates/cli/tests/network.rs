@@ -48,7 +48,10 @@ fn network_modes_and_the_host_entitlement() {
     );
     let (okay, err, out) = build(s, &df, &[]);
     assert!(okay, "{err}");
-    assert_eq!(fs::read_to_string(out.path().join("default")).unwrap(), "lo tap0 ");
+    assert_eq!(
+        fs::read_to_string(out.path().join("default")).unwrap(),
+        "lo tap0 "
+    );
     assert_eq!(fs::read_to_string(out.path().join("none")).unwrap(), "lo\n");
     // --network none for the whole build.
     let df2 = format!("FROM {base}\nRUN ls /sys/class/net > /n\n");
@@ -66,5 +69,8 @@ fn network_modes_and_the_host_entitlement() {
     let (okay, err, out) = build(s, &host, &["--allow", "network.host"]);
     assert!(okay, "{err}");
     let nets = fs::read_to_string(out.path().join("h")).unwrap();
-    assert!(!nets.contains("tap0") && nets.lines().count() >= 1, "{nets}");
+    assert!(
+        !nets.contains("tap0") && nets.lines().count() >= 1,
+        "{nets}"
+    );
 }

@@ -373,10 +373,7 @@ fn a_raw_socket_sees_none_of_the_hosts_loopback_traffic() {
 
 /// The first `deb` source of this machine's apt configuration: (base URL, suite).
 fn apt_mirror() -> (String, String) {
-    let mut texts = Vec::new();
-    for f in ["/etc/apt/sources.list"] {
-        texts.push(fs::read_to_string(f).unwrap_or_default());
-    }
+    let mut texts = vec![fs::read_to_string("/etc/apt/sources.list").unwrap_or_default()];
     if let Ok(rd) = fs::read_dir("/etc/apt/sources.list.d") {
         let mut paths: Vec<_> = rd.flatten().map(|e| e.path()).collect();
         paths.sort();
@@ -415,10 +412,10 @@ fn apt_mirror() -> (String, String) {
 
 #[test]
 fn the_isolated_network_downloads_by_host_name() {
-    assert!(
-        common::peer("slirp4netns") || !common::require_peers(),
-        "slirp4netns is needed"
-    );
+    // Never skipped in CI: peer() fails there when slirp4netns is missing.
+    if !common::peer("slirp4netns") {
+        return;
+    }
     let Some(step) = Step::new("linux/amd64") else {
         return;
     };
