@@ -567,15 +567,16 @@ pub fn run(spec: &RunSpec) -> Result<RunOutput> {
         std::thread::spawn(move || capture(r, which, limit, tail_bytes, sink))
     })
     .collect();
-    // The watchdog kills the parent of PID 1; PID 1 follows (PDEATHSIG), and with it the
-    // whole namespace.
+    // The watchdog signals the parent of PID 1, which kills PID 1, and with it the whole
+    // namespace.
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     let watchdog = spec.timeout.map(|t| {
         let pid = child.id() as libc::pid_t;
         std::thread::spawn(move || {
             if done_rx.recv_timeout(t) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
-                // SAFETY: the pid is our unreaped child: it cannot have been reused.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+                // SAFETY: the pid is our unreaped child: it cannot have been reused. SIGTERM:
+                // it kills PID 1 (and so the namespace), then exits.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
                 return true;
             }
             false
@@ -992,15 +993,32 @@ fn child_setup(p: &Prepared, err_fd: i32) -> io::Result<()> {
         Err(e) => fail(err_fd, "fork", &e.to_string()),
         Ok(ForkResult::Parent { child }) => {
             // The parent of PID 1: hold no copy of std's exec-error pipe or ours, wait, and
-            // pass the status on.
+            // pass the status on. When manifold dies (parent-death signal) or the timeout
+            // fires, SIGTERM arrives here and PID 1 is killed, and with it the namespace; this
+            // does not depend on PID 1 keeping its own parent-death signal, which the kernel
+            // clears when a step execs a set-user-ID binary.
+            use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
             // SAFETY: closing fds this process does not use; _exit skips Rust's unwinding.
             unsafe { libc::close_range(3, u32::MAX, 0) };
+            let mut set = SigSet::empty();
+            set.add(Signal::SIGCHLD);
+            set.add(Signal::SIGTERM);
+            let _ = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None);
+            if nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).is_err()
+                || nix::unistd::getppid().as_raw() != p.parent_pid
+            {
+                let _ = kill(child, Signal::SIGKILL);
+            }
             let code = loop {
-                match waitpid(child, None) {
+                match waitpid(child, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
                     Ok(WaitStatus::Exited(_, code)) => break code,
                     Ok(WaitStatus::Signaled(_, sig, _)) => break 128 + sig as i32,
-                    Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                     Err(_) => break 125,
+                }
+                // SIGCHLD (look again) or SIGTERM (kill PID 1, then reap it).
+                if let Ok(Signal::SIGTERM) = set.wait() {
+                    let _ = kill(child, Signal::SIGKILL);
                 }
             };
             // SAFETY: as above.

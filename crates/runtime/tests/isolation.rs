@@ -460,7 +460,26 @@ fn helper_sleeping_step() {
         return;
     };
     let step = Step::new(&platform).unwrap();
-    let _ = sandbox::run(&step.spec(&["sleep", &token]));
+    let mut spec = step.spec(&["sleep", &token]);
+    if std::env::var_os("MANIFOLD_TEST_SETUID").is_some() {
+        // PID 1 execs a set-user-ID binary as a non-root user: the kernel clears its
+        // parent-death signal, so only its parent can take it down.
+        use std::os::unix::fs::PermissionsExt;
+        let bin = step.dir.path().join("upper/suid");
+        fs::create_dir_all(&bin).unwrap();
+        fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+        let busybox = step
+            .lowers
+            .iter()
+            .map(|l| l.join("bin/busybox"))
+            .find(|p| p.is_file())
+            .unwrap();
+        fs::copy(&busybox, bin.join("busybox")).unwrap();
+        fs::set_permissions(bin.join("busybox"), fs::Permissions::from_mode(0o4755)).unwrap();
+        spec.argv = vec!["/suid/busybox".into(), "sleep".into(), token.clone()];
+        spec.user = Some("65534".into());
+    }
+    eprintln!("{:?}", sandbox::run(&spec));
 }
 
 fn ppid_and_state(pid: u32) -> Option<(u32, char)> {
@@ -505,13 +524,26 @@ fn cmdline(pid: u32) -> String {
 
 #[test]
 fn killing_the_runner_kills_its_steps() {
-    for platform in ["linux/amd64", "linux/arm64"] {
+    for (i, (platform, setuid)) in [
+        ("linux/amd64", false),
+        ("linux/arm64", false),
+        ("linux/amd64", true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
         // Prepares the fixtures here, so the helper only runs.
         if Step::new(platform).is_none() {
             continue;
         }
-        let token = format!("{}{}", 700000 + std::process::id() % 100000, platform.len());
-        let mut child = Command::new(std::env::current_exe().unwrap())
+        let token = format!("{}{i}", 700000 + std::process::id() % 100000);
+        // The killed runner's state directory lands here, removed with it.
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        if setuid {
+            cmd.env("MANIFOLD_TEST_SETUID", "1");
+        }
+        let mut child = cmd
             .args([
                 "--exact",
                 "helper_sleeping_step",
@@ -519,6 +551,7 @@ fn killing_the_runner_kills_its_steps() {
                 "--nocapture",
             ])
             .env("MANIFOLD_TEST_PLATFORM", platform)
+            .env("TMPDIR", tmp.path())
             .env("MANIFOLD_TEST_TOKEN", &token)
             .stdout(std::process::Stdio::null())
             .spawn()
