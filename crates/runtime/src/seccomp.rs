@@ -354,7 +354,7 @@ pub fn compile(caps: &[&str]) -> Result<Bpf> {
     f.rewind()
         .and_then(|_| f.read_to_end(&mut bytes))
         .map_err(|e| profile_err(format!("reading the exported filter: {e}")))?;
-    let prog: Vec<libc::sock_filter> = bytes
+    let body: Vec<libc::sock_filter> = bytes
         .chunks_exact(8)
         .map(|c| libc::sock_filter {
             code: u16::from_ne_bytes([c[0], c[1]]),
@@ -363,7 +363,8 @@ pub fn compile(caps: &[&str]) -> Result<Bpf> {
             k: u32::from_ne_bytes([c[4], c[5], c[6], c[7]]),
         })
         .collect();
-    if prog.is_empty() || prog.len() > u16::MAX as usize || bytes.len() % 8 != 0 {
+    let prog = with_enosys_stub(&rules, &native_and_subs(&ctx, scmp_arch, &profile), body);
+    if prog.len() <= 1 || prog.len() > u16::MAX as usize || bytes.len() % 8 != 0 {
         return Err(profile_err(format!(
             "libseccomp exported a filter of {} bytes",
             bytes.len()
@@ -373,6 +374,87 @@ pub fn compile(caps: &[&str]) -> Result<Bpf> {
         prog,
         unknown: unknown.into_iter().collect(),
     })
+}
+
+/// The architectures the filter covers, with their audit values.
+fn native_and_subs(ctx: &ScmpFilterContext, native: &str, profile: &Profile) -> Vec<ScmpArch> {
+    let mut names = vec![native.to_string()];
+    if let Some(m) = profile.arch_map.iter().find(|m| m.architecture == native) {
+        names.extend(m.sub_architectures.iter().flatten().cloned());
+    }
+    names
+        .iter()
+        .filter_map(|n| ScmpArch::from_str(n).ok())
+        .filter(|a| ctx.is_arch_present(*a).unwrap_or(false))
+        .collect()
+}
+
+fn audit_arch(a: ScmpArch) -> Option<u32> {
+    Some(match a {
+        ScmpArch::X8664 | ScmpArch::X32 => 0xc000_003e,
+        ScmpArch::X86 => 0x4000_0003,
+        ScmpArch::Aarch64 => 0xc000_00b7,
+        ScmpArch::Arm => 0x4000_0028,
+        ScmpArch::Riscv64 => 0xc000_00f3,
+        ScmpArch::S390X => 0x8000_0016,
+        ScmpArch::Ppc64Le => 0xc000_0015,
+        _ => return None,
+    })
+}
+
+/// runc's stub, which docker has: a system call newer than every one the profile names (as
+/// this libseccomp knows them) fails with ENOSYS rather than the default EPERM, so programs
+/// built for newer kernels fall back as they do on an older kernel. Prepended to `body`.
+fn with_enosys_stub(
+    rules: &[EffectiveRule],
+    arches: &[ScmpArch],
+    body: Vec<libc::sock_filter>,
+) -> Vec<libc::sock_filter> {
+    const X32_BIT: u32 = 0x4000_0000;
+    let ins = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
+    // (audit arch, highest known number); x32 shares x86_64's audit value and is left alone.
+    let mut limits: Vec<(u32, u32)> = Vec::new();
+    for a in arches.iter().filter(|a| **a != ScmpArch::X32) {
+        let Some(audit) = audit_arch(*a) else {
+            continue;
+        };
+        let max = rules
+            .iter()
+            .filter_map(|r| ScmpSyscall::from_name_by_arch(&r.name, *a).ok())
+            .map(i32::from)
+            .filter(|n| *n >= 0)
+            .max();
+        if let Some(m) = max {
+            limits.push((audit, m as u32));
+        }
+    }
+    // Per arch: ld arch; jeq A ? next : skip; ld nr; [jset X32 ? body]; jgt M ? enosys : body.
+    let block = |x32: bool| if x32 { 5 } else { 4 };
+    let blocks: Vec<usize> = limits
+        .iter()
+        .map(|(a, _)| block(*a == 0xc000_003e && arches.contains(&ScmpArch::X32)))
+        .collect();
+    let total: usize = blocks.iter().sum();
+    // After the blocks: a jump over the ENOSYS return (no arch matched), the return, the body.
+    let (enosys_at, body_at) = (total + 1, total + 2);
+    let mut out = Vec::with_capacity(total + 2 + body.len());
+    for ((audit, max), len) in limits.iter().zip(&blocks) {
+        let here = out.len();
+        let rel = |target: usize, at: usize| (target - at - 1) as u8;
+        out.push(ins(0x20, 0, 0, 4)); // ld [arch]
+        out.push(ins(0x15, 0, (len - 2) as u8, *audit)); // jeq audit
+        out.push(ins(0x20, 0, 0, 0)); // ld [nr]
+        if *len == 5 {
+            let at = here + 3;
+            out.push(ins(0x45, rel(body_at, at), 0, X32_BIT)); // jset x32 bit
+        }
+        let at = out.len();
+        out.push(ins(0x25, rel(enosys_at, at), rel(body_at, at), *max)); // jgt max
+    }
+    out.push(ins(0x05, 0, 0, 1)); // ja body
+    out.push(ins(0x06, 0, 0, 0x0005_0000 | libc::ENOSYS as u32)); // ret ERRNO(ENOSYS)
+    out.extend(body);
+    out
 }
 
 #[cfg(test)]
