@@ -331,6 +331,8 @@ struct Prepared {
     /// The process that spawned the step: its death kills the step.
     parent_pid: i32,
     seccomp: &'static crate::seccomp::Bpf,
+    /// `<target>/dev`, `<target>/dev/pts` and /proc's masked files, for [`seal_devices`].
+    seal: (CString, CString, Vec<CString>),
     workdir: PathBuf,
     uid: u32,
     gid: u32,
@@ -487,6 +489,18 @@ pub fn run(spec: &RunSpec) -> Result<RunOutput> {
         net_go_r,
         parent_pid: std::process::id() as i32,
         seccomp,
+        seal: {
+            let t = target.as_os_str().as_bytes();
+            let at = |rel: &str| cstr([t, b"/", rel.as_bytes()].concat(), "state dir");
+            (
+                at("dev")?,
+                at("dev/pts")?,
+                PROC_MASKED_FILES
+                    .iter()
+                    .map(|f| at(&format!("proc/{f}")))
+                    .collect::<Result<_>>()?,
+            )
+        },
         workdir: PathBuf::from(&spec.workdir),
         uid,
         gid,
@@ -1481,20 +1495,22 @@ fn set_mount_attr(path: &CString, recursive: bool, set: u64, clr: u64) -> io::Re
 /// (so a device node a step makes with CAP_MKNOD cannot be opened), and /dev itself is
 /// read-only once populated, so nothing new appears there. /dev/shm stays nodev.
 fn seal_devices(p: &Prepared, err_fd: i32) {
-    let t = &p.target;
-    if let Err(e) = set_mount_attr(t, true, MOUNT_ATTR_NODEV, 0) {
-        fail(err_fd, "making the root filesystem nodev", &e.to_string());
+    if let Err(e) = set_mount_attr(&p.target, true, MOUNT_ATTR_NODEV, 0) {
+        fail(
+            err_fd,
+            "making the root filesystem nodev (mount_setattr needs Linux 5.12 or later)",
+            &e.to_string(),
+        );
     }
-    let dev = join(t, "dev");
-    for (path, set) in [(&dev, MOUNT_ATTR_RDONLY), (&join(&dev, "pts"), 0)] {
+    let (dev, pts, masked) = &p.seal;
+    for (path, set) in [(dev, MOUNT_ATTR_RDONLY), (pts, 0)] {
         if let Err(e) = set_mount_attr(path, false, set, MOUNT_ATTR_NODEV) {
             fail(err_fd, "sealing /dev", &e.to_string());
         }
     }
     // /proc's masked files are /dev/null bound over them: they must still open (empty).
-    let proc_ = join(t, "proc");
-    for rel in PROC_MASKED_FILES {
-        let _ = set_mount_attr(&join(&proc_, rel), false, 0, MOUNT_ATTR_NODEV);
+    for path in masked {
+        let _ = set_mount_attr(path, false, 0, MOUNT_ATTR_NODEV);
     }
 }
 
