@@ -73,4 +73,8 @@ fn network_modes_and_the_host_entitlement() {
         !nets.contains("tap0") && nets.lines().count() >= 1,
         "{nets}"
     );
+    // Cached now, and still refused without the grant.
+    let (okay, err, _) = build(s, &host, &[]);
+    assert!(!okay);
+    assert!(err.contains("--allow network.host"), "{err}");
 }

@@ -384,6 +384,12 @@ impl Engine<'_> {
             } => {
                 let mode = emulation::check(platform)?;
                 let emulated = mode.is_emulated();
+                // Checked before the cache: a cached host-network step still needs the grant.
+                let net = runtime::network::for_step(
+                    network.as_deref(),
+                    self.opts.network,
+                    &self.opts.allow,
+                )?;
                 if self.take_cached(state, &step_key, format!("RUN {}", command_text(command))) {
                     return Ok((true, emulated));
                 }
@@ -434,11 +440,7 @@ impl Engine<'_> {
                 spec.env = full_env.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 spec.user = user;
                 spec.workdir = workdir;
-                spec.network = runtime::network::for_step(
-                    network.as_deref(),
-                    self.opts.network,
-                    &self.opts.allow,
-                )?;
+                spec.network = net;
                 let out = sandbox::run(&spec)?;
                 for line in String::from_utf8_lossy(&out.stdout)
                     .lines()
