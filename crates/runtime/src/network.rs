@@ -226,7 +226,7 @@ fn serve(
     .stdin(Stdio::null())
     .stdout(Stdio::null())
     .stderr(Stdio::from(log_w));
-    // SAFETY: in the forked child: prctl and dup2/fcntl on descriptors this process owns,
+    // SAFETY: in the forked child: prctl, fcntl, dup2 and close_range on descriptors this process owns,
     // no allocation.
     unsafe {
         cmd.pre_exec(move || {
@@ -236,10 +236,14 @@ fn serve(
             }
             // Moved out of the way first, so neither lands on the other's target.
             let (a, b) = (
-                libc::fcntl(rw, libc::F_DUPFD, 10),
-                libc::fcntl(er, libc::F_DUPFD, 10),
+                libc::fcntl(rw, libc::F_DUPFD_CLOEXEC, 10),
+                libc::fcntl(er, libc::F_DUPFD_CLOEXEC, 10),
             );
             if a < 0 || b < 0 || libc::dup2(a, 3) < 0 || libc::dup2(b, 4) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Nothing else, inherited or ours, reaches the helper.
+            if libc::close_range(5, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as i32) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
