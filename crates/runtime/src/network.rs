@@ -226,8 +226,8 @@ fn serve(
     .stdin(Stdio::null())
     .stdout(Stdio::null())
     .stderr(Stdio::from(log_w));
-    // SAFETY: in the forked child: prctl, fcntl, dup2 and close_range on descriptors this process owns,
-    // no allocation.
+    // SAFETY: in the forked child: prctl, fcntl, dup2 and close_range on descriptors this
+    // process owns; no allocation.
     unsafe {
         cmd.pre_exec(move || {
             // Dies with the thread that started it, which lives until the step ends.
