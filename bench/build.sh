@@ -7,6 +7,7 @@
 # the cached rebuild runs right after.
 #
 #   bench/build.sh [RUNS]     (default 3; needs buildah, docker-registry, /usr/bin/time; root)
+#   MANIFOLD_BUILD_FLAGS="--network none" bench/build.sh   to compare a flag in the same conditions
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-3}
@@ -38,9 +39,9 @@ measure() { /usr/bin/time -f "%e %M" -o "$work/t" "$@" >/dev/null 2>"$work/err" 
 rows=()
 for i in $(seq "$runs"); do
   rm -rf "$work/m-root"
-  r=$(measure "$m" -q --root "$work/m-root" build --platform linux/amd64,linux/arm64 -t bench/app:1 "$ctx")
+  r=$(measure "$m" -q --root "$work/m-root" build ${MANIFOLD_BUILD_FLAGS:-} --platform linux/amd64,linux/arm64 -t bench/app:1 "$ctx")
   echo "manifold cold  run $i: ${r% *} s, peak RSS $(( ${r#* } / 1024 )) MB"; rows+=("manifold-cold $r")
-  r=$(measure "$m" -q --root "$work/m-root" build --platform linux/amd64,linux/arm64 -t bench/app:1 "$ctx")
+  r=$(measure "$m" -q --root "$work/m-root" build ${MANIFOLD_BUILD_FLAGS:-} --platform linux/amd64,linux/arm64 -t bench/app:1 "$ctx")
   echo "manifold cached run $i: ${r% *} s, peak RSS $(( ${r#* } / 1024 )) MB"; rows+=("manifold-cached $r")
 
   rm -rf "$work/b-root" "$work/b-run"

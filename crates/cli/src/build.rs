@@ -41,6 +41,8 @@ pub struct BuildArgs<'a> {
     pub ssh: &'a [String],
     /// The builder's name; `None`: MANIFOLD_BUILDER or the current one.
     pub builder: Option<&'a str>,
+    pub network: &'a str,
+    pub allow: &'a [String],
 }
 
 /// `--secret id=ID,src=FILE` or `id=ID,env=VAR`, read into memory: the sandbox puts it on a
@@ -556,6 +558,8 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
                 pull: a.pull,
                 secrets: crate::nodes::read_secrets(a.secrets)?,
                 ssh: &agents.sockets,
+                network: a.network,
+                allow: a.allow,
                 quiet: cli.quiet || a.progress == "quiet",
             },
         )?;
@@ -813,6 +817,8 @@ fn build_here(
         secrets: parse_secrets(a.secrets)?,
         ssh: agents.sockets.clone(),
         proxies,
+        network: runtime::network::for_step(None, a.network.parse()?, a.allow)?,
+        allow: a.allow.to_vec(),
     };
     let started = std::time::Instant::now();
     let built = engine::build(&store, &plan, &bases, &bopts, &progress)?;

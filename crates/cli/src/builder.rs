@@ -89,6 +89,10 @@ pub struct NodeBuildArgs {
     pub source_date_epoch: Option<String>,
     #[arg(long)]
     pub ssh: Vec<String>,
+    #[arg(long, default_value = "default")]
+    pub network: String,
+    #[arg(long)]
+    pub allow: Vec<String>,
 }
 
 /// One node of a builder.

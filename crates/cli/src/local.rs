@@ -163,6 +163,8 @@ pub fn run(cli: &Cli, env: &Env) -> Result<ExitCode> {
             secret,
             ssh,
             builder,
+            network,
+            allow,
         } => build::run(
             cli,
             env,
@@ -186,6 +188,8 @@ pub fn run(cli: &Cli, env: &Env) -> Result<ExitCode> {
                 secrets: secret,
                 ssh,
                 builder: builder.as_deref(),
+                network,
+                allow,
             },
         ),
         Command::Digest {

@@ -374,6 +374,12 @@ pub enum Command {
         /// The builder whose nodes build (default: MANIFOLD_BUILDER, else `builder use`'s).
         #[arg(long, value_name = "NAME")]
         builder: Option<String>,
+        /// RUN steps' network: default (private, outbound only), none, or host.
+        #[arg(long, default_value = "default", value_parser = ["default", "none", "host"])]
+        network: String,
+        /// Grant an entitlement: network.host (needed for --network host and RUN --network=host).
+        #[arg(long, value_name = "ENTITLEMENT", value_parser = ["network.host"])]
+        allow: Vec<String>,
     },
     /// Stage, annotate, inspect and push manifest lists (docker manifest, with no daemon).
     Manifest {

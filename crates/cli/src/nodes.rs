@@ -42,6 +42,9 @@ pub struct Request<'a> {
     /// `--ssh` agents (id → socket here): forwarded to SSH nodes with the ssh client's agent
     /// forwarding, passed as they are to local ones.
     pub ssh: &'a BTreeMap<String, PathBuf>,
+    /// `--network` and `--allow`, as the user gave them.
+    pub network: &'a str,
+    pub allow: &'a [String],
     pub quiet: bool,
 }
 
@@ -284,6 +287,12 @@ fn node_args(ps: &[Platform], req: &Request<'_>, remote: bool) -> Vec<String> {
     }
     if let Ok(e) = std::env::var("SOURCE_DATE_EPOCH") {
         args.extend(["--source-date-epoch".into(), e]);
+    }
+    if req.network != "default" {
+        args.extend(["--network".into(), req.network.to_string()]);
+    }
+    for e in req.allow {
+        args.extend(["--allow".into(), e.clone()]);
     }
     for (id, sock) in req.ssh {
         // A remote node sees the forwarded agent as its own SSH_AUTH_SOCK.
@@ -552,6 +561,8 @@ pub fn node_build(cli: &Cli, env: &transport::Env, a: &NodeBuildArgs) -> Result<
             jobs: None,
             secrets: &secret_specs,
             ssh: &a.ssh,
+            network: &a.network,
+            allow: &a.allow,
             builder: Some(crate::builder::DEFAULT),
         },
     );

@@ -54,6 +54,9 @@ pub struct BuildOptions {
     /// Proxy variables (`HTTP_PROXY`, `https_proxy`, ...) for every RUN, as BuildKit's predefined
     /// args: never in the image's history or config, nor in a cache key.
     pub proxies: BTreeMap<String, String>,
+    /// `--network`: RUN steps' default network; `--allow`: granted entitlements (network.host).
+    pub network: Network,
+    pub allow: Vec<String>,
 }
 
 /// Progress of a build, for displays.
@@ -545,6 +548,12 @@ impl Engine<'_> {
             } => {
                 let mode = emulation::check(platform)?;
                 let emulated = mode.is_emulated();
+                // Checked before the cache: a cached host-network step still needs the grant.
+                let net = runtime::network::for_step(
+                    network.as_deref(),
+                    self.opts.network,
+                    &self.opts.allow,
+                )?;
                 if self.take_cached(state, &step_key, format!("RUN {}", command_text(command))) {
                     return Ok((true, emulated));
                 }
@@ -607,11 +616,7 @@ impl Engine<'_> {
                 spec.user = user;
                 spec.workdir = workdir;
                 spec.cancel = Some(self.cancel.clone());
-                spec.network = if network.as_deref() == Some("none") {
-                    Network::None
-                } else {
-                    Network::Host
-                };
+                spec.network = net;
                 let out = self.run_streaming(spec, at)?;
                 out.check(&argv)?;
                 let added = self.commit_layer(state, &upper, &step_key, false)?;

@@ -13,10 +13,12 @@ pub mod emulation;
 pub mod inroot;
 pub mod layer;
 pub mod leftovers;
+pub mod network;
 mod pargz;
 #[rustfmt::skip]
 mod probes;
 pub mod sandbox;
+pub mod seccomp;
 pub mod snapshot;
 
 use std::io;

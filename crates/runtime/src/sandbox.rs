@@ -1,12 +1,15 @@
 //! Running one command in an isolated root filesystem, as a RUN step does.
 //!
 //! The process is started with [`std::process::Command`]; in its forked child (before exec) we
-//! unshare new mount, PID, UTS and IPC namespaces (and a network namespace holding only loopback
-//! for [`Network::None`]), fork once more so the command is PID 1 of its namespace, mount the
-//! root (overlayfs over snapshots, or a plain directory), a minimal /dev, /proc, /sys,
-//! /etc/hosts and /etc/resolv.conf, pivot_root into it, drop capabilities to docker's default
-//! set, create and enter the workdir and switch to the user; then std execs the argv. Every mount
-//! lives in the private mount namespace and vanishes with it: nothing to clean up on the host.
+//! unshare new mount, PID, UTS, IPC and network namespaces (not the network one for
+//! [`Network::Host`]; for [`Network::Default`] slirp4netns gives it outbound access, see
+//! [`crate::network`]), fork once more so the command is PID 1 of its namespace, mount the
+//! root (overlayfs over snapshots, or a plain directory), a minimal read-only /dev, /proc, /sys,
+//! /etc/hosts and /etc/resolv.conf, make every mount but /dev `nodev`, pivot_root into it,
+//! create and enter the workdir, mark inherited descriptors close-on-exec, drop capabilities to
+//! docker's default set, load docker's seccomp profile ([`crate::seccomp`]) and switch to the
+//! user; then std execs the argv. Both forked levels die with their parent (PDEATHSIG). Every
+//! mount lives in the private mount namespace and vanishes with it.
 //!
 //! Mountpoints that had to be created in the root (`/proc`, `/dev`, `/etc/hosts`, ...) are
 //! removed again afterwards when they are still empty stubs, so they never reach a layer.
@@ -27,15 +30,7 @@ use std::time::{Duration, Instant};
 use crate::emulation::RunMode;
 use crate::{io_err, Error, Result};
 
-/// The network a step sees.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Network {
-    /// The host's network, as docker's builder does by default.
-    #[default]
-    Host,
-    /// A new network namespace with only loopback, up.
-    None,
-}
+pub use crate::network::Network;
 
 /// The root filesystem of a step.
 #[derive(Clone, Debug)]
@@ -203,7 +198,7 @@ impl RunSpec {
             env: Vec::new(),
             user: None,
             workdir: "/".into(),
-            network: Network::Host,
+            network: Network::Default,
             hostname: "buildkitsandbox".into(),
             tail_bytes: 4096,
             capture_limit: 16 << 20,
@@ -427,6 +422,15 @@ struct Prepared {
     resolv: CString,
     hostname: CString,
     new_net: bool,
+    /// The network helper's pipes: where to write our PID, where to wait for the network
+    /// (-1: no helper).
+    net_pid_w: i32,
+    net_go_r: i32,
+    /// The process that spawned the step: its death kills the step.
+    parent_pid: i32,
+    seccomp: &'static crate::seccomp::Bpf,
+    /// `<target>/dev`, `<target>/dev/pts` and /proc's masked files, for [`seal_devices`].
+    seal: (CString, CString, Vec<CString>),
     workdir: PathBuf,
     uid: u32,
     gid: u32,
@@ -771,10 +775,10 @@ pub fn run(spec: &RunSpec) -> Result<RunOutput> {
         ),
     )
     .map_err(io_err("writing", &hosts))?;
-    let resolv_text = match spec.network {
-        Network::Host => fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
-        Network::None => String::new(),
-    };
+    let resolv_text = crate::network::resolv_conf(
+        spec.network,
+        &fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+    );
     fs::write(&resolv, resolv_text).map_err(io_err("writing", &resolv))?;
 
     let (uid, gid, groups, home) = resolve_user(&view, spec.user.as_deref())?;
@@ -789,6 +793,12 @@ pub fn run(spec: &RunSpec) -> Result<RunOutput> {
             }
         }
     }
+    let seccomp = crate::seccomp::docker_default()?;
+    let mut helper = match spec.network {
+        Network::Default => Some(crate::network::Helper::start()?),
+        _ => None,
+    };
+    let (net_pid_w, net_go_r) = helper.as_ref().map_or((-1, -1), |h| h.child_fds());
     let prepared = Prepared {
         mounts,
         scratch,
@@ -797,7 +807,23 @@ pub fn run(spec: &RunSpec) -> Result<RunOutput> {
         hosts: cstr(hosts.as_os_str().as_bytes(), "state dir")?,
         resolv: cstr(resolv.as_os_str().as_bytes(), "state dir")?,
         hostname: cstr(&spec.hostname, "hostname")?,
-        new_net: spec.network == Network::None,
+        new_net: spec.network != Network::Host,
+        net_pid_w,
+        net_go_r,
+        parent_pid: std::process::id() as i32,
+        seccomp,
+        seal: {
+            let t = target.as_os_str().as_bytes();
+            let at = |rel: &str| cstr([t, b"/", rel.as_bytes()].concat(), "state dir");
+            (
+                at("dev")?,
+                at("dev/pts")?,
+                PROC_MASKED_FILES
+                    .iter()
+                    .map(|f| at(&format!("proc/{f}")))
+                    .collect::<Result<_>>()?,
+            )
+        },
         workdir: PathBuf::from(&spec.workdir),
         uid,
         gid,
@@ -870,11 +896,17 @@ pub fn run(spec: &RunSpec) -> Result<RunOutput> {
     // only once they are closed.
     drop(cmd);
     drop(err_w);
+    if let Some(h) = helper.as_mut() {
+        h.spawned();
+    }
     let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
             let msg = read_all(err_r);
             cleanup_stubs(&spec.rootfs, &view, &stubs_before, etc_before);
+            if let Some(Err(net)) = helper.map(|h| h.finish()) {
+                return Err(sandbox_err("setting up the network", net));
+            }
             if !msg.is_empty() {
                 return Err(sandbox_err("setting up", msg));
             }
@@ -923,8 +955,8 @@ pub fn run(spec: &RunSpec) -> Result<RunOutput> {
         std::thread::spawn(move || capture(r, which, limit, tail_bytes, sink))
     })
     .collect();
-    // The watchdog kills the parent of PID 1; PID 1 follows (PDEATHSIG), and with it the
-    // whole namespace. Returns (timed out, cancelled).
+    // The watchdog signals the parent of PID 1, which kills PID 1, and with it the whole
+    // namespace. Returns (timed out, cancelled).
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     let watchdog = (spec.timeout.is_some() || spec.cancel.is_some()).then(|| {
         let pid = child.id() as libc::pid_t;
@@ -940,8 +972,9 @@ pub fn run(spec: &RunSpec) -> Result<RunOutput> {
             let expired = timeout.is_some_and(|t| start.elapsed() >= t);
             let cancelled = cancel.as_ref().is_some_and(Cancel::is_cancelled);
             if expired || cancelled {
-                // SAFETY: the pid is our unreaped child: it cannot have been reused.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+                // SAFETY: the pid is our unreaped child: it cannot have been reused. SIGTERM:
+                // it kills PID 1 (and so the namespace), then exits.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
                 return (expired, !expired);
             }
         })
@@ -956,7 +989,11 @@ pub fn run(spec: &RunSpec) -> Result<RunOutput> {
     let (stderr, err_tail) = outs.next().unwrap_or_default();
     let duration = start.elapsed();
     cleanup_stubs(&spec.rootfs, &view, &stubs_before, etc_before);
+    let net = helper.map(|h| h.finish());
     let status = status?;
+    if let Some(Err(net)) = net {
+        return Err(sandbox_err("setting up the network", net));
+    }
     if !setup_error.is_empty() {
         return Err(sandbox_err("setting up", setup_error));
     }
@@ -1039,7 +1076,7 @@ fn capture(
     (out, tail)
 }
 
-fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+pub(crate) fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     // SAFETY: pipe2 fills two fds on success.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -1334,6 +1371,16 @@ fn child_setup(p: &Prepared, err_fd: i32) -> io::Result<()> {
     use nix::sched::{unshare, CloneFlags};
     use nix::sys::wait::{waitpid, WaitStatus};
     use nix::unistd::{fork, ForkResult};
+    // This process (the parent of the step's PID 1) dies with the thread that spawned it.
+    if nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).is_err()
+        || nix::unistd::getppid().as_raw() != p.parent_pid
+    {
+        fail(
+            err_fd,
+            "parent-death signal",
+            "manifold exited while the step started",
+        );
+    }
     let mut flags = CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWUTS
@@ -1344,21 +1391,53 @@ fn child_setup(p: &Prepared, err_fd: i32) -> io::Result<()> {
     if let Err(e) = unshare(flags) {
         fail(err_fd, "unshare (namespaces need root)", &e.to_string());
     }
+    if p.net_pid_w >= 0 {
+        // The network helper configures this process's (new) network namespace.
+        // SAFETY: getpid and a 4-byte write from a local buffer to a pipe we hold.
+        let ok = unsafe {
+            let pid = libc::getpid().to_ne_bytes();
+            libc::write(p.net_pid_w, pid.as_ptr().cast(), 4) == 4
+        };
+        if !ok {
+            fail(
+                err_fd,
+                "handing the network namespace to slirp4netns",
+                &errno_str(),
+            );
+        }
+    }
     // SAFETY: this process is the single-threaded child std forked; both sides only make
     // syscalls before exec or _exit.
     match unsafe { fork() } {
         Err(e) => fail(err_fd, "fork", &e.to_string()),
         Ok(ForkResult::Parent { child }) => {
             // The parent of PID 1: hold no copy of std's exec-error pipe or ours, wait, and
-            // pass the status on.
+            // pass the status on. When manifold dies (parent-death signal) or the timeout
+            // fires, SIGTERM arrives here and PID 1 is killed, and with it the namespace; this
+            // does not depend on PID 1 keeping its own parent-death signal, which the kernel
+            // clears when a step execs a set-user-ID binary.
+            use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
             // SAFETY: closing fds this process does not use; _exit skips Rust's unwinding.
             unsafe { libc::close_range(3, u32::MAX, 0) };
+            let mut set = SigSet::empty();
+            set.add(Signal::SIGCHLD);
+            set.add(Signal::SIGTERM);
+            let _ = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None);
+            if nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).is_err()
+                || nix::unistd::getppid().as_raw() != p.parent_pid
+            {
+                let _ = kill(child, Signal::SIGKILL);
+            }
             let code = loop {
-                match waitpid(child, None) {
+                match waitpid(child, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
                     Ok(WaitStatus::Exited(_, code)) => break code,
                     Ok(WaitStatus::Signaled(_, sig, _)) => break 128 + sig as i32,
-                    Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                     Err(_) => break 125,
+                }
+                // SIGCHLD (look again) or SIGTERM (kill PID 1, then reap it).
+                if let Ok(Signal::SIGTERM) = set.wait() {
+                    let _ = kill(child, Signal::SIGKILL);
                 }
             };
             // SAFETY: as above.
@@ -1638,6 +1717,7 @@ fn setup_root(p: &Prepared, err_fd: i32) {
         }
     }
     mount_steps(p, err_fd);
+    seal_devices(p, err_fd);
     use nix::mount::{umount2, MntFlags};
     use nix::unistd::{chdir, pivot_root, sethostname};
     if let Err(e) = sethostname(std::ffi::OsStr::from_bytes(p.hostname.as_bytes())) {
@@ -1705,8 +1785,24 @@ fn setup_root(p: &Prepared, err_fd: i32) {
             &e.to_string(),
         );
     }
+    wait_for_network(p, err_fd);
+    // No descriptor but 0-2 survives exec: std's and ours are close-on-exec already, and
+    // anything inherited from whoever started manifold becomes so here.
+    // SAFETY: close_range with integer arguments closes nothing now.
+    if unsafe { libc::close_range(3, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as i32) } != 0 {
+        fail(
+            err_fd,
+            "marking inherited descriptors close-on-exec",
+            &errno_str(),
+        );
+    }
     // SAFETY: prctl calls with integer arguments.
     unsafe { drop_capabilities() };
+    // Loaded while CAP_SYS_ADMIN is still effective, so without no_new_privs, as docker does;
+    // the profile allows what remains (setgroups, setgid, setuid, prctl, execve).
+    if let Err(e) = p.seccomp.install() {
+        fail(err_fd, "loading the seccomp filter", &e.to_string());
+    }
     if let Err(e) = setgroups(&p.groups) {
         fail(err_fd, "setgroups", &e.to_string());
     }
@@ -1715,6 +1811,86 @@ fn setup_root(p: &Prepared, err_fd: i32) {
     }
     if let Err(e) = setuid(Uid::from_raw(p.uid)) {
         fail(err_fd, &format!("setuid {}", p.uid), &e.to_string());
+    }
+    // A change of uid or gid clears the parent-death signal: set it again.
+    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+}
+
+/// Blocks until the network helper has configured the namespace (a byte), or fails (EOF).
+fn wait_for_network(p: &Prepared, err_fd: i32) {
+    if p.net_go_r < 0 {
+        return;
+    }
+    let mut b = [0u8; 1];
+    loop {
+        // SAFETY: reading into a local buffer from a pipe this process holds.
+        let n = unsafe { libc::read(p.net_go_r, b.as_mut_ptr().cast(), 1) };
+        if n == 1 {
+            return;
+        }
+        if n < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            continue;
+        }
+        fail(err_fd, "the default network", "slirp4netns did not come up");
+    }
+}
+
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
+
+/// `mount_setattr(2)` on `path` (and every mount below it with `recursive`).
+fn set_mount_attr(path: &CString, recursive: bool, set: u64, clr: u64) -> io::Result<()> {
+    let attr = MountAttr {
+        attr_set: set,
+        attr_clr: clr,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let flags = libc::AT_SYMLINK_NOFOLLOW | if recursive { libc::AT_RECURSIVE } else { 0 };
+    // SAFETY: a valid C string and a mount_attr of the size passed, both outliving the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            flags as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Only the minimal /dev may hold devices: every other mount of the root becomes `nodev`
+/// (so a device node a step makes with CAP_MKNOD cannot be opened), and /dev itself is
+/// read-only once populated, so nothing new appears there. /dev/shm stays nodev.
+fn seal_devices(p: &Prepared, err_fd: i32) {
+    if let Err(e) = set_mount_attr(&p.target, true, MOUNT_ATTR_NODEV, 0) {
+        fail(
+            err_fd,
+            "making the root filesystem nodev (mount_setattr needs Linux 5.12 or later)",
+            &e.to_string(),
+        );
+    }
+    let (dev, pts, masked) = &p.seal;
+    for (path, set) in [(dev, MOUNT_ATTR_RDONLY), (pts, 0)] {
+        if let Err(e) = set_mount_attr(path, false, set, MOUNT_ATTR_NODEV) {
+            fail(err_fd, "sealing /dev", &e.to_string());
+        }
+    }
+    // /proc's masked files are /dev/null bound over them: they must still open (empty).
+    for path in masked {
+        let _ = set_mount_attr(path, false, 0, MOUNT_ATTR_NODEV);
     }
 }
 
