@@ -76,10 +76,13 @@ pub fn build(
             None => jobs.push((*i, vec![p.clone()])),
         }
     }
+    // Named and marked as the sandbox's state directories are, so `prune` removes it when a
+    // killed build leaves it behind.
     let scratch = tempfile::Builder::new()
-        .prefix("manifold-nodes-")
+        .prefix("manifold-run-nodes-")
         .tempdir()
         .context("creating a scratch directory")?;
+    let _ = runtime::leftovers::mark(scratch.path());
     let mut running = Vec::new();
     for (k, (i, ps)) in jobs.iter().enumerate() {
         let status = &statuses[*i];
@@ -477,9 +480,11 @@ impl<W: Write> Write for Counting<W> {
 /// The node side of `build`: read the stream, build, answer with an OCI archive.
 pub fn node_build(cli: &Cli, env: &transport::Env, a: &NodeBuildArgs) -> Result<ExitCode> {
     let work = tempfile::Builder::new()
-        .prefix("manifold-node-")
+        .prefix("manifold-run-node-")
         .tempdir()
         .context("creating a scratch directory")?;
+    // A cancelled node kills itself: `prune` removes what it leaves by this mark.
+    let _ = runtime::leftovers::mark(work.path());
     let ctx = work.path().join("context");
     std::fs::create_dir(&ctx)?;
     let dockerfile = work.path().join("Dockerfile");

@@ -904,11 +904,13 @@ pub fn run(spec: &RunSpec) -> Result<RunOutput> {
         Err(e) => {
             let msg = read_all(err_r);
             cleanup_stubs(&spec.rootfs, &view, &stubs_before, etc_before);
-            if let Some(Err(net)) = helper.map(|h| h.finish()) {
-                return Err(sandbox_err("setting up the network", net));
-            }
+            // The child's own reason first: its failure is why the network helper failed too.
+            let net = helper.map(|h| h.finish());
             if !msg.is_empty() {
                 return Err(sandbox_err("setting up", msg));
+            }
+            if let Some(Err(net)) = net {
+                return Err(sandbox_err("setting up the network", net));
             }
             let reason = if e.kind() == io::ErrorKind::NotFound {
                 format!("{e}: not found in the root filesystem's PATH or at that path")
@@ -991,11 +993,11 @@ pub fn run(spec: &RunSpec) -> Result<RunOutput> {
     cleanup_stubs(&spec.rootfs, &view, &stubs_before, etc_before);
     let net = helper.map(|h| h.finish());
     let status = status?;
-    if let Some(Err(net)) = net {
-        return Err(sandbox_err("setting up the network", net));
-    }
     if !setup_error.is_empty() {
         return Err(sandbox_err("setting up", setup_error));
+    }
+    if let Some(Err(net)) = net {
+        return Err(sandbox_err("setting up the network", net));
     }
     use std::os::unix::process::ExitStatusExt;
     let code = status
