@@ -544,3 +544,92 @@ fn dockerd_pulls_docker_hub_names_through_the_mirror() {
         .count();
     assert_eq!(n, 4);
 }
+
+/// A build split over this machine (linux/amd64) and an SSH node (linux/arm64, under QEMU
+/// there), pushed as one index: the Docker engine pulls and runs each platform.
+#[test]
+fn docker_runs_each_platform_of_a_build_split_over_nodes() {
+    if !qemu_ready() {
+        return;
+    }
+    let Some(node) = common::sshd::SshNode::start() else {
+        return;
+    };
+    let Some(reg) = Registry::start(None) else {
+        return;
+    };
+    let Some((layout, _)) = busybox_layout(&["amd64", "arm64", "armhf"]) else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    let base = format!("{}/base/busybox:1", reg.addr);
+    ok(
+        &root,
+        &["cp", &format!("oci:{}:latest", layout.display()), &base],
+    );
+    let ctx = t.path().join("ctx");
+    std::fs::create_dir(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {base}\nRUN uname -m > /built-on\nCMD [\"cat\", \"/built-on\"]\n"),
+    )
+    .unwrap();
+    let ssh = node.ssh_command(true);
+    let config = t.path().join("config");
+    let env = [
+        ("MANIFOLD_CONFIG", config.to_str().unwrap()),
+        ("MANIFOLD_SSH", ssh.as_str()),
+    ];
+    let must = |args: &[&str]| {
+        let o = run_with(&root, &env, None, args);
+        assert!(
+            o.status.success(),
+            "manifold {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    must(&[
+        "builder",
+        "create",
+        "--name",
+        "split",
+        "--node",
+        "here",
+        "--platform",
+        "linux/amd64",
+        "local",
+    ]);
+    must(&[
+        "builder",
+        "create",
+        "--name",
+        "split",
+        "--append",
+        "--node",
+        "arm",
+        "--platform",
+        "linux/arm64",
+        &node.endpoint(),
+    ]);
+    let tag = format!("{}/app/split:1", reg.addr);
+    let log = must(&[
+        "build",
+        "--builder",
+        "split",
+        "--platform",
+        "linux/amd64,linux/arm64",
+        "-t",
+        &tag,
+        "--push",
+        ctx.to_str().unwrap(),
+    ]);
+    assert!(log.contains("[arm] building linux/arm64"), "{log}");
+    let Some(d) = Dockerd::start() else { return };
+    for (platform, arch) in [("linux/amd64", "x86_64"), ("linux/arm64", "aarch64")] {
+        d.ok(&["pull", "--platform", platform, &tag]);
+        let out = d.ok(&["run", "--rm", "--platform", platform, &tag]);
+        assert_eq!(out.trim(), arch, "{platform}");
+    }
+}

@@ -2,6 +2,8 @@
 //! real two-platform busybox fixture from Debian's packages.
 #![allow(dead_code)]
 
+pub mod sshd;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
