@@ -8,7 +8,6 @@ use std::sync::Mutex;
 
 use ::engine::engine::{self, BaseResolver, BuildOptions, Event};
 use anyhow::{bail, Context, Result};
-use dockerfile::plan::{Base, Op, Origin};
 use oci::media_type as mt;
 use oci::{Document, ImageConfig, ImageManifest, Manifest, Matcher, Platform, Reference};
 use store::layout::REF_NAME;
@@ -103,6 +102,37 @@ fn parse_output(spec: &str) -> Result<Output> {
             .with_context(|| format!("--output {spec:?} needs dest=PATH"))
     };
     let truthy = |k: &str| kv.get(k).is_some_and(|v| v == "true" || v == "1");
+    // Each output knows its keys; a misspelt one is an error, not silently ignored.
+    let layer_keys = [
+        "compression",
+        "compression-level",
+        "force-compression",
+        "oci-mediatypes",
+    ];
+    let known: Vec<&str> = match kv.get("type").map(String::as_str) {
+        Some("registry") | Some("image") => {
+            vec!["type", "name", "push", "push-by-digest", "store"]
+        }
+        Some("store") => vec!["type", "name"],
+        Some("oci") | Some("docker") => vec!["type", "dest", "name", "tar"],
+        Some("local") | Some("tar") => vec!["type", "dest"],
+        _ => vec!["type"],
+    };
+    let mut known = known;
+    if !matches!(
+        kv.get("type").map(String::as_str),
+        Some("local") | Some("tar")
+    ) {
+        known.extend(layer_keys);
+    }
+    for k in kv.keys() {
+        if !known.contains(&k.as_str()) {
+            bail!(
+                "--output {spec:?}: unknown key {k:?}; this output takes {}",
+                known.join(", ")
+            );
+        }
+    }
     Ok(match kv.get("type").map(String::as_str) {
         Some("registry") => Output::Registry {
             push_by_digest: truthy("push-by-digest"),
@@ -389,29 +419,9 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
         found: Mutex::new(BTreeMap::new()),
     };
 
-    // Bases (and COPY --from images) for every platform that uses them, ready before any step.
-    let mut wanted: BTreeMap<String, Vec<Platform>> = BTreeMap::new();
-    for s in &plan.stages {
-        let mut refs = Vec::new();
-        if let Base::Image { reference } = &s.body.base {
-            refs.push(reference.clone());
-        }
-        for st in &s.body.steps {
-            if let Op::Copy {
-                from: Origin::Image { reference },
-                ..
-            } = &st.op
-            {
-                refs.push(reference.clone());
-            }
-        }
-        for r in refs {
-            let v = wanted.entry(r).or_default();
-            if !v.iter().any(|p| p.same_target(&s.body.platform)) {
-                v.push(s.body.platform.clone());
-            }
-        }
-    }
+    // Every image the plan reads (FROM, COPY --from, RUN --mount from=), for every platform
+    // that reads it, ready before any step.
+    let wanted = plan.images();
     for (r, ps) in &wanted {
         bases.ensure(cli, r, ps, a.pull)?;
     }
@@ -581,10 +591,32 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
                         .collect::<Result<_, _>>()?,
                     None => tags.clone(),
                 };
+                // Layers of base images may already be in the target registry, in the
+                // repository they came from: mounted there, not uploaded again.
+                let mut origins: std::collections::HashMap<oci::Digest, Vec<String>> =
+                    Default::default();
+                for ((r, _), (m, _)) in bases
+                    .found
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("lock poisoned"))?
+                    .iter()
+                {
+                    let Ok(r) = Reference::parse(r) else { continue };
+                    for l in &m.layers {
+                        origins
+                            .entry(l.digest.clone())
+                            .or_default()
+                            .push(r.repo_only().to_string());
+                    }
+                }
+                let source = transport::WithOrigins {
+                    inner: &store,
+                    origins,
+                };
                 for t in &targets {
                     let dst = RegistryRepo::new(env.client()?, t, env.runtime());
                     let report = store::copy(
-                        &store,
+                        &source,
                         &dst,
                         &root,
                         &CopyOptions {
@@ -599,7 +631,7 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
                     say(
                         cli,
                         format!(
-                            "pushed {} ({} blobs, {}, {} already there)",
+                            "pushed {} ({} blobs, {}, {} mounted, {} already there)",
                             if *push_by_digest {
                                 format!("{}@{}", t.repo_only(), root.digest)
                             } else {
@@ -607,6 +639,7 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
                             },
                             report.blobs_copied,
                             human_size(report.bytes_copied),
+                            report.blobs_mounted,
                             report.blobs_skipped
                         ),
                     );

@@ -166,7 +166,12 @@ pub fn run(cli: &Cli, env: &Env) -> Result<ExitCode> {
             reference,
             platform,
         } => lists::digest(env, reference, platform.as_deref(), cli.quiet),
-        Command::Prune { format, cache } => prune(root, *format, *cache),
+        Command::Prune {
+            format,
+            cache,
+            filter,
+            keep_storage,
+        } => prune(root, *format, *cache, filter, keep_storage.as_deref()),
         Command::Fsck { format } => fsck(root, *format),
     }
 }
@@ -373,7 +378,7 @@ fn rm(cli: &Cli, root: &Path, names: &[String]) -> Result<ExitCode> {
             println!("Untagged: {}", familiar(&full));
         }
     }
-    let r = store.gc()?;
+    let r = gc(&store, root)?;
     if r.blobs_removed > 0 {
         say(
             cli,
@@ -605,22 +610,35 @@ fn cp(
     Ok(ExitCode::SUCCESS)
 }
 
-fn prune(root: &Path, format: OutputFormat, cache: bool) -> Result<ExitCode> {
+fn prune(
+    root: &Path,
+    format: OutputFormat,
+    cache: bool,
+    filter: &[String],
+    keep_storage: Option<&str>,
+) -> Result<ExitCode> {
     let store = transport::open_store(root)?;
+    let build_cache = ::engine::cache::LocalCache::new(root);
     let mut cache_freed = 0u64;
+    let mut steps_removed = 0;
     if cache {
-        // Under the GC lock, so no build is using the cache while it goes.
-        let _g = store.gc_lock()?;
-        let build = root.join("build");
-        for d in ["cache", "cache-mounts", "snapshots", "tmp"] {
-            let p = build.join(d);
-            cache_freed += dir_size(&p);
-            if p.exists() {
-                std::fs::remove_dir_all(&p).with_context(|| format!("removing {}", p.display()))?;
+        let mut f = ::engine::cache::PruneFilter::default();
+        for spec in filter {
+            match spec.split_once('=') {
+                Some(("until", v)) => f.until = Some(parse_duration(v)?),
+                _ => bail!("--filter {spec:?}: use until=DURATION (for example until=24h)"),
             }
         }
+        if let Some(k) = keep_storage {
+            f.keep_storage = Some(parse_size(k)?);
+        }
+        // Under the GC lock, so no build is using the cache while it goes.
+        let _g = store.gc_lock()?;
+        let before = ::engine::cache::dir_size(build_cache.dir());
+        steps_removed = build_cache.prune(&f, &|d| store.blob_size(d).unwrap_or(0))?;
+        cache_freed = before.saturating_sub(::engine::cache::dir_size(build_cache.dir()));
     }
-    let r = store.gc()?;
+    let r = gc(&store, root)?;
     if format == OutputFormat::Json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
@@ -631,22 +649,71 @@ fn prune(root: &Path, format: OutputFormat, cache: bool) -> Result<ExitCode> {
             r.temporaries_removed
         );
         if cache {
-            println!("Removed the build cache ({})", human_size(cache_freed));
+            println!(
+                "Removed {steps_removed} cached steps from the build cache ({})",
+                human_size(cache_freed)
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn dir_size(p: &Path) -> u64 {
-    let Ok(meta) = std::fs::symlink_metadata(p) else {
-        return 0;
-    };
-    if !meta.is_dir() {
-        return meta.len();
+/// The store's GC, keeping the layers cached build steps use.
+pub fn gc(store: &store::Layout, root: &Path) -> Result<store::layout::GcReport> {
+    let roots = ::engine::cache::LocalCache::new(root).roots();
+    Ok(store.gc_keeping(&roots)?)
+}
+
+/// `24h`, `90m`, `1h30m`, `45s`, `7d`.
+fn parse_duration(s: &str) -> Result<std::time::Duration> {
+    let mut total = 0u64;
+    let mut num = String::new();
+    for c in s.trim().chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let n: u64 = num
+            .parse()
+            .with_context(|| format!("duration {s:?}: a number must come before {c:?}"))?;
+        num.clear();
+        total += n * match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            _ => bail!("duration {s:?}: unknown unit {c:?}; use s, m, h or d"),
+        };
     }
-    std::fs::read_dir(p)
-        .map(|rd| rd.flatten().map(|e| dir_size(&e.path())).sum())
-        .unwrap_or(0)
+    if !num.is_empty() {
+        bail!("duration {s:?} needs a unit (s, m, h or d), as in 24h");
+    }
+    Ok(std::time::Duration::from_secs(total))
+}
+
+/// `0`, `512MB`, `10GB`, `1.5GiB`, `100kB` (decimal units as docker shows them; `Ki`/`Mi`/`Gi`
+/// binary).
+fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: f64 = n
+        .parse()
+        .with_context(|| format!("size {s:?}: use a number with a unit, as in 10GB"))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "t" | "tb" => 1e12,
+        "ki" | "kib" => 1024.0,
+        "mi" | "mib" => 1024.0 * 1024.0,
+        "gi" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        other => bail!("size {s:?}: unknown unit {other:?}; use B, kB, MB, GB or TB"),
+    };
+    Ok((n * mult) as u64)
 }
 
 fn fsck(root: &Path, format: OutputFormat) -> Result<ExitCode> {
@@ -683,6 +750,19 @@ fn fsck(root: &Path, format: OutputFormat) -> Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prune_durations_and_sizes() {
+        assert_eq!(parse_duration("24h").unwrap().as_secs(), 86_400);
+        assert_eq!(parse_duration("1h30m").unwrap().as_secs(), 5_400);
+        assert!(parse_duration("24").is_err());
+        assert!(parse_duration("3w").is_err());
+        assert_eq!(parse_size("0").unwrap(), 0);
+        assert_eq!(parse_size("512MB").unwrap(), 512_000_000);
+        assert_eq!(parse_size("1.5GB").unwrap(), 1_500_000_000);
+        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
+        assert!(parse_size("lots").is_err());
+    }
 
     #[test]
     fn sizes_read_like_docker() {

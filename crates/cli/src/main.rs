@@ -348,8 +348,16 @@ pub enum Command {
     /// Remove blobs that no image uses and leftovers of interrupted writes.
     Prune {
         /// Also drop the build cache: cached steps, RUN cache mounts, unpacked layer snapshots.
+        /// Without it, layers that cached steps use are kept.
         #[arg(long)]
         cache: bool,
+        /// With --cache: `until=DURATION` (24h, 90m) drops only steps unused for that long.
+        #[arg(long, requires = "cache")]
+        filter: Vec<String>,
+        /// With --cache: drop the least recently used steps until the rest fits in SIZE
+        /// (10GB, 512MB, 0).
+        #[arg(long, requires = "cache")]
+        keep_storage: Option<String>,
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         format: OutputFormat,
     },

@@ -17,9 +17,9 @@ use oci::{
     ContainerConfig, Descriptor, Digest, Document, History, ImageConfig, ImageManifest, Index,
     Platform,
 };
-use serde::{Deserialize, Serialize};
 use store::Layout;
 
+use crate::cache::{CacheStore, CachedStep, LocalCache};
 use crate::context::{copy_into, Context};
 use runtime::emulation;
 use runtime::layer::{self, LayerOptions};
@@ -92,13 +92,11 @@ pub struct Built {
 struct State {
     layers: Vec<(Descriptor, Digest)>,
     config: ImageConfig,
-    /// Content key of everything so far: base, every step, every layer.
+    /// Content key of everything so far: base, every step, every layer (by diffID).
     key: String,
-}
-
-#[derive(Serialize, Deserialize)]
-struct CachedStep {
-    layer: Option<(Descriptor, Digest)>,
+    /// DiffIDs of the layers this build's steps made (exported in the asked compression; base
+    /// layers keep theirs).
+    own: std::collections::BTreeSet<Digest>,
 }
 
 struct Engine<'a> {
@@ -106,6 +104,7 @@ struct Engine<'a> {
     resolver: &'a dyn BaseResolver,
     opts: &'a BuildOptions,
     snapshots: SnapshotCache,
+    cache: LocalCache,
     context: Context,
     progress: &'a (dyn Fn(Event) + Sync),
     /// Instance key → the target platforms that need it, for progress labels.
@@ -134,10 +133,8 @@ pub fn build(
         }
     }
     emulation::check_all(&needs_run)?;
-    for d in ["snapshots", "cache", "tmp"] {
-        let p = opts.work_dir.join(d);
-        fs::create_dir_all(&p).map_err(io_err("creating", &p))?;
-    }
+    let cache = LocalCache::at(&opts.work_dir);
+    cache.create()?;
     let mut targets: HashMap<String, Vec<String>> = HashMap::new();
     for pp in &plan.platforms {
         for k in &pp.stages {
@@ -152,7 +149,8 @@ pub fn build(
         store,
         resolver,
         opts,
-        snapshots: SnapshotCache::open(opts.work_dir.join("snapshots"))?,
+        snapshots: SnapshotCache::open(cache.snapshots_dir())?,
+        cache,
         context: Context::open(&opts.context)?,
         progress,
         epoch: opts.layer.source_date_epoch,
@@ -256,6 +254,7 @@ impl Engine<'_> {
                     ..Default::default()
                 },
                 key: key_of(&["scratch", &platform.to_string()]),
+                own: Default::default(),
             },
             Base::Image { reference } => self.base_image(reference, platform)?,
             Base::Stage { key, .. } => deps.get(key).cloned().ok_or_else(|| Error::BadLayer {
@@ -335,6 +334,7 @@ impl Engine<'_> {
             key: key_of(&parts.iter().map(String::as_str).collect::<Vec<_>>()),
             layers,
             config,
+            own: Default::default(),
         })
     }
 
@@ -357,11 +357,9 @@ impl Engine<'_> {
         deps: &HashMap<String, State>,
     ) -> Result<(bool, bool)> {
         let op_json = serde_json::to_string(&step.op).unwrap_or_default();
-        // How layers are written changes their bytes, so it is part of every step's key.
-        let layer_form = format!(
-            "{:?}/{:?}/{:?}",
-            self.opts.layer.compression, self.opts.layer.level, self.opts.layer.source_date_epoch
-        );
+        // Clamped times change a layer's tar, so they are in every step's key; compression
+        // is not (layers are kept by diffID and compressed as each output asks).
+        let layer_form = format!("{:?}", self.opts.layer.source_date_epoch);
         let step_key = key_of(&[&state.key, &op_json, &platform.to_string(), &layer_form]);
         // The config as it is before this step (env, workdir, user); only the config-only
         // instructions below change it.
@@ -381,6 +379,8 @@ impl Engine<'_> {
             } => {
                 let mode = emulation::check(platform)?;
                 let emulated = mode.is_emulated();
+                // What bind mounts read is an input of the step like its command.
+                let step_key = key_of(&[&step_key, &self.mount_inputs(mounts, platform, deps)?]);
                 if self.take_cached(state, &step_key, format!("RUN {}", command_text(command))) {
                     return Ok((true, emulated));
                 }
@@ -501,14 +501,14 @@ impl Engine<'_> {
                             reason: "COPY --from names a stage that was not built".into(),
                         })?;
                         let root = tmp.path().join("from");
-                        snapshot::flatten(&self.snapshot_paths(src)?, &root)?;
+                        self.read_paths(src, sources, &root)?;
                         let ctx = Context::of_rootfs(&root)?;
                         copy_into(&ctx, sources, dest, &workdir, &upper, owner, mode, exclude)?;
                     }
                     Origin::Image { reference } => {
                         let src = self.base_image(reference, platform)?;
                         let root = tmp.path().join("from");
-                        snapshot::flatten(&self.snapshot_paths(&src)?, &root)?;
+                        self.read_paths(&src, sources, &root)?;
                         let ctx = Context::of_rootfs(&root)?;
                         copy_into(&ctx, sources, dest, &workdir, &upper, owner, mode, exclude)?;
                     }
@@ -685,9 +685,8 @@ impl Engine<'_> {
                     let id = m.id.clone().unwrap_or_else(|| target.clone());
                     let hex = key_of(&[&id]);
                     let dir = self
-                        .opts
-                        .work_dir
-                        .join("cache-mounts")
+                        .cache
+                        .cache_mounts_dir()
                         .join(hex.trim_start_matches("sha256:"));
                     if !dir.is_dir() {
                         fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
@@ -837,9 +836,66 @@ impl Engine<'_> {
         true
     }
 
+    /// The content of what a step's bind mounts read: context files, the result of a stage,
+    /// an image's layers.
+    fn mount_inputs(
+        &self,
+        mounts: &[dockerfile::plan::PlannedMount],
+        platform: &Platform,
+        deps: &HashMap<String, State>,
+    ) -> Result<String> {
+        let mut parts = Vec::new();
+        for m in mounts.iter().filter(|m| m.kind == ast::MountType::Bind) {
+            let rel = m.source.clone().unwrap_or_else(|| ".".into());
+            parts.push(match &m.from {
+                None | Some(Origin::Context) => self
+                    .context
+                    .fingerprint(&[PlannedSource::Path { path: rel }], &[])?,
+                Some(Origin::Stage { key, .. }) => deps
+                    .get(key)
+                    .map(|s| s.key.clone())
+                    .ok_or_else(|| Error::BadLayer {
+                        layer: key.clone(),
+                        reason: "a stage this mount reads was not built".into(),
+                    })?,
+                Some(Origin::Image { reference }) => self.base_image(reference, platform)?.key,
+            });
+        }
+        Ok(key_of(
+            &parts.iter().map(String::as_str).collect::<Vec<_>>(),
+        ))
+    }
+
+    /// Puts what `sources` name from a stage's filesystem into `root`, reading only those paths
+    /// through its layers (a pattern brings the directory above its first wildcard), not the
+    /// whole stage.
+    fn read_paths(
+        &self,
+        src: &State,
+        sources: &[PlannedSource],
+        root: &std::path::Path,
+    ) -> Result<()> {
+        let mut paths = Vec::new();
+        for s in sources {
+            if let PlannedSource::Path { path } = s {
+                let fixed: Vec<&str> = path
+                    .split('/')
+                    .filter(|c| !c.is_empty() && *c != ".")
+                    .take_while(|c| !c.contains(['*', '?', '[', '\\']))
+                    .collect();
+                paths.push(fixed.join("/"));
+            }
+        }
+        let layers = self.snapshot_paths(src)?;
+        if paths.iter().any(|p| p.is_empty()) {
+            return snapshot::flatten(&layers, root);
+        }
+        snapshot::flatten_paths(&layers, root, &paths)
+    }
+
     /// A scratch directory for one step under the build's work dir, removed on drop.
     fn scratch(&self, prefix: &str) -> Result<tempfile::TempDir> {
-        let dir = self.opts.work_dir.join("tmp");
+        let dir = self.cache.tmp_dir();
         tempfile::Builder::new()
             .prefix(&format!("{prefix}-"))
             .tempdir_in(&dir)
@@ -860,6 +916,12 @@ impl Engine<'_> {
         if written.entries > 0 {
             self.snapshots.adopt(upper, &written.diff_id)?;
         }
+        self.cache.put_blob(
+            &written.diff_id,
+            self.opts.layer.compression,
+            self.opts.layer.level,
+            &written.descriptor,
+        );
         let layer =
             (keep_empty || written.entries > 0).then_some((written.descriptor, written.diff_id));
         self.remember(
@@ -875,7 +937,8 @@ impl Engine<'_> {
     fn push_layer(&self, state: &mut State, layer: Option<(Descriptor, Digest)>, step_key: &str) {
         match layer {
             Some((d, diff)) => {
-                state.key = key_of(&[step_key, &d.digest.to_string()]);
+                state.key = key_of(&[step_key, &diff.to_string()]);
+                state.own.insert(diff.clone());
                 state.layers.push((d, diff));
             }
             None => state.key = step_key.to_string(),
@@ -890,16 +953,9 @@ impl Engine<'_> {
             .collect()
     }
 
-    fn cache_path(&self, key: &str) -> PathBuf {
-        self.opts
-            .work_dir
-            .join("cache")
-            .join(format!("{}.json", key.trim_start_matches("sha256:")))
-    }
-
     /// A cached step, when its layer is still in the store.
     fn cached(&self, key: &str) -> Option<CachedStep> {
-        let c: CachedStep = serde_json::from_slice(&fs::read(self.cache_path(key)).ok()?).ok()?;
+        let c = self.cache.step(key)?;
         match &c.layer {
             Some((d, _)) if self.store.blob_size(&d.digest) != Some(d.size) => None,
             _ => Some(c),
@@ -907,9 +963,21 @@ impl Engine<'_> {
     }
 
     fn remember(&self, key: &str, c: &CachedStep) {
-        if let Ok(bytes) = serde_json::to_vec(c) {
-            let _ = store::layout::write_atomic(&self.cache_path(key), &bytes);
+        self.cache.put_step(key, c);
+    }
+
+    /// A layer this build made, in the compression the output asks for: the blob made before
+    /// for (diffID, compression, level), else the layer compressed again (and remembered).
+    fn exported_layer(&self, d: &Descriptor, diff: &Digest) -> Result<Descriptor> {
+        let (c, level) = (self.opts.layer.compression, self.opts.layer.level);
+        if let Some(b) = self.cache.blob(diff, c, level) {
+            if self.store.blob_size(&b.digest) == Some(b.size) {
+                return Ok(b);
+            }
         }
+        let b = layer::recompress_in_store(self.store, d, &self.opts.layer)?;
+        self.cache.put_blob(diff, c, level, &b);
+        Ok(b)
     }
 
     fn write_image(&self, platform: &Platform, state: &State) -> Result<PlatformImage> {
@@ -920,6 +988,17 @@ impl Engine<'_> {
         config.created = Some(rfc3339(self.epoch.unwrap_or(self.started)));
         config.rootfs.kind = "layers".into();
         config.rootfs.diff_ids = state.layers.iter().map(|(_, d)| d.clone()).collect();
+        let layers = state
+            .layers
+            .iter()
+            .map(|(d, diff)| {
+                if state.own.contains(diff) {
+                    self.exported_layer(d, diff)
+                } else {
+                    Ok(d.clone())
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
         let cfg = Document::new(config);
         self.store.put_bytes(cfg.bytes())?;
         let manifest = ImageManifest {
@@ -927,7 +1006,7 @@ impl Engine<'_> {
             media_type: Some(mt::OCI_MANIFEST.into()),
             artifact_type: None,
             config: cfg.descriptor(mt::OCI_CONFIG),
-            layers: state.layers.iter().map(|(d, _)| d.clone()).collect(),
+            layers,
             subject: None,
             annotations: Default::default(),
             extra: Default::default(),

@@ -36,6 +36,12 @@ pub trait Source: Sync {
         None
     }
 
+    /// Repositories (references such as `host/repo`) known to hold this blob too: a registry
+    /// target on the same host mounts it from there instead of receiving its bytes.
+    fn also_in(&self, _digest: &Digest) -> Vec<String> {
+        Vec::new()
+    }
+
     /// For adapters that recognize a source of their own kind (a registry copying to a registry
     /// mounts blobs instead of moving them).
     fn as_any(&self) -> Option<&dyn std::any::Any> {

@@ -171,6 +171,23 @@ impl Target for RegistryRepo {
                 }
             }
         }
+        // Where the source says the blob also lives (a build's base image): mount from there.
+        for origin in src.also_in(&desc.digest) {
+            let Ok(from) = Reference::parse(&origin) else {
+                continue;
+            };
+            let from = from.repo_only();
+            if from.registry() != self.repo.registry() || from == self.repo {
+                continue;
+            }
+            let mounted = self
+                .rt
+                .block_on(self.client.mount_blob(&self.repo, &from, &desc.digest))
+                .map_err(backend)?;
+            if mounted {
+                return Ok(Put::Mounted);
+            }
+        }
         let source: Box<dyn BlobSource> = if let Some(other) = other {
             Box::new(registry::RegistryBlob {
                 client: other.client.clone(),
@@ -202,6 +219,37 @@ impl Target for RegistryRepo {
             .block_on(self.client.put_manifest(&r, &bytes, &desc.media_type))
             .map_err(backend)?;
         Ok(())
+    }
+}
+
+/// A source whose blobs may also be in registry repositories (the base images of a build):
+/// copying it to a registry mounts those blobs from there.
+pub struct WithOrigins<'a> {
+    pub inner: &'a dyn Source,
+    /// Blob digest → references of repositories that hold it.
+    pub origins: HashMap<Digest, Vec<String>>,
+}
+
+impl Source for WithOrigins<'_> {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn resolve(&self, name: &str) -> store::Result<Descriptor> {
+        self.inner.resolve(name)
+    }
+    fn open_at(&self, desc: &Descriptor, offset: u64) -> store::Result<Box<dyn Read + Send + '_>> {
+        self.inner.open_at(desc, offset)
+    }
+    fn local_file(&self, desc: &Descriptor) -> Option<FileRange> {
+        self.inner.local_file(desc)
+    }
+    fn also_in(&self, digest: &Digest) -> Vec<String> {
+        let mut v = self.inner.also_in(digest);
+        v.extend(self.origins.get(digest).cloned().unwrap_or_default());
+        v
+    }
+    fn entries(&self) -> store::Result<Vec<(Option<String>, Descriptor)>> {
+        self.inner.entries()
     }
 }
 
