@@ -180,20 +180,10 @@ impl Bases<'_> {
         let image = match m {
             Manifest::Image(doc) => doc.value().clone(),
             Manifest::Index(doc) => {
-                let cands: Vec<_> = doc
-                    .value()
-                    .manifests
-                    .iter()
-                    .filter(|d| !d.is_attestation())
-                    .collect();
-                let plats: Vec<Platform> = cands
-                    .iter()
-                    .map(|d| d.platform.clone().unwrap_or_default())
-                    .collect();
-                let Some(i) = Matcher::new(platform).best(&plats) else {
+                let Ok(entry) = doc.value().select(platform) else {
                     return Ok(None);
                 };
-                match self.store.read_manifest(cands[i]) {
+                match self.store.read_manifest(entry) {
                     Ok(Manifest::Image(doc)) => doc.value().clone(),
                     _ => return Ok(None),
                 }

@@ -261,22 +261,17 @@ fn select(
         Platforms::All => return Ok((doc.bytes().to_vec(), root.clone(), all.clone())),
         Platforms::Best(m) => m,
     };
-    let runnable: Vec<&Descriptor> = all.iter().filter(|d| !d.is_attestation()).collect();
-    let plats: Vec<Platform> = runnable
-        .iter()
-        .map(|d| d.platform.clone().unwrap_or_default())
-        .collect();
     let mut keep = BTreeSet::new();
     for m in matchers {
-        match m.best(&plats) {
-            Some(i) => {
-                keep.insert(runnable[i].digest.clone());
+        match doc.value().select_with(m) {
+            Ok(d) => {
+                keep.insert(d.digest.clone());
             }
-            None => {
+            Err(e) => {
                 return Err(Error::NoMatchingPlatform {
                     source_name: src.describe(),
-                    wanted: m.wanted().to_string(),
-                    available: plats.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+                    wanted: e.wanted.to_string(),
+                    available: e.available.iter().map(|p| p.to_string()).collect(),
                 })
             }
         }
