@@ -1,20 +1,21 @@
 //! `manifold build`: plan the Dockerfile for every platform, make sure base images are in the
 //! store, run the plan with the build engine, then send the result where `--output` says.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Mutex;
 
 use ::engine::engine::{self, BaseResolver, BuildOptions, Event};
+use ::engine::export::{self, Exporter};
 use anyhow::{bail, Context, Result};
 use oci::media_type as mt;
 use oci::{Document, ImageConfig, ImageManifest, Manifest, Matcher, Platform, Reference};
 use store::layout::REF_NAME;
 use store::{CopyOptions, Layout, Platforms, Source};
-use transport::{Env, Place, RegistryRepo};
+use transport::{Env, RegistryRepo};
 
-use crate::local::{human_size, say};
+use crate::local::say;
 use crate::{Cli, OutputFormat};
 
 /// What `manifold build` was asked, flags as buildx spells them.
@@ -74,84 +75,6 @@ fn parse_secrets(specs: &[String]) -> Result<BTreeMap<String, PathBuf>> {
         out.insert(id, src);
     }
     Ok(out)
-}
-
-/// One `--output`.
-#[derive(Debug, Clone, PartialEq)]
-enum Output {
-    Store,
-    Registry {
-        push_by_digest: bool,
-        name: Option<String>,
-    },
-    Oci(PathBuf),
-    Docker(PathBuf),
-    Local(PathBuf),
-    Tar(PathBuf),
-}
-
-fn parse_output(spec: &str) -> Result<Output> {
-    let mut kv = BTreeMap::new();
-    for part in spec.split(',') {
-        let (k, v) = part.split_once('=').unwrap_or(("type", part));
-        kv.insert(k.trim().to_string(), v.trim().to_string());
-    }
-    let dest = || -> Result<PathBuf> {
-        kv.get("dest")
-            .map(PathBuf::from)
-            .with_context(|| format!("--output {spec:?} needs dest=PATH"))
-    };
-    let truthy = |k: &str| kv.get(k).is_some_and(|v| v == "true" || v == "1");
-    // Each output knows its keys; a misspelt one is an error, not silently ignored.
-    let layer_keys = [
-        "compression",
-        "compression-level",
-        "force-compression",
-        "oci-mediatypes",
-    ];
-    let known: Vec<&str> = match kv.get("type").map(String::as_str) {
-        Some("registry") | Some("image") => {
-            vec!["type", "name", "push", "push-by-digest", "store"]
-        }
-        Some("store") => vec!["type", "name"],
-        Some("oci") | Some("docker") => vec!["type", "dest", "name", "tar"],
-        Some("local") | Some("tar") => vec!["type", "dest"],
-        _ => vec!["type"],
-    };
-    let mut known = known;
-    if !matches!(
-        kv.get("type").map(String::as_str),
-        Some("local") | Some("tar")
-    ) {
-        known.extend(layer_keys);
-    }
-    for k in kv.keys() {
-        if !known.contains(&k.as_str()) {
-            bail!(
-                "--output {spec:?}: unknown key {k:?}; this output takes {}",
-                known.join(", ")
-            );
-        }
-    }
-    Ok(match kv.get("type").map(String::as_str) {
-        Some("registry") => Output::Registry {
-            push_by_digest: truthy("push-by-digest"),
-            name: kv.get("name").cloned(),
-        },
-        Some("image") if truthy("push") => Output::Registry {
-            push_by_digest: truthy("push-by-digest"),
-            name: kv.get("name").cloned(),
-        },
-        Some("image") | Some("store") => Output::Store,
-        Some("oci") => Output::Oci(dest()?),
-        Some("docker") => Output::Docker(dest()?),
-        Some("local") => Output::Local(dest()?),
-        Some("tar") => Output::Tar(dest()?),
-        Some(other) => {
-            bail!("unknown output type {other:?}; use registry, image, oci, docker, local or tar")
-        }
-        None => bail!("--output {spec:?} needs type=…"),
-    })
 }
 
 /// Looks for base images in the store and pulls what is missing, only the platforms the build
@@ -307,6 +230,16 @@ impl BaseResolver for Bases<'_> {
     }
 }
 
+/// Registry repositories for the registry exporter, with this command's credentials and TLS.
+struct Registries<'a>(&'a Env);
+
+impl export::Registries for Registries<'_> {
+    fn target(&self, r: &Reference) -> std::result::Result<Box<dyn store::Target>, String> {
+        let client = self.0.client().map_err(|e| e.to_string())?;
+        Ok(Box::new(RegistryRepo::new(client, r, self.0.runtime())))
+    }
+}
+
 pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
     let path: PathBuf = a
         .file
@@ -374,30 +307,23 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
         say(cli, format!("warning: {w}"));
     }
 
-    let mut outputs: Vec<Output> = a
+    let mut exporters: Vec<Box<dyn Exporter>> = a
         .outputs
         .iter()
-        .map(|o| parse_output(o))
-        .collect::<Result<_>>()?;
+        .map(|o| export::parse_output(o))
+        .collect::<Result<_, _>>()?;
     if a.push {
-        outputs.push(Output::Registry {
-            push_by_digest: false,
-            name: None,
-        });
+        exporters.push(Box::new(export::RegistryExporter::new()));
     }
-    if a.load || outputs.is_empty() {
-        outputs.push(Output::Store);
+    if a.load || exporters.is_empty() {
+        exporters.push(Box::new(export::StoreExporter::new()));
     }
     let tags: Vec<Reference> = a
         .tags
         .iter()
         .map(|t| Reference::parse(t))
         .collect::<Result<_, _>>()?;
-    if outputs
-        .iter()
-        .any(|o| matches!(o, Output::Registry { name: None, .. }))
-        && tags.is_empty()
-    {
+    if exporters.iter().any(|e| e.needs_tags()) && tags.is_empty() {
         bail!("--push needs a name: add -t REGISTRY/REPO:TAG");
     }
 
@@ -503,32 +429,8 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
         }
     };
     let work_dir = env.store_root.join("build");
-    let mut layer_opts = runtime::LayerOptions::from_env();
-    // compression=gzip|zstd|uncompressed and compression-level=N in any --output set how
-    // layers are written.
-    for spec in a.outputs {
-        for part in spec.split(',') {
-            match part.split_once('=') {
-                Some(("compression", v)) => {
-                    layer_opts.compression = match v {
-                        "gzip" => oci::media_type::Compression::Gzip,
-                        "zstd" => oci::media_type::Compression::Zstd,
-                        "uncompressed" => oci::media_type::Compression::None,
-                        other => {
-                            bail!("--output compression={other}: use gzip, zstd or uncompressed")
-                        }
-                    }
-                }
-                Some(("compression-level", v)) => {
-                    layer_opts.level = Some(
-                        v.parse()
-                            .with_context(|| format!("compression-level={v} is not a number"))?,
-                    );
-                }
-                _ => {}
-            }
-        }
-    }
+    // Compression belongs to each output (exporters), not to the build or its cache keys.
+    let layer_opts = runtime::LayerOptions::from_env();
     let bopts = BuildOptions {
         context: a.context.to_path_buf(),
         dockerfile: shown.clone(),
@@ -557,112 +459,37 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
         format!("built in {:.1}s", started.elapsed().as_secs_f64()),
     );
 
-    let mut names_done = Vec::new();
-    for out in &outputs {
-        match out {
-            Output::Store => {
-                let names: Vec<(String, oci::Descriptor)> =
-                    tags.iter().map(|t| (t.to_string(), root.clone())).collect();
-                if names.is_empty() {
-                    store.add_unnamed(&root)?;
-                } else {
-                    store.set_names(&names)?;
-                    names_done.extend(tags.iter().map(|t| t.familiar()));
-                }
-            }
-            Output::Registry {
-                push_by_digest,
-                name,
-            } => {
-                let targets: Vec<Reference> = match name {
-                    Some(n) => n
-                        .split(',')
-                        .map(|n| Reference::parse(n.trim()))
-                        .collect::<Result<_, _>>()?,
-                    None => tags.clone(),
-                };
-                // Layers of base images may already be in the target registry, in the
-                // repository they came from: mounted there, not uploaded again.
-                let mut origins: std::collections::HashMap<oci::Digest, Vec<String>> =
-                    Default::default();
-                for ((r, _), (m, _)) in bases
-                    .found
-                    .lock()
-                    .map_err(|_| anyhow::anyhow!("lock poisoned"))?
-                    .iter()
-                {
-                    let Ok(r) = Reference::parse(r) else { continue };
-                    for l in &m.layers {
-                        origins
-                            .entry(l.digest.clone())
-                            .or_default()
-                            .push(r.repo_only().to_string());
-                    }
-                }
-                let source = transport::WithOrigins {
-                    inner: &store,
-                    origins,
-                };
-                for t in &targets {
-                    let dst = RegistryRepo::new(env.client()?, t, env.runtime());
-                    let report = store::copy(
-                        &source,
-                        &dst,
-                        &root,
-                        &CopyOptions {
-                            platforms: Platforms::All,
-                            jobs: 4,
-                            progress: None,
-                        },
-                    )?;
-                    if !push_by_digest {
-                        store::Target::set_name(&dst, &t.to_string(), &root)?;
-                    }
-                    say(
-                        cli,
-                        format!(
-                            "pushed {} ({} blobs, {}, {} mounted, {} already there)",
-                            if *push_by_digest {
-                                format!("{}@{}", t.repo_only(), root.digest)
-                            } else {
-                                t.familiar()
-                            },
-                            report.blobs_copied,
-                            human_size(report.bytes_copied),
-                            report.blobs_mounted,
-                            report.blobs_skipped
-                        ),
-                    );
-                }
-            }
-            Output::Oci(dest) | Output::Docker(dest) => {
-                let place = if matches!(out, Output::Oci(_)) {
-                    Place::OciArchive(dest.clone(), None)
-                } else {
-                    Place::DockerArchive(dest.clone(), None)
-                };
-                let target = transport::OpenTarget::open(&place, env)?;
-                store::copy(&store, target.target(), &root, &CopyOptions::default())?;
-                let names: Vec<String> = if tags.is_empty() {
-                    vec![format!(
-                        "localhost/manifold-build:{}",
-                        &root.digest.hex()[..12]
-                    )]
-                } else {
-                    tags.iter().map(|t| t.to_string()).collect()
-                };
-                for n in &names {
-                    target.target().set_name(n, &root)?;
-                }
-                for line in target.finish()? {
-                    say(cli, line);
-                }
-                say(cli, format!("wrote {}", dest.display()));
-            }
-            Output::Local(dest) | Output::Tar(dest) => {
-                export_filesystem(&store, &built.images, dest, matches!(out, Output::Tar(_)))?;
-                say(cli, format!("wrote {}", dest.display()));
-            }
+    let mut origins: HashMap<oci::Digest, Vec<String>> = HashMap::new();
+    for ((r, _), (m, _)) in bases
+        .found
+        .lock()
+        .map_err(|_| anyhow::anyhow!("lock poisoned"))?
+        .iter()
+    {
+        let Ok(r) = Reference::parse(r) else { continue };
+        for l in &m.layers {
+            origins
+                .entry(l.digest.clone())
+                .or_default()
+                .push(r.repo_only().to_string());
+        }
+    }
+    let cache = ::engine::cache::LocalCache::at(&bopts.work_dir);
+    let cx = export::ExportContext {
+        store: &store,
+        built: &built,
+        root: root.clone(),
+        tags: &tags,
+        cache: &cache,
+        origins: &origins,
+        registries: &Registries(env),
+    };
+    for e in &exporters {
+        for line in e
+            .export(&cx)
+            .with_context(|| format!("exporting to the {} output", e.kind()))?
+        {
+            say(cli, line);
         }
     }
 
@@ -686,62 +513,5 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
     for i in &built.images {
         println!("{}  {}", i.manifest.digest, i.platform);
     }
-    if !names_done.is_empty() {
-        say(cli, format!("named {}", names_done.join(", ")));
-    }
     Ok(ExitCode::SUCCESS)
-}
-
-/// `type=local` / `type=tar`: each platform's root filesystem, in `platform` subdirectories when
-/// there are several.
-fn export_filesystem(
-    store: &Layout,
-    images: &[engine::PlatformImage],
-    dest: &Path,
-    tar: bool,
-) -> Result<()> {
-    let work = tempfile::tempdir()?;
-    let base = if tar {
-        work.path().join("fs")
-    } else {
-        dest.to_path_buf()
-    };
-    let several = images.len() > 1;
-    for i in images {
-        let dir = if several {
-            base.join(i.platform.slug('_'))
-        } else {
-            base.clone()
-        };
-        std::fs::create_dir_all(&dir)?;
-        let m = match store.read_manifest(&i.manifest)? {
-            Manifest::Image(doc) => doc.value().clone(),
-            Manifest::Index(_) => bail!("{} is an index, not an image", i.manifest.digest),
-        };
-        for l in &m.layers {
-            let f = store.open_blob(&l.digest)?;
-            runtime::snapshot::apply_layer(
-                &dir,
-                f,
-                Some(&l.media_type),
-                runtime::WhiteoutMode::Apply,
-                &l.digest.to_string(),
-            )?;
-        }
-    }
-    if tar {
-        let tmp = tempfile::NamedTempFile::new_in(
-            dest.parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new(".")),
-        )?;
-        {
-            let mut b = tar::Builder::new(std::io::BufWriter::new(tmp.as_file()));
-            b.follow_symlinks(false);
-            b.append_dir_all(".", &base)?;
-            b.into_inner()?;
-        }
-        tmp.persist(dest)?;
-    }
-    Ok(())
 }

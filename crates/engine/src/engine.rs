@@ -77,6 +77,9 @@ pub struct PlatformImage {
     /// The image manifest, with its platform.
     pub manifest: Descriptor,
     pub config: Digest,
+    /// DiffIDs of the layers this build made (base image layers are not among them):
+    /// exporters recompress only these unless forced.
+    pub own_layers: std::collections::BTreeSet<Digest>,
 }
 
 /// The result: per-platform images and the index over them, all in the store (unnamed: hold a
@@ -966,20 +969,6 @@ impl Engine<'_> {
         self.cache.put_step(key, c);
     }
 
-    /// A layer this build made, in the compression the output asks for: the blob made before
-    /// for (diffID, compression, level), else the layer compressed again (and remembered).
-    fn exported_layer(&self, d: &Descriptor, diff: &Digest) -> Result<Descriptor> {
-        let (c, level) = (self.opts.layer.compression, self.opts.layer.level);
-        if let Some(b) = self.cache.blob(diff, c, level) {
-            if self.store.blob_size(&b.digest) == Some(b.size) {
-                return Ok(b);
-            }
-        }
-        let b = layer::recompress_in_store(self.store, d, &self.opts.layer)?;
-        self.cache.put_blob(diff, c, level, &b);
-        Ok(b)
-    }
-
     fn write_image(&self, platform: &Platform, state: &State) -> Result<PlatformImage> {
         let mut config = state.config.clone();
         config.architecture = platform.architecture.clone();
@@ -988,17 +977,6 @@ impl Engine<'_> {
         config.created = Some(rfc3339(self.epoch.unwrap_or(self.started)));
         config.rootfs.kind = "layers".into();
         config.rootfs.diff_ids = state.layers.iter().map(|(_, d)| d.clone()).collect();
-        let layers = state
-            .layers
-            .iter()
-            .map(|(d, diff)| {
-                if state.own.contains(diff) {
-                    self.exported_layer(d, diff)
-                } else {
-                    Ok(d.clone())
-                }
-            })
-            .collect::<Result<Vec<_>>>()?;
         let cfg = Document::new(config);
         self.store.put_bytes(cfg.bytes())?;
         let manifest = ImageManifest {
@@ -1006,7 +984,7 @@ impl Engine<'_> {
             media_type: Some(mt::OCI_MANIFEST.into()),
             artifact_type: None,
             config: cfg.descriptor(mt::OCI_CONFIG),
-            layers,
+            layers: state.layers.iter().map(|(d, _)| d.clone()).collect(),
             subject: None,
             annotations: Default::default(),
             extra: Default::default(),
@@ -1019,6 +997,7 @@ impl Engine<'_> {
             platform: platform.clone(),
             manifest: desc,
             config: cfg.digest().clone(),
+            own_layers: state.own.clone(),
         })
     }
 }

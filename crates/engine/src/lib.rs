@@ -9,5 +9,6 @@
 pub mod cache;
 pub mod context;
 pub mod engine;
+pub mod export;
 
 pub use runtime::{Error, Result};

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 pub use place::{open_source, open_store, target_name, OpenSource, OpenTarget, Place};
-pub use remote::{RegistryRepo, WithOrigins};
+pub use remote::RegistryRepo;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

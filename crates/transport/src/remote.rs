@@ -222,37 +222,6 @@ impl Target for RegistryRepo {
     }
 }
 
-/// A source whose blobs may also be in registry repositories (the base images of a build):
-/// copying it to a registry mounts those blobs from there.
-pub struct WithOrigins<'a> {
-    pub inner: &'a dyn Source,
-    /// Blob digest → references of repositories that hold it.
-    pub origins: HashMap<Digest, Vec<String>>,
-}
-
-impl Source for WithOrigins<'_> {
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-    fn resolve(&self, name: &str) -> store::Result<Descriptor> {
-        self.inner.resolve(name)
-    }
-    fn open_at(&self, desc: &Descriptor, offset: u64) -> store::Result<Box<dyn Read + Send + '_>> {
-        self.inner.open_at(desc, offset)
-    }
-    fn local_file(&self, desc: &Descriptor) -> Option<FileRange> {
-        self.inner.local_file(desc)
-    }
-    fn also_in(&self, digest: &Digest) -> Vec<String> {
-        let mut v = self.inner.also_in(digest);
-        v.extend(self.origins.get(digest).cloned().unwrap_or_default());
-        v
-    }
-    fn entries(&self) -> store::Result<Vec<(Option<String>, Descriptor)>> {
-        self.inner.entries()
-    }
-}
-
 /// Upload bytes from a range of a local file (a store blob or an archive member).
 struct LocalRange(FileRange);
 
