@@ -7,7 +7,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::time::Instant;
 
 use dockerfile::plan::{Base, InstanceBody, Op, Origin, PlannedSource, StageInstance};
@@ -183,52 +182,63 @@ pub fn build(
 }
 
 impl Engine<'_> {
-    /// Runs instances as soon as what they depend on is done, up to `jobs` at a time.
+    /// Runs instances as soon as what they depend on is done, up to `jobs` at a time: each
+    /// finished instance may start others at once (no waves). After a failure nothing new starts
+    /// and the first error is returned once running instances end.
     fn run_all(&self, stages: &[StageInstance]) -> Result<HashMap<String, State>> {
-        let done: Mutex<HashMap<String, State>> = Mutex::new(HashMap::new());
+        let jobs = self.opts.jobs.max(1);
+        let mut done: HashMap<String, State> = HashMap::new();
         let mut pending: Vec<&StageInstance> = stages.iter().collect();
-        while !pending.is_empty() {
-            let ready: Vec<&StageInstance> = {
-                let d = done.lock().map_err(|_| poisoned())?;
-                pending
-                    .iter()
-                    .copied()
-                    .filter(|s| s.body.depends_on.iter().all(|k| d.contains_key(k)))
-                    .collect()
-            };
-            if ready.is_empty() {
+        std::thread::scope(|sc| -> Result<()> {
+            let (tx, rx) = std::sync::mpsc::channel::<(String, Result<State>)>();
+            let mut running = 0usize;
+            let mut first_err: Option<Error> = None;
+            loop {
+                while first_err.is_none() && running < jobs {
+                    let Some(pos) = pending
+                        .iter()
+                        .position(|s| s.body.depends_on.iter().all(|k| done.contains_key(k)))
+                    else {
+                        break;
+                    };
+                    let inst = pending.remove(pos);
+                    let deps = done.clone();
+                    let tx = tx.clone();
+                    running += 1;
+                    sc.spawn(move || {
+                        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            self.run_instance(&inst.key, &inst.body, &deps)
+                        }))
+                        .unwrap_or_else(|_| Err(poisoned()));
+                        let _ = tx.send((inst.key.clone(), r));
+                    });
+                }
+                if running == 0 {
+                    break;
+                }
+                let (key, r) = rx.recv().map_err(|_| poisoned())?;
+                running -= 1;
+                match r {
+                    Ok(st) => {
+                        done.insert(key, st);
+                    }
+                    Err(e) => {
+                        first_err.get_or_insert(e);
+                    }
+                }
+            }
+            if let Some(e) = first_err {
+                return Err(e);
+            }
+            if !pending.is_empty() {
                 return Err(Error::BadLayer {
                     layer: "plan".into(),
                     reason: "stage instances depend on each other in a cycle".into(),
                 });
             }
-            pending.retain(|s| !ready.iter().any(|r| r.key == s.key));
-            for chunk in ready.chunks(self.opts.jobs.max(1)) {
-                let results: Vec<Result<(String, State)>> = std::thread::scope(|sc| {
-                    let handles: Vec<_> = chunk
-                        .iter()
-                        .map(|inst| {
-                            let done = &done;
-                            sc.spawn(move || -> Result<(String, State)> {
-                                let deps = done.lock().map_err(|_| poisoned())?.clone();
-                                let st = self.run_instance(&inst.key, &inst.body, &deps)?;
-                                Ok((inst.key.clone(), st))
-                            })
-                        })
-                        .collect();
-                    handles
-                        .into_iter()
-                        .map(|h| h.join().unwrap_or_else(|_| Err(poisoned())))
-                        .collect()
-                });
-                let mut d = done.lock().map_err(|_| poisoned())?;
-                for r in results {
-                    let (k, s) = r?;
-                    d.insert(k, s);
-                }
-            }
-        }
-        done.into_inner().map_err(|_| poisoned())
+            Ok(())
+        })?;
+        Ok(done)
     }
 
     fn run_instance(
