@@ -1,13 +1,13 @@
 //! `manifold build`: plan the Dockerfile for every platform, make sure base images are in the
 //! store, run the plan with the build engine, then send the result where `--output` says.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Mutex;
 
-use ::engine::engine::{self, BaseResolver, BuildOptions, Event};
+use ::engine::engine::{BuildOptions, Event};
 use ::engine::export::{self, Exporter};
+use ::engine::pipeline::{self, ImageSource};
 use anyhow::{bail, Context, Result};
 use oci::media_type as mt;
 use oci::{Document, ImageConfig, ImageManifest, Manifest, Matcher, Platform, Reference};
@@ -77,13 +77,12 @@ fn parse_secrets(specs: &[String]) -> Result<BTreeMap<String, PathBuf>> {
     Ok(out)
 }
 
-/// Looks for base images in the store and pulls what is missing, only the platforms the build
-/// needs. Every base is made ready before the build starts; the engine then only reads.
+/// The CLI's image source: images from the store, else pulled from their registry (only the
+/// platforms the build needs).
 struct Bases<'a> {
+    cli: &'a Cli,
     env: &'a Env,
     store: &'a Layout,
-    /// Bases found, by (reference, platform): their manifest and config.
-    found: Mutex<BTreeMap<(String, String), (ImageManifest, ImageConfig)>>,
 }
 
 impl Bases<'_> {
@@ -126,24 +125,14 @@ impl Bases<'_> {
     }
 
     /// Makes `reference` ready for every platform in `platforms`: from the store, else pulled.
-    fn ensure(
-        &self,
-        cli: &Cli,
-        reference: &str,
-        platforms: &[Platform],
-        force_pull: bool,
-    ) -> Result<()> {
+    fn ensure(&self, reference: &str, platforms: &[Platform], force_pull: bool) -> Result<()> {
+        let cli = self.cli;
         let r = Reference::parse(reference).with_context(|| format!("base image {reference:?}"))?;
         let name = r.to_string();
         let mut missing = Vec::new();
         for p in platforms {
             match (force_pull, self.lookup(&name, p)?) {
-                (false, Some(found)) => {
-                    self.found
-                        .lock()
-                        .map_err(|_| anyhow::anyhow!("lock poisoned"))?
-                        .insert((reference.to_string(), p.to_string()), found);
-                }
+                (false, Some(_)) => {}
                 _ => missing.push(p.clone()),
             }
         }
@@ -200,33 +189,30 @@ impl Bases<'_> {
         let mut d = report.root.clone();
         d.annotations.remove(REF_NAME);
         self.store.set_name(&name, &d)?;
-        for p in &missing {
-            let found = self
-                .lookup(&name, p)?
-                .with_context(|| format!("base image {} has no image for {p}", r.familiar()))?;
-            self.found
-                .lock()
-                .map_err(|_| anyhow::anyhow!("lock poisoned"))?
-                .insert((reference.to_string(), p.to_string()), found);
-        }
         Ok(())
     }
 }
 
-impl BaseResolver for Bases<'_> {
-    fn resolve(
+impl ImageSource for Bases<'_> {
+    fn fetch(
         &self,
         reference: &str,
-        platform: &Platform,
-    ) -> std::result::Result<(ImageManifest, ImageConfig), String> {
-        self.found
-            .lock()
-            .map_err(|_| "lock poisoned".to_string())?
-            .get(&(reference.to_string(), platform.to_string()))
-            .cloned()
-            .ok_or_else(|| {
-                format!("{reference} for {platform} was not made ready before the build")
+        platforms: &[Platform],
+        pull: bool,
+    ) -> std::result::Result<Vec<(ImageManifest, ImageConfig)>, String> {
+        self.ensure(reference, platforms, pull)
+            .map_err(|e| format!("{e:#}"))?;
+        let name = Reference::parse(reference)
+            .map_err(|e| e.to_string())?
+            .to_string();
+        platforms
+            .iter()
+            .map(|p| {
+                self.lookup(&name, p)
+                    .map_err(|e| format!("{e:#}"))?
+                    .ok_or_else(|| format!("it has no image for {p}"))
             })
+            .collect()
     }
 }
 
@@ -270,7 +256,7 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
             None => build_args.insert(arg.clone(), std::env::var(arg).unwrap_or_default()),
         };
     }
-    let mut opts = dockerfile::PlanOptions {
+    let opts = dockerfile::PlanOptions {
         target: a.target.map(str::to_string),
         platforms: platforms.clone(),
         build_platform: Platform::host(),
@@ -330,60 +316,19 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
     let store = transport::open_store(&env.store_root)?;
     let _guard = store.write_guard()?;
     let bases = Bases {
+        cli,
         env,
         store: &store,
-        found: Mutex::new(BTreeMap::new()),
     };
-
-    // Every image the plan reads (FROM, COPY --from, RUN --mount from=), for every platform
-    // that reads it, ready before any step.
-    let wanted = plan.images();
-    for (r, ps) in &wanted {
-        bases.ensure(cli, r, ps, a.pull)?;
-    }
-    // Plan again knowing the bases' configs: ENV PATH=/x:$PATH expands against the image, and
-    // ONBUILD triggers run.
-    if !wanted.is_empty() {
-        let found = bases
-            .found
-            .lock()
-            .map_err(|_| anyhow::anyhow!("lock poisoned"))?;
-        for ((r, p), (_, cfg)) in found.iter() {
-            let cc = cfg.config.clone().unwrap_or_default();
-            let env_map = cc
-                .env
-                .iter()
-                .flatten()
-                .filter_map(|e| {
-                    e.split_once('=')
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                })
-                .collect();
-            let platform_short = Platform::parse(p)
-                .map(|p| p.short())
-                .unwrap_or_else(|_| p.clone());
-            opts.base_configs.insert(
-                (r.clone(), platform_short),
-                dockerfile::BaseConfig {
-                    env: env_map,
-                    working_dir: cc.working_dir.clone().filter(|w| !w.is_empty()),
-                    user: cc.user.clone().filter(|u| !u.is_empty()),
-                    shell: cc.shell.clone().unwrap_or_default(),
-                    on_build: cc.on_build.clone().unwrap_or_default(),
-                },
-            );
+    // The engine's pipeline: every image the plan reads (FROM, COPY --from, RUN --mount
+    // from=) made ready through `bases`, then planned again with their configs.
+    let prepared = match pipeline::prepare(&df, &opts, &bases, a.pull) {
+        Ok(p) => p,
+        Err(pipeline::PrepareError::Plan(e)) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(1));
         }
-    }
-    let plan = if wanted.is_empty() {
-        plan
-    } else {
-        match dockerfile::plan(&df, &opts) {
-            Ok(p) => p,
-            Err(e) => {
-                eprintln!("{e}");
-                return Ok(ExitCode::from(1));
-            }
-        }
+        Err(e) => return Err(e.into()),
     };
 
     let quiet = cli.quiet || a.progress == "quiet";
@@ -445,7 +390,7 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
         secrets: parse_secrets(a.secrets)?,
     };
     let started = std::time::Instant::now();
-    let built = engine::build(&store, &plan, &bases, &bopts, &progress)?;
+    let built = prepared.solve(&store, &bopts, &progress)?;
     // One platform without a list asked for: the image itself, as docker build gives.
     let root = if built.images.len() == 1 && a.platform.is_empty() {
         let mut d = built.images[0].manifest.clone();
@@ -459,21 +404,7 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
         format!("built in {:.1}s", started.elapsed().as_secs_f64()),
     );
 
-    let mut origins: HashMap<oci::Digest, Vec<String>> = HashMap::new();
-    for ((r, _), (m, _)) in bases
-        .found
-        .lock()
-        .map_err(|_| anyhow::anyhow!("lock poisoned"))?
-        .iter()
-    {
-        let Ok(r) = Reference::parse(r) else { continue };
-        for l in &m.layers {
-            origins
-                .entry(l.digest.clone())
-                .or_default()
-                .push(r.repo_only().to_string());
-        }
-    }
+    let origins = prepared.origins();
     let cache = ::engine::cache::LocalCache::at(&bopts.work_dir);
     let cx = export::ExportContext {
         store: &store,

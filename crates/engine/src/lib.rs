@@ -10,5 +10,6 @@ pub mod cache;
 pub mod context;
 pub mod engine;
 pub mod export;
+pub mod pipeline;
 
 pub use runtime::{Error, Result};
