@@ -18,25 +18,63 @@ use transport::{Env, RegistryRepo};
 use crate::local::say;
 use crate::{Cli, OutputFormat};
 
-/// What `manifold build` was asked, flags as buildx spells them.
-pub struct BuildArgs<'a> {
-    pub context: &'a Path,
-    pub file: Option<&'a Path>,
-    pub platform: &'a [String],
-    pub tags: &'a [String],
-    pub build_arg: &'a [String],
-    pub target: Option<&'a str>,
+/// What `manifold build` was asked, flags as buildx spells them: the one definition clap
+/// parses and the handler reads.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BuildArgs {
+    /// The build context directory.
+    #[arg(default_value = ".")]
+    pub context: PathBuf,
+    /// The Dockerfile (default: CONTEXT/Dockerfile).
+    #[arg(short, long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Target platforms, comma-separated (default: this machine's), e.g.
+    /// linux/amd64,linux/arm64,linux/arm/v7.
+    #[arg(long, value_delimiter = ',')]
+    pub platform: Vec<String>,
+    /// Name and optionally tag the result (repeatable).
+    #[arg(short, long = "tag")]
+    pub tag: Vec<String>,
+    /// KEY=VALUE build-time variables (repeatable).
+    #[arg(long = "build-arg", value_name = "KEY=VALUE")]
+    pub build_arg: Vec<String>,
+    /// The stage to build.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Parse, plan and lint the Dockerfile without building; exit 1 on findings.
+    #[arg(long)]
     pub check: bool,
+    /// Format of --check findings.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
     pub format: OutputFormat,
+    /// Push the result to the registry in each -t name (one index over per-platform images).
+    #[arg(long)]
     pub push: bool,
+    /// Put the result in the local store (the default when no other output is given).
+    #[arg(long)]
     pub load: bool,
-    pub outputs: &'a [String],
-    pub metadata_file: Option<&'a Path>,
+    /// type=registry[,push-by-digest=true,name=REPO] | type=oci,dest=FILE |
+    /// type=docker,dest=FILE | type=local,dest=DIR | type=tar,dest=FILE (repeatable).
+    #[arg(short, long = "output", value_name = "SPEC")]
+    pub output: Vec<String>,
+    /// Write the digests and descriptor of the result as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub metadata_file: Option<PathBuf>,
+    /// Run every step, ignoring the step cache.
+    #[arg(long)]
     pub no_cache: bool,
+    /// Check the registry for newer base images even when the store has them.
+    #[arg(long)]
     pub pull: bool,
-    pub progress: &'a str,
+    /// auto, plain, tty, quiet or rawjson (JSON lines for tools).
+    #[arg(long, default_value = "auto")]
+    pub progress: String,
+    /// Stage instances run at once (default: the number of cores).
+    #[arg(long)]
     pub jobs: Option<usize>,
-    pub secrets: &'a [String],
+    /// id=ID,src=FILE (or env=VAR): a secret for RUN --mount=type=secret; never stored.
+    #[arg(long, value_name = "SPEC")]
+    pub secret: Vec<String>,
 }
 
 /// `--secret id=ID,src=FILE` (or `env=VAR`, written to a private temporary file).
@@ -226,9 +264,10 @@ impl export::Registries for Registries<'_> {
     }
 }
 
-pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
+pub fn run(cli: &Cli, env: &Env, a: &BuildArgs) -> Result<ExitCode> {
     let path: PathBuf = a
         .file
+        .as_deref()
         .map_or_else(|| a.context.join("Dockerfile"), Path::to_path_buf);
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("reading the Dockerfile {}", path.display()))?;
@@ -249,7 +288,7 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
         platforms.push(Platform::host());
     }
     let mut build_args = BTreeMap::new();
-    for arg in a.build_arg {
+    for arg in &a.build_arg {
         match arg.split_once('=') {
             Some((k, v)) => build_args.insert(k.to_string(), v.to_string()),
             // docker takes the value from the environment for a bare KEY.
@@ -257,7 +296,7 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
         };
     }
     let opts = dockerfile::PlanOptions {
-        target: a.target.map(str::to_string),
+        target: a.target.clone(),
         platforms: platforms.clone(),
         build_platform: Platform::host(),
         build_args,
@@ -294,7 +333,7 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
     }
 
     let mut exporters: Vec<Box<dyn Exporter>> = a
-        .outputs
+        .output
         .iter()
         .map(|o| export::parse_output(o))
         .collect::<Result<_, _>>()?;
@@ -305,7 +344,7 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
         exporters.push(Box::new(export::StoreExporter::new()));
     }
     let tags: Vec<Reference> = a
-        .tags
+        .tag
         .iter()
         .map(|t| Reference::parse(t))
         .collect::<Result<_, _>>()?;
@@ -377,7 +416,7 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
     // Compression belongs to each output (exporters), not to the build or its cache keys.
     let layer_opts = runtime::LayerOptions::from_env();
     let bopts = BuildOptions {
-        context: a.context.to_path_buf(),
+        context: a.context.clone(),
         dockerfile: shown.clone(),
         work_dir,
         no_cache: a.no_cache,
@@ -387,7 +426,7 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
                 .map(|n| n.get())
                 .unwrap_or(2)
         }),
-        secrets: parse_secrets(a.secrets)?,
+        secrets: parse_secrets(&a.secret)?,
     };
     let started = std::time::Instant::now();
     let built = prepared.solve(&store, &bopts, &progress)?;
@@ -424,7 +463,7 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
         }
     }
 
-    if let Some(mf) = a.metadata_file {
+    if let Some(mf) = a.metadata_file.as_deref() {
         let meta = serde_json::json!({
             "containerimage.digest": root.digest.to_string(),
             "containerimage.descriptor": {"mediaType": root.media_type, "digest": root.digest.to_string(), "size": root.size},

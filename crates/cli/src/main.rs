@@ -259,61 +259,7 @@ pub enum Command {
     Logout { registry: String },
     /// Build an image from a Dockerfile for one or more platforms, in parallel, natively or under
     /// QEMU emulation. The result goes to the local store unless --push or --output say otherwise.
-    Build {
-        /// The build context directory.
-        #[arg(default_value = ".")]
-        context: PathBuf,
-        /// The Dockerfile (default: CONTEXT/Dockerfile).
-        #[arg(short, long, value_name = "FILE")]
-        file: Option<PathBuf>,
-        /// Target platforms, comma-separated (default: this machine's), e.g.
-        /// linux/amd64,linux/arm64,linux/arm/v7.
-        #[arg(long, value_delimiter = ',')]
-        platform: Vec<String>,
-        /// Name and optionally tag the result (repeatable).
-        #[arg(short, long = "tag")]
-        tag: Vec<String>,
-        /// KEY=VALUE build-time variables (repeatable).
-        #[arg(long = "build-arg", value_name = "KEY=VALUE")]
-        build_arg: Vec<String>,
-        /// The stage to build.
-        #[arg(long)]
-        target: Option<String>,
-        /// Parse, plan and lint the Dockerfile without building; exit 1 on findings.
-        #[arg(long)]
-        check: bool,
-        /// Format of --check findings.
-        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
-        format: OutputFormat,
-        /// Push the result to the registry in each -t name (one index over per-platform images).
-        #[arg(long)]
-        push: bool,
-        /// Put the result in the local store (the default when no other output is given).
-        #[arg(long)]
-        load: bool,
-        /// type=registry[,push-by-digest=true,name=REPO] | type=oci,dest=FILE |
-        /// type=docker,dest=FILE | type=local,dest=DIR | type=tar,dest=FILE (repeatable).
-        #[arg(short, long = "output", value_name = "SPEC")]
-        output: Vec<String>,
-        /// Write the digests and descriptor of the result as JSON to this file.
-        #[arg(long, value_name = "FILE")]
-        metadata_file: Option<PathBuf>,
-        /// Run every step, ignoring the step cache.
-        #[arg(long)]
-        no_cache: bool,
-        /// Check the registry for newer base images even when the store has them.
-        #[arg(long)]
-        pull: bool,
-        /// auto, plain, tty, quiet or rawjson (JSON lines for tools).
-        #[arg(long, default_value = "auto")]
-        progress: String,
-        /// Stage instances run at once (default: the number of cores).
-        #[arg(long)]
-        jobs: Option<usize>,
-        /// id=ID,src=FILE (or env=VAR): a secret for RUN --mount=type=secret; never stored.
-        #[arg(long, value_name = "SPEC")]
-        secret: Vec<String>,
-    },
+    Build(build::BuildArgs),
     /// Stage, annotate, inspect and push manifest lists (docker manifest, with no daemon).
     Manifest {
         #[command(subcommand)]
