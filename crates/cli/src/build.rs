@@ -75,6 +75,15 @@ pub struct BuildArgs {
     /// id=ID,src=FILE (or env=VAR): a secret for RUN --mount=type=secret; never stored.
     #[arg(long, value_name = "SPEC")]
     pub secret: Vec<String>,
+    /// Write the digest of the result (the index, or the image) to this file.
+    #[arg(long, value_name = "FILE")]
+    pub iidfile: Option<PathBuf>,
+    /// KEY=VALUE: a label on every image (repeatable).
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub label: Vec<String>,
+    /// Run this stage's steps even when cached (repeatable).
+    #[arg(long, value_name = "STAGE")]
+    pub no_cache_filter: Vec<String>,
 }
 
 /// `--secret id=ID,src=FILE` (or `env=VAR`, written to a private temporary file).
@@ -420,6 +429,16 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs) -> Result<ExitCode> {
         dockerfile: shown.clone(),
         work_dir,
         no_cache: a.no_cache,
+        no_cache_filter: a.no_cache_filter.clone(),
+        labels: a
+            .label
+            .iter()
+            .map(|l| {
+                l.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .with_context(|| format!("--label {l:?}: use KEY=VALUE"))
+            })
+            .collect::<Result<_>>()?,
         layer: layer_opts,
         jobs: a.jobs.unwrap_or_else(|| {
             std::thread::available_parallelism()
@@ -463,6 +482,9 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs) -> Result<ExitCode> {
         }
     }
 
+    if let Some(f) = a.iidfile.as_deref() {
+        store::layout::write_atomic(f, root.digest.to_string().as_bytes())?;
+    }
     if let Some(mf) = a.metadata_file.as_deref() {
         let meta = serde_json::json!({
             "containerimage.digest": root.digest.to_string(),

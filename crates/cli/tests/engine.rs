@@ -348,3 +348,51 @@ fn unknown_output_keys_are_refused_with_the_known_ones() {
     );
     assert!(err.contains("bogus-key") && err.contains("dest"), "{err}");
 }
+
+#[test]
+fn iidfile_labels_and_no_cache_filter() {
+    let Some((_reg, base)) = base() else { return };
+    let df = format!(
+        "FROM {base} AS tools\nRUN echo t > /t\n\nFROM {base}\nRUN echo app > /app\nCOPY --from=tools /t /t\n"
+    );
+    let ctx = context(&[("Dockerfile", &df)]);
+    let c = ctx.path().to_str().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let iid = t.path().join("iid");
+    build(
+        store.path(),
+        &[
+            "--iidfile",
+            iid.to_str().unwrap(),
+            "--label",
+            "org.example.team=build",
+            "-t",
+            "localhost/labelled:1",
+            c,
+        ],
+    );
+    let digest = read(&iid);
+    let blob = |d: &str| -> serde_json::Value {
+        serde_json::from_slice(
+            &fs::read(
+                store
+                    .path()
+                    .join("blobs/sha256")
+                    .join(d.trim_start_matches("sha256:")),
+            )
+            .unwrap(),
+        )
+        .unwrap()
+    };
+    let manifest = blob(&digest);
+    let config = blob(manifest["config"]["digest"].as_str().unwrap());
+    assert_eq!(
+        config["config"]["Labels"]["org.example.team"], "build",
+        "{config}"
+    );
+    // Only the named stage runs again.
+    let log = build(store.path(), &["--no-cache-filter", "tools", c]);
+    assert_eq!(cached_lines(&log, "RUN echo t"), 0, "{log}");
+    assert_eq!(cached_lines(&log, "RUN echo app"), 1, "{log}");
+}

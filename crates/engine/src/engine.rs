@@ -43,6 +43,10 @@ pub struct BuildOptions {
     /// Where snapshots, the step cache and scratch space live (under the store's root).
     pub work_dir: PathBuf,
     pub no_cache: bool,
+    /// `--no-cache-filter`: stages (by name, or `stage-N`) whose steps run even when cached.
+    pub no_cache_filter: Vec<String>,
+    /// `--label K=V`: labels set on every image's config, over the Dockerfile's.
+    pub labels: BTreeMap<String, String>,
     pub layer: LayerOptions,
     pub jobs: usize,
     /// `--secret id=ID,src=FILE`: mounted for `RUN --mount=type=secret`, never in a layer or a
@@ -99,6 +103,8 @@ struct State {
     /// DiffIDs of the layers this build's steps made (exported in the asked compression; base
     /// layers keep theirs).
     own: std::collections::BTreeSet<Digest>,
+    /// The instance's steps ignore the cache (`--no-cache-filter`).
+    no_cache: bool,
 }
 
 struct Engine<'a> {
@@ -268,6 +274,7 @@ impl Engine<'_> {
                 },
                 key: key_of(&["scratch", &platform.to_string()]),
                 own: Default::default(),
+                no_cache: false,
             },
             Base::Image { reference } => self.base_image(reference, platform)?,
             Base::Stage { key, .. } => deps.get(key).cloned().ok_or_else(|| Error::BadLayer {
@@ -275,6 +282,7 @@ impl Engine<'_> {
                 reason: "a stage this one builds on was not built".into(),
             })?,
         };
+        state.no_cache = self.opts.no_cache_filter.contains(&stage_name);
         let total = body.steps.len();
         for (i, step) in body.steps.iter().enumerate() {
             let started = Instant::now();
@@ -348,6 +356,7 @@ impl Engine<'_> {
             layers,
             config,
             own: Default::default(),
+            no_cache: false,
         })
     }
 
@@ -838,7 +847,7 @@ impl Engine<'_> {
 
     /// On a cache hit (and without --no-cache), applies the cached layer and history entry.
     fn take_cached(&self, state: &mut State, step_key: &str, history: String) -> bool {
-        if self.opts.no_cache {
+        if self.opts.no_cache || state.no_cache {
             return false;
         }
         let Some(hit) = self.cached(step_key) else {
@@ -985,6 +994,12 @@ impl Engine<'_> {
         config.os = platform.os.clone();
         config.variant = (!platform.variant.is_empty()).then(|| platform.variant.clone());
         config.created = Some(rfc3339(self.epoch.unwrap_or(self.started)));
+        if !self.opts.labels.is_empty() {
+            let cc = config.config.get_or_insert_with(Default::default);
+            cc.labels
+                .get_or_insert_with(BTreeMap::new)
+                .extend(self.opts.labels.clone());
+        }
         config.rootfs.kind = "layers".into();
         config.rootfs.diff_ids = state.layers.iter().map(|(_, d)| d.clone()).collect();
         let cfg = Document::new(config);
