@@ -132,6 +132,7 @@ pub fn run(cli: &Cli, env: &Env) -> Result<ExitCode> {
             filter,
             keep_storage,
         } => prune(root, *format, *cache, filter, keep_storage.as_deref()),
+        Command::Du { verbose, format } => du(root, *verbose, *format),
         Command::Fsck { format } => fsck(root, *format),
     }
 }
@@ -674,6 +675,99 @@ fn parse_size(s: &str) -> Result<u64> {
         other => bail!("size {s:?}: unknown unit {other:?}; use B, kB, MB, GB or TB"),
     };
     Ok((n * mult) as u64)
+}
+
+#[derive(Serialize)]
+struct DuRow {
+    kind: &'static str,
+    name: String,
+    size: u64,
+}
+
+/// `manifold du`: what the store and the build cache hold, by kind (`--verbose`: by entry).
+fn du(root: &Path, verbose: bool, format: OutputFormat) -> Result<ExitCode> {
+    let store = transport::open_store(root)?;
+    let cache = ::engine::cache::LocalCache::new(root);
+    let mut rows: Vec<DuRow> = Vec::new();
+    let mut in_images: BTreeMap<Digest, u64> = BTreeMap::new();
+    let mut details: Vec<DuRow> = Vec::new();
+    for e in store.index()?.manifests {
+        let mut mine = BTreeMap::new();
+        store.walk(&e, &mut mine, &mut Vec::new())?;
+        details.push(DuRow {
+            kind: "image",
+            name: e
+                .annotations
+                .get(REF_NAME)
+                .map_or_else(|| e.digest.to_string(), |n| familiar(n)),
+            size: mine.values().sum(),
+        });
+        in_images.extend(mine);
+    }
+    rows.push(DuRow {
+        kind: "images",
+        name: format!("{} entries", details.len()),
+        size: in_images.values().sum(),
+    });
+    let size_of = |d: &Digest| store.blob_size(d).unwrap_or(0);
+    let usage = cache.usage(&size_of);
+    let cache_only: u64 = cache
+        .roots()
+        .iter()
+        .filter(|d| !in_images.contains_key(*d))
+        .map(size_of)
+        .sum();
+    rows.push(DuRow {
+        kind: "build cache",
+        name: format!("{} steps (layers no image uses)", usage.steps),
+        size: cache_only,
+    });
+    for (kind, dir, size) in [
+        ("cache mounts", cache.cache_mounts_dir(), usage.cache_mounts),
+        (
+            "snapshots",
+            cache.snapshots_dir().join("sha256"),
+            usage.snapshots,
+        ),
+        ("scratch", cache.tmp_dir(), usage.scratch),
+    ] {
+        let entries: Vec<_> = std::fs::read_dir(&dir)
+            .map(|rd| rd.flatten().filter(|e| e.path().is_dir()).collect())
+            .unwrap_or_default();
+        rows.push(DuRow {
+            kind,
+            name: format!("{} entries", entries.len()),
+            size,
+        });
+        for e in entries {
+            details.push(DuRow {
+                kind: match kind {
+                    "cache mounts" => "cache mount",
+                    "snapshots" => "snapshot",
+                    _ => "scratch",
+                },
+                name: e.file_name().to_string_lossy().to_string(),
+                size: ::engine::cache::dir_size(&e.path()),
+            });
+        }
+    }
+    let total: u64 = rows.iter().map(|r| r.size).sum();
+    if verbose {
+        rows.extend(details);
+    }
+    if format == OutputFormat::Json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"total": total, "entries": rows}))?
+        );
+    } else {
+        println!("{:<14} {:>10}  DETAIL", "TYPE", "SIZE");
+        for r in &rows {
+            println!("{:<14} {:>10}  {}", r.kind, human_size(r.size), r.name);
+        }
+        println!("{:<14} {:>10}", "total", human_size(total));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn fsck(root: &Path, format: OutputFormat) -> Result<ExitCode> {

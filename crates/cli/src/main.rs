@@ -307,6 +307,14 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         format: OutputFormat,
     },
+    /// Disk usage: images in the store, the build cache, RUN cache mounts, unpacked snapshots.
+    Du {
+        /// One line per image, cache mount and snapshot too.
+        #[arg(long, short)]
+        verbose: bool,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        format: OutputFormat,
+    },
     /// Check every blob against its digest and every image for missing parts.
     Fsck {
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]

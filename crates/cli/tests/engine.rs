@@ -396,3 +396,40 @@ fn iidfile_labels_and_no_cache_filter() {
     assert_eq!(cached_lines(&log, "RUN echo t"), 0, "{log}");
     assert_eq!(cached_lines(&log, "RUN echo app"), 1, "{log}");
 }
+
+#[test]
+fn du_shows_images_build_cache_and_snapshots() {
+    let Some((_reg, base)) = base() else { return };
+    let ctx = context(&[(
+        "Dockerfile",
+        &format!("FROM {base}\nRUN --mount=type=cache,target=/c echo x > /c/x && echo hi > /hi\n"),
+    )]);
+    let store = tempfile::tempdir().unwrap();
+    build(
+        store.path(),
+        &["-t", "localhost/du:1", ctx.path().to_str().unwrap()],
+    );
+    let out = ok(store.path(), &["du", "--verbose", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let rows = v["entries"].as_array().unwrap();
+    let size = |kind: &str| -> u64 {
+        rows.iter()
+            .filter(|r| r["kind"] == kind)
+            .map(|r| r["size"].as_u64().unwrap())
+            .sum()
+    };
+    assert!(size("images") > 0, "{out}");
+    assert!(size("snapshots") > 0, "{out}");
+    assert!(size("cache mounts") > 0, "{out}");
+    assert!(
+        rows.iter()
+            .any(|r| r["kind"] == "image" && r["name"] == "localhost/du:1"),
+        "{out}"
+    );
+    assert!(v["total"].as_u64().unwrap() >= size("images"));
+    let table = ok(store.path(), &["du"]);
+    assert!(
+        table.contains("build cache") && table.contains("total"),
+        "{table}"
+    );
+}
