@@ -7,10 +7,10 @@ use std::process::ExitCode;
 
 use ::engine::engine::{BuildOptions, Event};
 use ::engine::export::{self, Exporter};
-use ::engine::pipeline::{self, ImageSource};
+use ::engine::pipeline::{self, ImageSource, SourceImage};
 use anyhow::{bail, Context, Result};
 use oci::media_type as mt;
-use oci::{Document, ImageConfig, ImageManifest, Manifest, Matcher, Platform, Reference};
+use oci::{Document, ImageConfig, Manifest, Matcher, Platform, Reference};
 use store::layout::REF_NAME;
 use store::{CopyOptions, Layout, Platforms, Source};
 use transport::{Env, RegistryRepo};
@@ -81,6 +81,10 @@ pub struct BuildArgs {
     /// KEY=VALUE: a label on every image (repeatable).
     #[arg(long, value_name = "KEY=VALUE")]
     pub label: Vec<String>,
+    /// [index:|manifest:|manifest-descriptor:]KEY=VALUE: an annotation on the index, on each
+    /// platform's manifest (the default), or on each manifest's entry in the index (repeatable).
+    #[arg(long, value_name = "[SCOPE:]KEY=VALUE")]
+    pub annotation: Vec<String>,
     /// Run this stage's steps even when cached (repeatable).
     #[arg(long, value_name = "STAGE")]
     pub no_cache_filter: Vec<String>,
@@ -134,11 +138,7 @@ struct Bases<'a> {
 
 impl Bases<'_> {
     /// The image for `platform` under `name` in the store, if every part of it is there.
-    fn lookup(
-        &self,
-        name: &str,
-        platform: &Platform,
-    ) -> Result<Option<(ImageManifest, ImageConfig)>> {
+    fn lookup(&self, name: &str, platform: &Platform) -> Result<Option<SourceImage>> {
         let Some(root) = self.store.lookup(name)? else {
             return Ok(None);
         };
@@ -146,14 +146,14 @@ impl Bases<'_> {
             Ok(m) => m,
             Err(_) => return Ok(None),
         };
-        let image = match m {
-            Manifest::Image(doc) => doc.value().clone(),
+        let (image, digest) = match m {
+            Manifest::Image(doc) => (doc.value().clone(), doc.digest().clone()),
             Manifest::Index(doc) => {
                 let Ok(entry) = doc.value().select(platform) else {
                     return Ok(None);
                 };
                 match self.store.read_manifest(entry) {
-                    Ok(Manifest::Image(doc)) => doc.value().clone(),
+                    Ok(Manifest::Image(doc)) => (doc.value().clone(), doc.digest().clone()),
                     _ => return Ok(None),
                 }
             }
@@ -168,7 +168,11 @@ impl Bases<'_> {
         if image.layers.iter().any(|l| !self.store.has_blob(&l.digest)) {
             return Ok(None);
         }
-        Ok(Some((image, config)))
+        Ok(Some(SourceImage {
+            manifest: image,
+            config,
+            digest,
+        }))
     }
 
     /// Makes `reference` ready for every platform in `platforms`: from the store, else pulled.
@@ -246,7 +250,7 @@ impl ImageSource for Bases<'_> {
         reference: &str,
         platforms: &[Platform],
         pull: bool,
-    ) -> std::result::Result<Vec<(ImageManifest, ImageConfig)>, String> {
+    ) -> std::result::Result<Vec<SourceImage>, String> {
         self.ensure(reference, platforms, pull)
             .map_err(|e| format!("{e:#}"))?;
         let name = Reference::parse(reference)
@@ -430,6 +434,11 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs) -> Result<ExitCode> {
         work_dir,
         no_cache: a.no_cache,
         no_cache_filter: a.no_cache_filter.clone(),
+        annotations: a
+            .annotation
+            .iter()
+            .map(|s| ::engine::engine::AnnotationScope::parse(s).map_err(anyhow::Error::msg))
+            .collect::<Result<_>>()?,
         labels: a
             .label
             .iter()

@@ -433,3 +433,72 @@ fn du_shows_images_build_cache_and_snapshots() {
         "{table}"
     );
 }
+
+#[test]
+fn annotations_by_scope_and_the_base_image_on_each_manifest() {
+    let Some((_reg, base)) = base() else { return };
+    let df = format!("FROM {base} AS b\nRUN echo x > /x\n\nFROM b\nLABEL k=v\n");
+    let ctx = context(&[("Dockerfile", &df)]);
+    let store = tempfile::tempdir().unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let iid = t.path().join("iid");
+    build(
+        store.path(),
+        &[
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--iidfile",
+            iid.to_str().unwrap(),
+            "--annotation",
+            "index:org.example.i=1",
+            "--annotation",
+            "manifest-descriptor:org.example.d=2",
+            "--annotation",
+            "org.example.m=3",
+            ctx.path().to_str().unwrap(),
+        ],
+    );
+    let blob = |d: &str| -> serde_json::Value {
+        serde_json::from_slice(
+            &fs::read(
+                store
+                    .path()
+                    .join("blobs/sha256")
+                    .join(d.trim_start_matches("sha256:")),
+            )
+            .unwrap(),
+        )
+        .unwrap()
+    };
+    let index = blob(&read(&iid));
+    assert_eq!(index["annotations"]["org.example.i"], "1", "{index}");
+    let entries = index["manifests"].as_array().unwrap();
+    assert_eq!(entries.len(), 2);
+    for e in entries {
+        assert_eq!(e["annotations"]["org.example.d"], "2", "{e}");
+        let m = blob(e["digest"].as_str().unwrap());
+        let a = &m["annotations"];
+        assert_eq!(a["org.example.m"], "3", "{m}");
+        assert_eq!(
+            a["org.opencontainers.image.base.name"],
+            base.as_str(),
+            "{m}"
+        );
+        assert!(
+            a["org.opencontainers.image.base.digest"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("sha256:")),
+            "{m}"
+        );
+    }
+    let bad = fails(
+        store.path(),
+        &[
+            "build",
+            "--annotation",
+            "novalue",
+            ctx.path().to_str().unwrap(),
+        ],
+    );
+    assert!(bad.contains("KEY=VALUE"), "{bad}");
+}

@@ -34,7 +34,46 @@ pub trait BaseResolver: Sync {
         reference: &str,
         platform: &Platform,
     ) -> std::result::Result<(ImageManifest, ImageConfig), String>;
+
+    /// The digest the reference resolved to for `platform`, for the
+    /// `org.opencontainers.image.base.digest` annotation.
+    fn digest(&self, _reference: &str, _platform: &Platform) -> Option<Digest> {
+        None
+    }
 }
+
+/// Where `--annotation` goes (buildx's prefixes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AnnotationScope {
+    /// `index:`: the index over the platforms.
+    Index,
+    /// `manifest:` (the default): each platform's manifest.
+    Manifest,
+    /// `manifest-descriptor:`: each manifest's entry in the index.
+    ManifestDescriptor,
+}
+
+impl AnnotationScope {
+    /// Splits `[SCOPE:]KEY=VALUE`.
+    pub fn parse(spec: &str) -> std::result::Result<(Self, String, String), String> {
+        let (kv, value) = spec.split_once('=').ok_or_else(|| {
+            format!("--annotation {spec:?}: use [index:|manifest:|manifest-descriptor:]KEY=VALUE")
+        })?;
+        let (scope, key) = match kv.split_once(':') {
+            Some(("index", k)) => (AnnotationScope::Index, k),
+            Some(("manifest", k)) => (AnnotationScope::Manifest, k),
+            Some(("manifest-descriptor", k)) => (AnnotationScope::ManifestDescriptor, k),
+            _ => (AnnotationScope::Manifest, kv),
+        };
+        if key.is_empty() {
+            return Err(format!("--annotation {spec:?}: the key is empty"));
+        }
+        Ok((scope, key.to_string(), value.to_string()))
+    }
+}
+
+pub const ANNOTATION_BASE_NAME: &str = "org.opencontainers.image.base.name";
+pub const ANNOTATION_BASE_DIGEST: &str = "org.opencontainers.image.base.digest";
 
 pub struct BuildOptions {
     pub context: PathBuf,
@@ -47,6 +86,8 @@ pub struct BuildOptions {
     pub no_cache_filter: Vec<String>,
     /// `--label K=V`: labels set on every image's config, over the Dockerfile's.
     pub labels: BTreeMap<String, String>,
+    /// `--annotation`: (where, key, value).
+    pub annotations: Vec<(AnnotationScope, String, String)>,
     pub layer: LayerOptions,
     pub jobs: usize,
     /// `--secret id=ID,src=FILE`: mounted for `RUN --mount=type=secret`, never in a layer or a
@@ -105,6 +146,8 @@ struct State {
     own: std::collections::BTreeSet<Digest>,
     /// The instance's steps ignore the cache (`--no-cache-filter`).
     no_cache: bool,
+    /// The image the stage's FROM chain starts at, and its digest.
+    base: Option<(String, Option<Digest>)>,
 }
 
 struct Engine<'a> {
@@ -176,10 +219,24 @@ pub fn build(
         })?;
         images.push(engine.write_image(&pp.platform, state)?);
     }
-    let index = Document::new(Index::new(
+    let mut index = Index::new(
         mt::OCI_INDEX,
         images.iter().map(|i| i.manifest.clone()).collect(),
-    ));
+    );
+    for (scope, k, v) in &opts.annotations {
+        match scope {
+            AnnotationScope::Index => {
+                index.annotations.insert(k.clone(), v.clone());
+            }
+            AnnotationScope::ManifestDescriptor => {
+                for d in &mut index.manifests {
+                    d.annotations.insert(k.clone(), v.clone());
+                }
+            }
+            AnnotationScope::Manifest => {}
+        }
+    }
+    let index = Document::new(index);
     store.put_bytes(index.bytes())?;
     Ok(Built {
         images,
@@ -275,6 +332,7 @@ impl Engine<'_> {
                 key: key_of(&["scratch", &platform.to_string()]),
                 own: Default::default(),
                 no_cache: false,
+                base: None,
             },
             Base::Image { reference } => self.base_image(reference, platform)?,
             Base::Stage { key, .. } => deps.get(key).cloned().ok_or_else(|| Error::BadLayer {
@@ -357,6 +415,10 @@ impl Engine<'_> {
             config,
             own: Default::default(),
             no_cache: false,
+            base: Some((
+                reference.to_string(),
+                self.resolver.digest(reference, platform),
+            )),
         })
     }
 
@@ -1004,6 +1066,19 @@ impl Engine<'_> {
         config.rootfs.diff_ids = state.layers.iter().map(|(_, d)| d.clone()).collect();
         let cfg = Document::new(config);
         self.store.put_bytes(cfg.bytes())?;
+        let mut annotations = oci::Annotations::new();
+        // As BuildKit: the image this one builds on.
+        if let Some((name, digest)) = &state.base {
+            annotations.insert(ANNOTATION_BASE_NAME.into(), name.clone());
+            if let Some(d) = digest {
+                annotations.insert(ANNOTATION_BASE_DIGEST.into(), d.to_string());
+            }
+        }
+        for (scope, k, v) in &self.opts.annotations {
+            if *scope == AnnotationScope::Manifest {
+                annotations.insert(k.clone(), v.clone());
+            }
+        }
         let manifest = ImageManifest {
             schema_version: 2,
             media_type: Some(mt::OCI_MANIFEST.into()),
@@ -1011,7 +1086,7 @@ impl Engine<'_> {
             config: cfg.descriptor(mt::OCI_CONFIG),
             layers: state.layers.iter().map(|(d, _)| d.clone()).collect(),
             subject: None,
-            annotations: Default::default(),
+            annotations,
             extra: Default::default(),
         };
         let doc = Document::new(manifest);

@@ -12,16 +12,25 @@ use store::Layout;
 
 use crate::engine::{self, BaseResolver, BuildOptions, Built, Event};
 
+/// One platform's image, ready in the store.
+#[derive(Clone, Debug)]
+pub struct SourceImage {
+    pub manifest: ImageManifest,
+    pub config: ImageConfig,
+    /// The digest of the manifest.
+    pub digest: Digest,
+}
+
 /// Where the images a plan reads come from.
 pub trait ImageSource: Sync {
     /// Makes `reference` ready in the store for each of `platforms` (only what is missing, or
-    /// everything again with `pull`); returns each platform's manifest and config, in order.
+    /// everything again with `pull`); returns each platform's image, in order.
     fn fetch(
         &self,
         reference: &str,
         platforms: &[Platform],
         pull: bool,
-    ) -> Result<Vec<(ImageManifest, ImageConfig)>, String>;
+    ) -> Result<Vec<SourceImage>, String>;
 }
 
 /// Why a build could not be prepared.
@@ -47,8 +56,8 @@ impl std::error::Error for PrepareError {}
 /// A plan whose every image input is in the store.
 pub struct Prepared {
     pub plan: BuildPlan,
-    /// (reference, platform) → the image's manifest and config.
-    pub images: BTreeMap<(String, String), (ImageManifest, ImageConfig)>,
+    /// (reference, platform) → the image.
+    pub images: BTreeMap<(String, String), SourceImage>,
 }
 
 /// Plans `df`, makes every image the plan reads ready through `source`, and plans again with
@@ -61,7 +70,7 @@ pub fn prepare(
     pull: bool,
 ) -> Result<Prepared, PrepareError> {
     let mut opts = opts.clone();
-    let mut images: BTreeMap<(String, String), (ImageManifest, ImageConfig)> = BTreeMap::new();
+    let mut images: BTreeMap<(String, String), SourceImage> = BTreeMap::new();
     // ONBUILD triggers of a base can name more images: a few rounds at most.
     for _ in 0..4 {
         let plan = dockerfile::plan(df, &opts).map_err(PrepareError::Plan)?;
@@ -83,7 +92,7 @@ pub fn prepare(
                         reason,
                     })?;
             for (p, found) in missing.iter().zip(got) {
-                let cc = found.1.config.clone().unwrap_or_default();
+                let cc = found.config.config.clone().unwrap_or_default();
                 opts.base_configs.insert(
                     (reference.clone(), p.short()),
                     dockerfile::BaseConfig {
@@ -129,10 +138,10 @@ impl Prepared {
     /// mounts those blobs instead of uploading them.
     pub fn origins(&self) -> HashMap<Digest, Vec<String>> {
         let mut out: HashMap<Digest, Vec<String>> = HashMap::new();
-        for ((r, _), (m, _)) in &self.images {
+        for ((r, _), img) in &self.images {
             let Ok(r) = Reference::parse(r) else { continue };
             let repo = r.repo_only().to_string();
-            for l in &m.layers {
+            for l in &img.manifest.layers {
                 let v = out.entry(l.digest.clone()).or_default();
                 if !v.contains(&repo) {
                     v.push(repo.clone());
@@ -151,9 +160,15 @@ impl BaseResolver for Prepared {
     ) -> Result<(ImageManifest, ImageConfig), String> {
         self.images
             .get(&(reference.to_string(), platform.to_string()))
-            .cloned()
+            .map(|i| (i.manifest.clone(), i.config.clone()))
             .ok_or_else(|| {
                 format!("{reference} for {platform} was not made ready before the build")
             })
+    }
+
+    fn digest(&self, reference: &str, platform: &Platform) -> Option<Digest> {
+        self.images
+            .get(&(reference.to_string(), platform.to_string()))
+            .map(|i| i.digest.clone())
     }
 }
