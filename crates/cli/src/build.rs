@@ -85,6 +85,9 @@ pub struct BuildArgs {
     /// platform's manifest (the default), or on each manifest's entry in the index (repeatable).
     #[arg(long, value_name = "[SCOPE:]KEY=VALUE")]
     pub annotation: Vec<String>,
+    /// NAME:IP (or NAME=IP): an /etc/hosts entry for RUN steps (repeatable).
+    #[arg(long, value_name = "NAME:IP")]
+    pub add_host: Vec<String>,
     /// Run this stage's steps even when cached (repeatable).
     #[arg(long, value_name = "STAGE")]
     pub no_cache_filter: Vec<String>,
@@ -434,6 +437,17 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs) -> Result<ExitCode> {
         work_dir,
         no_cache: a.no_cache,
         no_cache_filter: a.no_cache_filter.clone(),
+        extra_hosts: a
+            .add_host
+            .iter()
+            .map(|h| {
+                // NAME:IP as docker writes it; IPv6 addresses hold colons, so split at the first.
+                h.split_once(['=', ':'])
+                    .filter(|(n, ip)| !n.is_empty() && ip.parse::<std::net::IpAddr>().is_ok())
+                    .map(|(n, ip)| (n.to_string(), ip.to_string()))
+                    .with_context(|| format!("--add-host {h:?}: use NAME:IP, as in db:10.0.0.5"))
+            })
+            .collect::<Result<_>>()?,
         annotations: a
             .annotation
             .iter()

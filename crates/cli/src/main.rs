@@ -164,6 +164,8 @@ pub enum ArchiveKind {
     Docker,
 }
 
+// Parsed once per run: the size of the build variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// List images in the local store: name, tag, digest, platforms and size.

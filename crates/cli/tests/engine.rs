@@ -502,3 +502,35 @@ fn annotations_by_scope_and_the_base_image_on_each_manifest() {
     );
     assert!(bad.contains("KEY=VALUE"), "{bad}");
 }
+
+#[test]
+fn add_host_reaches_run_steps_and_their_key() {
+    let Some((_reg, base)) = base() else { return };
+    let ctx = context(&[(
+        "Dockerfile",
+        &format!("FROM {base}\nRUN grep db.internal /etc/hosts > /seen || true\n"),
+    )]);
+    let c = ctx.path().to_str().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let out = |n: &str| format!("type=local,dest={}", t.path().join(n).display());
+    build(
+        store.path(),
+        &["--add-host", "db.internal:10.1.2.3", "-o", &out("a"), c],
+    );
+    assert_eq!(
+        read(&t.path().join("a/seen")).trim(),
+        "10.1.2.3\tdb.internal"
+    );
+    let log = build(
+        store.path(),
+        &["--add-host", "db.internal:10.9.9.9", "-o", &out("b"), c],
+    );
+    assert_eq!(cached_lines(&log, "RUN grep"), 0, "{log}");
+    assert_eq!(
+        read(&t.path().join("b/seen")).trim(),
+        "10.9.9.9\tdb.internal"
+    );
+    let err = fails(store.path(), &["build", "--add-host", "nocolon", c]);
+    assert!(err.contains("NAME:IP"), "{err}");
+}

@@ -86,6 +86,8 @@ pub struct BuildOptions {
     pub no_cache_filter: Vec<String>,
     /// `--label K=V`: labels set on every image's config, over the Dockerfile's.
     pub labels: BTreeMap<String, String>,
+    /// `--add-host NAME:IP`: extra /etc/hosts lines for RUN steps.
+    pub extra_hosts: Vec<(String, String)>,
     /// `--annotation`: (where, key, value).
     pub annotations: Vec<(AnnotationScope, String, String)>,
     pub layer: LayerOptions,
@@ -464,7 +466,13 @@ impl Engine<'_> {
                 let mode = emulation::check(platform)?;
                 let emulated = mode.is_emulated();
                 // What bind mounts read is an input of the step like its command.
-                let step_key = key_of(&[&step_key, &self.mount_inputs(mounts, platform, deps)?]);
+                // So are the --add-host entries it sees.
+                let hosts = format!("{:?}", self.opts.extra_hosts);
+                let step_key = key_of(&[
+                    &step_key,
+                    &self.mount_inputs(mounts, platform, deps)?,
+                    &hosts,
+                ]);
                 if self.take_cached(state, &step_key, format!("RUN {}", command_text(command))) {
                     return Ok((true, emulated));
                 }
@@ -515,6 +523,7 @@ impl Engine<'_> {
                 spec.env = full_env.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 spec.user = user;
                 spec.workdir = workdir;
+                spec.extra_hosts = self.opts.extra_hosts.clone();
                 spec.network = if network.as_deref() == Some("none") {
                     Network::None
                 } else {
