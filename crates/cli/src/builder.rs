@@ -89,6 +89,14 @@ pub struct NodeBuildArgs {
     pub source_date_epoch: Option<String>,
     #[arg(long)]
     pub ssh: Vec<String>,
+    #[arg(long)]
+    pub label: Vec<String>,
+    #[arg(long)]
+    pub annotation: Vec<String>,
+    #[arg(long)]
+    pub add_host: Vec<String>,
+    #[arg(long)]
+    pub no_cache_filter: Vec<String>,
 }
 
 /// One node of a builder.
