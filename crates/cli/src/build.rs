@@ -37,6 +37,8 @@ pub struct BuildArgs<'a> {
     pub progress: &'a str,
     pub jobs: Option<usize>,
     pub secrets: &'a [String],
+    pub cache_to: &'a [String],
+    pub cache_from: &'a [String],
 }
 
 /// `--secret id=ID,src=FILE` (or `env=VAR`, written to a private temporary file).
@@ -327,6 +329,18 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
         bail!("--push needs a name: add -t REGISTRY/REPO:TAG");
     }
 
+    // --cache-to / --cache-from: specs checked before any work.
+    let cache_to: Vec<crate::cache::CacheTo> = a
+        .cache_to
+        .iter()
+        .map(|s| crate::cache::parse_to(s))
+        .collect::<Result<_>>()?;
+    let cache_from: Vec<crate::cache::CacheFromSpec> = a
+        .cache_from
+        .iter()
+        .map(|s| crate::cache::parse_from(s))
+        .collect::<Result<_>>()?;
+
     let store = transport::open_store(&env.store_root)?;
     let _guard = store.write_guard()?;
     let bases = Bases {
@@ -443,6 +457,7 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
                 .unwrap_or(2)
         }),
         secrets: parse_secrets(a.secrets)?,
+        imported: crate::cache::import(cli, env, &cache_from)?,
     };
     let started = std::time::Instant::now();
     let built = engine::build(&store, &plan, &bases, &bopts, &progress)?;
@@ -475,6 +490,22 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
         }
     }
     let cache = ::engine::cache::LocalCache::at(&bopts.work_dir);
+    // Cache hits from imported caches: their layers are mounted by a push to the same registry,
+    // else fetched now (only the exported images' layers).
+    let imported = bopts.imported.as_deref();
+    let base_origins = origins.clone();
+    if let Some(imp) = imported {
+        for (d, v) in imp.origins() {
+            origins.entry(d).or_default().extend(v);
+        }
+    }
+    let push_only = (a.outputs.is_empty() && a.push && !a.load).then_some(tags.as_slice());
+    crate::cache::prepare_outputs(&store, &built, imported, push_only)?;
+    let root = if cache_to.contains(&crate::cache::CacheTo::Inline) {
+        crate::cache::inline(&store, &built, root, &bopts.layer)?
+    } else {
+        root
+    };
     let cx = export::ExportContext {
         store: &store,
         built: &built,
@@ -492,6 +523,28 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
             say(cli, line);
         }
     }
+    for (to, spec) in cache_to.iter().zip(a.cache_to) {
+        let r = crate::cache::export(
+            cli,
+            env,
+            &store,
+            &cache,
+            &built,
+            to,
+            imported,
+            &base_origins,
+            &bopts.layer,
+        );
+        match r {
+            // buildx: a failed cache export fails the build unless ignore-error=true.
+            Err(e) if spec.contains("ignore-error=true") => say(
+                cli,
+                format!("warning: the build cache was not exported: {e:#}"),
+            ),
+            r => r.with_context(|| format!("--cache-to {spec}"))?,
+        }
+    }
+    crate::cache::report(cli, imported);
 
     if let Some(mf) = a.metadata_file {
         let meta = serde_json::json!({

@@ -139,6 +139,8 @@ pub fn run(cli: &Cli, env: &Env) -> Result<ExitCode> {
             progress,
             jobs,
             secret,
+            cache_to,
+            cache_from,
         } => build::run(
             cli,
             env,
@@ -160,6 +162,8 @@ pub fn run(cli: &Cli, env: &Env) -> Result<ExitCode> {
                 progress,
                 jobs: *jobs,
                 secrets: secret,
+                cache_to,
+                cache_from,
             },
         ),
         Command::Digest {

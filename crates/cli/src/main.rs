@@ -1,6 +1,7 @@
 //! The `manifold` binary: commands, output formats, and the glue between the crates.
 
 mod build;
+mod cache;
 mod lists;
 mod local;
 mod progress;
@@ -313,6 +314,14 @@ pub enum Command {
         /// id=ID,src=FILE (or env=VAR): a secret for RUN --mount=type=secret; never stored.
         #[arg(long, value_name = "SPEC")]
         secret: Vec<String>,
+        /// Export the build cache: type=registry,ref=REG/REPO:TAG[,mode=min|max][,compression=…]
+        /// | type=local,dest=DIR[,mode=…] | type=inline (repeatable).
+        #[arg(long = "cache-to", value_name = "SPEC")]
+        cache_to: Vec<String>,
+        /// Import a build cache: type=registry,ref=REG/REPO:TAG | type=local,src=DIR (repeatable,
+        /// tried in order; a missing cache is a warning).
+        #[arg(long = "cache-from", value_name = "SPEC")]
+        cache_from: Vec<String>,
     },
     /// Stage, annotate, inspect and push manifest lists (docker manifest, with no daemon).
     Manifest {

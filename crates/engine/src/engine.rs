@@ -48,6 +48,9 @@ pub struct BuildOptions {
     /// `--secret id=ID,src=FILE`: mounted for `RUN --mount=type=secret`, never in a layer or a
     /// cache key.
     pub secrets: BTreeMap<String, PathBuf>,
+    /// `--cache-from`: steps found there count as cached; their layers are fetched only when a
+    /// later step needs their files.
+    pub imported: Option<std::sync::Arc<crate::cache_remote::Imported>>,
 }
 
 /// Progress of a build, for displays.
@@ -87,6 +90,8 @@ pub struct PlatformImage {
 pub struct Built {
     pub images: Vec<PlatformImage>,
     pub index: Descriptor,
+    /// Every step this build ran or took from a cache, by key: what `--cache-to` exports.
+    pub steps: Vec<(String, CachedStep)>,
 }
 
 /// The filesystem and config a stage has reached.
@@ -113,6 +118,8 @@ struct Engine<'a> {
     targets: HashMap<String, Vec<String>>,
     epoch: Option<i64>,
     started: i64,
+    /// Steps used, for `Built::steps`.
+    used: std::sync::Mutex<Vec<(String, CachedStep)>>,
 }
 
 pub fn build(
@@ -160,6 +167,7 @@ pub fn build(
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0),
+        used: Default::default(),
     };
     let results = engine.run_all(&plan.stages)?;
     let mut images = Vec::new();
@@ -178,6 +186,7 @@ pub fn build(
     Ok(Built {
         images,
         index: index.descriptor(mt::OCI_INDEX),
+        steps: engine.used.into_inner().unwrap_or_default(),
     })
 }
 
@@ -844,6 +853,7 @@ impl Engine<'_> {
         let Some(hit) = self.cached(step_key) else {
             return false;
         };
+        self.record(step_key, &hit);
         self.push_layer(state, hit.layer, step_key);
         self.history(state, history, false);
         true
@@ -962,21 +972,36 @@ impl Engine<'_> {
         state
             .layers
             .iter()
-            .map(|(d, diff)| Ok(self.snapshots.unpack_blob(self.store, d, diff)?.path))
+            .map(|(d, diff)| {
+                // A layer from an imported cache arrives when its files are first needed.
+                if let Some(imp) = &self.opts.imported {
+                    if self.snapshots.get(diff).is_none() && !self.store.has_blob(&d.digest) {
+                        imp.fetch(self.store, d)?;
+                    }
+                }
+                Ok(self.snapshots.unpack_blob(self.store, d, diff)?.path)
+            })
             .collect()
     }
 
-    /// A cached step, when its layer is still in the store.
+    /// A cached step, when its layer is still in the store, else from an imported cache.
     fn cached(&self, key: &str) -> Option<CachedStep> {
-        let c = self.cache.step(key)?;
-        match &c.layer {
-            Some((d, _)) if self.store.blob_size(&d.digest) != Some(d.size) => None,
-            _ => Some(c),
-        }
+        let local = self.cache.step(key).filter(|c| match &c.layer {
+            Some((d, _)) => self.store.blob_size(&d.digest) == Some(d.size),
+            None => true,
+        });
+        local.or_else(|| self.opts.imported.as_ref()?.step(key))
     }
 
     fn remember(&self, key: &str, c: &CachedStep) {
         self.cache.put_step(key, c);
+        self.record(key, c);
+    }
+
+    fn record(&self, key: &str, c: &CachedStep) {
+        if let Ok(mut u) = self.used.lock() {
+            u.push((key.to_string(), c.clone()));
+        }
     }
 
     fn write_image(&self, platform: &Platform, state: &State) -> Result<PlatformImage> {
