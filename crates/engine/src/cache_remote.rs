@@ -418,4 +418,102 @@ mod tests {
         let min = records(&steps, &fin, Mode::Min, "t");
         assert_eq!(min.records.len(), 2);
     }
+
+    /// A cache directory holding `records` and the given layer blobs (listed in the manifest).
+    fn place(
+        records: &Records,
+        layers: &[(&[u8], bool)],
+        registry: bool,
+    ) -> (tempfile::TempDir, Imported, Vec<String>) {
+        let t = tempfile::tempdir().unwrap();
+        let l = Layout::open_or_create(t.path().join("c")).unwrap();
+        let mut recs = records.clone();
+        for (bytes, stored) in layers {
+            let d = Descriptor::new(
+                mt::OCI_LAYER_GZIP,
+                Digest::sha256_of(bytes),
+                bytes.len() as u64,
+            );
+            if *stored {
+                l.put_bytes(bytes).unwrap();
+            }
+            recs.records.push(Record {
+                key: format!("sha256:{}", d.digest.hex()),
+                layer: Some(d.clone()),
+                diff_id: Some(d.digest.clone()),
+                created: None,
+            });
+        }
+        let m = write_manifest(&l, &recs).unwrap();
+        Target::set_name(&l, "latest", &m).unwrap();
+        let warnings = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let w = warnings.clone();
+        let imp = Imported::load(
+            vec![CacheFrom {
+                place: Box::new(Layout::open_existing(t.path().join("c")).unwrap()),
+                name: "latest".into(),
+                registry,
+                repository: None,
+            }],
+            Box::new(move |s| w.lock().unwrap().push(s)),
+        );
+        let keys: Vec<String> = recs.records.iter().map(|r| r.key.clone()).collect();
+        // Ask for every key, so lazy checks run.
+        for k in &keys {
+            imp.step(k);
+        }
+        let got = warnings.lock().unwrap().clone();
+        (t, imp, got)
+    }
+
+    #[test]
+    fn hostile_caches_are_refused_with_warnings() {
+        // Sound: one layer, present.
+        let (_t, imp, w) = place(&Records::default(), &[(b"one", true)], false);
+        assert_eq!(imp.len(), 1);
+        assert!(w.is_empty(), "{w:?}");
+
+        // A record whose layer the manifest does not list.
+        let stray = Records {
+            records: vec![Record {
+                key: "sha256:x".into(),
+                layer: Some(Descriptor::new(
+                    mt::OCI_LAYER_GZIP,
+                    Digest::sha256_of(b"elsewhere"),
+                    9,
+                )),
+                diff_id: Some(Digest::sha256_of(b"d")),
+                created: None,
+            }],
+        };
+        let (_t, imp, w) = place(&stray, &[(b"one", true)], false);
+        assert_eq!(imp.len(), 1);
+        assert!(w.iter().any(|w| w.contains("1 records refused")), "{w:?}");
+
+        // A listed blob that is missing: refused on import from a directory, and at first use
+        // from a registry (which is trusted for digests but may have lost the blob).
+        let (_t, imp, w) = place(&Records::default(), &[(b"gone", false)], false);
+        assert_eq!(imp.len(), 0, "{w:?}");
+        let (_t, imp, w) = place(&Records::default(), &[(b"gone", false)], true);
+        assert_eq!(imp.len(), 1);
+        assert!(imp
+            .step(&format!("sha256:{}", Digest::sha256_of(b"gone").hex()))
+            .is_none());
+        assert!(w.iter().any(|w| w.contains("missing")), "{w:?}");
+
+        // A huge record list: the whole cache is refused.
+        let huge = Records {
+            records: (0..=MAX_RECORDS)
+                .map(|i| Record {
+                    key: format!("sha256:{i}"),
+                    layer: None,
+                    diff_id: None,
+                    created: None,
+                })
+                .collect(),
+        };
+        let (_t, imp, w) = place(&huge, &[], false);
+        assert_eq!(imp.len(), 0);
+        assert!(w.iter().any(|w| w.contains("more than the")), "{w:?}");
+    }
 }
