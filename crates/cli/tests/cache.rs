@@ -199,6 +199,7 @@ fn local_cache_travels_and_load_pulls_only_final_layers() {
     let c = ctx.path().to_str().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cache_dir = dir.path().join("cache");
+    let zstd_dir = dir.path().join("zstd");
     let runner1 = tempfile::tempdir().unwrap();
     let (out1, _) = build(
         runner1.path(),
@@ -221,10 +222,24 @@ fn local_cache_travels_and_load_pulls_only_final_layers() {
             "app:2",
             "--cache-from",
             &format!("type=local,src={}", cache_dir.display()),
+            "--cache-to",
+            &format!("type=local,dest={},compression=zstd", zstd_dir.display()),
             c,
         ],
     );
     assert_eq!(cached(&log2), 10, "{log2}");
+    // Re-exported with zstd layers (mode=min: only the final images' five).
+    let zidx: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(zstd_dir.join("index.json")).unwrap()).unwrap();
+    let zdig = zidx["manifests"][0]["digest"].as_str().unwrap().to_string();
+    let zm: serde_json::Value =
+        serde_json::from_slice(&fs::read(zstd_dir.join("blobs/sha256").join(&zdig[7..])).unwrap())
+            .unwrap();
+    let zl = zm["layers"].as_array().unwrap();
+    assert_eq!(zl.len(), 5, "{zm}");
+    assert!(zl
+        .iter()
+        .all(|l| l["mediaType"] == "application/vnd.oci.image.layer.v1.tar+zstd"));
     assert_eq!(root_digest(&out2), root_digest(&out1));
     // The final images' own layers: COPY --from and RUN differ per platform, COPY c.txt is one
     // blob; the build stage's three layers stay in the cache.
