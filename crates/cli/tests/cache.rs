@@ -339,3 +339,62 @@ fn bad_cache_specs_are_refused_before_building() {
     let err = fails(t.path(), &["build", "--cache-from", "type=s3,ref=x", c]);
     assert!(err.contains("use registry or local"), "{err}");
 }
+
+#[test]
+fn concurrent_writers_leave_one_whole_cache() {
+    let Some((reg, base)) = base() else { return };
+    if !peer("skopeo") {
+        return;
+    }
+    let cache_ref = format!("{}/cache/shared:bc", reg.addr);
+    let variants: Vec<tempfile::TempDir> = ["one\n", "two\n"]
+        .iter()
+        .map(|c| {
+            let ctx = context(&base);
+            fs::write(ctx.path().join("c.txt"), c).unwrap();
+            ctx
+        })
+        .collect();
+    std::thread::scope(|s| {
+        for ctx in &variants {
+            let cache_ref = &cache_ref;
+            s.spawn(move || {
+                let store = tempfile::tempdir().unwrap();
+                build(
+                    store.path(),
+                    &[
+                        "--platform",
+                        PLATFORMS,
+                        "--cache-to",
+                        &format!("type=registry,ref={cache_ref},mode=max"),
+                        ctx.path().to_str().unwrap(),
+                    ],
+                );
+            });
+        }
+    });
+    // Whatever won is complete: skopeo copies every blob it names.
+    let out = tempfile::tempdir().unwrap();
+    sh(Command::new("skopeo").args([
+        "copy",
+        "--src-tls-verify=false",
+        &format!("docker://{cache_ref}"),
+        &format!("oci:{}:c", out.path().display()),
+    ]));
+    // And it is one writer's cache whole: that writer's build is CACHED at every step.
+    let whole = variants.iter().any(|ctx| {
+        let store = tempfile::tempdir().unwrap();
+        let (_, log) = build(
+            store.path(),
+            &[
+                "--platform",
+                PLATFORMS,
+                "--cache-from",
+                &format!("type=registry,ref={cache_ref}"),
+                ctx.path().to_str().unwrap(),
+            ],
+        );
+        cached(&log) == 10
+    });
+    assert!(whole, "neither writer's build is fully cached");
+}
