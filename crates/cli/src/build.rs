@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
+use ::engine::cache_remote::Imported;
 use ::engine::engine::{BuildOptions, Event};
 use ::engine::export::{self, Exporter};
 use ::engine::pipeline::{self, ImageSource, SourceImage};
@@ -98,6 +100,14 @@ pub struct BuildArgs {
     /// The builder whose nodes build (default: MANIFOLD_BUILDER, else `builder use`'s).
     #[arg(long, value_name = "NAME")]
     pub builder: Option<String>,
+    /// Export the build cache: type=registry,ref=REG/REPO:TAG[,mode=min|max][,compression=…]
+    /// | type=local,dest=DIR[,mode=…] | type=inline (repeatable).
+    #[arg(long = "cache-to", value_name = "SPEC")]
+    pub cache_to: Vec<String>,
+    /// Import a build cache: type=registry,ref=REG/REPO:TAG | type=local,src=DIR (repeatable,
+    /// tried in order; a missing cache is a warning).
+    #[arg(long = "cache-from", value_name = "SPEC")]
+    pub cache_from: Vec<String>,
 }
 
 /// `--secret id=ID,src=FILE` or `id=ID,env=VAR`, read into memory: the sandbox puts it on a
@@ -522,11 +532,38 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs) -> Result<ExitCode> {
         bail!("--push needs a name: add -t REGISTRY/REPO:TAG");
     }
 
+    // --cache-to / --cache-from: specs checked before any work.
+    let cache_to: Vec<crate::cache::CacheTo> = a
+        .cache_to
+        .iter()
+        .map(|s| crate::cache::parse_to(s))
+        .collect::<Result<_>>()?;
+    let cache_from: Vec<crate::cache::CacheFromSpec> = a
+        .cache_from
+        .iter()
+        .map(|s| crate::cache::parse_from(s))
+        .collect::<Result<_>>()?;
+
     let store = transport::open_store(&env.store_root)?;
     let _guard = store.write_guard()?;
     let builders = crate::builder::Config::load()?;
     let builder = builders.find(&a.builder.clone().unwrap_or_else(|| builders.current_name()))?;
-    let (built, origins) = if crate::nodes::uses_nodes(&builder) {
+    let nodes = crate::nodes::uses_nodes(&builder);
+    if nodes && !(cache_to.is_empty() && cache_from.is_empty()) {
+        // Each node keeps its own step cache; its steps are not reported back to this side.
+        say(
+            cli,
+            format!(
+                "warning: --cache-to and --cache-from apply to builds on this machine; builder {} builds on its nodes, so no build cache is imported, and an exported one holds no steps",
+                builder.name
+            ),
+        );
+    }
+    let imported = match nodes {
+        true => None,
+        false => crate::cache::import(cli, env, &cache_from)?,
+    };
+    let (built, origins) = if nodes {
         let started = std::time::Instant::now();
         let agents = crate::ssh::Agents::from_specs(&a.ssh)?;
         let built = crate::nodes::build(
@@ -559,12 +596,33 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs) -> Result<ExitCode> {
         );
         (built, Origins::new())
     } else {
-        match build_here(cli, env, a, &store, &df, &opts, &shown, proxies)? {
+        match build_here(
+            cli,
+            env,
+            a,
+            &store,
+            &df,
+            &opts,
+            &shown,
+            proxies,
+            imported.clone(),
+        )? {
             Ok(b) => b,
             Err(code) => return Ok(code),
         }
     };
-    export(cli, env, a, &store, &built, &origins, &exporters, &tags)
+    export(
+        cli,
+        env,
+        a,
+        &store,
+        &built,
+        origins,
+        imported.as_deref(),
+        &exporters,
+        &cache_to,
+        &tags,
+    )
 }
 
 /// Blob → repositories it came from (registry exporters mount from them).
@@ -583,6 +641,7 @@ fn build_here(
     opts: &dockerfile::PlanOptions,
     shown: &str,
     proxies: BTreeMap<String, String>,
+    imported: Option<Arc<Imported>>,
 ) -> Result<std::result::Result<(::engine::engine::Built, Origins), ExitCode>> {
     let bases = Bases::new(cli, env, store);
     let prepared = match pipeline::prepare(df, opts, &bases, a.pull) {
@@ -741,6 +800,7 @@ fn build_here(
         secrets: parse_secrets(&a.secret)?,
         ssh: agents.sockets.clone(),
         proxies,
+        imported,
     };
     let started = std::time::Instant::now();
     let built = prepared.solve(store, &bopts, &progress)?;
@@ -759,8 +819,10 @@ fn export(
     a: &BuildArgs,
     store: &Layout,
     built: &::engine::engine::Built,
-    origins: &Origins,
+    origins: Origins,
+    imported: Option<&Imported>,
     exporters: &[Box<dyn Exporter>],
+    cache_to: &[crate::cache::CacheTo],
     tags: &[Reference],
 ) -> Result<ExitCode> {
     // One platform without a list asked for: the image itself, as docker build gives.
@@ -773,13 +835,30 @@ fn export(
     };
 
     let cache = ::engine::cache::LocalCache::new(&env.store_root);
+    // Cache hits from imported caches: their layers are mounted by a push to the same registry,
+    // else fetched now (only the exported images' layers).
+    let base_origins = origins;
+    let mut origins = base_origins.clone();
+    if let Some(imp) = imported {
+        for (d, v) in imp.origins() {
+            origins.entry(d).or_default().extend(v);
+        }
+    }
+    let push_only = (a.output.is_empty() && a.push && !a.load).then_some(tags);
+    crate::cache::prepare_outputs(store, built, imported, push_only)?;
+    let layer_opts = runtime::LayerOptions::from_env();
+    let root = if cache_to.contains(&crate::cache::CacheTo::Inline) {
+        crate::cache::inline(store, built, root, &layer_opts)?
+    } else {
+        root
+    };
     let cx = export::ExportContext {
         store,
         built,
         root: root.clone(),
         tags,
         cache: &cache,
-        origins,
+        origins: &origins,
         registries: &Registries(env),
     };
     for e in exporters {
@@ -790,6 +869,28 @@ fn export(
             say(cli, line);
         }
     }
+    for (to, spec) in cache_to.iter().zip(&a.cache_to) {
+        let r = crate::cache::export(
+            cli,
+            env,
+            store,
+            &cache,
+            built,
+            to,
+            imported,
+            &base_origins,
+            &layer_opts,
+        );
+        match r {
+            // buildx: a failed cache export fails the build unless ignore-error=true.
+            Err(e) if spec.contains("ignore-error=true") => say(
+                cli,
+                format!("warning: the build cache was not exported: {e:#}"),
+            ),
+            r => r.with_context(|| format!("--cache-to {spec}"))?,
+        }
+    }
+    crate::cache::report(cli, imported);
 
     if let Some(f) = a.iidfile.as_deref() {
         store::layout::write_atomic(f, root.digest.to_string().as_bytes())?;

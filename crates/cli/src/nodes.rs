@@ -222,6 +222,8 @@ pub fn build(
     Ok(::engine::engine::Built {
         images,
         index: index.descriptor(mt::OCI_INDEX),
+        // The nodes' steps stay in their own caches.
+        steps: Vec::new(),
     })
 }
 
@@ -598,6 +600,8 @@ pub fn node_build(cli: &Cli, env: &transport::Env, a: &NodeBuildArgs) -> Result<
             no_cache_filter: a.no_cache_filter.clone(),
             ssh: a.ssh.clone(),
             builder: Some(crate::builder::DEFAULT.into()),
+            cache_to: Vec::new(),
+            cache_from: Vec::new(),
         },
     );
     let mut out = restore_stdout(saved)?;

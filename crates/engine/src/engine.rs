@@ -101,6 +101,9 @@ pub struct BuildOptions {
     /// Proxy variables (`HTTP_PROXY`, `https_proxy`, ...) for every RUN, as BuildKit's predefined
     /// args: never in the image's history or config, nor in a cache key.
     pub proxies: BTreeMap<String, String>,
+    /// `--cache-from`: steps found there count as cached; their layers are fetched only when a
+    /// later step needs their files.
+    pub imported: Option<std::sync::Arc<crate::cache_remote::Imported>>,
 }
 
 /// Progress of a build, for displays.
@@ -159,6 +162,8 @@ pub struct PlatformImage {
 pub struct Built {
     pub images: Vec<PlatformImage>,
     pub index: Descriptor,
+    /// Every step this build ran or took from a cache, by key: what `--cache-to` exports.
+    pub steps: Vec<(String, CachedStep)>,
 }
 
 /// Which step of which instance runs, for the events it sends while it runs.
@@ -204,6 +209,8 @@ struct Engine<'a> {
     /// Set at the first failure: kills running steps, starts no more.
     cancel: sandbox::Cancel,
     first_failure: Mutex<Option<Error>>,
+    /// Steps used, for `Built::steps`.
+    used: std::sync::Mutex<Vec<(String, CachedStep)>>,
 }
 
 pub fn build(
@@ -253,6 +260,7 @@ pub fn build(
             .unwrap_or(0),
         cancel: sandbox::Cancel::default(),
         first_failure: Mutex::new(None),
+        used: Default::default(),
     };
     let results = engine.run_all(&plan.stages)?;
     let mut images = Vec::new();
@@ -285,6 +293,7 @@ pub fn build(
     Ok(Built {
         images,
         index: index.descriptor(mt::OCI_INDEX),
+        steps: engine.used.into_inner().unwrap_or_default(),
     })
 }
 
@@ -1112,16 +1121,20 @@ impl Engine<'_> {
         // docker refuses an image whose layer-less entries do not say `empty_layer`.
         let empty = hit.layer.is_none();
         let when = hit.created.unwrap_or(self.started);
-        if hit.created.is_none() {
-            // An entry from before times were kept: from now on this run's time is the step's.
-            self.remember(
-                step_key,
-                &CachedStep {
-                    layer: hit.layer.clone(),
-                    created: Some(when),
-                },
-            );
-        }
+        let hit = if hit.created.is_none() {
+            // An entry from before times were kept (or an imported one without a time): from
+            // now on this run's time is the step's.
+            let c = CachedStep {
+                layer: hit.layer,
+                created: Some(when),
+            };
+            self.cache.put_step(step_key, &c);
+            c
+        } else {
+            hit
+        };
+        // What --cache-to exports: every step used, cached ones included.
+        self.record(step_key, &hit);
         self.push_layer(state, hit.layer, step_key);
         self.history_at(state, history, empty, when);
         true
@@ -1131,11 +1144,14 @@ impl Engine<'_> {
     /// time, like a cached layer's, does not change between identical builds.
     fn config_step_time(&self, step_key: &str) -> i64 {
         if !self.opts.no_cache {
-            if let Some(CachedStep {
-                layer: None,
-                created: Some(t),
-            }) = self.cached(step_key)
+            if let Some(
+                c @ CachedStep {
+                    layer: None,
+                    created: Some(t),
+                },
+            ) = self.cached(step_key)
             {
+                self.record(step_key, &c);
                 return t;
             }
         }
@@ -1265,21 +1281,36 @@ impl Engine<'_> {
         state
             .layers
             .iter()
-            .map(|(d, diff)| Ok(self.snapshots.unpack_blob(self.store, d, diff)?.path))
+            .map(|(d, diff)| {
+                // A layer from an imported cache arrives when its files are first needed.
+                if let Some(imp) = &self.opts.imported {
+                    if self.snapshots.get(diff).is_none() && !self.store.has_blob(&d.digest) {
+                        imp.fetch(self.store, d)?;
+                    }
+                }
+                Ok(self.snapshots.unpack_blob(self.store, d, diff)?.path)
+            })
             .collect()
     }
 
-    /// A cached step, when its layer is still in the store.
+    /// A cached step, when its layer is still in the store, else from an imported cache.
     fn cached(&self, key: &str) -> Option<CachedStep> {
-        let c = self.cache.step(key)?;
-        match &c.layer {
-            Some((d, _)) if self.store.blob_size(&d.digest) != Some(d.size) => None,
-            _ => Some(c),
-        }
+        let local = self.cache.step(key).filter(|c| match &c.layer {
+            Some((d, _)) => self.store.blob_size(&d.digest) == Some(d.size),
+            None => true,
+        });
+        local.or_else(|| self.opts.imported.as_ref()?.step(key))
     }
 
     fn remember(&self, key: &str, c: &CachedStep) {
         self.cache.put_step(key, c);
+        self.record(key, c);
+    }
+
+    fn record(&self, key: &str, c: &CachedStep) {
+        if let Ok(mut u) = self.used.lock() {
+            u.push((key.to_string(), c.clone()));
+        }
     }
 
     fn write_image(&self, platform: &Platform, state: &State) -> Result<PlatformImage> {

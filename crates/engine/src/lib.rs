@@ -7,6 +7,7 @@
 //! a resolver the caller supplies, and progress leaves as events.
 
 pub mod cache;
+pub mod cache_remote;
 pub mod context;
 pub mod engine;
 pub mod export;
