@@ -8,6 +8,8 @@
 #
 #   bench/build.sh [RUNS]     (default 3; needs buildah, docker-registry, /usr/bin/time; root)
 #   MANIFOLD_BUILD_FLAGS="--network none" bench/build.sh   to compare a flag in the same conditions
+#   BASELINE=/path/to/older/manifold bench/build.sh   also measures that binary in the same runs
+#                             (skip buildah with NO_BUILDAH=1)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-3}
@@ -43,6 +45,14 @@ for i in $(seq "$runs"); do
   echo "manifold cold  run $i: ${r% *} s, peak RSS $(( ${r#* } / 1024 )) MB"; rows+=("manifold-cold $r")
   r=$(measure "$m" -q --root "$work/m-root" build ${MANIFOLD_BUILD_FLAGS:-} --platform linux/amd64,linux/arm64 -t bench/app:1 "$ctx")
   echo "manifold cached run $i: ${r% *} s, peak RSS $(( ${r#* } / 1024 )) MB"; rows+=("manifold-cached $r")
+  if [ -n "${BASELINE:-}" ]; then
+    rm -rf "$work/base-root"
+    r=$(measure "$BASELINE" -q --root "$work/base-root" build --platform linux/amd64,linux/arm64 -t bench/app:1 "$ctx")
+    echo "baseline cold  run $i: ${r% *} s"; rows+=("baseline-cold $r")
+    r=$(measure "$BASELINE" -q --root "$work/base-root" build --platform linux/amd64,linux/arm64 -t bench/app:1 "$ctx")
+    echo "baseline cached run $i: ${r% *} s"; rows+=("baseline-cached $r")
+  fi
+  [ -n "${NO_BUILDAH:-}" ] && continue
 
   rm -rf "$work/b-root" "$work/b-run"
   b=(buildah --root "$work/b-root" --runroot "$work/b-run" --storage-driver overlay)
@@ -57,11 +67,16 @@ printf '%s\n' "${rows[@]}" | python3 -c '
 import sys, statistics as st
 rows = [l.split() for l in sys.stdin if l.strip()]
 med = {}
-for k in ("manifold-cold", "manifold-cached", "buildah-cold", "buildah-cached"):
+for k in ("manifold-cold", "manifold-cached", "baseline-cold", "baseline-cached", "buildah-cold", "buildah-cached"):
     t = [float(r[1]) for r in rows if r[0] == k]
+    if not t:
+        continue
     m = [int(r[2]) for r in rows if r[0] == k]
     med[k] = st.median(t)
     print("%-16s median %7.2f s   peak RSS max %7.1f MB" % (k, med[k], max(m) / 1024))
-print("cold build manifold / buildah: %.2fx (target <= 0.60x)" % (med["manifold-cold"] / med["buildah-cold"]))
+if "baseline-cold" in med:
+    print("manifold / baseline: cold %.2fx, cached %.2fx" % (med["manifold-cold"] / med["baseline-cold"], med["manifold-cached"] / med["baseline-cached"]))
+if "buildah-cold" in med:
+    print("cold build manifold / buildah: %.2fx (target <= 0.60x)" % (med["manifold-cold"] / med["buildah-cold"]))
 print("manifold cached rebuild: %.2f s (target <= 0.30 s)" % med["manifold-cached"])
 '

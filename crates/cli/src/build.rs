@@ -4,45 +4,116 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Mutex;
+use std::sync::Arc;
 
-use ::engine::engine::{self, BaseResolver, BuildOptions, Event};
+use ::engine::cache_remote::Imported;
+use ::engine::engine::{BuildOptions, Event};
+use ::engine::export::{self, Exporter};
+use ::engine::pipeline::{self, ImageSource, SourceImage};
 use anyhow::{bail, Context, Result};
-use dockerfile::plan::{Base, Op, Origin};
 use oci::media_type as mt;
-use oci::{Document, ImageConfig, ImageManifest, Manifest, Matcher, Platform, Reference};
+use oci::{Document, ImageConfig, Manifest, Matcher, Platform, Reference};
 use store::layout::REF_NAME;
 use store::{CopyOptions, Layout, Platforms, Source};
-use transport::{Env, Place, RegistryRepo};
+use transport::{Env, RegistryRepo};
 
 use crate::local::{human_size, say};
 use crate::{Cli, OutputFormat};
 
-/// What `manifold build` was asked, flags as buildx spells them.
-pub struct BuildArgs<'a> {
-    pub context: &'a Path,
-    pub file: Option<&'a Path>,
-    pub platform: &'a [String],
-    pub tags: &'a [String],
-    pub build_arg: &'a [String],
-    pub target: Option<&'a str>,
+/// What `manifold build` was asked, flags as buildx spells them: the one definition clap
+/// parses and the handler reads.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BuildArgs {
+    /// The build context directory.
+    #[arg(default_value = ".")]
+    pub context: PathBuf,
+    /// The Dockerfile (default: CONTEXT/Dockerfile).
+    #[arg(short, long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Target platforms, comma-separated (default: this machine's), e.g.
+    /// linux/amd64,linux/arm64,linux/arm/v7.
+    #[arg(long, value_delimiter = ',')]
+    pub platform: Vec<String>,
+    /// Name and optionally tag the result (repeatable).
+    #[arg(short, long = "tag")]
+    pub tag: Vec<String>,
+    /// KEY=VALUE build-time variables (repeatable).
+    #[arg(long = "build-arg", value_name = "KEY=VALUE")]
+    pub build_arg: Vec<String>,
+    /// The stage to build.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Parse, plan and lint the Dockerfile without building; exit 1 on findings.
+    #[arg(long)]
     pub check: bool,
+    /// Format of --check findings.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
     pub format: OutputFormat,
+    /// Push the result to the registry in each -t name (one index over per-platform images).
+    #[arg(long)]
     pub push: bool,
+    /// Put the result in the local store (the default when no other output is given).
+    #[arg(long)]
     pub load: bool,
-    pub outputs: &'a [String],
-    pub metadata_file: Option<&'a Path>,
+    /// type=registry[,push-by-digest=true,name=REPO] | type=oci,dest=FILE |
+    /// type=docker,dest=FILE | type=local,dest=DIR | type=tar,dest=FILE (repeatable).
+    #[arg(short, long = "output", value_name = "SPEC")]
+    pub output: Vec<String>,
+    /// Write the digests and descriptor of the result as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub metadata_file: Option<PathBuf>,
+    /// Run every step, ignoring the step cache.
+    #[arg(long)]
     pub no_cache: bool,
+    /// Check the registry for newer base images even when the store has them.
+    #[arg(long)]
     pub pull: bool,
-    pub progress: &'a str,
+    /// auto, tty, plain, rawjson (JSON lines for tools) or quiet.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "tty", "plain", "rawjson", "quiet"])]
+    pub progress: String,
+    /// Stage instances run at once (default: the number of cores).
+    #[arg(long)]
     pub jobs: Option<usize>,
-    pub secrets: &'a [String],
-    /// `--ssh` specs.
-    pub ssh: &'a [String],
-    /// The builder's name; `None`: MANIFOLD_BUILDER or the current one.
-    pub builder: Option<&'a str>,
-    pub network: &'a str,
-    pub allow: &'a [String],
+    /// id=ID,src=FILE (or env=VAR): a secret for RUN --mount=type=secret; never stored.
+    #[arg(long, value_name = "SPEC")]
+    pub secret: Vec<String>,
+    /// Write the digest of the result (the index, or the image) to this file.
+    #[arg(long, value_name = "FILE")]
+    pub iidfile: Option<PathBuf>,
+    /// KEY=VALUE: a label on every image (repeatable).
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub label: Vec<String>,
+    /// [index:|manifest:|manifest-descriptor:]KEY=VALUE: an annotation on the index, on each
+    /// platform's manifest (the default), or on each manifest's entry in the index (repeatable).
+    #[arg(long, value_name = "[SCOPE:]KEY=VALUE")]
+    pub annotation: Vec<String>,
+    /// NAME:IP (or NAME=IP): an /etc/hosts entry for RUN steps (repeatable).
+    #[arg(long, value_name = "NAME:IP")]
+    pub add_host: Vec<String>,
+    /// Run this stage's steps even when cached (repeatable).
+    #[arg(long, value_name = "STAGE")]
+    pub no_cache_filter: Vec<String>,
+    /// default|ID[=SOCKET|KEY[,KEY...]]: an SSH agent for RUN --mount=type=ssh (default:
+    /// your SSH_AUTH_SOCK; key files are loaded into a private agent for the build).
+    #[arg(long, value_name = "SPEC")]
+    pub ssh: Vec<String>,
+    /// The builder whose nodes build (default: MANIFOLD_BUILDER, else `builder use`'s).
+    #[arg(long, value_name = "NAME")]
+    pub builder: Option<String>,
+    /// Export the build cache: type=registry,ref=REG/REPO:TAG[,mode=min|max][,compression=…]
+    /// | type=local,dest=DIR[,mode=…] | type=inline (repeatable).
+    #[arg(long = "cache-to", value_name = "SPEC")]
+    pub cache_to: Vec<String>,
+    /// Import a build cache: type=registry,ref=REG/REPO:TAG | type=local,src=DIR (repeatable,
+    /// tried in order; a missing cache is a warning).
+    #[arg(long = "cache-from", value_name = "SPEC")]
+    pub cache_from: Vec<String>,
+    /// RUN steps' network: default (private, outbound only), none, or host.
+    #[arg(long, default_value = "default", value_parser = ["default", "none", "host"])]
+    pub network: String,
+    /// Grant an entitlement: network.host (needed for --network host and RUN --network=host).
+    #[arg(long, value_name = "ENTITLEMENT", value_parser = ["network.host"])]
+    pub allow: Vec<String>,
 }
 
 /// `--secret id=ID,src=FILE` or `id=ID,env=VAR`, read into memory: the sandbox puts it on a
@@ -129,55 +200,8 @@ fn add_config_proxies(build_args: &mut BTreeMap<String, String>, env: &Env) {
 /// RFC 3339 in UTC with nanoseconds, as BuildKit's progress timestamps.
 fn timestamp(t: std::time::SystemTime) -> String {
     let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let secs = engine::rfc3339(d.as_secs() as i64);
+    let secs = ::engine::engine::rfc3339(d.as_secs() as i64);
     format!("{}.{:09}Z", secs.trim_end_matches('Z'), d.subsec_nanos())
-}
-
-/// One `--output`.
-#[derive(Debug, Clone, PartialEq)]
-enum Output {
-    Store,
-    Registry {
-        push_by_digest: bool,
-        name: Option<String>,
-    },
-    Oci(PathBuf),
-    Docker(PathBuf),
-    Local(PathBuf),
-    Tar(PathBuf),
-}
-
-fn parse_output(spec: &str) -> Result<Output> {
-    let mut kv = BTreeMap::new();
-    for part in spec.split(',') {
-        let (k, v) = part.split_once('=').unwrap_or(("type", part));
-        kv.insert(k.trim().to_string(), v.trim().to_string());
-    }
-    let dest = || -> Result<PathBuf> {
-        kv.get("dest")
-            .map(PathBuf::from)
-            .with_context(|| format!("--output {spec:?} needs dest=PATH"))
-    };
-    let truthy = |k: &str| kv.get(k).is_some_and(|v| v == "true" || v == "1");
-    Ok(match kv.get("type").map(String::as_str) {
-        Some("registry") => Output::Registry {
-            push_by_digest: truthy("push-by-digest"),
-            name: kv.get("name").cloned(),
-        },
-        Some("image") if truthy("push") => Output::Registry {
-            push_by_digest: truthy("push-by-digest"),
-            name: kv.get("name").cloned(),
-        },
-        Some("image") | Some("store") => Output::Store,
-        Some("oci") => Output::Oci(dest()?),
-        Some("docker") => Output::Docker(dest()?),
-        Some("local") => Output::Local(dest()?),
-        Some("tar") => Output::Tar(dest()?),
-        Some(other) => {
-            bail!("unknown output type {other:?}; use registry, image, oci, docker, local or tar")
-        }
-        None => bail!("--output {spec:?} needs type=…"),
-    })
 }
 
 /// InvalidBaseImagePlatform's lookup: the platform of the image a base resolves to in the local
@@ -209,30 +233,21 @@ impl dockerfile::lint::BasePlatforms for StorePlatforms<'_> {
     }
 }
 
-/// Looks for base images in the store and pulls what is missing, only the platforms the build
-/// needs. Every base is made ready before the build starts; the engine then only reads.
+/// The CLI's image source: images from the store, else pulled from their registry (only the
+/// platforms the build needs).
 pub(crate) struct Bases<'a> {
+    cli: &'a Cli,
     env: &'a Env,
     store: &'a Layout,
-    /// Bases found, by (reference, platform): their manifest and config.
-    found: Mutex<BTreeMap<(String, String), (ImageManifest, ImageConfig)>>,
 }
 
 impl<'a> Bases<'a> {
-    pub(crate) fn new(env: &'a Env, store: &'a Layout) -> Self {
-        Bases {
-            env,
-            store,
-            found: Mutex::new(BTreeMap::new()),
-        }
+    pub(crate) fn new(cli: &'a Cli, env: &'a Env, store: &'a Layout) -> Self {
+        Bases { cli, env, store }
     }
 
     /// The image for `platform` under `name` in the store, if every part of it is there.
-    fn lookup(
-        &self,
-        name: &str,
-        platform: &Platform,
-    ) -> Result<Option<(ImageManifest, ImageConfig)>> {
+    fn lookup(&self, name: &str, platform: &Platform) -> Result<Option<SourceImage>> {
         let Some(root) = self.store.lookup(name)? else {
             return Ok(None);
         };
@@ -240,24 +255,14 @@ impl<'a> Bases<'a> {
             Ok(m) => m,
             Err(_) => return Ok(None),
         };
-        let image = match m {
-            Manifest::Image(doc) => doc.value().clone(),
+        let (image, digest) = match m {
+            Manifest::Image(doc) => (doc.value().clone(), doc.digest().clone()),
             Manifest::Index(doc) => {
-                let cands: Vec<_> = doc
-                    .value()
-                    .manifests
-                    .iter()
-                    .filter(|d| !d.is_attestation())
-                    .collect();
-                let plats: Vec<Platform> = cands
-                    .iter()
-                    .map(|d| d.platform.clone().unwrap_or_default())
-                    .collect();
-                let Some(i) = Matcher::new(platform).best(&plats) else {
+                let Ok(entry) = doc.value().select(platform) else {
                     return Ok(None);
                 };
-                match self.store.read_manifest(cands[i]) {
-                    Ok(Manifest::Image(doc)) => doc.value().clone(),
+                match self.store.read_manifest(entry) {
+                    Ok(Manifest::Image(doc)) => (doc.value().clone(), doc.digest().clone()),
                     _ => return Ok(None),
                 }
             }
@@ -272,28 +277,27 @@ impl<'a> Bases<'a> {
         if image.layers.iter().any(|l| !self.store.has_blob(&l.digest)) {
             return Ok(None);
         }
-        Ok(Some((image, config)))
+        Ok(Some(SourceImage {
+            manifest: image,
+            config,
+            digest,
+        }))
     }
 
     /// Makes `reference` ready for every platform in `platforms`: from the store, else pulled.
     pub(crate) fn ensure(
         &self,
-        cli: &Cli,
         reference: &str,
         platforms: &[Platform],
         force_pull: bool,
     ) -> Result<()> {
+        let cli = self.cli;
         let r = Reference::parse(reference).with_context(|| format!("base image {reference:?}"))?;
         let name = r.to_string();
         let mut missing = Vec::new();
         for p in platforms {
             match (force_pull, self.lookup(&name, p)?) {
-                (false, Some(found)) => {
-                    self.found
-                        .lock()
-                        .map_err(|_| anyhow::anyhow!("lock poisoned"))?
-                        .insert((reference.to_string(), p.to_string()), found);
-                }
+                (false, Some(_)) => {}
                 _ => missing.push(p.clone()),
             }
         }
@@ -364,39 +368,47 @@ impl<'a> Bases<'a> {
                 human_size(report.bytes_copied)
             ),
         );
-        for p in &missing {
-            let found = self
-                .lookup(&name, p)?
-                .with_context(|| format!("base image {} has no image for {p}", r.familiar()))?;
-            self.found
-                .lock()
-                .map_err(|_| anyhow::anyhow!("lock poisoned"))?
-                .insert((reference.to_string(), p.to_string()), found);
-        }
         Ok(())
     }
 }
 
-impl BaseResolver for Bases<'_> {
-    fn resolve(
+impl ImageSource for Bases<'_> {
+    fn fetch(
         &self,
         reference: &str,
-        platform: &Platform,
-    ) -> std::result::Result<(ImageManifest, ImageConfig), String> {
-        self.found
-            .lock()
-            .map_err(|_| "lock poisoned".to_string())?
-            .get(&(reference.to_string(), platform.to_string()))
-            .cloned()
-            .ok_or_else(|| {
-                format!("{reference} for {platform} was not made ready before the build")
+        platforms: &[Platform],
+        pull: bool,
+    ) -> std::result::Result<Vec<SourceImage>, String> {
+        self.ensure(reference, platforms, pull)
+            .map_err(|e| format!("{e:#}"))?;
+        let name = Reference::parse(reference)
+            .map_err(|e| e.to_string())?
+            .to_string();
+        platforms
+            .iter()
+            .map(|p| {
+                self.lookup(&name, p)
+                    .map_err(|e| format!("{e:#}"))?
+                    .ok_or_else(|| format!("it has no image for {p}"))
             })
+            .collect()
     }
 }
 
-pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
+/// Registry repositories for the registry exporter, with this command's credentials and TLS.
+struct Registries<'a>(&'a Env);
+
+impl export::Registries for Registries<'_> {
+    fn target(&self, r: &Reference) -> std::result::Result<Box<dyn store::Target>, String> {
+        let client = self.0.client().map_err(|e| e.to_string())?;
+        Ok(Box::new(RegistryRepo::new(client, r, self.0.runtime())))
+    }
+}
+
+pub fn run(cli: &Cli, env: &Env, a: &BuildArgs) -> Result<ExitCode> {
     let path: PathBuf = a
         .file
+        .as_deref()
         .map_or_else(|| a.context.join("Dockerfile"), Path::to_path_buf);
     let bytes = std::fs::read(&path)
         .with_context(|| format!("reading the Dockerfile {}", path.display()))?;
@@ -409,8 +421,7 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
     };
-    let mut platforms = a
-        .platform
+    let mut platforms = crate::local::dedup_platform_args(&a.platform)?
         .iter()
         .map(|p| Platform::parse(p))
         .collect::<Result<Vec<_>, _>>()?;
@@ -418,7 +429,7 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
         platforms.push(Platform::host());
     }
     let mut build_args = BTreeMap::new();
-    for arg in a.build_arg {
+    for arg in &a.build_arg {
         match arg.split_once('=') {
             Some((k, v)) => build_args.insert(k.to_string(), v.to_string()),
             // docker takes the value from the environment for a bare KEY.
@@ -432,7 +443,7 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     let mut opts = dockerfile::PlanOptions {
-        target: a.target.map(str::to_string),
+        target: a.target.clone(),
         platforms: platforms.clone(),
         build_platform: Platform::host(),
         build_args,
@@ -507,60 +518,80 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
         say(cli, format!("warning: {w}"));
     }
 
-    let mut outputs: Vec<Output> = a
-        .outputs
+    let mut exporters: Vec<Box<dyn Exporter>> = a
+        .output
         .iter()
-        .map(|o| parse_output(o))
-        .collect::<Result<_>>()?;
+        .map(|o| export::parse_output(o))
+        .collect::<Result<_, _>>()?;
     if a.push {
-        outputs.push(Output::Registry {
-            push_by_digest: false,
-            name: None,
-        });
+        exporters.push(Box::new(export::RegistryExporter::new()));
     }
-    if a.load || outputs.is_empty() {
-        outputs.push(Output::Store);
+    if a.load || exporters.is_empty() {
+        exporters.push(Box::new(export::StoreExporter::new()));
     }
     let tags: Vec<Reference> = a
-        .tags
+        .tag
         .iter()
         .map(|t| Reference::parse(t))
         .collect::<Result<_, _>>()?;
-    if outputs
-        .iter()
-        .any(|o| matches!(o, Output::Registry { name: None, .. }))
-        && tags.is_empty()
-    {
+    if exporters.iter().any(|e| e.needs_tags()) && tags.is_empty() {
         bail!("--push needs a name: add -t REGISTRY/REPO:TAG");
     }
+
+    // --cache-to / --cache-from: specs checked before any work.
+    let cache_to: Vec<crate::cache::CacheTo> = a
+        .cache_to
+        .iter()
+        .map(|s| crate::cache::parse_to(s))
+        .collect::<Result<_>>()?;
+    let cache_from: Vec<crate::cache::CacheFromSpec> = a
+        .cache_from
+        .iter()
+        .map(|s| crate::cache::parse_from(s))
+        .collect::<Result<_>>()?;
 
     let store = transport::open_store(&env.store_root)?;
     let _guard = store.write_guard()?;
     let builders = crate::builder::Config::load()?;
-    let builder = builders.find(
-        &a.builder
-            .map(str::to_string)
-            .unwrap_or_else(|| builders.current_name()),
-    )?;
-    let built = if crate::nodes::uses_nodes(&builder) {
+    let builder = builders.find(&a.builder.clone().unwrap_or_else(|| builders.current_name()))?;
+    let nodes = crate::nodes::uses_nodes(&builder);
+    if nodes && !(cache_to.is_empty() && cache_from.is_empty()) {
+        // Each node keeps its own step cache; its steps are not reported back to this side.
+        say(
+            cli,
+            format!(
+                "warning: --cache-to and --cache-from apply to builds on this machine; builder {} builds on its nodes, so no build cache is imported, and an exported one holds no steps",
+                builder.name
+            ),
+        );
+    }
+    let imported = match nodes {
+        true => None,
+        false => crate::cache::import(cli, env, &cache_from)?,
+    };
+    let (built, origins) = if nodes {
         let started = std::time::Instant::now();
-        let agents = crate::ssh::Agents::from_specs(a.ssh)?;
+        let agents = crate::ssh::Agents::from_specs(&a.ssh)?;
         let built = crate::nodes::build(
             &store,
             &builder,
             &platforms,
             &crate::nodes::Request {
-                context: a.context,
+                context: &a.context,
                 dockerfile: &path,
-                build_arg: a.build_arg,
-                target: a.target,
+                build_arg: &a.build_arg,
+                target: a.target.as_deref(),
                 no_cache: a.no_cache,
                 pull: a.pull,
-                secrets: crate::nodes::read_secrets(a.secrets)?,
+                secrets: crate::nodes::read_secrets(&a.secret)?,
                 ssh: &agents.sockets,
-                network: a.network,
-                allow: a.allow,
+                network: &a.network,
+                allow: &a.allow,
                 quiet: cli.quiet || a.progress == "quiet",
+                labels: &a.label,
+                annotations: &a.annotation,
+                add_hosts: &a.add_host,
+                no_cache_filter: &a.no_cache_filter,
             },
         )?;
         say(
@@ -571,105 +602,63 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs<'_>) -> Result<ExitCode> {
                 started.elapsed().as_secs_f64()
             ),
         );
-        built
+        (built, Origins::new())
     } else {
-        match build_here(cli, env, a, &store, plan, opts, &df, &shown, proxies)? {
+        match build_here(
+            cli,
+            env,
+            a,
+            &store,
+            &df,
+            &opts,
+            &shown,
+            proxies,
+            imported.clone(),
+        )? {
             Ok(b) => b,
             Err(code) => return Ok(code),
         }
     };
-    export(cli, env, a, &store, &built, &outputs, &tags)
+    export(
+        cli,
+        env,
+        a,
+        &store,
+        &built,
+        origins,
+        imported.as_deref(),
+        &exporters,
+        &cache_to,
+        &tags,
+    )
 }
 
-/// Runs the plan on this machine: bases ready first, then the engine.
+/// Blob → repositories it came from (registry exporters mount from them).
+type Origins = std::collections::HashMap<oci::Digest, Vec<String>>;
+
+/// Runs the plan on this machine through the engine's pipeline: every image the plan reads
+/// (FROM, COPY --from, RUN --mount from=) made ready through the store and registries, then
+/// planned again with their configs and solved.
 #[allow(clippy::too_many_arguments)]
 fn build_here(
     cli: &Cli,
     env: &Env,
-    a: &BuildArgs<'_>,
+    a: &BuildArgs,
     store: &Layout,
-    plan: dockerfile::BuildPlan,
-    mut opts: dockerfile::PlanOptions,
     df: &dockerfile::ast::Dockerfile,
+    opts: &dockerfile::PlanOptions,
     shown: &str,
     proxies: BTreeMap<String, String>,
-) -> Result<std::result::Result<engine::Built, ExitCode>> {
-    let store = store.clone();
-    let bases = Bases {
-        env,
-        store: &store,
-        found: Mutex::new(BTreeMap::new()),
-    };
-
-    // Bases (and COPY --from images) for every platform that uses them, ready before any step.
-    let mut wanted: BTreeMap<String, Vec<Platform>> = BTreeMap::new();
-    for s in &plan.stages {
-        let mut refs = Vec::new();
-        if let Base::Image { reference } = &s.body.base {
-            refs.push(reference.clone());
+    imported: Option<Arc<Imported>>,
+) -> Result<std::result::Result<(::engine::engine::Built, Origins), ExitCode>> {
+    let bases = Bases::new(cli, env, store);
+    let prepared = match pipeline::prepare(df, opts, &bases, a.pull) {
+        Ok(p) => p,
+        Err(pipeline::PrepareError::Plan(e)) => {
+            eprintln!("{e}");
+            return Ok(Err(ExitCode::from(1)));
         }
-        for st in &s.body.steps {
-            if let Op::Copy {
-                from: Origin::Image { reference },
-                ..
-            } = &st.op
-            {
-                refs.push(reference.clone());
-            }
-        }
-        for r in refs {
-            let v = wanted.entry(r).or_default();
-            if !v.iter().any(|p| p.same_target(&s.body.platform)) {
-                v.push(s.body.platform.clone());
-            }
-        }
-    }
-    for (r, ps) in &wanted {
-        bases.ensure(cli, r, ps, a.pull)?;
-    }
-    // Plan again knowing the bases' configs: ENV PATH=/x:$PATH expands against the image, and
-    // ONBUILD triggers run.
-    if !wanted.is_empty() {
-        let found = bases
-            .found
-            .lock()
-            .map_err(|_| anyhow::anyhow!("lock poisoned"))?;
-        for ((r, p), (_, cfg)) in found.iter() {
-            let cc = cfg.config.clone().unwrap_or_default();
-            let env_map = cc
-                .env
-                .iter()
-                .flatten()
-                .filter_map(|e| {
-                    e.split_once('=')
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                })
-                .collect();
-            let platform_short = Platform::parse(p)
-                .map(|p| p.short())
-                .unwrap_or_else(|_| p.clone());
-            opts.base_configs.insert(
-                (r.clone(), platform_short),
-                dockerfile::BaseConfig {
-                    env: env_map,
-                    working_dir: cc.working_dir.clone().filter(|w| !w.is_empty()),
-                    user: cc.user.clone().filter(|u| !u.is_empty()),
-                    shell: cc.shell.clone().unwrap_or_default(),
-                    on_build: cc.on_build.clone().unwrap_or_default(),
-                },
-            );
-        }
-    }
-    let plan = if wanted.is_empty() {
-        plan
-    } else {
-        match dockerfile::plan(df, &opts) {
-            Ok(p) => p,
-            Err(e) => {
-                eprintln!("{e}");
-                return Ok(Err(ExitCode::from(1)));
-            }
-        }
+        Err(e) => return Err(e.into()),
     };
 
     let quiet = cli.quiet || a.progress == "quiet";
@@ -775,71 +764,77 @@ fn build_here(
         }
     };
     let work_dir = env.store_root.join("build");
-    let mut layer_opts = runtime::LayerOptions::from_env();
-    // compression=gzip|zstd|uncompressed and compression-level=N in any --output set how
-    // layers are written.
-    for spec in a.outputs {
-        for part in spec.split(',') {
-            match part.split_once('=') {
-                Some(("compression", v)) => {
-                    layer_opts.compression = match v {
-                        "gzip" => oci::media_type::Compression::Gzip,
-                        "zstd" => oci::media_type::Compression::Zstd,
-                        "uncompressed" => oci::media_type::Compression::None,
-                        other => {
-                            bail!("--output compression={other}: use gzip, zstd or uncompressed")
-                        }
-                    }
-                }
-                Some(("compression-level", v)) => {
-                    layer_opts.level = Some(
-                        v.parse()
-                            .with_context(|| format!("compression-level={v} is not a number"))?,
-                    );
-                }
-                _ => {}
-            }
-        }
-    }
+    // Compression belongs to each output (exporters), not to the build or its cache keys.
+    let layer_opts = runtime::LayerOptions::from_env();
     // Held until the build ends: a private agent for key files dies with it.
-    let agents = crate::ssh::Agents::from_specs(a.ssh)?;
+    let agents = crate::ssh::Agents::from_specs(&a.ssh)?;
     let bopts = BuildOptions {
-        context: a.context.to_path_buf(),
+        context: a.context.clone(),
         dockerfile: shown.to_string(),
         work_dir,
         no_cache: a.no_cache,
+        no_cache_filter: a.no_cache_filter.clone(),
+        extra_hosts: a
+            .add_host
+            .iter()
+            .map(|h| {
+                // NAME:IP as docker writes it; IPv6 addresses hold colons, so split at the first.
+                h.split_once(['=', ':'])
+                    .filter(|(n, ip)| !n.is_empty() && ip.parse::<std::net::IpAddr>().is_ok())
+                    .map(|(n, ip)| (n.to_string(), ip.to_string()))
+                    .with_context(|| format!("--add-host {h:?}: use NAME:IP, as in db:10.0.0.5"))
+            })
+            .collect::<Result<_>>()?,
+        annotations: a
+            .annotation
+            .iter()
+            .map(|s| ::engine::engine::AnnotationScope::parse(s).map_err(anyhow::Error::msg))
+            .collect::<Result<_>>()?,
+        labels: a
+            .label
+            .iter()
+            .map(|l| {
+                l.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .with_context(|| format!("--label {l:?}: use KEY=VALUE"))
+            })
+            .collect::<Result<_>>()?,
         layer: layer_opts,
         jobs: a.jobs.unwrap_or_else(|| {
             std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2)
         }),
-        secrets: parse_secrets(a.secrets)?,
+        secrets: parse_secrets(&a.secret)?,
         ssh: agents.sockets.clone(),
         proxies,
-        network: runtime::network::for_step(None, a.network.parse()?, a.allow)?,
-        allow: a.allow.to_vec(),
+        imported,
+        network: runtime::network::for_step(None, a.network.parse()?, &a.allow)?,
+        allow: a.allow.clone(),
     };
     let started = std::time::Instant::now();
-    let built = engine::build(&store, &plan, &bases, &bopts, &progress)?;
+    let built = prepared.solve(store, &bopts, &progress)?;
     say(
         cli,
         format!("built in {:.1}s", started.elapsed().as_secs_f64()),
     );
-    Ok(Ok(built))
+    Ok(Ok((built, prepared.origins())))
 }
 
-/// Sends what was built where `--output` says.
+/// Sends what was built (here or on nodes) through every exporter.
+#[allow(clippy::too_many_arguments)]
 fn export(
     cli: &Cli,
     env: &Env,
-    a: &BuildArgs<'_>,
+    a: &BuildArgs,
     store: &Layout,
-    built: &engine::Built,
-    outputs: &[Output],
+    built: &::engine::engine::Built,
+    origins: Origins,
+    imported: Option<&Imported>,
+    exporters: &[Box<dyn Exporter>],
+    cache_to: &[crate::cache::CacheTo],
     tags: &[Reference],
 ) -> Result<ExitCode> {
-    let store = store.clone();
     // One platform without a list asked for: the image itself, as docker build gives.
     let root = if built.images.len() == 1 && a.platform.is_empty() {
         let mut d = built.images[0].manifest.clone();
@@ -849,93 +844,68 @@ fn export(
         built.index.clone()
     };
 
-    let mut names_done = Vec::new();
-    for out in outputs {
-        match out {
-            Output::Store => {
-                let names: Vec<(String, oci::Descriptor)> =
-                    tags.iter().map(|t| (t.to_string(), root.clone())).collect();
-                if names.is_empty() {
-                    store.add_unnamed(&root)?;
-                } else {
-                    store.set_names(&names)?;
-                    names_done.extend(tags.iter().map(|t| t.familiar()));
-                }
-            }
-            Output::Registry {
-                push_by_digest,
-                name,
-            } => {
-                let targets: Vec<Reference> = match name {
-                    Some(n) => n
-                        .split(',')
-                        .map(|n| Reference::parse(n.trim()))
-                        .collect::<Result<_, _>>()?,
-                    None => tags.to_vec(),
-                };
-                for t in &targets {
-                    let dst = RegistryRepo::new(env.client()?, t, env.runtime());
-                    let report = store::copy(
-                        &store,
-                        &dst,
-                        &root,
-                        &CopyOptions {
-                            platforms: Platforms::All,
-                            jobs: 4,
-                            progress: None,
-                        },
-                    )?;
-                    if !push_by_digest {
-                        store::Target::set_name(&dst, &t.to_string(), &root)?;
-                    }
-                    say(
-                        cli,
-                        format!(
-                            "pushed {} ({} blobs, {}, {} already there)",
-                            if *push_by_digest {
-                                format!("{}@{}", t.repo_only(), root.digest)
-                            } else {
-                                t.familiar()
-                            },
-                            report.blobs_copied,
-                            human_size(report.bytes_copied),
-                            report.blobs_skipped
-                        ),
-                    );
-                }
-            }
-            Output::Oci(dest) | Output::Docker(dest) => {
-                let place = if matches!(out, Output::Oci(_)) {
-                    Place::OciArchive(dest.clone(), None)
-                } else {
-                    Place::DockerArchive(dest.clone(), None)
-                };
-                let target = transport::OpenTarget::open(&place, env)?;
-                store::copy(&store, target.target(), &root, &CopyOptions::default())?;
-                let names: Vec<String> = if tags.is_empty() {
-                    vec![format!(
-                        "localhost/manifold-build:{}",
-                        &root.digest.hex()[..12]
-                    )]
-                } else {
-                    tags.iter().map(|t| t.to_string()).collect()
-                };
-                for n in &names {
-                    target.target().set_name(n, &root)?;
-                }
-                for line in target.finish()? {
-                    say(cli, line);
-                }
-                say(cli, format!("wrote {}", dest.display()));
-            }
-            Output::Local(dest) | Output::Tar(dest) => {
-                export_filesystem(&store, &built.images, dest, matches!(out, Output::Tar(_)))?;
-                say(cli, format!("wrote {}", dest.display()));
-            }
+    let cache = ::engine::cache::LocalCache::new(&env.store_root);
+    // Cache hits from imported caches: their layers are mounted by a push to the same registry,
+    // else fetched now (only the exported images' layers).
+    let base_origins = origins;
+    let mut origins = base_origins.clone();
+    if let Some(imp) = imported {
+        for (d, v) in imp.origins() {
+            origins.entry(d).or_default().extend(v);
         }
     }
+    let push_only = (a.output.is_empty() && a.push && !a.load).then_some(tags);
+    crate::cache::prepare_outputs(store, built, imported, push_only)?;
+    let layer_opts = runtime::LayerOptions::from_env();
+    let root = if cache_to.contains(&crate::cache::CacheTo::Inline) {
+        crate::cache::inline(store, built, root, &layer_opts)?
+    } else {
+        root
+    };
+    let cx = export::ExportContext {
+        store,
+        built,
+        root: root.clone(),
+        tags,
+        cache: &cache,
+        origins: &origins,
+        registries: &Registries(env),
+    };
+    for e in exporters {
+        for line in e
+            .export(&cx)
+            .with_context(|| format!("exporting to the {} output", e.kind()))?
+        {
+            say(cli, line);
+        }
+    }
+    for (to, spec) in cache_to.iter().zip(&a.cache_to) {
+        let r = crate::cache::export(
+            cli,
+            env,
+            store,
+            &cache,
+            built,
+            to,
+            imported,
+            &base_origins,
+            &layer_opts,
+        );
+        match r {
+            // buildx: a failed cache export fails the build unless ignore-error=true.
+            Err(e) if spec.contains("ignore-error=true") => say(
+                cli,
+                format!("warning: the build cache was not exported: {e:#}"),
+            ),
+            r => r.with_context(|| format!("--cache-to {spec}"))?,
+        }
+    }
+    crate::cache::report(cli, imported);
 
-    if let Some(mf) = a.metadata_file {
+    if let Some(f) = a.iidfile.as_deref() {
+        store::layout::write_atomic(f, root.digest.to_string().as_bytes())?;
+    }
+    if let Some(mf) = a.metadata_file.as_deref() {
         let meta = serde_json::json!({
             "containerimage.digest": root.digest.to_string(),
             "containerimage.descriptor": {"mediaType": root.media_type, "digest": root.digest.to_string(), "size": root.size},
@@ -948,9 +918,7 @@ fn export(
     }
 
     // An archive on standard output (dest=-) owns it: the digests go to stderr then.
-    let piped = a.outputs.iter().filter_map(|o| parse_output(o).ok()).any(|o| {
-        matches!(&o, Output::Oci(d) | Output::Docker(d) | Output::Tar(d) if store::archive::is_stdout(d))
-    });
+    let piped = exporters.iter().any(|e| e.writes_stdout());
     let line = |s: String| {
         if piped {
             eprintln!("{s}")
@@ -966,71 +934,5 @@ fn export(
     for i in &built.images {
         line(format!("{}  {}", i.manifest.digest, i.platform));
     }
-    if !names_done.is_empty() {
-        say(cli, format!("named {}", names_done.join(", ")));
-    }
     Ok(ExitCode::SUCCESS)
-}
-
-/// `type=local` / `type=tar`: each platform's root filesystem, in `platform` subdirectories when
-/// there are several.
-fn export_filesystem(
-    store: &Layout,
-    images: &[engine::PlatformImage],
-    dest: &Path,
-    tar: bool,
-) -> Result<()> {
-    let work = tempfile::tempdir()?;
-    let base = if tar {
-        work.path().join("fs")
-    } else {
-        dest.to_path_buf()
-    };
-    let several = images.len() > 1;
-    for i in images {
-        let dir = if several {
-            base.join(i.platform.slug('_'))
-        } else {
-            base.clone()
-        };
-        std::fs::create_dir_all(&dir)?;
-        let m = match store.read_manifest(&i.manifest)? {
-            Manifest::Image(doc) => doc.value().clone(),
-            Manifest::Index(_) => bail!("{} is an index, not an image", i.manifest.digest),
-        };
-        for l in &m.layers {
-            let f = store.open_blob(&l.digest)?;
-            runtime::snapshot::apply_layer(
-                &dir,
-                f,
-                Some(&l.media_type),
-                runtime::WhiteoutMode::Apply,
-                &l.digest.to_string(),
-            )?;
-        }
-    }
-    if tar {
-        let tmp = tempfile::NamedTempFile::new_in(
-            dest.parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new(".")),
-        )?;
-        store::follow_umask(tmp.as_file(), tmp.path())?;
-        {
-            let mut b = tar::Builder::new(std::io::BufWriter::new(tmp.as_file()));
-            b.follow_symlinks(false);
-            b.append_dir_all(".", &base)?;
-            b.into_inner()?;
-        }
-        if store::archive::is_stdout(dest) {
-            use std::io::IsTerminal;
-            if std::io::stdout().is_terminal() {
-                bail!("refusing to write a tar to a terminal (dest `-` is standard output); redirect it");
-            }
-            std::io::copy(&mut tmp.reopen()?, &mut std::io::stdout().lock())?;
-            return Ok(());
-        }
-        tmp.persist(dest)?;
-    }
-    Ok(())
 }

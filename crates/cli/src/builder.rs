@@ -93,6 +93,14 @@ pub struct NodeBuildArgs {
     pub network: String,
     #[arg(long)]
     pub allow: Vec<String>,
+    #[arg(long)]
+    pub label: Vec<String>,
+    #[arg(long)]
+    pub annotation: Vec<String>,
+    #[arg(long)]
+    pub add_host: Vec<String>,
+    #[arg(long)]
+    pub no_cache_filter: Vec<String>,
 }
 
 /// One node of a builder.

@@ -956,33 +956,17 @@ pub fn digest(env: &Env, reference: &str, platform: Option<&str>, quiet: bool) -
         }
         (Manifest::Index(doc), Some(p)) => {
             let want = Platform::parse(p)?;
-            let cands: Vec<&Descriptor> = doc
+            let entry = doc
                 .value()
-                .manifests
-                .iter()
-                .filter(|d| !d.is_attestation())
-                .collect();
-            let plats: Vec<Platform> = cands
-                .iter()
-                .map(|d| d.platform.clone().unwrap_or_default())
-                .collect();
-            let Some(i) = Matcher::new(&want).best(&plats) else {
-                bail!(
-                    "{reference} has no image for {want}; it offers: {}",
-                    plats
-                        .iter()
-                        .map(|p| p.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-            };
+                .select(&want)
+                .map_err(|e| anyhow::anyhow!("{reference} has {e}"))?;
             if quiet {
-                println!("{}", cands[i].digest);
+                println!("{}", entry.digest);
             } else {
                 println!(
                     "{}  {} manifest (in index {})",
-                    cands[i].digest,
-                    plats[i],
+                    entry.digest,
+                    entry.platform.clone().unwrap_or_default(),
                     m.digest()
                 );
             }

@@ -143,55 +143,7 @@ pub fn run(cli: &Cli, env: &Env) -> Result<ExitCode> {
                 cli, env, tags, sources, *append, platform, annotation, *dry_run, *list_type,
             ),
         },
-        Command::Build {
-            context,
-            file,
-            platform,
-            tag,
-            build_arg,
-            target,
-            check,
-            format,
-            push,
-            load,
-            output,
-            metadata_file,
-            no_cache,
-            pull,
-            progress,
-            jobs,
-            secret,
-            ssh,
-            builder,
-            network,
-            allow,
-        } => build::run(
-            cli,
-            env,
-            &build::BuildArgs {
-                context,
-                file: file.as_deref(),
-                platform: &dedup_platform_args(platform)?,
-                tags: tag,
-                build_arg,
-                target: target.as_deref(),
-                check: *check,
-                format: *format,
-                push: *push,
-                load: *load,
-                outputs: output,
-                metadata_file: metadata_file.as_deref(),
-                no_cache: *no_cache,
-                pull: *pull,
-                progress,
-                jobs: *jobs,
-                secrets: secret,
-                ssh,
-                builder: builder.as_deref(),
-                network,
-                allow,
-            },
-        ),
+        Command::Build(args) => build::run(cli, env, args),
         Command::Digest {
             reference,
             platform,
@@ -207,7 +159,13 @@ pub fn run(cli: &Cli, env: &Env) -> Result<ExitCode> {
             which: None,
             limit: _,
         } => lists::digest(env, reference, platform.as_deref(), cli.quiet),
-        Command::Prune { format, cache } => prune(root, *format, *cache),
+        Command::Prune {
+            format,
+            cache,
+            filter,
+            keep_storage,
+        } => prune(root, *format, *cache, filter, keep_storage.as_deref()),
+        Command::Du { verbose, format } => du(root, *verbose, *format),
         Command::Fsck { format } => fsck(root, *format),
         Command::Run(a) => crate::run::run(cli, env, a),
         Command::Binfmt(a) => crate::binfmt::run(cli, a),
@@ -247,7 +205,7 @@ pub fn parse_platforms(list: &[String]) -> Result<Vec<Platform>> {
 
 /// `--platform` values with duplicates after normalization merged (see [`parse_platforms`]),
 /// spelled as the user typed the first of each.
-fn dedup_platform_args(list: &[String]) -> Result<Vec<String>> {
+pub(crate) fn dedup_platform_args(list: &[String]) -> Result<Vec<String>> {
     let kept = parse_platforms(list)?;
     let mut out = Vec::new();
     for p in kept {
@@ -480,7 +438,7 @@ fn rm(cli: &Cli, root: &Path, names: &[String]) -> Result<ExitCode> {
                 .map_or(g.digest.to_string(), |s| familiar(s))
         );
     }
-    let r = store.gc()?;
+    let r = gc(&store, root)?;
     if r.blobs_removed > 0 {
         say(
             cli,
@@ -811,32 +769,45 @@ fn cp(
     Ok(ExitCode::SUCCESS)
 }
 
-fn prune(root: &Path, format: OutputFormat, cache: bool) -> Result<ExitCode> {
+fn prune(
+    root: &Path,
+    format: OutputFormat,
+    cache: bool,
+    filter: &[String],
+    keep_storage: Option<&str>,
+) -> Result<ExitCode> {
     let store = transport::open_store(root)?;
+    let build_cache = ::engine::cache::LocalCache::new(root);
     let mut cache_freed = 0u64;
-    let build = root.join("build");
+    let mut steps_removed = 0;
     let leftovers = {
         // Under the GC lock every build of this store has ended (each holds the lock shared
-        // while it runs): what is left in build/tmp is a killed build's step directories.
+        // while it runs): what is left in the cache's tmp is a killed build's step directories,
+        // and no build is using the cache while it goes.
         let _g = store.gc_lock()?;
-        let mut s = runtime::leftovers::sweep_all(&build.join("tmp"));
+        let mut s = runtime::leftovers::sweep_all(&build_cache.tmp_dir());
         // The sandbox's state directories, of any store: only those whose process is gone.
         let t = runtime::leftovers::sweep_state_dirs(&std::env::temp_dir());
         s.dirs += t.dirs;
         s.bytes += t.bytes;
         if cache {
-            for d in ["cache", "cache-mounts", "snapshots", "tmp"] {
-                let p = build.join(d);
-                cache_freed += dir_size(&p);
-                if p.exists() {
-                    std::fs::remove_dir_all(&p)
-                        .with_context(|| format!("removing {}", p.display()))?;
+            let mut f = ::engine::cache::PruneFilter::default();
+            for spec in filter {
+                match spec.split_once('=') {
+                    Some(("until", v)) => f.until = Some(parse_duration(v)?),
+                    _ => bail!("--filter {spec:?}: use until=DURATION (for example until=24h)"),
                 }
             }
+            if let Some(k) = keep_storage {
+                f.keep_storage = Some(parse_size(k)?);
+            }
+            let before = ::engine::cache::dir_size(build_cache.dir());
+            steps_removed = build_cache.prune(&f, &|d| store.blob_size(d).unwrap_or(0))?;
+            cache_freed = before.saturating_sub(::engine::cache::dir_size(build_cache.dir()));
         }
         s
     };
-    let r = store.gc()?;
+    let r = gc(&store, root)?;
     if format == OutputFormat::Json {
         let mut v = serde_json::to_value(&r)?;
         if let Some(o) = v.as_object_mut() {
@@ -859,22 +830,164 @@ fn prune(root: &Path, format: OutputFormat, cache: bool) -> Result<ExitCode> {
             );
         }
         if cache {
-            println!("Removed the build cache ({})", human_size(cache_freed));
+            println!(
+                "Removed {steps_removed} cached steps from the build cache ({})",
+                human_size(cache_freed)
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn dir_size(p: &Path) -> u64 {
-    let Ok(meta) = std::fs::symlink_metadata(p) else {
-        return 0;
-    };
-    if !meta.is_dir() {
-        return meta.len();
+/// The store's GC, keeping the layers cached build steps use.
+pub fn gc(store: &store::Layout, root: &Path) -> Result<store::layout::GcReport> {
+    let roots = ::engine::cache::LocalCache::new(root).roots();
+    Ok(store.gc_keeping(&roots)?)
+}
+
+/// `24h`, `90m`, `1h30m`, `45s`, `7d`.
+fn parse_duration(s: &str) -> Result<std::time::Duration> {
+    let mut total = 0u64;
+    let mut num = String::new();
+    for c in s.trim().chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let n: u64 = num
+            .parse()
+            .with_context(|| format!("duration {s:?}: a number must come before {c:?}"))?;
+        num.clear();
+        total += n * match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            _ => bail!("duration {s:?}: unknown unit {c:?}; use s, m, h or d"),
+        };
     }
-    std::fs::read_dir(p)
-        .map(|rd| rd.flatten().map(|e| dir_size(&e.path())).sum())
-        .unwrap_or(0)
+    if !num.is_empty() {
+        bail!("duration {s:?} needs a unit (s, m, h or d), as in 24h");
+    }
+    Ok(std::time::Duration::from_secs(total))
+}
+
+/// `0`, `512MB`, `10GB`, `1.5GiB`, `100kB` (decimal units as docker shows them; `Ki`/`Mi`/`Gi`
+/// binary).
+fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: f64 = n
+        .parse()
+        .with_context(|| format!("size {s:?}: use a number with a unit, as in 10GB"))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "t" | "tb" => 1e12,
+        "ki" | "kib" => 1024.0,
+        "mi" | "mib" => 1024.0 * 1024.0,
+        "gi" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        other => bail!("size {s:?}: unknown unit {other:?}; use B, kB, MB, GB or TB"),
+    };
+    Ok((n * mult) as u64)
+}
+
+#[derive(Serialize)]
+struct DuRow {
+    kind: &'static str,
+    name: String,
+    size: u64,
+}
+
+/// `manifold du`: what the store and the build cache hold, by kind (`--verbose`: by entry).
+fn du(root: &Path, verbose: bool, format: OutputFormat) -> Result<ExitCode> {
+    let store = transport::open_store(root)?;
+    let cache = ::engine::cache::LocalCache::new(root);
+    let mut rows: Vec<DuRow> = Vec::new();
+    let mut in_images: BTreeMap<Digest, u64> = BTreeMap::new();
+    let mut details: Vec<DuRow> = Vec::new();
+    for e in store.index()?.manifests {
+        let mut mine = BTreeMap::new();
+        store.walk(&e, &mut mine, &mut Vec::new())?;
+        details.push(DuRow {
+            kind: "image",
+            name: e
+                .annotations
+                .get(REF_NAME)
+                .map_or_else(|| e.digest.to_string(), |n| familiar(n)),
+            size: mine.values().sum(),
+        });
+        in_images.extend(mine);
+    }
+    rows.push(DuRow {
+        kind: "images",
+        name: format!("{} entries", details.len()),
+        size: in_images.values().sum(),
+    });
+    let size_of = |d: &Digest| store.blob_size(d).unwrap_or(0);
+    let usage = cache.usage(&size_of);
+    let cache_only: u64 = cache
+        .roots()
+        .iter()
+        .filter(|d| !in_images.contains_key(*d))
+        .map(size_of)
+        .sum();
+    rows.push(DuRow {
+        kind: "build cache",
+        name: format!("{} steps (layers no image uses)", usage.steps),
+        size: cache_only,
+    });
+    for (kind, dir, size) in [
+        ("cache mounts", cache.cache_mounts_dir(), usage.cache_mounts),
+        (
+            "snapshots",
+            cache.snapshots_dir().join("sha256"),
+            usage.snapshots,
+        ),
+        ("scratch", cache.tmp_dir(), usage.scratch),
+    ] {
+        let entries: Vec<_> = std::fs::read_dir(&dir)
+            .map(|rd| rd.flatten().filter(|e| e.path().is_dir()).collect())
+            .unwrap_or_default();
+        rows.push(DuRow {
+            kind,
+            name: format!("{} entries", entries.len()),
+            size,
+        });
+        for e in entries {
+            details.push(DuRow {
+                kind: match kind {
+                    "cache mounts" => "cache mount",
+                    "snapshots" => "snapshot",
+                    _ => "scratch",
+                },
+                name: e.file_name().to_string_lossy().to_string(),
+                size: ::engine::cache::dir_size(&e.path()),
+            });
+        }
+    }
+    let total: u64 = rows.iter().map(|r| r.size).sum();
+    if verbose {
+        rows.extend(details);
+    }
+    if format == OutputFormat::Json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"total": total, "entries": rows}))?
+        );
+    } else {
+        println!("{:<14} {:>10}  DETAIL", "TYPE", "SIZE");
+        for r in &rows {
+            println!("{:<14} {:>10}  {}", r.kind, human_size(r.size), r.name);
+        }
+        println!("{:<14} {:>10}", "total", human_size(total));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn fsck(root: &Path, format: OutputFormat) -> Result<ExitCode> {
@@ -911,6 +1024,19 @@ fn fsck(root: &Path, format: OutputFormat) -> Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prune_durations_and_sizes() {
+        assert_eq!(parse_duration("24h").unwrap().as_secs(), 86_400);
+        assert_eq!(parse_duration("1h30m").unwrap().as_secs(), 5_400);
+        assert!(parse_duration("24").is_err());
+        assert!(parse_duration("3w").is_err());
+        assert_eq!(parse_size("0").unwrap(), 0);
+        assert_eq!(parse_size("512MB").unwrap(), 512_000_000);
+        assert_eq!(parse_size("1.5GB").unwrap(), 1_500_000_000);
+        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
+        assert!(parse_size("lots").is_err());
+    }
 
     #[test]
     fn sizes_read_like_docker() {

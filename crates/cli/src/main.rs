@@ -3,6 +3,7 @@
 mod binfmt;
 mod build;
 mod builder;
+mod cache;
 mod lists;
 mod local;
 mod nodes;
@@ -191,6 +192,8 @@ pub enum ArchiveKind {
     Docker,
 }
 
+// Parsed once per run: the size of the build variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// List images in the local store: name, tag, digest, platforms and size.
@@ -313,74 +316,7 @@ pub enum Command {
     },
     /// Build an image from a Dockerfile for one or more platforms, in parallel, natively or under
     /// QEMU emulation. The result goes to the local store unless --push or --output say otherwise.
-    Build {
-        /// The build context directory.
-        #[arg(default_value = ".")]
-        context: PathBuf,
-        /// The Dockerfile (default: CONTEXT/Dockerfile).
-        #[arg(short, long, value_name = "FILE")]
-        file: Option<PathBuf>,
-        /// Target platforms, comma-separated (default: this machine's), e.g.
-        /// linux/amd64,linux/arm64,linux/arm/v7.
-        #[arg(long, value_delimiter = ',')]
-        platform: Vec<String>,
-        /// Name and optionally tag the result (repeatable).
-        #[arg(short, long = "tag")]
-        tag: Vec<String>,
-        /// KEY=VALUE build-time variables (repeatable).
-        #[arg(long = "build-arg", value_name = "KEY=VALUE")]
-        build_arg: Vec<String>,
-        /// The stage to build.
-        #[arg(long)]
-        target: Option<String>,
-        /// Parse, plan and lint the Dockerfile without building; exit 1 on findings.
-        #[arg(long)]
-        check: bool,
-        /// Format of --check findings.
-        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
-        format: OutputFormat,
-        /// Push the result to the registry in each -t name (one index over per-platform images).
-        #[arg(long)]
-        push: bool,
-        /// Put the result in the local store (the default when no other output is given).
-        #[arg(long)]
-        load: bool,
-        /// type=registry[,push-by-digest=true,name=REPO] | type=oci,dest=FILE |
-        /// type=docker,dest=FILE | type=local,dest=DIR | type=tar,dest=FILE (repeatable).
-        #[arg(short, long = "output", value_name = "SPEC")]
-        output: Vec<String>,
-        /// Write the digests and descriptor of the result as JSON to this file.
-        #[arg(long, value_name = "FILE")]
-        metadata_file: Option<PathBuf>,
-        /// Run every step, ignoring the step cache.
-        #[arg(long)]
-        no_cache: bool,
-        /// Check the registry for newer base images even when the store has them.
-        #[arg(long)]
-        pull: bool,
-        /// auto, tty, plain, rawjson (JSON lines for tools) or quiet.
-        #[arg(long, default_value = "auto", value_parser = ["auto", "tty", "plain", "rawjson", "quiet"])]
-        progress: String,
-        /// Stage instances run at once (default: the number of cores).
-        #[arg(long)]
-        jobs: Option<usize>,
-        /// id=ID,src=FILE (or env=VAR): a secret for RUN --mount=type=secret; never stored.
-        #[arg(long, value_name = "SPEC")]
-        secret: Vec<String>,
-        /// default|ID[=SOCKET|KEY[,KEY...]]: an SSH agent for RUN --mount=type=ssh (default:
-        /// your SSH_AUTH_SOCK; key files are loaded into a private agent for the build).
-        #[arg(long, value_name = "SPEC")]
-        ssh: Vec<String>,
-        /// The builder whose nodes build (default: MANIFOLD_BUILDER, else `builder use`'s).
-        #[arg(long, value_name = "NAME")]
-        builder: Option<String>,
-        /// RUN steps' network: default (private, outbound only), none, or host.
-        #[arg(long, default_value = "default", value_parser = ["default", "none", "host"])]
-        network: String,
-        /// Grant an entitlement: network.host (needed for --network host and RUN --network=host).
-        #[arg(long, value_name = "ENTITLEMENT", value_parser = ["network.host"])]
-        allow: Vec<String>,
-    },
+    Build(build::BuildArgs),
     /// Stage, annotate, inspect and push manifest lists (docker manifest, with no daemon).
     Manifest {
         #[command(subcommand)]
@@ -431,9 +367,25 @@ pub enum Command {
     /// Remove blobs that no image uses and leftovers of interrupted writes.
     Prune {
         /// Also drop the build cache: cached steps, RUN cache mounts, unpacked layer snapshots.
+        /// Without it, layers that cached steps use are kept.
         #[arg(long)]
         cache: bool,
+        /// With --cache: `until=DURATION` (24h, 90m) drops only steps unused for that long.
+        #[arg(long, requires = "cache")]
+        filter: Vec<String>,
+        /// With --cache: drop the least recently used steps until the rest fits in SIZE
+        /// (10GB, 512MB, 0).
+        #[arg(long, requires = "cache")]
+        keep_storage: Option<String>,
         /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        format: OutputFormat,
+    },
+    /// Disk usage: images in the store, the build cache, RUN cache mounts, unpacked snapshots.
+    Du {
+        /// One line per image, cache mount and snapshot too.
+        #[arg(long, short)]
+        verbose: bool,
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         format: OutputFormat,
     },

@@ -46,6 +46,12 @@ pub struct Request<'a> {
     pub network: &'a str,
     pub allow: &'a [String],
     pub quiet: bool,
+    /// `--label`, `--annotation`, `--add-host`, `--no-cache-filter`, as given: each node
+    /// applies them as a local build does (index-level annotations are applied here).
+    pub labels: &'a [String],
+    pub annotations: &'a [String],
+    pub add_hosts: &'a [String],
+    pub no_cache_filter: &'a [String],
 }
 
 /// Should this builder's nodes do the work (rather than this process)? A builder of one local
@@ -183,21 +189,47 @@ pub fn build(
             oci::Manifest::Image(m) => m.value().config.digest.clone(),
             oci::Manifest::Index(_) => bail!("a node sent an index where an image belongs"),
         };
+        // Which layers the node made is not sent: an output's compression= applies to all.
+        let own_layers = match store.read_blob(&config) {
+            Ok(b) => Document::<oci::ImageConfig>::parse(b)
+                .map(|c| c.value().rootfs.diff_ids.iter().cloned().collect())
+                .unwrap_or_default(),
+            Err(_) => Default::default(),
+        };
         images.push(::engine::engine::PlatformImage {
             platform: p.clone(),
             manifest: d,
             config,
+            own_layers,
         });
     }
     // The same index the engine writes for a build on one machine.
-    let index = Document::new(Index::new(
+    let mut index = Index::new(
         mt::OCI_INDEX,
         images.iter().map(|i| i.manifest.clone()).collect(),
-    ));
+    );
+    for spec in req.annotations {
+        use ::engine::engine::AnnotationScope;
+        let (scope, k, v) = AnnotationScope::parse(spec).map_err(anyhow::Error::msg)?;
+        match scope {
+            AnnotationScope::Index => {
+                index.annotations.insert(k, v);
+            }
+            AnnotationScope::ManifestDescriptor => {
+                for d in &mut index.manifests {
+                    d.annotations.insert(k.clone(), v.clone());
+                }
+            }
+            AnnotationScope::Manifest => {}
+        }
+    }
+    let index = Document::new(index);
     store.put_bytes(index.bytes())?;
     Ok(::engine::engine::Built {
         images,
         index: index.descriptor(mt::OCI_INDEX),
+        // The nodes' steps stay in their own caches.
+        steps: Vec::new(),
     })
 }
 
@@ -287,6 +319,16 @@ fn node_args(ps: &[Platform], req: &Request<'_>, remote: bool) -> Vec<String> {
     }
     if req.pull {
         args.push("--pull".into());
+    }
+    for (flag, values) in [
+        ("--label", req.labels),
+        ("--annotation", req.annotations),
+        ("--add-host", req.add_hosts),
+        ("--no-cache-filter", req.no_cache_filter),
+    ] {
+        for v in values {
+            args.extend([flag.to_string(), v.clone()]);
+        }
     }
     if let Ok(e) = std::env::var("SOURCE_DATE_EPOCH") {
         args.extend(["--source-date-epoch".into(), e]);
@@ -548,27 +590,34 @@ pub fn node_build(cli: &Cli, env: &transport::Env, a: &NodeBuildArgs) -> Result<
         cli,
         env,
         &crate::build::BuildArgs {
-            context: &ctx,
-            file: Some(&dockerfile),
-            platform: &a.platform,
-            tags: &[],
-            build_arg: &a.build_arg,
-            target: a.target.as_deref(),
+            context: ctx.clone(),
+            file: Some(dockerfile.clone()),
+            platform: a.platform.clone(),
+            tag: Vec::new(),
+            build_arg: a.build_arg.clone(),
+            target: a.target.clone(),
             check: false,
             format: crate::OutputFormat::Table,
             push: false,
             load: false,
-            outputs: &outputs,
+            output: outputs,
             metadata_file: None,
             no_cache: a.no_cache,
             pull: a.pull,
-            progress: "plain",
+            progress: "plain".into(),
             jobs: None,
-            secrets: &secret_specs,
-            ssh: &a.ssh,
-            network: &a.network,
-            allow: &a.allow,
-            builder: Some(crate::builder::DEFAULT),
+            secret: secret_specs,
+            iidfile: None,
+            label: a.label.clone(),
+            annotation: a.annotation.clone(),
+            add_host: a.add_host.clone(),
+            no_cache_filter: a.no_cache_filter.clone(),
+            ssh: a.ssh.clone(),
+            builder: Some(crate::builder::DEFAULT.into()),
+            cache_to: Vec::new(),
+            cache_from: Vec::new(),
+            network: a.network.clone(),
+            allow: a.allow.clone(),
         },
     );
     let mut out = restore_stdout(saved)?;

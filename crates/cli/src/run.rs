@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use engine::engine::BaseResolver;
+use engine::pipeline::ImageSource;
 use oci::{Manifest, Platform};
 use runtime::sandbox::{self, MountSource, SpawnHook, StdioMode, StepMount};
 use runtime::snapshot::SnapshotCache;
@@ -124,8 +124,8 @@ pub fn run(cli: &Cli, env: &Env, a: &RunArgs) -> Result<ExitCode> {
     let mounts = parse_mounts(&a.volume, &a.mount)?;
 
     let store = transport::open_store(&env.store_root)?;
-    let bases = crate::build::Bases::new(env, &store);
-    if let Err(e) = bases.ensure(cli, a.image(), std::slice::from_ref(&platform), false) {
+    let bases = crate::build::Bases::new(cli, env, &store);
+    if let Err(e) = bases.ensure(a.image(), std::slice::from_ref(&platform), false) {
         return Err(match offered(&store, a.image()) {
             Some(list) => e.context(format!(
                 "no image of {} for {platform}; the local store has {list}",
@@ -134,9 +134,12 @@ pub fn run(cli: &Cli, env: &Env, a: &RunArgs) -> Result<ExitCode> {
             None => e,
         });
     }
-    let (manifest, config) = bases
-        .resolve(a.image(), &platform)
-        .map_err(anyhow::Error::msg)?;
+    let found = ImageSource::fetch(&bases, a.image(), std::slice::from_ref(&platform), false)
+        .map_err(anyhow::Error::msg)?
+        .into_iter()
+        .next()
+        .with_context(|| format!("no image of {} for {platform}", a.image()))?;
+    let (manifest, config) = (found.manifest, found.config);
     let work = env.store_root.join("build");
     let snapshots = SnapshotCache::open(work.join("snapshots"))?;
     let lowers: Vec<PathBuf> = snapshots

@@ -37,12 +37,14 @@
 pub mod ast;
 pub mod error;
 pub mod expand;
+pub mod inputs;
 pub mod lint;
 mod parse;
 pub mod plan;
 
 pub use ast::Dockerfile;
 pub use error::{Error, ErrorKind, Location, Pos};
+pub use inputs::PlanInput;
 pub use lint::{lint, render_json, render_text, Finding};
 pub use parse::{parse, parse_bytes};
 pub use plan::{plan, BaseConfig, BuildPlan, PlanOptions};

@@ -17,9 +17,9 @@ use oci::{
     ContainerConfig, Descriptor, Digest, Document, History, ImageConfig, ImageManifest, Index,
     Platform,
 };
-use serde::{Deserialize, Serialize};
 use store::Layout;
 
+use crate::cache::{CacheStore, CachedStep, LocalCache};
 use crate::context::{copy_into, Context};
 use runtime::emulation;
 use runtime::layer::{self, LayerOptions};
@@ -35,7 +35,46 @@ pub trait BaseResolver: Sync {
         reference: &str,
         platform: &Platform,
     ) -> std::result::Result<(ImageManifest, ImageConfig), String>;
+
+    /// The digest the reference resolved to for `platform`, for the
+    /// `org.opencontainers.image.base.digest` annotation.
+    fn digest(&self, _reference: &str, _platform: &Platform) -> Option<Digest> {
+        None
+    }
 }
+
+/// Where `--annotation` goes (buildx's prefixes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AnnotationScope {
+    /// `index:`: the index over the platforms.
+    Index,
+    /// `manifest:` (the default): each platform's manifest.
+    Manifest,
+    /// `manifest-descriptor:`: each manifest's entry in the index.
+    ManifestDescriptor,
+}
+
+impl AnnotationScope {
+    /// Splits `[SCOPE:]KEY=VALUE`.
+    pub fn parse(spec: &str) -> std::result::Result<(Self, String, String), String> {
+        let (kv, value) = spec.split_once('=').ok_or_else(|| {
+            format!("--annotation {spec:?}: use [index:|manifest:|manifest-descriptor:]KEY=VALUE")
+        })?;
+        let (scope, key) = match kv.split_once(':') {
+            Some(("index", k)) => (AnnotationScope::Index, k),
+            Some(("manifest", k)) => (AnnotationScope::Manifest, k),
+            Some(("manifest-descriptor", k)) => (AnnotationScope::ManifestDescriptor, k),
+            _ => (AnnotationScope::Manifest, kv),
+        };
+        if key.is_empty() {
+            return Err(format!("--annotation {spec:?}: the key is empty"));
+        }
+        Ok((scope, key.to_string(), value.to_string()))
+    }
+}
+
+pub const ANNOTATION_BASE_NAME: &str = "org.opencontainers.image.base.name";
+pub const ANNOTATION_BASE_DIGEST: &str = "org.opencontainers.image.base.digest";
 
 pub struct BuildOptions {
     pub context: PathBuf,
@@ -44,6 +83,14 @@ pub struct BuildOptions {
     /// Where snapshots, the step cache and scratch space live (under the store's root).
     pub work_dir: PathBuf,
     pub no_cache: bool,
+    /// `--no-cache-filter`: stages (by name, or `stage-N`) whose steps run even when cached.
+    pub no_cache_filter: Vec<String>,
+    /// `--label K=V`: labels set on every image's config, over the Dockerfile's.
+    pub labels: BTreeMap<String, String>,
+    /// `--add-host NAME:IP`: extra /etc/hosts lines for RUN steps.
+    pub extra_hosts: Vec<(String, String)>,
+    /// `--annotation`: (where, key, value).
+    pub annotations: Vec<(AnnotationScope, String, String)>,
     pub layer: LayerOptions,
     pub jobs: usize,
     /// `--secret id=ID,src=FILE|env=VAR`, by value: mounted for `RUN --mount=type=secret` from a
@@ -57,6 +104,9 @@ pub struct BuildOptions {
     /// `--network`: RUN steps' default network; `--allow`: granted entitlements (network.host).
     pub network: Network,
     pub allow: Vec<String>,
+    /// `--cache-from`: steps found there count as cached; their layers are fetched only when a
+    /// later step needs their files.
+    pub imported: Option<std::sync::Arc<crate::cache_remote::Imported>>,
 }
 
 /// Progress of a build, for displays.
@@ -104,6 +154,9 @@ pub struct PlatformImage {
     /// The image manifest, with its platform.
     pub manifest: Descriptor,
     pub config: Digest,
+    /// DiffIDs of the layers this build made (base image layers are not among them):
+    /// exporters recompress only these unless forced.
+    pub own_layers: std::collections::BTreeSet<Digest>,
 }
 
 /// The result: per-platform images and the index over them, all in the store (unnamed: hold a
@@ -112,6 +165,8 @@ pub struct PlatformImage {
 pub struct Built {
     pub images: Vec<PlatformImage>,
     pub index: Descriptor,
+    /// Every step this build ran or took from a cache, by key: what `--cache-to` exports.
+    pub steps: Vec<(String, CachedStep)>,
 }
 
 /// Which step of which instance runs, for the events it sends while it runs.
@@ -129,18 +184,17 @@ struct At {
 struct State {
     layers: Vec<(Descriptor, Digest)>,
     config: ImageConfig,
-    /// Content key of everything so far: base, every step, every layer.
+    /// Content key of everything so far: base, every step, every layer (by diffID).
     key: String,
     /// The latest history time this build gave the stage (the image's `created`).
     created: Option<i64>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct CachedStep {
-    layer: Option<(Descriptor, Digest)>,
-    /// When the step first ran: a fully cached rebuild reproduces the image byte for byte.
-    #[serde(default)]
-    created: Option<i64>,
+    /// DiffIDs of the layers this build's steps made (exported in the asked compression; base
+    /// layers keep theirs).
+    own: std::collections::BTreeSet<Digest>,
+    /// The instance's steps ignore the cache (`--no-cache-filter`).
+    no_cache: bool,
+    /// The image the stage's FROM chain starts at, and its digest.
+    base: Option<(String, Option<Digest>)>,
 }
 
 struct Engine<'a> {
@@ -148,6 +202,7 @@ struct Engine<'a> {
     resolver: &'a dyn BaseResolver,
     opts: &'a BuildOptions,
     snapshots: SnapshotCache,
+    cache: LocalCache,
     context: Context,
     progress: &'a (dyn Fn(Event) + Sync),
     /// Instance key → the target platforms that need it, for progress labels.
@@ -157,6 +212,8 @@ struct Engine<'a> {
     /// Set at the first failure: kills running steps, starts no more.
     cancel: sandbox::Cancel,
     first_failure: Mutex<Option<Error>>,
+    /// Steps used, for `Built::steps`.
+    used: std::sync::Mutex<Vec<(String, CachedStep)>>,
 }
 
 pub fn build(
@@ -179,10 +236,8 @@ pub fn build(
         }
     }
     emulation::check_all(&needs_run)?;
-    for d in ["snapshots", "cache", "tmp"] {
-        let p = opts.work_dir.join(d);
-        fs::create_dir_all(&p).map_err(io_err("creating", &p))?;
-    }
+    let cache = LocalCache::at(&opts.work_dir);
+    cache.create()?;
     let mut targets: HashMap<String, Vec<String>> = HashMap::new();
     for pp in &plan.platforms {
         for k in &pp.stages {
@@ -197,7 +252,8 @@ pub fn build(
         store,
         resolver,
         opts,
-        snapshots: SnapshotCache::open(opts.work_dir.join("snapshots"))?,
+        snapshots: SnapshotCache::open(cache.snapshots_dir())?,
+        cache,
         context: Context::open(&opts.context)?,
         progress,
         epoch: opts.layer.source_date_epoch,
@@ -207,6 +263,7 @@ pub fn build(
             .unwrap_or(0),
         cancel: sandbox::Cancel::default(),
         first_failure: Mutex::new(None),
+        used: Default::default(),
     };
     let results = engine.run_all(&plan.stages)?;
     let mut images = Vec::new();
@@ -217,66 +274,91 @@ pub fn build(
         })?;
         images.push(engine.write_image(&pp.platform, state)?);
     }
-    let index = Document::new(Index::new(
+    let mut index = Index::new(
         mt::OCI_INDEX,
         images.iter().map(|i| i.manifest.clone()).collect(),
-    ));
+    );
+    for (scope, k, v) in &opts.annotations {
+        match scope {
+            AnnotationScope::Index => {
+                index.annotations.insert(k.clone(), v.clone());
+            }
+            AnnotationScope::ManifestDescriptor => {
+                for d in &mut index.manifests {
+                    d.annotations.insert(k.clone(), v.clone());
+                }
+            }
+            AnnotationScope::Manifest => {}
+        }
+    }
+    let index = Document::new(index);
     store.put_bytes(index.bytes())?;
     Ok(Built {
         images,
         index: index.descriptor(mt::OCI_INDEX),
+        steps: engine.used.into_inner().unwrap_or_default(),
     })
 }
 
 impl Engine<'_> {
-    /// Runs instances as soon as what they depend on is done, up to `jobs` at a time.
+    /// Runs instances as soon as what they depend on is done, up to `jobs` at a time: each
+    /// finished instance may start others at once (no waves). After a failure nothing new starts
+    /// and the first error is returned once running instances end.
     fn run_all(&self, stages: &[StageInstance]) -> Result<HashMap<String, State>> {
-        let done: Mutex<HashMap<String, State>> = Mutex::new(HashMap::new());
+        let jobs = self.opts.jobs.max(1);
+        let mut done: HashMap<String, State> = HashMap::new();
         let mut pending: Vec<&StageInstance> = stages.iter().collect();
-        while !pending.is_empty() {
-            let ready: Vec<&StageInstance> = {
-                let d = done.lock().map_err(|_| poisoned())?;
-                pending
-                    .iter()
-                    .copied()
-                    .filter(|s| s.body.depends_on.iter().all(|k| d.contains_key(k)))
-                    .collect()
-            };
-            if ready.is_empty() {
+        std::thread::scope(|sc| -> Result<()> {
+            let (tx, rx) = std::sync::mpsc::channel::<(String, Result<State>)>();
+            let mut running = 0usize;
+            let mut first_err: Option<Error> = None;
+            loop {
+                while first_err.is_none() && running < jobs {
+                    let Some(pos) = pending
+                        .iter()
+                        .position(|s| s.body.depends_on.iter().all(|k| done.contains_key(k)))
+                    else {
+                        break;
+                    };
+                    let inst = pending.remove(pos);
+                    let deps = done.clone();
+                    let tx = tx.clone();
+                    running += 1;
+                    sc.spawn(move || {
+                        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            self.run_instance(&inst.key, &inst.body, &deps)
+                        }))
+                        .unwrap_or_else(|_| Err(poisoned()))
+                        .map_err(|e| self.stop(e, &inst.key, &inst.body.platform));
+                        let _ = tx.send((inst.key.clone(), r));
+                    });
+                }
+                if running == 0 {
+                    break;
+                }
+                let (key, r) = rx.recv().map_err(|_| poisoned())?;
+                running -= 1;
+                match r {
+                    Ok(st) => {
+                        done.insert(key, st);
+                    }
+                    Err(e) => {
+                        first_err.get_or_insert(e);
+                    }
+                }
+            }
+            if let Some(e) = first_err {
+                return Err(self.first_failure(e));
+            }
+            if !pending.is_empty() {
                 return Err(Error::BadLayer {
                     layer: "plan".into(),
                     reason: "stage instances depend on each other in a cycle".into(),
                 });
             }
-            pending.retain(|s| !ready.iter().any(|r| r.key == s.key));
-            for chunk in ready.chunks(self.opts.jobs.max(1)) {
-                let results: Vec<Result<(String, State)>> = std::thread::scope(|sc| {
-                    let handles: Vec<_> = chunk
-                        .iter()
-                        .map(|inst| {
-                            let done = &done;
-                            sc.spawn(move || -> Result<(String, State)> {
-                                let deps = done.lock().map_err(|_| poisoned())?.clone();
-                                let st = self
-                                    .run_instance(&inst.key, &inst.body, &deps)
-                                    .map_err(|e| self.stop(e, &inst.key, &inst.body.platform))?;
-                                Ok((inst.key.clone(), st))
-                            })
-                        })
-                        .collect();
-                    handles
-                        .into_iter()
-                        .map(|h| h.join().unwrap_or_else(|_| Err(poisoned())))
-                        .collect()
-                });
-                let mut d = done.lock().map_err(|_| poisoned())?;
-                for r in results {
-                    let (k, s) = r.map_err(|e| self.first_failure(e))?;
-                    d.insert(k, s);
-                }
-            }
-        }
-        done.into_inner().map_err(|_| poisoned())
+            Ok(())
+        })?;
+        Ok(done)
     }
 
     fn run_instance(
@@ -306,6 +388,9 @@ impl Engine<'_> {
                 },
                 key: key_of(&["scratch", &platform.to_string()]),
                 created: None,
+                own: Default::default(),
+                no_cache: false,
+                base: None,
             },
             Base::Image { reference } => self.base_image(reference, platform)?,
             Base::Stage { key, .. } => deps.get(key).cloned().ok_or_else(|| Error::BadLayer {
@@ -313,6 +398,7 @@ impl Engine<'_> {
                 reason: "a stage this one builds on was not built".into(),
             })?,
         };
+        state.no_cache = self.opts.no_cache_filter.contains(&stage_name);
         let total = body.steps.len();
         for (i, step) in body.steps.iter().enumerate() {
             if self.cancel.is_cancelled() {
@@ -494,6 +580,12 @@ impl Engine<'_> {
             key: key_of(&parts.iter().map(String::as_str).collect::<Vec<_>>()),
             layers,
             config,
+            own: Default::default(),
+            no_cache: false,
+            base: Some((
+                reference.to_string(),
+                self.resolver.digest(reference, platform),
+            )),
         })
     }
 
@@ -524,11 +616,9 @@ impl Engine<'_> {
         at: &At,
     ) -> Result<(bool, bool)> {
         let op_json = serde_json::to_string(&step.op).unwrap_or_default();
-        // How layers are written changes their bytes, so it is part of every step's key.
-        let layer_form = format!(
-            "{:?}/{:?}/{:?}",
-            self.opts.layer.compression, self.opts.layer.level, self.opts.layer.source_date_epoch
-        );
+        // Clamped times change a layer's tar, so they are in every step's key; compression
+        // is not (layers are kept by diffID and compressed as each output asks).
+        let layer_form = format!("{:?}", self.opts.layer.source_date_epoch);
         let step_key = key_of(&[&state.key, &op_json, &platform.to_string(), &layer_form]);
         // The config as it is before this step (env, workdir, user); only the config-only
         // instructions below change it.
@@ -554,6 +644,14 @@ impl Engine<'_> {
                     self.opts.network,
                     &self.opts.allow,
                 )?;
+                // What bind mounts read is an input of the step like its command.
+                // So are the --add-host entries it sees.
+                let hosts = format!("{:?}", self.opts.extra_hosts);
+                let step_key = key_of(&[
+                    &step_key,
+                    &self.mount_inputs(mounts, platform, deps)?,
+                    &hosts,
+                ]);
                 if self.take_cached(state, &step_key, format!("RUN {}", command_text(command))) {
                     return Ok((true, emulated));
                 }
@@ -616,6 +714,7 @@ impl Engine<'_> {
                 spec.user = user;
                 spec.workdir = workdir;
                 spec.cancel = Some(self.cancel.clone());
+                spec.extra_hosts = self.opts.extra_hosts.clone();
                 spec.network = net;
                 let out = self.run_streaming(spec, at)?;
                 out.check(&argv)?;
@@ -674,14 +773,14 @@ impl Engine<'_> {
                             reason: "COPY --from names a stage that was not built".into(),
                         })?;
                         let root = tmp.path().join("from");
-                        snapshot::flatten(&self.snapshot_paths(src)?, &root)?;
+                        self.read_paths(src, sources, &root)?;
                         let ctx = Context::of_rootfs(&root)?;
                         copy_into(&ctx, sources, dest, &workdir, &upper, owner, mode, exclude)?;
                     }
                     Origin::Image { reference } => {
                         let src = self.base_image(reference, platform)?;
                         let root = tmp.path().join("from");
-                        snapshot::flatten(&self.snapshot_paths(&src)?, &root)?;
+                        self.read_paths(&src, sources, &root)?;
                         let ctx = Context::of_rootfs(&root)?;
                         copy_into(&ctx, sources, dest, &workdir, &upper, owner, mode, exclude)?;
                     }
@@ -860,9 +959,8 @@ impl Engine<'_> {
                     let id = m.id.clone().unwrap_or_else(|| target.clone());
                     let hex = key_of(&[&id]);
                     let dir = self
-                        .opts
-                        .work_dir
-                        .join("cache-mounts")
+                        .cache
+                        .cache_mounts_dir()
                         .join(hex.trim_start_matches("sha256:"));
                     if !dir.is_dir() {
                         fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
@@ -1019,7 +1117,7 @@ impl Engine<'_> {
 
     /// On a cache hit (and without --no-cache), applies the cached layer and history entry.
     fn take_cached(&self, state: &mut State, step_key: &str, history: String) -> bool {
-        if self.opts.no_cache {
+        if self.opts.no_cache || state.no_cache {
             return false;
         }
         let Some(hit) = self.cached(step_key) else {
@@ -1028,16 +1126,20 @@ impl Engine<'_> {
         // docker refuses an image whose layer-less entries do not say `empty_layer`.
         let empty = hit.layer.is_none();
         let when = hit.created.unwrap_or(self.started);
-        if hit.created.is_none() {
-            // An entry from before times were kept: from now on this run's time is the step's.
-            self.remember(
-                step_key,
-                &CachedStep {
-                    layer: hit.layer.clone(),
-                    created: Some(when),
-                },
-            );
-        }
+        let hit = if hit.created.is_none() {
+            // An entry from before times were kept (or an imported one without a time): from
+            // now on this run's time is the step's.
+            let c = CachedStep {
+                layer: hit.layer,
+                created: Some(when),
+            };
+            self.cache.put_step(step_key, &c);
+            c
+        } else {
+            hit
+        };
+        // What --cache-to exports: every step used, cached ones included.
+        self.record(step_key, &hit);
         self.push_layer(state, hit.layer, step_key);
         self.history_at(state, history, empty, when);
         true
@@ -1047,11 +1149,14 @@ impl Engine<'_> {
     /// time, like a cached layer's, does not change between identical builds.
     fn config_step_time(&self, step_key: &str) -> i64 {
         if !self.opts.no_cache {
-            if let Some(CachedStep {
-                layer: None,
-                created: Some(t),
-            }) = self.cached(step_key)
+            if let Some(
+                c @ CachedStep {
+                    layer: None,
+                    created: Some(t),
+                },
+            ) = self.cached(step_key)
             {
+                self.record(step_key, &c);
                 return t;
             }
         }
@@ -1065,9 +1170,66 @@ impl Engine<'_> {
         self.started
     }
 
+    /// The content of what a step's bind mounts read: context files, the result of a stage,
+    /// an image's layers.
+    fn mount_inputs(
+        &self,
+        mounts: &[dockerfile::plan::PlannedMount],
+        platform: &Platform,
+        deps: &HashMap<String, State>,
+    ) -> Result<String> {
+        let mut parts = Vec::new();
+        for m in mounts.iter().filter(|m| m.kind == ast::MountType::Bind) {
+            let rel = m.source.clone().unwrap_or_else(|| ".".into());
+            parts.push(match &m.from {
+                None | Some(Origin::Context) => self
+                    .context
+                    .fingerprint(&[PlannedSource::Path { path: rel }], &[])?,
+                Some(Origin::Stage { key, .. }) => deps
+                    .get(key)
+                    .map(|s| s.key.clone())
+                    .ok_or_else(|| Error::BadLayer {
+                        layer: key.clone(),
+                        reason: "a stage this mount reads was not built".into(),
+                    })?,
+                Some(Origin::Image { reference }) => self.base_image(reference, platform)?.key,
+            });
+        }
+        Ok(key_of(
+            &parts.iter().map(String::as_str).collect::<Vec<_>>(),
+        ))
+    }
+
+    /// Puts what `sources` name from a stage's filesystem into `root`, reading only those paths
+    /// through its layers (a pattern brings the directory above its first wildcard), not the
+    /// whole stage.
+    fn read_paths(
+        &self,
+        src: &State,
+        sources: &[PlannedSource],
+        root: &std::path::Path,
+    ) -> Result<()> {
+        let mut paths = Vec::new();
+        for s in sources {
+            if let PlannedSource::Path { path } = s {
+                let fixed: Vec<&str> = path
+                    .split('/')
+                    .filter(|c| !c.is_empty() && *c != ".")
+                    .take_while(|c| !c.contains(['*', '?', '[', '\\']))
+                    .collect();
+                paths.push(fixed.join("/"));
+            }
+        }
+        let layers = self.snapshot_paths(src)?;
+        if paths.iter().any(|p| p.is_empty()) {
+            return snapshot::flatten(&layers, root);
+        }
+        snapshot::flatten_paths(&layers, root, &paths)
+    }
+
     /// A scratch directory for one step under the build's work dir, removed on drop.
     fn scratch(&self, prefix: &str) -> Result<tempfile::TempDir> {
-        let dir = self.opts.work_dir.join("tmp");
+        let dir = self.cache.tmp_dir();
         tempfile::Builder::new()
             .prefix(&format!("{prefix}-"))
             .tempdir_in(&dir)
@@ -1089,6 +1251,12 @@ impl Engine<'_> {
         if written.entries > 0 {
             self.snapshots.adopt(upper, &written.diff_id)?;
         }
+        self.cache.put_blob(
+            &written.diff_id,
+            self.opts.layer.compression,
+            self.opts.layer.level,
+            &written.descriptor,
+        );
         let layer =
             (keep_empty || written.entries > 0).then_some((written.descriptor, written.diff_id));
         self.remember(
@@ -1106,7 +1274,8 @@ impl Engine<'_> {
     fn push_layer(&self, state: &mut State, layer: Option<(Descriptor, Digest)>, step_key: &str) {
         match layer {
             Some((d, diff)) => {
-                state.key = key_of(&[step_key, &d.digest.to_string()]);
+                state.key = key_of(&[step_key, &diff.to_string()]);
+                state.own.insert(diff.clone());
                 state.layers.push((d, diff));
             }
             None => state.key = step_key.to_string(),
@@ -1117,29 +1286,35 @@ impl Engine<'_> {
         state
             .layers
             .iter()
-            .map(|(d, diff)| Ok(self.snapshots.unpack_blob(self.store, d, diff)?.path))
+            .map(|(d, diff)| {
+                // A layer from an imported cache arrives when its files are first needed.
+                if let Some(imp) = &self.opts.imported {
+                    if self.snapshots.get(diff).is_none() && !self.store.has_blob(&d.digest) {
+                        imp.fetch(self.store, d)?;
+                    }
+                }
+                Ok(self.snapshots.unpack_blob(self.store, d, diff)?.path)
+            })
             .collect()
     }
 
-    fn cache_path(&self, key: &str) -> PathBuf {
-        self.opts
-            .work_dir
-            .join("cache")
-            .join(format!("{}.json", key.trim_start_matches("sha256:")))
-    }
-
-    /// A cached step, when its layer is still in the store.
+    /// A cached step, when its layer is still in the store, else from an imported cache.
     fn cached(&self, key: &str) -> Option<CachedStep> {
-        let c: CachedStep = serde_json::from_slice(&fs::read(self.cache_path(key)).ok()?).ok()?;
-        match &c.layer {
-            Some((d, _)) if self.store.blob_size(&d.digest) != Some(d.size) => None,
-            _ => Some(c),
-        }
+        let local = self.cache.step(key).filter(|c| match &c.layer {
+            Some((d, _)) => self.store.blob_size(&d.digest) == Some(d.size),
+            None => true,
+        });
+        local.or_else(|| self.opts.imported.as_ref()?.step(key))
     }
 
     fn remember(&self, key: &str, c: &CachedStep) {
-        if let Ok(bytes) = serde_json::to_vec(c) {
-            let _ = store::layout::write_atomic(&self.cache_path(key), &bytes);
+        self.cache.put_step(key, c);
+        self.record(key, c);
+    }
+
+    fn record(&self, key: &str, c: &CachedStep) {
+        if let Ok(mut u) = self.used.lock() {
+            u.push((key.to_string(), c.clone()));
         }
     }
 
@@ -1156,10 +1331,29 @@ impl Engine<'_> {
             (None, None, Some(c)) => Some(c.clone()),
             (None, None, None) => Some(rfc3339(self.started)),
         };
+        if !self.opts.labels.is_empty() {
+            let cc = config.config.get_or_insert_with(Default::default);
+            cc.labels
+                .get_or_insert_with(BTreeMap::new)
+                .extend(self.opts.labels.clone());
+        }
         config.rootfs.kind = "layers".into();
         config.rootfs.diff_ids = state.layers.iter().map(|(_, d)| d.clone()).collect();
         let cfg = Document::new(config);
         self.store.put_bytes(cfg.bytes())?;
+        let mut annotations = oci::Annotations::new();
+        // As BuildKit: the image this one builds on.
+        if let Some((name, digest)) = &state.base {
+            annotations.insert(ANNOTATION_BASE_NAME.into(), name.clone());
+            if let Some(d) = digest {
+                annotations.insert(ANNOTATION_BASE_DIGEST.into(), d.to_string());
+            }
+        }
+        for (scope, k, v) in &self.opts.annotations {
+            if *scope == AnnotationScope::Manifest {
+                annotations.insert(k.clone(), v.clone());
+            }
+        }
         let manifest = ImageManifest {
             schema_version: 2,
             media_type: Some(mt::OCI_MANIFEST.into()),
@@ -1167,7 +1361,7 @@ impl Engine<'_> {
             config: cfg.descriptor(mt::OCI_CONFIG),
             layers: state.layers.iter().map(|(d, _)| d.clone()).collect(),
             subject: None,
-            annotations: Default::default(),
+            annotations,
             extra: Default::default(),
         };
         let doc = Document::new(manifest);
@@ -1178,6 +1372,7 @@ impl Engine<'_> {
             platform: platform.clone(),
             manifest: desc,
             config: cfg.digest().clone(),
+            own_layers: state.own.clone(),
         })
     }
 }

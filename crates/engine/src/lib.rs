@@ -6,7 +6,11 @@
 //! It refuses to know registries, command-line flags and terminals: base images arrive through
 //! a resolver the caller supplies, and progress leaves as events.
 
+pub mod cache;
+pub mod cache_remote;
 pub mod context;
 pub mod engine;
+pub mod export;
+pub mod pipeline;
 
 pub use runtime::{Error, Result};

@@ -14,7 +14,7 @@ pub mod reference;
 pub use digest::{Algorithm, Digest, DigestReader, DigestWriter, Hasher, VerifyingReader};
 pub use manifest::{
     Annotations, ContainerConfig, Descriptor, Document, History, ImageConfig, ImageManifest, Index,
-    Manifest, RootFs,
+    Manifest, NoMatchingPlatform, RootFs,
 };
 pub use platform::{Matcher, Platform};
 pub use reference::Reference;

@@ -108,7 +108,64 @@ pub struct Index {
     pub extra: Extra,
 }
 
+/// No entry of an index runs the wanted platform.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NoMatchingPlatform {
+    pub wanted: Platform,
+    /// The platforms of the index's runnable entries.
+    pub available: Vec<Platform>,
+}
+
+impl std::fmt::Display for NoMatchingPlatform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let offers: Vec<String> = self.available.iter().map(|p| p.to_string()).collect();
+        write!(
+            f,
+            "no image for {}; it offers: {}",
+            self.wanted,
+            if offers.is_empty() {
+                "no runnable image".to_string()
+            } else {
+                offers.join(", ")
+            }
+        )
+    }
+}
+
+impl std::error::Error for NoMatchingPlatform {}
+
 impl Index {
+    /// The entries that are images to run (attestations and `unknown/unknown` are not), with
+    /// their platforms (an entry without one counts as the empty platform).
+    pub fn runnable(&self) -> Vec<(&Descriptor, Platform)> {
+        self.manifests
+            .iter()
+            .filter(|d| !d.is_attestation())
+            .map(|d| (d, d.platform.clone().unwrap_or_default()))
+            .collect()
+    }
+
+    /// The entry that best runs `platform`, by containerd's matching and ranking.
+    pub fn select(&self, platform: &Platform) -> Result<&Descriptor, Box<NoMatchingPlatform>> {
+        self.select_with(&crate::Matcher::new(platform))
+    }
+
+    /// [`Index::select`] with a matcher of the caller's (for example a strict one).
+    pub fn select_with(
+        &self,
+        matcher: &crate::Matcher,
+    ) -> Result<&Descriptor, Box<NoMatchingPlatform>> {
+        let runnable = self.runnable();
+        let plats: Vec<Platform> = runnable.iter().map(|(_, p)| p.clone()).collect();
+        match matcher.best(&plats) {
+            Some(i) => Ok(runnable[i].0),
+            None => Err(Box::new(NoMatchingPlatform {
+                wanted: matcher.wanted().clone(),
+                available: plats,
+            })),
+        }
+    }
+
     pub fn new(media_type: &str, manifests: Vec<Descriptor>) -> Self {
         Index {
             schema_version: 2,
@@ -418,6 +475,39 @@ impl Manifest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn index_select_ranks_and_says_what_it_offers() {
+        let d = |p: &str, n: u8| {
+            let mut d = Descriptor::new(mt::OCI_MANIFEST, Digest::sha256_of(&[n]), 1);
+            d.platform = Some(Platform::parse(p).unwrap());
+            d
+        };
+        let mut att = d("unknown/unknown", 9);
+        att.annotations.insert(
+            "vnd.docker.reference.type".into(),
+            "attestation-manifest".into(),
+        );
+        let idx = Index::new(
+            mt::OCI_INDEX,
+            vec![
+                d("linux/arm/v6", 1),
+                d("linux/arm/v7", 2),
+                d("linux/amd64", 3),
+                att,
+            ],
+        );
+        let arm = Platform::parse("linux/arm/v7").unwrap();
+        assert_eq!(idx.select(&arm).unwrap().digest, Digest::sha256_of(&[2]));
+        let err = idx
+            .select(&Platform::parse("linux/s390x").unwrap())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "no image for linux/s390x; it offers: linux/arm/v6, linux/arm/v7, linux/amd64"
+        );
+    }
 
     // A Docker manifest list as Docker Hub serves it, with an unusual key order and spacing.
     const DOCKER_LIST: &str = r#"{

@@ -717,6 +717,84 @@ pub fn store_changes(
     })
 }
 
+/// Writes a layer blob of the store again with another compression (the same tar, so the same
+/// diffID); returns the new blob's descriptor. Exporters use it: steps keep one form of their
+/// layers, and the compression an output asks for is made when it is exported.
+pub fn recompress_in_store(
+    layout: &store::Layout,
+    blob: &Descriptor,
+    opts: &LayerOptions,
+) -> Result<Descriptor> {
+    let what = blob.digest.to_string();
+    let f = layout.open_blob(&blob.digest)?;
+    let mut tar = crate::snapshot::decompress(f, Some(&blob.media_type))
+        .map_err(io_err("decompressing layer", Path::new(&what)))?;
+    let (tx, rx) = mpsc::sync_channel::<Chunk>(8);
+    std::thread::scope(|s| {
+        let ingest = s.spawn(move || {
+            let mut r = ChannelReader {
+                rx,
+                cur: Vec::new(),
+                pos: 0,
+            };
+            layout.ingest(&mut r, None)
+        });
+        let w = ChannelWriter {
+            tx: tx.clone(),
+            buf: Vec::with_capacity(CHUNK),
+        };
+        let werr = |e: io::Error| io_err("recompressing layer", Path::new(&what))(e);
+        let written = (|| -> Result<(Digest, u64)> {
+            let out = DigestWriter::new(w, oci::Algorithm::Sha256);
+            let out = match opts.compression {
+                Compression::Gzip => {
+                    let level = flate2::Compression::new(opts.level.unwrap_or(6).min(9));
+                    let threads = match opts.threads {
+                        0 => std::thread::available_parallelism().map_or(1, |n| n.get().min(8)),
+                        n => n,
+                    };
+                    let mut enc = crate::pargz::ParGz::new(out, level, threads);
+                    io::copy(&mut tar, &mut enc).map_err(werr)?;
+                    enc.finish().map_err(werr)?
+                }
+                Compression::Zstd => {
+                    let level = opts.level.unwrap_or(3).clamp(1, 19) as i32;
+                    let mut enc = zstd::stream::write::Encoder::new(out, level).map_err(werr)?;
+                    io::copy(&mut tar, &mut enc).map_err(werr)?;
+                    enc.finish().map_err(werr)?
+                }
+                Compression::None => {
+                    let mut out = out;
+                    io::copy(&mut tar, &mut out).map_err(werr)?;
+                    out
+                }
+            };
+            let (mut w, digest, size) = out.finish();
+            w.flush().map_err(werr)?;
+            Ok((digest, size))
+        })();
+        if let Err(e) = &written {
+            let _ = tx.send(Chunk::Failed(e.to_string()));
+        }
+        drop(tx);
+        let stored = ingest.join().map_err(|_| Error::BadLayer {
+            layer: what.clone(),
+            reason: "the store's ingest thread panicked".into(),
+        })?;
+        let (digest, size) = written?;
+        let (got, got_size) = stored?;
+        if got != digest || got_size != size {
+            return Err(Error::BadLayer {
+                layer: what.clone(),
+                reason: format!(
+                    "the store received {got} ({got_size} bytes) but {digest} ({size} bytes) was written"
+                ),
+            });
+        }
+        Ok(Descriptor::new(opts.media_type(), digest, size))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

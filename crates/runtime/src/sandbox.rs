@@ -151,6 +151,8 @@ pub struct RunSpec {
     pub workdir: String,
     pub network: Network,
     pub hostname: String,
+    /// (host name, IP) lines added to the step's /etc/hosts (`--add-host`).
+    pub extra_hosts: Vec<(String, String)>,
     /// How many bytes of the combined output to keep for error messages.
     pub tail_bytes: usize,
     /// At most this many bytes of stdout and of stderr are kept (the rest is dropped).
@@ -200,6 +202,7 @@ impl RunSpec {
             workdir: "/".into(),
             network: Network::Default,
             hostname: "buildkitsandbox".into(),
+            extra_hosts: Vec::new(),
             tail_bytes: 4096,
             capture_limit: 16 << 20,
             platform: None,
@@ -767,14 +770,14 @@ pub fn run(spec: &RunSpec) -> Result<RunOutput> {
 
     let hosts = state.path().join("hosts");
     let resolv = state.path().join("resolv.conf");
-    fs::write(
-        &hosts,
-        format!(
-            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n",
-            spec.hostname
-        ),
-    )
-    .map_err(io_err("writing", &hosts))?;
+    let mut hosts_text = format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n",
+        spec.hostname
+    );
+    for (name, ip) in &spec.extra_hosts {
+        hosts_text.push_str(&format!("{ip}\t{name}\n"));
+    }
+    fs::write(&hosts, hosts_text).map_err(io_err("writing", &hosts))?;
     let resolv_text = crate::network::resolv_conf(
         spec.network,
         &fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),

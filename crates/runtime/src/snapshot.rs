@@ -871,6 +871,157 @@ pub fn flatten(snapshots: &[PathBuf], dest: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Copies only `paths` (relative, without glob characters) of the merged view of `snapshots`
+/// (bottom first) into `dest`: a lookup through the layers, honouring whiteouts and opaque
+/// directories, following symlinks along each path (they are recreated in `dest`, so the same
+/// path resolves there). What COPY --from needs, without copying the rest of a large stage.
+/// Missing paths are skipped: the caller reports them as its own error.
+pub fn flatten_paths(snapshots: &[PathBuf], dest: &Path, paths: &[String]) -> Result<()> {
+    fs::create_dir_all(dest).map_err(io_err("creating", dest))?;
+    let top_first: Vec<&PathBuf> = snapshots.iter().rev().collect();
+    for p in paths {
+        let mut queue: VecDeque<String> = components_of(p).into();
+        let mut cur: Vec<String> = Vec::new();
+        // Layers (indexes into top_first) that make up the directory `cur` in the merged view.
+        let mut layers: Vec<usize> = (0..top_first.len()).collect();
+        let mut hops = 0;
+        while let Some(c) = queue.pop_front() {
+            if c == ".." {
+                cur.pop();
+                layers = merged_dir(&top_first, &cur);
+                continue;
+            }
+            let mut rel = cur.clone();
+            rel.push(c);
+            let rel_path: PathBuf = rel.iter().collect();
+            // The top-most layer holding the name decides what it is.
+            let mut found: Option<(usize, fs::Metadata)> = None;
+            for &i in &layers {
+                match fs::symlink_metadata(top_first[i].join(&rel_path)) {
+                    Ok(m) if is_whiteout(&m) => break,
+                    Ok(m) => {
+                        found = Some((i, m));
+                        break;
+                    }
+                    Err(_) => {}
+                }
+            }
+            let Some((i, m)) = found else { break };
+            let out = dest.join(&rel_path);
+            if m.file_type().is_symlink() {
+                hops += 1;
+                if hops > MAX_SYMLINK_HOPS {
+                    break;
+                }
+                let src = top_first[i].join(&rel_path);
+                let target = fs::read_link(&src).map_err(io_err("reading symlink", &src))?;
+                if fs::symlink_metadata(&out).is_err() {
+                    std::os::unix::fs::symlink(&target, &out)
+                        .map_err(io_err("creating symlink", &out))?;
+                }
+                let mut rest: Vec<String> = components_of(&target.to_string_lossy());
+                if target.is_absolute() {
+                    cur.clear();
+                }
+                rest.extend(queue.drain(..));
+                queue = rest.into();
+                layers = merged_dir(&top_first, &cur);
+                continue;
+            }
+            if queue.is_empty() {
+                // The path itself: the whole merged subtree (bottom first) or one entry.
+                if m.is_dir() {
+                    let mut dirs = merged_dir(&top_first, &rel);
+                    dirs.reverse();
+                    if let Some(e) = fs::symlink_metadata(&out).ok().filter(|e| !e.is_dir()) {
+                        remove_any(&out, Some(&e))?;
+                    }
+                    fs::create_dir_all(&out).map_err(io_err("creating", &out))?;
+                    for d in dirs {
+                        copy_layer_dir(&top_first[d].join(&rel_path), &out)?;
+                    }
+                } else {
+                    let src = top_first[i].join(&rel_path);
+                    remove_any(&out, fs::symlink_metadata(&out).ok().as_ref())?;
+                    if m.is_file() {
+                        fs::copy(&src, &out).map_err(io_err("copying to", &out))?;
+                    } else {
+                        mknod(&out, m.mode(), libc::major(m.rdev()), libc::minor(m.rdev()))
+                            .map_err(io_err("creating device node", &out))?;
+                    }
+                    copy_meta(&src, &out, &m)?;
+                }
+                break;
+            }
+            if !m.is_dir() {
+                break;
+            }
+            if fs::symlink_metadata(&out).is_err() {
+                fs::create_dir(&out).map_err(io_err("creating directory", &out))?;
+                copy_meta(&top_first[i].join(&rel_path), &out, &m)?;
+            }
+            cur = rel;
+            layers = merged_dir(&top_first, &cur);
+        }
+    }
+    Ok(())
+}
+
+/// The layers (indexes into `top_first`) whose directory `rel` makes up the merged directory:
+/// from the top down to the first layer where it is opaque, or where a whiteout or a non-directory
+/// hides what is below.
+fn merged_dir(top_first: &[&PathBuf], rel: &[String]) -> Vec<usize> {
+    let rel_path: PathBuf = rel.iter().collect();
+    let mut out = Vec::new();
+    for (i, l) in top_first.iter().enumerate() {
+        // A whiteout or a non-directory at any ancestor in this layer hides the lower ones.
+        let mut hidden = false;
+        let mut p = l.to_path_buf();
+        for c in rel {
+            p.push(c);
+            match fs::symlink_metadata(&p) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => {
+                    hidden = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        if hidden {
+            break;
+        }
+        let d = l.join(&rel_path);
+        if fs::symlink_metadata(&d).is_ok_and(|m| m.is_dir()) {
+            out.push(i);
+            if xattr::get(&d, OPAQUE_XATTR).ok().flatten().as_deref() == Some(b"y") {
+                break;
+            }
+        }
+        // An opaque ancestor in this layer also hides everything below it.
+        let mut a = l.to_path_buf();
+        let mut opaque_above = false;
+        for c in rel.iter().take(rel.len().saturating_sub(1)) {
+            a.push(c);
+            if xattr::get(&a, OPAQUE_XATTR).ok().flatten().as_deref() == Some(b"y") {
+                opaque_above = true;
+                break;
+            }
+        }
+        if opaque_above {
+            break;
+        }
+    }
+    out
+}
+
+fn components_of(p: &str) -> Vec<String> {
+    p.split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .map(str::to_string)
+        .collect()
+}
+
 fn is_whiteout(m: &fs::Metadata) -> bool {
     use std::os::unix::fs::FileTypeExt;
     m.file_type().is_char_device() && m.rdev() == 0
@@ -941,6 +1092,56 @@ fn copy_meta(src: &Path, dest: &Path, m: &fs::Metadata) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flatten_paths_reads_only_what_is_named_through_the_layers() {
+        let t = tempfile::tempdir().unwrap();
+        let (l1, l2, l3) = (t.path().join("1"), t.path().join("2"), t.path().join("3"));
+        // Bottom: a big tree and a file later deleted; a symlinked directory.
+        fs::create_dir_all(l1.join("big/deep")).unwrap();
+        fs::write(l1.join("big/deep/f"), b"big").unwrap();
+        fs::create_dir_all(l1.join("data/sub")).unwrap();
+        fs::write(l1.join("data/sub/a"), b"a1").unwrap();
+        fs::write(l1.join("data/sub/gone"), b"x").unwrap();
+        std::os::unix::fs::symlink("data", l1.join("alias")).unwrap();
+        fs::create_dir_all(l1.join("opq")).unwrap();
+        fs::write(l1.join("opq/old"), b"old").unwrap();
+        // Middle: a whiteout and a newer version of a file.
+        fs::create_dir_all(l2.join("data/sub")).unwrap();
+        mknod(&l2.join("data/sub/gone"), libc::S_IFCHR | 0o600, 0, 0).unwrap();
+        fs::write(l2.join("data/sub/a"), b"a2").unwrap();
+        // Top: an opaque directory hides what was below it.
+        fs::create_dir_all(l3.join("opq")).unwrap();
+        xattr::set(l3.join("opq"), OPAQUE_XATTR, b"y").unwrap();
+        fs::write(l3.join("opq/new"), b"new").unwrap();
+        let dest = t.path().join("out");
+        flatten_paths(
+            &[l1, l2, l3],
+            &dest,
+            &["alias/sub".into(), "opq".into(), "missing/x".into()],
+        )
+        .unwrap();
+        assert_eq!(fs::read(dest.join("data/sub/a")).unwrap(), b"a2");
+        assert!(
+            !dest.join("data/sub/gone").exists(),
+            "deleted in a later layer"
+        );
+        assert!(fs::symlink_metadata(dest.join("alias"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(fs::read(dest.join("alias/sub/a")).unwrap(), b"a2");
+        assert_eq!(fs::read(dest.join("opq/new")).unwrap(), b"new");
+        assert!(
+            !dest.join("opq/old").exists(),
+            "hidden by the opaque directory"
+        );
+        assert!(
+            !dest.join("big").exists(),
+            "paths not asked for are not read"
+        );
+        assert!(!dest.join("missing").exists());
+    }
 
     fn tar_of(entries: &[(&str, tar::EntryType, &[u8], &str)]) -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());

@@ -360,8 +360,17 @@ impl Layout {
 
     /// Removes blobs no entry reaches and stale temporary files. Waits for running writers.
     pub fn gc(&self) -> Result<GcReport> {
+        self.gc_keeping(&Default::default())
+    }
+
+    /// [`Layout::gc`], also keeping the blobs in `roots` (layers: nothing below them): what holders
+    /// outside the index, such as the build cache, still use.
+    pub fn gc_keeping(&self, roots: &std::collections::BTreeSet<Digest>) -> Result<GcReport> {
         let _gc_lock = self.gc_lock()?;
         let mut seen = BTreeMap::new();
+        for d in roots {
+            seen.insert(d.clone(), 0);
+        }
         let mut missing = Vec::new();
         for e in self.index()?.manifests {
             self.walk(&e, &mut seen, &mut missing)?;

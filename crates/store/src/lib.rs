@@ -21,6 +21,7 @@ pub use archive::{
 pub use layout::{FsckReport, GcReport, Layout, WriteGuard};
 pub use transfer::{
     copy, CopyOptions, CopyReport, Event, FileRange, InMemory, Platforms, Put, Source, Target,
+    WithOrigins,
 };
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

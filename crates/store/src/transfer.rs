@@ -5,7 +5,7 @@
 //! must verify, and names. [`copy`] moves an image or index children-first, skips what the target
 //! has, filters platforms into a new consistent index, and runs blob transfers in parallel.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -34,6 +34,12 @@ pub trait Source: Sync {
     /// without borrowing this source.
     fn local_file(&self, _desc: &Descriptor) -> Option<FileRange> {
         None
+    }
+
+    /// Repositories (references such as `host/repo`) known to hold this blob too: a registry
+    /// target on the same host mounts it from there instead of receiving its bytes.
+    fn also_in(&self, _digest: &Digest) -> Vec<String> {
+        Vec::new()
     }
 
     /// For adapters that recognize a source of their own kind (a registry copying to a registry
@@ -92,6 +98,37 @@ pub struct FileRange {
     pub path: std::path::PathBuf,
     pub offset: u64,
     pub len: u64,
+}
+
+/// A source whose blobs may also be in registry repositories (the base images of a build):
+/// copying it to a registry mounts those blobs from there.
+pub struct WithOrigins<'a> {
+    pub inner: &'a dyn Source,
+    /// Blob digest → references of repositories that hold it.
+    pub origins: HashMap<Digest, Vec<String>>,
+}
+
+impl Source for WithOrigins<'_> {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn resolve(&self, name: &str) -> Result<Descriptor> {
+        self.inner.resolve(name)
+    }
+    fn open_at(&self, desc: &Descriptor, offset: u64) -> Result<Box<dyn Read + Send + '_>> {
+        self.inner.open_at(desc, offset)
+    }
+    fn local_file(&self, desc: &Descriptor) -> Option<FileRange> {
+        self.inner.local_file(desc)
+    }
+    fn also_in(&self, digest: &Digest) -> Vec<String> {
+        let mut v = self.inner.also_in(digest);
+        v.extend(self.origins.get(digest).cloned().unwrap_or_default());
+        v
+    }
+    fn entries(&self) -> Result<Vec<(Option<String>, Descriptor)>> {
+        self.inner.entries()
+    }
 }
 
 /// Bytes we hold, as a source (indexes made by filtering platforms).
@@ -255,22 +292,17 @@ fn select(
         Platforms::All => return Ok((doc.bytes().to_vec(), root.clone(), all.clone())),
         Platforms::Best(m) => m,
     };
-    let runnable: Vec<&Descriptor> = all.iter().filter(|d| !d.is_attestation()).collect();
-    let plats: Vec<Platform> = runnable
-        .iter()
-        .map(|d| d.platform.clone().unwrap_or_default())
-        .collect();
     let mut keep = BTreeSet::new();
     for m in matchers {
-        match m.best(&plats) {
-            Some(i) => {
-                keep.insert(runnable[i].digest.clone());
+        match doc.value().select_with(m) {
+            Ok(d) => {
+                keep.insert(d.digest.clone());
             }
-            None => {
+            Err(e) => {
                 return Err(Error::NoMatchingPlatform {
                     source_name: src.describe(),
-                    wanted: m.wanted().to_string(),
-                    available: plats.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+                    wanted: e.wanted.to_string(),
+                    available: e.available.iter().map(|p| p.to_string()).collect(),
                 })
             }
         }

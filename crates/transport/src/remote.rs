@@ -171,6 +171,23 @@ impl Target for RegistryRepo {
                 }
             }
         }
+        // Where the source says the blob also lives (a build's base image): mount from there.
+        for origin in src.also_in(&desc.digest) {
+            let Ok(from) = Reference::parse(&origin) else {
+                continue;
+            };
+            let from = from.repo_only();
+            if from.registry() != self.repo.registry() || from == self.repo {
+                continue;
+            }
+            let mounted = self
+                .rt
+                .block_on(self.client.mount_blob(&self.repo, &from, &desc.digest))
+                .map_err(backend)?;
+            if mounted {
+                return Ok(Put::Mounted);
+            }
+        }
         let source: Box<dyn BlobSource> = if let Some(other) = other {
             Box::new(registry::RegistryBlob {
                 client: other.client.clone(),
