@@ -3,6 +3,7 @@
 mod binfmt;
 mod build;
 mod builder;
+mod buildview;
 mod lists;
 mod local;
 mod nodes;
