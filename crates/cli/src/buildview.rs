@@ -1,6 +1,7 @@
 //! The live view of `manifold build` on a terminal, as BuildKit's tty mode: per platform, the
 //! running steps with their timers and last lines of output; finished steps collapse to one line
-//! (CACHED, EMULATED, time); failed steps' output and the errors are shown in full at the end.
+//! (CACHED, EMULATED, time); a failed step's output is shown in full at the end, before the
+//! error.
 //!
 //! [`State`] is the view's model (no terminal); [`LiveView`] draws it with indicatif.
 
@@ -72,7 +73,7 @@ pub struct State {
     pub done: BTreeMap<String, usize>,
     /// When each platform was first seen.
     pub since: BTreeMap<String, Instant>,
-    /// The reports shown once the view is gone: failed steps' output, then errors.
+    /// Shown once the view is gone: each failed step's output.
     pub report: Vec<String>,
 }
 
@@ -160,7 +161,7 @@ impl State {
                 let l = label(platform, stage, *index, *total, text);
                 vec![format!("=> {marks}{l} {seconds:.1}s")]
             }
-            Event::Failed { platform, error } => {
+            Event::Failed { platform, .. } => {
                 let mut out = Vec::new();
                 for (_, r) in self.take(platform) {
                     let secs = r.started.elapsed().as_secs_f64();
@@ -172,7 +173,8 @@ impl State {
                     rep.push_str("------");
                     self.report.push(rep);
                 }
-                self.report.push(format!("ERROR [{platform}]: {error}"));
+                // The error itself is not repeated: the build returns it, and it is printed in
+                // full right after this report.
                 out
             }
             Event::Cancelled { platform } => {
@@ -470,10 +472,7 @@ mod tests {
         assert!(s.running.is_empty());
         assert_eq!(
             s.report,
-            [
-                "------\n > [linux/amd64 0 2/3] RUN false:\n   why it failed\n------",
-                "ERROR [linux/amd64]: RUN false: exit code 1"
-            ]
+            ["------\n > [linux/amd64 0 2/3] RUN false:\n   why it failed\n------"]
         );
     }
 }

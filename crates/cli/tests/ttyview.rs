@@ -45,12 +45,17 @@ fn read_until(master: &mut fs::File, seen: &mut Vec<u8>, want: &str) -> bool {
 }
 
 /// Runs to the end; returns everything the terminal showed.
-fn finish(mut child: Child, mut master: fs::File, mut seen: Vec<u8>) -> String {
+fn finish(child: Child, master: fs::File, seen: Vec<u8>) -> String {
+    let (ok, shown) = end(child, master, seen);
+    assert!(ok, "{shown}");
+    shown
+}
+
+/// Runs to the end; did it succeed, and what did the terminal show?
+fn end(mut child: Child, mut master: fs::File, mut seen: Vec<u8>) -> (bool, String) {
     let _ = read_until(&mut master, &mut seen, "\u{0}never");
     let status = child.wait().unwrap();
-    let shown = plain_text(&seen);
-    assert!(status.success(), "{shown}");
-    shown
+    (status.success(), plain_text(&seen))
 }
 
 /// The text without terminal escape sequences and carriage returns.
@@ -76,28 +81,28 @@ fn plain_text(b: &[u8]) -> String {
     out
 }
 
-/// Does `text` hold the step's line followed by a time (`… echo "tock $((7*8))" 1.2s`), on
-/// a line starting with `prefix`? (A redraw may continue the line its clearing left, so the
-/// prefix is looked for anywhere on it.)
+/// Does `text` hold `prefix`, then the step's line followed by a time (`… echo "tock
+/// $((7*8))" 1.2s`), before the next drawn line (`=> `, `[+] `)? indicatif pads lines to the
+/// terminal's width rather than ending them, so this does not go by newlines.
 fn timed(text: &str, prefix: &str) -> bool {
     let end = "$((7*8))\" ";
-    text.lines().any(|l| {
-        l.match_indices(prefix).any(|(at, _)| {
-            let seg = &l[at..];
-            let seg = match seg[2..].find("=> ") {
-                Some(next) => &seg[..next + 2],
-                None => seg,
-            };
-            let Some(i) = seg.find(end) else {
-                return false;
-            };
-            let rest = &seg[i + end.len()..];
-            let secs: String = rest
-                .chars()
-                .take_while(|c| c.is_ascii_digit() || *c == '.')
-                .collect();
-            secs.contains('.') && rest[secs.len()..].starts_with('s')
-        })
+    text.match_indices(prefix).any(|(at, _)| {
+        let seg = &text[at + prefix.len()..];
+        let stop = ["=> ", "[+] ", "\n"]
+            .iter()
+            .filter_map(|m| seg.find(m))
+            .min()
+            .unwrap_or(seg.len());
+        let seg = &seg[..stop];
+        let Some(i) = seg.find(end) else {
+            return false;
+        };
+        let rest = &seg[i + end.len()..];
+        let secs: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.')
+            .collect();
+        secs.contains('.') && rest[secs.len()..].starts_with('s')
     })
 }
 
@@ -147,7 +152,10 @@ fn the_live_view_on_a_terminal_then_plain_lines_on_request() {
     // and the platform's header.
     let before = &running[..running.find("tock 56").unwrap()];
     assert!(timed(before, "] RUN echo \"tick"), "{running}");
-    assert!(before.contains("\n    tick 42"), "{running}");
+    assert!(
+        before.contains("    tick 42") && !before.contains("| tick 42"),
+        "{running}"
+    );
     assert!(before.contains("[+] linux/"), "{running}");
     let shown = finish(child, master, seen);
     // Finished steps collapse to one line each, the emulated one marked.
@@ -178,4 +186,33 @@ fn the_live_view_on_a_terminal_then_plain_lines_on_request() {
             && l.contains(" EMULATED ")),
         "{shown}"
     );
+
+    // A failing step: marked ERROR where it ran, its output and the error in full at the end,
+    // after the live view.
+    fs::write(
+        ctx.path().join("Dockerfile"),
+        format!("FROM {base}\nRUN echo \"why $((2*3))\" && exit 3\n"),
+    )
+    .unwrap();
+    let (child, master) = on_pty(
+        store.path(),
+        &args[..3]
+            .iter()
+            .chain(&args[5..])
+            .copied()
+            .collect::<Vec<_>>(),
+    );
+    let (ok, shown) = end(child, master, Vec::new());
+    assert!(!ok, "{shown}");
+    let error = shown.find("=> ERROR [linux/").expect(&shown);
+    let report = shown.rfind("> [linux/").expect(&shown);
+    assert!(report > error, "{shown}");
+    let report = &shown[report..];
+    assert!(
+        report.contains("RUN echo \"why $((2*3))\" && exit 3:\n   why 6\n------\n"),
+        "{shown}"
+    );
+    // Then the error, once.
+    assert!(report.contains("------\nerror: "), "{shown}");
+    assert_eq!(shown.matches("exited with code 3").count(), 1, "{shown}");
 }
