@@ -17,6 +17,7 @@ use crate::{Cli, OutputFormat};
 pub struct BinfmtArgs {
     #[command(subcommand)]
     command: Option<BinfmtCmd>,
+    /// table, or json for tools.
     #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
     format: OutputFormat,
 }
@@ -25,6 +26,7 @@ pub struct BinfmtArgs {
 enum BinfmtCmd {
     /// Per architecture: the handler, its interpreter and flags, and a live probe (the default).
     Status {
+        /// table, or json for tools.
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         format: OutputFormat,
     },
@@ -32,11 +34,13 @@ enum BinfmtCmd {
     /// `all` or a comma-separated list (arm64,riscv64,...). Needs root and the static QEMU
     /// user-mode emulators (qemu-user-static). Mounts binfmt_misc when it is not.
     Install {
+        /// all, or architectures: amd64, 386, arm64, arm/v7, arm/v6, riscv64, ppc64le, s390x, ...
         #[arg(value_name = "all|ARCH,...")]
         arches: String,
     },
     /// Remove QEMU's handlers for `all` or the named architectures; other handlers stay.
     Uninstall {
+        /// all, or the architectures whose QEMU handlers go.
         #[arg(value_name = "all|ARCH,...")]
         arches: String,
     },

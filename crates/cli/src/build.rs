@@ -663,9 +663,18 @@ fn build_here(
 
     let quiet = cli.quiet || a.progress == "quiet";
     let rawjson = a.progress == "rawjson";
+    let live = crate::buildview::mode(
+        &a.progress,
+        cli.quiet,
+        crate::buildview::stderr_is_terminal(),
+    );
+    let view = (live == crate::buildview::Mode::Tty).then(crate::buildview::LiveView::new);
     let progress = |e: Event| {
         if quiet {
             return;
+        }
+        if let Some(v) = &view {
+            return v.event(&e);
         }
         match e {
             Event::Step {

@@ -41,6 +41,7 @@ pub enum BuilderCmd {
     },
     /// List builders and their nodes; `*` marks the current builder.
     Ls {
+        /// table, or json for tools.
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         format: OutputFormat,
     },
@@ -51,14 +52,20 @@ pub enum BuilderCmd {
         /// Probe every node now (nodes are probed anyway; kept for buildx users' habits).
         #[arg(long)]
         bootstrap: bool,
+        /// table, or json for tools.
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         format: OutputFormat,
     },
     /// Make NAME the current builder (`MANIFOLD_BUILDER` overrides it per command).
-    Use { name: String },
+    Use {
+        /// The builder.
+        name: String,
+    },
     /// Remove a builder, or one node of it (--node).
     Rm {
+        /// The builder.
         name: String,
+        /// Remove only this node (the builder goes with its last node).
         #[arg(long)]
         node: Option<String>,
     },
@@ -75,30 +82,43 @@ pub enum BuilderCmd {
 /// What a node is asked to build; the same inputs the user gave `manifold build`.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct NodeBuildArgs {
+    /// The platforms this node builds.
     #[arg(long, value_delimiter = ',')]
     pub platform: Vec<String>,
+    /// KEY=VALUE build arguments, as the user gave them.
     #[arg(long = "build-arg")]
     pub build_arg: Vec<String>,
+    /// The stage to build.
     #[arg(long)]
     pub target: Option<String>,
+    /// Run every step.
     #[arg(long)]
     pub no_cache: bool,
+    /// Check registries for newer base images.
     #[arg(long)]
     pub pull: bool,
+    /// SOURCE_DATE_EPOCH of the user's build.
     #[arg(long)]
     pub source_date_epoch: Option<String>,
+    /// --ssh specs (a remote node's agent is the forwarded one).
     #[arg(long)]
     pub ssh: Vec<String>,
+    /// RUN steps' network.
     #[arg(long, default_value = "default")]
     pub network: String,
+    /// Granted entitlements.
     #[arg(long)]
     pub allow: Vec<String>,
+    /// Image labels.
     #[arg(long)]
     pub label: Vec<String>,
+    /// Annotations.
     #[arg(long)]
     pub annotation: Vec<String>,
+    /// /etc/hosts entries for RUN steps.
     #[arg(long)]
     pub add_host: Vec<String>,
+    /// Stages whose steps run even when cached.
     #[arg(long)]
     pub no_cache_filter: Vec<String>,
 }

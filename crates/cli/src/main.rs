@@ -3,6 +3,7 @@
 mod binfmt;
 mod build;
 mod builder;
+mod buildview;
 mod cache;
 mod lists;
 mod local;
@@ -386,6 +387,7 @@ pub enum Command {
         /// One line per image, cache mount and snapshot too.
         #[arg(long, short)]
         verbose: bool,
+        /// table, or json for tools.
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         format: OutputFormat,
     },

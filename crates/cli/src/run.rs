@@ -60,6 +60,7 @@ pub struct RunArgs {
     /// type=bind,source=HOST,target=CTR[,readonly] or type=tmpfs,target=CTR (repeatable).
     #[arg(long = "mount", value_name = "SPEC")]
     mount: Vec<String>,
+    /// default (private, outbound only), none, or host (needs --allow network.host).
     #[arg(long, value_enum, default_value_t = NetworkMode::Default)]
     network: NetworkMode,
     /// Entitlements, as for builds: network.host.

@@ -72,6 +72,7 @@ pub enum RegistryCmd {
         /// Upstream login for --proxy.
         #[arg(long, requires = "proxy", env = "MANIFOLD_PROXY_USERNAME")]
         proxy_username: Option<String>,
+        /// The upstream's password (prefer the environment variable).
         #[arg(
             long,
             requires = "proxy",
@@ -86,8 +87,10 @@ pub enum RegistryCmd {
     /// Delete blobs no manifest reaches (older than --grace), links to them and abandoned
     /// uploads. Safe while `serve` runs on the same directory.
     Gc {
+        /// Collect in the local store (as `serve --store` serves it) instead of --root.
         #[arg(long)]
         store: bool,
+        /// Blobs younger than this stay (uploads for manifests not yet pushed).
         #[arg(long, value_parser = parse_duration, default_value = "1h")]
         grace: Duration,
         /// Upload sessions untouched this long are removed.
@@ -97,6 +100,7 @@ pub enum RegistryCmd {
         /// distribution's `garbage-collect --delete-untagged` does.
         #[arg(long)]
         delete_untagged: bool,
+        /// table, or json for tools.
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         format: OutputFormat,
     },
