@@ -49,9 +49,10 @@ fn build(store: &Path, args: &[&str]) -> (String, String) {
     (stdout, stderr)
 }
 
+/// Finished steps: a running step's start line (`... ...`) is not counted.
 fn steps(log: &str) -> Vec<&str> {
     log.lines()
-        .filter(|l| l.starts_with('[') && l.contains('/'))
+        .filter(|l| l.starts_with('[') && l.contains('/') && !l.ends_with(" ..."))
         .collect()
 }
 
@@ -397,4 +398,38 @@ fn concurrent_writers_leave_one_whole_cache() {
         cached(&log) == 10
     });
     assert!(whole, "neither writer's build is fully cached");
+}
+
+/// Without SOURCE_DATE_EPOCH each step keeps the time it first ran, and that time travels in the
+/// cache: a fully cached build on a second runner gives the first runner's image.
+#[test]
+fn step_times_travel_with_the_cache() {
+    let Some((_reg, base)) = base() else { return };
+    let ctx = context(&base);
+    let c = ctx.path().to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cache_dir = dir.path().join("cache");
+    let build_at = |store: &Path, cache: &str| {
+        let all = ["build", "--platform", "linux/amd64", cache, c];
+        let out = run_with(store, &[], None, &all);
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "manifold {all:?} failed:\n{stderr}");
+        (String::from_utf8_lossy(&out.stdout).to_string(), stderr)
+    };
+    let runner1 = tempfile::tempdir().unwrap();
+    let (out1, log1) = build_at(
+        runner1.path(),
+        &format!(
+            "--cache-to=type=local,dest={},mode=max",
+            cache_dir.display()
+        ),
+    );
+    assert_eq!(cached(&log1), 0, "{log1}");
+    let runner2 = tempfile::tempdir().unwrap();
+    let (out2, log2) = build_at(
+        runner2.path(),
+        &format!("--cache-from=type=local,src={}", cache_dir.display()),
+    );
+    assert_eq!(cached(&log2), 5, "{log2}");
+    assert_eq!(root_digest(&out2), root_digest(&out1), "{log2}");
 }
