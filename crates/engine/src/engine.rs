@@ -1339,6 +1339,24 @@ impl Engine<'_> {
         }
         config.rootfs.kind = "layers".into();
         config.rootfs.diff_ids = state.layers.iter().map(|(_, d)| d.clone()).collect();
+        // A base without history (crane, buildah, `FROM scratch` + ADD elsewhere) leaves layers
+        // no entry describes; as BuildKit, give them entries so history and layers agree.
+        let described = config
+            .history
+            .iter()
+            .filter(|h| h.empty_layer != Some(true))
+            .count();
+        let missing = config.rootfs.diff_ids.len().saturating_sub(described);
+        if missing > 0 {
+            let filler = oci::manifest::History {
+                created: config.created.clone(),
+                comment: Some("base layer without history".into()),
+                ..Default::default()
+            };
+            config
+                .history
+                .splice(0..0, std::iter::repeat_n(filler, missing));
+        }
         let cfg = Document::new(config);
         self.store.put_bytes(cfg.bytes())?;
         let mut annotations = oci::Annotations::new();
