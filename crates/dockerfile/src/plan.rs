@@ -987,7 +987,7 @@ impl<'a> Planner<'a> {
                         }
                     }
                 }
-                let opt = |w: &Option<Word>| -> Result<Option<String>, Error> {
+                let opt = |w: &Option<Box<Word>>| -> Result<Option<String>, Error> {
                     w.as_ref().map(|w| self.expand(w, &lookup)).transpose()
                 };
                 let network = opt(&r.network)?;
@@ -1247,7 +1247,7 @@ impl<'a> Planner<'a> {
         Ok(Progress::Done(Some(Step {
             pos: ins.pos,
             instruction: if self.keep_steps {
-                ins.text.clone()
+                ins.text.to_string()
             } else {
                 String::new()
             },
@@ -1505,7 +1505,7 @@ fn df_error(file: &str, ins: &Instruction, msg: &str) -> Error {
         Some(crate::error::Location {
             file: file.to_string(),
             pos: ins.pos,
-            source_line: ins.text.clone(),
+            source_line: ins.text.to_string(),
         }),
     )
 }
@@ -1521,7 +1521,7 @@ fn trigger_text(ins: &Instruction) -> String {
         })),
         _ => {}
     }
-    let mut text = ins.text.clone();
+    let mut text = ins.text.to_string();
     for h in docs {
         text.push('\n');
         text.push_str(&h.content);
