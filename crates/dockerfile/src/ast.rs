@@ -41,6 +41,14 @@ impl Lines {
         Lines { text, starts }
     }
 
+    #[cfg(test)]
+    pub(crate) fn holds(&self, s: &str) -> bool {
+        let base = self.text.as_ptr() as usize;
+        (s.as_ptr() as usize)
+            .checked_sub(base)
+            .is_some_and(|o| o + s.len() <= self.text.len())
+    }
+
     /// Line `i` (0-based) without its line ending; empty past the end.
     pub(crate) fn line(&self, i: usize) -> &str {
         let Some(&start) = self.starts.get(i) else {
@@ -228,8 +236,8 @@ pub enum Kind {
     User { user: Word },
     Expose { ports: Vec<Word> },
     Volume { paths: Vec<Word> },
-    Cmd { command: Command },
-    Entrypoint { command: Command },
+    Cmd { command: Command<Text> },
+    Entrypoint { command: Command<Text> },
     Shell { shell: Vec<String> },
     Healthcheck { check: Option<Box<Healthcheck>> },
     Stopsignal { signal: Word },
@@ -291,12 +299,24 @@ pub struct KeyValue {
     pub legacy: bool,
 }
 
-/// Exec form (a JSON array) or shell form (text, escapes preserved).
+/// Exec form (a JSON array) or shell form (text, escapes preserved). The syntax tree's RUN, CMD
+/// and ENTRYPOINT hold `Command<Text>` (the shell form shares the source); plans and
+/// HEALTHCHECK hold their own `Command`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Command {
+pub enum Command<S = String> {
     Exec(Vec<String>),
-    Shell(String),
+    Shell(S),
+}
+
+impl Command<Text> {
+    /// The command with its own text, as planning hands it on.
+    pub fn to_owned_command(&self) -> Command {
+        match self {
+            Command::Exec(v) => Command::Exec(v.clone()),
+            Command::Shell(s) => Command::Shell(s.to_string()),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -317,7 +337,7 @@ pub struct Run {
     // Boxed: rare, and a RUN is the most common instruction.
     pub network: Option<Box<Word>>,
     pub security: Option<Box<Word>>,
-    pub command: Command,
+    pub command: Command<Text>,
     pub heredocs: Vec<Heredoc>,
 }
 

@@ -266,13 +266,20 @@ struct Flag {
 }
 
 impl Src<'_> {
-    /// `text` (the logical line trimmed) shared with the source when it is one piece of it.
+    /// `text` (the logical line or a part of it) shared with the source when it is one piece of it.
     fn text_of(&self, logical: &Logical, text: &str) -> Text {
-        if let (Some(src), [(0, line, col)]) = (self.source, logical.segs.as_slice()) {
+        // Where `text` is in the logical line (it is a slice of it, or not shared).
+        let off = (text.as_ptr() as usize).wrapping_sub(logical.text.as_ptr() as usize);
+        let inside = off
+            .checked_add(text.len())
+            .is_some_and(|e| e <= logical.text.len());
+        if let (Some(src), [(0, line, col)], true) = (self.source, logical.segs.as_slice(), inside)
+        {
             if let Some(l) = self.lines.get(*line) {
                 let start = (l.as_ptr() as usize)
                     .wrapping_sub(src.as_ptr() as usize)
-                    .wrapping_add(*col);
+                    .wrapping_add(*col)
+                    .wrapping_add(off);
                 let end = start.wrapping_add(text.len());
                 if src.get(start..end) == Some(text) {
                     return Text::slice(src, start, end);
@@ -799,11 +806,11 @@ impl InsParser<'_> {
         Ok(out)
     }
 
-    fn command(&self, off: usize) -> Command {
+    fn command(&self, off: usize) -> Command<Text> {
         let s = self.text[off..].trim();
         match parse_json_array(s) {
             Some(v) => Command::Exec(v),
-            None => Command::Shell(s.to_string()),
+            None => Command::Shell(self.src.text_of(self.logical, s)),
         }
     }
 
@@ -1102,7 +1109,7 @@ impl InsParser<'_> {
                 )
                 .with_help("try CMD"));
         }
-        let command = self.command(first.off + first.raw.len());
+        let command = self.command(first.off + first.raw.len()).to_owned_command();
         if matches!(&command, Command::Shell(s) if s.is_empty()) {
             return Err(self.syntax("missing command after HEALTHCHECK CMD", self.pos));
         }
@@ -1384,6 +1391,32 @@ mod tests {
             .into_iter()
             .nth(1)
             .expect("second instruction")
+    }
+
+    #[test]
+    fn single_line_text_and_command_share_the_source() {
+        let src = "\u{feff}FROM a\r\nRUN  echo ü  \r\nrun echo a \\\n  b\nCMD [\"x\"]\n";
+        let df = parse(src, "Dockerfile").expect("parses");
+        let [_, run, cont, cmd] = df.instructions.as_slice() else {
+            panic!("four instructions: {:?}", df.instructions);
+        };
+        assert_eq!(run.text, "RUN  echo ü");
+        assert_eq!(run.keyword, "RUN");
+        assert!(matches!(run.keyword, Cow::Borrowed(_)));
+        let Kind::Run(r) = &run.kind else {
+            panic!("RUN: {run:?}")
+        };
+        assert_eq!(r.command, Command::Shell(Text::from("echo ü")));
+        let Command::Shell(s) = &r.command else {
+            panic!("shell form")
+        };
+        assert!(df.lines.holds(&run.text) && df.lines.holds(s));
+        // A continued line is joined, so it has its own text.
+        assert_eq!(cont.text, "run echo a   b");
+        assert_eq!(cont.keyword, "run");
+        assert!(!df.lines.holds(&cont.text));
+        assert_eq!(cmd.text, "CMD [\"x\"]");
+        assert!(df.lines.holds(&cmd.text));
     }
 
     fn err(src: &str) -> String {

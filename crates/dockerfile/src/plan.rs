@@ -1013,7 +1013,7 @@ impl<'a> Planner<'a> {
                 let keep = self.keep_steps;
                 Op::Run {
                     command: if keep {
-                        r.command.clone()
+                        r.command.to_owned_command()
                     } else {
                         Command::Exec(Vec::new())
                     },
@@ -1216,11 +1216,11 @@ impl<'a> Planner<'a> {
                 Op::Volume { paths: out }
             }
             Kind::Cmd { command } => Op::Cmd {
-                command: command.clone(),
+                command: command.to_owned_command(),
                 shell: shell_for(command, &state.shell),
             },
             Kind::Entrypoint { command } => Op::Entrypoint {
-                command: command.clone(),
+                command: command.to_owned_command(),
                 shell: shell_for(command, &state.shell),
             },
             Kind::Shell { shell } => {
@@ -1538,7 +1538,7 @@ fn basename(p: &str) -> String {
         .to_string()
 }
 
-fn shell_for(command: &Command, shell: &[String]) -> Option<Vec<String>> {
+fn shell_for<S>(command: &Command<S>, shell: &[String]) -> Option<Vec<String>> {
     matches!(command, Command::Shell(_)).then(|| shell.to_vec())
 }
 
