@@ -1,6 +1,9 @@
 //! The typed syntax tree. Words keep their quotes and `$` references as written: expansion needs
 //! the ARG and ENV values in effect, which only planning knows.
 
+use std::borrow::Cow;
+use std::sync::Arc;
+
 use serde::Serialize;
 
 use crate::error::Pos;
@@ -22,12 +25,12 @@ pub struct Dockerfile {
 /// The source text and where each physical line starts.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Lines {
-    text: String,
+    text: Arc<str>,
     starts: Vec<usize>,
 }
 
 impl Lines {
-    pub(crate) fn new(text: String) -> Self {
+    pub(crate) fn new(text: Arc<str>) -> Self {
         let mut starts = vec![0];
         starts.extend(
             text.bytes()
@@ -36,6 +39,14 @@ impl Lines {
                 .map(|(i, _)| i + 1),
         );
         Lines { text, starts }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn holds(&self, s: &str) -> bool {
+        let base = self.text.as_ptr() as usize;
+        (s.as_ptr() as usize)
+            .checked_sub(base)
+            .is_some_and(|o| o + s.len() <= self.text.len())
     }
 
     /// Line `i` (0-based) without its line ending; empty past the end.
@@ -74,15 +85,133 @@ impl Default for Directives {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Instruction {
     pub pos: Pos,
-    /// The keyword as written (any case).
-    pub keyword: String,
-    /// The logical line: continuations joined, here-document bodies not included.
-    pub text: String,
+    /// The keyword as written (any case); borrowed when written in upper case.
+    pub keyword: Cow<'static, str>,
+    /// The logical line: continuations joined, here-document bodies not included. Shares the
+    /// source when the instruction is one physical line.
+    pub text: Text,
     pub kind: Kind,
     /// The comment lines since the previous instruction, without `#` (BuildKit reads
     /// `# check=...` and description comments from them).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub comments: Vec<String>,
+}
+
+/// Read-only text that is either a range of the parsed source (no copy) or its own. A 50 MB
+/// Dockerfile of short RUN lines holds ~600,000 logical lines: copying each doubled the memory.
+#[derive(Clone)]
+pub struct Text {
+    src: Arc<str>,
+    start: u32,
+    /// `u32::MAX`: all of `src` (own text, of any length).
+    end: u32,
+}
+
+impl Text {
+    pub fn as_str(&self) -> &str {
+        if self.end == u32::MAX {
+            &self.src
+        } else {
+            self.src
+                .get(self.start as usize..self.end as usize)
+                .unwrap_or("")
+        }
+    }
+
+    /// `src[start..end]` without copying it when the offsets are small enough.
+    pub(crate) fn slice(src: &Arc<str>, start: usize, end: usize) -> Text {
+        match (u32::try_from(start), u32::try_from(end)) {
+            (Ok(s), Ok(e)) if e != u32::MAX && src.get(start..end).is_some() => Text {
+                src: src.clone(),
+                start: s,
+                end: e,
+            },
+            _ => Text::from(src.get(start..end).unwrap_or("")),
+        }
+    }
+}
+
+impl Default for Text {
+    fn default() -> Self {
+        Text::from("")
+    }
+}
+
+impl std::convert::From<&str> for Text {
+    fn from(s: &str) -> Self {
+        Text {
+            src: Arc::from(s),
+            start: 0,
+            end: u32::MAX,
+        }
+    }
+}
+
+impl std::convert::From<String> for Text {
+    fn from(s: String) -> Self {
+        Text {
+            src: Arc::from(s),
+            start: 0,
+            end: u32::MAX,
+        }
+    }
+}
+
+impl std::ops::Deref for Text {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for Text {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Debug for Text {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl std::fmt::Display for Text {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq for Text {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Text {}
+
+impl PartialEq<str> for Text {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for Text {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<String> for Text {
+    fn eq(&self, other: &String) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl Serialize for Text {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
 }
 
 /// A word as written, quotes and variable references intact.
@@ -107,8 +236,8 @@ pub enum Kind {
     User { user: Word },
     Expose { ports: Vec<Word> },
     Volume { paths: Vec<Word> },
-    Cmd { command: Command },
-    Entrypoint { command: Command },
+    Cmd { command: Command<Text> },
+    Entrypoint { command: Command<Text> },
     Shell { shell: Vec<String> },
     Healthcheck { check: Option<Box<Healthcheck>> },
     Stopsignal { signal: Word },
@@ -170,12 +299,24 @@ pub struct KeyValue {
     pub legacy: bool,
 }
 
-/// Exec form (a JSON array) or shell form (text, escapes preserved).
+/// Exec form (a JSON array) or shell form (text, escapes preserved). The syntax tree's RUN, CMD
+/// and ENTRYPOINT hold `Command<Text>` (the shell form shares the source); plans and
+/// HEALTHCHECK hold their own `Command`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Command {
+pub enum Command<S = String> {
     Exec(Vec<String>),
-    Shell(String),
+    Shell(S),
+}
+
+impl Command<Text> {
+    /// The command with its own text, as planning hands it on.
+    pub fn to_owned_command(&self) -> Command {
+        match self {
+            Command::Exec(v) => Command::Exec(v.clone()),
+            Command::Shell(s) => Command::Shell(s.to_string()),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -193,9 +334,10 @@ pub struct Heredoc {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Run {
     pub mounts: Vec<Mount>,
-    pub network: Option<Word>,
-    pub security: Option<Word>,
-    pub command: Command,
+    // Boxed: rare, and a RUN is the most common instruction.
+    pub network: Option<Box<Word>>,
+    pub security: Option<Box<Word>>,
+    pub command: Command<Text>,
     pub heredocs: Vec<Heredoc>,
 }
 

@@ -6,6 +6,9 @@
 //! is the first word and only one per instruction (its own TODOs), so `RUN python3 <<EOF` fails.
 //! It remains a dev-dependency: the corpus test compares instruction keywords with it.
 
+use std::borrow::Cow;
+use std::sync::Arc;
+
 use crate::ast::*;
 use crate::error::{nearest, Error, ErrorKind, Location, Pos};
 
@@ -49,6 +52,8 @@ fn parse_owned(mut text: String, file: &str) -> Result<Dockerfile, Error> {
     if text.starts_with('\u{feff}') {
         text.drain(..'\u{feff}'.len_utf8());
     }
+    // Shared: single-line instructions keep a range of it as their text instead of a copy.
+    let text: Arc<str> = Arc::from(text);
     let (directives, instructions, empty_continuation_lines) = parse_text(&text, file)?;
     let df = Dockerfile {
         file: file.to_string(),
@@ -63,13 +68,14 @@ fn parse_owned(mut text: String, file: &str) -> Result<Dockerfile, Error> {
 
 type Parsed = (Directives, Vec<Instruction>, Vec<usize>);
 
-fn parse_text(text: &str, file: &str) -> Result<Parsed, Error> {
+fn parse_text(text: &Arc<str>, file: &str) -> Result<Parsed, Error> {
     let lines: Vec<&str> = text
         .split('\n')
         .map(|l| l.strip_suffix('\r').unwrap_or(l))
         .collect();
     let src = Src {
         file,
+        source: Some(text),
         lines: &lines,
         ascii: lines.iter().map(|l| l.is_ascii()).collect(),
         cursor: std::cell::Cell::new((usize::MAX, 0, 0)),
@@ -212,6 +218,8 @@ impl Logical {
 
 struct Src<'a> {
     file: &'a str,
+    /// The text `lines` are slices of, when instructions may share it.
+    source: Option<&'a Arc<str>>,
     lines: &'a [&'a str],
     /// Per line: pure ASCII (columns are byte offsets).
     ascii: Vec<bool>,
@@ -258,6 +266,29 @@ struct Flag {
 }
 
 impl Src<'_> {
+    /// `text` (the logical line or a part of it) shared with the source when it is one piece of it.
+    fn text_of(&self, logical: &Logical, text: &str) -> Text {
+        // Where `text` is in the logical line (it is a slice of it, or not shared).
+        let off = (text.as_ptr() as usize).wrapping_sub(logical.text.as_ptr() as usize);
+        let inside = off
+            .checked_add(text.len())
+            .is_some_and(|e| e <= logical.text.len());
+        if let (Some(src), [(0, line, col)], true) = (self.source, logical.segs.as_slice(), inside)
+        {
+            if let Some(l) = self.lines.get(*line) {
+                let start = (l.as_ptr() as usize)
+                    .wrapping_sub(src.as_ptr() as usize)
+                    .wrapping_add(*col)
+                    .wrapping_add(off);
+                let end = start.wrapping_add(text.len());
+                if src.get(start..end) == Some(text) {
+                    return Text::slice(src, start, end);
+                }
+            }
+        }
+        Text::from(text)
+    }
+
     fn pos(&self, logical: &Logical, off: usize) -> Pos {
         // Segments are sorted by offset: binary search keeps long continuations linear overall.
         let idx = logical.segs.partition_point(|s| s.0 <= off);
@@ -419,10 +450,14 @@ impl Src<'_> {
                 return Err(e);
             }
         };
+        let keyword = match INSTRUCTIONS.iter().find(|k| **k == keyword) {
+            Some(k) => Cow::Borrowed(*k),
+            None => Cow::Owned(keyword.to_string()),
+        };
         Ok(Instruction {
             pos,
-            keyword: keyword.to_string(),
-            text: text.to_string(),
+            keyword,
+            text: self.text_of(logical, text),
             kind,
             comments: Vec::new(),
         })
@@ -771,11 +806,11 @@ impl InsParser<'_> {
         Ok(out)
     }
 
-    fn command(&self, off: usize) -> Command {
+    fn command(&self, off: usize) -> Command<Text> {
         let s = self.text[off..].trim();
         match parse_json_array(s) {
             Some(v) => Command::Exec(v),
-            None => Command::Shell(s.to_string()),
+            None => Command::Shell(self.src.text_of(self.logical, s)),
         }
     }
 
@@ -834,9 +869,19 @@ impl InsParser<'_> {
             match f.name.as_str() {
                 "mount" => run.mounts.push(self.mount(&w)?),
                 "network" => {
-                    run.network = Some(self.one_of("network", w, &["default", "none", "host"])?)
+                    run.network = Some(Box::new(self.one_of(
+                        "network",
+                        w,
+                        &["default", "none", "host"],
+                    )?))
                 }
-                _ => run.security = Some(self.one_of("security", w, &["sandbox", "insecure"])?),
+                _ => {
+                    run.security = Some(Box::new(self.one_of(
+                        "security",
+                        w,
+                        &["sandbox", "insecure"],
+                    )?))
+                }
             }
         }
         match &run.command {
@@ -1064,7 +1109,7 @@ impl InsParser<'_> {
                 )
                 .with_help("try CMD"));
         }
-        let command = self.command(first.off + first.raw.len());
+        let command = self.command(first.off + first.raw.len()).to_owned_command();
         if matches!(&command, Command::Shell(s) if s.is_empty()) {
             return Err(self.syntax("missing command after HEALTHCHECK CMD", self.pos));
         }
@@ -1346,6 +1391,32 @@ mod tests {
             .into_iter()
             .nth(1)
             .expect("second instruction")
+    }
+
+    #[test]
+    fn single_line_text_and_command_share_the_source() {
+        let src = "\u{feff}FROM a\r\nRUN  echo ü  \r\nrun echo a \\\n  b\nCMD [\"x\"]\n";
+        let df = parse(src, "Dockerfile").expect("parses");
+        let [_, run, cont, cmd] = df.instructions.as_slice() else {
+            panic!("four instructions: {:?}", df.instructions);
+        };
+        assert_eq!(run.text, "RUN  echo ü");
+        assert_eq!(run.keyword, "RUN");
+        assert!(matches!(run.keyword, Cow::Borrowed(_)));
+        let Kind::Run(r) = &run.kind else {
+            panic!("RUN: {run:?}")
+        };
+        assert_eq!(r.command, Command::Shell(Text::from("echo ü")));
+        let Command::Shell(s) = &r.command else {
+            panic!("shell form")
+        };
+        assert!(df.lines.holds(&run.text) && df.lines.holds(s));
+        // A continued line is joined, so it has its own text.
+        assert_eq!(cont.text, "run echo a   b");
+        assert_eq!(cont.keyword, "run");
+        assert!(!df.lines.holds(&cont.text));
+        assert_eq!(cmd.text, "CMD [\"x\"]");
+        assert!(df.lines.holds(&cmd.text));
     }
 
     fn err(src: &str) -> String {

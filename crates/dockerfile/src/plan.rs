@@ -987,7 +987,7 @@ impl<'a> Planner<'a> {
                         }
                     }
                 }
-                let opt = |w: &Option<Word>| -> Result<Option<String>, Error> {
+                let opt = |w: &Option<Box<Word>>| -> Result<Option<String>, Error> {
                     w.as_ref().map(|w| self.expand(w, &lookup)).transpose()
                 };
                 let network = opt(&r.network)?;
@@ -1013,7 +1013,7 @@ impl<'a> Planner<'a> {
                 let keep = self.keep_steps;
                 Op::Run {
                     command: if keep {
-                        r.command.clone()
+                        r.command.to_owned_command()
                     } else {
                         Command::Exec(Vec::new())
                     },
@@ -1216,11 +1216,11 @@ impl<'a> Planner<'a> {
                 Op::Volume { paths: out }
             }
             Kind::Cmd { command } => Op::Cmd {
-                command: command.clone(),
+                command: command.to_owned_command(),
                 shell: shell_for(command, &state.shell),
             },
             Kind::Entrypoint { command } => Op::Entrypoint {
-                command: command.clone(),
+                command: command.to_owned_command(),
                 shell: shell_for(command, &state.shell),
             },
             Kind::Shell { shell } => {
@@ -1247,7 +1247,7 @@ impl<'a> Planner<'a> {
         Ok(Progress::Done(Some(Step {
             pos: ins.pos,
             instruction: if self.keep_steps {
-                ins.text.clone()
+                ins.text.to_string()
             } else {
                 String::new()
             },
@@ -1505,7 +1505,7 @@ fn df_error(file: &str, ins: &Instruction, msg: &str) -> Error {
         Some(crate::error::Location {
             file: file.to_string(),
             pos: ins.pos,
-            source_line: ins.text.clone(),
+            source_line: ins.text.to_string(),
         }),
     )
 }
@@ -1521,7 +1521,7 @@ fn trigger_text(ins: &Instruction) -> String {
         })),
         _ => {}
     }
-    let mut text = ins.text.clone();
+    let mut text = ins.text.to_string();
     for h in docs {
         text.push('\n');
         text.push_str(&h.content);
@@ -1538,7 +1538,7 @@ fn basename(p: &str) -> String {
         .to_string()
 }
 
-fn shell_for(command: &Command, shell: &[String]) -> Option<Vec<String>> {
+fn shell_for<S>(command: &Command<S>, shell: &[String]) -> Option<Vec<String>> {
     matches!(command, Command::Shell(_)).then(|| shell.to_vec())
 }
 
