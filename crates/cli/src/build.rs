@@ -65,7 +65,8 @@ pub struct BuildArgs {
     /// Run every step, ignoring the step cache.
     #[arg(long)]
     pub no_cache: bool,
-    /// Check the registry for newer base images even when the store has them.
+    /// Check the registry for newer base images even when the store has them; with --check,
+    /// look bases up in their registries (manifests and configs only) for InvalidBaseImagePlatform.
     #[arg(long)]
     pub pull: bool,
     /// auto, tty, plain, rawjson (JSON lines for tools) or quiet.
@@ -457,14 +458,21 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs) -> Result<ExitCode> {
         false => None,
     };
     let lookup = local.as_ref().map(StorePlatforms);
+    // With --pull, `--check` asks the registries (manifests and configs, no layers).
+    let remote = crate::remote::RegistryPlatforms { env };
+    let base_platforms: Option<&dyn dockerfile::lint::BasePlatforms> = if a.check && a.pull {
+        Some(&remote)
+    } else {
+        lookup
+            .as_ref()
+            .map(|l| l as &dyn dockerfile::lint::BasePlatforms)
+    };
     let report = dockerfile::lint::check(
         &df,
         &dockerfile::lint::CheckOptions {
             plan: opts.clone(),
             dockerignore,
-            base_platforms: lookup
-                .as_ref()
-                .map(|l| l as &dyn dockerfile::lint::BasePlatforms),
+            base_platforms,
         },
     );
     if let Some(e) = &report.config_error {

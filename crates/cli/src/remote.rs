@@ -274,3 +274,34 @@ fn single_platform(src: &dyn Source, root: &oci::Descriptor) -> Option<oci::Plat
         .platform();
     (!p.os.is_empty() && !p.architecture.is_empty()).then_some(p)
 }
+
+/// InvalidBaseImagePlatform's lookup for `build --check --pull`: a base's platform as its
+/// registry has it, from manifests and configs only (no layer is pulled). With an index, the
+/// entry that best runs `wanted`, else its first platform.
+pub struct RegistryPlatforms<'a> {
+    pub env: &'a Env,
+}
+
+impl dockerfile::lint::BasePlatforms for RegistryPlatforms<'_> {
+    fn platform_of(&self, reference: &str, wanted: &oci::Platform) -> Option<oci::Platform> {
+        let r = Reference::parse(reference).ok()?;
+        let src = repo(self.env, &r).ok()?;
+        let root = src.resolve(&r.to_string()).ok()?;
+        match src.read_manifest(&root).ok()? {
+            oci::Manifest::Index(doc) => {
+                let cands: Vec<oci::Platform> = doc
+                    .value()
+                    .manifests
+                    .iter()
+                    .filter(|d| !d.is_attestation())
+                    .filter_map(|d| d.platform.clone())
+                    .collect();
+                match Matcher::new(wanted).best(&cands) {
+                    Some(i) => cands.get(i).cloned(),
+                    None => cands.into_iter().next(),
+                }
+            }
+            oci::Manifest::Image(_) => single_platform(&src, &root),
+        }
+    }
+}

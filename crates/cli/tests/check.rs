@@ -104,3 +104,44 @@ fn invalid_base_image_platform_from_the_local_store() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+#[test]
+fn check_pull_asks_the_registry_for_the_base_platform() {
+    let Some(reg) = common::Registry::start(None) else {
+        return;
+    };
+    let t = tempfile::tempdir().expect("tempdir");
+    let layout = t.path().join("fixed");
+    common::fixed_layout(&layout, &["amd64"], "v1");
+    let name = format!("{}/amd64only:1", reg.addr);
+    common::ok(
+        t.path().join("seed").as_path(),
+        &["cp", &format!("oci:{}:v1", layout.display()), &name],
+    );
+    let df = format!("FROM {name}\nCMD [\"x\"]\n");
+    let ctx = context(&[("Dockerfile", df.as_bytes())]);
+    let dir = ctx.path().to_str().expect("utf-8 path");
+    // An empty store: only --pull can know the base's platform, and nothing is pulled.
+    let store = tempfile::tempdir().expect("tempdir");
+    let args = ["build", "--check", "--platform", "linux/arm64", dir];
+    let out = run(store.path(), &args);
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("InvalidBaseImagePlatform"),
+        "without --pull the base is unknown"
+    );
+    let out = run(
+        store.path(),
+        &[&args[..2], &["--pull"], &args[2..]].concat(),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("InvalidBaseImagePlatform: Base image {name} was pulled with platform \"linux/amd64\", expected \"linux/arm64\" for current build")),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let images = common::ok(store.path(), &["images"]);
+    assert!(
+        !images.contains("amd64only"),
+        "--check pulled the image: {images}"
+    );
+}
