@@ -195,17 +195,9 @@ fn an_unknown_host_key_is_a_clear_error() {
     );
 }
 
-/// A registry holding busybox for amd64 and arm64 as REG/base/busybox:1.
+/// A registry holding the busybox fixture as REG/base/busybox:1.
 fn base() -> Option<(Registry, String)> {
-    let reg = Registry::start(None)?;
-    let (layout, _) = busybox_layout(&["amd64", "arm64", "armhf"])?;
-    let t = tempfile::tempdir().unwrap();
-    let name = format!("{}/base/busybox:1", reg.addr);
-    ok(
-        t.path(),
-        &["cp", &format!("oci:{}:latest", layout.display()), &name],
-    );
-    Some((reg, name))
+    registry_with_busybox(&["amd64", "arm64", "armhf"])
 }
 
 fn digest_of(root: &Path, reference: &str) -> String {

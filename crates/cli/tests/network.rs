@@ -6,16 +6,9 @@ use std::fs;
 
 use common::*;
 
+/// A registry holding the busybox fixture as REG/base/busybox:1.
 fn base() -> Option<(Registry, String)> {
-    let reg = Registry::start(None)?;
-    let (layout, _) = busybox_layout(&["amd64", "arm64", "armhf"])?;
-    let t = tempfile::tempdir().unwrap();
-    let name = format!("{}/base/busybox:1", reg.addr);
-    ok(
-        t.path(),
-        &["cp", &format!("oci:{}:latest", layout.display()), &name],
-    );
-    Some((reg, name))
+    registry_with_busybox(&["amd64", "arm64", "armhf"])
 }
 
 fn build(store: &std::path::Path, df: &str, extra: &[&str]) -> (bool, String, tempfile::TempDir) {

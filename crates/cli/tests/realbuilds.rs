@@ -10,17 +10,9 @@ use std::path::Path;
 
 use common::*;
 
-/// A registry holding busybox for amd64 and arm64 as REG/base/busybox:1.
+/// A registry holding the busybox fixture as REG/base/busybox:1.
 fn base() -> Option<(Registry, String)> {
-    let reg = Registry::start(None)?;
-    let (layout, _) = busybox_layout(&["amd64", "arm64"])?;
-    let t = tempfile::tempdir().unwrap();
-    let name = format!("{}/base/busybox:1", reg.addr);
-    ok(
-        t.path(),
-        &["cp", &format!("oci:{}:latest", layout.display()), &name],
-    );
-    Some((reg, name))
+    registry_with_busybox(&["amd64", "arm64"])
 }
 
 fn context(dockerfile: &str) -> tempfile::TempDir {

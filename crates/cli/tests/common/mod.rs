@@ -165,6 +165,20 @@ pub fn busybox_layout(arches: &[&str]) -> Option<(PathBuf, String)> {
     Some((dir, digest))
 }
 
+/// A docker-registry holding the busybox fixture for `arches` (Debian names) as
+/// REG/base/busybox:1: the base image of the end-to-end build tests.
+pub fn registry_with_busybox(arches: &[&str]) -> Option<(Registry, String)> {
+    let reg = Registry::start(None)?;
+    let (layout, _) = busybox_layout(arches)?;
+    let t = tempfile::tempdir().unwrap();
+    let name = format!("{}/base/busybox:1", reg.addr);
+    ok(
+        t.path(),
+        &["cp", &format!("oci:{}:latest", layout.display()), &name],
+    );
+    Some((reg, name))
+}
+
 /// Runs manifold with extra environment variables and optional standard input.
 pub fn run_with(root: &Path, env: &[(&str, &str)], stdin: Option<&str>, args: &[&str]) -> Output {
     use std::io::Write as _;
