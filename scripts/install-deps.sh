@@ -4,7 +4,7 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(skopeo umoci docker-registry apache2-utils openssl busybox-static qemu-user-static
       jq ca-certificates docker.io openssh-server openssh-client gcc libc6-dev buildah
-      slirp4netns libseccomp-dev)
+      slirp4netns libseccomp-dev golang-github-docker-docker-dev)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 # Foreign architectures for the busybox fixtures (manifold run's tests cover each).

@@ -1,6 +1,9 @@
 //! Docker's default seccomp profile for RUN steps.
 //!
-//! The profile is moby's own `default.json` (see `seccomp/NOTICE`), evaluated as moby does for
+//! The profile is docker's own `default.json`, read from the system rather than shipped here:
+//! `MANIFOLD_SECCOMP_PROFILE`, else the copy in Debian's golang-github-docker-docker-dev (the
+//! moby source of the docker.io package). A missing or unreadable profile fails the step: a
+//! sandbox never runs without its filter. It is evaluated as moby does for
 //! this machine's architecture, the running kernel and the capabilities a step keeps, then
 //! compiled by libseccomp into one BPF program covering the native architecture and its
 //! sub-architectures (amd64 also filters i386 and x32 calls, arm64 also arm), as runc does.
@@ -19,8 +22,26 @@ use serde::Deserialize;
 
 use crate::{Error, Result};
 
-/// moby/profiles `seccomp/default.json`, unchanged.
-pub const DOCKER_PROFILE: &str = include_str!("../seccomp/default.json");
+/// Where the default profile is looked for when `MANIFOLD_SECCOMP_PROFILE` is not set.
+pub const SYSTEM_PROFILE: &str =
+    "/usr/share/gocode/src/github.com/docker/docker/profiles/seccomp/default.json";
+
+/// The profile's JSON, read once per process.
+pub fn profile_json() -> Result<&'static str> {
+    static TEXT: OnceLock<std::result::Result<String, String>> = OnceLock::new();
+    let r = TEXT.get_or_init(|| {
+        let path = std::env::var("MANIFOLD_SECCOMP_PROFILE")
+            .ok()
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| SYSTEM_PROFILE.into());
+        std::fs::read_to_string(&path).map_err(|e| {
+            format!(
+                "cannot read {path}: {e}; install docker's default profile (Debian: apt-get install golang-github-docker-docker-dev) or point MANIFOLD_SECCOMP_PROFILE at a copy of moby's profiles/seccomp/default.json"
+            )
+        })
+    });
+    r.as_deref().map_err(|e| profile_err(e.clone()))
+}
 
 /// Docker's default capability set, which a step keeps (everything else leaves the bounding set).
 pub const DOCKER_DEFAULT_CAPS: &[&str] = &[
@@ -176,8 +197,8 @@ pub fn effective_rules(
 }
 
 fn profile() -> Result<Profile> {
-    let p: Profile = serde_json::from_str(DOCKER_PROFILE)
-        .map_err(|e| profile_err(format!("cannot parse the embedded profile: {e}")))?;
+    let p: Profile = serde_json::from_str(profile_json()?)
+        .map_err(|e| profile_err(format!("cannot parse the profile: {e}")))?;
     if p.default_action != "SCMP_ACT_ERRNO" {
         return Err(profile_err(format!(
             "default action {} is not supported",
