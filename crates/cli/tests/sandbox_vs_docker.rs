@@ -5,85 +5,11 @@
 mod common;
 
 use std::fs;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::dockerd::Dockerd;
 use common::*;
-
-struct Dockerd {
-    child: Child,
-    host: String,
-    dir: tempfile::TempDir,
-}
-
-impl Dockerd {
-    fn start() -> Option<Dockerd> {
-        if !peer("dockerd") || !peer("docker") {
-            return None;
-        }
-        // Short path: the socket path must fit in sun_path.
-        let dir = tempfile::Builder::new()
-            .prefix("mf-dk")
-            .tempdir_in("/tmp")
-            .unwrap();
-        let host = format!("unix://{}", dir.path().join("d.sock").display());
-        let child = Command::new("dockerd")
-            .arg("--data-root")
-            .arg(dir.path().join("root"))
-            .arg("--exec-root")
-            .arg(dir.path().join("exec"))
-            .arg("--pidfile")
-            .arg(dir.path().join("pid"))
-            .args([
-                "-H",
-                &host,
-                "--iptables=false",
-                "--ip-masq=false",
-                "--bridge=none",
-            ])
-            .args(["--insecure-registry", "127.0.0.0/8"])
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(dir.path().join("log")).unwrap())
-            .spawn()
-            .expect("dockerd starts");
-        let d = Dockerd { child, host, dir };
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(60) {
-            if d.docker(&["info"]).status.success() {
-                return Some(d);
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        let log = fs::read_to_string(d.dir.path().join("log")).unwrap_or_default();
-        panic!("dockerd did not come up in 60 s:\n{log}");
-    }
-
-    fn docker(&self, args: &[&str]) -> std::process::Output {
-        Command::new("docker")
-            .env("DOCKER_HOST", &self.host)
-            .args(args)
-            .output()
-            .unwrap()
-    }
-}
-
-impl Drop for Dockerd {
-    fn drop(&mut self) {
-        // SIGTERM lets dockerd stop its containerd and unmount.
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(20) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 const PROBE: &str = "grep -E '^(Cap|Seccomp|NoNewPrivs)' /proc/self/status; echo @; ls /proc/self/fd | tr '\\n' ' '; echo; echo @; ls /dev | tr '\\n' ' '";
 

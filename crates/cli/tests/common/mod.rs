@@ -2,6 +2,7 @@
 //! real two-platform busybox fixture from Debian's packages.
 #![allow(dead_code)]
 
+pub mod dockerd;
 pub mod sshd;
 
 use std::path::{Path, PathBuf};
