@@ -12,4 +12,4 @@ if [ "$(id -u)" = 0 ]; then
 fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
-cargo test --workspace
+cargo test --workspace --no-fail-fast

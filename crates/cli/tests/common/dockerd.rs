@@ -82,12 +82,33 @@ impl Dockerd {
     }
 
     pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.docker(args);
-        assert!(
-            out.status.success(),
-            "docker {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let mut out = self.docker(args);
+        // dockerd's overlay2 driver fails now and then while it sets up a container's init
+        // layer ("Stat .../-init/merged/dev/pts: no such file or directory"), before anything of
+        // the container runs; that is the engine's, not the image's, so `run` is tried again.
+        for _ in 0..2 {
+            let err = String::from_utf8_lossy(&out.stderr);
+            let engine_side = err.contains("Error response from daemon")
+                && (err.contains("/overlay2/") || err.contains("-init/merged"));
+            if out.status.success() || args.first() != Some(&"run") || !engine_side {
+                break;
+            }
+            eprintln!(
+                "docker {args:?}: the engine failed before the container ran, once more: {err}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+            out = self.docker(args);
+        }
+        if !out.status.success() {
+            let log = std::fs::read_to_string(self._dir.path().join("log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            panic!(
+                "docker {args:?}: {}\n--- dockerd log (last 30 lines) ---\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                tail.join("\n")
+            );
+        }
         String::from_utf8_lossy(&out.stdout).to_string()
     }
 }
