@@ -83,13 +83,17 @@ impl Dockerd {
 
     pub fn ok(&self, args: &[&str]) -> String {
         let mut out = self.docker(args);
-        // dockerd's overlay2 driver fails now and then while it sets up a container's init
-        // layer ("Stat .../-init/merged/dev/pts: no such file or directory"), before anything of
-        // the container runs; that is the engine's, not the image's, so `run` is tried again.
+        // Under load dockerd's overlay2 driver now and then hands runc a container root that is
+        // not mounted yet: "Stat .../-init/merged/dev/pts: no such file or directory", or
+        // `exec: "cat": executable file not found` in an image that has it. Nothing of the
+        // container ran, and an image that really lacks the file fails every time, so `run` is
+        // tried again.
         for _ in 0..2 {
             let err = String::from_utf8_lossy(&out.stderr);
             let engine_side = err.contains("Error response from daemon")
-                && (err.contains("/overlay2/") || err.contains("-init/merged"));
+                && (err.contains("/overlay2/")
+                    || err.contains("-init/merged")
+                    || err.contains("executable file not found"));
             if out.status.success() || args.first() != Some(&"run") || !engine_side {
                 break;
             }
