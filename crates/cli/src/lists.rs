@@ -7,14 +7,137 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
+use clap::Subcommand;
 use oci::media_type as mt;
 use oci::{Descriptor, Document, ImageConfig, Index, Manifest, Matcher, Platform, Reference};
 use serde::{Deserialize, Serialize};
 use store::{CopyOptions, InMemory, Platforms, Source, Target};
 use transport::{Env, Place, RegistryRepo};
 
-use crate::local::{human_size, print_table, say};
-use crate::{Cli, ListFormat, OutputFormat};
+use crate::global::{Cli, ListFormat, OutputFormat};
+use crate::output::{human_size, print_table, say};
+
+#[derive(Subcommand, Debug)]
+pub enum ManifestCmd {
+    /// Stage a manifest list locally from images in any repository of any registry. A source that
+    /// is itself a list contributes each of its platforms.
+    Create {
+        /// The list's name, e.g. localhost:5000/app:1.
+        list: String,
+        /// The images (tags or digests) whose platforms make the list.
+        #[arg(required = true)]
+        sources: Vec<String>,
+        /// Add to a list that is already staged (may be repeated, as with docker).
+        #[arg(short, long, overrides_with = "amend")]
+        amend: bool,
+        /// Refuse sources that are lists instead of taking their platforms.
+        #[arg(long)]
+        no_flatten: bool,
+        /// Reach the registries named here over plain HTTP or unverified TLS.
+        #[arg(long)]
+        insecure: bool,
+        /// The list's media type; by default Docker's when every source is a Docker v2 manifest,
+        /// OCI otherwise.
+        #[arg(long = "type", value_enum, value_name = "TYPE")]
+        list_type: Option<ListFormat>,
+    },
+    /// Set the platform of one entry of a staged list.
+    Annotate {
+        /// The staged list.
+        list: String,
+        /// The entry: any reference `manifest create` took for it, or its digest (sha256:...).
+        source: String,
+        /// The entry's operating system, stored as typed.
+        #[arg(long)]
+        os: Option<String>,
+        /// The entry's architecture, stored as typed.
+        #[arg(long)]
+        arch: Option<String>,
+        /// The entry's architecture variant (v7, v8, ...), stored as typed.
+        #[arg(long)]
+        variant: Option<String>,
+        /// The entry's OS version (Windows images).
+        #[arg(long)]
+        os_version: Option<String>,
+        /// The entry's OS features, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        os_features: Vec<String>,
+        /// Reach the registries named here over plain HTTP or unverified TLS.
+        #[arg(long)]
+        insecure: bool,
+    },
+    /// Show a staged list, or a list or manifest in a registry.
+    Inspect {
+        /// A staged list, or a registry reference.
+        reference: String,
+        /// Show every entry's manifest too.
+        #[arg(short, long)]
+        verbose: bool,
+        /// Reach the registry named here over plain HTTP or unverified TLS.
+        #[arg(long)]
+        insecure: bool,
+    },
+    /// Push a staged list: every entry's content is copied (or mounted) into the list's
+    /// repository first, then the list is tagged. Prints the list's digest.
+    Push {
+        /// The staged list; it is pushed to the name it was created with.
+        list: String,
+        /// Remove the staged list after pushing.
+        #[arg(short, long)]
+        purge: bool,
+        /// Reach the registry named here over plain HTTP or unverified TLS.
+        #[arg(long)]
+        insecure: bool,
+    },
+    /// Remove staged lists.
+    Rm {
+        /// The staged lists to remove.
+        #[arg(required = true)]
+        lists: Vec<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImagetoolsCmd {
+    /// Show an image or index: the index digest, and per platform its manifest digest, size,
+    /// creation time and layers; attestations apart. Takes a registry reference or any place
+    /// (store:REF, oci:DIR:NAME, oci-archive:FILE, docker-archive:FILE).
+    Inspect {
+        /// A registry reference or a place (store:REF, oci:DIR:NAME, ...).
+        reference: String,
+        /// Print the manifest or index exactly as stored.
+        #[arg(long)]
+        raw: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        format: OutputFormat,
+    },
+    /// Merge images (tags or digests, from any repositories) into one index and push it to every
+    /// -t tag, copying what each target repository lacks.
+    Create {
+        /// Where the index goes (repeatable).
+        #[arg(short = 't', long = "tag", value_name = "REF")]
+        tags: Vec<String>,
+        /// The images to merge: tags or digests, from any repositories.
+        sources: Vec<String>,
+        /// Keep the entries the first tag's index has now.
+        #[arg(long)]
+        append: bool,
+        /// Take only these platforms from the sources.
+        #[arg(long, value_delimiter = ',')]
+        platform: Vec<String>,
+        /// index:KEY=VALUE (or KEY=VALUE) annotations on the index.
+        #[arg(long)]
+        annotation: Vec<String>,
+        /// Print the index instead of pushing it.
+        #[arg(long)]
+        dry_run: bool,
+        /// The index's media type; by default Docker's when every source is a Docker v2
+        /// manifest and there are no annotations, OCI otherwise.
+        #[arg(long = "type", value_enum, value_name = "TYPE")]
+        list_type: Option<ListFormat>,
+    },
+}
 
 /// An entry of a staged list: where it came from, and its descriptor in the list.
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -1,196 +1,50 @@
 //! The `manifold` binary: commands, output formats, and the glue between the crates.
 
+mod archive;
 mod binfmt;
 mod build;
 mod builder;
 mod buildview;
 mod cache;
+mod cp;
+mod fsck;
+mod global;
+mod images;
 mod lists;
-mod local;
+mod node_build;
 mod nodes;
+mod output;
+mod platforms;
 mod progress;
+mod prune;
 mod remote;
 mod run;
 mod serve;
 mod ssh;
+mod stores;
+mod transfer;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use transport::Env;
+
+use archive::ArchiveKind;
+use builder::BuilderCmd;
+use global::{Cli, OutputFormat};
+use lists::{ImagetoolsCmd, ManifestCmd};
 
 /// Build, ship and inspect multi-platform container images, with no daemon.
 #[derive(Parser, Debug)]
 #[command(name = "manifold", version, about, long_about = None)]
-pub struct Cli {
-    /// Where the local image store lives (an OCI image layout).
-    #[arg(long, global = true, env = "MANIFOLD_ROOT", value_name = "DIR")]
-    root: Option<PathBuf>,
-
-    /// Print less: only results and errors.
-    #[arg(long, short, global = true)]
-    quiet: bool,
-
-    /// Reach this registry (HOST[:PORT]) over plain HTTP or unverified TLS. localhost and
-    /// 127.0.0.0/8 are insecure already, as in docker; hosts in /etc/docker/daemon.json's
-    /// insecure-registries are added.
-    #[arg(
-        long = "insecure-registry",
-        global = true,
-        value_name = "HOST",
-        env = "MANIFOLD_INSECURE_REGISTRIES",
-        value_delimiter = ','
-    )]
-    insecure_registries: Vec<String>,
+struct Manifold {
+    #[command(flatten)]
+    global: Cli,
 
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
-pub enum OutputFormat {
-    Table,
-    Json,
-}
-
-/// The kind of list to write.
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ListFormat {
-    /// An OCI image index.
-    Oci,
-    /// A Docker manifest list (only Docker v2 manifests, no annotations).
-    Docker,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum ManifestCmd {
-    /// Stage a manifest list locally from images in any repository of any registry. A source that
-    /// is itself a list contributes each of its platforms.
-    Create {
-        /// The list's name, e.g. localhost:5000/app:1.
-        list: String,
-        /// The images (tags or digests) whose platforms make the list.
-        #[arg(required = true)]
-        sources: Vec<String>,
-        /// Add to a list that is already staged (may be repeated, as with docker).
-        #[arg(short, long, overrides_with = "amend")]
-        amend: bool,
-        /// Refuse sources that are lists instead of taking their platforms.
-        #[arg(long)]
-        no_flatten: bool,
-        /// Reach the registries named here over plain HTTP or unverified TLS.
-        #[arg(long)]
-        insecure: bool,
-        /// The list's media type; by default Docker's when every source is a Docker v2 manifest,
-        /// OCI otherwise.
-        #[arg(long = "type", value_enum, value_name = "TYPE")]
-        list_type: Option<ListFormat>,
-    },
-    /// Set the platform of one entry of a staged list.
-    Annotate {
-        /// The staged list.
-        list: String,
-        /// The entry: any reference `manifest create` took for it, or its digest (sha256:...).
-        source: String,
-        /// The entry's operating system, stored as typed.
-        #[arg(long)]
-        os: Option<String>,
-        /// The entry's architecture, stored as typed.
-        #[arg(long)]
-        arch: Option<String>,
-        /// The entry's architecture variant (v7, v8, ...), stored as typed.
-        #[arg(long)]
-        variant: Option<String>,
-        /// The entry's OS version (Windows images).
-        #[arg(long)]
-        os_version: Option<String>,
-        /// The entry's OS features, comma-separated.
-        #[arg(long, value_delimiter = ',')]
-        os_features: Vec<String>,
-        /// Reach the registries named here over plain HTTP or unverified TLS.
-        #[arg(long)]
-        insecure: bool,
-    },
-    /// Show a staged list, or a list or manifest in a registry.
-    Inspect {
-        /// A staged list, or a registry reference.
-        reference: String,
-        /// Show every entry's manifest too.
-        #[arg(short, long)]
-        verbose: bool,
-        /// Reach the registry named here over plain HTTP or unverified TLS.
-        #[arg(long)]
-        insecure: bool,
-    },
-    /// Push a staged list: every entry's content is copied (or mounted) into the list's
-    /// repository first, then the list is tagged. Prints the list's digest.
-    Push {
-        /// The staged list; it is pushed to the name it was created with.
-        list: String,
-        /// Remove the staged list after pushing.
-        #[arg(short, long)]
-        purge: bool,
-        /// Reach the registry named here over plain HTTP or unverified TLS.
-        #[arg(long)]
-        insecure: bool,
-    },
-    /// Remove staged lists.
-    Rm {
-        /// The staged lists to remove.
-        #[arg(required = true)]
-        lists: Vec<String>,
-    },
-}
-
-#[derive(Subcommand, Debug)]
-pub enum ImagetoolsCmd {
-    /// Show an image or index: the index digest, and per platform its manifest digest, size,
-    /// creation time and layers; attestations apart. Takes a registry reference or any place
-    /// (store:REF, oci:DIR:NAME, oci-archive:FILE, docker-archive:FILE).
-    Inspect {
-        /// A registry reference or a place (store:REF, oci:DIR:NAME, ...).
-        reference: String,
-        /// Print the manifest or index exactly as stored.
-        #[arg(long)]
-        raw: bool,
-        /// Output format.
-        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
-        format: OutputFormat,
-    },
-    /// Merge images (tags or digests, from any repositories) into one index and push it to every
-    /// -t tag, copying what each target repository lacks.
-    Create {
-        /// Where the index goes (repeatable).
-        #[arg(short = 't', long = "tag", value_name = "REF")]
-        tags: Vec<String>,
-        /// The images to merge: tags or digests, from any repositories.
-        sources: Vec<String>,
-        /// Keep the entries the first tag's index has now.
-        #[arg(long)]
-        append: bool,
-        /// Take only these platforms from the sources.
-        #[arg(long, value_delimiter = ',')]
-        platform: Vec<String>,
-        /// index:KEY=VALUE (or KEY=VALUE) annotations on the index.
-        #[arg(long)]
-        annotation: Vec<String>,
-        /// Print the index instead of pushing it.
-        #[arg(long)]
-        dry_run: bool,
-        /// The index's media type; by default Docker's when every source is a Docker v2
-        /// manifest and there are no annotations, OCI otherwise.
-        #[arg(long = "type", value_enum, value_name = "TYPE")]
-        list_type: Option<ListFormat>,
-    },
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
-pub enum ArchiveKind {
-    /// An OCI archive (a tar of an OCI image layout), readable by skopeo, podman and docker 25+.
-    Oci,
-    /// A `docker save` archive for `docker load`: one entry per platform.
-    Docker,
 }
 
 // Parsed once per run: the size of the build variant costs nothing.
@@ -415,6 +269,166 @@ pub enum Command {
     Binfmt(binfmt::BinfmtArgs),
 }
 
+/// Runs the command with its handler; the global options go along.
+fn dispatch(cli: &Cli, command: &Command, env: &Env) -> Result<ExitCode> {
+    let root = env.store_root.as_path();
+    match command {
+        // node-build builds, so it lives apart from the builder configuration it uses.
+        Command::Builder {
+            command: BuilderCmd::NodeBuild(a),
+        } => node_build::run(cli, env, a),
+        Command::Builder { command } => builder::run(command),
+        Command::Images {
+            repository,
+            format,
+            no_trunc,
+        } => images::images(root, repository.as_deref(), *format, *no_trunc),
+        Command::Rm { images } => images::rm(cli, root, images),
+        Command::Tag { source, target } => images::tag(cli, root, source, target),
+        Command::Save {
+            output,
+            archive_type,
+            platform,
+            oci_mediatypes,
+            images,
+        } => archive::save(
+            cli,
+            env,
+            output,
+            *archive_type,
+            platform,
+            images,
+            *oci_mediatypes,
+        ),
+        Command::Load { input, platform } => archive::load(cli, root, input.as_deref(), platform),
+        Command::Cp {
+            source,
+            destination,
+            all: _,
+            platform,
+            jobs,
+            oci_mediatypes,
+        } => cp::cp(
+            cli,
+            env,
+            source,
+            destination,
+            platform,
+            *jobs,
+            *oci_mediatypes,
+        ),
+        Command::Pull {
+            image,
+            platform,
+            all_platforms,
+            jobs,
+        } => remote::pull(cli, env, image, platform, *all_platforms, *jobs),
+        Command::Push { image, jobs } => remote::push(cli, env, image, *jobs),
+        Command::Tags { repository, format } => remote::tags(env, repository, *format),
+        Command::Catalog { registry, format } => remote::catalog(env, registry, *format),
+        Command::Delete { image } => remote::delete(cli, env, image),
+        Command::Login {
+            registry,
+            username,
+            password_stdin,
+            password,
+        } => remote::login(
+            env,
+            registry,
+            username.as_deref(),
+            *password_stdin,
+            password.as_deref(),
+        ),
+        Command::Logout { registry } => remote::logout(env, registry),
+        Command::Registry { command } => serve::run(cli, root, command),
+        Command::Manifest { command } => match command {
+            ManifestCmd::Create {
+                list,
+                sources,
+                amend,
+                no_flatten,
+                insecure: _,
+                list_type,
+            } => lists::manifest_create(cli, env, list, sources, *amend, !*no_flatten, *list_type),
+            ManifestCmd::Annotate {
+                list,
+                source,
+                os,
+                arch,
+                variant,
+                os_version,
+                os_features,
+                insecure: _,
+            } => lists::manifest_annotate(
+                cli,
+                env,
+                list,
+                source,
+                os.as_deref(),
+                arch.as_deref(),
+                variant.as_deref(),
+                os_version.as_deref(),
+                os_features,
+            ),
+            ManifestCmd::Inspect {
+                reference,
+                verbose,
+                insecure: _,
+            } => lists::manifest_inspect(env, reference, *verbose),
+            ManifestCmd::Push {
+                list,
+                purge,
+                insecure: _,
+            } => lists::manifest_push(cli, env, list, *purge),
+            ManifestCmd::Rm { lists: names } => lists::manifest_rm(env, names),
+        },
+        Command::Imagetools { command } => match command {
+            ImagetoolsCmd::Inspect {
+                reference,
+                raw,
+                format,
+            } => lists::imagetools_inspect(env, reference, *raw, *format),
+            ImagetoolsCmd::Create {
+                tags,
+                sources,
+                append,
+                platform,
+                annotation,
+                dry_run,
+                list_type,
+            } => lists::imagetools_create(
+                cli, env, tags, sources, *append, platform, annotation, *dry_run, *list_type,
+            ),
+        },
+        Command::Build(args) => build::run(cli, env, args),
+        Command::Digest {
+            reference,
+            platform,
+            which: Some(digest),
+            limit,
+        } => {
+            let _ = platform;
+            lists::digest_which(cli, env, digest, reference, *limit)
+        }
+        Command::Digest {
+            reference,
+            platform,
+            which: None,
+            limit: _,
+        } => lists::digest(env, reference, platform.as_deref(), cli.quiet),
+        Command::Prune {
+            format,
+            cache,
+            filter,
+            keep_storage,
+        } => prune::prune(root, *format, *cache, filter, keep_storage.as_deref()),
+        Command::Du { verbose, format } => prune::du(root, *verbose, *format),
+        Command::Fsck { format } => fsck::fsck(root, *format),
+        Command::Run(a) => run::run(cli, env, a),
+        Command::Binfmt(a) => binfmt::run(cli, a),
+    }
+}
+
 /// `manifest ... --insecure` marks every registry the command names as insecure, as docker does.
 fn insecure_from_flags(cmd: &Command) -> Vec<String> {
     let names: Vec<&String> = match cmd {
@@ -503,10 +517,13 @@ fn main() -> ExitCode {
         }
         default_hook(info)
     }));
-    let cli = Cli::parse();
+    let Manifold {
+        global: cli,
+        command,
+    } = Manifold::parse();
     let root = cli.root.clone().unwrap_or_else(store::default_root);
     let mut insecure = cli.insecure_registries.clone();
-    insecure.extend(insecure_from_flags(&cli.command));
+    insecure.extend(insecure_from_flags(&command));
     insecure.extend(insecure_from_daemon_json(std::path::Path::new(
         "/etc/docker/daemon.json",
     )));
@@ -522,7 +539,7 @@ fn main() -> ExitCode {
         options.stall_timeout = std::time::Duration::from_secs_f64(secs);
     }
     let env = transport::Env::new(root, options);
-    match local::run(&cli, &env) {
+    match dispatch(&cli, &command, &env) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
@@ -574,7 +591,7 @@ mod tests {
             }
         }
         let mut missing = Vec::new();
-        walk(&Cli::command(), "manifold", &mut missing);
+        walk(&Manifold::command(), "manifold", &mut missing);
         assert!(missing.is_empty(), "options without help: {missing:#?}");
     }
 
@@ -582,9 +599,9 @@ mod tests {
     fn progress_takes_only_known_modes() {
         use clap::Parser;
         for ok in ["auto", "tty", "plain", "rawjson", "quiet"] {
-            assert!(Cli::try_parse_from(["manifold", "build", "--progress", ok]).is_ok());
+            assert!(Manifold::try_parse_from(["manifold", "build", "--progress", ok]).is_ok());
         }
-        let err = Cli::try_parse_from(["manifold", "build", "--progress", "fancy"])
+        let err = Manifold::try_parse_from(["manifold", "build", "--progress", "fancy"])
             .unwrap_err()
             .to_string();
         assert!(
@@ -596,7 +613,7 @@ mod tests {
     #[test]
     fn amend_may_be_repeated_as_with_docker() {
         use clap::Parser;
-        let cli = Cli::try_parse_from([
+        let cli = Manifold::try_parse_from([
             "manifold", "manifest", "create", "l:1", "--amend", "a:1", "--amend", "b:1", "--amend",
             "c:1",
         ])

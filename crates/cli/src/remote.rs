@@ -9,8 +9,9 @@ use store::layout::REF_NAME;
 use store::{Platforms, Source};
 use transport::{Env, RegistryRepo};
 
-use crate::local::{familiar, human_size, parse_platforms, say};
-use crate::{Cli, OutputFormat};
+use crate::global::{Cli, OutputFormat};
+use crate::output::{familiar, human_size, say};
+use crate::platforms::parse_platforms;
 
 fn repo(env: &Env, r: &Reference) -> Result<RegistryRepo> {
     Ok(RegistryRepo::new(env.client()?, r, env.runtime()))
@@ -97,9 +98,9 @@ pub fn push(cli: &Cli, env: &Env, image: &str, jobs: usize) -> Result<ExitCode> 
         compress: true,
         oci_media_types: false,
     };
-    let root = crate::local::rewrite_for(cli, &store, &root, how)?;
+    let root = crate::transfer::rewrite_for(cli, &store, &root, how)?;
     let dst = repo(env, &r)?;
-    let report = crate::local::progress_copy(cli, &store, &dst, &root, &[], jobs)?;
+    let report = crate::transfer::progress_copy(cli, &store, &dst, &root, &[], jobs)?;
     store::Target::set_name(&dst, &name, &report.root)?;
     println!(
         "{}: digest {} size {}",
