@@ -16,6 +16,36 @@ use crate::platforms::parse_platforms;
 use crate::stores::store_name;
 use crate::transfer::{progress_copy, rewrite_for};
 
+#[derive(clap::Args, Debug)]
+pub struct SaveArgs {
+    /// The file to write.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// The archive's kind.
+    #[arg(long = "type", value_enum, value_name = "TYPE", default_value_t = ArchiveKind::Oci)]
+    pub archive_type: ArchiveKind,
+    /// Keep only these platforms (the best match for each); all when not given.
+    #[arg(long, value_delimiter = ',')]
+    pub platform: Vec<String>,
+    /// Write Docker manifests, lists and configs with OCI media types (digests change), for
+    /// tools that read only OCI layouts.
+    #[arg(long)]
+    pub oci_mediatypes: bool,
+    /// The images to write.
+    #[arg(required = true)]
+    pub images: Vec<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct LoadArgs {
+    /// The archive or directory to read; standard input when not given.
+    #[arg(short, long, value_name = "FILE")]
+    pub input: Option<PathBuf>,
+    /// Only these platforms of each image.
+    #[arg(long, value_delimiter = ',')]
+    pub platform: Vec<String>,
+}
+
 #[derive(Clone, Copy, Debug, clap::ValueEnum, PartialEq, Eq)]
 pub enum ArchiveKind {
     /// An OCI archive (a tar of an OCI image layout), readable by skopeo, podman and docker 25+.
@@ -25,15 +55,14 @@ pub enum ArchiveKind {
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn save(
-    cli: &Cli,
-    env: &Env,
-    output: &Path,
-    format: ArchiveKind,
-    platform: &[String],
-    names: &[String],
-    oci_mediatypes: bool,
-) -> Result<ExitCode> {
+pub fn save(cli: &Cli, env: &Env, a: &SaveArgs) -> Result<ExitCode> {
+    let (output, format, platform, names, oci_mediatypes) = (
+        a.output.as_path(),
+        a.archive_type,
+        &a.platform,
+        &a.images,
+        a.oci_mediatypes,
+    );
     let platforms = parse_platforms(platform)?;
     let store = transport::open_store(&env.store_root)?;
     let _guard = store.write_guard()?;
@@ -93,7 +122,8 @@ fn load_name(found: &str, archive: &Path) -> Result<String> {
     store_name(found)
 }
 
-pub fn load(cli: &Cli, root: &Path, input: Option<&Path>, platform: &[String]) -> Result<ExitCode> {
+pub fn load(cli: &Cli, root: &Path, a: &LoadArgs) -> Result<ExitCode> {
+    let (input, platform) = (a.input.as_deref(), &a.platform);
     let platforms = parse_platforms(platform)?;
     let mut _spool = None;
     let path: PathBuf = match input {

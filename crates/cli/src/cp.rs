@@ -11,15 +11,35 @@ use crate::output::say;
 use crate::platforms::parse_platforms;
 use crate::transfer::{progress_copy, rewrite_for};
 
-pub fn cp(
-    cli: &Cli,
-    env: &Env,
-    source: &str,
-    destination: &str,
-    platform: &[String],
-    jobs: usize,
-    oci_mediatypes: bool,
-) -> Result<ExitCode> {
+#[derive(clap::Args, Debug)]
+pub struct CpArgs {
+    /// Where the image is.
+    pub source: String,
+    /// Where it goes.
+    pub destination: String,
+    /// Copy every platform (the default when no --platform is given).
+    #[arg(long, conflicts_with = "platform")]
+    pub all: bool,
+    /// Keep only these platforms; the copy gets a new index listing just them.
+    #[arg(long, value_delimiter = ',')]
+    pub platform: Vec<String>,
+    /// Parallel blob transfers.
+    #[arg(long, default_value_t = 4)]
+    pub jobs: usize,
+    /// Copy Docker manifests, lists and configs with OCI media types (digests change), for
+    /// tools that read only OCI layouts. The source must be in the store (store:REF).
+    #[arg(long)]
+    pub oci_mediatypes: bool,
+}
+
+pub fn cp(cli: &Cli, env: &Env, a: &CpArgs) -> Result<ExitCode> {
+    let (source, destination, platform, jobs, oci_mediatypes) = (
+        a.source.as_str(),
+        a.destination.as_str(),
+        &a.platform,
+        a.jobs,
+        a.oci_mediatypes,
+    );
     let platforms = parse_platforms(platform)?;
     let src_place = Place::parse(source)?;
     let dst_place = Place::parse(destination)?;

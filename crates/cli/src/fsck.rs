@@ -8,7 +8,15 @@ use anyhow::Result;
 use crate::global::OutputFormat;
 use crate::output::human_size;
 
-pub fn fsck(root: &Path, format: OutputFormat) -> Result<ExitCode> {
+#[derive(clap::Args, Debug)]
+pub struct FsckArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    pub format: OutputFormat,
+}
+
+pub fn fsck(root: &Path, a: &FsckArgs) -> Result<ExitCode> {
+    let format = a.format;
     let store = transport::open_store(root)?;
     let r = store.fsck()?;
     if format == OutputFormat::Json {

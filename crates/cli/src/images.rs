@@ -14,6 +14,33 @@ use crate::global::{Cli, OutputFormat};
 use crate::output::{familiar, human_size, print_table, say};
 use crate::stores::{gc, store_name};
 
+#[derive(clap::Args, Debug)]
+pub struct ImagesArgs {
+    /// Only images whose repository matches this name (e.g. busybox, localhost:5000/app).
+    pub repository: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    pub format: OutputFormat,
+    /// Show full digests.
+    #[arg(long)]
+    pub no_trunc: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RmArgs {
+    /// Image names (busybox:latest) or digests (sha256:…).
+    #[arg(required = true)]
+    pub images: Vec<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TagArgs {
+    /// The image's current name or digest.
+    pub source: String,
+    /// The new name.
+    pub target: String,
+}
+
 /// One row of `manifold images`.
 #[derive(Serialize)]
 struct ImageRow {
@@ -52,12 +79,8 @@ fn describe_entry(store: &Layout, e: &Descriptor) -> Result<(Vec<String>, u64)> 
     Ok((platforms, size))
 }
 
-pub fn images(
-    root: &Path,
-    filter: Option<&str>,
-    format: OutputFormat,
-    no_trunc: bool,
-) -> Result<ExitCode> {
+pub fn images(root: &Path, a: &ImagesArgs) -> Result<ExitCode> {
+    let (filter, format, no_trunc) = (a.repository.as_deref(), a.format, a.no_trunc);
     let store = transport::open_store(root)?;
     let want = filter
         .map(|f| Reference::parse_bare(f).map(|r| r.name()))
@@ -126,7 +149,8 @@ pub fn images(
 
 /// Removes names and digests in one update of the index and one GC; when any is not in the
 /// store, nothing changes.
-pub fn rm(cli: &Cli, root: &Path, names: &[String]) -> Result<ExitCode> {
+pub fn rm(cli: &Cli, root: &Path, a: &RmArgs) -> Result<ExitCode> {
+    let names = &a.images;
     let store = transport::open_store(root)?;
     let mut digests = std::collections::BTreeSet::new();
     let mut full_names = std::collections::BTreeSet::new();
@@ -196,7 +220,8 @@ pub fn rm(cli: &Cli, root: &Path, names: &[String]) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn tag(cli: &Cli, root: &Path, source: &str, target: &str) -> Result<ExitCode> {
+pub fn tag(cli: &Cli, root: &Path, a: &TagArgs) -> Result<ExitCode> {
+    let (source, target) = (a.source.as_str(), a.target.as_str());
     let store = transport::open_store(root)?;
     let src = if Digest::parse(source).is_ok() {
         source.to_string()

@@ -24,16 +24,14 @@ mod ssh;
 mod stores;
 mod transfer;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use transport::Env;
 
-use archive::ArchiveKind;
 use builder::BuilderCmd;
-use global::{Cli, OutputFormat};
+use global::Cli;
 use lists::{ImagetoolsCmd, ManifestCmd};
 
 /// Build, ship and inspect multi-platform container images, with no daemon.
@@ -47,128 +45,40 @@ struct Manifold {
     command: Command,
 }
 
+// Each variant holds its command's flags, an Args struct (or subcommand enum) in the module of
+// the handler that takes it; the help line is the variant's.
 // Parsed once per run: the size of the build variant costs nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// List images in the local store: name, tag, digest, platforms and size.
     #[command(visible_alias = "ls")]
-    Images {
-        /// Only images whose repository matches this name (e.g. busybox, localhost:5000/app).
-        repository: Option<String>,
-        /// Output format.
-        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
-        format: OutputFormat,
-        /// Show full digests.
-        #[arg(long)]
-        no_trunc: bool,
-    },
+    Images(images::ImagesArgs),
     /// Remove image names from the local store and reclaim what nothing else uses.
     #[command(visible_alias = "rmi")]
-    Rm {
-        /// Image names (busybox:latest) or digests (sha256:…).
-        #[arg(required = true)]
-        images: Vec<String>,
-    },
+    Rm(images::RmArgs),
     /// Give an image in the local store another name.
-    Tag {
-        /// The image's current name or digest.
-        source: String,
-        /// The new name.
-        target: String,
-    },
+    Tag(images::TagArgs),
     /// Write images from the local store to an archive (OCI or docker-archive).
-    Save {
-        /// The file to write.
-        #[arg(short, long, value_name = "FILE")]
-        output: PathBuf,
-        /// The archive's kind.
-        #[arg(long = "type", value_enum, value_name = "TYPE", default_value_t = ArchiveKind::Oci)]
-        archive_type: ArchiveKind,
-        /// Keep only these platforms (the best match for each); all when not given.
-        #[arg(long, value_delimiter = ',')]
-        platform: Vec<String>,
-        /// Write Docker manifests, lists and configs with OCI media types (digests change), for
-        /// tools that read only OCI layouts.
-        #[arg(long)]
-        oci_mediatypes: bool,
-        /// The images to write.
-        #[arg(required = true)]
-        images: Vec<String>,
-    },
+    Save(archive::SaveArgs),
     /// Load images from an archive (OCI or docker-archive, plain or compressed) or an OCI layout
     /// directory into the local store.
-    Load {
-        /// The archive or directory to read; standard input when not given.
-        #[arg(short, long, value_name = "FILE")]
-        input: Option<PathBuf>,
-        /// Only these platforms of each image.
-        #[arg(long, value_delimiter = ',')]
-        platform: Vec<String>,
-    },
+    Load(archive::LoadArgs),
     /// Pull an image from a registry into the local store.
-    Pull {
-        /// The image, e.g. busybox:1.36 or localhost:5000/team/app@sha256:…
-        image: String,
-        /// The platforms to pull (best match each); this machine's platform when not given.
-        #[arg(long, value_delimiter = ',', conflicts_with = "all_platforms")]
-        platform: Vec<String>,
-        /// Pull every platform; the index keeps its digest.
-        #[arg(long, short = 'a')]
-        all_platforms: bool,
-        /// Parallel blob transfers.
-        #[arg(long, default_value_t = 4)]
-        jobs: usize,
-    },
+    Pull(remote::PullArgs),
     /// Push an image from the local store to the registry its name points at.
-    Push {
-        /// The image's name in the local store, which says where it goes.
-        image: String,
-        /// Parallel blob transfers.
-        #[arg(long, default_value_t = 4)]
-        jobs: usize,
-    },
+    Push(remote::PushArgs),
     /// List a repository's tags (all pages).
-    Tags {
-        /// The repository, e.g. localhost:5000/app.
-        repository: String,
-        /// Output format.
-        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
-        format: OutputFormat,
-    },
+    Tags(remote::TagsArgs),
     /// List a registry's repositories (all pages).
-    Catalog {
-        /// The registry, HOST[:PORT].
-        registry: String,
-        /// Output format.
-        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
-        format: OutputFormat,
-    },
+    Catalog(remote::CatalogArgs),
     /// Delete a manifest from a registry. A tag is resolved first, and what it points at is
     /// deleted (with every tag on it): the command says which digest.
-    Delete {
-        /// The manifest, by tag or digest.
-        image: String,
-    },
+    Delete(remote::DeleteArgs),
     /// Log in to a registry; writes docker's config.json (or its credential helper).
-    Login {
-        /// The registry, HOST[:PORT].
-        registry: String,
-        /// The user name.
-        #[arg(short, long)]
-        username: Option<String>,
-        /// Read the password from standard input.
-        #[arg(long)]
-        password_stdin: bool,
-        /// The password (prefer --password-stdin: this one lands in shell history).
-        #[arg(short, long)]
-        password: Option<String>,
-    },
+    Login(remote::LoginArgs),
     /// Remove a registry's stored login.
-    Logout {
-        /// The registry, HOST[:PORT].
-        registry: String,
-    },
+    Logout(remote::LogoutArgs),
     /// Build an image from a Dockerfile for one or more platforms, in parallel, natively or under
     /// QEMU emulation. The result goes to the local store unless --push or --output say otherwise.
     Build(build::BuildArgs),
@@ -183,68 +93,14 @@ pub enum Command {
         command: ImagetoolsCmd,
     },
     /// Print the digest to pin: the index digest, or with --platform that platform's manifest.
-    Digest {
-        /// A registry reference or a place (store:REF, oci:DIR:NAME, ...); with --which, the
-        /// repository to search.
-        reference: String,
-        /// The platform whose manifest digest to print.
-        #[arg(long, conflicts_with = "which")]
-        platform: Option<String>,
-        /// Say which tags of the repository hold this digest, and as which platform:
-        /// `digest --which sha256:... localhost:5000/app`.
-        #[arg(long, value_name = "DIGEST")]
-        which: Option<String>,
-        /// With --which: look at no more than this many tags.
-        #[arg(long, requires = "which")]
-        limit: Option<usize>,
-    },
+    Digest(lists::DigestArgs),
     /// Copy an image between places: a registry reference, store:REF, oci:DIR[:NAME],
     /// oci-archive:FILE[:NAME], docker-archive:FILE[:NAME].
-    Cp {
-        /// Where the image is.
-        source: String,
-        /// Where it goes.
-        destination: String,
-        /// Copy every platform (the default when no --platform is given).
-        #[arg(long, conflicts_with = "platform")]
-        all: bool,
-        /// Keep only these platforms; the copy gets a new index listing just them.
-        #[arg(long, value_delimiter = ',')]
-        platform: Vec<String>,
-        /// Parallel blob transfers.
-        #[arg(long, default_value_t = 4)]
-        jobs: usize,
-        /// Copy Docker manifests, lists and configs with OCI media types (digests change), for
-        /// tools that read only OCI layouts. The source must be in the store (store:REF).
-        #[arg(long)]
-        oci_mediatypes: bool,
-    },
+    Cp(cp::CpArgs),
     /// Remove blobs that no image uses and leftovers of interrupted writes.
-    Prune {
-        /// Also drop the build cache: cached steps, RUN cache mounts, unpacked layer snapshots.
-        /// Without it, layers that cached steps use are kept.
-        #[arg(long)]
-        cache: bool,
-        /// With --cache: `until=DURATION` (24h, 90m) drops only steps unused for that long.
-        #[arg(long, requires = "cache")]
-        filter: Vec<String>,
-        /// With --cache: drop the least recently used steps until the rest fits in SIZE
-        /// (10GB, 512MB, 0).
-        #[arg(long, requires = "cache")]
-        keep_storage: Option<String>,
-        /// Output format.
-        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
-        format: OutputFormat,
-    },
+    Prune(prune::PruneArgs),
     /// Disk usage: images in the store, the build cache, RUN cache mounts, unpacked snapshots.
-    Du {
-        /// One line per image, cache mount and snapshot too.
-        #[arg(long, short)]
-        verbose: bool,
-        /// table, or json for tools.
-        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
-        format: OutputFormat,
-    },
+    Du(prune::DuArgs),
     /// Manage builders: nodes on this machine or over SSH, each building the platforms it runs
     /// natively (buildx create/ls/inspect/use/rm).
     Builder {
@@ -257,11 +113,7 @@ pub enum Command {
         command: serve::RegistryCmd,
     },
     /// Check every blob against its digest and every image for missing parts.
-    Fsck {
-        /// Output format.
-        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
-        format: OutputFormat,
-    },
+    Fsck(fsck::FsckArgs),
     /// Run a command in an image (from the store, else pulled), in the sandbox RUN steps use;
     /// other platforms under QEMU. Nothing outlives the command. Exits with its exit code.
     Run(run::RunArgs),
@@ -278,152 +130,36 @@ fn dispatch(cli: &Cli, command: &Command, env: &Env) -> Result<ExitCode> {
             command: BuilderCmd::NodeBuild(a),
         } => node_build::run(cli, env, a),
         Command::Builder { command } => builder::run(command),
-        Command::Images {
-            repository,
-            format,
-            no_trunc,
-        } => images::images(root, repository.as_deref(), *format, *no_trunc),
-        Command::Rm { images } => images::rm(cli, root, images),
-        Command::Tag { source, target } => images::tag(cli, root, source, target),
-        Command::Save {
-            output,
-            archive_type,
-            platform,
-            oci_mediatypes,
-            images,
-        } => archive::save(
-            cli,
-            env,
-            output,
-            *archive_type,
-            platform,
-            images,
-            *oci_mediatypes,
-        ),
-        Command::Load { input, platform } => archive::load(cli, root, input.as_deref(), platform),
-        Command::Cp {
-            source,
-            destination,
-            all: _,
-            platform,
-            jobs,
-            oci_mediatypes,
-        } => cp::cp(
-            cli,
-            env,
-            source,
-            destination,
-            platform,
-            *jobs,
-            *oci_mediatypes,
-        ),
-        Command::Pull {
-            image,
-            platform,
-            all_platforms,
-            jobs,
-        } => remote::pull(cli, env, image, platform, *all_platforms, *jobs),
-        Command::Push { image, jobs } => remote::push(cli, env, image, *jobs),
-        Command::Tags { repository, format } => remote::tags(env, repository, *format),
-        Command::Catalog { registry, format } => remote::catalog(env, registry, *format),
-        Command::Delete { image } => remote::delete(cli, env, image),
-        Command::Login {
-            registry,
-            username,
-            password_stdin,
-            password,
-        } => remote::login(
-            env,
-            registry,
-            username.as_deref(),
-            *password_stdin,
-            password.as_deref(),
-        ),
-        Command::Logout { registry } => remote::logout(env, registry),
+        Command::Images(a) => images::images(root, a),
+        Command::Rm(a) => images::rm(cli, root, a),
+        Command::Tag(a) => images::tag(cli, root, a),
+        Command::Save(a) => archive::save(cli, env, a),
+        Command::Load(a) => archive::load(cli, root, a),
+        Command::Cp(a) => cp::cp(cli, env, a),
+        Command::Pull(a) => remote::pull(cli, env, a),
+        Command::Push(a) => remote::push(cli, env, a),
+        Command::Tags(a) => remote::tags(env, a),
+        Command::Catalog(a) => remote::catalog(env, a),
+        Command::Delete(a) => remote::delete(cli, env, a),
+        Command::Login(a) => remote::login(env, a),
+        Command::Logout(a) => remote::logout(env, a),
         Command::Registry { command } => serve::run(cli, root, command),
         Command::Manifest { command } => match command {
-            ManifestCmd::Create {
-                list,
-                sources,
-                amend,
-                no_flatten,
-                insecure: _,
-                list_type,
-            } => lists::manifest_create(cli, env, list, sources, *amend, !*no_flatten, *list_type),
-            ManifestCmd::Annotate {
-                list,
-                source,
-                os,
-                arch,
-                variant,
-                os_version,
-                os_features,
-                insecure: _,
-            } => lists::manifest_annotate(
-                cli,
-                env,
-                list,
-                source,
-                os.as_deref(),
-                arch.as_deref(),
-                variant.as_deref(),
-                os_version.as_deref(),
-                os_features,
-            ),
-            ManifestCmd::Inspect {
-                reference,
-                verbose,
-                insecure: _,
-            } => lists::manifest_inspect(env, reference, *verbose),
-            ManifestCmd::Push {
-                list,
-                purge,
-                insecure: _,
-            } => lists::manifest_push(cli, env, list, *purge),
-            ManifestCmd::Rm { lists: names } => lists::manifest_rm(env, names),
+            ManifestCmd::Create(a) => lists::manifest_create(cli, env, a),
+            ManifestCmd::Annotate(a) => lists::manifest_annotate(cli, env, a),
+            ManifestCmd::Inspect(a) => lists::manifest_inspect(env, a),
+            ManifestCmd::Push(a) => lists::manifest_push(cli, env, a),
+            ManifestCmd::Rm(a) => lists::manifest_rm(env, a),
         },
         Command::Imagetools { command } => match command {
-            ImagetoolsCmd::Inspect {
-                reference,
-                raw,
-                format,
-            } => lists::imagetools_inspect(env, reference, *raw, *format),
-            ImagetoolsCmd::Create {
-                tags,
-                sources,
-                append,
-                platform,
-                annotation,
-                dry_run,
-                list_type,
-            } => lists::imagetools_create(
-                cli, env, tags, sources, *append, platform, annotation, *dry_run, *list_type,
-            ),
+            ImagetoolsCmd::Inspect(a) => lists::imagetools_inspect(env, a),
+            ImagetoolsCmd::Create(a) => lists::imagetools_create(cli, env, a),
         },
         Command::Build(args) => build::run(cli, env, args),
-        Command::Digest {
-            reference,
-            platform,
-            which: Some(digest),
-            limit,
-        } => {
-            let _ = platform;
-            lists::digest_which(cli, env, digest, reference, *limit)
-        }
-        Command::Digest {
-            reference,
-            platform,
-            which: None,
-            limit: _,
-        } => lists::digest(env, reference, platform.as_deref(), cli.quiet),
-        Command::Prune {
-            format,
-            cache,
-            filter,
-            keep_storage,
-        } => prune::prune(root, *format, *cache, filter, keep_storage.as_deref()),
-        Command::Du { verbose, format } => prune::du(root, *verbose, *format),
-        Command::Fsck { format } => fsck::fsck(root, *format),
+        Command::Digest(a) => lists::digest_cmd(cli, env, a),
+        Command::Prune(a) => prune::prune(root, a),
+        Command::Du(a) => prune::du(root, a),
+        Command::Fsck(a) => fsck::fsck(root, a),
         Command::Run(a) => run::run(cli, env, a),
         Command::Binfmt(a) => binfmt::run(cli, a),
     }
@@ -433,39 +169,17 @@ fn dispatch(cli: &Cli, command: &Command, env: &Env) -> Result<ExitCode> {
 fn insecure_from_flags(cmd: &Command) -> Vec<String> {
     let names: Vec<&String> = match cmd {
         Command::Manifest {
-            command:
-                ManifestCmd::Create {
-                    insecure: true,
-                    list,
-                    sources,
-                    ..
-                },
-        } => std::iter::once(list).chain(sources.iter()).collect(),
+            command: ManifestCmd::Create(a),
+        } if a.insecure => std::iter::once(&a.list).chain(a.sources.iter()).collect(),
         Command::Manifest {
-            command:
-                ManifestCmd::Annotate {
-                    insecure: true,
-                    list,
-                    source,
-                    ..
-                },
-        } => vec![list, source],
+            command: ManifestCmd::Annotate(a),
+        } if a.insecure => vec![&a.list, &a.source],
         Command::Manifest {
-            command:
-                ManifestCmd::Inspect {
-                    insecure: true,
-                    reference,
-                    ..
-                },
-        } => vec![reference],
+            command: ManifestCmd::Inspect(a),
+        } if a.insecure => vec![&a.reference],
         Command::Manifest {
-            command:
-                ManifestCmd::Push {
-                    insecure: true,
-                    list,
-                    ..
-                },
-        } => vec![list],
+            command: ManifestCmd::Push(a),
+        } if a.insecure => vec![&a.list],
         _ => Vec::new(),
     };
     names
@@ -620,8 +334,8 @@ mod tests {
         .unwrap();
         match cli.command {
             Command::Manifest {
-                command: ManifestCmd::Create { amend, sources, .. },
-            } => assert!(amend && sources == ["a:1", "b:1", "c:1"]),
+                command: ManifestCmd::Create(a),
+            } => assert!(a.amend && a.sources == ["a:1", "b:1", "c:1"]),
             other => panic!("{other:?}"),
         }
     }

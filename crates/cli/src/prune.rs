@@ -13,13 +13,37 @@ use crate::global::OutputFormat;
 use crate::output::{familiar, human_size};
 use crate::stores::gc;
 
-pub fn prune(
-    root: &Path,
-    format: OutputFormat,
-    cache: bool,
-    filter: &[String],
-    keep_storage: Option<&str>,
-) -> Result<ExitCode> {
+#[derive(clap::Args, Debug)]
+pub struct PruneArgs {
+    /// Also drop the build cache: cached steps, RUN cache mounts, unpacked layer snapshots.
+    /// Without it, layers that cached steps use are kept.
+    #[arg(long)]
+    pub cache: bool,
+    /// With --cache: `until=DURATION` (24h, 90m) drops only steps unused for that long.
+    #[arg(long, requires = "cache")]
+    pub filter: Vec<String>,
+    /// With --cache: drop the least recently used steps until the rest fits in SIZE
+    /// (10GB, 512MB, 0).
+    #[arg(long, requires = "cache")]
+    pub keep_storage: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    pub format: OutputFormat,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DuArgs {
+    /// One line per image, cache mount and snapshot too.
+    #[arg(long, short)]
+    pub verbose: bool,
+    /// table, or json for tools.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    pub format: OutputFormat,
+}
+
+pub fn prune(root: &Path, a: &PruneArgs) -> Result<ExitCode> {
+    let (format, cache, filter, keep_storage) =
+        (a.format, a.cache, &a.filter, a.keep_storage.as_deref());
     let store = transport::open_store(root)?;
     let build_cache = ::engine::cache::LocalCache::new(root);
     let mut cache_freed = 0u64;
@@ -143,7 +167,8 @@ struct DuRow {
 }
 
 /// `manifold du`: what the store and the build cache hold, by kind (`--verbose`: by entry).
-pub fn du(root: &Path, verbose: bool, format: OutputFormat) -> Result<ExitCode> {
+pub fn du(root: &Path, a: &DuArgs) -> Result<ExitCode> {
+    let (verbose, format) = (a.verbose, a.format);
     let store = transport::open_store(root)?;
     let cache = ::engine::cache::LocalCache::new(root);
     let mut rows: Vec<DuRow> = Vec::new();
