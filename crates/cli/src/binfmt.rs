@@ -10,8 +10,8 @@ use runtime::binfmt::{self, Installed, Status};
 use runtime::emulation::BINFMT_DIR;
 use runtime::RunMode;
 
-use crate::local::say;
-use crate::{Cli, OutputFormat};
+use crate::global::{Cli, OutputFormat};
+use crate::output::say;
 
 #[derive(Args, Debug)]
 pub struct BinfmtArgs {

@@ -17,8 +17,8 @@ use store::layout::REF_NAME;
 use store::{CopyOptions, Layout, Platforms, Source};
 use transport::{Env, RegistryRepo};
 
-use crate::local::{human_size, say};
-use crate::{Cli, OutputFormat};
+use crate::global::{Cli, OutputFormat};
+use crate::output::{human_size, say};
 
 /// What `manifold build` was asked, flags as buildx spells them: the one definition clap
 /// parses and the handler reads.
@@ -422,7 +422,7 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs) -> Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
     };
-    let mut platforms = crate::local::dedup_platform_args(&a.platform)?
+    let mut platforms = crate::platforms::dedup_platform_args(&a.platform)?
         .iter()
         .map(|p| Platform::parse(p))
         .collect::<Result<Vec<_>, _>>()?;

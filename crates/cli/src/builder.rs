@@ -12,7 +12,7 @@ use clap::Subcommand;
 use oci::Platform;
 use serde::{Deserialize, Serialize};
 
-use crate::OutputFormat;
+use crate::global::OutputFormat;
 
 /// The name of the builder that always exists: one local node.
 pub const DEFAULT: &str = "default";
@@ -458,9 +458,10 @@ pub fn ssh_failure(ep: &Endpoint, stderr: &str) -> String {
     format!("ssh to {host} failed: {text}")
 }
 
-pub fn run(cli: &crate::Cli, env: &transport::Env, cmd: &BuilderCmd) -> Result<ExitCode> {
+pub fn run(cmd: &BuilderCmd) -> Result<ExitCode> {
     match cmd {
-        BuilderCmd::NodeBuild(a) => crate::nodes::node_build(cli, env, a),
+        // Dispatched to node_build.rs before this: that handler builds, which needs this module.
+        BuilderCmd::NodeBuild(_) => bail!("builder node-build is dispatched by main.rs"),
         BuilderCmd::Probe => {
             println!("{}", serde_json::to_string(&probe_local())?);
             Ok(ExitCode::SUCCESS)

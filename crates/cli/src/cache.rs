@@ -17,8 +17,8 @@ use oci::{Descriptor, Digest, Document, ImageConfig, Index, Manifest, Reference}
 use store::{CopyOptions, Layout, Source, Target};
 use transport::{Env, RegistryRepo};
 
-use crate::local::say;
-use crate::Cli;
+use crate::global::Cli;
+use crate::output::say;
 
 /// Name of the cache in a `type=local` directory.
 const LOCAL_TAG: &str = "latest";

@@ -7,14 +7,175 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
+use clap::Subcommand;
 use oci::media_type as mt;
 use oci::{Descriptor, Document, ImageConfig, Index, Manifest, Matcher, Platform, Reference};
 use serde::{Deserialize, Serialize};
 use store::{CopyOptions, InMemory, Platforms, Source, Target};
 use transport::{Env, Place, RegistryRepo};
 
-use crate::local::{human_size, print_table, say};
-use crate::{Cli, ListFormat, OutputFormat};
+use crate::global::{Cli, ListFormat, OutputFormat};
+use crate::output::{human_size, print_table, say};
+
+#[derive(clap::Args, Debug)]
+pub struct DigestArgs {
+    /// A registry reference or a place (store:REF, oci:DIR:NAME, ...); with --which, the
+    /// repository to search.
+    pub reference: String,
+    /// The platform whose manifest digest to print.
+    #[arg(long, conflicts_with = "which")]
+    pub platform: Option<String>,
+    /// Say which tags of the repository hold this digest, and as which platform:
+    /// `digest --which sha256:... localhost:5000/app`.
+    #[arg(long, value_name = "DIGEST")]
+    pub which: Option<String>,
+    /// With --which: look at no more than this many tags.
+    #[arg(long, requires = "which")]
+    pub limit: Option<usize>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ManifestCmd {
+    /// Stage a manifest list locally from images in any repository of any registry. A source that
+    /// is itself a list contributes each of its platforms.
+    Create(ManifestCreateArgs),
+    /// Set the platform of one entry of a staged list.
+    Annotate(ManifestAnnotateArgs),
+    /// Show a staged list, or a list or manifest in a registry.
+    Inspect(ManifestInspectArgs),
+    /// Push a staged list: every entry's content is copied (or mounted) into the list's
+    /// repository first, then the list is tagged. Prints the list's digest.
+    Push(ManifestPushArgs),
+    /// Remove staged lists.
+    Rm(ManifestRmArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImagetoolsCmd {
+    /// Show an image or index: the index digest, and per platform its manifest digest, size,
+    /// creation time and layers; attestations apart. Takes a registry reference or any place
+    /// (store:REF, oci:DIR:NAME, oci-archive:FILE, docker-archive:FILE).
+    Inspect(ImagetoolsInspectArgs),
+    /// Merge images (tags or digests, from any repositories) into one index and push it to every
+    /// -t tag, copying what each target repository lacks.
+    Create(ImagetoolsCreateArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ManifestCreateArgs {
+    /// The list's name, e.g. localhost:5000/app:1.
+    pub list: String,
+    /// The images (tags or digests) whose platforms make the list.
+    #[arg(required = true)]
+    pub sources: Vec<String>,
+    /// Add to a list that is already staged (may be repeated, as with docker).
+    #[arg(short, long, overrides_with = "amend")]
+    pub amend: bool,
+    /// Refuse sources that are lists instead of taking their platforms.
+    #[arg(long)]
+    pub no_flatten: bool,
+    /// Reach the registries named here over plain HTTP or unverified TLS.
+    #[arg(long)]
+    pub insecure: bool,
+    /// The list's media type; by default Docker's when every source is a Docker v2 manifest,
+    /// OCI otherwise.
+    #[arg(long = "type", value_enum, value_name = "TYPE")]
+    pub list_type: Option<ListFormat>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ManifestAnnotateArgs {
+    /// The staged list.
+    pub list: String,
+    /// The entry: any reference `manifest create` took for it, or its digest (sha256:...).
+    pub source: String,
+    /// The entry's operating system, stored as typed.
+    #[arg(long)]
+    pub os: Option<String>,
+    /// The entry's architecture, stored as typed.
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// The entry's architecture variant (v7, v8, ...), stored as typed.
+    #[arg(long)]
+    pub variant: Option<String>,
+    /// The entry's OS version (Windows images).
+    #[arg(long)]
+    pub os_version: Option<String>,
+    /// The entry's OS features, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub os_features: Vec<String>,
+    /// Reach the registries named here over plain HTTP or unverified TLS.
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ManifestInspectArgs {
+    /// A staged list, or a registry reference.
+    pub reference: String,
+    /// Show every entry's manifest too.
+    #[arg(short, long)]
+    pub verbose: bool,
+    /// Reach the registry named here over plain HTTP or unverified TLS.
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ManifestPushArgs {
+    /// The staged list; it is pushed to the name it was created with.
+    pub list: String,
+    /// Remove the staged list after pushing.
+    #[arg(short, long)]
+    pub purge: bool,
+    /// Reach the registry named here over plain HTTP or unverified TLS.
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ManifestRmArgs {
+    /// The staged lists to remove.
+    #[arg(required = true)]
+    pub lists: Vec<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ImagetoolsInspectArgs {
+    /// A registry reference or a place (store:REF, oci:DIR:NAME, ...).
+    pub reference: String,
+    /// Print the manifest or index exactly as stored.
+    #[arg(long)]
+    pub raw: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    pub format: OutputFormat,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ImagetoolsCreateArgs {
+    /// Where the index goes (repeatable).
+    #[arg(short = 't', long = "tag", value_name = "REF")]
+    pub tags: Vec<String>,
+    /// The images to merge: tags or digests, from any repositories.
+    pub sources: Vec<String>,
+    /// Keep the entries the first tag's index has now.
+    #[arg(long)]
+    pub append: bool,
+    /// Take only these platforms from the sources.
+    #[arg(long, value_delimiter = ',')]
+    pub platform: Vec<String>,
+    /// index:KEY=VALUE (or KEY=VALUE) annotations on the index.
+    #[arg(long)]
+    pub annotation: Vec<String>,
+    /// Print the index instead of pushing it.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// The index's media type; by default Docker's when every source is a Docker v2
+    /// manifest and there are no annotations, OCI otherwise.
+    #[arg(long = "type", value_enum, value_name = "TYPE")]
+    pub list_type: Option<ListFormat>,
+}
 
 /// An entry of a staged list: where it came from, and its descriptor in the list.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -275,15 +436,14 @@ fn warn_duplicates(cli: &Cli, entries: &[Entry]) {
     }
 }
 
-pub fn manifest_create(
-    cli: &Cli,
-    env: &Env,
-    list: &str,
-    sources: &[String],
-    amend: bool,
-    flatten: bool,
-    format: Option<ListFormat>,
-) -> Result<ExitCode> {
+pub fn manifest_create(cli: &Cli, env: &Env, a: &ManifestCreateArgs) -> Result<ExitCode> {
+    let (list, sources, amend, flatten, format) = (
+        a.list.as_str(),
+        &a.sources,
+        a.amend,
+        !a.no_flatten,
+        a.list_type,
+    );
     let list_ref = Reference::parse(list)?;
     let mut staged = match load_staged(env, &list_ref)? {
         Some(s) if amend => s,
@@ -400,18 +560,16 @@ fn find_entry(env: &Env, staged: &Staged, list: &Reference, source: &str) -> Res
     Err(missing(format!("{source} ({})", root.digest)))
 }
 
-#[allow(clippy::too_many_arguments)]
-pub fn manifest_annotate(
-    cli: &Cli,
-    env: &Env,
-    list: &str,
-    source: &str,
-    os: Option<&str>,
-    arch: Option<&str>,
-    variant: Option<&str>,
-    os_version: Option<&str>,
-    os_features: &[String],
-) -> Result<ExitCode> {
+pub fn manifest_annotate(cli: &Cli, env: &Env, a: &ManifestAnnotateArgs) -> Result<ExitCode> {
+    let (list, source, os, arch, variant, os_version, os_features) = (
+        a.list.as_str(),
+        a.source.as_str(),
+        a.os.as_deref(),
+        a.arch.as_deref(),
+        a.variant.as_deref(),
+        a.os_version.as_deref(),
+        &a.os_features,
+    );
     let list_ref = Reference::parse(list)?;
     let mut staged = load_staged(env, &list_ref)?.with_context(|| {
         format!(
@@ -459,7 +617,8 @@ pub fn manifest_annotate(
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn manifest_inspect(env: &Env, reference: &str, verbose: bool) -> Result<ExitCode> {
+pub fn manifest_inspect(env: &Env, a: &ManifestInspectArgs) -> Result<ExitCode> {
+    let (reference, verbose) = (a.reference.as_str(), a.verbose);
     let r = Reference::parse(reference)?;
     if let Some(staged) = load_staged(env, &r)? {
         let media_type = list_media_type(staged.format, &staged.entries, false)?;
@@ -559,7 +718,8 @@ fn push_index(
     Ok(())
 }
 
-pub fn manifest_push(cli: &Cli, env: &Env, list: &str, purge: bool) -> Result<ExitCode> {
+pub fn manifest_push(cli: &Cli, env: &Env, a: &ManifestPushArgs) -> Result<ExitCode> {
+    let (list, purge) = (a.list.as_str(), a.purge);
     let list_ref = Reference::parse(list)?;
     let staged = load_staged(env, &list_ref)?.with_context(|| {
         format!(
@@ -587,7 +747,8 @@ pub fn manifest_push(cli: &Cli, env: &Env, list: &str, purge: bool) -> Result<Ex
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn manifest_rm(env: &Env, lists: &[String]) -> Result<ExitCode> {
+pub fn manifest_rm(env: &Env, a: &ManifestRmArgs) -> Result<ExitCode> {
+    let lists = &a.lists;
     let mut failed = false;
     for l in lists {
         let r = Reference::parse(l)?;
@@ -696,12 +857,8 @@ fn open_place(env: &Env, reference: &str) -> Result<(Box<dyn Source>, Descriptor
     Ok((opened.source, opened.root, name))
 }
 
-pub fn imagetools_inspect(
-    env: &Env,
-    reference: &str,
-    raw: bool,
-    format: OutputFormat,
-) -> Result<ExitCode> {
+pub fn imagetools_inspect(env: &Env, a: &ImagetoolsInspectArgs) -> Result<ExitCode> {
+    let (reference, raw, format) = (a.reference.as_str(), a.raw, a.format);
     let (src, root, name) = open_place(env, reference)?;
     let m = src.read_manifest(&root)?;
     if raw {
@@ -858,18 +1015,16 @@ pub fn imagetools_inspect(
     Ok(ExitCode::SUCCESS)
 }
 
-#[allow(clippy::too_many_arguments)]
-pub fn imagetools_create(
-    cli: &Cli,
-    env: &Env,
-    tags: &[String],
-    sources: &[String],
-    append: bool,
-    platform: &[String],
-    annotation: &[String],
-    dry_run: bool,
-    format: Option<ListFormat>,
-) -> Result<ExitCode> {
+pub fn imagetools_create(cli: &Cli, env: &Env, a: &ImagetoolsCreateArgs) -> Result<ExitCode> {
+    let (tags, sources, append, platform, annotation, dry_run, format) = (
+        &a.tags,
+        &a.sources,
+        a.append,
+        &a.platform,
+        &a.annotation,
+        a.dry_run,
+        a.list_type,
+    );
     if tags.is_empty() {
         bail!("name where the index goes with -t REF (repeat for several tags)");
     }
@@ -929,6 +1084,14 @@ pub fn imagetools_create(
         println!("{}  {}", e.descriptor.digest, platform_text(&e.descriptor));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `digest`: the digest to pin, or with --which the tags that hold one.
+pub fn digest_cmd(cli: &Cli, env: &Env, a: &DigestArgs) -> Result<ExitCode> {
+    match &a.which {
+        Some(digest) => digest_which(cli, env, digest, &a.reference, a.limit),
+        None => digest(env, &a.reference, a.platform.as_deref(), cli.quiet),
+    }
 }
 
 pub fn digest(env: &Env, reference: &str, platform: Option<&str>, quiet: bool) -> Result<ExitCode> {

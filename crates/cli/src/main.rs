@@ -1,320 +1,84 @@
 //! The `manifold` binary: commands, output formats, and the glue between the crates.
 
+mod archive;
 mod binfmt;
 mod build;
 mod builder;
 mod buildview;
 mod cache;
+mod cp;
+mod fsck;
+mod global;
+mod images;
 mod lists;
-mod local;
+mod node_build;
 mod nodes;
+mod output;
+mod platforms;
 mod progress;
+mod prune;
 mod remote;
 mod run;
 mod serve;
 mod ssh;
+mod stores;
+mod transfer;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use transport::Env;
+
+use builder::BuilderCmd;
+use global::Cli;
+use lists::{ImagetoolsCmd, ManifestCmd};
 
 /// Build, ship and inspect multi-platform container images, with no daemon.
 #[derive(Parser, Debug)]
 #[command(name = "manifold", version, about, long_about = None)]
-pub struct Cli {
-    /// Where the local image store lives (an OCI image layout).
-    #[arg(long, global = true, env = "MANIFOLD_ROOT", value_name = "DIR")]
-    root: Option<PathBuf>,
-
-    /// Print less: only results and errors.
-    #[arg(long, short, global = true)]
-    quiet: bool,
-
-    /// Reach this registry (HOST[:PORT]) over plain HTTP or unverified TLS. localhost and
-    /// 127.0.0.0/8 are insecure already, as in docker; hosts in /etc/docker/daemon.json's
-    /// insecure-registries are added.
-    #[arg(
-        long = "insecure-registry",
-        global = true,
-        value_name = "HOST",
-        env = "MANIFOLD_INSECURE_REGISTRIES",
-        value_delimiter = ','
-    )]
-    insecure_registries: Vec<String>,
+struct Manifold {
+    #[command(flatten)]
+    global: Cli,
 
     #[command(subcommand)]
     command: Command,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
-pub enum OutputFormat {
-    Table,
-    Json,
-}
-
-/// The kind of list to write.
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ListFormat {
-    /// An OCI image index.
-    Oci,
-    /// A Docker manifest list (only Docker v2 manifests, no annotations).
-    Docker,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum ManifestCmd {
-    /// Stage a manifest list locally from images in any repository of any registry. A source that
-    /// is itself a list contributes each of its platforms.
-    Create {
-        /// The list's name, e.g. localhost:5000/app:1.
-        list: String,
-        /// The images (tags or digests) whose platforms make the list.
-        #[arg(required = true)]
-        sources: Vec<String>,
-        /// Add to a list that is already staged (may be repeated, as with docker).
-        #[arg(short, long, overrides_with = "amend")]
-        amend: bool,
-        /// Refuse sources that are lists instead of taking their platforms.
-        #[arg(long)]
-        no_flatten: bool,
-        /// Reach the registries named here over plain HTTP or unverified TLS.
-        #[arg(long)]
-        insecure: bool,
-        /// The list's media type; by default Docker's when every source is a Docker v2 manifest,
-        /// OCI otherwise.
-        #[arg(long = "type", value_enum, value_name = "TYPE")]
-        list_type: Option<ListFormat>,
-    },
-    /// Set the platform of one entry of a staged list.
-    Annotate {
-        /// The staged list.
-        list: String,
-        /// The entry: any reference `manifest create` took for it, or its digest (sha256:...).
-        source: String,
-        /// The entry's operating system, stored as typed.
-        #[arg(long)]
-        os: Option<String>,
-        /// The entry's architecture, stored as typed.
-        #[arg(long)]
-        arch: Option<String>,
-        /// The entry's architecture variant (v7, v8, ...), stored as typed.
-        #[arg(long)]
-        variant: Option<String>,
-        /// The entry's OS version (Windows images).
-        #[arg(long)]
-        os_version: Option<String>,
-        /// The entry's OS features, comma-separated.
-        #[arg(long, value_delimiter = ',')]
-        os_features: Vec<String>,
-        /// Reach the registries named here over plain HTTP or unverified TLS.
-        #[arg(long)]
-        insecure: bool,
-    },
-    /// Show a staged list, or a list or manifest in a registry.
-    Inspect {
-        /// A staged list, or a registry reference.
-        reference: String,
-        /// Show every entry's manifest too.
-        #[arg(short, long)]
-        verbose: bool,
-        /// Reach the registry named here over plain HTTP or unverified TLS.
-        #[arg(long)]
-        insecure: bool,
-    },
-    /// Push a staged list: every entry's content is copied (or mounted) into the list's
-    /// repository first, then the list is tagged. Prints the list's digest.
-    Push {
-        /// The staged list; it is pushed to the name it was created with.
-        list: String,
-        /// Remove the staged list after pushing.
-        #[arg(short, long)]
-        purge: bool,
-        /// Reach the registry named here over plain HTTP or unverified TLS.
-        #[arg(long)]
-        insecure: bool,
-    },
-    /// Remove staged lists.
-    Rm {
-        /// The staged lists to remove.
-        #[arg(required = true)]
-        lists: Vec<String>,
-    },
-}
-
-#[derive(Subcommand, Debug)]
-pub enum ImagetoolsCmd {
-    /// Show an image or index: the index digest, and per platform its manifest digest, size,
-    /// creation time and layers; attestations apart. Takes a registry reference or any place
-    /// (store:REF, oci:DIR:NAME, oci-archive:FILE, docker-archive:FILE).
-    Inspect {
-        /// A registry reference or a place (store:REF, oci:DIR:NAME, ...).
-        reference: String,
-        /// Print the manifest or index exactly as stored.
-        #[arg(long)]
-        raw: bool,
-        /// Output format.
-        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
-        format: OutputFormat,
-    },
-    /// Merge images (tags or digests, from any repositories) into one index and push it to every
-    /// -t tag, copying what each target repository lacks.
-    Create {
-        /// Where the index goes (repeatable).
-        #[arg(short = 't', long = "tag", value_name = "REF")]
-        tags: Vec<String>,
-        /// The images to merge: tags or digests, from any repositories.
-        sources: Vec<String>,
-        /// Keep the entries the first tag's index has now.
-        #[arg(long)]
-        append: bool,
-        /// Take only these platforms from the sources.
-        #[arg(long, value_delimiter = ',')]
-        platform: Vec<String>,
-        /// index:KEY=VALUE (or KEY=VALUE) annotations on the index.
-        #[arg(long)]
-        annotation: Vec<String>,
-        /// Print the index instead of pushing it.
-        #[arg(long)]
-        dry_run: bool,
-        /// The index's media type; by default Docker's when every source is a Docker v2
-        /// manifest and there are no annotations, OCI otherwise.
-        #[arg(long = "type", value_enum, value_name = "TYPE")]
-        list_type: Option<ListFormat>,
-    },
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
-pub enum ArchiveKind {
-    /// An OCI archive (a tar of an OCI image layout), readable by skopeo, podman and docker 25+.
-    Oci,
-    /// A `docker save` archive for `docker load`: one entry per platform.
-    Docker,
-}
-
+// Each variant holds its command's flags, an Args struct (or subcommand enum) in the module of
+// the handler that takes it; the help line is the variant's.
 // Parsed once per run: the size of the build variant costs nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// List images in the local store: name, tag, digest, platforms and size.
     #[command(visible_alias = "ls")]
-    Images {
-        /// Only images whose repository matches this name (e.g. busybox, localhost:5000/app).
-        repository: Option<String>,
-        /// Output format.
-        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
-        format: OutputFormat,
-        /// Show full digests.
-        #[arg(long)]
-        no_trunc: bool,
-    },
+    Images(images::ImagesArgs),
     /// Remove image names from the local store and reclaim what nothing else uses.
     #[command(visible_alias = "rmi")]
-    Rm {
-        /// Image names (busybox:latest) or digests (sha256:…).
-        #[arg(required = true)]
-        images: Vec<String>,
-    },
+    Rm(images::RmArgs),
     /// Give an image in the local store another name.
-    Tag {
-        /// The image's current name or digest.
-        source: String,
-        /// The new name.
-        target: String,
-    },
+    Tag(images::TagArgs),
     /// Write images from the local store to an archive (OCI or docker-archive).
-    Save {
-        /// The file to write.
-        #[arg(short, long, value_name = "FILE")]
-        output: PathBuf,
-        /// The archive's kind.
-        #[arg(long = "type", value_enum, value_name = "TYPE", default_value_t = ArchiveKind::Oci)]
-        archive_type: ArchiveKind,
-        /// Keep only these platforms (the best match for each); all when not given.
-        #[arg(long, value_delimiter = ',')]
-        platform: Vec<String>,
-        /// Write Docker manifests, lists and configs with OCI media types (digests change), for
-        /// tools that read only OCI layouts.
-        #[arg(long)]
-        oci_mediatypes: bool,
-        /// The images to write.
-        #[arg(required = true)]
-        images: Vec<String>,
-    },
+    Save(archive::SaveArgs),
     /// Load images from an archive (OCI or docker-archive, plain or compressed) or an OCI layout
     /// directory into the local store.
-    Load {
-        /// The archive or directory to read; standard input when not given.
-        #[arg(short, long, value_name = "FILE")]
-        input: Option<PathBuf>,
-        /// Only these platforms of each image.
-        #[arg(long, value_delimiter = ',')]
-        platform: Vec<String>,
-    },
+    Load(archive::LoadArgs),
     /// Pull an image from a registry into the local store.
-    Pull {
-        /// The image, e.g. busybox:1.36 or localhost:5000/team/app@sha256:…
-        image: String,
-        /// The platforms to pull (best match each); this machine's platform when not given.
-        #[arg(long, value_delimiter = ',', conflicts_with = "all_platforms")]
-        platform: Vec<String>,
-        /// Pull every platform; the index keeps its digest.
-        #[arg(long, short = 'a')]
-        all_platforms: bool,
-        /// Parallel blob transfers.
-        #[arg(long, default_value_t = 4)]
-        jobs: usize,
-    },
+    Pull(remote::PullArgs),
     /// Push an image from the local store to the registry its name points at.
-    Push {
-        /// The image's name in the local store, which says where it goes.
-        image: String,
-        /// Parallel blob transfers.
-        #[arg(long, default_value_t = 4)]
-        jobs: usize,
-    },
+    Push(remote::PushArgs),
     /// List a repository's tags (all pages).
-    Tags {
-        /// The repository, e.g. localhost:5000/app.
-        repository: String,
-        /// Output format.
-        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
-        format: OutputFormat,
-    },
+    Tags(remote::TagsArgs),
     /// List a registry's repositories (all pages).
-    Catalog {
-        /// The registry, HOST[:PORT].
-        registry: String,
-        /// Output format.
-        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
-        format: OutputFormat,
-    },
+    Catalog(remote::CatalogArgs),
     /// Delete a manifest from a registry. A tag is resolved first, and what it points at is
     /// deleted (with every tag on it): the command says which digest.
-    Delete {
-        /// The manifest, by tag or digest.
-        image: String,
-    },
+    Delete(remote::DeleteArgs),
     /// Log in to a registry; writes docker's config.json (or its credential helper).
-    Login {
-        /// The registry, HOST[:PORT].
-        registry: String,
-        /// The user name.
-        #[arg(short, long)]
-        username: Option<String>,
-        /// Read the password from standard input.
-        #[arg(long)]
-        password_stdin: bool,
-        /// The password (prefer --password-stdin: this one lands in shell history).
-        #[arg(short, long)]
-        password: Option<String>,
-    },
+    Login(remote::LoginArgs),
     /// Remove a registry's stored login.
-    Logout {
-        /// The registry, HOST[:PORT].
-        registry: String,
-    },
+    Logout(remote::LogoutArgs),
     /// Build an image from a Dockerfile for one or more platforms, in parallel, natively or under
     /// QEMU emulation. The result goes to the local store unless --push or --output say otherwise.
     Build(build::BuildArgs),
@@ -329,68 +93,14 @@ pub enum Command {
         command: ImagetoolsCmd,
     },
     /// Print the digest to pin: the index digest, or with --platform that platform's manifest.
-    Digest {
-        /// A registry reference or a place (store:REF, oci:DIR:NAME, ...); with --which, the
-        /// repository to search.
-        reference: String,
-        /// The platform whose manifest digest to print.
-        #[arg(long, conflicts_with = "which")]
-        platform: Option<String>,
-        /// Say which tags of the repository hold this digest, and as which platform:
-        /// `digest --which sha256:... localhost:5000/app`.
-        #[arg(long, value_name = "DIGEST")]
-        which: Option<String>,
-        /// With --which: look at no more than this many tags.
-        #[arg(long, requires = "which")]
-        limit: Option<usize>,
-    },
+    Digest(lists::DigestArgs),
     /// Copy an image between places: a registry reference, store:REF, oci:DIR[:NAME],
     /// oci-archive:FILE[:NAME], docker-archive:FILE[:NAME].
-    Cp {
-        /// Where the image is.
-        source: String,
-        /// Where it goes.
-        destination: String,
-        /// Copy every platform (the default when no --platform is given).
-        #[arg(long, conflicts_with = "platform")]
-        all: bool,
-        /// Keep only these platforms; the copy gets a new index listing just them.
-        #[arg(long, value_delimiter = ',')]
-        platform: Vec<String>,
-        /// Parallel blob transfers.
-        #[arg(long, default_value_t = 4)]
-        jobs: usize,
-        /// Copy Docker manifests, lists and configs with OCI media types (digests change), for
-        /// tools that read only OCI layouts. The source must be in the store (store:REF).
-        #[arg(long)]
-        oci_mediatypes: bool,
-    },
+    Cp(cp::CpArgs),
     /// Remove blobs that no image uses and leftovers of interrupted writes.
-    Prune {
-        /// Also drop the build cache: cached steps, RUN cache mounts, unpacked layer snapshots.
-        /// Without it, layers that cached steps use are kept.
-        #[arg(long)]
-        cache: bool,
-        /// With --cache: `until=DURATION` (24h, 90m) drops only steps unused for that long.
-        #[arg(long, requires = "cache")]
-        filter: Vec<String>,
-        /// With --cache: drop the least recently used steps until the rest fits in SIZE
-        /// (10GB, 512MB, 0).
-        #[arg(long, requires = "cache")]
-        keep_storage: Option<String>,
-        /// Output format.
-        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
-        format: OutputFormat,
-    },
+    Prune(prune::PruneArgs),
     /// Disk usage: images in the store, the build cache, RUN cache mounts, unpacked snapshots.
-    Du {
-        /// One line per image, cache mount and snapshot too.
-        #[arg(long, short)]
-        verbose: bool,
-        /// table, or json for tools.
-        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
-        format: OutputFormat,
-    },
+    Du(prune::DuArgs),
     /// Manage builders: nodes on this machine or over SSH, each building the platforms it runs
     /// natively (buildx create/ls/inspect/use/rm).
     Builder {
@@ -403,11 +113,7 @@ pub enum Command {
         command: serve::RegistryCmd,
     },
     /// Check every blob against its digest and every image for missing parts.
-    Fsck {
-        /// Output format.
-        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
-        format: OutputFormat,
-    },
+    Fsck(fsck::FsckArgs),
     /// Run a command in an image (from the store, else pulled), in the sandbox RUN steps use;
     /// other platforms under QEMU. Nothing outlives the command. Exits with its exit code.
     Run(run::RunArgs),
@@ -415,43 +121,65 @@ pub enum Command {
     Binfmt(binfmt::BinfmtArgs),
 }
 
+/// Runs the command with its handler; the global options go along.
+fn dispatch(cli: &Cli, command: &Command, env: &Env) -> Result<ExitCode> {
+    let root = env.store_root.as_path();
+    match command {
+        // node-build builds, so it lives apart from the builder configuration it uses.
+        Command::Builder {
+            command: BuilderCmd::NodeBuild(a),
+        } => node_build::run(cli, env, a),
+        Command::Builder { command } => builder::run(command),
+        Command::Images(a) => images::images(root, a),
+        Command::Rm(a) => images::rm(cli, root, a),
+        Command::Tag(a) => images::tag(cli, root, a),
+        Command::Save(a) => archive::save(cli, env, a),
+        Command::Load(a) => archive::load(cli, root, a),
+        Command::Cp(a) => cp::cp(cli, env, a),
+        Command::Pull(a) => remote::pull(cli, env, a),
+        Command::Push(a) => remote::push(cli, env, a),
+        Command::Tags(a) => remote::tags(env, a),
+        Command::Catalog(a) => remote::catalog(env, a),
+        Command::Delete(a) => remote::delete(cli, env, a),
+        Command::Login(a) => remote::login(env, a),
+        Command::Logout(a) => remote::logout(env, a),
+        Command::Registry { command } => serve::run(cli, root, command),
+        Command::Manifest { command } => match command {
+            ManifestCmd::Create(a) => lists::manifest_create(cli, env, a),
+            ManifestCmd::Annotate(a) => lists::manifest_annotate(cli, env, a),
+            ManifestCmd::Inspect(a) => lists::manifest_inspect(env, a),
+            ManifestCmd::Push(a) => lists::manifest_push(cli, env, a),
+            ManifestCmd::Rm(a) => lists::manifest_rm(env, a),
+        },
+        Command::Imagetools { command } => match command {
+            ImagetoolsCmd::Inspect(a) => lists::imagetools_inspect(env, a),
+            ImagetoolsCmd::Create(a) => lists::imagetools_create(cli, env, a),
+        },
+        Command::Build(args) => build::run(cli, env, args),
+        Command::Digest(a) => lists::digest_cmd(cli, env, a),
+        Command::Prune(a) => prune::prune(root, a),
+        Command::Du(a) => prune::du(root, a),
+        Command::Fsck(a) => fsck::fsck(root, a),
+        Command::Run(a) => run::run(cli, env, a),
+        Command::Binfmt(a) => binfmt::run(cli, a),
+    }
+}
+
 /// `manifest ... --insecure` marks every registry the command names as insecure, as docker does.
 fn insecure_from_flags(cmd: &Command) -> Vec<String> {
     let names: Vec<&String> = match cmd {
         Command::Manifest {
-            command:
-                ManifestCmd::Create {
-                    insecure: true,
-                    list,
-                    sources,
-                    ..
-                },
-        } => std::iter::once(list).chain(sources.iter()).collect(),
+            command: ManifestCmd::Create(a),
+        } if a.insecure => std::iter::once(&a.list).chain(a.sources.iter()).collect(),
         Command::Manifest {
-            command:
-                ManifestCmd::Annotate {
-                    insecure: true,
-                    list,
-                    source,
-                    ..
-                },
-        } => vec![list, source],
+            command: ManifestCmd::Annotate(a),
+        } if a.insecure => vec![&a.list, &a.source],
         Command::Manifest {
-            command:
-                ManifestCmd::Inspect {
-                    insecure: true,
-                    reference,
-                    ..
-                },
-        } => vec![reference],
+            command: ManifestCmd::Inspect(a),
+        } if a.insecure => vec![&a.reference],
         Command::Manifest {
-            command:
-                ManifestCmd::Push {
-                    insecure: true,
-                    list,
-                    ..
-                },
-        } => vec![list],
+            command: ManifestCmd::Push(a),
+        } if a.insecure => vec![&a.list],
         _ => Vec::new(),
     };
     names
@@ -503,10 +231,13 @@ fn main() -> ExitCode {
         }
         default_hook(info)
     }));
-    let cli = Cli::parse();
+    let Manifold {
+        global: cli,
+        command,
+    } = Manifold::parse();
     let root = cli.root.clone().unwrap_or_else(store::default_root);
     let mut insecure = cli.insecure_registries.clone();
-    insecure.extend(insecure_from_flags(&cli.command));
+    insecure.extend(insecure_from_flags(&command));
     insecure.extend(insecure_from_daemon_json(std::path::Path::new(
         "/etc/docker/daemon.json",
     )));
@@ -522,7 +253,7 @@ fn main() -> ExitCode {
         options.stall_timeout = std::time::Duration::from_secs_f64(secs);
     }
     let env = transport::Env::new(root, options);
-    match local::run(&cli, &env) {
+    match dispatch(&cli, &command, &env) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
@@ -574,7 +305,7 @@ mod tests {
             }
         }
         let mut missing = Vec::new();
-        walk(&Cli::command(), "manifold", &mut missing);
+        walk(&Manifold::command(), "manifold", &mut missing);
         assert!(missing.is_empty(), "options without help: {missing:#?}");
     }
 
@@ -582,9 +313,9 @@ mod tests {
     fn progress_takes_only_known_modes() {
         use clap::Parser;
         for ok in ["auto", "tty", "plain", "rawjson", "quiet"] {
-            assert!(Cli::try_parse_from(["manifold", "build", "--progress", ok]).is_ok());
+            assert!(Manifold::try_parse_from(["manifold", "build", "--progress", ok]).is_ok());
         }
-        let err = Cli::try_parse_from(["manifold", "build", "--progress", "fancy"])
+        let err = Manifold::try_parse_from(["manifold", "build", "--progress", "fancy"])
             .unwrap_err()
             .to_string();
         assert!(
@@ -596,15 +327,15 @@ mod tests {
     #[test]
     fn amend_may_be_repeated_as_with_docker() {
         use clap::Parser;
-        let cli = Cli::try_parse_from([
+        let cli = Manifold::try_parse_from([
             "manifold", "manifest", "create", "l:1", "--amend", "a:1", "--amend", "b:1", "--amend",
             "c:1",
         ])
         .unwrap();
         match cli.command {
             Command::Manifest {
-                command: ManifestCmd::Create { amend, sources, .. },
-            } => assert!(amend && sources == ["a:1", "b:1", "c:1"]),
+                command: ManifestCmd::Create(a),
+            } => assert!(a.amend && a.sources == ["a:1", "b:1", "c:1"]),
             other => panic!("{other:?}"),
         }
     }

@@ -10,7 +10,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use oci::Digest;
 use store::Event;
 
-use crate::local::human_size;
+use crate::output::human_size;
 
 pub struct BlobProgress {
     quiet: bool,

@@ -9,21 +9,85 @@ use store::layout::REF_NAME;
 use store::{Platforms, Source};
 use transport::{Env, RegistryRepo};
 
-use crate::local::{familiar, human_size, parse_platforms, say};
-use crate::{Cli, OutputFormat};
+use crate::global::{Cli, OutputFormat};
+use crate::output::{familiar, human_size, say};
+use crate::platforms::parse_platforms;
+
+#[derive(clap::Args, Debug)]
+pub struct PullArgs {
+    /// The image, e.g. busybox:1.36 or localhost:5000/team/app@sha256:…
+    pub image: String,
+    /// The platforms to pull (best match each); this machine's platform when not given.
+    #[arg(long, value_delimiter = ',', conflicts_with = "all_platforms")]
+    pub platform: Vec<String>,
+    /// Pull every platform; the index keeps its digest.
+    #[arg(long, short = 'a')]
+    pub all_platforms: bool,
+    /// Parallel blob transfers.
+    #[arg(long, default_value_t = 4)]
+    pub jobs: usize,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PushArgs {
+    /// The image's name in the local store, which says where it goes.
+    pub image: String,
+    /// Parallel blob transfers.
+    #[arg(long, default_value_t = 4)]
+    pub jobs: usize,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TagsArgs {
+    /// The repository, e.g. localhost:5000/app.
+    pub repository: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    pub format: OutputFormat,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CatalogArgs {
+    /// The registry, HOST[:PORT].
+    pub registry: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    pub format: OutputFormat,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DeleteArgs {
+    /// The manifest, by tag or digest.
+    pub image: String,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct LoginArgs {
+    /// The registry, HOST[:PORT].
+    pub registry: String,
+    /// The user name.
+    #[arg(short, long)]
+    pub username: Option<String>,
+    /// Read the password from standard input.
+    #[arg(long)]
+    pub password_stdin: bool,
+    /// The password (prefer --password-stdin: this one lands in shell history).
+    #[arg(short, long)]
+    pub password: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct LogoutArgs {
+    /// The registry, HOST[:PORT].
+    pub registry: String,
+}
 
 fn repo(env: &Env, r: &Reference) -> Result<RegistryRepo> {
     Ok(RegistryRepo::new(env.client()?, r, env.runtime()))
 }
 
-pub fn pull(
-    cli: &Cli,
-    env: &Env,
-    image: &str,
-    platform: &[String],
-    all: bool,
-    jobs: usize,
-) -> Result<ExitCode> {
+pub fn pull(cli: &Cli, env: &Env, a: &PullArgs) -> Result<ExitCode> {
+    let (image, platform, all, jobs) = (a.image.as_str(), &a.platform, a.all_platforms, a.jobs);
     let r = Reference::parse(image)?;
     let src = repo(env, &r)?;
     let root = src.resolve(&r.to_string())?;
@@ -81,7 +145,8 @@ pub fn pull(
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn push(cli: &Cli, env: &Env, image: &str, jobs: usize) -> Result<ExitCode> {
+pub fn push(cli: &Cli, env: &Env, a: &PushArgs) -> Result<ExitCode> {
+    let (image, jobs) = (a.image.as_str(), a.jobs);
     let r = Reference::parse(image)?;
     let store = transport::open_store(&env.store_root)?;
     let _guard = store.write_guard()?;
@@ -97,9 +162,9 @@ pub fn push(cli: &Cli, env: &Env, image: &str, jobs: usize) -> Result<ExitCode> 
         compress: true,
         oci_media_types: false,
     };
-    let root = crate::local::rewrite_for(cli, &store, &root, how)?;
+    let root = crate::transfer::rewrite_for(cli, &store, &root, how)?;
     let dst = repo(env, &r)?;
-    let report = crate::local::progress_copy(cli, &store, &dst, &root, &[], jobs)?;
+    let report = crate::transfer::progress_copy(cli, &store, &dst, &root, &[], jobs)?;
     store::Target::set_name(&dst, &name, &report.root)?;
     println!(
         "{}: digest {} size {}",
@@ -110,7 +175,8 @@ pub fn push(cli: &Cli, env: &Env, image: &str, jobs: usize) -> Result<ExitCode> 
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn tags(env: &Env, repository: &str, format: OutputFormat) -> Result<ExitCode> {
+pub fn tags(env: &Env, a: &TagsArgs) -> Result<ExitCode> {
+    let (repository, format) = (a.repository.as_str(), a.format);
     let r = Reference::parse_bare(repository)?;
     let client = env.client()?;
     let mut tags = env.runtime().block_on(client.tags(&r))?;
@@ -125,7 +191,8 @@ pub fn tags(env: &Env, repository: &str, format: OutputFormat) -> Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn catalog(env: &Env, registry: &str, format: OutputFormat) -> Result<ExitCode> {
+pub fn catalog(env: &Env, a: &CatalogArgs) -> Result<ExitCode> {
+    let (registry, format) = (a.registry.as_str(), a.format);
     let client = env.client()?;
     let mut repos = env.runtime().block_on(client.catalog(registry))?;
     repos.sort();
@@ -139,7 +206,8 @@ pub fn catalog(env: &Env, registry: &str, format: OutputFormat) -> Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn delete(cli: &Cli, env: &Env, image: &str) -> Result<ExitCode> {
+pub fn delete(cli: &Cli, env: &Env, a: &DeleteArgs) -> Result<ExitCode> {
+    let image = a.image.as_str();
     let r = Reference::parse(image)?;
     let client = env.client()?;
     let rt = env.runtime();
@@ -165,13 +233,13 @@ pub fn delete(cli: &Cli, env: &Env, image: &str) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn login(
-    env: &Env,
-    registry: &str,
-    username: Option<&str>,
-    password_stdin: bool,
-    password: Option<&str>,
-) -> Result<ExitCode> {
+pub fn login(env: &Env, a: &LoginArgs) -> Result<ExitCode> {
+    let (registry, username, password_stdin, password) = (
+        a.registry.as_str(),
+        a.username.as_deref(),
+        a.password_stdin,
+        a.password.as_deref(),
+    );
     let Some(username) = username else {
         bail!("give a user name with -u USER (and the password with --password-stdin)");
     };
@@ -203,7 +271,8 @@ pub fn login(
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn logout(env: &Env, registry: &str) -> Result<ExitCode> {
+pub fn logout(env: &Env, a: &LogoutArgs) -> Result<ExitCode> {
+    let registry = a.registry.as_str();
     let client = env.client()?;
     if env.runtime().block_on(client.logout(registry))? {
         println!("Removing login credentials for {registry}");

@@ -19,7 +19,7 @@ use runtime::snapshot::SnapshotCache;
 use runtime::{Network, RunSpec, StepRoot};
 use transport::Env;
 
-use crate::Cli;
+use crate::global::Cli;
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 pub enum NetworkMode {
