@@ -88,7 +88,7 @@ impl Dockerd {
         // `exec: "cat": executable file not found` in an image that has it. Nothing of the
         // container ran, and an image that really lacks the file fails every time, so `run` is
         // tried again.
-        for _ in 0..2 {
+        for attempt in 1..=3u64 {
             let err = String::from_utf8_lossy(&out.stderr);
             let engine_side = err.contains("Error response from daemon")
                 && (err.contains("/overlay2/")
@@ -100,7 +100,7 @@ impl Dockerd {
             eprintln!(
                 "docker {args:?}: the engine failed before the container ran, once more: {err}"
             );
-            std::thread::sleep(Duration::from_millis(500));
+            std::thread::sleep(Duration::from_secs(attempt));
             out = self.docker(args);
         }
         if !out.status.success() {
