@@ -421,8 +421,9 @@ impl<'a> Bases<'a> {
         self.pulled_bytes.fetch_add(got, Ordering::SeqCst);
         if n > 0 {
             self.tell(format!(
-                "pulled {} ({n} layers, {})",
+                "pulled {} ({n} {}, {})",
                 r.familiar(),
+                if n == 1 { "layer" } else { "layers" },
                 human_size(got)
             ));
         }

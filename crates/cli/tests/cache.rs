@@ -595,6 +595,10 @@ fn second_runner_downloads_only_the_layers_it_needs() {
     );
     let fsck = ok(runner3.path(), &["fsck"]);
     assert!(!fsck.contains("missing"), "{fsck}");
+    // A base whose layers all came is named in the store, as a pulled one; the other is not.
+    let images = ok(runner3.path(), &["images"]);
+    assert!(images.contains("base/busybox"), "{images}");
+    assert!(!images.contains("base/tools"), "{images}");
 }
 
 /// `mode=min` exports only the final stage's steps. A later build of the same inputs takes them
