@@ -6,8 +6,8 @@
 # `--cache-from type=registry,ref=…`, `--push`) against buildah 1.28 (`--layers --cache-to REPO`,
 # `--cache-from REPO`, then `manifest push --all`), same registry, same run. Timed: runner 2.
 # Layer bytes downloaded by runner 2 are read from the registry's access log (every blob GET
-# answered 200, base image layers included) and, for manifold, from its own count of layer bytes
-# fetched from the imported cache.
+# answered 200: layers, configs and manifold's records blob) and, for manifold, from its own
+# counts of layer bytes fetched from the imported cache and from base images' registries.
 #
 #   bench/cache.sh [RUNS]     (default 3; needs buildah, docker-registry, /usr/bin/time; root)
 set -euo pipefail
@@ -62,9 +62,10 @@ for i in $(seq "$runs"); do
     --cache-from "type=registry,ref=$reg/cache/m:$i" "$ctx")
   cached=$(grep -c ' CACHED' "$work/err" || true)
   own=$(sed -n 's/^cache: downloaded [0-9]* layers, \([0-9]*\) bytes.*/\1/p' "$work/err")
+  base=$(sed -n 's/^base images: downloaded [0-9]* layers, \([0-9]*\) bytes.*/\1/p' "$work/err")
   got=$(blob_bytes "$from")
-  echo "manifold runner 2 run $i: ${r% *} s, $cached steps CACHED, cache layer bytes downloaded $own, all blob bytes GET $got"
-  rows+=("manifold ${r% *} $own $got")
+  echo "manifold runner 2 run $i: ${r% *} s, $cached steps CACHED, cache layer bytes downloaded $own, base layer bytes downloaded ${base:-0}, all blob bytes GET $got"
+  rows+=("manifold ${r% *} $own $got ${base:-0}")
 
   # buildah: the same two runners.
   rm -rf "$work/b1" "$work/b1r" "$work/b2" "$work/b2r"
@@ -83,7 +84,7 @@ SH
   got=$(blob_bytes "$from")
   cached=$(grep -c 'Using cache' "$work/b2.out" || true)
   echo "buildah  runner 2 run $i: ${r% *} s, $cached steps 'Using cache', all blob bytes GET $got"
-  rows+=("buildah ${r% *} - $got")
+  rows+=("buildah ${r% *} - $got -")
   "${b1[@]}" rm -a >/dev/null 2>&1 || true
   "${b2[@]}" rm -a >/dev/null 2>&1 || true
   rm -rf "$work/b1" "$work/b1r" "$work/b2" "$work/b2r" 2>/dev/null || true
@@ -96,5 +97,6 @@ for k in med:
     got = [int(r[3]) for r in rows if r[0] == k]
     print("%-8s runner 2 median %6.2f s   blob bytes GET (median) %d" % (k, med[k], st.median(got)))
 print("manifold cache layer bytes downloaded: %s" % ", ".join(r[2] for r in rows if r[0] == "manifold"))
+print("manifold base layer bytes downloaded: %s" % ", ".join(r[4] for r in rows if r[0] == "manifold"))
 print("runner 2 manifold / buildah: %.2fx (target <= 0.30x)" % (med["manifold"] / med["buildah"]))
 '

@@ -1,10 +1,11 @@
 //! `manifold build`: plan the Dockerfile for every platform, make sure base images are in the
 //! store, run the plan with the build engine, then send the result where `--output` says.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use ::engine::cache_remote::Imported;
 use ::engine::engine::{BuildOptions, Event};
@@ -12,9 +13,9 @@ use ::engine::export::{self, Exporter};
 use ::engine::pipeline::{self, ImageSource, SourceImage};
 use anyhow::{bail, Context, Result};
 use oci::media_type as mt;
-use oci::{Document, ImageConfig, Manifest, Matcher, Platform, Reference};
+use oci::{Descriptor, Digest, Document, ImageConfig, Manifest, Matcher, Platform, Reference};
 use store::layout::REF_NAME;
-use store::{CopyOptions, Layout, Platforms, Source};
+use store::{CopyOptions, Layout, Platforms, Source, Target};
 use transport::{Env, RegistryRepo};
 
 use crate::global::{Cli, OutputFormat};
@@ -234,17 +235,252 @@ impl dockerfile::lint::BasePlatforms for StorePlatforms<'_> {
     }
 }
 
-/// The CLI's image source: images from the store, else pulled from their registry (only the
-/// platforms the build needs).
+/// The CLI's image source: images from the store, else resolved in their registry by manifest
+/// and config only (the platforms the build needs); their layers are pulled when a step needs
+/// their files or an output their bytes, so a fully cached build downloads none.
 pub(crate) struct Bases<'a> {
     cli: &'a Cli,
     env: &'a Env,
     store: &'a Layout,
+    /// Images resolved in registries this build, by name.
+    remote: Mutex<BTreeMap<String, Remote>>,
+    /// Layer digest → a lock held while it downloads, so parallel steps fetch it once.
+    inflight: Mutex<HashMap<Digest, Arc<Mutex<()>>>>,
+    pulled: AtomicUsize,
+    pulled_bytes: AtomicU64,
+    /// Where lines go while a live view owns the terminal.
+    printer: Mutex<Option<Printer>>,
+}
+
+type Printer = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// A base resolved in its registry: the platforms asked for and their layers.
+struct Remote {
+    reference: Reference,
+    platforms: Vec<Platform>,
+    layers: Vec<Descriptor>,
 }
 
 impl<'a> Bases<'a> {
     pub(crate) fn new(cli: &'a Cli, env: &'a Env, store: &'a Layout) -> Self {
-        Bases { cli, env, store }
+        Bases {
+            cli,
+            env,
+            store,
+            remote: Default::default(),
+            inflight: Default::default(),
+            pulled: AtomicUsize::new(0),
+            pulled_bytes: AtomicU64::new(0),
+            printer: Mutex::new(None),
+        }
+    }
+
+    fn set_printer(&self, p: Option<Printer>) {
+        if let Ok(mut g) = self.printer.lock() {
+            *g = p;
+        }
+    }
+
+    fn tell(&self, line: String) {
+        let p = self.printer.lock().ok().and_then(|g| g.clone());
+        match p {
+            Some(p) if !self.cli.quiet => p(&line),
+            _ => say(self.cli, line),
+        }
+    }
+
+    /// Resolves `r` for each of `platforms` in its registry: index, manifest and config, no layer.
+    fn resolve_remote(&self, r: &Reference, platforms: &[Platform]) -> Result<Vec<SourceImage>> {
+        let name = r.to_string();
+        let src = RegistryRepo::new(self.env.client()?, r, self.env.runtime());
+        let root = src.resolve(&name).with_context(|| {
+            format!(
+                "base image {} is not in the local store and could not be pulled",
+                r.familiar()
+            )
+        })?;
+        let top = src.read_manifest(&root)?;
+        let mut out = Vec::new();
+        for p in platforms {
+            let (desc, manifest) = match &top {
+                Manifest::Image(_) => (root.clone(), top.clone()),
+                Manifest::Index(doc) => {
+                    let entry =
+                        doc.value()
+                            .select(p)
+                            .map_err(|e| store::Error::NoMatchingPlatform {
+                                source_name: Source::describe(&src),
+                                wanted: e.wanted.to_string(),
+                                available: e.available.iter().map(|p| p.to_string()).collect(),
+                            })?;
+                    (entry.clone(), src.read_manifest(entry)?)
+                }
+            };
+            let Manifest::Image(doc) = manifest else {
+                bail!(
+                    "{}: the entry for {p} is an index, not an image",
+                    r.familiar()
+                );
+            };
+            let image = doc.value().clone();
+            let config = Document::<ImageConfig>::parse(src.read_verified(&image.config)?)?
+                .value()
+                .clone();
+            if !Matcher::new(p).matches(&config.platform()) {
+                bail!("it has no image for {p}");
+            }
+            out.push(SourceImage {
+                manifest: image,
+                config,
+                digest: desc.digest.clone(),
+            });
+        }
+        say(
+            self.cli,
+            format!(
+                "resolved {} for {}: {} (layers are pulled when a step or an output needs them)",
+                r.familiar(),
+                platforms
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                root.digest
+            ),
+        );
+        let mut remote = self
+            .remote
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?;
+        let entry = remote.entry(name).or_insert_with(|| Remote {
+            reference: r.clone(),
+            platforms: Vec::new(),
+            layers: Vec::new(),
+        });
+        for (p, img) in platforms.iter().zip(&out) {
+            entry.platforms.push(p.clone());
+            entry.layers.extend(img.manifest.layers.iter().cloned());
+        }
+        Ok(out)
+    }
+
+    /// Pulls the blobs of `layers` of the resolved image `reference` into the store, up to four
+    /// at a time; each is fetched once however many steps ask.
+    fn pull_layers(&self, reference: &str, layers: &[Descriptor]) -> Result<()> {
+        let r = Reference::parse(reference)?;
+        let missing: Vec<&Descriptor> = layers
+            .iter()
+            .filter(|l| !self.store.has_blob(&l.digest))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let src = RegistryRepo::new(self.env.client()?, &r, self.env.runtime());
+        let next = AtomicUsize::new(0);
+        let got = AtomicU64::new(0);
+        let n = AtomicUsize::new(0);
+        let errors: Mutex<Vec<anyhow::Error>> = Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            for _ in 0..missing.len().min(4) {
+                s.spawn(|| loop {
+                    let Some(l) = missing.get(next.fetch_add(1, Ordering::SeqCst)) else {
+                        return;
+                    };
+                    let lock = self
+                        .inflight
+                        .lock()
+                        .map(|mut m| m.entry(l.digest.clone()).or_default().clone());
+                    let Ok(lock) = lock else { return };
+                    let _held = lock.lock();
+                    if self.store.has_blob(&l.digest) {
+                        continue;
+                    }
+                    match Target::put(self.store, l, &src) {
+                        Ok(_) => {
+                            got.fetch_add(l.size, Ordering::SeqCst);
+                            n.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(e) => {
+                            if let Ok(mut v) = errors.lock() {
+                                v.push(anyhow::Error::new(e).context(format!(
+                                    "pulling layer {} of {}",
+                                    l.digest,
+                                    r.familiar()
+                                )));
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        if let Some(e) = errors.into_inner().ok().and_then(|mut v| v.pop()) {
+            return Err(e);
+        }
+        let (n, got) = (n.into_inner(), got.into_inner());
+        self.pulled.fetch_add(n, Ordering::SeqCst);
+        self.pulled_bytes.fetch_add(got, Ordering::SeqCst);
+        if n > 0 {
+            self.tell(format!(
+                "pulled {} ({n} {}, {})",
+                r.familiar(),
+                if n == 1 { "layer" } else { "layers" },
+                human_size(got)
+            ));
+        }
+        Ok(())
+    }
+
+    /// Pulls `layer` into the store if it is a layer of a resolved base; false when it is not.
+    pub(crate) fn pull_blob(&self, layer: &Descriptor) -> Result<bool> {
+        let holder = self.remote.lock().ok().and_then(|remote| {
+            remote
+                .iter()
+                .find(|(_, rb)| rb.layers.iter().any(|l| l.digest == layer.digest))
+                .map(|(name, _)| name.clone())
+        });
+        match holder {
+            Some(name) => self
+                .pull_layers(&name, std::slice::from_ref(layer))
+                .map(|_| true),
+            None => Ok(false),
+        }
+    }
+
+    /// Names each resolved base in the store whose layers all came (steps or outputs needed
+    /// them), so later builds and `manifold run` find it there; the others stay unnamed.
+    pub(crate) fn finish(&self) {
+        let Ok(remote) = self.remote.lock() else {
+            return;
+        };
+        for rb in remote.values() {
+            if rb.layers.iter().all(|l| self.store.has_blob(&l.digest)) {
+                // Every blob is here: this copies manifests and configs only.
+                if let Err(e) = self.pull(&rb.reference, &rb.platforms, false) {
+                    say(
+                        self.cli,
+                        format!(
+                            "warning: base image {} was not named in the store: {e:#}",
+                            rb.reference.familiar()
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    /// The line users and tests read, when a base was resolved in a registry.
+    pub(crate) fn report(&self) {
+        if self.remote.lock().is_ok_and(|r| r.is_empty()) {
+            return;
+        }
+        say(
+            self.cli,
+            format!(
+                "base images: downloaded {} layers, {} bytes",
+                self.pulled.load(Ordering::SeqCst),
+                self.pulled_bytes.load(Ordering::SeqCst)
+            ),
+        );
     }
 
     /// The image for `platform` under `name` in the store, if every part of it is there.
@@ -317,7 +553,15 @@ impl<'a> Bases<'a> {
                     .join(", ")
             ),
         );
-        let src = RegistryRepo::new(self.env.client()?, &r, self.env.runtime());
+        self.pull(&r, &missing, true)
+    }
+
+    /// Copies `r` for `missing` platforms into the store (keeping the platforms its name has
+    /// there already) and names it; blobs the store has are not downloaded again.
+    fn pull(&self, r: &Reference, missing: &[Platform], tell: bool) -> Result<()> {
+        let cli = self.cli;
+        let name = r.to_string();
+        let src = RegistryRepo::new(self.env.client()?, r, self.env.runtime());
         let root = src.resolve(&name).with_context(|| {
             format!(
                 "base image {} is not in the local store and could not be pulled",
@@ -325,7 +569,7 @@ impl<'a> Bases<'a> {
             )
         })?;
         // Keep the platforms already here, so one name serves every build.
-        let mut want: Vec<Platform> = missing.clone();
+        let mut want: Vec<Platform> = missing.to_vec();
         if let Some(existing) = self.store.lookup(&name)? {
             if let Ok(Manifest::Index(doc)) = self.store.read_manifest(&existing) {
                 want.extend(
@@ -355,6 +599,9 @@ impl<'a> Bases<'a> {
         let mut d = report.root.clone();
         d.annotations.remove(REF_NAME);
         self.store.set_name(&name, &d)?;
+        if !tell {
+            return Ok(());
+        }
         say(
             cli,
             format!(
@@ -380,19 +627,44 @@ impl ImageSource for Bases<'_> {
         platforms: &[Platform],
         pull: bool,
     ) -> std::result::Result<Vec<SourceImage>, String> {
-        self.ensure(reference, platforms, pull)
+        let r = Reference::parse(reference)
+            .with_context(|| format!("base image {reference:?}"))
             .map_err(|e| format!("{e:#}"))?;
+        let name = r.to_string();
+        let mut found: Vec<Option<SourceImage>> = Vec::new();
+        let mut missing = Vec::new();
+        for p in platforms {
+            let here = match pull {
+                true => None,
+                false => self.lookup(&name, p).map_err(|e| format!("{e:#}"))?,
+            };
+            if here.is_none() {
+                missing.push(p.clone());
+            }
+            found.push(here);
+        }
+        let mut resolved = match missing.is_empty() {
+            true => Vec::new(),
+            false => self
+                .resolve_remote(&r, &missing)
+                .map_err(|e| format!("{e:#}"))?,
+        }
+        .into_iter();
+        found
+            .into_iter()
+            .map(|f| {
+                f.or_else(|| resolved.next())
+                    .ok_or_else(|| "it resolved to fewer images than platforms asked".to_string())
+            })
+            .collect()
+    }
+
+    fn layers(&self, reference: &str, layers: &[Descriptor]) -> std::result::Result<(), String> {
         let name = Reference::parse(reference)
             .map_err(|e| e.to_string())?
             .to_string();
-        platforms
-            .iter()
-            .map(|p| {
-                self.lookup(&name, p)
-                    .map_err(|e| format!("{e:#}"))?
-                    .ok_or_else(|| format!("it has no image for {p}"))
-            })
-            .collect()
+        self.pull_layers(&name, layers)
+            .map_err(|e| format!("{e:#}"))
     }
 }
 
@@ -577,6 +849,7 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs) -> Result<ExitCode> {
         true => None,
         false => crate::cache::import(cli, env, &cache_from)?,
     };
+    let bases = Bases::new(cli, env, &store);
     let (built, origins) = if nodes {
         let started = std::time::Instant::now();
         let agents = crate::ssh::Agents::from_specs(&a.ssh)?;
@@ -617,6 +890,7 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs) -> Result<ExitCode> {
             env,
             a,
             &store,
+            &bases,
             &df,
             &opts,
             &shown,
@@ -635,6 +909,7 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs) -> Result<ExitCode> {
         &built,
         origins,
         imported.as_deref(),
+        &bases,
         &exporters,
         &cache_to,
         &tags,
@@ -653,14 +928,14 @@ fn build_here(
     env: &Env,
     a: &BuildArgs,
     store: &Layout,
+    bases: &Bases<'_>,
     df: &dockerfile::ast::Dockerfile,
     opts: &dockerfile::PlanOptions,
     shown: &str,
     proxies: BTreeMap<String, String>,
     imported: Option<Arc<Imported>>,
 ) -> Result<std::result::Result<(::engine::engine::Built, Origins), ExitCode>> {
-    let bases = Bases::new(cli, env, store);
-    let prepared = match pipeline::prepare(df, opts, &bases, a.pull) {
+    let prepared = match pipeline::prepare(df, opts, bases, a.pull) {
         Ok(p) => p,
         Err(pipeline::PrepareError::Plan(e)) => {
             eprintln!("{e}");
@@ -676,7 +951,13 @@ fn build_here(
         cli.quiet,
         crate::buildview::stderr_is_terminal(),
     );
-    let view = (live == crate::buildview::Mode::Tty).then(crate::buildview::LiveView::new);
+    let view =
+        (live == crate::buildview::Mode::Tty).then(|| Arc::new(crate::buildview::LiveView::new()));
+    // Bases pulled while steps run are told above the live view, not through it.
+    if let Some(v) = &view {
+        let v = v.clone();
+        bases.set_printer(Some(Arc::new(move |l: &str| v.println(l))));
+    }
     let progress = |e: Event| {
         if quiet {
             return;
@@ -830,7 +1111,9 @@ fn build_here(
         allow: a.allow.clone(),
     };
     let started = std::time::Instant::now();
-    let built = prepared.solve(store, &bopts, &progress)?;
+    let built = prepared.solve(store, &bopts, &progress);
+    bases.set_printer(None);
+    let built = built?;
     say(
         cli,
         format!("built in {:.1}s", started.elapsed().as_secs_f64()),
@@ -848,6 +1131,7 @@ fn export(
     built: &::engine::engine::Built,
     origins: Origins,
     imported: Option<&Imported>,
+    bases: &Bases<'_>,
     exporters: &[Box<dyn Exporter>],
     cache_to: &[crate::cache::CacheTo],
     tags: &[Reference],
@@ -862,17 +1146,23 @@ fn export(
     };
 
     let cache = ::engine::cache::LocalCache::new(&env.store_root);
-    // Cache hits from imported caches: their layers are mounted by a push to the same registry,
-    // else fetched now (only the exported images' layers).
-    let base_origins = origins;
-    let mut origins = base_origins.clone();
+    // Layers left in imported caches (cache hits) or in base images' registries (bases no step
+    // needed): mounted by a push to the same registry, else fetched now (only the exported
+    // images' layers).
+    let mut origins = origins;
     if let Some(imp) = imported {
         for (d, v) in imp.origins() {
             origins.entry(d).or_default().extend(v);
         }
     }
+    let lazy = crate::cache::Lazy {
+        store,
+        imported,
+        bases: Some(bases),
+        origins: origins.clone(),
+    };
     let push_only = (a.output.is_empty() && a.push && !a.load).then_some(tags);
-    crate::cache::prepare_outputs(store, built, imported, push_only)?;
+    crate::cache::prepare_outputs(store, built, &lazy, push_only)?;
     let layer_opts = runtime::LayerOptions::from_env();
     let root = if cache_to.contains(&crate::cache::CacheTo::Inline) {
         crate::cache::inline(store, built, root, &layer_opts)?
@@ -887,6 +1177,7 @@ fn export(
         cache: &cache,
         origins: &origins,
         registries: &Registries(env),
+        blobs: Some(&lazy),
     };
     for e in exporters {
         for line in e
@@ -897,17 +1188,7 @@ fn export(
         }
     }
     for (to, spec) in cache_to.iter().zip(&a.cache_to) {
-        let r = crate::cache::export(
-            cli,
-            env,
-            store,
-            &cache,
-            built,
-            to,
-            imported,
-            &base_origins,
-            &layer_opts,
-        );
+        let r = crate::cache::export(cli, env, store, &cache, built, to, &lazy, &layer_opts);
         match r {
             // buildx: a failed cache export fails the build unless ignore-error=true.
             Err(e) if spec.contains("ignore-error=true") => say(
@@ -918,6 +1199,8 @@ fn export(
         }
     }
     crate::cache::report(cli, imported);
+    bases.report();
+    bases.finish();
 
     if let Some(f) = a.iidfile.as_deref() {
         store::layout::write_atomic(f, root.digest.to_string().as_bytes())?;

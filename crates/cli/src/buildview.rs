@@ -264,6 +264,11 @@ impl LiveView {
         console::truncate_str(s, self.width.saturating_sub(room).max(8), "…").to_string()
     }
 
+    /// A line above the live view (a base image pulled while steps run).
+    pub fn println(&self, line: &str) {
+        let _ = self.mp.println(self.fit(line, 1));
+    }
+
     pub fn event(&self, e: &Event) {
         let Ok(mut d) = self.drawn.lock() else { return };
         for line in d.state.apply(e) {

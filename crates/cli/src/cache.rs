@@ -214,12 +214,31 @@ pub fn import(cli: &Cli, env: &Env, specs: &[CacheFromSpec]) -> Result<Option<Ar
     Ok(Some(Arc::new(imported)))
 }
 
-/// The store, falling back to the imported caches for layers a cache hit left there: reading
-/// such a layer fetches it (counted); a registry target on the same host mounts it instead.
-struct Lazy<'a> {
-    store: &'a Layout,
-    imported: Option<&'a Imported>,
-    origins: HashMap<Digest, Vec<String>>,
+/// The store, falling back to the imported caches for layers a cache hit left there and to the
+/// registries of base images resolved without their layers: reading such a layer fetches it
+/// (counted); a registry target on the same host mounts it instead.
+pub struct Lazy<'a> {
+    pub store: &'a Layout,
+    pub imported: Option<&'a Imported>,
+    pub bases: Option<&'a crate::build::Bases<'a>>,
+    pub origins: HashMap<Digest, Vec<String>>,
+}
+
+impl Lazy<'_> {
+    /// Puts the blob in the store from wherever it is, if the store lacks it.
+    pub fn fetch(&self, desc: &Descriptor) -> store::Result<()> {
+        if self.store.has_blob(&desc.digest) {
+            return Ok(());
+        }
+        if let Some(imp) = self.imported.filter(|i| i.holds(&desc.digest)) {
+            imp.fetch(self.store, desc)
+                .map_err(|e| store::Error::Unsupported(e.to_string()))?;
+        } else if let Some(b) = self.bases {
+            b.pull_blob(desc)
+                .map_err(|e| store::Error::Unsupported(format!("{e:#}")))?;
+        }
+        Ok(())
+    }
 }
 
 impl Source for Lazy<'_> {
@@ -230,12 +249,7 @@ impl Source for Lazy<'_> {
         self.store.resolve(name)
     }
     fn open_at(&self, desc: &Descriptor, offset: u64) -> store::Result<Box<dyn Read + Send + '_>> {
-        if !self.store.has_blob(&desc.digest) {
-            if let Some(imp) = self.imported.filter(|i| i.holds(&desc.digest)) {
-                imp.fetch(self.store, desc)
-                    .map_err(|e| store::Error::Unsupported(e.to_string()))?;
-            }
-        }
+        self.fetch(desc)?;
         self.store.open_at(desc, offset)
     }
     fn also_in(&self, digest: &Digest) -> Vec<String> {
@@ -243,22 +257,22 @@ impl Source for Lazy<'_> {
     }
 }
 
-/// Fetches the layers of the exported images that cache hits left in imported caches, unless
-/// every output is a push to a registry that can mount them from there.
+/// Fetches the layers of the exported images that are not in the store (left in imported caches
+/// by cache hits, or in the registries of bases no step needed), unless every output is a push
+/// to a registry that can mount them from there. `origins`: blob → repositories holding it.
 pub fn prepare_outputs(
     store: &Layout,
     built: &Built,
-    imported: Option<&Imported>,
+    lazy: &Lazy<'_>,
     push_only_to: Option<&[Reference]>,
 ) -> Result<()> {
-    let Some(imp) = imported else { return Ok(()) };
-    let origins = imp.origins();
+    let origins = &lazy.origins;
     for img in &built.images {
         let Ok(Manifest::Image(m)) = store.read_manifest(&img.manifest) else {
             continue;
         };
         for l in &m.value().layers {
-            if store.has_blob(&l.digest) || !imp.holds(&l.digest) {
+            if store.has_blob(&l.digest) {
                 continue;
             }
             let mountable = push_only_to.is_some_and(|tags| {
@@ -271,7 +285,7 @@ pub fn prepare_outputs(
                 })
             });
             if !mountable {
-                imp.fetch(store, l)?;
+                lazy.fetch(l)?;
             }
         }
     }
@@ -345,8 +359,7 @@ pub fn export(
     cache: &LocalCache,
     built: &Built,
     to: &CacheTo,
-    imported: Option<&Imported>,
-    base_origins: &HashMap<Digest, Vec<String>>,
+    lazy: &Lazy<'_>,
     layer: &runtime::LayerOptions,
 ) -> Result<()> {
     let (mode, compression) = match to {
@@ -366,18 +379,6 @@ pub fn export(
         &created(layer),
         layer.source_date_epoch.is_some(),
     );
-    let mut origins = imported.map(Imported::origins).unwrap_or_default();
-    for (d, v) in base_origins {
-        origins
-            .entry(d.clone())
-            .or_default()
-            .extend(v.iter().cloned());
-    }
-    let lazy = Lazy {
-        store,
-        imported,
-        origins,
-    };
     if let Some(c) = compression {
         let opts = runtime::LayerOptions {
             compression: c,
@@ -390,11 +391,7 @@ pub fn export(
             if mt::layer_compression(&l.media_type) == Some(c) {
                 continue;
             }
-            if !store.has_blob(&l.digest) {
-                if let Some(imp) = imported {
-                    imp.fetch(store, l)?;
-                }
-            }
+            lazy.fetch(l)?;
             r.layer = Some(export::layer_form(store, cache, l, diff, &opts)?);
         }
     }
@@ -403,7 +400,7 @@ pub fn export(
     let (place, report) = match to {
         CacheTo::Registry { reference, .. } => {
             let dst = RegistryRepo::new(env.client()?, reference, env.runtime());
-            let report = store::copy(&lazy, &dst, &root, &copts)
+            let report = store::copy(lazy, &dst, &root, &copts)
                 .with_context(|| format!("exporting the build cache to {reference}"))?;
             dst.set_name(&reference.to_string(), &root)?;
             (reference.to_string(), report)
@@ -411,7 +408,7 @@ pub fn export(
         CacheTo::Local { dest, .. } => {
             let dst = Layout::open_or_create(dest)
                 .with_context(|| format!("opening the cache directory {}", dest.display()))?;
-            let report = store::copy(&lazy, &dst, &root, &copts)
+            let report = store::copy(lazy, &dst, &root, &copts)
                 .with_context(|| format!("exporting the build cache to {}", dest.display()))?;
             Target::set_name(&dst, LOCAL_TAG, &root)?;
             (dest.display().to_string(), report)

@@ -19,9 +19,14 @@ fn base() -> Option<(Registry, String)> {
 
 /// Two stages: the build stage's layers differ per platform, the final stage reads it.
 fn context(base: &str) -> tempfile::TempDir {
+    context_on(base, base)
+}
+
+/// [`context`] with the build stage on `build_base` and the final stage on `base`.
+fn context_on(build_base: &str, base: &str) -> tempfile::TempDir {
     let t = tempfile::tempdir().unwrap();
     let df = format!(
-        "FROM {base} AS build\nCOPY a.txt /a.txt\nRUN cat /a.txt > /b.txt && uname -m >> /b.txt\n\n\
+        "FROM {build_base} AS build\nCOPY a.txt /a.txt\nRUN cat /a.txt > /b.txt && uname -m >> /b.txt\n\n\
          FROM {base}\nCOPY --from=build /b.txt /b.txt\nCOPY c.txt /c.txt\nRUN cat /b.txt /c.txt > /out\n"
     );
     fs::write(t.path().join("Dockerfile"), df).unwrap();
@@ -424,4 +429,237 @@ fn step_times_travel_with_the_cache() {
     );
     assert_eq!(cached(&log2), 5, "{log2}");
     assert_eq!(root_digest(&out2), root_digest(&out1), "{log2}");
+}
+
+/// (digest, size) of every layer of `reference` in the registry (every platform of an index), as
+/// skopeo reads them.
+fn registry_layers(reference: &str) -> Vec<(String, u64)> {
+    let raw = |r: &str| -> serde_json::Value {
+        let out = sh(Command::new("skopeo").args([
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{r}"),
+        ]));
+        serde_json::from_str(&out).unwrap()
+    };
+    let root = raw(reference);
+    let repo = reference
+        .rsplit_once(':')
+        .filter(|(r, _)| r.contains('/'))
+        .map_or(reference, |(r, _)| r);
+    let manifests = match root["manifests"].as_array() {
+        Some(children) => children
+            .iter()
+            .map(|c| raw(&format!("{repo}@{}", c["digest"].as_str().unwrap())))
+            .collect(),
+        None => vec![root],
+    };
+    manifests
+        .iter()
+        .flat_map(|m| m["layers"].as_array().unwrap().clone())
+        .map(|l| {
+            (
+                l["digest"].as_str().unwrap().to_string(),
+                l["size"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// The second runner of a CI pipeline downloads no layer it does not need. Counted by the
+/// registry itself (its access log), not by manifold: with `--push` to the registry that holds
+/// the cache and the bases, no layer at all (base layers are mounted, as cache layers are);
+/// with `--load`, exactly the final images' layers, each once. The build stage sits on a base of
+/// its own, which a fully cached build never needs.
+#[test]
+fn second_runner_downloads_only_the_layers_it_needs() {
+    let Some((reg, base)) = logged_registry_with_busybox(&["amd64", "arm64"]) else {
+        return;
+    };
+    if !peer("skopeo") {
+        return;
+    }
+    let tools = format!("{}/base/tools:1", reg.addr);
+    let t = tempfile::tempdir().unwrap();
+    fs::write(
+        t.path().join("Dockerfile"),
+        format!("FROM {base}\nRUN echo tools > /tools.txt\n"),
+    )
+    .unwrap();
+    let seed = tempfile::tempdir().unwrap();
+    build(
+        seed.path(),
+        &[
+            "--platform",
+            PLATFORMS,
+            "-t",
+            &tools,
+            "--push",
+            t.path().to_str().unwrap(),
+        ],
+    );
+    let ctx = context_on(&tools, &base);
+    let c = ctx.path().to_str().unwrap();
+    let cache_ref = format!("{}/cache/lazy:bc", reg.addr);
+    let runner1 = tempfile::tempdir().unwrap();
+    let image1 = format!("{}/app/lazy:1", reg.addr);
+    let (out1, _) = build(
+        runner1.path(),
+        &[
+            "--platform",
+            PLATFORMS,
+            "-t",
+            &image1,
+            "--push",
+            "--cache-to",
+            &format!("type=registry,ref={cache_ref},mode=max"),
+            c,
+        ],
+    );
+    let mut layers: std::collections::BTreeSet<String> = Default::default();
+    for r in [&base, &tools, &cache_ref, &image1] {
+        layers.extend(registry_layers(r).into_iter().map(|(d, _)| d));
+    }
+    let layer_gets = |from: usize| -> Vec<BlobGet> {
+        reg.blob_gets(from)
+            .into_iter()
+            .filter(|g| layers.contains(&g.digest))
+            .collect()
+    };
+
+    // --push to the same registry: every step CACHED and not one layer byte downloaded.
+    let mark = reg.log_lines();
+    let runner2 = tempfile::tempdir().unwrap();
+    let (out2, log2) = build(
+        runner2.path(),
+        &[
+            "--platform",
+            PLATFORMS,
+            "-t",
+            &format!("{}/app/lazy:2", reg.addr),
+            "--push",
+            "--cache-from",
+            &format!("type=registry,ref={cache_ref}"),
+            c,
+        ],
+    );
+    assert!(!steps(&log2).is_empty(), "{log2}");
+    assert_eq!(cached(&log2), steps(&log2).len(), "{log2}");
+    assert_eq!(root_digest(&out2), root_digest(&out1), "{log2}");
+    let got = layer_gets(mark);
+    assert!(got.is_empty(), "layers downloaded: {got:?}\n{log2}");
+    // What was pushed is whole.
+    let copy = tempfile::tempdir().unwrap();
+    sh(Command::new("skopeo").args([
+        "copy",
+        "--all",
+        "--src-tls-verify=false",
+        &format!("docker://{}/app/lazy:2", reg.addr),
+        &format!("oci:{}:two", copy.path().display()),
+    ]));
+
+    // --load: exactly the final images' layers (bases' and the build's), each once; neither
+    // the tools base nor the build stage's layers.
+    let mark = reg.log_lines();
+    let runner3 = tempfile::tempdir().unwrap();
+    let (out3, log3) = build(
+        runner3.path(),
+        &[
+            "--platform",
+            PLATFORMS,
+            "--load",
+            "-t",
+            "app:3",
+            "--cache-from",
+            &format!("type=registry,ref={cache_ref}"),
+            c,
+        ],
+    );
+    assert_eq!(cached(&log3), steps(&log3).len(), "{log3}");
+    assert_eq!(root_digest(&out3), root_digest(&out1), "{log3}");
+    let final_layers: std::collections::BTreeMap<String, u64> =
+        registry_layers(&image1).into_iter().collect();
+    let got = layer_gets(mark);
+    let mut fetched: Vec<String> = got.iter().map(|g| g.digest.clone()).collect();
+    fetched.sort();
+    assert_eq!(
+        fetched,
+        final_layers.keys().cloned().collect::<Vec<_>>(),
+        "layers downloaded: {got:?}\n{log3}"
+    );
+    assert_eq!(
+        got.iter().map(|g| g.bytes).sum::<u64>(),
+        final_layers.values().sum::<u64>(),
+        "{got:?}"
+    );
+    let fsck = ok(runner3.path(), &["fsck"]);
+    assert!(!fsck.contains("missing"), "{fsck}");
+    // A base whose layers all came is named in the store, as a pulled one; the other is not.
+    let images = ok(runner3.path(), &["images"]);
+    assert!(images.contains("base/busybox"), "{images}");
+    assert!(!images.contains("base/tools"), "{images}");
+}
+
+/// `mode=min` exports only the final stage's steps. A later build of the same inputs takes them
+/// from the cache by definition (the copied-from stage by its base, files and instructions, not
+/// by what it built), so the build stage never runs; a change to that stage's own input makes
+/// it run again, and the steps reading it too.
+#[test]
+fn mode_min_does_not_rerun_a_stage_only_copied_from() {
+    let Some((reg, base)) = base() else { return };
+    let ctx = context(&base);
+    let c = ctx.path().to_str().unwrap();
+    let cache_ref = format!("{}/cache/min:bc", reg.addr);
+    let runner1 = tempfile::tempdir().unwrap();
+    let (out1, log1) = build(
+        runner1.path(),
+        &[
+            "--platform",
+            PLATFORMS,
+            "--cache-to",
+            &format!("type=registry,ref={cache_ref},mode=min"),
+            c,
+        ],
+    );
+    assert_eq!(cached(&log1), 0, "{log1}");
+    let from = format!("type=registry,ref={cache_ref}");
+    let runner2 = tempfile::tempdir().unwrap();
+    let (out2, log2) = build(
+        runner2.path(),
+        &["--platform", PLATFORMS, "--cache-from", &from, c],
+    );
+    // The final stage's three steps per platform, all CACHED; nothing started.
+    assert_eq!(steps(&log2).len(), 6, "{log2}");
+    assert_eq!(cached(&log2), 6, "{log2}");
+    assert!(
+        !log2
+            .lines()
+            .any(|l| l.starts_with('[') && l.ends_with(" ...")),
+        "a step ran:\n{log2}"
+    );
+    assert_eq!(root_digest(&out2), root_digest(&out1), "{log2}");
+
+    fs::write(ctx.path().join("a.txt"), "changed\n").unwrap();
+    let runner3 = tempfile::tempdir().unwrap();
+    let (out3, log3) = build(
+        runner3.path(),
+        &["--platform", PLATFORMS, "--cache-from", &from, c],
+    );
+    let ran: Vec<&str> = steps(&log3)
+        .into_iter()
+        .filter(|l| !l.contains(" CACHED"))
+        .collect();
+    for want in [
+        " build 1/2] COPY a.txt",
+        " build 2/2] RUN",
+        "COPY --from=build",
+    ] {
+        assert_eq!(
+            ran.iter().filter(|l| l.contains(want)).count(),
+            2,
+            "{want} on both platforms:\n{log3}"
+        );
+    }
+    assert_ne!(root_digest(&out3), root_digest(&out1));
 }

@@ -27,6 +27,8 @@ use runtime::sandbox::{self, Network, RootFs, RunSpec};
 use runtime::snapshot::{self, SnapshotCache};
 use runtime::{io_err, Error, Result};
 
+mod defkey;
+
 /// Finds base images (and `COPY --from` images): makes sure the image for `platform` is in the
 /// store and returns its manifest and config. The CLI implements it with the store and registries.
 pub trait BaseResolver: Sync {
@@ -40,6 +42,12 @@ pub trait BaseResolver: Sync {
     /// `org.opencontainers.image.base.digest` annotation.
     fn digest(&self, _reference: &str, _platform: &Platform) -> Option<Digest> {
         None
+    }
+
+    /// Puts these layers of resolved images in the store: bases are resolved by manifest and
+    /// config, and their layers come only when a step needs their files.
+    fn layers(&self, _layers: &[Descriptor]) -> std::result::Result<(), String> {
+        Ok(())
     }
 }
 
@@ -171,6 +179,10 @@ pub struct Built {
 
 /// Which step of which instance runs, for the events it sends while it runs.
 struct At {
+    /// The instance's key.
+    instance: String,
+    /// An instance no target needs: it may only take its steps from the cache.
+    cache_only: bool,
     /// The platform label (`linux/amd64 for linux/arm64` on a build-platform stage).
     platform: String,
     stage: String,
@@ -214,6 +226,48 @@ struct Engine<'a> {
     first_failure: Mutex<Option<Error>>,
     /// Steps used, for `Built::steps`.
     used: std::sync::Mutex<Vec<(String, CachedStep)>>,
+    /// Definition keys, their hits, and which instances the targets need.
+    defs: defkey::Definitions,
+    /// Context fingerprints made this build, by what they cover.
+    fingerprints: Mutex<HashMap<String, String>>,
+}
+
+/// The keys a step is cached under.
+struct Keys {
+    /// By content: every input as it is.
+    content: String,
+    /// By definition, for a step that reads other stages.
+    def: Option<String>,
+    /// What the stage's key becomes after the step (with its layer's diffID).
+    chain: String,
+}
+
+impl Keys {
+    fn plain(key: String) -> Keys {
+        Keys {
+            content: key.clone(),
+            def: None,
+            chain: key,
+        }
+    }
+
+    /// A step found by its definition key (its content key is unknown: the stages it reads were
+    /// not built); `chain`: the step's key before what it reads.
+    fn by_definition(def: &str, chain: &str) -> Keys {
+        Keys {
+            content: def.to_string(),
+            def: None,
+            chain: chain.to_string(),
+        }
+    }
+}
+
+/// A stage's name, or `stage-N`.
+fn stage_name(body: &InstanceBody) -> String {
+    body.stage
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("stage-{}", body.stage.index))
 }
 
 pub fn build(
@@ -247,7 +301,7 @@ pub fn build(
                 .push(pp.platform.to_string());
         }
     }
-    let engine = Engine {
+    let mut engine = Engine {
         targets,
         store,
         resolver,
@@ -264,7 +318,10 @@ pub fn build(
         cancel: sandbox::Cancel::default(),
         first_failure: Mutex::new(None),
         used: Default::default(),
+        defs: Default::default(),
+        fingerprints: Default::default(),
     };
+    engine.defs = engine.definitions(plan);
     let results = engine.run_all(&plan.stages)?;
     let mut images = Vec::new();
     for pp in &plan.platforms {
@@ -307,29 +364,48 @@ impl Engine<'_> {
     fn run_all(&self, stages: &[StageInstance]) -> Result<HashMap<String, State>> {
         let jobs = self.opts.jobs.max(1);
         let mut done: HashMap<String, State> = HashMap::new();
+        // Instances no target needs that could not come from the cache alone.
+        let mut left_out: std::collections::HashSet<String> = Default::default();
         let mut pending: Vec<&StageInstance> = stages.iter().collect();
+        let waits = |s: &StageInstance| -> Vec<String> {
+            match self.defs.wait_for.get(&s.key) {
+                Some(w) => w.clone(),
+                None => s.body.depends_on.clone(),
+            }
+        };
         std::thread::scope(|sc| -> Result<()> {
-            let (tx, rx) = std::sync::mpsc::channel::<(String, Result<State>)>();
+            let (tx, rx) = std::sync::mpsc::channel::<(String, Result<Option<State>>)>();
             let mut running = 0usize;
             let mut first_err: Option<Error> = None;
             loop {
                 while first_err.is_none() && running < jobs {
-                    let Some(pos) = pending
-                        .iter()
-                        .position(|s| s.body.depends_on.iter().all(|k| done.contains_key(k)))
+                    let finished = |k: &String| done.contains_key(k) || left_out.contains(k);
+                    let Some(pos) = pending.iter().position(|s| waits(s).iter().all(finished))
                     else {
                         break;
                     };
                     let inst = pending.remove(pos);
+                    let optional = self.defs.optional.contains(&inst.key);
+                    // Only optional instances wait for ones that may be left out.
+                    if waits(inst).iter().any(|k| left_out.contains(k)) {
+                        left_out.insert(inst.key.clone());
+                        continue;
+                    }
                     let deps = done.clone();
                     let tx = tx.clone();
                     running += 1;
                     sc.spawn(move || {
                         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            self.run_instance(&inst.key, &inst.body, &deps)
+                            self.run_instance(&inst.key, &inst.body, &deps, optional)
                         }))
-                        .unwrap_or_else(|_| Err(poisoned()))
-                        .map_err(|e| self.stop(e, &inst.key, &inst.body.platform));
+                        .unwrap_or_else(|_| Err(poisoned()));
+                        let r = match (r, optional) {
+                            // Nothing reads it: a step the cache lacks leaves it out.
+                            (Err(_), true) => Ok(None),
+                            (r, _) => r
+                                .map(Some)
+                                .map_err(|e| self.stop(e, &inst.key, &inst.body.platform)),
+                        };
                         let _ = tx.send((inst.key.clone(), r));
                     });
                 }
@@ -339,8 +415,11 @@ impl Engine<'_> {
                 let (key, r) = rx.recv().map_err(|_| poisoned())?;
                 running -= 1;
                 match r {
-                    Ok(st) => {
+                    Ok(Some(st)) => {
                         done.insert(key, st);
+                    }
+                    Ok(None) => {
+                        left_out.insert(key);
                     }
                     Err(e) => {
                         first_err.get_or_insert(e);
@@ -361,18 +440,18 @@ impl Engine<'_> {
         Ok(done)
     }
 
+    /// Builds one instance. A `cache_only` one (no target needs it) fails at its first step the
+    /// cache lacks, and its steps are shown only when all of them were cached.
     fn run_instance(
         &self,
         key: &str,
         body: &InstanceBody,
         deps: &HashMap<String, State>,
+        cache_only: bool,
     ) -> Result<State> {
         let platform = &body.platform;
-        let stage_name = body
-            .stage
-            .name
-            .clone()
-            .unwrap_or_else(|| format!("stage-{}", body.stage.index));
+        let stage_name = stage_name(body);
+        let mut shown: Vec<Event> = Vec::new();
         let mut state = match &body.base {
             Base::Scratch => State {
                 layers: Vec::new(),
@@ -406,6 +485,8 @@ impl Engine<'_> {
             }
             let started = Instant::now();
             let at = At {
+                instance: key.to_string(),
+                cache_only,
                 platform: self.label(key, platform),
                 stage: stage_name.clone(),
                 index: i + 1,
@@ -423,7 +504,7 @@ impl Engine<'_> {
                         platform: platform.to_string(),
                         reason: e.to_string(),
                     })?;
-            (self.progress)(Event::Step {
+            let event = Event::Step {
                 platform: self.label(key, platform),
                 stage: stage_name.clone(),
                 index: i + 1,
@@ -432,9 +513,59 @@ impl Engine<'_> {
                 emulated,
                 cached,
                 seconds: started.elapsed().as_secs_f64(),
-            });
+            };
+            match cache_only {
+                true => shown.push(event),
+                false => (self.progress)(event),
+            }
+        }
+        for e in shown {
+            (self.progress)(e);
         }
         Ok(state)
+    }
+
+    /// A step the cache lacks is about to run: not in an instance no target needs.
+    fn must_run(&self, at: &At) -> Result<()> {
+        match at.cache_only {
+            true => Err(Error::Unsupported(format!(
+                "step {} of an instance no target needs is not cached",
+                at.index
+            ))),
+            false => Ok(()),
+        }
+    }
+
+    /// The definition key of the step at `at`, when it reads other stages, and the hit it found
+    /// before the build started.
+    fn definition(&self, at: &At) -> (Option<String>, Option<CachedStep>) {
+        let i = at.index - 1;
+        let key = self
+            .defs
+            .steps
+            .get(&at.instance)
+            .and_then(|v| v.get(i))
+            .cloned();
+        let hit = self.defs.hits.get(&(at.instance.clone(), i)).cloned();
+        (key, hit)
+    }
+
+    /// A context fingerprint, made once per build for the same sources.
+    fn fingerprint(&self, sources: &[PlannedSource], exclude: &[String]) -> Result<String> {
+        let what = serde_json::to_string(&(sources, exclude)).unwrap_or_default();
+        if let Some(f) = self
+            .fingerprints
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&what).cloned())
+        {
+            return Ok(f);
+        }
+        let f = self.context.fingerprint(sources, exclude)?;
+        if let Ok(mut m) = self.fingerprints.lock() {
+            m.insert(what, f.clone());
+        }
+        Ok(f)
     }
 
     fn step_start(&self, at: &At) {
@@ -647,14 +778,31 @@ impl Engine<'_> {
                 // What bind mounts read is an input of the step like its command.
                 // So are the --add-host entries it sees.
                 let hosts = format!("{:?}", self.opts.extra_hosts);
-                let step_key = key_of(&[
+                let history = format!("RUN {}", command_text(command));
+                let (def, def_hit) = self.definition(at);
+                if let (Some(def), Some(hit)) = (&def, def_hit) {
+                    self.use_hit(state, &Keys::by_definition(def, &step_key), hit, history);
+                    return Ok((true, emulated));
+                }
+                let content = key_of(&[
                     &step_key,
                     &self.mount_inputs(mounts, platform, deps)?,
                     &hosts,
                 ]);
-                if self.take_cached(state, &step_key, format!("RUN {}", command_text(command))) {
+                let keys = match defkey::reads(step).is_empty() {
+                    true => Keys::plain(content),
+                    false => Keys {
+                        content,
+                        def,
+                        chain: step_key.clone(),
+                    },
+                };
+                if self.take_cached(state, &keys, history.clone()) {
                     return Ok((true, emulated));
                 }
+                self.must_run(at)?;
+                // Layers not here yet are fetched before the step is announced.
+                let mut lowers = self.snapshot_paths(state)?;
                 self.step_start(at);
                 let mut full_env: BTreeMap<String, String> = self.opts.proxies.clone();
                 for e in cc.env.iter().flatten() {
@@ -679,7 +827,6 @@ impl Engine<'_> {
                 for d in [&upper, &work, &empty] {
                     fs::create_dir_all(d).map_err(io_err("creating", d))?;
                 }
-                let mut lowers = self.snapshot_paths(state)?;
                 if lowers.is_empty() {
                     lowers.push(empty.clone());
                 }
@@ -718,8 +865,8 @@ impl Engine<'_> {
                 spec.network = net;
                 let out = self.run_streaming(spec, at)?;
                 out.check(&argv)?;
-                let added = self.commit_layer(state, &upper, &step_key, false)?;
-                self.history(state, format!("RUN {}", command_text(command)), !added);
+                let added = self.commit_layer(state, &upper, &keys, false)?;
+                self.history(state, history, !added);
                 Ok((false, emulated))
             }
             Op::Copy {
@@ -732,18 +879,38 @@ impl Engine<'_> {
                 exclude,
                 ..
             } => {
-                let from_key = match from {
-                    Origin::Context => self.context.fingerprint(sources, exclude)?,
-                    Origin::Stage { key, .. } => {
-                        deps.get(key).map(|s| s.key.clone()).unwrap_or_default()
-                    }
-                    Origin::Image { reference } => self.base_image(reference, platform)?.key,
-                };
-                let step_key = key_of(&[&step_key, &from_key]);
                 let history = format!("COPY {} {dest}", sources_text(sources));
-                if self.take_cached(state, &step_key, history.clone()) {
+                let (def, def_hit) = self.definition(at);
+                if let (Some(def), Some(hit)) = (&def, def_hit) {
+                    self.use_hit(state, &Keys::by_definition(def, &step_key), hit, history);
                     return Ok((true, false));
                 }
+                let keys = match from {
+                    Origin::Context => {
+                        Keys::plain(key_of(&[&step_key, &self.fingerprint(sources, exclude)?]))
+                    }
+                    Origin::Stage { key, .. } => {
+                        let from_key = deps.get(key).map(|s| s.key.clone()).ok_or_else(|| {
+                            Error::BadLayer {
+                                layer: key.clone(),
+                                reason: "COPY --from names a stage that was not built".into(),
+                            }
+                        })?;
+                        Keys {
+                            content: key_of(&[&step_key, &from_key]),
+                            def,
+                            chain: step_key.clone(),
+                        }
+                    }
+                    Origin::Image { reference } => Keys::plain(key_of(&[
+                        &step_key,
+                        &self.base_image(reference, platform)?.key,
+                    ])),
+                };
+                if self.take_cached(state, &keys, history.clone()) {
+                    return Ok((true, false));
+                }
+                self.must_run(at)?;
                 self.step_start(at);
                 let workdir = workdir
                     .clone()
@@ -785,7 +952,7 @@ impl Engine<'_> {
                         copy_into(&ctx, sources, dest, &workdir, &upper, owner, mode, exclude)?;
                     }
                 }
-                self.commit_layer(state, &upper, &step_key, true)?;
+                self.commit_layer(state, &upper, &keys, true)?;
                 self.history(state, history, false);
                 Ok((false, false))
             }
@@ -826,14 +993,15 @@ impl Engine<'_> {
                     .iter()
                     .map(|(u, _, d, _)| format!("{u}={d}"))
                     .collect();
-                let step_key = key_of(&[
+                let keys = Keys::plain(key_of(&[
                     &step_key,
-                    &self.context.fingerprint(sources, exclude)?,
+                    &self.fingerprint(sources, exclude)?,
                     &url_key.join(","),
-                ]);
-                if self.take_cached(state, &step_key, history.clone()) {
+                ]));
+                if self.take_cached(state, &keys, history.clone()) {
                     return Ok((true, false));
                 }
+                self.must_run(at)?;
                 self.step_start(at);
                 let workdir = workdir
                     .clone()
@@ -922,7 +1090,7 @@ impl Engine<'_> {
                     let f = fs::File::open(&real).map_err(io_err("opening", &real))?;
                     snapshot::apply_layer(&into, f, None, snapshot::WhiteoutMode::Apply, &rel)?;
                 }
-                self.commit_layer(state, &upper, &step_key, true)?;
+                self.commit_layer(state, &upper, &keys, true)?;
                 self.history(state, history, false);
                 Ok((false, false))
             }
@@ -1116,13 +1284,19 @@ impl Engine<'_> {
     }
 
     /// On a cache hit (and without --no-cache), applies the cached layer and history entry.
-    fn take_cached(&self, state: &mut State, step_key: &str, history: String) -> bool {
+    fn take_cached(&self, state: &mut State, keys: &Keys, history: String) -> bool {
         if self.opts.no_cache || state.no_cache {
             return false;
         }
-        let Some(hit) = self.cached(step_key) else {
+        let Some(hit) = self.cached(&keys.content) else {
             return false;
         };
+        self.use_hit(state, keys, hit, history);
+        true
+    }
+
+    /// Applies a cached step's layer and history entry.
+    fn use_hit(&self, state: &mut State, keys: &Keys, hit: CachedStep, history: String) {
         // docker refuses an image whose layer-less entries do not say `empty_layer`.
         let empty = hit.layer.is_none();
         let when = hit.created.unwrap_or(self.started);
@@ -1133,16 +1307,18 @@ impl Engine<'_> {
                 layer: hit.layer,
                 created: Some(when),
             };
-            self.cache.put_step(step_key, &c);
+            self.cache.put_step(&keys.content, &c);
             c
         } else {
             hit
         };
         // What --cache-to exports: every step used, cached ones included.
-        self.record(step_key, &hit);
-        self.push_layer(state, hit.layer, step_key);
+        self.record(&keys.content, &hit);
+        if let Some(def) = &keys.def {
+            self.remember(def, &hit);
+        }
+        self.push_layer(state, hit.layer, &keys.chain);
         self.history_at(state, history, empty, when);
-        true
     }
 
     /// When a config-only step (ENV, CMD, ...) first ran with this key, so that its history
@@ -1182,9 +1358,9 @@ impl Engine<'_> {
         for m in mounts.iter().filter(|m| m.kind == ast::MountType::Bind) {
             let rel = m.source.clone().unwrap_or_else(|| ".".into());
             parts.push(match &m.from {
-                None | Some(Origin::Context) => self
-                    .context
-                    .fingerprint(&[PlannedSource::Path { path: rel }], &[])?,
+                None | Some(Origin::Context) => {
+                    self.fingerprint(&[PlannedSource::Path { path: rel }], &[])?
+                }
                 Some(Origin::Stage { key, .. }) => deps
                     .get(key)
                     .map(|s| s.key.clone())
@@ -1244,7 +1420,7 @@ impl Engine<'_> {
         &self,
         state: &mut State,
         upper: &std::path::Path,
-        step_key: &str,
+        keys: &Keys,
         keep_empty: bool,
     ) -> Result<bool> {
         let written = layer::write_to_store(upper, self.store, &self.opts.layer)?;
@@ -1259,43 +1435,59 @@ impl Engine<'_> {
         );
         let layer =
             (keep_empty || written.entries > 0).then_some((written.descriptor, written.diff_id));
-        self.remember(
-            step_key,
-            &CachedStep {
-                layer: layer.clone(),
-                created: Some(self.started),
-            },
-        );
+        let step = CachedStep {
+            layer: layer.clone(),
+            created: Some(self.started),
+        };
+        self.remember(&keys.content, &step);
+        if let Some(def) = &keys.def {
+            self.remember(def, &step);
+        }
         let added = layer.is_some();
-        self.push_layer(state, layer, step_key);
+        self.push_layer(state, layer, &keys.chain);
         Ok(added)
     }
 
-    fn push_layer(&self, state: &mut State, layer: Option<(Descriptor, Digest)>, step_key: &str) {
+    /// Adds a step's layer to the stage; the stage's key becomes `chain` with the layer's diffID.
+    fn push_layer(&self, state: &mut State, layer: Option<(Descriptor, Digest)>, chain: &str) {
         match layer {
             Some((d, diff)) => {
-                state.key = key_of(&[step_key, &diff.to_string()]);
+                state.key = key_of(&[chain, &diff.to_string()]);
                 state.own.insert(diff.clone());
                 state.layers.push((d, diff));
             }
-            None => state.key = step_key.to_string(),
+            None => state.key = chain.to_string(),
         }
     }
 
     fn snapshot_paths(&self, state: &State) -> Result<Vec<PathBuf>> {
+        self.fetch_layers(&state.layers)?;
         state
             .layers
             .iter()
-            .map(|(d, diff)| {
-                // A layer from an imported cache arrives when its files are first needed.
-                if let Some(imp) = &self.opts.imported {
-                    if self.snapshots.get(diff).is_none() && !self.store.has_blob(&d.digest) {
-                        imp.fetch(self.store, d)?;
-                    }
-                }
-                Ok(self.snapshots.unpack_blob(self.store, d, diff)?.path)
-            })
+            .map(|(d, diff)| Ok(self.snapshots.unpack_blob(self.store, d, diff)?.path))
             .collect()
+    }
+
+    /// Layers arrive when their files are first needed: those neither unpacked nor in the store
+    /// come from an imported cache, else from where their base image was resolved.
+    fn fetch_layers(&self, layers: &[(Descriptor, Digest)]) -> Result<()> {
+        let mut from_bases = Vec::new();
+        for (d, diff) in layers {
+            if self.snapshots.get(diff).is_some() || self.store.has_blob(&d.digest) {
+                continue;
+            }
+            match &self.opts.imported {
+                Some(imp) if imp.holds(&d.digest) => imp.fetch(self.store, d)?,
+                _ => from_bases.push(d.clone()),
+            }
+        }
+        if from_bases.is_empty() {
+            return Ok(());
+        }
+        self.resolver
+            .layers(&from_bases)
+            .map_err(|reason| Error::Unsupported(format!("fetching base image layers: {reason}")))
     }
 
     /// A cached step, when its layer is still in the store, else from an imported cache.

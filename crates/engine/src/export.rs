@@ -32,6 +32,15 @@ pub struct ExportContext<'a> {
     /// Blob → repositories that hold it (where base images came from): registries mount them.
     pub origins: &'a HashMap<Digest, Vec<String>>,
     pub registries: &'a dyn Registries,
+    /// The store, falling back to where blobs it lacks are (layers a build left in an imported
+    /// cache or a base image's registry): what registry and archive outputs read.
+    pub blobs: Option<&'a dyn store::Source>,
+}
+
+impl ExportContext<'_> {
+    fn source(&self) -> &dyn store::Source {
+        self.blobs.unwrap_or(self.store)
+    }
 }
 
 pub trait Exporter {
@@ -239,7 +248,7 @@ impl Exporter for RegistryExporter {
         // Layers of base images may be in the target registry already, in the repository
         // they came from: mounted there, not uploaded again.
         let source = store::WithOrigins {
-            inner: cx.store,
+            inner: cx.source(),
             origins: cx.origins.clone(),
         };
         let mut lines = Vec::new();
@@ -309,7 +318,7 @@ impl Exporter for ArchiveExporter {
         let mut lines = Vec::new();
         if self.docker {
             let t = store::DockerArchiveTarget::create(&self.dest)?;
-            store::copy(cx.store, &t, &root, &CopyOptions::default())?;
+            store::copy(cx.source(), &t, &root, &CopyOptions::default())?;
             for n in &names {
                 t.set_name(n, &root)?;
             }
@@ -329,7 +338,7 @@ impl Exporter for ArchiveExporter {
             }
         } else {
             let t = store::OciArchiveTarget::create(&self.dest)?;
-            store::copy(cx.store, &t, &root, &CopyOptions::default())?;
+            store::copy(cx.source(), &t, &root, &CopyOptions::default())?;
             for n in &names {
                 t.set_name(n, &root)?;
             }

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use dockerfile::{ast, BuildPlan, PlanOptions};
-use oci::{Digest, ImageConfig, ImageManifest, Platform, Reference};
+use oci::{Descriptor, Digest, ImageConfig, ImageManifest, Platform, Reference};
 use store::Layout;
 
 use crate::engine::{self, BaseResolver, BuildOptions, Built, Event};
@@ -23,14 +23,22 @@ pub struct SourceImage {
 
 /// Where the images a plan reads come from.
 pub trait ImageSource: Sync {
-    /// Makes `reference` ready in the store for each of `platforms` (only what is missing, or
-    /// everything again with `pull`); returns each platform's image, in order.
+    /// Resolves `reference` for each of `platforms` (from what the store has, or again with
+    /// `pull`); returns each platform's image, in order. Manifest and config are enough: a
+    /// source may leave layers out of the store until [`ImageSource::layers`] asks for them.
     fn fetch(
         &self,
         reference: &str,
         platforms: &[Platform],
         pull: bool,
     ) -> Result<Vec<SourceImage>, String>;
+
+    /// Puts the blobs of `layers` (layers of `reference` as `fetch` returned it) in the store:
+    /// called when a step needs their files, so a fully cached build downloads no base layer.
+    fn layers(&self, reference: &str, layers: &[Descriptor]) -> Result<(), String> {
+        let _ = (reference, layers);
+        Ok(())
+    }
 }
 
 /// Why a build could not be prepared.
@@ -53,22 +61,23 @@ impl std::fmt::Display for PrepareError {
 
 impl std::error::Error for PrepareError {}
 
-/// A plan whose every image input is in the store.
-pub struct Prepared {
+/// A plan whose every image input is resolved (layers may still be where `source` found them).
+pub struct Prepared<'s> {
     pub plan: BuildPlan,
     /// (reference, platform) → the image.
     pub images: BTreeMap<(String, String), SourceImage>,
+    source: &'s dyn ImageSource,
 }
 
 /// Plans `df`, makes every image the plan reads ready through `source`, and plans again with
 /// their configs (ENV expands against the base image; ONBUILD triggers run), until the images
 /// the plan names are all known.
-pub fn prepare(
+pub fn prepare<'s>(
     df: &ast::Dockerfile,
     opts: &PlanOptions,
-    source: &dyn ImageSource,
+    source: &'s dyn ImageSource,
     pull: bool,
-) -> Result<Prepared, PrepareError> {
+) -> Result<Prepared<'s>, PrepareError> {
     let mut opts = opts.clone();
     let mut images: BTreeMap<(String, String), SourceImage> = BTreeMap::new();
     // ONBUILD triggers of a base can name more images: a few rounds at most.
@@ -115,14 +124,22 @@ pub fn prepare(
             }
         }
         if !fetched_any {
-            return Ok(Prepared { plan, images });
+            return Ok(Prepared {
+                plan,
+                images,
+                source,
+            });
         }
     }
     let plan = dockerfile::plan(df, &opts).map_err(PrepareError::Plan)?;
-    Ok(Prepared { plan, images })
+    Ok(Prepared {
+        plan,
+        images,
+        source,
+    })
 }
 
-impl Prepared {
+impl Prepared<'_> {
     /// Solves the plan: runs every step (or takes it from the cache) and writes one image per
     /// platform and an index over them into the store.
     pub fn solve(
@@ -152,7 +169,7 @@ impl Prepared {
     }
 }
 
-impl BaseResolver for Prepared {
+impl BaseResolver for Prepared<'_> {
     fn resolve(
         &self,
         reference: &str,
@@ -170,5 +187,32 @@ impl BaseResolver for Prepared {
         self.images
             .get(&(reference.to_string(), platform.to_string()))
             .map(|i| i.digest.clone())
+    }
+
+    fn layers(&self, layers: &[Descriptor]) -> Result<(), String> {
+        // Grouped by the image that holds them, so a source fetches each image's in one go.
+        let mut by_ref: BTreeMap<&str, Vec<Descriptor>> = BTreeMap::new();
+        for l in layers {
+            let holder = self
+                .images
+                .iter()
+                .find(|(_, img)| img.manifest.layers.iter().any(|m| m.digest == l.digest));
+            let Some(((reference, _), _)) = holder else {
+                return Err(format!(
+                    "layer {} belongs to no image the build resolved",
+                    l.digest
+                ));
+            };
+            let v = by_ref.entry(reference).or_default();
+            if !v.iter().any(|d| d.digest == l.digest) {
+                v.push(l.clone());
+            }
+        }
+        for (reference, ls) in by_ref {
+            self.source
+                .layers(reference, &ls)
+                .map_err(|e| format!("{reference}: {e}"))?;
+        }
+        Ok(())
     }
 }

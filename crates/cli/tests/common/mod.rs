@@ -169,7 +169,15 @@ pub fn busybox_layout(arches: &[&str]) -> Option<(PathBuf, String)> {
 /// A docker-registry holding the busybox fixture for `arches` (Debian names) as
 /// REG/base/busybox:1: the base image of the end-to-end build tests.
 pub fn registry_with_busybox(arches: &[&str]) -> Option<(Registry, String)> {
-    let reg = Registry::start(None)?;
+    with_busybox(Registry::start(None)?, arches)
+}
+
+/// [`registry_with_busybox`] on a registry that keeps its access log ([`Registry::blob_gets`]).
+pub fn logged_registry_with_busybox(arches: &[&str]) -> Option<(Registry, String)> {
+    with_busybox(Registry::start_logged()?, arches)
+}
+
+fn with_busybox(reg: Registry, arches: &[&str]) -> Option<(Registry, String)> {
     let (layout, _) = busybox_layout(arches)?;
     let t = tempfile::tempdir().unwrap();
     let name = format!("{}/base/busybox:1", reg.addr);
@@ -207,11 +215,85 @@ pub struct Registry {
     pub addr: String,
     _dir: tempfile::TempDir,
     child: std::process::Child,
+    /// Distribution's access log (its standard output), when started with `start_logged`.
+    access_log: Option<PathBuf>,
+}
+
+/// One blob GET the registry answered with content (200 or 206).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlobGet {
+    pub digest: String,
+    pub bytes: u64,
 }
 
 impl Registry {
     /// None (after a loud skip) when docker-registry is not installed.
     pub fn start(htpasswd: Option<&Path>) -> Option<Registry> {
+        Self::start_with(htpasswd, false)
+    }
+
+    /// A registry that logs every request, for tests that count what a client downloads.
+    pub fn start_logged() -> Option<Registry> {
+        Self::start_with(None, true)
+    }
+
+    /// Blob GETs answered with content, from the `from`-th line of the access log on
+    /// ([`Registry::log_lines`] gives the mark). Panics on a registry started without a log.
+    pub fn blob_gets(&self, from: usize) -> Vec<BlobGet> {
+        let text = self.synced_log();
+        text.lines()
+            .skip(from)
+            .filter_map(|l| {
+                // Combined log format: "GET /v2/REPO/blobs/sha256:HEX HTTP/1.1" STATUS BYTES ...
+                let (_, rest) = l.split_once("\"GET /v2/")?;
+                let (path, rest) = rest.split_once(' ')?;
+                let digest = path.split_once("/blobs/")?.1.to_string();
+                let mut f = rest.split_once('"')?.1.split_whitespace();
+                let status = f.next()?;
+                let bytes = f.next()?.parse().ok()?;
+                matches!(status, "200" | "206").then_some(BlobGet { digest, bytes })
+            })
+            .collect()
+    }
+
+    /// Lines of the access log so far: a mark for [`Registry::blob_gets`].
+    pub fn log_lines(&self) -> usize {
+        self.synced_log().lines().count()
+    }
+
+    /// The access log, once a request made now is in it: a line is written after its response,
+    /// so this waits out requests a client has just finished.
+    fn synced_log(&self) -> String {
+        use std::io::{Read as _, Write as _};
+        let log = self
+            .access_log
+            .as_ref()
+            .expect("a registry started with start_logged");
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let mark = format!(
+            "/v2/?sync={}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        );
+        let mut c = std::net::TcpStream::connect(&self.addr).unwrap();
+        write!(c, "GET {mark} HTTP/1.0\r\nHost: {}\r\n\r\n", self.addr).unwrap();
+        let _ = c.read_to_end(&mut Vec::new());
+        // Hang guard only.
+        let start = std::time::Instant::now();
+        loop {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            if text.contains(&mark) {
+                return text;
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(60),
+                "the registry never logged {mark}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    fn start_with(htpasswd: Option<&Path>, logged: bool) -> Option<Registry> {
         if !peer("docker-registry") {
             return None;
         }
@@ -224,7 +306,8 @@ impl Registry {
                 .port();
             let addr = format!("127.0.0.1:{port}");
             let mut yaml = format!(
-                "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+                "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: {}\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+                !logged,
                 dir.path().join("data").display()
             );
             if let Some(h) = htpasswd {
@@ -235,10 +318,15 @@ impl Registry {
             }
             let cfg = dir.path().join("config.yml");
             std::fs::write(&cfg, yaml).unwrap();
+            let access_log = logged.then(|| dir.path().join("access.log"));
+            let stdout = match &access_log {
+                Some(p) => std::process::Stdio::from(std::fs::File::create(p).unwrap()),
+                None => std::process::Stdio::null(),
+            };
             let child = Command::new("docker-registry")
                 .arg("serve")
                 .arg(&cfg)
-                .stdout(std::process::Stdio::null())
+                .stdout(stdout)
                 .stderr(std::process::Stdio::null())
                 .spawn()
                 .expect("docker-registry starts");
@@ -246,6 +334,7 @@ impl Registry {
                 addr: addr.clone(),
                 _dir: dir,
                 child,
+                access_log,
             };
             let start = std::time::Instant::now();
             while start.elapsed() < std::time::Duration::from_secs(10) {
