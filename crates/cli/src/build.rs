@@ -620,6 +620,12 @@ impl<'a> Bases<'a> {
     }
 }
 
+impl crate::cache::BaseLayers for Bases<'_> {
+    fn pull_blob(&self, layer: &Descriptor) -> Result<bool> {
+        Bases::pull_blob(self, layer)
+    }
+}
+
 impl ImageSource for Bases<'_> {
     fn fetch(
         &self,

@@ -220,8 +220,14 @@ pub fn import(cli: &Cli, env: &Env, specs: &[CacheFromSpec]) -> Result<Option<Ar
 pub struct Lazy<'a> {
     pub store: &'a Layout,
     pub imported: Option<&'a Imported>,
-    pub bases: Option<&'a crate::build::Bases<'a>>,
+    pub bases: Option<&'a (dyn BaseLayers + Sync)>,
     pub origins: HashMap<Digest, Vec<String>>,
+}
+
+/// The registries of the base images resolved without their layers (the build's `Bases`).
+pub trait BaseLayers {
+    /// Pulls `layer` into the store if it is a layer of a resolved base; false when it is not.
+    fn pull_blob(&self, layer: &Descriptor) -> Result<bool>;
 }
 
 impl Lazy<'_> {
