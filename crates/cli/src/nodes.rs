@@ -70,9 +70,29 @@ pub fn build(
     platforms: &[Platform],
     req: &Request<'_>,
 ) -> Result<::engine::engine::Built> {
-    let statuses = crate::builder::probe_all(std::slice::from_ref(builder))
-        .pop()
-        .unwrap_or_default();
+    // Nodes with pinned platforms need no probe: an unreachable one fails when it is started.
+    let probed = crate::builder::probe_all(&[Builder {
+        name: builder.name.clone(),
+        nodes: builder
+            .nodes
+            .iter()
+            .filter(|n| n.platforms.is_empty())
+            .cloned()
+            .collect(),
+    }])
+    .pop()
+    .unwrap_or_default();
+    let statuses: Vec<NodeStatus> = builder
+        .nodes
+        .iter()
+        .map(|n| match probed.iter().find(|s| s.node.name == n.name) {
+            Some(s) => s.clone(),
+            None => NodeStatus {
+                node: n.clone(),
+                probe: Ok(crate::builder::Probe::default()),
+            },
+        })
+        .collect();
     let assigned = assign(&statuses, platforms)?;
     // Node index → its platforms, in the order asked for.
     let mut jobs: Vec<(usize, Vec<Platform>)> = Vec::new();
