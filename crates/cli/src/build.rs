@@ -580,6 +580,27 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs) -> Result<ExitCode> {
     let (built, origins) = if nodes {
         let started = std::time::Instant::now();
         let agents = crate::ssh::Agents::from_specs(&a.ssh)?;
+        // The builder's local nodes build here, in this process, as a plain build does.
+        let local = |ps: &[Platform], name: &str, cancel: runtime::sandbox::Cancel| {
+            let mut o = opts.clone();
+            o.platforms = ps.to_vec();
+            let node = Some((name, cancel));
+            match build_here(
+                cli,
+                env,
+                a,
+                &store,
+                &df,
+                &o,
+                &shown,
+                proxies.clone(),
+                None,
+                node,
+            )? {
+                Ok(b) => Ok(b),
+                Err(code) => bail!("the build could not be planned for node {name} ({code:?})"),
+            }
+        };
         let built = crate::nodes::build(
             &store,
             &builder,
@@ -601,6 +622,7 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs) -> Result<ExitCode> {
                 add_hosts: &a.add_host,
                 no_cache_filter: &a.no_cache_filter,
             },
+            &local,
         )?;
         say(
             cli,
@@ -610,7 +632,7 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs) -> Result<ExitCode> {
                 started.elapsed().as_secs_f64()
             ),
         );
-        (built, Origins::new())
+        built
     } else {
         match build_here(
             cli,
@@ -622,6 +644,7 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs) -> Result<ExitCode> {
             &shown,
             proxies,
             imported.clone(),
+            None,
         )? {
             Ok(b) => b,
             Err(code) => return Ok(code),
@@ -642,7 +665,7 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs) -> Result<ExitCode> {
 }
 
 /// Blob → repositories it came from (registry exporters mount from them).
-type Origins = std::collections::HashMap<oci::Digest, Vec<String>>;
+pub(crate) type Origins = std::collections::HashMap<oci::Digest, Vec<String>>;
 
 /// Runs the plan on this machine through the engine's pipeline: every image the plan reads
 /// (FROM, COPY --from, RUN --mount from=) made ready through the store and registries, then
@@ -658,6 +681,7 @@ fn build_here(
     shown: &str,
     proxies: BTreeMap<String, String>,
     imported: Option<Arc<Imported>>,
+    node: Option<(&str, runtime::sandbox::Cancel)>,
 ) -> Result<std::result::Result<(::engine::engine::Built, Origins), ExitCode>> {
     let bases = Bases::new(cli, env, store);
     let prepared = match pipeline::prepare(df, opts, &bases, a.pull) {
@@ -676,7 +700,13 @@ fn build_here(
         cli.quiet,
         crate::buildview::stderr_is_terminal(),
     );
-    let view = (live == crate::buildview::Mode::Tty).then(crate::buildview::LiveView::new);
+    // As a builder's local node, lines carry the node's name and interleave with other nodes'.
+    let pre = node
+        .as_ref()
+        .map(|(n, _)| format!("[{n}] "))
+        .unwrap_or_default();
+    let view = (live == crate::buildview::Mode::Tty && node.is_none())
+        .then(crate::buildview::LiveView::new);
     let progress = |e: Event| {
         if quiet {
             return;
@@ -711,7 +741,7 @@ fn build_here(
                     marks.push_str(" EMULATED");
                 }
                 let line = text.lines().next().unwrap_or("");
-                eprintln!("[{platform} {stage} {index}/{total}] {line}{marks} {seconds:.2}s");
+                eprintln!("{pre}[{platform} {stage} {index}/{total}] {line}{marks} {seconds:.2}s");
             }
             Event::StepStart {
                 platform,
@@ -731,7 +761,7 @@ fn build_here(
                     return;
                 }
                 let line = text.lines().next().unwrap_or("");
-                eprintln!("[{platform} {stage} {index}/{total}] {line} ...");
+                eprintln!("{pre}[{platform} {stage} {index}/{total}] {line} ...");
             }
             Event::Output {
                 platform,
@@ -755,7 +785,7 @@ fn build_here(
                             "line": line})
                     );
                 } else {
-                    eprintln!("  {platform} {stage} {index}/{total} | {line}");
+                    eprintln!("{pre}  {platform} {stage} {index}/{total} | {line}");
                 }
             }
             Event::Failed { platform, error } => {
@@ -765,7 +795,7 @@ fn build_here(
                         serde_json::json!({"type": "error", "platform": platform, "error": error})
                     );
                 } else {
-                    eprintln!("[{platform}] ERROR {error}");
+                    eprintln!("{pre}[{platform}] ERROR {error}");
                 }
             }
             Event::Cancelled { platform } => {
@@ -775,7 +805,7 @@ fn build_here(
                         serde_json::json!({"type": "cancelled", "platform": platform})
                     );
                 } else {
-                    eprintln!("[{platform}] CANCELED after the first failure");
+                    eprintln!("{pre}[{platform}] CANCELED after the first failure");
                 }
             }
         }
@@ -828,6 +858,7 @@ fn build_here(
         imported,
         network: runtime::network::for_step(None, a.network.parse()?, &a.allow)?,
         allow: a.allow.clone(),
+        cancel: node.map(|(_, c)| c).unwrap_or_default(),
     };
     let started = std::time::Instant::now();
     let built = prepared.solve(store, &bopts, &progress)?;

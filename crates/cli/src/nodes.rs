@@ -1,33 +1,47 @@
-//! Building on a builder's nodes. Each node gets the build context (after `.dockerignore`), the
-//! Dockerfile and the secrets as one tar stream on the standard input of `manifold builder
-//! node-build` (over the system `ssh` for remote nodes, a child process for `local` ones), builds
-//! its platforms, and answers with an OCI archive on standard output while its progress lines
-//! come back on standard error, shown with the node's name. The archives are loaded into the
-//! local store and one index is written over every platform, in the order asked for: the same
-//! index a single-machine build makes.
+//! Building on a builder's nodes. The local nodes' platforms are built in this process, exactly
+//! as a plain `manifold build` builds them; each SSH node runs `manifold builder node-build`
+//! over the system `ssh`, all at once. The conversation with an SSH node, on its standard input
+//! and output (its progress lines come back on standard error, shown with the node's name):
 //!
-//! A node keeps reading its standard input after the tar: when the local side goes away (a
-//! failure elsewhere, Ctrl-C, a dropped connection), the node sees end-of-file and kills its
-//! build, so no node's work outlives the build.
+//! 1. here → node: a JSON line naming the context by digest (the tar `Context::write_tar` makes,
+//!    after `.dockerignore`) with the lengths of what follows: the Dockerfile and the secrets
+//!    (held in memory on the node, never written to its disk).
+//! 2. node → here: `have` (it kept that context from an earlier build) or `need`; on `need`,
+//!    the context tar follows, checked against its digest before the node keeps it.
+//! 3. The node builds into its own store, then sends a JSON line: the index and every blob it
+//!    reaches (digest and size).
+//! 4. here → node: the blobs this store lacks; the node sends them in that order, each one
+//!    verified here against its digest (a node's answer is untrusted input).
+//!
+//! One index over every platform is then written here, in the order asked for: the same index a
+//! single-machine build makes. A node keeps reading its standard input to the end: when this side
+//! goes away (a failure elsewhere, Ctrl-C, a dropped connection), the node sees end-of-file and
+//! kills its build, so no node's work outlives the build.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command as Proc, ExitCode, Stdio};
+use std::process::{Child, ChildStdout, ExitCode, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
+use std::thread::{Scope, ScopedJoinHandle};
+use std::time::Instant;
 
+use ::engine::engine::Built;
 use anyhow::{bail, Context as _, Result};
 use oci::media_type as mt;
-use oci::{Descriptor, Document, Index, Platform};
-use store::{CopyOptions, Layout, Source, TarSource};
+use oci::{Descriptor, Digest, Document, Index, Platform};
+use serde::{Deserialize, Serialize};
+use store::Layout;
 
+use crate::build::Origins;
 use crate::builder::{assign, Builder, Endpoint, NodeBuildArgs, NodeStatus};
 use crate::Cli;
 
-/// Entries under this directory of the tar stream are not part of the context.
-const NODE_DIR: &str = ".manifold-node";
+/// The longest JSON line either side accepts from the other.
+const MAX_LINE: u64 = 64 << 20;
 
 /// What every node is asked to build, besides its platforms.
 pub struct Request<'a> {
@@ -62,14 +76,21 @@ pub fn uses_nodes(b: &Builder) -> bool {
         && Endpoint::parse(&b.nodes[0].endpoint).ok() == Some(Endpoint::Local))
 }
 
-/// Builds `platforms` on the builder's nodes; returns each platform's manifest descriptor (now in
-/// `store`) and the index over them, in the order of `platforms`.
+/// A build of some platforms on this machine, in this process, as the named local node (its
+/// progress lines carry the name); `cancel` stops it when another node fails.
+pub type LocalBuild<'a> =
+    dyn Fn(&[Platform], &str, runtime::sandbox::Cancel) -> Result<(Built, Origins)> + Sync + 'a;
+
+/// Builds `platforms` on the builder's nodes: the local nodes' platforms in this process through
+/// `local`, the others on their SSH nodes, all at once. Returns each platform's manifest
+/// descriptor (now in `store`) and the index over them, in the order of `platforms`.
 pub fn build(
     store: &Layout,
     builder: &Builder,
     platforms: &[Platform],
     req: &Request<'_>,
-) -> Result<::engine::engine::Built> {
+    local: &LocalBuild<'_>,
+) -> Result<(Built, Origins)> {
     // Nodes with pinned platforms need no probe: an unreachable one fails when it is started.
     let probed = crate::builder::probe_all(&[Builder {
         name: builder.name.clone(),
@@ -102,98 +123,89 @@ pub fn build(
             None => jobs.push((*i, vec![p.clone()])),
         }
     }
-    // Named and marked as the sandbox's state directories are, so `prune` removes it when a
-    // killed build leaves it behind.
-    let scratch = tempfile::Builder::new()
-        .prefix("manifold-run-nodes-")
-        .tempdir()
-        .context("creating a scratch directory")?;
-    let _ = runtime::leftovers::mark(scratch.path());
-    let mut running = Vec::new();
-    for (k, (i, ps)) in jobs.iter().enumerate() {
+    for (i, ps) in &jobs {
         let status = &statuses[*i];
         if !req.quiet {
             eprintln!(
                 "[{}] building {} on {}",
                 status.node.name,
-                ps.iter().map(|p| p.short()).collect::<Vec<_>>().join(", "),
+                shorts(ps),
                 status.node.endpoint
             );
         }
-        running.push(start(
-            status,
-            ps,
-            req,
-            &scratch.path().join(format!("{k}.tar")),
-        )?);
     }
-    // Wait for all; the first failure cancels the rest.
-    let mut failure: Option<anyhow::Error> = None;
-    let mut pending: Vec<usize> = (0..running.len()).collect();
-    while !pending.is_empty() {
-        let mut still = Vec::new();
-        for k in pending {
-            let r = &mut running[k];
-            match r.child.try_wait() {
-                Ok(Some(st)) if st.success() => r.finish_io()?,
-                Ok(Some(st)) => {
-                    let _ = r.finish_io();
-                    failure.get_or_insert_with(|| r.failed(&format!("{st}")));
-                }
-                Ok(None) => still.push(k),
+    // Local nodes make one build here (one engine, one step cache).
+    let is_local =
+        |i: &usize| Endpoint::parse(&statuses[*i].node.endpoint).ok() == Some(Endpoint::Local);
+    let mut here: Option<(String, Vec<Platform>)> = None;
+    for (i, ps) in jobs.iter().filter(|(i, _)| is_local(i)) {
+        let (names, all) = here.get_or_insert_with(Default::default);
+        if !names.is_empty() {
+            names.push('+');
+        }
+        names.push_str(&statuses[*i].node.name);
+        all.extend(ps.iter().cloned());
+    }
+    let remote: Vec<&(usize, Vec<Platform>)> = jobs.iter().filter(|(i, _)| !is_local(i)).collect();
+    let packed = match remote.is_empty() {
+        true => None,
+        false => Some(Packed::new(req.context)?),
+    };
+    let head = Head::new(req)?;
+    let cancel = runtime::sandbox::Cancel::default();
+    let (local_built, remote_roots) = std::thread::scope(|s| -> Result<_> {
+        let mut running = Vec::new();
+        for (i, ps) in &remote {
+            let packed = packed.as_ref().context("the context was not packed")?;
+            match start(s, &statuses[*i], ps, req, &head, packed, store) {
+                Ok(r) => running.push(r),
                 Err(e) => {
-                    failure.get_or_insert_with(|| r.failed(&e.to_string()));
+                    for r in &mut running {
+                        r.cancel();
+                    }
+                    return Err(e);
                 }
             }
         }
-        pending = still;
-        if failure.is_some() {
-            for k in &pending {
-                // Closing its input tells the node to kill its build; killing ssh ends the rest.
-                running[*k].cancel();
-            }
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    if let Some(e) = failure {
-        return Err(e);
-    }
-    // Every node succeeded: load the archives, then write the index.
-    let mut found: Vec<(Platform, Descriptor)> = Vec::new();
-    for r in &running {
-        if !req.quiet {
-            use std::sync::atomic::Ordering::Relaxed;
-            eprintln!(
-                "[{}] done: sent {} of context, received {} of results",
-                r.node,
-                crate::local::human_size(r.sent.load(Relaxed)),
-                crate::local::human_size(r.received.load(Relaxed))
-            );
-        }
-        let src = TarSource::open(&r.archive)
-            .with_context(|| format!("reading the result of node {}", r.node))?;
-        let root = src
-            .entries()?
-            .into_iter()
-            .next()
-            .map(|(_, d)| d)
-            .with_context(|| format!("node {} sent an archive with no image", r.node))?;
-        store::copy(&src, store, &root, &CopyOptions::default())
-            .with_context(|| format!("loading the result of node {}", r.node))?;
-        let bytes = store.read_blob(&root.digest)?;
-        let doc = Document::<Index>::parse(bytes).with_context(|| {
-            format!(
-                "node {} answered with something that is not an index",
-                r.node
+        let local_job = here.as_ref().map(|(name, ps)| {
+            let cancel = cancel.clone();
+            (
+                name.clone(),
+                shorts(ps),
+                s.spawn(move || local(ps, name, cancel)),
             )
-        })?;
+        });
+        let local_built = wait_all(&mut running, local_job, &cancel)?;
+        let mut roots = Vec::new();
+        for r in &mut running {
+            let (root, stats) = r.result.take().context("a node's result went missing")?;
+            if !req.quiet {
+                eprintln!("[{}] done: {stats}", r.node);
+            }
+            roots.push((r.node.clone(), root));
+        }
+        Ok((local_built, roots))
+    })?;
+    // Every node succeeded: each platform's image is in the store now.
+    let mut found: Vec<(Platform, Descriptor)> = Vec::new();
+    let mut own: Vec<(Platform, BTreeSet<Digest>)> = Vec::new();
+    let (steps, origins) = match local_built {
+        Some((b, o)) => {
+            for i in b.images {
+                own.push((i.platform.clone(), i.own_layers));
+                found.push((i.platform, i.manifest));
+            }
+            (b.steps, o)
+        }
+        None => (Vec::new(), Origins::new()),
+    };
+    for (node, root) in &remote_roots {
+        let bytes = store.read_blob(&root.digest)?;
+        let doc = Document::<Index>::parse(bytes)
+            .with_context(|| format!("node {node} answered with something that is not an index"))?;
         for d in &doc.value().manifests {
             let p = d.platform.clone().with_context(|| {
-                format!(
-                    "node {} answered with an index entry without a platform",
-                    r.node
-                )
+                format!("node {node} answered with an index entry without a platform")
             })?;
             found.push((p, d.clone()));
         }
@@ -209,12 +221,16 @@ pub fn build(
             oci::Manifest::Image(m) => m.value().config.digest.clone(),
             oci::Manifest::Index(_) => bail!("a node sent an index where an image belongs"),
         };
-        // Which layers the node made is not sent: an output's compression= applies to all.
-        let own_layers = match store.read_blob(&config) {
-            Ok(b) => Document::<oci::ImageConfig>::parse(b)
-                .map(|c| c.value().rootfs.diff_ids.iter().cloned().collect())
-                .unwrap_or_default(),
-            Err(_) => Default::default(),
+        let own_layers = match own.iter().find(|(q, _)| q.same_target(p)) {
+            Some((_, o)) => o.clone(),
+            // Which layers a remote node made is not sent: an output's compression= applies
+            // to all of its layers.
+            None => match store.read_blob(&config) {
+                Ok(b) => Document::<oci::ImageConfig>::parse(b)
+                    .map(|c| c.value().rootfs.diff_ids.iter().cloned().collect())
+                    .unwrap_or_default(),
+                Err(_) => Default::default(),
+            },
         };
         images.push(::engine::engine::PlatformImage {
             platform: p.clone(),
@@ -245,32 +261,287 @@ pub fn build(
     }
     let index = Document::new(index);
     store.put_bytes(index.bytes())?;
-    Ok(::engine::engine::Built {
-        images,
-        index: index.descriptor(mt::OCI_INDEX),
-        // The nodes' steps stay in their own caches.
-        steps: Vec::new(),
-    })
+    Ok((
+        Built {
+            images,
+            index: index.descriptor(mt::OCI_INDEX),
+            // The local node's steps; the SSH nodes' stay in their own caches.
+            steps,
+        },
+        origins,
+    ))
 }
 
-/// One node at work.
-struct Running {
+fn shorts(ps: &[Platform]) -> String {
+    ps.iter().map(|p| p.short()).collect::<Vec<_>>().join(", ")
+}
+
+type LocalJob<'s> = (
+    String,
+    String,
+    ScopedJoinHandle<'s, Result<(Built, Origins)>>,
+);
+
+/// Waits for every node; the first failure stops the others and is returned.
+fn wait_all(
+    running: &mut [Running<'_>],
+    mut local: Option<LocalJob<'_>>,
+    cancel: &runtime::sandbox::Cancel,
+) -> Result<Option<(Built, Origins)>> {
+    let mut failure: Option<anyhow::Error> = None;
+    let mut local_built = None;
+    let join_local = |local: &mut Option<LocalJob<'_>>, failure: &mut Option<anyhow::Error>| {
+        let (name, ps, h) = local.take()?;
+        match h.join() {
+            Ok(Ok(b)) => Some(b),
+            Ok(Err(e)) => {
+                failure.get_or_insert_with(|| {
+                    e.context(format!(
+                        "node {name} (local) failed while building {ps}; the other nodes were stopped and nothing was stored or pushed"
+                    ))
+                });
+                None
+            }
+            Err(_) => {
+                failure.get_or_insert_with(|| {
+                    anyhow::anyhow!("node {name} (local): the build thread panicked")
+                });
+                None
+            }
+        }
+    };
+    let mut pending: Vec<usize> = (0..running.len()).collect();
+    while !pending.is_empty() || local.is_some() {
+        let mut still = Vec::new();
+        for k in pending {
+            let r = &mut running[k];
+            match r.child.try_wait() {
+                Ok(Some(st)) if st.success() => {
+                    if let Err(e) = r.finish() {
+                        failure.get_or_insert(e);
+                    }
+                }
+                Ok(Some(st)) => {
+                    let _ = r.finish();
+                    failure.get_or_insert_with(|| r.failed(&format!("{st}")));
+                }
+                // Our side of the conversation failed (a bad answer, a blob that does not match
+                // its digest) while the node still runs.
+                Ok(None) if r.session.as_ref().is_some_and(|h| h.is_finished()) => {
+                    match r.session.take().map(|h| h.join()) {
+                        Some(Ok(Err(e))) => {
+                            // A node that failed ends our side too: its own exit and last lines
+                            // say more than the end of its output.
+                            let mut exited = None;
+                            for _ in 0..50 {
+                                if let Ok(Some(st)) = r.child.try_wait() {
+                                    exited = Some(st);
+                                    break;
+                                }
+                                std::thread::sleep(std::time::Duration::from_millis(20));
+                            }
+                            let e = match exited {
+                                Some(st) if !st.success() => {
+                                    let _ = r.finish();
+                                    r.failed(&format!("{st}"))
+                                }
+                                _ => e.context(format!(
+                                    "node {} ({}) building {}; the other nodes were stopped and nothing was stored or pushed",
+                                    r.node, r.endpoint, r.platforms
+                                )),
+                            };
+                            failure.get_or_insert(e);
+                        }
+                        Some(Ok(Ok(v))) => {
+                            r.result = Some(v);
+                            still.push(k);
+                        }
+                        _ => {
+                            failure.get_or_insert_with(|| r.failed("its I/O thread panicked"));
+                        }
+                    }
+                }
+                Ok(None) => still.push(k),
+                Err(e) => {
+                    failure.get_or_insert_with(|| r.failed(&e.to_string()));
+                }
+            }
+        }
+        pending = still;
+        if local.as_ref().is_some_and(|(_, _, h)| h.is_finished()) {
+            local_built = join_local(&mut local, &mut failure);
+        }
+        if let Some(e) = failure {
+            // The local build stops at once: its running steps are killed.
+            cancel.cancel();
+            for k in &pending {
+                // Closing its input tells the node to kill its build; killing ssh ends the rest.
+                running[*k].cancel();
+            }
+            let _ = join_local(&mut local, &mut None);
+            return Err(e);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Ok(local_built)
+}
+
+/// What every SSH node is sent besides the context: the Dockerfile and the secrets.
+struct Head {
+    dockerfile: Vec<u8>,
+    secrets: Vec<(String, Vec<u8>)>,
+}
+
+impl Head {
+    fn new(req: &Request<'_>) -> Result<Head> {
+        Ok(Head {
+            dockerfile: std::fs::read(req.dockerfile)
+                .with_context(|| format!("reading the Dockerfile {}", req.dockerfile.display()))?,
+            secrets: req.secrets.clone(),
+        })
+    }
+}
+
+/// The first line of the conversation (here → node).
+#[derive(Serialize, Deserialize)]
+struct Hello {
+    context: Digest,
+    context_size: u64,
+    dockerfile: u64,
+    /// (id, length), the values following the Dockerfile in this order.
+    secrets: Vec<(String, u64)>,
+}
+
+/// The node's result (node → here): the index and every blob it reaches.
+#[derive(Serialize, Deserialize)]
+struct Answer {
+    root: Descriptor,
+    blobs: Vec<(Digest, u64)>,
+}
+
+/// The blobs this side lacks (here → node).
+#[derive(Serialize, Deserialize)]
+struct Want {
+    want: Vec<Digest>,
+}
+
+/// The context as every SSH node gets it: the tar `Context::write_tar` makes, known by its
+/// digest so a node that kept it needs nothing sent.
+struct Packed {
+    dir: PathBuf,
+    digest: Digest,
+    size: u64,
+}
+
+impl Packed {
+    fn new(dir: &Path) -> Result<Packed> {
+        let mut w = oci::DigestWriter::new(std::io::sink(), oci::Algorithm::Sha256);
+        Self::write(dir, &mut w)?;
+        let (_, digest, size) = w.finish();
+        Ok(Packed {
+            dir: dir.to_path_buf(),
+            digest,
+            size,
+        })
+    }
+
+    fn write(dir: &Path, w: &mut dyn Write) -> Result<()> {
+        let ctx = engine::context::Context::open(dir)?;
+        let mut b = tar::Builder::new(w);
+        ctx.write_tar(&mut b)?;
+        b.into_inner()?.flush()?;
+        Ok(())
+    }
+
+    /// Sends the context again, checking it is still the one named by its digest.
+    fn send(&self, w: &mut dyn Write) -> Result<()> {
+        let mut d = oci::DigestWriter::new(
+            Capped {
+                inner: w,
+                left: self.size,
+            },
+            oci::Algorithm::Sha256,
+        );
+        let r = Self::write(&self.dir, &mut d);
+        let (_, digest, size) = d.finish();
+        if r.is_err() || digest != self.digest || size != self.size {
+            bail!(
+                "the build context {} changed while it was sent; run the build again",
+                self.dir.display()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A writer that refuses to pass more than `left` bytes.
+struct Capped<'a> {
+    inner: &'a mut dyn Write,
+    left: u64,
+}
+
+impl Write for Capped<'_> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if b.len() as u64 > self.left {
+            return Err(std::io::Error::other("more than announced"));
+        }
+        let n = self.inner.write(b)?;
+        self.left -= n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Figures of one node's conversation, for its `done` line.
+#[derive(Default)]
+struct Stats {
+    context_kept: bool,
+    sent: u64,
+    blobs: usize,
+    blobs_sent: usize,
+    received: u64,
+    context_secs: f64,
+    build_secs: f64,
+    result_secs: f64,
+}
+
+impl std::fmt::Display for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hs = crate::local::human_size;
+        write!(
+            f,
+            "context {} ({} sent, {:.2}s), built in {:.2}s, received {} of results ({} of {} blobs, {:.2}s)",
+            if self.context_kept { "kept on the node" } else { "sent" },
+            hs(self.sent),
+            self.context_secs,
+            self.build_secs,
+            hs(self.received),
+            self.blobs_sent,
+            self.blobs,
+            self.result_secs
+        )
+    }
+}
+
+/// One SSH node at work.
+struct Running<'s> {
     node: String,
     endpoint: String,
     platforms: String,
     child: Child,
-    archive: PathBuf,
-    io: Vec<std::thread::JoinHandle<std::io::Result<()>>>,
+    /// The conversation, then the result: the node's index (its blobs are in the store).
+    session: Option<ScopedJoinHandle<'s, Result<(Descriptor, Stats)>>>,
+    result: Option<(Descriptor, Stats)>,
+    stderr: Option<ScopedJoinHandle<'s, std::io::Result<()>>>,
     /// The last lines the node printed, for the error.
     tail: Arc<Mutex<VecDeque<String>>>,
     /// Our end of its standard input, held open until it is done.
     stdin: Arc<Mutex<Option<std::process::ChildStdin>>>,
-    /// Bytes of context sent, bytes of result received.
-    sent: Arc<std::sync::atomic::AtomicU64>,
-    received: Arc<std::sync::atomic::AtomicU64>,
 }
 
-impl Running {
+impl Running<'_> {
     fn failed(&self, how: &str) -> anyhow::Error {
         let tail: Vec<String> = self
             .tail
@@ -286,19 +557,27 @@ impl Running {
         )
     }
 
-    fn finish_io(&mut self) -> Result<()> {
+    /// After the node exited: the conversation's result.
+    fn finish(&mut self) -> Result<()> {
         if let Ok(mut s) = self.stdin.lock() {
             s.take();
         }
-        for h in self.io.drain(..) {
+        if let Some(h) = self.stderr.take() {
+            let _ = h.join();
+        }
+        if let Some(h) = self.session.take() {
             match h.join() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
-                Ok(Err(e)) => bail!("node {}: {e}", self.node),
+                Ok(Ok(v)) => self.result = Some(v),
+                Ok(Err(e)) => {
+                    return Err(e.context(format!("node {} ({})", self.node, self.endpoint)))
+                }
                 Err(_) => bail!("node {}: an I/O thread panicked", self.node),
             }
         }
-        Ok(())
+        match self.result {
+            Some(_) => Ok(()),
+            None => bail!("node {} ended without sending its result", self.node),
+        }
     }
 
     fn cancel(&mut self) {
@@ -308,13 +587,19 @@ impl Running {
         std::thread::sleep(std::time::Duration::from_millis(200));
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = self.finish_io();
+        if let Some(h) = self.stderr.take() {
+            let _ = h.join();
+        }
+        if let Some(h) = self.session.take() {
+            let _ = h.join();
+        }
     }
 }
 
-fn node_args(ps: &[Platform], req: &Request<'_>, remote: bool) -> Vec<String> {
+fn node_args(ps: &[Platform], req: &Request<'_>) -> Vec<String> {
     let mut args = vec![
-        "builder".to_string(),
+        "manifold".to_string(),
+        "builder".into(),
         "node-build".into(),
         "--platform".into(),
         ps.iter()
@@ -359,62 +644,45 @@ fn node_args(ps: &[Platform], req: &Request<'_>, remote: bool) -> Vec<String> {
     for e in req.allow {
         args.extend(["--allow".into(), e.clone()]);
     }
-    for (id, sock) in req.ssh {
-        // A remote node sees the forwarded agent as its own SSH_AUTH_SOCK.
-        let spec = if remote {
-            id.clone()
-        } else {
-            format!("{id}={}", sock.display())
-        };
-        args.extend(["--ssh".into(), spec]);
+    // The node sees the forwarded agent as its own SSH_AUTH_SOCK.
+    for id in req.ssh.keys() {
+        args.extend(["--ssh".into(), id.clone()]);
     }
     args
 }
 
-fn start(
+fn start<'s>(
+    s: &'s Scope<'s, '_>,
     status: &NodeStatus,
     ps: &[Platform],
     req: &Request<'_>,
-    archive: &Path,
-) -> Result<Running> {
+    head: &'s Head,
+    packed: &'s Packed,
+    store: &'s Layout,
+) -> Result<Running<'s>> {
     let endpoint = Endpoint::parse(&status.node.endpoint)?;
-    let remote = endpoint != Endpoint::Local;
-    let args = node_args(ps, req, remote);
     // One agent can be forwarded over an SSH connection.
-    let forward: Option<&PathBuf> = if remote {
-        let mut socks: Vec<&PathBuf> = req.ssh.values().collect();
-        socks.dedup();
-        if socks.len() > 1 {
-            bail!(
-                "node {}: --ssh names {} different agents, and one agent can be forwarded to an SSH node; use one agent for every id",
-                status.node.name,
-                socks.len()
-            );
-        }
-        socks.first().copied()
-    } else {
-        None
+    let mut socks: Vec<&PathBuf> = req.ssh.values().collect();
+    socks.dedup();
+    if socks.len() > 1 {
+        bail!(
+            "node {}: --ssh names {} different agents, and one agent can be forwarded to an SSH node; use one agent for every id",
+            status.node.name,
+            socks.len()
+        );
+    }
+    let Some(mut cmd) = endpoint.ssh(&node_args(ps, req)) else {
+        bail!(
+            "node {} is this machine: its platforms are built here, not over ssh",
+            status.node.name
+        );
     };
-    let mut cmd = match endpoint.ssh(
-        &std::iter::once("manifold".to_string())
-            .chain(args.clone())
-            .collect::<Vec<_>>(),
-    ) {
-        Some(c) => c,
-        None => {
-            use std::os::unix::process::CommandExt;
-            let mut c = Proc::new(std::env::current_exe().context("finding manifold itself")?);
-            // Its own process group: a cancelled node kills its group, not us.
-            c.args(&args).process_group(0);
-            c
-        }
-    };
-    if let Some(sock) = forward {
+    if let Some(sock) = socks.first() {
         // The ssh client forwards the agent its SSH_AUTH_SOCK names (-A must come before the
         // host: it is inserted at the front of the arguments by a second command).
         let program = cmd.get_program().to_owned();
         let rest: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
-        let mut with_a = Proc::new(program);
+        let mut with_a = std::process::Command::new(program);
         with_a.arg("-A").args(rest).env("SSH_AUTH_SOCK", sock);
         cmd = with_a;
     }
@@ -430,71 +698,19 @@ fn start(
             )
         })?;
     let stdin = Arc::new(Mutex::new(child.stdin.take()));
-    let mut stdout = child.stdout.take().context("node stdout")?;
+    let stdout = child.stdout.take().context("node stdout")?;
     let stderr = child.stderr.take().context("node stderr")?;
     let tail = Arc::new(Mutex::new(VecDeque::new()));
-    let mut io = Vec::new();
-    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    // The context stream.
-    {
+    let session = {
         let stdin = stdin.clone();
-        let sent2 = sent.clone();
-        let context = req.context.to_path_buf();
-        let dockerfile = std::fs::read(req.dockerfile)
-            .with_context(|| format!("reading the Dockerfile {}", req.dockerfile.display()))?;
-        let secrets = req.secrets.clone();
-        io.push(std::thread::spawn(move || -> std::io::Result<()> {
-            let w = {
-                let mut g = stdin.lock().map_err(|_| std::io::Error::other("lock"))?;
-                match g.as_mut() {
-                    // Writing through a clone of the descriptor lets the holder close ours.
-                    Some(s) => {
-                        use std::os::fd::AsFd;
-                        std::fs::File::from(s.as_fd().try_clone_to_owned()?)
-                    }
-                    None => return Ok(()),
-                }
-            };
-            let mut b = tar::Builder::new(std::io::BufWriter::new(Counting(w, sent2)));
-            let mut put = |name: &str, data: &[u8], mode: u32| -> std::io::Result<()> {
-                let mut h = tar::Header::new_gnu();
-                h.set_size(data.len() as u64);
-                h.set_mode(mode);
-                h.set_mtime(0);
-                h.set_entry_type(tar::EntryType::Regular);
-                b.append_data(&mut h, format!("{NODE_DIR}/{name}"), data)
-            };
-            put("Dockerfile", &dockerfile, 0o644)?;
-            for (id, v) in &secrets {
-                put(&format!("secrets/{id}"), v, 0o600)?;
-            }
-            let ctx = engine::context::Context::open(&context)
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
-            ctx.write_tar(&mut b)
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
-            b.into_inner()?.flush()?;
-            // The clone closes here; the Arc'd original stays open until the node is done.
-            Ok(())
-        }));
-    }
-    // The result archive.
-    {
-        let path = archive.to_path_buf();
-        let received = received.clone();
-        io.push(std::thread::spawn(move || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&path)?;
-            let n = std::io::copy(&mut stdout, &mut f)?;
-            received.store(n, std::sync::atomic::Ordering::Relaxed);
-            f.sync_all()
-        }));
-    }
+        s.spawn(move || session(&stdin, stdout, head, packed, store))
+    };
     // Progress, with the node's name.
-    {
+    let stderr = {
         let tail = tail.clone();
         let name = status.node.name.clone();
         let quiet = req.quiet;
-        io.push(std::thread::spawn(move || -> std::io::Result<()> {
+        s.spawn(move || -> std::io::Result<()> {
             for line in BufReader::new(stderr).lines() {
                 let line = line?;
                 if !quiet {
@@ -508,30 +724,150 @@ fn start(
                 }
             }
             Ok(())
-        }));
-    }
+        })
+    };
     Ok(Running {
         node: status.node.name.clone(),
         endpoint: status.node.endpoint.clone(),
-        platforms: ps.iter().map(|p| p.short()).collect::<Vec<_>>().join(", "),
+        platforms: shorts(ps),
         child,
-        archive: archive.to_path_buf(),
-        io,
+        session: Some(session),
+        result: None,
+        stderr: Some(stderr),
         tail,
         stdin,
-        sent,
-        received,
     })
 }
 
-/// A writer that counts what passes.
-struct Counting<W>(W, Arc<std::sync::atomic::AtomicU64>);
+/// A writer on the node's standard input that does not keep it open: `cancel` closes the
+/// original, and the node sees end-of-file once this one is dropped too.
+fn input(stdin: &Mutex<Option<std::process::ChildStdin>>) -> Result<std::fs::File> {
+    use std::os::fd::AsFd;
+    let g = stdin
+        .lock()
+        .map_err(|_| anyhow::anyhow!("the node's input lock is poisoned"))?;
+    match g.as_ref() {
+        Some(s) => Ok(std::fs::File::from(s.as_fd().try_clone_to_owned()?)),
+        None => bail!("the build was cancelled"),
+    }
+}
 
-impl<W: Write> Write for Counting<W> {
+/// One line from the other side, without its newline; end-of-file is an error.
+fn read_line(r: &mut impl BufRead, what: &str) -> Result<String> {
+    let mut line = String::new();
+    r.take(MAX_LINE)
+        .read_line(&mut line)
+        .with_context(|| format!("reading {what}"))?;
+    if !line.ends_with('\n') {
+        bail!("the other side ended before {what}");
+    }
+    line.pop();
+    Ok(line)
+}
+
+/// Our side of the conversation with one SSH node (see the module's comment).
+fn session(
+    stdin: &Mutex<Option<std::process::ChildStdin>>,
+    stdout: ChildStdout,
+    head: &Head,
+    packed: &Packed,
+    store: &Layout,
+) -> Result<(Descriptor, Stats)> {
+    let mut stats = Stats::default();
+    let started = Instant::now();
+    let mut from = BufReader::with_capacity(1 << 20, stdout);
+    {
+        let sent = AtomicU64::new(0);
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, Counting(input(stdin)?, &sent));
+        let hello = Hello {
+            context: packed.digest.clone(),
+            context_size: packed.size,
+            dockerfile: head.dockerfile.len() as u64,
+            secrets: head
+                .secrets
+                .iter()
+                .map(|(id, v)| (id.clone(), v.len() as u64))
+                .collect(),
+        };
+        serde_json::to_writer(&mut w, &hello)?;
+        w.write_all(b"\n")?;
+        w.write_all(&head.dockerfile)?;
+        for (_, v) in &head.secrets {
+            w.write_all(v)?;
+        }
+        w.flush()?;
+        match read_line(&mut from, "the node's answer about the context")?.as_str() {
+            "have" => stats.context_kept = true,
+            "need" => {
+                packed.send(&mut w)?;
+                w.flush()?;
+            }
+            other => bail!("the node answered {other:?} where have or need belongs; is it running the same manifold version as this machine?"),
+        }
+        // Dropping our copy leaves the node's input open only through `stdin`.
+        drop(w);
+        stats.sent = sent.load(Relaxed);
+    }
+    stats.context_secs = started.elapsed().as_secs_f64();
+    let line = read_line(&mut from, "the node's result")?;
+    stats.build_secs = started.elapsed().as_secs_f64() - stats.context_secs;
+    let got = Instant::now();
+    let answer: Answer =
+        serde_json::from_str(&line).context("the node's result is not the expected JSON")?;
+    let root = answer.root;
+    if !mt::is_index(&root.media_type) || !answer.blobs.contains(&(root.digest.clone(), root.size))
+    {
+        bail!("the node's result names no index among its blobs");
+    }
+    let want: Vec<(Digest, u64)> = answer
+        .blobs
+        .iter()
+        .filter(|(d, size)| store.blob_size(d) != Some(*size))
+        .cloned()
+        .collect();
+    {
+        let mut w = input(stdin)?;
+        serde_json::to_writer(
+            &mut w,
+            &Want {
+                want: want.iter().map(|(d, _)| d.clone()).collect(),
+            },
+        )?;
+        w.write_all(b"\n")?;
+        w.flush()?;
+    }
+    for (d, size) in &want {
+        let mut r = (&mut from).take(*size);
+        store
+            .ingest(&mut r, Some((d, Some(*size))))
+            .with_context(|| format!("receiving blob {d} from the node"))?;
+        // Made here meanwhile (ingest skips what is there): the node's copy still has to pass.
+        std::io::copy(&mut r, &mut std::io::sink())?;
+        stats.received += size;
+    }
+    stats.blobs = answer.blobs.len();
+    stats.blobs_sent = want.len();
+    // Everything the index reaches is here now.
+    let mut seen = BTreeMap::new();
+    let mut missing = Vec::new();
+    store.walk(&root, &mut seen, &mut missing)?;
+    if !store.has_blob(&root.digest) || !missing.is_empty() {
+        bail!(
+            "the node's result is incomplete: {} blobs its index reaches were not sent",
+            missing.len().max(1)
+        );
+    }
+    stats.result_secs = got.elapsed().as_secs_f64();
+    Ok((root, stats))
+}
+
+/// A writer that counts what passes.
+struct Counting<'a, W>(W, &'a AtomicU64);
+
+impl<W: Write> Write for Counting<'_, W> {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
         let n = self.0.write(b)?;
-        self.1
-            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        self.1.fetch_add(n as u64, Relaxed);
         Ok(n)
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -539,44 +875,65 @@ impl<W: Write> Write for Counting<W> {
     }
 }
 
-/// The node side of `build`: read the stream, build, answer with an OCI archive.
+/// The node side of `build` (see the module's comment).
 pub fn node_build(cli: &Cli, env: &transport::Env, a: &NodeBuildArgs) -> Result<ExitCode> {
+    let store = transport::open_store(&env.store_root)?;
+    // Held until the result is sent: `prune` waits, the kept context and result stay.
+    let _guard = store.write_guard()?;
     let work = tempfile::Builder::new()
         .prefix("manifold-run-node-")
         .tempdir()
         .context("creating a scratch directory")?;
     // A cancelled node kills itself: `prune` removes what it leaves by this mark.
     let _ = runtime::leftovers::mark(work.path());
-    let ctx = work.path().join("context");
-    std::fs::create_dir(&ctx)?;
+    let mut input = {
+        use std::os::fd::AsFd;
+        BufReader::with_capacity(
+            1 << 20,
+            std::fs::File::from(std::io::stdin().as_fd().try_clone_to_owned()?),
+        )
+    };
+    let hello: Hello = serde_json::from_str(&read_line(&mut input, "the build's inputs")?)
+        .context("the build's inputs are not the expected JSON; is the other side running the same manifold version?")?;
+    let mut read_exact = |len: u64, what: &str| -> Result<Vec<u8>> {
+        if len > MAX_LINE {
+            bail!("{what} is too large ({len} bytes)");
+        }
+        let mut v = vec![0u8; len as usize];
+        input
+            .read_exact(&mut v)
+            .with_context(|| format!("reading {what}"))?;
+        Ok(v)
+    };
     let dockerfile = work.path().join("Dockerfile");
+    std::fs::write(&dockerfile, read_exact(hello.dockerfile, "the Dockerfile")?)?;
     let mut secrets: Vec<(String, Vec<u8>)> = Vec::new();
-    let mut input = std::io::stdin();
-    {
-        let mut ar = tar::Archive::new(&mut input);
-        ar.set_preserve_permissions(true);
-        ar.set_preserve_mtime(true);
-        for entry in ar.entries().context("reading the context stream")? {
-            let mut e = entry.context("reading the context stream")?;
-            let path = e.path()?.to_string_lossy().into_owned();
-            if let Some(rest) = path.strip_prefix(&format!("{NODE_DIR}/")) {
-                let mut v = Vec::new();
-                e.read_to_end(&mut v)?;
-                if rest == "Dockerfile" {
-                    std::fs::write(&dockerfile, v)?;
-                } else if let Some(id) = rest.strip_prefix("secrets/") {
-                    secrets.push((id.to_string(), v));
-                }
-                continue;
-            }
-            if !e
-                .unpack_in(&ctx)
-                .with_context(|| format!("unpacking {path}"))?
-            {
-                bail!("the context stream has an entry outside the context: {path:?}");
+    for (id, len) in &hello.secrets {
+        secrets.push((id.clone(), read_exact(*len, "a secret")?));
+    }
+    let contexts = Contexts::open(&env.store_root)?;
+    let context = {
+        let kept = contexts.take(&hello.context)?;
+        let mut out = std::io::stdout().lock();
+        out.write_all(if kept.is_some() { b"have\n" } else { b"need\n" })?;
+        out.flush()?;
+        match kept {
+            Some(k) => k,
+            None => {
+                let bytes = std::env::var("MANIFOLD_NODE_CONTEXT_CACHE")
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(KEEP_BYTES);
+                contexts.receive(
+                    &env.store_root,
+                    &hello.context,
+                    hello.context_size,
+                    &mut input,
+                    (KEEP_CONTEXTS, bytes),
+                )?
             }
         }
-    }
+    };
     // Secrets and the epoch reach the build through this process's environment (no thread runs
     // yet), never through a file on this machine's disk.
     let mut secret_specs = Vec::new();
@@ -588,46 +945,51 @@ pub fn node_build(cli: &Cli, env: &transport::Env, a: &NodeBuildArgs) -> Result<
     if let Some(e) = &a.source_date_epoch {
         std::env::set_var("SOURCE_DATE_EPOCH", e);
     }
-    // The other side closing our input means the build is cancelled: stop everything.
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 64];
-        loop {
-            match input.read(&mut buf) {
-                Ok(0) | Err(_) => {
-                    // SAFETY: signalling our own process group; nothing is shared afterwards.
-                    unsafe { libc::kill(0, libc::SIGKILL) };
-                    std::process::exit(130);
-                }
-                Ok(_) => {}
+    // Lines from the other side go to the main thread; its end means the build is cancelled.
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || loop {
+        let mut line = String::new();
+        match (&mut input).take(MAX_LINE).read_line(&mut line) {
+            Ok(0) | Err(_) => {
+                // SAFETY: signalling our own process group; nothing is shared afterwards.
+                unsafe { libc::kill(0, libc::SIGKILL) };
+                std::process::exit(130);
+            }
+            Ok(_) => {
+                let _ = tx.send(line);
             }
         }
     });
-    let result = work.path().join("result.tar");
-    let outputs = vec![format!("type=oci,dest={}", result.display())];
-    // The build prints digests on standard output: keep that stream for the archive alone.
+    let iid = work.path().join("iid");
+    // Named in the node's store, so it stays until the next build of these platforms.
+    let name = format!(
+        "manifold-node/result:{}",
+        a.platform.join("_").replace('/', "-")
+    );
+    // The build prints digests on standard output: keep that stream for the conversation.
     let saved = dup_stdout_to_stderr()?;
     let code = crate::build::run(
         cli,
         env,
         &crate::build::BuildArgs {
-            context: ctx.clone(),
+            context: context.0.clone(),
             file: Some(dockerfile.clone()),
             platform: a.platform.clone(),
-            tag: Vec::new(),
+            tag: vec![name],
             build_arg: a.build_arg.clone(),
             target: a.target.clone(),
             check: false,
             format: crate::OutputFormat::Table,
             push: false,
             load: false,
-            output: outputs,
+            output: Vec::new(),
             metadata_file: None,
             no_cache: a.no_cache,
             pull: a.pull,
             progress: "plain".into(),
             jobs: None,
             secret: secret_specs,
-            iidfile: None,
+            iidfile: Some(iid.clone()),
             label: a.label.clone(),
             annotation: a.annotation.clone(),
             add_host: a.add_host.clone(),
@@ -640,15 +1002,187 @@ pub fn node_build(cli: &Cli, env: &transport::Env, a: &NodeBuildArgs) -> Result<
             allow: a.allow.clone(),
         },
     );
-    let mut out = restore_stdout(saved)?;
+    let out = restore_stdout(saved)?;
     let code = code?;
     if code != ExitCode::SUCCESS {
         return Ok(code);
     }
-    let mut f = std::fs::File::open(&result).context("opening the result archive")?;
-    std::io::copy(&mut f, &mut out).context("sending the result")?;
+    drop(context);
+    let digest = Digest::parse(std::fs::read_to_string(&iid)?.trim())?;
+    let size = store
+        .blob_size(&digest)
+        .context("the built index is not in the store")?;
+    let root = Descriptor::new(mt::OCI_INDEX, digest, size);
+    let mut seen = BTreeMap::new();
+    let mut missing = Vec::new();
+    store.walk(&root, &mut seen, &mut missing)?;
+    if !missing.is_empty() {
+        bail!("the built image is incomplete in this store: run `manifold fsck`");
+    }
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, out);
+    serde_json::to_writer(
+        &mut out,
+        &Answer {
+            root,
+            blobs: seen.iter().map(|(d, s)| (d.clone(), *s)).collect(),
+        },
+    )?;
+    out.write_all(b"\n")?;
+    out.flush()?;
+    let line = rx
+        .recv()
+        .context("the other side went away before asking for blobs")?;
+    let want: Want = serde_json::from_str(line.trim_end())
+        .context("the list of blobs wanted is not the expected JSON")?;
+    for d in &want.want {
+        let size = *seen
+            .get(d)
+            .with_context(|| format!("blob {d} was asked for, but it is not part of the result"))?;
+        let f = store.open_blob(d)?;
+        let n = std::io::copy(&mut f.take(size), &mut out)?;
+        if n != size {
+            bail!(
+                "blob {d} in this store is shorter than its descriptor says: run `manifold fsck`"
+            );
+        }
+    }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Contexts a node keeps by digest (`build/contexts/HEX` under its store), so the next build of
+/// the same context sends and unpacks nothing. In use, a context is held by a shared lock on
+/// its directory; the least recently used ones beyond the limits go when a new one comes.
+struct Contexts {
+    dir: PathBuf,
+}
+
+/// A kept context, held until dropped.
+struct Held(PathBuf, #[allow(dead_code)] std::fs::File);
+
+/// At most this many contexts, and (`MANIFOLD_NODE_CONTEXT_CACHE`, bytes) this much.
+const KEEP_CONTEXTS: usize = 16;
+const KEEP_BYTES: u64 = 2 << 30;
+
+impl Contexts {
+    fn open(store_root: &Path) -> Result<Contexts> {
+        let dir = store_root.join("build").join("contexts");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Contexts { dir })
+    }
+
+    fn take(&self, d: &Digest) -> Result<Option<Held>> {
+        use std::os::unix::fs::MetadataExt;
+        let p = self.dir.join(d.hex());
+        let f = match std::fs::File::open(&p) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("opening {}", p.display())),
+        };
+        f.lock_shared()
+            .with_context(|| format!("locking {}", p.display()))?;
+        // Evicted between the open and the lock.
+        match std::fs::metadata(&p) {
+            Ok(m) if m.ino() == f.metadata()?.ino() => {}
+            _ => return Ok(None),
+        }
+        // Least recently used goes first.
+        let _ = f.set_modified(std::time::SystemTime::now());
+        Ok(Some(Held(p, f)))
+    }
+
+    /// Unpacks `size` bytes of context tar from `input`, keeps it if it matches `d`.
+    fn receive(
+        &self,
+        store_root: &Path,
+        d: &Digest,
+        size: u64,
+        input: &mut impl Read,
+        limits: (usize, u64),
+    ) -> Result<Held> {
+        // In the build cache's tmp, marked: `prune` sweeps what a killed node leaves.
+        let tmp_parent = ::engine::cache::LocalCache::new(store_root).tmp_dir();
+        std::fs::create_dir_all(&tmp_parent)?;
+        let tmp = tempfile::Builder::new()
+            .prefix("manifold-run-context-")
+            .tempdir_in(&tmp_parent)
+            .with_context(|| format!("creating a directory in {}", tmp_parent.display()))?;
+        let _ = runtime::leftovers::mark(tmp.path());
+        let ctx = tmp.path().join("context");
+        std::fs::create_dir(&ctx)?;
+        let mut r = oci::DigestReader::new(input.take(size), d.algorithm());
+        {
+            let mut ar = tar::Archive::new(&mut r);
+            ar.set_preserve_permissions(true);
+            ar.set_preserve_mtime(true);
+            for entry in ar.entries().context("reading the context stream")? {
+                let mut e = entry.context("reading the context stream")?;
+                let path = e.path()?.to_string_lossy().into_owned();
+                if !e
+                    .unpack_in(&ctx)
+                    .with_context(|| format!("unpacking {path}"))?
+                {
+                    bail!("the context stream has an entry outside the context: {path:?}");
+                }
+            }
+        }
+        // The tar's padding counts in the digest.
+        std::io::copy(&mut r, &mut std::io::sink())?;
+        let (got, n) = r.finish();
+        if n != size {
+            bail!("the context stream ended after {n} of {size} bytes");
+        }
+        if &got != d {
+            bail!("the context received is {got}, not {d} as announced; it changed while it was sent: run the build again");
+        }
+        let dest = self.dir.join(d.hex());
+        if std::fs::rename(&ctx, &dest).is_err() && !dest.is_dir() {
+            bail!("keeping the context in {}", dest.display());
+        }
+        // Another build may have kept the same one meanwhile: either copy serves.
+        let held = match self.take(d)? {
+            Some(h) => h,
+            None => bail!("the context kept in {} went away", dest.display()),
+        };
+        self.evict(limits);
+        Ok(held)
+    }
+
+    /// Removes the least recently used contexts beyond (count, bytes); those in use stay.
+    fn evict(&self, (count, bytes): (usize, u64)) {
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let mut all: Vec<(std::time::SystemTime, PathBuf)> = rd
+            .flatten()
+            .filter_map(|e| {
+                let m = e.metadata().ok()?;
+                if !m.is_dir() || e.file_name().len() != 64 {
+                    return None;
+                }
+                Some((m.modified().ok()?, e.path()))
+            })
+            .collect();
+        all.sort_by_key(|e| std::cmp::Reverse(e.0));
+        let mut total = 0u64;
+        for (n, (_, p)) in all.iter().enumerate() {
+            total += ::engine::cache::dir_size(p);
+            if n < count && total <= bytes {
+                continue;
+            }
+            let Ok(f) = std::fs::File::open(p) else {
+                continue;
+            };
+            if f.try_lock().is_err() {
+                continue;
+            }
+            // Renamed first, so no one takes it half removed.
+            let gone = self.dir.join(format!(".gone-{}-{n}", std::process::id()));
+            if std::fs::rename(p, &gone).is_ok() {
+                let _ = std::fs::remove_dir_all(&gone);
+            }
+        }
+    }
 }
 
 /// Points descriptor 1 at standard error; returns the original standard output.
@@ -716,4 +1250,83 @@ pub fn read_secrets(specs: &[String]) -> Result<Vec<(String, Vec<u8>)>> {
         out.push((id, value));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tar_of(files: &[(&str, &str)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, text) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(text.len() as u64);
+            h.set_mode(0o644);
+            h.set_mtime(1);
+            b.append_data(&mut h, name, text.as_bytes()).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn contexts_are_kept_by_digest_checked_and_evicted_least_recent_first() {
+        let root = tempfile::tempdir().unwrap();
+        let c = Contexts::open(root.path()).unwrap();
+        let keep = |t: &[u8], limits| {
+            let d = Digest::sha256_of(t);
+            c.receive(root.path(), &d, t.len() as u64, &mut &t[..], limits)
+                .unwrap()
+        };
+        let a = tar_of(&[("a.txt", "one")]);
+        let da = Digest::sha256_of(&a);
+        assert!(c.take(&da).unwrap().is_none());
+        // A stream that is not what was announced is refused and not kept.
+        let wrong = Digest::sha256_of(b"another context");
+        let e = c
+            .receive(
+                root.path(),
+                &wrong,
+                a.len() as u64,
+                &mut &a[..],
+                (16, u64::MAX),
+            )
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("not sha256:"), "{e}");
+        assert!(c.take(&wrong).unwrap().is_none());
+        let e = c
+            .receive(
+                root.path(),
+                &da,
+                a.len() as u64 + 1,
+                &mut &a[..],
+                (16, u64::MAX),
+            )
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("ended after"), "{e}");
+        // Kept, then found again by digest.
+        let held_a = keep(&a, (16, u64::MAX));
+        assert_eq!(
+            std::fs::read_to_string(held_a.0.join("a.txt")).unwrap(),
+            "one"
+        );
+        assert!(c.take(&da).unwrap().is_some());
+        // Beyond the limit the least recently used go, but not one in use.
+        let b = tar_of(&[("b.txt", "two")]);
+        drop(keep(&b, (1, u64::MAX)));
+        assert!(
+            c.take(&da).unwrap().is_some(),
+            "a context in use was removed"
+        );
+        drop(held_a);
+        let cc = tar_of(&[("c.txt", "three")]);
+        let held_c = keep(&cc, (1, u64::MAX));
+        assert!(c.take(&da).unwrap().is_none());
+        assert!(c.take(&Digest::sha256_of(&b)).unwrap().is_none());
+        assert!(held_c.0.join("c.txt").exists());
+        // Nothing is left in the build cache's tmp.
+        let tmp = ::engine::cache::LocalCache::new(root.path()).tmp_dir();
+        assert_eq!(std::fs::read_dir(tmp).unwrap().count(), 0);
+    }
 }
