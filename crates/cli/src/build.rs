@@ -563,20 +563,34 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs) -> Result<ExitCode> {
     let builders = crate::builder::Config::load()?;
     let builder = builders.find(&a.builder.clone().unwrap_or_else(|| builders.current_name()))?;
     let nodes = crate::nodes::uses_nodes(&builder);
-    if nodes && !(cache_to.is_empty() && cache_from.is_empty()) {
-        // Each node keeps its own step cache; its steps are not reported back to this side.
+    // SSH nodes import registry caches themselves; their steps stay in their own caches.
+    let remote = nodes && crate::nodes::has_remote(&builder);
+    let node_cache_from: Vec<String> = a
+        .cache_from
+        .iter()
+        .zip(&cache_from)
+        .filter(|(_, c)| matches!(c, crate::cache::CacheFromSpec::Registry(_)))
+        .map(|(s, _)| s.clone())
+        .collect();
+    if remote && node_cache_from.len() < cache_from.len() {
         say(
             cli,
             format!(
-                "warning: --cache-to and --cache-from apply to builds on this machine; builder {} builds on its nodes, so no build cache is imported, and an exported one holds no steps",
+                "warning: --cache-from type=local applies to the platforms built on this machine; builder {}'s SSH nodes import only registry caches",
                 builder.name
             ),
         );
     }
-    let imported = match nodes {
-        true => None,
-        false => crate::cache::import(cli, env, &cache_from)?,
-    };
+    if remote && !cache_to.is_empty() {
+        say(
+            cli,
+            format!(
+                "warning: --cache-to exports the steps of the platforms built on this machine; builder {}'s SSH nodes keep theirs in their own caches",
+                builder.name
+            ),
+        );
+    }
+    let imported = crate::cache::import(cli, env, &cache_from)?;
     let (built, origins) = if nodes {
         let started = std::time::Instant::now();
         let agents = crate::ssh::Agents::from_specs(&a.ssh)?;
@@ -594,7 +608,7 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs) -> Result<ExitCode> {
                 &o,
                 &shown,
                 proxies.clone(),
-                None,
+                imported.clone(),
                 node,
             )? {
                 Ok(b) => Ok(b),
@@ -621,6 +635,7 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs) -> Result<ExitCode> {
                 annotations: &a.annotation,
                 add_hosts: &a.add_host,
                 no_cache_filter: &a.no_cache_filter,
+                cache_from: &node_cache_from,
             },
             &local,
         )?;

@@ -121,6 +121,9 @@ pub struct NodeBuildArgs {
     /// Stages whose steps run even when cached.
     #[arg(long)]
     pub no_cache_filter: Vec<String>,
+    /// Registry caches to import (type=registry specs).
+    #[arg(long)]
+    pub cache_from: Vec<String>,
 }
 
 /// One node of a builder.

@@ -66,6 +66,8 @@ pub struct Request<'a> {
     pub annotations: &'a [String],
     pub add_hosts: &'a [String],
     pub no_cache_filter: &'a [String],
+    /// `--cache-from` specs of type=registry: each SSH node imports them itself.
+    pub cache_from: &'a [String],
 }
 
 /// Should this builder's nodes do the work (rather than this process)? A builder of one local
@@ -74,6 +76,13 @@ pub fn uses_nodes(b: &Builder) -> bool {
     !(b.nodes.len() == 1
         && b.nodes[0].platforms.is_empty()
         && Endpoint::parse(&b.nodes[0].endpoint).ok() == Some(Endpoint::Local))
+}
+
+/// Does the builder have a node other than this machine?
+pub fn has_remote(b: &Builder) -> bool {
+    b.nodes
+        .iter()
+        .any(|n| Endpoint::parse(&n.endpoint).ok() != Some(Endpoint::Local))
 }
 
 /// A build of some platforms on this machine, in this process, as the named local node (its
@@ -630,6 +639,7 @@ fn node_args(ps: &[Platform], req: &Request<'_>) -> Vec<String> {
         ("--annotation", req.annotations),
         ("--add-host", req.add_hosts),
         ("--no-cache-filter", req.no_cache_filter),
+        ("--cache-from", req.cache_from),
     ] {
         for v in values {
             args.extend([flag.to_string(), v.clone()]);
@@ -997,7 +1007,7 @@ pub fn node_build(cli: &Cli, env: &transport::Env, a: &NodeBuildArgs) -> Result<
             ssh: a.ssh.clone(),
             builder: Some(crate::builder::DEFAULT.into()),
             cache_to: Vec::new(),
-            cache_from: Vec::new(),
+            cache_from: a.cache_from.clone(),
             network: a.network.clone(),
             allow: a.allow.clone(),
         },

@@ -545,6 +545,100 @@ fn a_node_that_dies_fails_the_build_and_stops_the_others() {
     }
 }
 
+#[test]
+fn every_node_imports_a_registry_cache() {
+    let Some(node) = SshNode::start() else {
+        return;
+    };
+    let Some((reg, base)) = base() else { return };
+    let t = tempfile::tempdir().unwrap();
+    let config = t.path().join("config");
+    let ssh = node.ssh_command(true);
+    let ctx = t.path().join("ctx");
+    std::fs::create_dir(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {base}\nRUN uname -m > /arch\nRUN echo cached > /done\n"),
+    )
+    .unwrap();
+    let env = [
+        ("MANIFOLD_CONFIG", config.to_str().unwrap()),
+        ("MANIFOLD_SSH", ssh.as_str()),
+        ("SOURCE_DATE_EPOCH", "1700000000"),
+    ];
+    let cache = format!("type=registry,ref={}/cache/app:1", reg.addr);
+    // One machine builds and exports the cache.
+    let first = t.path().join("first");
+    let one = format!("{}/app/one:1", reg.addr);
+    ok_out(
+        run_with(
+            &first,
+            &env,
+            None,
+            &[
+                "build",
+                "--platform",
+                "linux/amd64,linux/arm64",
+                "--cache-to",
+                &format!("{cache},mode=max"),
+                "-t",
+                &one,
+                "--push",
+                ctx.to_str().unwrap(),
+            ],
+        ),
+        "build with --cache-to",
+    );
+    for (name, platform, endpoint) in [
+        ("here", "linux/amd64", "local".to_string()),
+        ("arm", "linux/arm64", node.endpoint()),
+    ] {
+        let mut args = vec!["builder", "create", "--name", "split"];
+        if name == "arm" {
+            args.push("--append");
+        }
+        args.extend(["--node", name, "--platform", platform, &endpoint]);
+        ok_out(run_with(&first, &env, None, &args), "create");
+    }
+    // Empty stores here and on the node: both sides take every step from the cache.
+    let second = t.path().join("second");
+    let two = format!("{}/app/two:1", reg.addr);
+    let o = run_with(
+        &second,
+        &env,
+        None,
+        &[
+            "build",
+            "--builder",
+            "split",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--cache-from",
+            &cache,
+            "-t",
+            &two,
+            "--push",
+            ctx.to_str().unwrap(),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{stderr}");
+    for (node, platform) in [("here", "linux/amd64"), ("arm", "linux/arm64")] {
+        for step in ["RUN uname", "RUN echo cached"] {
+            assert!(
+                stderr
+                    .lines()
+                    .any(|l| l.starts_with(&format!("[{node}] [{platform} "))
+                        && l.contains(step)
+                        && l.contains("CACHED")),
+                "{node} did not take {step} from the cache: {stderr}"
+            );
+        }
+    }
+    assert!(!stderr.contains("warning: --cache"), "{stderr}");
+    assert_eq!(digest_of(&second, &one), digest_of(&second, &two));
+}
+
 /// The node's manifold behind a proxy that flips one byte of the first blob it sends back.
 const CORRUPTING_PROXY: &str = r#"#!/usr/bin/env python3
 import os, subprocess, sys, threading
