@@ -115,6 +115,10 @@ pub struct BuildArgs {
     /// Grant an entitlement: network.host (needed for --network host and RUN --network=host).
     #[arg(long, value_name = "ENTITLEMENT", value_parser = ["network.host"])]
     pub allow: Vec<String>,
+    /// A builder node writes the steps its build used here (JSON): the machine that asked
+    /// exports them with its own in one `--cache-to`.
+    #[arg(skip)]
+    pub steps_file: Option<PathBuf>,
 }
 
 /// `--secret id=ID,src=FILE` or `id=ID,env=VAR`, read into memory: the sandbox puts it on a
@@ -581,15 +585,6 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs) -> Result<ExitCode> {
             ),
         );
     }
-    if remote && !cache_to.is_empty() {
-        say(
-            cli,
-            format!(
-                "warning: --cache-to exports the steps of the platforms built on this machine; builder {}'s SSH nodes keep theirs in their own caches",
-                builder.name
-            ),
-        );
-    }
     let imported = crate::cache::import(cli, env, &cache_from)?;
     let (built, origins) = if nodes {
         let started = std::time::Instant::now();
@@ -636,6 +631,8 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs) -> Result<ExitCode> {
                 add_hosts: &a.add_host,
                 no_cache_filter: &a.no_cache_filter,
                 cache_from: &node_cache_from,
+                // With --cache-to, the nodes' steps and their layers come back too.
+                steps: !cache_to.is_empty(),
             },
             &local,
         )?;
@@ -967,6 +964,9 @@ fn export(
 
     if let Some(f) = a.iidfile.as_deref() {
         store::layout::write_atomic(f, root.digest.to_string().as_bytes())?;
+    }
+    if let Some(f) = a.steps_file.as_deref() {
+        store::layout::write_atomic(f, &serde_json::to_vec(&built.steps)?)?;
     }
     if let Some(mf) = a.metadata_file.as_deref() {
         let meta = serde_json::json!({

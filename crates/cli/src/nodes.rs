@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::{Scope, ScopedJoinHandle};
 use std::time::Instant;
 
+use ::engine::cache::CachedStep;
 use ::engine::engine::Built;
 use anyhow::{bail, Context as _, Result};
 use oci::media_type as mt;
@@ -68,6 +69,8 @@ pub struct Request<'a> {
     pub no_cache_filter: &'a [String],
     /// `--cache-from` specs of type=registry: each SSH node imports them itself.
     pub cache_from: &'a [String],
+    /// Bring back the steps each SSH node used and their layers (for `--cache-to`).
+    pub steps: bool,
 }
 
 /// Should this builder's nodes do the work (rather than this process)? A builder of one local
@@ -187,18 +190,18 @@ pub fn build(
         let local_built = wait_all(&mut running, local_job, &cancel)?;
         let mut roots = Vec::new();
         for r in &mut running {
-            let (root, stats) = r.result.take().context("a node's result went missing")?;
+            let o = r.result.take().context("a node's result went missing")?;
             if !req.quiet {
-                eprintln!("[{}] done: {stats}", r.node);
+                eprintln!("[{}] done: {}", r.node, o.stats);
             }
-            roots.push((r.node.clone(), root));
+            roots.push((r.node.clone(), o.root, o.steps));
         }
         Ok((local_built, roots))
     })?;
     // Every node succeeded: each platform's image is in the store now.
     let mut found: Vec<(Platform, Descriptor)> = Vec::new();
     let mut own: Vec<(Platform, BTreeSet<Digest>)> = Vec::new();
-    let (steps, origins) = match local_built {
+    let (mut steps, origins) = match local_built {
         Some((b, o)) => {
             for i in b.images {
                 own.push((i.platform.clone(), i.own_layers));
@@ -208,7 +211,8 @@ pub fn build(
         }
         None => (Vec::new(), Origins::new()),
     };
-    for (node, root) in &remote_roots {
+    for (node, root, node_steps) in &remote_roots {
+        steps.extend(node_steps.iter().cloned());
         let bytes = store.read_blob(&root.digest)?;
         let doc = Document::<Index>::parse(bytes)
             .with_context(|| format!("node {node} answered with something that is not an index"))?;
@@ -274,7 +278,7 @@ pub fn build(
         Built {
             images,
             index: index.descriptor(mt::OCI_INDEX),
-            // The local node's steps; the SSH nodes' stay in their own caches.
+            // Every node's steps (the SSH nodes' only when asked for, for --cache-to).
             steps,
         },
         origins,
@@ -426,6 +430,9 @@ struct Hello {
 struct Answer {
     root: Descriptor,
     blobs: Vec<(Digest, u64)>,
+    /// The steps the node's build used (by cache key), whose layers it can send too.
+    #[serde(default)]
+    steps: Vec<(String, CachedStep)>,
 }
 
 /// The blobs this side lacks (here → node).
@@ -541,8 +548,8 @@ struct Running<'s> {
     platforms: String,
     child: Child,
     /// The conversation, then the result: the node's index (its blobs are in the store).
-    session: Option<ScopedJoinHandle<'s, Result<(Descriptor, Stats)>>>,
-    result: Option<(Descriptor, Stats)>,
+    session: Option<ScopedJoinHandle<'s, Result<Outcome>>>,
+    result: Option<Outcome>,
     stderr: Option<ScopedJoinHandle<'s, std::io::Result<()>>>,
     /// The last lines the node printed, for the error.
     tail: Arc<Mutex<VecDeque<String>>>,
@@ -713,7 +720,8 @@ fn start<'s>(
     let tail = Arc::new(Mutex::new(VecDeque::new()));
     let session = {
         let stdin = stdin.clone();
-        s.spawn(move || session(&stdin, stdout, head, packed, store))
+        let with_steps = req.steps;
+        s.spawn(move || session(&stdin, stdout, head, packed, store, with_steps))
     };
     // Progress, with the node's name.
     let stderr = {
@@ -782,7 +790,8 @@ fn session(
     head: &Head,
     packed: &Packed,
     store: &Layout,
-) -> Result<(Descriptor, Stats)> {
+    with_steps: bool,
+) -> Result<Outcome> {
     let mut stats = Stats::default();
     let started = Instant::now();
     let mut from = BufReader::with_capacity(1 << 20, stdout);
@@ -829,11 +838,17 @@ fn session(
     {
         bail!("the node's result names no index among its blobs");
     }
-    let want: Vec<(Digest, u64)> = answer
-        .blobs
-        .iter()
+    let mut wanted: BTreeSet<(Digest, u64)> = answer.blobs.iter().cloned().collect();
+    if with_steps {
+        for (_, step) in &answer.steps {
+            if let Some((l, _)) = &step.layer {
+                wanted.insert((l.digest.clone(), l.size));
+            }
+        }
+    }
+    let want: Vec<(Digest, u64)> = wanted
+        .into_iter()
         .filter(|(d, size)| store.blob_size(d) != Some(*size))
-        .cloned()
         .collect();
     {
         let mut w = input(stdin)?;
@@ -868,7 +883,28 @@ fn session(
         );
     }
     stats.result_secs = got.elapsed().as_secs_f64();
-    Ok((root, stats))
+    // Steps whose layer is not here (the node no longer had it) are not exported.
+    let steps = match with_steps {
+        true => answer
+            .steps
+            .into_iter()
+            .filter(|(_, s)| {
+                s.layer
+                    .as_ref()
+                    .is_none_or(|(l, _)| store.blob_size(&l.digest) == Some(l.size))
+            })
+            .collect(),
+        false => Vec::new(),
+    };
+    Ok(Outcome { root, steps, stats })
+}
+
+/// What an SSH node's conversation brought: its index, the steps it used (when asked for), and
+/// its figures.
+struct Outcome {
+    root: Descriptor,
+    steps: Vec<(String, CachedStep)>,
+    stats: Stats,
 }
 
 /// A writer that counts what passes.
@@ -971,6 +1007,7 @@ pub fn node_build(cli: &Cli, env: &transport::Env, a: &NodeBuildArgs) -> Result<
         }
     });
     let iid = work.path().join("iid");
+    let steps_file = work.path().join("steps.json");
     // Named in the node's store, so it stays until the next build of these platforms.
     let name = format!(
         "manifold-node/result:{}",
@@ -1010,6 +1047,7 @@ pub fn node_build(cli: &Cli, env: &transport::Env, a: &NodeBuildArgs) -> Result<
             cache_from: a.cache_from.clone(),
             network: a.network.clone(),
             allow: a.allow.clone(),
+            steps_file: Some(steps_file.clone()),
         },
     );
     let out = restore_stdout(saved)?;
@@ -1029,12 +1067,32 @@ pub fn node_build(cli: &Cli, env: &transport::Env, a: &NodeBuildArgs) -> Result<
     if !missing.is_empty() {
         bail!("the built image is incomplete in this store: run `manifold fsck`");
     }
+    // The steps whose layers this store holds: the other side may ask for those layers too.
+    let steps: Vec<(String, CachedStep)> = std::fs::read(&steps_file)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let steps: Vec<(String, CachedStep)> = steps
+        .into_iter()
+        .filter(|(_, s)| {
+            s.layer
+                .as_ref()
+                .is_none_or(|(l, _)| store.blob_size(&l.digest) == Some(l.size))
+        })
+        .collect();
+    let mut sendable = seen.clone();
+    for (_, s) in &steps {
+        if let Some((l, _)) = &s.layer {
+            sendable.insert(l.digest.clone(), l.size);
+        }
+    }
     let mut out = std::io::BufWriter::with_capacity(1 << 20, out);
     serde_json::to_writer(
         &mut out,
         &Answer {
             root,
             blobs: seen.iter().map(|(d, s)| (d.clone(), *s)).collect(),
+            steps,
         },
     )?;
     out.write_all(b"\n")?;
@@ -1045,7 +1103,7 @@ pub fn node_build(cli: &Cli, env: &transport::Env, a: &NodeBuildArgs) -> Result<
     let want: Want = serde_json::from_str(line.trim_end())
         .context("the list of blobs wanted is not the expected JSON")?;
     for d in &want.want {
-        let size = *seen
+        let size = *sendable
             .get(d)
             .with_context(|| format!("blob {d} was asked for, but it is not part of the result"))?;
         let f = store.open_blob(d)?;

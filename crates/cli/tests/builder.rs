@@ -546,7 +546,7 @@ fn a_node_that_dies_fails_the_build_and_stops_the_others() {
 }
 
 #[test]
-fn every_node_imports_a_registry_cache() {
+fn every_node_imports_a_registry_cache_and_one_cache_exports_them_all() {
     let Some(node) = SshNode::start() else {
         return;
     };
@@ -602,6 +602,7 @@ fn every_node_imports_a_registry_cache() {
     }
     // Empty stores here and on the node: both sides take every step from the cache.
     let second = t.path().join("second");
+    let cache2 = format!("type=registry,ref={}/cache/split:1", reg.addr);
     let two = format!("{}/app/two:1", reg.addr);
     let o = run_with(
         &second,
@@ -615,6 +616,8 @@ fn every_node_imports_a_registry_cache() {
             "linux/amd64,linux/arm64",
             "--cache-from",
             &cache,
+            "--cache-to",
+            &format!("{cache2},mode=max"),
             "-t",
             &two,
             "--push",
@@ -637,6 +640,41 @@ fn every_node_imports_a_registry_cache() {
     }
     assert!(!stderr.contains("warning: --cache"), "{stderr}");
     assert_eq!(digest_of(&second, &one), digest_of(&second, &two));
+    // The split build's one cache holds both nodes' steps: a third machine takes every step of
+    // both platforms from it.
+    let third = t.path().join("third");
+    let three = format!("{}/app/three:1", reg.addr);
+    let o = run_with(
+        &third,
+        &env,
+        None,
+        &[
+            "build",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--cache-from",
+            &cache2,
+            "-t",
+            &three,
+            "--push",
+            ctx.to_str().unwrap(),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{stderr}");
+    for platform in ["linux/amd64", "linux/arm64"] {
+        for step in ["RUN uname", "RUN echo cached"] {
+            assert!(
+                stderr
+                    .lines()
+                    .any(|l| l.starts_with(&format!("[{platform} "))
+                        && l.contains(step)
+                        && l.contains("CACHED")),
+                "{platform} {step} was not in the split build's cache: {stderr}"
+            );
+        }
+    }
+    assert_eq!(digest_of(&third, &one), digest_of(&third, &three));
 }
 
 /// The node's manifold behind a proxy that flips one byte of the first blob it sends back.
