@@ -55,7 +55,7 @@ pub struct Request<'a> {
     /// (id, value): sent inside the stream, never written to a disk on either side.
     pub secrets: Vec<(String, Vec<u8>)>,
     /// `--ssh` agents (id → socket here): forwarded to SSH nodes with the ssh client's agent
-    /// forwarding, passed as they are to local ones.
+    /// forwarding (the local node's build uses them directly).
     pub ssh: &'a BTreeMap<String, PathBuf>,
     /// `--network` and `--allow`, as the user gave them.
     pub network: &'a str,
