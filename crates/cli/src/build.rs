@@ -567,7 +567,7 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs) -> Result<ExitCode> {
     let builders = crate::builder::Config::load()?;
     let builder = builders.find(&a.builder.clone().unwrap_or_else(|| builders.current_name()))?;
     let nodes = crate::nodes::uses_nodes(&builder);
-    // SSH nodes import registry caches themselves; their steps stay in their own caches.
+    // SSH nodes import registry caches themselves (local directories stay here).
     let remote = nodes && crate::nodes::has_remote(&builder);
     let node_cache_from: Vec<String> = a
         .cache_from
@@ -607,7 +607,7 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs) -> Result<ExitCode> {
                 node,
             )? {
                 Ok(b) => Ok(b),
-                Err(code) => bail!("the build could not be planned for node {name} ({code:?})"),
+                Err(_) => bail!("the build could not be planned for node {name} (see above)"),
             }
         };
         let built = crate::nodes::build(
