@@ -71,9 +71,10 @@ for i in $(seq "$runs"); do
     rm -rf "$work/root-$b" "$work/node/root"
     r=$(measure "$m" --root "$work/root-$b" build --builder "$b" --platform linux/amd64,linux/arm64 -t bench/app:1 "$ctx")
     echo "$b cold   run $i: ${r% *} s"; rows+=("$b-cold $r")
-    [ "$b" = split ] && grep -h 'done: sent' "$work/err" | sed 's/^/  /' && grep -h 'done: sent' "$work/err" > "$work/transfer"
+    [ "$b" = split ] && grep -h 'done:' "$work/err" | sed 's/^/  /'
     r=$(measure "$m" --root "$work/root-$b" build --builder "$b" --platform linux/amd64,linux/arm64 -t bench/app:1 "$ctx")
     echo "$b cached run $i: ${r% *} s"; rows+=("$b-cached $r")
+    [ "$b" = split ] && grep -h 'done:' "$work/err" | sed 's/^/  /'
   done
 done
 # Raw cost of moving bytes through ssh here, for the per-MB overhead.

@@ -20,6 +20,7 @@ use transport::{Env, RegistryRepo};
 
 use crate::global::{Cli, OutputFormat};
 use crate::output::{human_size, say};
+use crate::transfer::Origins;
 
 /// What `manifold build` was asked, flags as buildx spells them: the one definition clap
 /// parses and the handler reads.
@@ -116,6 +117,10 @@ pub struct BuildArgs {
     /// Grant an entitlement: network.host (needed for --network host and RUN --network=host).
     #[arg(long, value_name = "ENTITLEMENT", value_parser = ["network.host"])]
     pub allow: Vec<String>,
+    /// A builder node writes the steps its build used here (JSON): the machine that asked
+    /// exports them with its own in one `--cache-to`.
+    #[arg(skip)]
+    pub steps_file: Option<PathBuf>,
 }
 
 /// `--secret id=ID,src=FILE` or `id=ID,env=VAR`, read into memory: the sandbox puts it on a
@@ -841,24 +846,51 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs) -> Result<ExitCode> {
     let builders = crate::builder::Config::load()?;
     let builder = builders.find(&a.builder.clone().unwrap_or_else(|| builders.current_name()))?;
     let nodes = crate::nodes::uses_nodes(&builder);
-    if nodes && !(cache_to.is_empty() && cache_from.is_empty()) {
-        // Each node keeps its own step cache; its steps are not reported back to this side.
+    // SSH nodes import registry caches themselves (local directories stay here).
+    let remote = nodes && crate::nodes::has_remote(&builder);
+    let node_cache_from: Vec<String> = a
+        .cache_from
+        .iter()
+        .zip(&cache_from)
+        .filter(|(_, c)| matches!(c, crate::cache::CacheFromSpec::Registry(_)))
+        .map(|(s, _)| s.clone())
+        .collect();
+    if remote && node_cache_from.len() < cache_from.len() {
         say(
             cli,
             format!(
-                "warning: --cache-to and --cache-from apply to builds on this machine; builder {} builds on its nodes, so no build cache is imported, and an exported one holds no steps",
+                "warning: --cache-from type=local applies to the platforms built on this machine; builder {}'s SSH nodes import only registry caches",
                 builder.name
             ),
         );
     }
-    let imported = match nodes {
-        true => None,
-        false => crate::cache::import(cli, env, &cache_from)?,
-    };
+    let imported = crate::cache::import(cli, env, &cache_from)?;
     let bases = Bases::new(cli, env, &store);
     let (built, origins) = if nodes {
         let started = std::time::Instant::now();
         let agents = crate::ssh::Agents::from_specs(&a.ssh)?;
+        // The builder's local nodes build here, in this process, as a plain build does.
+        let local = |ps: &[Platform], name: &str, cancel: runtime::sandbox::Cancel| {
+            let mut o = opts.clone();
+            o.platforms = ps.to_vec();
+            let node = Some((name, cancel));
+            match build_here(
+                cli,
+                env,
+                a,
+                &store,
+                &bases,
+                &df,
+                &o,
+                &shown,
+                proxies.clone(),
+                imported.clone(),
+                node,
+            )? {
+                Ok(b) => Ok(b),
+                Err(_) => bail!("the build could not be planned for node {name} (see above)"),
+            }
+        };
         let built = crate::nodes::build(
             &store,
             &builder,
@@ -879,7 +911,11 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs) -> Result<ExitCode> {
                 annotations: &a.annotation,
                 add_hosts: &a.add_host,
                 no_cache_filter: &a.no_cache_filter,
+                cache_from: &node_cache_from,
+                // With --cache-to, the nodes' steps and their layers come back too.
+                steps: !cache_to.is_empty(),
             },
+            &local,
         )?;
         say(
             cli,
@@ -889,7 +925,7 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs) -> Result<ExitCode> {
                 started.elapsed().as_secs_f64()
             ),
         );
-        (built, Origins::new())
+        built
     } else {
         match build_here(
             cli,
@@ -902,6 +938,7 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs) -> Result<ExitCode> {
             &shown,
             proxies,
             imported.clone(),
+            None,
         )? {
             Ok(b) => b,
             Err(code) => return Ok(code),
@@ -922,9 +959,6 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs) -> Result<ExitCode> {
     )
 }
 
-/// Blob → repositories it came from (registry exporters mount from them).
-type Origins = std::collections::HashMap<oci::Digest, Vec<String>>;
-
 /// Runs the plan on this machine through the engine's pipeline: every image the plan reads
 /// (FROM, COPY --from, RUN --mount from=) made ready through the store and registries, then
 /// planned again with their configs and solved.
@@ -940,6 +974,7 @@ fn build_here(
     shown: &str,
     proxies: BTreeMap<String, String>,
     imported: Option<Arc<Imported>>,
+    node: Option<(&str, runtime::sandbox::Cancel)>,
 ) -> Result<std::result::Result<(::engine::engine::Built, Origins), ExitCode>> {
     let prepared = match pipeline::prepare(df, opts, bases, a.pull) {
         Ok(p) => p,
@@ -957,8 +992,13 @@ fn build_here(
         cli.quiet,
         crate::buildview::stderr_is_terminal(),
     );
-    let view =
-        (live == crate::buildview::Mode::Tty).then(|| Arc::new(crate::buildview::LiveView::new()));
+    // As a builder's local node, lines carry the node's name and interleave with other nodes'.
+    let pre = node
+        .as_ref()
+        .map(|(n, _)| format!("[{n}] "))
+        .unwrap_or_default();
+    let view = (live == crate::buildview::Mode::Tty && node.is_none())
+        .then(|| Arc::new(crate::buildview::LiveView::new()));
     // Bases pulled while steps run are told above the live view, not through it.
     if let Some(v) = &view {
         let v = v.clone();
@@ -998,7 +1038,7 @@ fn build_here(
                     marks.push_str(" EMULATED");
                 }
                 let line = text.lines().next().unwrap_or("");
-                eprintln!("[{platform} {stage} {index}/{total}] {line}{marks} {seconds:.2}s");
+                eprintln!("{pre}[{platform} {stage} {index}/{total}] {line}{marks} {seconds:.2}s");
             }
             Event::StepStart {
                 platform,
@@ -1018,7 +1058,7 @@ fn build_here(
                     return;
                 }
                 let line = text.lines().next().unwrap_or("");
-                eprintln!("[{platform} {stage} {index}/{total}] {line} ...");
+                eprintln!("{pre}[{platform} {stage} {index}/{total}] {line} ...");
             }
             Event::Output {
                 platform,
@@ -1042,7 +1082,7 @@ fn build_here(
                             "line": line})
                     );
                 } else {
-                    eprintln!("  {platform} {stage} {index}/{total} | {line}");
+                    eprintln!("{pre}  {platform} {stage} {index}/{total} | {line}");
                 }
             }
             Event::Failed { platform, error } => {
@@ -1052,7 +1092,7 @@ fn build_here(
                         serde_json::json!({"type": "error", "platform": platform, "error": error})
                     );
                 } else {
-                    eprintln!("[{platform}] ERROR {error}");
+                    eprintln!("{pre}[{platform}] ERROR {error}");
                 }
             }
             Event::Cancelled { platform } => {
@@ -1062,7 +1102,7 @@ fn build_here(
                         serde_json::json!({"type": "cancelled", "platform": platform})
                     );
                 } else {
-                    eprintln!("[{platform}] CANCELED after the first failure");
+                    eprintln!("{pre}[{platform}] CANCELED after the first failure");
                 }
             }
         }
@@ -1115,6 +1155,7 @@ fn build_here(
         imported,
         network: runtime::network::for_step(None, a.network.parse()?, &a.allow)?,
         allow: a.allow.clone(),
+        cancel: node.map(|(_, c)| c).unwrap_or_default(),
     };
     let started = std::time::Instant::now();
     let built = prepared.solve(store, &bopts, &progress);
@@ -1210,6 +1251,9 @@ fn export(
 
     if let Some(f) = a.iidfile.as_deref() {
         store::layout::write_atomic(f, root.digest.to_string().as_bytes())?;
+    }
+    if let Some(f) = a.steps_file.as_deref() {
+        store::layout::write_atomic(f, &serde_json::to_vec(&built.steps)?)?;
     }
     if let Some(mf) = a.metadata_file.as_deref() {
         let meta = serde_json::json!({

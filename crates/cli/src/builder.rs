@@ -72,9 +72,8 @@ pub enum BuilderCmd {
     /// Print what this machine can build, as JSON (run by other machines over SSH).
     #[command(hide = true)]
     Probe,
-    /// Build for another machine: a tar of the context (with the Dockerfile and secrets under
-    /// `.manifold-node/`) on standard input, an OCI archive of the result on standard output,
-    /// progress on standard error.
+    /// Build for another machine: the conversation on standard input and output is described
+    /// in nodes.rs (context by digest, result blobs on request); progress on standard error.
     #[command(hide = true)]
     NodeBuild(NodeBuildArgs),
 }
@@ -121,6 +120,9 @@ pub struct NodeBuildArgs {
     /// Stages whose steps run even when cached.
     #[arg(long)]
     pub no_cache_filter: Vec<String>,
+    /// Registry caches to import (type=registry specs).
+    #[arg(long)]
+    pub cache_from: Vec<String>,
 }
 
 /// One node of a builder.

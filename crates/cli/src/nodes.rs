@@ -1,31 +1,46 @@
-//! Building on a builder's nodes. Each node gets the build context (after `.dockerignore`), the
-//! Dockerfile and the secrets as one tar stream on the standard input of `manifold builder
-//! node-build` (over the system `ssh` for remote nodes, a child process for `local` ones), builds
-//! its platforms, and answers with an OCI archive on standard output while its progress lines
-//! come back on standard error, shown with the node's name. The archives are loaded into the
-//! local store and one index is written over every platform, in the order asked for: the same
-//! index a single-machine build makes.
+//! Building on a builder's nodes. The local nodes' platforms are built in this process, exactly
+//! as a plain `manifold build` builds them; each SSH node runs `manifold builder node-build`
+//! over the system `ssh`, all at once. The conversation with an SSH node, on its standard input
+//! and output (its progress lines come back on standard error, shown with the node's name):
 //!
-//! A node keeps reading its standard input after the tar: when the local side goes away (a
-//! failure elsewhere, Ctrl-C, a dropped connection), the node sees end-of-file and kills its
-//! build, so no node's work outlives the build.
+//! 1. here → node: a JSON line naming the context by digest (the tar `Context::write_tar` makes,
+//!    after `.dockerignore`) with the lengths of what follows: the Dockerfile and the secrets
+//!    (held in memory on the node, never written to its disk).
+//! 2. node → here: `have` (it kept that context from an earlier build) or `need`; on `need`,
+//!    the context tar follows, checked against its digest before the node keeps it.
+//! 3. The node builds into its own store, then sends a JSON line: the index and every blob it
+//!    reaches (digest and size).
+//! 4. here → node: the blobs this store lacks; the node sends them in that order, each one
+//!    verified here against its digest (a node's answer is untrusted input).
+//!
+//! One index over every platform is then written here, in the order asked for: the same index a
+//! single-machine build makes. A node keeps reading its standard input to the end: when this side
+//! goes away (a failure elsewhere, Ctrl-C, a dropped connection), the node sees end-of-file and
+//! kills its build, so no node's work outlives the build.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::io::{BufRead, BufReader, Write};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command as Proc, Stdio};
+use std::process::{Child, ChildStdout, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
+use std::thread::{Scope, ScopedJoinHandle};
+use std::time::Instant;
 
+use ::engine::cache::CachedStep;
+use ::engine::engine::Built;
 use anyhow::{bail, Context as _, Result};
 use oci::media_type as mt;
-use oci::{Descriptor, Document, Index, Platform};
-use store::{CopyOptions, Layout, Source, TarSource};
+use oci::{Descriptor, Digest, Document, Index, Platform};
+use serde::{Deserialize, Serialize};
+use store::Layout;
 
 use crate::builder::{assign, Builder, Endpoint, NodeStatus};
+use crate::transfer::Origins;
 
-/// Entries under this directory of the tar stream are not part of the context.
-pub(crate) const NODE_DIR: &str = ".manifold-node";
+/// The longest JSON line either side accepts from the other.
+pub(crate) const MAX_LINE: u64 = 64 << 20;
 
 /// What every node is asked to build, besides its platforms.
 pub struct Request<'a> {
@@ -38,7 +53,7 @@ pub struct Request<'a> {
     /// (id, value): sent inside the stream, never written to a disk on either side.
     pub secrets: Vec<(String, Vec<u8>)>,
     /// `--ssh` agents (id → socket here): forwarded to SSH nodes with the ssh client's agent
-    /// forwarding, passed as they are to local ones.
+    /// forwarding (the local node's build uses them directly).
     pub ssh: &'a BTreeMap<String, PathBuf>,
     /// `--network` and `--allow`, as the user gave them.
     pub network: &'a str,
@@ -50,6 +65,10 @@ pub struct Request<'a> {
     pub annotations: &'a [String],
     pub add_hosts: &'a [String],
     pub no_cache_filter: &'a [String],
+    /// `--cache-from` specs of type=registry: each SSH node imports them itself.
+    pub cache_from: &'a [String],
+    /// Bring back the steps each SSH node used and their layers (for `--cache-to`).
+    pub steps: bool,
 }
 
 /// Should this builder's nodes do the work (rather than this process)? A builder of one local
@@ -60,17 +79,51 @@ pub fn uses_nodes(b: &Builder) -> bool {
         && Endpoint::parse(&b.nodes[0].endpoint).ok() == Some(Endpoint::Local))
 }
 
-/// Builds `platforms` on the builder's nodes; returns each platform's manifest descriptor (now in
-/// `store`) and the index over them, in the order of `platforms`.
+/// Does the builder have a node other than this machine?
+pub fn has_remote(b: &Builder) -> bool {
+    b.nodes
+        .iter()
+        .any(|n| Endpoint::parse(&n.endpoint).ok() != Some(Endpoint::Local))
+}
+
+/// A build of some platforms on this machine, in this process, as the named local node (its
+/// progress lines carry the name); `cancel` stops it when another node fails.
+pub type LocalBuild<'a> =
+    dyn Fn(&[Platform], &str, runtime::sandbox::Cancel) -> Result<(Built, Origins)> + Sync + 'a;
+
+/// Builds `platforms` on the builder's nodes: the local nodes' platforms in this process through
+/// `local`, the others on their SSH nodes, all at once. Returns each platform's manifest
+/// descriptor (now in `store`) and the index over them, in the order of `platforms`.
 pub fn build(
     store: &Layout,
     builder: &Builder,
     platforms: &[Platform],
     req: &Request<'_>,
-) -> Result<::engine::engine::Built> {
-    let statuses = crate::builder::probe_all(std::slice::from_ref(builder))
-        .pop()
-        .unwrap_or_default();
+    local: &LocalBuild<'_>,
+) -> Result<(Built, Origins)> {
+    // Nodes with pinned platforms need no probe: an unreachable one fails when it is started.
+    let probed = crate::builder::probe_all(&[Builder {
+        name: builder.name.clone(),
+        nodes: builder
+            .nodes
+            .iter()
+            .filter(|n| n.platforms.is_empty())
+            .cloned()
+            .collect(),
+    }])
+    .pop()
+    .unwrap_or_default();
+    let statuses: Vec<NodeStatus> = builder
+        .nodes
+        .iter()
+        .map(|n| match probed.iter().find(|s| s.node.name == n.name) {
+            Some(s) => s.clone(),
+            None => NodeStatus {
+                node: n.clone(),
+                probe: Ok(crate::builder::Probe::default()),
+            },
+        })
+        .collect();
     let assigned = assign(&statuses, platforms)?;
     // Node index → its platforms, in the order asked for.
     let mut jobs: Vec<(usize, Vec<Platform>)> = Vec::new();
@@ -80,98 +133,90 @@ pub fn build(
             None => jobs.push((*i, vec![p.clone()])),
         }
     }
-    // Named and marked as the sandbox's state directories are, so `prune` removes it when a
-    // killed build leaves it behind.
-    let scratch = tempfile::Builder::new()
-        .prefix("manifold-run-nodes-")
-        .tempdir()
-        .context("creating a scratch directory")?;
-    let _ = runtime::leftovers::mark(scratch.path());
-    let mut running = Vec::new();
-    for (k, (i, ps)) in jobs.iter().enumerate() {
+    for (i, ps) in &jobs {
         let status = &statuses[*i];
         if !req.quiet {
             eprintln!(
                 "[{}] building {} on {}",
                 status.node.name,
-                ps.iter().map(|p| p.short()).collect::<Vec<_>>().join(", "),
+                shorts(ps),
                 status.node.endpoint
             );
         }
-        running.push(start(
-            status,
-            ps,
-            req,
-            &scratch.path().join(format!("{k}.tar")),
-        )?);
     }
-    // Wait for all; the first failure cancels the rest.
-    let mut failure: Option<anyhow::Error> = None;
-    let mut pending: Vec<usize> = (0..running.len()).collect();
-    while !pending.is_empty() {
-        let mut still = Vec::new();
-        for k in pending {
-            let r = &mut running[k];
-            match r.child.try_wait() {
-                Ok(Some(st)) if st.success() => r.finish_io()?,
-                Ok(Some(st)) => {
-                    let _ = r.finish_io();
-                    failure.get_or_insert_with(|| r.failed(&format!("{st}")));
-                }
-                Ok(None) => still.push(k),
+    // Local nodes make one build here (one engine, one step cache).
+    let is_local =
+        |i: &usize| Endpoint::parse(&statuses[*i].node.endpoint).ok() == Some(Endpoint::Local);
+    let mut here: Option<(String, Vec<Platform>)> = None;
+    for (i, ps) in jobs.iter().filter(|(i, _)| is_local(i)) {
+        let (names, all) = here.get_or_insert_with(Default::default);
+        if !names.is_empty() {
+            names.push('+');
+        }
+        names.push_str(&statuses[*i].node.name);
+        all.extend(ps.iter().cloned());
+    }
+    let remote: Vec<&(usize, Vec<Platform>)> = jobs.iter().filter(|(i, _)| !is_local(i)).collect();
+    let packed = match remote.is_empty() {
+        true => None,
+        false => Some(Packed::new(req.context)?),
+    };
+    let head = Head::new(req)?;
+    let cancel = runtime::sandbox::Cancel::default();
+    let (local_built, remote_roots) = std::thread::scope(|s| -> Result<_> {
+        let mut running = Vec::new();
+        for (i, ps) in &remote {
+            let packed = packed.as_ref().context("the context was not packed")?;
+            match start(s, &statuses[*i], ps, req, &head, packed, store) {
+                Ok(r) => running.push(r),
                 Err(e) => {
-                    failure.get_or_insert_with(|| r.failed(&e.to_string()));
+                    for r in &mut running {
+                        r.cancel();
+                    }
+                    return Err(e);
                 }
             }
         }
-        pending = still;
-        if failure.is_some() {
-            for k in &pending {
-                // Closing its input tells the node to kill its build; killing ssh ends the rest.
-                running[*k].cancel();
-            }
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    if let Some(e) = failure {
-        return Err(e);
-    }
-    // Every node succeeded: load the archives, then write the index.
-    let mut found: Vec<(Platform, Descriptor)> = Vec::new();
-    for r in &running {
-        if !req.quiet {
-            use std::sync::atomic::Ordering::Relaxed;
-            eprintln!(
-                "[{}] done: sent {} of context, received {} of results",
-                r.node,
-                crate::output::human_size(r.sent.load(Relaxed)),
-                crate::output::human_size(r.received.load(Relaxed))
-            );
-        }
-        let src = TarSource::open(&r.archive)
-            .with_context(|| format!("reading the result of node {}", r.node))?;
-        let root = src
-            .entries()?
-            .into_iter()
-            .next()
-            .map(|(_, d)| d)
-            .with_context(|| format!("node {} sent an archive with no image", r.node))?;
-        store::copy(&src, store, &root, &CopyOptions::default())
-            .with_context(|| format!("loading the result of node {}", r.node))?;
-        let bytes = store.read_blob(&root.digest)?;
-        let doc = Document::<Index>::parse(bytes).with_context(|| {
-            format!(
-                "node {} answered with something that is not an index",
-                r.node
+        let local_job = here.as_ref().map(|(name, ps)| {
+            let cancel = cancel.clone();
+            (
+                name.clone(),
+                shorts(ps),
+                s.spawn(move || local(ps, name, cancel)),
             )
-        })?;
+        });
+        let local_built = wait_all(&mut running, local_job, &cancel)?;
+        let mut roots = Vec::new();
+        for r in &mut running {
+            let o = r.result.take().context("a node's result went missing")?;
+            if !req.quiet {
+                eprintln!("[{}] done: {}", r.node, o.stats);
+            }
+            roots.push((r.node.clone(), o.root, o.steps));
+        }
+        Ok((local_built, roots))
+    })?;
+    // Every node succeeded: each platform's image is in the store now.
+    let mut found: Vec<(Platform, Descriptor)> = Vec::new();
+    let mut own: Vec<(Platform, BTreeSet<Digest>)> = Vec::new();
+    let (mut steps, origins) = match local_built {
+        Some((b, o)) => {
+            for i in b.images {
+                own.push((i.platform.clone(), i.own_layers));
+                found.push((i.platform, i.manifest));
+            }
+            (b.steps, o)
+        }
+        None => (Vec::new(), Origins::new()),
+    };
+    for (node, root, node_steps) in &remote_roots {
+        steps.extend(node_steps.iter().cloned());
+        let bytes = store.read_blob(&root.digest)?;
+        let doc = Document::<Index>::parse(bytes)
+            .with_context(|| format!("node {node} answered with something that is not an index"))?;
         for d in &doc.value().manifests {
             let p = d.platform.clone().with_context(|| {
-                format!(
-                    "node {} answered with an index entry without a platform",
-                    r.node
-                )
+                format!("node {node} answered with an index entry without a platform")
             })?;
             found.push((p, d.clone()));
         }
@@ -187,12 +232,16 @@ pub fn build(
             oci::Manifest::Image(m) => m.value().config.digest.clone(),
             oci::Manifest::Index(_) => bail!("a node sent an index where an image belongs"),
         };
-        // Which layers the node made is not sent: an output's compression= applies to all.
-        let own_layers = match store.read_blob(&config) {
-            Ok(b) => Document::<oci::ImageConfig>::parse(b)
-                .map(|c| c.value().rootfs.diff_ids.iter().cloned().collect())
-                .unwrap_or_default(),
-            Err(_) => Default::default(),
+        let own_layers = match own.iter().find(|(q, _)| q.same_target(p)) {
+            Some((_, o)) => o.clone(),
+            // Which layers a remote node made is not sent: an output's compression= applies
+            // to all of its layers.
+            None => match store.read_blob(&config) {
+                Ok(b) => Document::<oci::ImageConfig>::parse(b)
+                    .map(|c| c.value().rootfs.diff_ids.iter().cloned().collect())
+                    .unwrap_or_default(),
+                Err(_) => Default::default(),
+            },
         };
         images.push(::engine::engine::PlatformImage {
             platform: p.clone(),
@@ -223,32 +272,290 @@ pub fn build(
     }
     let index = Document::new(index);
     store.put_bytes(index.bytes())?;
-    Ok(::engine::engine::Built {
-        images,
-        index: index.descriptor(mt::OCI_INDEX),
-        // The nodes' steps stay in their own caches.
-        steps: Vec::new(),
-    })
+    Ok((
+        Built {
+            images,
+            index: index.descriptor(mt::OCI_INDEX),
+            // Every node's steps (the SSH nodes' only when asked for, for --cache-to).
+            steps,
+        },
+        origins,
+    ))
 }
 
-/// One node at work.
-struct Running {
+fn shorts(ps: &[Platform]) -> String {
+    ps.iter().map(|p| p.short()).collect::<Vec<_>>().join(", ")
+}
+
+type LocalJob<'s> = (
+    String,
+    String,
+    ScopedJoinHandle<'s, Result<(Built, Origins)>>,
+);
+
+/// Waits for every node; the first failure stops the others and is returned.
+fn wait_all(
+    running: &mut [Running<'_>],
+    mut local: Option<LocalJob<'_>>,
+    cancel: &runtime::sandbox::Cancel,
+) -> Result<Option<(Built, Origins)>> {
+    let mut failure: Option<anyhow::Error> = None;
+    let mut local_built = None;
+    let join_local = |local: &mut Option<LocalJob<'_>>, failure: &mut Option<anyhow::Error>| {
+        let (name, ps, h) = local.take()?;
+        match h.join() {
+            Ok(Ok(b)) => Some(b),
+            Ok(Err(e)) => {
+                failure.get_or_insert_with(|| {
+                    e.context(format!(
+                        "node {name} (local) failed while building {ps}; the other nodes were stopped and nothing was stored or pushed"
+                    ))
+                });
+                None
+            }
+            Err(_) => {
+                failure.get_or_insert_with(|| {
+                    anyhow::anyhow!("node {name} (local): the build thread panicked")
+                });
+                None
+            }
+        }
+    };
+    let mut pending: Vec<usize> = (0..running.len()).collect();
+    while !pending.is_empty() || local.is_some() {
+        let mut still = Vec::new();
+        for k in pending {
+            let r = &mut running[k];
+            match r.child.try_wait() {
+                Ok(Some(st)) if st.success() => {
+                    if let Err(e) = r.finish() {
+                        failure.get_or_insert(e);
+                    }
+                }
+                Ok(Some(st)) => {
+                    let _ = r.finish();
+                    failure.get_or_insert_with(|| r.failed(&format!("{st}")));
+                }
+                // Our side of the conversation failed (a bad answer, a blob that does not match
+                // its digest) while the node still runs.
+                Ok(None) if r.session.as_ref().is_some_and(|h| h.is_finished()) => {
+                    match r.session.take().map(|h| h.join()) {
+                        Some(Ok(Err(e))) => {
+                            // A node that failed ends our side too: its own exit and last lines
+                            // say more than the end of its output.
+                            let mut exited = None;
+                            for _ in 0..50 {
+                                if let Ok(Some(st)) = r.child.try_wait() {
+                                    exited = Some(st);
+                                    break;
+                                }
+                                std::thread::sleep(std::time::Duration::from_millis(20));
+                            }
+                            let e = match exited {
+                                Some(st) if !st.success() => {
+                                    let _ = r.finish();
+                                    r.failed(&format!("{st}"))
+                                }
+                                _ => e.context(format!(
+                                    "node {} ({}) building {}; the other nodes were stopped and nothing was stored or pushed",
+                                    r.node, r.endpoint, r.platforms
+                                )),
+                            };
+                            failure.get_or_insert(e);
+                        }
+                        Some(Ok(Ok(v))) => {
+                            r.result = Some(v);
+                            still.push(k);
+                        }
+                        _ => {
+                            failure.get_or_insert_with(|| r.failed("its I/O thread panicked"));
+                        }
+                    }
+                }
+                Ok(None) => still.push(k),
+                Err(e) => {
+                    failure.get_or_insert_with(|| r.failed(&e.to_string()));
+                }
+            }
+        }
+        pending = still;
+        if local.as_ref().is_some_and(|(_, _, h)| h.is_finished()) {
+            local_built = join_local(&mut local, &mut failure);
+        }
+        if let Some(e) = failure {
+            // The local build stops at once: its running steps are killed.
+            cancel.cancel();
+            for k in &pending {
+                // Closing its input tells the node to kill its build; killing ssh ends the rest.
+                running[*k].cancel();
+            }
+            let _ = join_local(&mut local, &mut None);
+            return Err(e);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Ok(local_built)
+}
+
+/// What every SSH node is sent besides the context: the Dockerfile and the secrets.
+struct Head {
+    dockerfile: Vec<u8>,
+    secrets: Vec<(String, Vec<u8>)>,
+}
+
+impl Head {
+    fn new(req: &Request<'_>) -> Result<Head> {
+        Ok(Head {
+            dockerfile: std::fs::read(req.dockerfile)
+                .with_context(|| format!("reading the Dockerfile {}", req.dockerfile.display()))?,
+            secrets: req.secrets.clone(),
+        })
+    }
+}
+
+/// The first line of the conversation (here → node).
+#[derive(Serialize, Deserialize)]
+pub(crate) struct Hello {
+    pub(crate) context: Digest,
+    pub(crate) context_size: u64,
+    pub(crate) dockerfile: u64,
+    /// (id, length), the values following the Dockerfile in this order.
+    pub(crate) secrets: Vec<(String, u64)>,
+}
+
+/// The node's result (node → here): the index and every blob it reaches.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct Answer {
+    pub(crate) root: Descriptor,
+    pub(crate) blobs: Vec<(Digest, u64)>,
+    /// The steps the node's build used (by cache key), whose layers it can send too.
+    #[serde(default)]
+    pub(crate) steps: Vec<(String, CachedStep)>,
+}
+
+/// The blobs this side lacks (here → node).
+#[derive(Serialize, Deserialize)]
+pub(crate) struct Want {
+    pub(crate) want: Vec<Digest>,
+}
+
+/// The context as every SSH node gets it: the tar `Context::write_tar` makes, known by its
+/// digest so a node that kept it needs nothing sent.
+struct Packed {
+    dir: PathBuf,
+    digest: Digest,
+    size: u64,
+}
+
+impl Packed {
+    fn new(dir: &Path) -> Result<Packed> {
+        let mut w = oci::DigestWriter::new(std::io::sink(), oci::Algorithm::Sha256);
+        Self::write(dir, &mut w)?;
+        let (_, digest, size) = w.finish();
+        Ok(Packed {
+            dir: dir.to_path_buf(),
+            digest,
+            size,
+        })
+    }
+
+    fn write(dir: &Path, w: &mut dyn Write) -> Result<()> {
+        let ctx = engine::context::Context::open(dir)?;
+        let mut b = tar::Builder::new(w);
+        ctx.write_tar(&mut b)?;
+        b.into_inner()?.flush()?;
+        Ok(())
+    }
+
+    /// Sends the context again, checking it is still the one named by its digest.
+    fn send(&self, w: &mut dyn Write) -> Result<()> {
+        let mut d = oci::DigestWriter::new(
+            Capped {
+                inner: w,
+                left: self.size,
+            },
+            oci::Algorithm::Sha256,
+        );
+        let r = Self::write(&self.dir, &mut d);
+        let (_, digest, size) = d.finish();
+        if r.is_err() || digest != self.digest || size != self.size {
+            bail!(
+                "the build context {} changed while it was sent; run the build again",
+                self.dir.display()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A writer that refuses to pass more than `left` bytes.
+struct Capped<'a> {
+    inner: &'a mut dyn Write,
+    left: u64,
+}
+
+impl Write for Capped<'_> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if b.len() as u64 > self.left {
+            return Err(std::io::Error::other("more than announced"));
+        }
+        let n = self.inner.write(b)?;
+        self.left -= n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Figures of one node's conversation, for its `done` line.
+#[derive(Default)]
+struct Stats {
+    context_kept: bool,
+    sent: u64,
+    blobs: usize,
+    blobs_sent: usize,
+    received: u64,
+    context_secs: f64,
+    build_secs: f64,
+    result_secs: f64,
+}
+
+impl std::fmt::Display for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hs = crate::output::human_size;
+        write!(
+            f,
+            "context {} ({} sent, {:.2}s), built in {:.2}s, received {} of results ({} of {} blobs, {:.2}s)",
+            if self.context_kept { "kept on the node" } else { "sent" },
+            hs(self.sent),
+            self.context_secs,
+            self.build_secs,
+            hs(self.received),
+            self.blobs_sent,
+            self.blobs,
+            self.result_secs
+        )
+    }
+}
+
+/// One SSH node at work.
+struct Running<'s> {
     node: String,
     endpoint: String,
     platforms: String,
     child: Child,
-    archive: PathBuf,
-    io: Vec<std::thread::JoinHandle<std::io::Result<()>>>,
+    /// The conversation, then the result: the node's index (its blobs are in the store).
+    session: Option<ScopedJoinHandle<'s, Result<Outcome>>>,
+    result: Option<Outcome>,
+    stderr: Option<ScopedJoinHandle<'s, std::io::Result<()>>>,
     /// The last lines the node printed, for the error.
     tail: Arc<Mutex<VecDeque<String>>>,
     /// Our end of its standard input, held open until it is done.
     stdin: Arc<Mutex<Option<std::process::ChildStdin>>>,
-    /// Bytes of context sent, bytes of result received.
-    sent: Arc<std::sync::atomic::AtomicU64>,
-    received: Arc<std::sync::atomic::AtomicU64>,
 }
 
-impl Running {
+impl Running<'_> {
     fn failed(&self, how: &str) -> anyhow::Error {
         let tail: Vec<String> = self
             .tail
@@ -264,19 +571,27 @@ impl Running {
         )
     }
 
-    fn finish_io(&mut self) -> Result<()> {
+    /// After the node exited: the conversation's result.
+    fn finish(&mut self) -> Result<()> {
         if let Ok(mut s) = self.stdin.lock() {
             s.take();
         }
-        for h in self.io.drain(..) {
+        if let Some(h) = self.stderr.take() {
+            let _ = h.join();
+        }
+        if let Some(h) = self.session.take() {
             match h.join() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
-                Ok(Err(e)) => bail!("node {}: {e}", self.node),
+                Ok(Ok(v)) => self.result = Some(v),
+                Ok(Err(e)) => {
+                    return Err(e.context(format!("node {} ({})", self.node, self.endpoint)))
+                }
                 Err(_) => bail!("node {}: an I/O thread panicked", self.node),
             }
         }
-        Ok(())
+        match self.result {
+            Some(_) => Ok(()),
+            None => bail!("node {} ended without sending its result", self.node),
+        }
     }
 
     fn cancel(&mut self) {
@@ -286,13 +601,19 @@ impl Running {
         std::thread::sleep(std::time::Duration::from_millis(200));
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = self.finish_io();
+        if let Some(h) = self.stderr.take() {
+            let _ = h.join();
+        }
+        if let Some(h) = self.session.take() {
+            let _ = h.join();
+        }
     }
 }
 
-fn node_args(ps: &[Platform], req: &Request<'_>, remote: bool) -> Vec<String> {
+fn node_args(ps: &[Platform], req: &Request<'_>) -> Vec<String> {
     let mut args = vec![
-        "builder".to_string(),
+        "manifold".to_string(),
+        "builder".into(),
         "node-build".into(),
         "--platform".into(),
         ps.iter()
@@ -323,6 +644,7 @@ fn node_args(ps: &[Platform], req: &Request<'_>, remote: bool) -> Vec<String> {
         ("--annotation", req.annotations),
         ("--add-host", req.add_hosts),
         ("--no-cache-filter", req.no_cache_filter),
+        ("--cache-from", req.cache_from),
     ] {
         for v in values {
             args.extend([flag.to_string(), v.clone()]);
@@ -337,62 +659,45 @@ fn node_args(ps: &[Platform], req: &Request<'_>, remote: bool) -> Vec<String> {
     for e in req.allow {
         args.extend(["--allow".into(), e.clone()]);
     }
-    for (id, sock) in req.ssh {
-        // A remote node sees the forwarded agent as its own SSH_AUTH_SOCK.
-        let spec = if remote {
-            id.clone()
-        } else {
-            format!("{id}={}", sock.display())
-        };
-        args.extend(["--ssh".into(), spec]);
+    // The node sees the forwarded agent as its own SSH_AUTH_SOCK.
+    for id in req.ssh.keys() {
+        args.extend(["--ssh".into(), id.clone()]);
     }
     args
 }
 
-fn start(
+fn start<'s>(
+    s: &'s Scope<'s, '_>,
     status: &NodeStatus,
     ps: &[Platform],
     req: &Request<'_>,
-    archive: &Path,
-) -> Result<Running> {
+    head: &'s Head,
+    packed: &'s Packed,
+    store: &'s Layout,
+) -> Result<Running<'s>> {
     let endpoint = Endpoint::parse(&status.node.endpoint)?;
-    let remote = endpoint != Endpoint::Local;
-    let args = node_args(ps, req, remote);
     // One agent can be forwarded over an SSH connection.
-    let forward: Option<&PathBuf> = if remote {
-        let mut socks: Vec<&PathBuf> = req.ssh.values().collect();
-        socks.dedup();
-        if socks.len() > 1 {
-            bail!(
-                "node {}: --ssh names {} different agents, and one agent can be forwarded to an SSH node; use one agent for every id",
-                status.node.name,
-                socks.len()
-            );
-        }
-        socks.first().copied()
-    } else {
-        None
+    let mut socks: Vec<&PathBuf> = req.ssh.values().collect();
+    socks.dedup();
+    if socks.len() > 1 {
+        bail!(
+            "node {}: --ssh names {} different agents, and one agent can be forwarded to an SSH node; use one agent for every id",
+            status.node.name,
+            socks.len()
+        );
+    }
+    let Some(mut cmd) = endpoint.ssh(&node_args(ps, req)) else {
+        bail!(
+            "node {} is this machine: its platforms are built here, not over ssh",
+            status.node.name
+        );
     };
-    let mut cmd = match endpoint.ssh(
-        &std::iter::once("manifold".to_string())
-            .chain(args.clone())
-            .collect::<Vec<_>>(),
-    ) {
-        Some(c) => c,
-        None => {
-            use std::os::unix::process::CommandExt;
-            let mut c = Proc::new(std::env::current_exe().context("finding manifold itself")?);
-            // Its own process group: a cancelled node kills its group, not us.
-            c.args(&args).process_group(0);
-            c
-        }
-    };
-    if let Some(sock) = forward {
+    if let Some(sock) = socks.first() {
         // The ssh client forwards the agent its SSH_AUTH_SOCK names (-A must come before the
         // host: it is inserted at the front of the arguments by a second command).
         let program = cmd.get_program().to_owned();
         let rest: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
-        let mut with_a = Proc::new(program);
+        let mut with_a = std::process::Command::new(program);
         with_a.arg("-A").args(rest).env("SSH_AUTH_SOCK", sock);
         cmd = with_a;
     }
@@ -408,71 +713,20 @@ fn start(
             )
         })?;
     let stdin = Arc::new(Mutex::new(child.stdin.take()));
-    let mut stdout = child.stdout.take().context("node stdout")?;
+    let stdout = child.stdout.take().context("node stdout")?;
     let stderr = child.stderr.take().context("node stderr")?;
     let tail = Arc::new(Mutex::new(VecDeque::new()));
-    let mut io = Vec::new();
-    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    // The context stream.
-    {
+    let session = {
         let stdin = stdin.clone();
-        let sent2 = sent.clone();
-        let context = req.context.to_path_buf();
-        let dockerfile = std::fs::read(req.dockerfile)
-            .with_context(|| format!("reading the Dockerfile {}", req.dockerfile.display()))?;
-        let secrets = req.secrets.clone();
-        io.push(std::thread::spawn(move || -> std::io::Result<()> {
-            let w = {
-                let mut g = stdin.lock().map_err(|_| std::io::Error::other("lock"))?;
-                match g.as_mut() {
-                    // Writing through a clone of the descriptor lets the holder close ours.
-                    Some(s) => {
-                        use std::os::fd::AsFd;
-                        std::fs::File::from(s.as_fd().try_clone_to_owned()?)
-                    }
-                    None => return Ok(()),
-                }
-            };
-            let mut b = tar::Builder::new(std::io::BufWriter::new(Counting(w, sent2)));
-            let mut put = |name: &str, data: &[u8], mode: u32| -> std::io::Result<()> {
-                let mut h = tar::Header::new_gnu();
-                h.set_size(data.len() as u64);
-                h.set_mode(mode);
-                h.set_mtime(0);
-                h.set_entry_type(tar::EntryType::Regular);
-                b.append_data(&mut h, format!("{NODE_DIR}/{name}"), data)
-            };
-            put("Dockerfile", &dockerfile, 0o644)?;
-            for (id, v) in &secrets {
-                put(&format!("secrets/{id}"), v, 0o600)?;
-            }
-            let ctx = engine::context::Context::open(&context)
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
-            ctx.write_tar(&mut b)
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
-            b.into_inner()?.flush()?;
-            // The clone closes here; the Arc'd original stays open until the node is done.
-            Ok(())
-        }));
-    }
-    // The result archive.
-    {
-        let path = archive.to_path_buf();
-        let received = received.clone();
-        io.push(std::thread::spawn(move || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&path)?;
-            let n = std::io::copy(&mut stdout, &mut f)?;
-            received.store(n, std::sync::atomic::Ordering::Relaxed);
-            f.sync_all()
-        }));
-    }
+        let with_steps = req.steps;
+        s.spawn(move || session(&stdin, stdout, head, packed, store, with_steps))
+    };
     // Progress, with the node's name.
-    {
+    let stderr = {
         let tail = tail.clone();
         let name = status.node.name.clone();
         let quiet = req.quiet;
-        io.push(std::thread::spawn(move || -> std::io::Result<()> {
+        s.spawn(move || -> std::io::Result<()> {
             for line in BufReader::new(stderr).lines() {
                 let line = line?;
                 if !quiet {
@@ -486,30 +740,178 @@ fn start(
                 }
             }
             Ok(())
-        }));
-    }
+        })
+    };
     Ok(Running {
         node: status.node.name.clone(),
         endpoint: status.node.endpoint.clone(),
-        platforms: ps.iter().map(|p| p.short()).collect::<Vec<_>>().join(", "),
+        platforms: shorts(ps),
         child,
-        archive: archive.to_path_buf(),
-        io,
+        session: Some(session),
+        result: None,
+        stderr: Some(stderr),
         tail,
         stdin,
-        sent,
-        received,
     })
 }
 
-/// A writer that counts what passes.
-struct Counting<W>(W, Arc<std::sync::atomic::AtomicU64>);
+/// A writer on the node's standard input that does not keep it open: `cancel` closes the
+/// original, and the node sees end-of-file once this one is dropped too.
+fn input(stdin: &Mutex<Option<std::process::ChildStdin>>) -> Result<std::fs::File> {
+    use std::os::fd::AsFd;
+    let g = stdin
+        .lock()
+        .map_err(|_| anyhow::anyhow!("the node's input lock is poisoned"))?;
+    match g.as_ref() {
+        Some(s) => Ok(std::fs::File::from(s.as_fd().try_clone_to_owned()?)),
+        None => bail!("the build was cancelled"),
+    }
+}
 
-impl<W: Write> Write for Counting<W> {
+/// One line from the other side, without its newline; end-of-file is an error.
+pub(crate) fn read_line(r: &mut impl BufRead, what: &str) -> Result<String> {
+    let mut line = String::new();
+    r.take(MAX_LINE)
+        .read_line(&mut line)
+        .with_context(|| format!("reading {what}"))?;
+    if !line.ends_with('\n') {
+        bail!("the other side ended before {what}");
+    }
+    line.pop();
+    Ok(line)
+}
+
+/// Our side of the conversation with one SSH node (see the module's comment).
+fn session(
+    stdin: &Mutex<Option<std::process::ChildStdin>>,
+    stdout: ChildStdout,
+    head: &Head,
+    packed: &Packed,
+    store: &Layout,
+    with_steps: bool,
+) -> Result<Outcome> {
+    let mut stats = Stats::default();
+    let started = Instant::now();
+    let mut from = BufReader::with_capacity(1 << 20, stdout);
+    {
+        let sent = AtomicU64::new(0);
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, Counting(input(stdin)?, &sent));
+        let hello = Hello {
+            context: packed.digest.clone(),
+            context_size: packed.size,
+            dockerfile: head.dockerfile.len() as u64,
+            secrets: head
+                .secrets
+                .iter()
+                .map(|(id, v)| (id.clone(), v.len() as u64))
+                .collect(),
+        };
+        serde_json::to_writer(&mut w, &hello)?;
+        w.write_all(b"\n")?;
+        w.write_all(&head.dockerfile)?;
+        for (_, v) in &head.secrets {
+            w.write_all(v)?;
+        }
+        w.flush()?;
+        match read_line(&mut from, "the node's answer about the context")?.as_str() {
+            "have" => stats.context_kept = true,
+            "need" => {
+                packed.send(&mut w)?;
+                w.flush()?;
+            }
+            other => bail!("the node answered {other:?} where have or need belongs; is it running the same manifold version as this machine?"),
+        }
+        // Dropping our copy leaves the node's input open only through `stdin`.
+        drop(w);
+        stats.sent = sent.load(Relaxed);
+    }
+    stats.context_secs = started.elapsed().as_secs_f64();
+    let line = read_line(&mut from, "the node's result")?;
+    stats.build_secs = started.elapsed().as_secs_f64() - stats.context_secs;
+    let got = Instant::now();
+    let answer: Answer =
+        serde_json::from_str(&line).context("the node's result is not the expected JSON")?;
+    let root = answer.root;
+    if !mt::is_index(&root.media_type) || !answer.blobs.contains(&(root.digest.clone(), root.size))
+    {
+        bail!("the node's result names no index among its blobs");
+    }
+    let mut wanted: BTreeSet<(Digest, u64)> = answer.blobs.iter().cloned().collect();
+    if with_steps {
+        for (_, step) in &answer.steps {
+            if let Some((l, _)) = &step.layer {
+                wanted.insert((l.digest.clone(), l.size));
+            }
+        }
+    }
+    let want: Vec<(Digest, u64)> = wanted
+        .into_iter()
+        .filter(|(d, size)| store.blob_size(d) != Some(*size))
+        .collect();
+    {
+        let mut w = input(stdin)?;
+        serde_json::to_writer(
+            &mut w,
+            &Want {
+                want: want.iter().map(|(d, _)| d.clone()).collect(),
+            },
+        )?;
+        w.write_all(b"\n")?;
+        w.flush()?;
+    }
+    for (d, size) in &want {
+        let mut r = (&mut from).take(*size);
+        store
+            .ingest(&mut r, Some((d, Some(*size))))
+            .with_context(|| format!("receiving blob {d} from the node"))?;
+        // Made here meanwhile (ingest skips what is there): the node's copy still has to pass.
+        std::io::copy(&mut r, &mut std::io::sink())?;
+        stats.received += size;
+    }
+    stats.blobs = answer.blobs.len();
+    stats.blobs_sent = want.len();
+    // Everything the index reaches is here now.
+    let mut seen = BTreeMap::new();
+    let mut missing = Vec::new();
+    store.walk(&root, &mut seen, &mut missing)?;
+    if !store.has_blob(&root.digest) || !missing.is_empty() {
+        bail!(
+            "the node's result is incomplete: {} blobs its index reaches were not sent",
+            missing.len().max(1)
+        );
+    }
+    stats.result_secs = got.elapsed().as_secs_f64();
+    // Steps whose layer is not here (the node no longer had it) are not exported.
+    let steps = match with_steps {
+        true => answer
+            .steps
+            .into_iter()
+            .filter(|(_, s)| {
+                s.layer
+                    .as_ref()
+                    .is_none_or(|(l, _)| store.blob_size(&l.digest) == Some(l.size))
+            })
+            .collect(),
+        false => Vec::new(),
+    };
+    Ok(Outcome { root, steps, stats })
+}
+
+/// What an SSH node's conversation brought: its index, the steps it used (when asked for), and
+/// its figures.
+struct Outcome {
+    root: Descriptor,
+    steps: Vec<(String, CachedStep)>,
+    stats: Stats,
+}
+
+/// A writer that counts what passes.
+struct Counting<'a, W>(W, &'a AtomicU64);
+
+impl<W: Write> Write for Counting<'_, W> {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
         let n = self.0.write(b)?;
-        self.1
-            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        self.1.fetch_add(n as u64, Relaxed);
         Ok(n)
     }
     fn flush(&mut self) -> std::io::Result<()> {

@@ -7,6 +7,9 @@ use store::{copy, CopyOptions, Platforms, Source};
 use crate::global::Cli;
 use crate::output::{human_size, say};
 
+/// Blob → repositories it came from (registry exporters mount from them).
+pub(crate) type Origins = std::collections::HashMap<oci::Digest, Vec<String>>;
+
 pub fn progress_copy(
     cli: &Cli,
     src: &dyn Source,

@@ -301,6 +301,15 @@ fn a_split_build_gives_the_same_index_as_one_machine() {
             && stderr.contains("[here] building linux/amd64 on local"),
         "{stderr}"
     );
+    // A node that never saw the context gets it; its result comes back blob by blob.
+    assert!(stderr.contains("[arm] done: context sent"), "{stderr}");
+    // The local node builds in this process: no node-build child for it.
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("[here] [linux/amd64 ") && l.contains("RUN uname")),
+        "{stderr}"
+    );
     // The node's own progress comes back under its name.
     assert!(
         stderr
@@ -327,23 +336,31 @@ fn a_split_build_gives_the_same_index_as_one_machine() {
     );
     // Each platform's image says where it ran and saw the secret.
     let fs_out = t.path().join("fs");
-    ok_out(
-        m(
-            &[],
-            &[
-                "build",
-                "--builder",
-                "split",
-                "--platform",
-                "linux/amd64,linux/arm64",
-                "--secret",
-                &secret,
-                "-o",
-                &format!("type=local,dest={}", fs_out.display()),
-                ctx.to_str().unwrap(),
-            ],
-        ),
-        "build -o local",
+    let o = m(
+        &[],
+        &[
+            "build",
+            "--builder",
+            "split",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--secret",
+            &secret,
+            "-o",
+            &format!("type=local,dest={}", fs_out.display()),
+            ctx.to_str().unwrap(),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "build -o local: {stderr}");
+    // The same context again: the node kept it, and this store has every blob of its result.
+    let done = stderr
+        .lines()
+        .find(|l| l.starts_with("[arm] done:"))
+        .unwrap_or_else(|| panic!("no done line: {stderr}"));
+    assert!(
+        done.contains("context kept on the node") && done.contains("(0 of "),
+        "{done}"
     );
     for (p, arch) in [("linux_amd64", "x86_64"), ("linux_arm64", "aarch64")] {
         let d = fs_out.join(p).join("app");
@@ -526,6 +543,250 @@ fn a_node_that_dies_fails_the_build_and_stops_the_others() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+#[test]
+fn every_node_imports_a_registry_cache_and_one_cache_exports_them_all() {
+    let Some(node) = SshNode::start() else {
+        return;
+    };
+    let Some((reg, base)) = base() else { return };
+    let t = tempfile::tempdir().unwrap();
+    let config = t.path().join("config");
+    let ssh = node.ssh_command(true);
+    let ctx = t.path().join("ctx");
+    std::fs::create_dir(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {base}\nRUN uname -m > /arch\nRUN echo cached > /done\n"),
+    )
+    .unwrap();
+    let env = [
+        ("MANIFOLD_CONFIG", config.to_str().unwrap()),
+        ("MANIFOLD_SSH", ssh.as_str()),
+        ("SOURCE_DATE_EPOCH", "1700000000"),
+    ];
+    let cache = format!("type=registry,ref={}/cache/app:1", reg.addr);
+    // One machine builds and exports the cache.
+    let first = t.path().join("first");
+    let one = format!("{}/app/one:1", reg.addr);
+    ok_out(
+        run_with(
+            &first,
+            &env,
+            None,
+            &[
+                "build",
+                "--platform",
+                "linux/amd64,linux/arm64",
+                "--cache-to",
+                &format!("{cache},mode=max"),
+                "-t",
+                &one,
+                "--push",
+                ctx.to_str().unwrap(),
+            ],
+        ),
+        "build with --cache-to",
+    );
+    for (name, platform, endpoint) in [
+        ("here", "linux/amd64", "local".to_string()),
+        ("arm", "linux/arm64", node.endpoint()),
+    ] {
+        let mut args = vec!["builder", "create", "--name", "split"];
+        if name == "arm" {
+            args.push("--append");
+        }
+        args.extend(["--node", name, "--platform", platform, &endpoint]);
+        ok_out(run_with(&first, &env, None, &args), "create");
+    }
+    // Empty stores here and on the node: both sides take every step from the cache.
+    let second = t.path().join("second");
+    let cache2 = format!("type=registry,ref={}/cache/split:1", reg.addr);
+    let two = format!("{}/app/two:1", reg.addr);
+    let o = run_with(
+        &second,
+        &env,
+        None,
+        &[
+            "build",
+            "--builder",
+            "split",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--cache-from",
+            &cache,
+            "--cache-to",
+            &format!("{cache2},mode=max"),
+            "-t",
+            &two,
+            "--push",
+            ctx.to_str().unwrap(),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{stderr}");
+    for (node, platform) in [("here", "linux/amd64"), ("arm", "linux/arm64")] {
+        for step in ["RUN uname", "RUN echo cached"] {
+            assert!(
+                stderr
+                    .lines()
+                    .any(|l| l.starts_with(&format!("[{node}] [{platform} "))
+                        && l.contains(step)
+                        && l.contains("CACHED")),
+                "{node} did not take {step} from the cache: {stderr}"
+            );
+        }
+    }
+    assert!(!stderr.contains("warning: --cache"), "{stderr}");
+    assert_eq!(digest_of(&second, &one), digest_of(&second, &two));
+    // The split build's one cache holds both nodes' steps: a third machine takes every step of
+    // both platforms from it.
+    let third = t.path().join("third");
+    let three = format!("{}/app/three:1", reg.addr);
+    let o = run_with(
+        &third,
+        &env,
+        None,
+        &[
+            "build",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--cache-from",
+            &cache2,
+            "-t",
+            &three,
+            "--push",
+            ctx.to_str().unwrap(),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{stderr}");
+    for platform in ["linux/amd64", "linux/arm64"] {
+        for step in ["RUN uname", "RUN echo cached"] {
+            assert!(
+                stderr
+                    .lines()
+                    .any(|l| l.starts_with(&format!("[{platform} "))
+                        && l.contains(step)
+                        && l.contains("CACHED")),
+                "{platform} {step} was not in the split build's cache: {stderr}"
+            );
+        }
+    }
+    assert_eq!(digest_of(&third, &one), digest_of(&third, &three));
+}
+
+/// The node's manifold behind a proxy that flips one byte of the first blob it sends back.
+const CORRUPTING_PROXY: &str = r#"#!/usr/bin/env python3
+import os, subprocess, sys, threading
+p = subprocess.Popen([REAL] + sys.argv[1:], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+def feed():
+    while True:
+        b = os.read(0, 65536)
+        if not b:
+            break
+        p.stdin.write(b)
+        p.stdin.flush()
+    p.stdin.close()
+threading.Thread(target=feed, daemon=True).start()
+lines, flipped = 0, sys.argv[1:3] != ["builder", "node-build"]
+while True:
+    b = os.read(p.stdout.fileno(), 65536)
+    if not b:
+        break
+    i = 0
+    while not flipped and i < len(b):
+        if lines == 2:
+            b = b[:i] + bytes([b[i] ^ 0xFF]) + b[i + 1:]
+            flipped = True
+        elif b[i] == 10:
+            lines += 1
+        i += 1
+    sys.stdout.buffer.write(b)
+    sys.stdout.buffer.flush()
+sys.exit(p.wait())
+"#;
+
+#[test]
+fn a_changed_context_is_sent_again_and_a_bad_blob_fails_the_build() {
+    if !peer("python3") {
+        return;
+    }
+    let Some(node) = SshNode::start() else {
+        return;
+    };
+    let Some((reg, base)) = base() else { return };
+    let t = tempfile::tempdir().unwrap();
+    let (root, config) = (t.path().join("root"), t.path().join("config"));
+    let ssh = node.ssh_command(true);
+    let ctx = t.path().join("ctx");
+    std::fs::create_dir(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {base}\nCOPY app.txt /app.txt\nRUN cat /app.txt > /seen\n"),
+    )
+    .unwrap();
+    let m = |args: &[&str]| mf(&root, &config, &ssh, args);
+    ok_out(
+        m(&[
+            "builder",
+            "create",
+            "--name",
+            "remote",
+            "--platform",
+            "linux/arm64",
+            &node.endpoint(),
+        ]),
+        "create",
+    );
+    let build = |tag: &str, out: &Path| {
+        m(&[
+            "build",
+            "--builder",
+            "remote",
+            "--platform",
+            "linux/arm64",
+            "-t",
+            tag,
+            "--push",
+            "-o",
+            &format!("type=local,dest={}", out.display()),
+            ctx.to_str().unwrap(),
+        ])
+    };
+    for (i, text) in ["one\n", "two\n"].iter().enumerate() {
+        std::fs::write(ctx.join("app.txt"), text).unwrap();
+        let out = t.path().join(format!("out{i}"));
+        let o = build(&format!("{}/app/ok:{i}", reg.addr), &out);
+        let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{stderr}");
+        assert!(stderr.contains("[remote0] done: context sent"), "{stderr}");
+        assert_eq!(std::fs::read_to_string(out.join("seen")).unwrap(), *text);
+    }
+    // A node whose blob does not match its digest: nothing of it is kept, nothing pushed.
+    node.replace_manifold(&CORRUPTING_PROXY.replace(
+        "REAL",
+        &format!("{:?}", manifold_bin().display().to_string()),
+    ));
+    std::fs::write(ctx.join("app.txt"), "three\n").unwrap();
+    let o = build(&format!("{}/app/bad:1", reg.addr), &t.path().join("bad"));
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(
+        !o.status.success(),
+        "a corrupted blob was accepted: {stderr}"
+    );
+    assert!(
+        stderr.contains("node remote0 (ssh://") && stderr.contains("receiving blob sha256:"),
+        "{stderr}"
+    );
+    let tags = run(&root, &["tags", &format!("{}/app/bad", reg.addr)]);
+    assert!(
+        !String::from_utf8_lossy(&tags.stdout).contains('1'),
+        "a tag was pushed: {}",
+        String::from_utf8_lossy(&tags.stdout)
+    );
+    assert!(!t.path().join("bad").exists());
 }
 
 /// An ssh-agent holding one fresh key, killed on drop.

@@ -115,6 +115,9 @@ pub struct BuildOptions {
     /// `--cache-from`: steps found there count as cached; their layers are fetched only when a
     /// later step needs their files.
     pub imported: Option<std::sync::Arc<crate::cache_remote::Imported>>,
+    /// Stops the build from outside (another builder node failed); the build's own first
+    /// failure sets it too.
+    pub cancel: sandbox::Cancel,
 }
 
 /// Progress of a build, for displays.
@@ -315,7 +318,7 @@ pub fn build(
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0),
-        cancel: sandbox::Cancel::default(),
+        cancel: opts.cancel.clone(),
         first_failure: Mutex::new(None),
         used: Default::default(),
         defs: Default::default(),

@@ -126,6 +126,16 @@ impl SshNode {
         format!("ssh -F {}", self.dir.path().join(cfg).display())
     }
 
+    /// Puts `program` (an executable script) first in the node's PATH as `manifold`, in place
+    /// of the manifold under test, for fault injection.
+    pub fn replace_manifold(&self, program: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let p = self.dir.path().join("bin/manifold");
+        std::fs::remove_file(&p).unwrap();
+        std::fs::write(&p, program).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
     pub fn node_root(&self) -> PathBuf {
         self.dir.path().join("node-root")
     }
