@@ -313,11 +313,11 @@ fn docker_login_against_basic_and_token_modes() {
             "{mode}: {}",
             String::from_utf8_lossy(&o.stderr)
         );
-        let o = docker(
-            None,
+        let o = dockerd.ok_env(
+            &[("DOCKER_CONFIG", &cfg)],
             &["run", "--rm", "--network", "none", &pushed, "echo", "ok"],
         );
-        assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "ok");
+        assert_eq!(o.trim(), "ok", "{mode}");
         docker(None, &["rmi", &image, &pushed]);
         // Logged out, the engine is refused.
         assert!(docker(None, &["logout", a]).status.success());

@@ -74,15 +74,24 @@ impl Dockerd {
     }
 
     pub fn docker(&self, args: &[&str]) -> std::process::Output {
-        Command::new("docker")
-            .env("DOCKER_HOST", &self.host)
-            .args(args)
-            .output()
-            .unwrap()
+        self.docker_env(&[], args)
     }
 
-    pub fn ok(&self, args: &[&str]) -> String {
-        let mut out = self.docker(args);
+    /// The docker CLI against this engine, with extra environment (e.g. DOCKER_CONFIG).
+    pub fn docker_env(
+        &self,
+        env: &[(&str, &std::path::Path)],
+        args: &[&str],
+    ) -> std::process::Output {
+        let once = || {
+            let mut c = Command::new("docker");
+            c.env("DOCKER_HOST", &self.host).args(args);
+            for (k, v) in env {
+                c.env(k, v);
+            }
+            c.output().unwrap()
+        };
+        let mut out = once();
         // Under load dockerd's overlay2 driver now and then hands runc a container root that is
         // not mounted yet: "Stat .../-init/merged/dev/pts: no such file or directory", or
         // `exec: "cat": executable file not found` in an image that has it. Nothing of the
@@ -101,8 +110,17 @@ impl Dockerd {
                 "docker {args:?}: the engine failed before the container ran, once more: {err}"
             );
             std::thread::sleep(Duration::from_secs(attempt));
-            out = self.docker(args);
+            out = once();
         }
+        out
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        self.ok_env(&[], args)
+    }
+
+    pub fn ok_env(&self, env: &[(&str, &std::path::Path)], args: &[&str]) -> String {
+        let out = self.docker_env(env, args);
         if !out.status.success() {
             let log = std::fs::read_to_string(self._dir.path().join("log")).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(30).collect();
