@@ -557,14 +557,17 @@ impl Storage {
         if self.layout.has_blob(want) {
             self.touch(want);
         } else {
-            File::open(&data)?.sync_all()?;
+            // The data is on disk before the name is, so a crash never leaves a visible blob
+            // that is short (clients would trust it and never push it again). The directory
+            // is not synced per blob (distribution syncs nothing): a rename lost in a crash
+            // loses only the blob, which the client pushes again, and the manifest that names
+            // it is written with a directory sync, which commits the earlier renames with it on
+            // journaling filesystems.
+            File::open(&data)?.sync_data()?;
             if let Some(p) = dest.parent() {
                 fs::create_dir_all(p)?;
             }
             fs::rename(&data, &dest)?;
-            if let Ok(d) = File::open(dest.parent().unwrap_or(Path::new("."))) {
-                let _ = d.sync_all();
-            }
         }
         self.link(repo, want)?;
         self.cancel_upload(id);
