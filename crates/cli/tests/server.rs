@@ -314,6 +314,52 @@ fn store_mode_serves_the_local_store_and_takes_pushes_into_it() {
         "{images}"
     );
     assert_eq!(ok(s, &["-q", "digest", "store:pushed/app:2"]).trim(), idx);
+
+    // A store name whose registry has a port is served as HOST_PORT/REPO (`:` cannot be in a
+    // repository name): localhost:5000/team/app:1 is localhost_5000/team/app:1, both ways.
+    ok(
+        s,
+        &[
+            "cp",
+            &format!("oci:{}:v1", lay.display()),
+            "store:localhost:5000/team/app:1",
+        ],
+    );
+    let raw = sh(Command::new("skopeo").args([
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{a}/localhost_5000/team/app:1"),
+    ]));
+    assert_eq!(sha(raw.as_bytes()), idx);
+    let pulled = tempfile::tempdir().unwrap();
+    let o = ok(
+        pulled.path(),
+        &[
+            "pull",
+            "--all-platforms",
+            &format!("{a}/localhost_5000/team/app:1"),
+        ],
+    );
+    assert!(o.contains(&idx), "{o}");
+    let catalog = ok(s, &["catalog", a]);
+    assert!(
+        catalog.lines().any(|l| l == "localhost_5000/team/app"),
+        "{catalog}"
+    );
+    let tags = ok(s, &["tags", &format!("{a}/localhost_5000/team/app")]);
+    assert_eq!(tags.trim(), "1");
+    sh(Command::new("skopeo").args([
+        "copy",
+        "--all",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:v1", lay.display()),
+        &format!("docker://{a}/127.0.0.1_5001/new:3"),
+    ]));
+    assert_eq!(
+        ok(s, &["-q", "digest", "store:127.0.0.1:5001/new:3"]).trim(),
+        idx
+    );
     ok(s, &["fsck"]);
     // Without --store or --root the command refuses to guess.
     let err = fails(s, &["registry", "serve", "--addr", "127.0.0.1:0"]);
