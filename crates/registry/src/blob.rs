@@ -154,6 +154,8 @@ struct Pull {
     mirror: bool,
     /// Failures on this host since it was chosen.
     host_failures: u32,
+    /// Has this host's serving been recorded (once per host, not per resume)?
+    noted: bool,
     repo: Reference,
     desc: Descriptor,
     url: Url,
@@ -214,6 +216,7 @@ impl Pull {
         self.url = url;
         self.mirror = mirror;
         self.host_failures = 0;
+        self.noted = false;
         self.resp = None;
         Ok(())
     }
@@ -223,12 +226,15 @@ impl Pull {
         loop {
             match self.open().await {
                 Ok(r) => {
-                    self.client.note_served(
-                        &self.registry,
-                        &self.host.name,
-                        self.mirror,
-                        Kind::Blob,
-                    );
+                    if !self.noted {
+                        self.noted = true;
+                        self.client.note_served(
+                            &self.registry,
+                            &self.host.name,
+                            self.mirror,
+                            Kind::Blob,
+                        );
+                    }
                     return Ok(r);
                 }
                 Err(e) => self.fall_back(e).await?,
@@ -508,6 +514,7 @@ impl Client {
             rest,
             mirror,
             host_failures: 0,
+            noted: false,
             host,
             repo: repo.clone(),
             desc: desc.clone(),
