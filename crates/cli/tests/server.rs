@@ -1605,6 +1605,37 @@ fn client_mirrors_with_fallback() {
     );
     assert!(!err.contains("registry-1.docker.io"), "{err}");
 
+    // A build's FROM goes the same way.
+    let ctx = t.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("note.txt"), "built\n").unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM docker.io/library/app:1\nCOPY note.txt /note.txt\n",
+    )
+    .unwrap();
+    let o = run_with(
+        &t.path().join("s5"),
+        &[("MANIFOLD_CONFIG", conf_dir.to_str().unwrap())],
+        None,
+        &[
+            "build",
+            "--progress",
+            "plain",
+            "--platform",
+            "linux/arm64",
+            "-t",
+            "built:1",
+            ctx.to_str().unwrap(),
+        ],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("mirror {m} served")) && err.contains("of docker.io"),
+        "{err}"
+    );
+
     // Pushes go to the registry itself, never to the mirror (which refuses them).
     let before = mirror.log_text();
     ok(
