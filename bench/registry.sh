@@ -7,11 +7,12 @@
 #   - 16 skopeo clients pulling the big image at once; then the server's peak RSS (VmHWM).
 # Prints one markdown row per server; times are wall-clock seconds of the skopeo commands.
 #
-#   bench/registry.sh        (needs skopeo, docker-registry, python3; builds manifold --release)
+#   bench/registry.sh        (needs skopeo, docker-registry, python3; builds manifold --release,
+#                             or takes the binary from MANIFOLD_BIN)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -q -p manifold-cli
-m=$PWD/target/release/manifold
+if [ -z "${MANIFOLD_BIN:-}" ]; then cargo build --release -q -p manifold-cli; fi
+m=${MANIFOLD_BIN:-$PWD/target/release/manifold}
 work=$(mktemp -d /tmp/manifold-rbench.XXXXXX)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }

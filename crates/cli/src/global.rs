@@ -28,6 +28,17 @@ pub struct Cli {
         value_delimiter = ','
     )]
     pub insecure_registries: Vec<String>,
+
+    /// Per-registry settings in buildkitd.toml's shape (`[registry."docker.io"] mirrors = [...]`,
+    /// `http`, `insecure`, `ca`, `keypair`). Default: registries.toml in manifold's config dir,
+    /// when it exists.
+    #[arg(
+        long = "registry-config",
+        global = true,
+        env = "MANIFOLD_REGISTRY_CONFIG",
+        value_name = "FILE"
+    )]
+    pub registry_config: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]

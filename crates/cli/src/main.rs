@@ -214,6 +214,43 @@ fn insecure_from_daemon_json(path: &std::path::Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The registry config: `--registry-config FILE` (which must exist), else registries.toml in
+/// the config dir when it exists, else nothing.
+fn load_registry_config(
+    flag: Option<&std::path::Path>,
+) -> anyhow::Result<registry::RegistryConfig> {
+    if let Some(p) = flag {
+        return Ok(registry::RegistryConfig::load(p)?);
+    }
+    let p = builder::config_dir().join("registries.toml");
+    if p.exists() {
+        return Ok(registry::RegistryConfig::load(&p)?);
+    }
+    Ok(registry::RegistryConfig::default())
+}
+
+/// Which hosts served pulls from registries with mirrors, one line each.
+fn mirror_lines(uses: &[registry::MirrorUse]) -> Vec<String> {
+    let mut out = Vec::new();
+    for u in uses {
+        let what = format!("{} manifests, {} blobs", u.manifests, u.blobs);
+        if u.manifests + u.blobs > 0 {
+            if u.is_mirror {
+                out.push(format!("mirror {} served {what} of {}", u.host, u.registry));
+            } else {
+                out.push(format!("{} itself served {what}", u.host));
+            }
+        }
+        if let Some(first) = &u.first_failure {
+            out.push(format!(
+                "mirror {} of {} could not serve {} request(s), the next host was asked: {first}",
+                u.host, u.registry, u.failures
+            ));
+        }
+    }
+    out
+}
+
 fn main() -> ExitCode {
     // Piped into `head`, a closed stdout ends us quietly, as it ends cat or grep, instead of a
     // panic from println!. SIGPIPE itself stays ignored: a peer closing a socket (a registry
@@ -241,8 +278,16 @@ fn main() -> ExitCode {
     insecure.extend(insecure_from_daemon_json(std::path::Path::new(
         "/etc/docker/daemon.json",
     )));
+    let registries = match load_registry_config(cli.registry_config.as_deref()) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let mut options = registry::ClientOptions {
         insecure_registries: insecure,
+        registries,
         ..Default::default()
     };
     if let Some(secs) = std::env::var("MANIFOLD_STALL_TIMEOUT")
@@ -253,7 +298,15 @@ fn main() -> ExitCode {
         options.stall_timeout = std::time::Duration::from_secs_f64(secs);
     }
     let env = transport::Env::new(root, options);
-    match dispatch(&cli, &command, &env) {
+    let result = dispatch(&cli, &command, &env);
+    if !cli.quiet {
+        if let Some(c) = env.client_if_made() {
+            for line in mirror_lines(&c.mirror_report()) {
+                eprintln!("{line}");
+            }
+        }
+    }
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");

@@ -314,6 +314,52 @@ fn store_mode_serves_the_local_store_and_takes_pushes_into_it() {
         "{images}"
     );
     assert_eq!(ok(s, &["-q", "digest", "store:pushed/app:2"]).trim(), idx);
+
+    // A store name whose registry has a port is served as HOST_PORT/REPO (`:` cannot be in a
+    // repository name): localhost:5000/team/app:1 is localhost_5000/team/app:1, both ways.
+    ok(
+        s,
+        &[
+            "cp",
+            &format!("oci:{}:v1", lay.display()),
+            "store:localhost:5000/team/app:1",
+        ],
+    );
+    let raw = sh(Command::new("skopeo").args([
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{a}/localhost_5000/team/app:1"),
+    ]));
+    assert_eq!(sha(raw.as_bytes()), idx);
+    let pulled = tempfile::tempdir().unwrap();
+    let o = ok(
+        pulled.path(),
+        &[
+            "pull",
+            "--all-platforms",
+            &format!("{a}/localhost_5000/team/app:1"),
+        ],
+    );
+    assert!(o.contains(&idx), "{o}");
+    let catalog = ok(s, &["catalog", a]);
+    assert!(
+        catalog.lines().any(|l| l == "localhost_5000/team/app"),
+        "{catalog}"
+    );
+    let tags = ok(s, &["tags", &format!("{a}/localhost_5000/team/app")]);
+    assert_eq!(tags.trim(), "1");
+    sh(Command::new("skopeo").args([
+        "copy",
+        "--all",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:v1", lay.display()),
+        &format!("docker://{a}/127.0.0.1_5001/new:3"),
+    ]));
+    assert_eq!(
+        ok(s, &["-q", "digest", "store:127.0.0.1:5001/new:3"]).trim(),
+        idx
+    );
     ok(s, &["fsck"]);
     // Without --store or --root the command refuses to guess.
     let err = fails(s, &["registry", "serve", "--addr", "127.0.0.1:0"]);
@@ -1429,4 +1475,217 @@ fn buildah_and_manifold_build_push() {
     ]));
     assert!(raw.contains("arm64") && raw.contains("amd64"), "{raw}");
     assert_ne!(sha(raw.as_bytes()), idx);
+}
+
+/// A fault-injecting mirror: answers `/v2/`, serves a manifest whose bytes are not what any
+/// digest asks for, and lacks every blob.
+fn lying_mirror() -> (
+    String,
+    std::thread::JoinHandle<()>,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    l.set_nonblocking(true).unwrap();
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let st = stop.clone();
+    let h = std::thread::spawn(move || {
+        while !st.load(Ordering::Relaxed) {
+            let Ok((mut s, _)) = l.accept() else {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                continue;
+            };
+            s.set_nonblocking(false).unwrap();
+            let mut buf = [0u8; 4096];
+            let n = s.read(&mut buf).unwrap_or(0);
+            let head = String::from_utf8_lossy(&buf[..n]).to_string();
+            let path = head.split(' ').nth(1).unwrap_or("").to_string();
+            let (status, body) = if path == "/v2/" {
+                ("200 OK", "{}".to_string())
+            } else if path.contains("/manifests/") {
+                (
+                    "200 OK",
+                    r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#.to_string(),
+                )
+            } else {
+                (
+                    "404 Not Found",
+                    r#"{"errors":[{"code":"BLOB_UNKNOWN","message":"no"}]}"#.to_string(),
+                )
+            };
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status}\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (addr, h, stop)
+}
+
+/// manifold's own client with `[registry."X"] mirrors`: pulls go through `registry serve
+/// --proxy` (docker.io names too, without the network), fall back to the registry when the
+/// mirror is stopped or serves what does not verify, and pushes go to the registry.
+#[test]
+fn client_mirrors_with_fallback() {
+    let Some(upstream) = Registry::start(None) else {
+        return;
+    };
+    let up = upstream.addr.clone();
+    let t = tempfile::tempdir().unwrap();
+    let idx = fixed_layout(&t.path().join("lay"), &["amd64", "arm64"], "v");
+    let lay = format!("oci:{}:v", t.path().join("lay").display());
+    ok(t.path(), &["cp", &lay, &format!("{up}/library/app:1")]);
+
+    let mreg = t.path().join("mirror");
+    let mut mirror = Server::start(
+        t.path(),
+        &["--root", mreg.to_str().unwrap()],
+        &["--proxy", &format!("http://{up}")],
+    );
+    let m = mirror.addr.clone();
+    let cfg = t.path().join("registries.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[registry.\"{up}\"]\nmirrors = [\"{m}\"]\n\n[registry.\"docker.io\"]\nmirrors = [\"http://{m}\"]\n"
+        ),
+    )
+    .unwrap();
+    let conf_dir = t.path().join("conf");
+    std::fs::create_dir_all(&conf_dir).unwrap();
+    let pull = |store: &str, image: &str, with_flag: bool| {
+        let store = t.path().join(store);
+        let mut args = vec![];
+        if with_flag {
+            args.extend(["--registry-config", cfg.to_str().unwrap()]);
+        }
+        args.extend(["pull", "--platform", "linux/arm64", image]);
+        // Without the flag the config comes from registries.toml in MANIFOLD_CONFIG.
+        let o = run_with(
+            &store,
+            &[("MANIFOLD_CONFIG", conf_dir.to_str().unwrap())],
+            None,
+            &args,
+        );
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(o.status.success(), "pull {image}: {err}");
+        let f = run(&store, &["fsck"]);
+        assert!(f.status.success(), "{}", String::from_utf8_lossy(&f.stdout));
+        (String::from_utf8_lossy(&o.stdout).to_string(), err)
+    };
+
+    // Through the mirror: it fetched, verified and stored what was pulled.
+    let (out, err) = pull("s1", &format!("{up}/library/app:1"), true);
+    assert!(out.contains(&idx), "{out}");
+    assert!(
+        err.contains(&format!("mirror {m} served 2 manifests, 2 blobs of {up}")),
+        "{err}"
+    );
+    assert!(!err.contains("itself served"), "{err}");
+    assert!(mirror
+        .log_text()
+        .contains("GET /v2/library/app/manifests/1 200"));
+    assert!(
+        count_files(&mreg.join("blobs")) >= 4,
+        "index, manifest, config, layer"
+    );
+
+    // A docker.io name maps to the mirror (whose upstream stands for Docker Hub here): no
+    // request leaves the machine, and the config file comes from the config dir.
+    std::fs::copy(&cfg, conf_dir.join("registries.toml")).unwrap();
+    let (out, err) = pull("s2", "docker.io/library/app:1", false);
+    assert!(out.contains(&idx), "{out}");
+    assert!(
+        err.contains(&format!(
+            "mirror {m} served 2 manifests, 2 blobs of docker.io"
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("registry-1.docker.io"), "{err}");
+
+    // A build's FROM goes the same way.
+    let ctx = t.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("note.txt"), "built\n").unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM docker.io/library/app:1\nCOPY note.txt /note.txt\n",
+    )
+    .unwrap();
+    let o = run_with(
+        &t.path().join("s5"),
+        &[("MANIFOLD_CONFIG", conf_dir.to_str().unwrap())],
+        None,
+        &[
+            "build",
+            "--progress",
+            "plain",
+            "--platform",
+            "linux/arm64",
+            "-t",
+            "built:1",
+            ctx.to_str().unwrap(),
+        ],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("mirror {m} served")) && err.contains("of docker.io"),
+        "{err}"
+    );
+
+    // Pushes go to the registry itself, never to the mirror (which refuses them).
+    let before = mirror.log_text();
+    ok(
+        t.path(),
+        &[
+            "--registry-config",
+            cfg.to_str().unwrap(),
+            "cp",
+            &lay,
+            &format!("{up}/pushed/app:1"),
+        ],
+    );
+    let after = mirror.log_text();
+    assert!(!after[before.len()..].contains("/v2/pushed/"), "{after}");
+
+    // The mirror stopped: the pull falls back to the registry and says so.
+    mirror.stop();
+    let (out, err) = pull("s3", &format!("{up}/library/app:1"), true);
+    assert!(out.contains(&idx), "{out}");
+    assert!(
+        err.contains(&format!("mirror {m} of {up} could not serve")),
+        "{err}"
+    );
+    assert!(err.contains(&format!("{up} itself served")), "{err}");
+
+    // A mirror whose manifest does not verify and which lacks the blobs: passed over.
+    let (liar, h, stop) = lying_mirror();
+    std::fs::write(
+        &cfg,
+        format!("[registry.\"{up}\"]\nmirrors = [\"{liar}\"]\n"),
+    )
+    .unwrap();
+    let (out, err) = pull("s4", &format!("{up}/library/app@{idx}"), true);
+    assert!(out.contains(&idx), "{out}");
+    assert!(
+        err.contains(&format!("mirror {liar} of {up} could not serve")),
+        "{err}"
+    );
+    assert!(
+        err.contains("sha256:"),
+        "the digest mismatch is named: {err}"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    h.join().unwrap();
+
+    // A broken config file is an error that names it.
+    std::fs::write(&cfg, "[registry.\"docker.io\"]\nmirror = [\"x\"]\n").unwrap();
+    let e = fails(
+        t.path(),
+        &["--registry-config", cfg.to_str().unwrap(), "pull", "x:1"],
+    );
+    assert!(e.contains("registries.toml") && e.contains("mirror"), "{e}");
 }

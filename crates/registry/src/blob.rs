@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, ReadBuf};
 
 use oci::{Descriptor, Digest, Hasher, Reference};
 
-use crate::client::{describe, redact, scope, Client, Host, Op};
+use crate::client::{describe, redact, scope, Client, Host, Kind, Op};
 use crate::Error;
 
 const READ_BUF: usize = 256 << 10;
@@ -145,7 +145,17 @@ impl Stream for BlobStream {
 
 struct Pull {
     client: Client,
+    /// The registry the reference names, and the hosts still to ask when this one fails
+    /// (mirrors first, the registry last).
+    registry: String,
+    rest: Vec<(String, bool)>,
     host: Arc<Host>,
+    /// Is `host` a mirror?
+    mirror: bool,
+    /// Failures on this host since it was chosen.
+    host_failures: u32,
+    /// Has this host's serving been recorded (once per host, not per resume)?
+    noted: bool,
     repo: Reference,
     desc: Descriptor,
     url: Url,
@@ -181,6 +191,55 @@ impl Pull {
                 source,
             },
         )
+    }
+
+    /// Gives up on the current host after `e`, and moves to the next one that connects.
+    /// `Err` when there is none: the last error.
+    async fn fall_back(&mut self, e: Error) -> Result<(), Error> {
+        if self.mirror {
+            self.client
+                .note_mirror_failure(&self.registry, &self.host.name, &e);
+        }
+        if self.rest.is_empty() {
+            return Err(e);
+        }
+        let (host, mirror) = self
+            .client
+            .connect_first(&self.registry, &mut self.rest)
+            .await?;
+        let url = self.client.url(
+            &host,
+            &format!("v2/{}/blobs/{}", self.repo.repository(), self.desc.digest),
+        )?;
+        tracing::debug!(from = %self.host.name, to = %host.name, offset = self.offset, "blob download moves to the next host");
+        self.host = host;
+        self.url = url;
+        self.mirror = mirror;
+        self.host_failures = 0;
+        self.noted = false;
+        self.resp = None;
+        Ok(())
+    }
+
+    /// Opens the download on the current host, moving down the list of hosts while they fail.
+    async fn open_any(&mut self) -> Result<Response, Error> {
+        loop {
+            match self.open().await {
+                Ok(r) => {
+                    if !self.noted {
+                        self.noted = true;
+                        self.client.note_served(
+                            &self.registry,
+                            &self.host.name,
+                            self.mirror,
+                            Kind::Blob,
+                        );
+                    }
+                    return Ok(r);
+                }
+                Err(e) => self.fall_back(e).await?,
+            }
+        }
     }
 
     async fn open(&mut self) -> Result<Response, Error> {
@@ -245,7 +304,7 @@ impl Pull {
         let size = self.desc.size;
         loop {
             if self.resp.is_none() {
-                match self.open().await {
+                match self.open_any().await {
                     Ok(r) => self.resp = Some(r),
                     Err(e) => return Some(Err(io::Error::other(e))),
                 }
@@ -313,15 +372,21 @@ impl Pull {
                 Err(e) => e,
             };
             self.resp = None;
-            let n = self.resumes.fetch_add(1, Ordering::Relaxed) + 1;
-            if n > self.client.options().max_retries {
+            self.resumes.fetch_add(1, Ordering::Relaxed);
+            self.host_failures += 1;
+            if self.host_failures > self.host.retries {
                 let op = self.op();
-                return Some(Err(io::Error::other(Error::Connect {
+                let e = Error::Connect {
                     host: self.host.name.clone(),
                     url: redact(&self.url).to_string(),
-                    attempts: n,
+                    attempts: self.host_failures,
                     reason: format!("{} for {}: {failure}", op.name, op.reference),
-                })));
+                };
+                // The next host (a mirror's registry) goes on from this offset.
+                match self.fall_back(e).await {
+                    Ok(()) => continue,
+                    Err(e) => return Some(Err(io::Error::other(e))),
+                }
             }
             tracing::debug!(host = %self.host.name, offset = self.offset, "resuming blob download after: {failure}");
         }
@@ -435,7 +500,9 @@ impl Client {
                 desc.digest, desc.size
             )));
         }
-        let host = self.host(repo.api_host()).await?;
+        let registry = repo.registry().to_string();
+        let mut rest = self.pull_candidates(&registry);
+        let (host, mirror) = self.connect_first(&registry, &mut rest).await?;
         let url = self.url(
             &host,
             &format!("v2/{}/blobs/{}", repo.repository(), desc.digest),
@@ -443,6 +510,11 @@ impl Client {
         let resumes = Arc::new(std::sync::atomic::AtomicU32::new(0));
         let mut pull = Pull {
             client: self.clone(),
+            registry,
+            rest,
+            mirror,
+            host_failures: 0,
+            noted: false,
             host,
             repo: repo.clone(),
             desc: desc.clone(),
@@ -457,7 +529,7 @@ impl Client {
             done: false,
         };
         // Open now, so "not found" and auth failures surface here rather than on first read.
-        pull.resp = Some(pull.open().await?);
+        pull.resp = Some(pull.open_any().await?);
         let st = stream::unfold(pull, |mut p| async move {
             let item = p.next().await?;
             Some((item, p))

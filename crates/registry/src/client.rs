@@ -15,6 +15,7 @@ use tokio::sync::OnceCell;
 use crate::auth::{AuthStore, Credential, Stored};
 use crate::challenge::{self, Challenge};
 use crate::error::{hint_for, RegistryError};
+use crate::hosts::RegistryConfig;
 use crate::tls::{self, IssuerSlot};
 use crate::Error;
 
@@ -53,7 +54,14 @@ pub struct ClientOptions {
     pub chunk_size: u64,
     /// `n` for tag and catalog listings; `None` lets the registry choose.
     pub page_size: Option<u32>,
+    /// Per-registry settings (mirrors, plain HTTP, insecure, CAs, key pairs), buildkitd.toml's
+    /// `[registry."NAME"]` tables.
+    pub registries: RegistryConfig,
 }
+
+/// Retries after the first attempt for a mirror: a mirror that fails is passed over for the
+/// next host, not waited for.
+const MIRROR_RETRIES: u32 = 1;
 
 /// Less than this in a `stall_timeout` window is a stall (16 KiB a minute by default: any
 /// working link does far better).
@@ -83,6 +91,7 @@ impl Default for ClientOptions {
             monolithic_max: 16 << 20,
             chunk_size: 64 << 20,
             page_size: None,
+            registries: RegistryConfig::default(),
         }
     }
 }
@@ -101,6 +110,34 @@ pub(crate) struct Inner {
     realm_clients: Mutex<HashMap<String, reqwest::Client>>,
     /// Credentials given directly (login verification), preferred over config.json.
     overrides: Mutex<HashMap<String, Credential>>,
+    /// Mirrors that could not be reached, passed over for the rest of this client's life.
+    mirrors_down: Mutex<HashMap<String, String>>,
+    /// Which host served what, for registries with mirrors: by (registry, host).
+    served: Mutex<std::collections::BTreeMap<(String, String), MirrorUse>>,
+}
+
+/// What one host did for pulls from one registry that has mirrors.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MirrorUse {
+    /// The registry the references name (`docker.io`, `HOST[:PORT]`).
+    pub registry: String,
+    /// The host that was asked: a mirror, or the registry's own API host.
+    pub host: String,
+    pub is_mirror: bool,
+    /// Manifests and blobs it served.
+    pub manifests: u32,
+    pub blobs: u32,
+    /// Requests it could not serve (unreachable, refused, missing, wrong content); the next
+    /// host was asked instead.
+    pub failures: u32,
+    pub first_failure: Option<String>,
+}
+
+/// What a pull asked for, for [`MirrorUse`].
+#[derive(Clone, Copy)]
+pub(crate) enum Kind {
+    Manifest,
+    Blob,
 }
 
 /// What we know about one registry host.
@@ -110,19 +147,22 @@ pub(crate) struct Host {
     pub(crate) http: reqwest::Client,
     challenge: Mutex<Challenge>,
     tokens: Mutex<HashMap<String, (String, Instant)>>,
+    /// Retries after the first attempt for requests to this host.
+    pub(crate) retries: u32,
     /// One token fetch at a time per host, so parallel transfers share the first answer.
     token_fetch: tokio::sync::Mutex<()>,
     creds: OnceCell<Option<Credential>>,
 }
 
 impl Host {
-    fn new(name: String, base: Url, http: reqwest::Client) -> Self {
+    fn new(name: String, base: Url, http: reqwest::Client, retries: u32) -> Self {
         Host {
             name,
             base,
             http,
             challenge: Mutex::new(Challenge::None),
             tokens: Mutex::new(HashMap::new()),
+            retries,
             token_fetch: tokio::sync::Mutex::new(()),
             creds: OnceCell::new(),
         }
@@ -201,6 +241,8 @@ impl Client {
                 hosts: Mutex::new(HashMap::new()),
                 realm_clients: Mutex::new(HashMap::new()),
                 overrides: Mutex::new(HashMap::new()),
+                mirrors_down: Mutex::new(HashMap::new()),
+                served: Mutex::new(std::collections::BTreeMap::new()),
             }),
         })
     }
@@ -293,6 +335,21 @@ impl Client {
             .insecure_registries
             .iter()
             .any(|h| h == host || h == bare)
+            || self
+                .inner
+                .opts
+                .registries
+                .host(host)
+                .is_some_and(|c| c.insecure || c.http)
+    }
+
+    /// Does the registry config say `http = true` for this host?
+    fn plain_only(&self, host: &str) -> bool {
+        self.inner
+            .opts
+            .registries
+            .host(host)
+            .is_some_and(|c| c.http)
     }
 
     fn build_http(
@@ -302,7 +359,14 @@ impl Client {
         slot: Arc<IssuerSlot>,
     ) -> Result<reqwest::Client, Error> {
         let o = &self.inner.opts;
-        let tls = tls::client_config(host, &o.certs_dirs, insecure, slot)?;
+        let (cas, keypair) = match o.registries.host(host) {
+            Some(c) => (
+                c.ca.as_slice(),
+                c.keypair.first().map(|k| (k.cert.clone(), k.key.clone())),
+            ),
+            None => (&[][..], None),
+        };
+        let tls = tls::client_config(host, &o.certs_dirs, cas, keypair, insecure, slot)?;
         reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
             .user_agent(o.user_agent.clone())
@@ -327,9 +391,170 @@ impl Client {
             .entry(registry.to_string())
             .or_default()
             .clone();
-        cell.get_or_try_init(|| self.connect(registry))
+        cell.get_or_try_init(|| self.connect(registry, self.inner.opts.max_retries))
             .await
             .cloned()
+    }
+
+    /// The connection state for a mirror, kept apart from the same host used directly: a
+    /// mirror gets fewer retries, since the next host is there to ask.
+    async fn mirror_host(&self, name: &str) -> Result<Arc<Host>, Error> {
+        let cell = lock(&self.inner.hosts)
+            .entry(format!("{name} (mirror)"))
+            .or_default()
+            .clone();
+        cell.get_or_try_init(|| self.connect(name, MIRROR_RETRIES))
+            .await
+            .cloned()
+    }
+
+    /// The hosts to pull content of `registry` from, in order: its mirrors that are not known
+    /// to be down, then the registry itself (by its reference name; `host` maps it).
+    pub(crate) fn pull_candidates(&self, registry: &str) -> Vec<(String, bool)> {
+        let down = lock(&self.inner.mirrors_down);
+        let mut out: Vec<(String, bool)> = self
+            .inner
+            .opts
+            .registries
+            .mirrors(registry)
+            .iter()
+            .filter(|m| !down.contains_key(*m))
+            .map(|m| (m.clone(), true))
+            .collect();
+        out.push((registry.to_string(), false));
+        out
+    }
+
+    /// Connects to a pull candidate.
+    pub(crate) async fn candidate(&self, name: &str, mirror: bool) -> Result<Arc<Host>, Error> {
+        if mirror {
+            self.mirror_host(name).await
+        } else {
+            self.host(name).await
+        }
+    }
+
+    /// Connects to the first of `cands` that answers, removing it and any before it from the
+    /// list; mirrors that fail are recorded. The registry itself is last, and its error is
+    /// returned as it is.
+    pub(crate) async fn connect_first(
+        &self,
+        registry: &str,
+        cands: &mut Vec<(String, bool)>,
+    ) -> Result<(Arc<Host>, bool), Error> {
+        while !cands.is_empty() {
+            let (name, mirror) = cands.remove(0);
+            match self.candidate(&name, mirror).await {
+                Ok(h) => return Ok((h, mirror)),
+                Err(e) if mirror => self.note_mirror_failure(registry, &name, &e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Invalid(format!(
+            "no host to pull from for {registry}"
+        )))
+    }
+
+    /// Does `registry` have mirrors configured (so pulls say which host served)?
+    pub(crate) fn has_mirrors(&self, registry: &str) -> bool {
+        !self.inner.opts.registries.mirrors(registry).is_empty()
+    }
+
+    /// Records that `host` served a pull from `registry`.
+    pub(crate) fn note_served(&self, registry: &str, host: &str, mirror: bool, kind: Kind) {
+        if !self.has_mirrors(registry) {
+            return;
+        }
+        tracing::info!(registry, host, mirror, "served by {host}");
+        let mut s = lock(&self.inner.served);
+        let e = s
+            .entry((registry.to_string(), host.to_string()))
+            .or_insert_with(|| MirrorUse {
+                registry: registry.to_string(),
+                host: host.to_string(),
+                is_mirror: mirror,
+                ..MirrorUse::default()
+            });
+        match kind {
+            Kind::Manifest => e.manifests += 1,
+            Kind::Blob => e.blobs += 1,
+        }
+    }
+
+    /// Records that mirror `host` could not serve a pull from `registry`; a mirror that cannot
+    /// be reached is not asked again.
+    pub(crate) fn note_mirror_failure(&self, registry: &str, host: &str, e: &Error) {
+        let reason = e.to_string();
+        tracing::info!(
+            registry,
+            host,
+            "mirror failed, trying the next host: {reason}"
+        );
+        if matches!(
+            e,
+            Error::Unreachable { .. }
+                | Error::Connect { .. }
+                | Error::Tls { .. }
+                | Error::Certificate { .. }
+                | Error::PlainHttp { .. }
+        ) {
+            lock(&self.inner.mirrors_down).insert(host.to_string(), reason.clone());
+        }
+        let mut s = lock(&self.inner.served);
+        let u = s
+            .entry((registry.to_string(), host.to_string()))
+            .or_insert_with(|| MirrorUse {
+                registry: registry.to_string(),
+                host: host.to_string(),
+                is_mirror: true,
+                ..MirrorUse::default()
+            });
+        u.failures += 1;
+        if u.first_failure.is_none() {
+            u.first_failure = Some(reason);
+        }
+    }
+
+    /// Which hosts served pulls from registries that have mirrors, and which mirrors failed,
+    /// for progress output.
+    pub fn mirror_report(&self) -> Vec<MirrorUse> {
+        lock(&self.inner.served).values().cloned().collect()
+    }
+
+    /// Runs `f` against each pull candidate of `registry` in turn (mirrors, then the registry),
+    /// returning the first success; a mirror's failure is recorded and the next host asked.
+    pub(crate) async fn pull_through<T, F, Fut>(
+        &self,
+        registry: &str,
+        kind: Kind,
+        f: F,
+    ) -> Result<T, Error>
+    where
+        F: Fn(Arc<Host>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Error>>,
+    {
+        for (name, mirror) in self.pull_candidates(registry) {
+            if !mirror {
+                let host = self.host(&name).await?;
+                let v = f(host.clone()).await?;
+                self.note_served(registry, &host.name, false, kind);
+                return Ok(v);
+            }
+            let r = match self.mirror_host(&name).await {
+                Ok(host) => f(host).await,
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok(v) => {
+                    self.note_served(registry, &name, true, kind);
+                    return Ok(v);
+                }
+                Err(e) => self.note_mirror_failure(registry, &name, &e),
+            }
+        }
+        Err(Error::Invalid(format!(
+            "no host to pull from for {registry}"
+        )))
     }
 
     fn ca_path(&self, host: &str) -> PathBuf {
@@ -373,8 +598,9 @@ impl Client {
     /// Finds the scheme: HTTPS first, then plain HTTP for loopback and insecure hosts (as
     /// docker does, which also skips certificate checks for them). A plain-HTTP port reached
     /// over HTTPS for any other host fails at once, naming the flag that allows it.
-    async fn connect(&self, name: &str) -> Result<Arc<Host>, Error> {
+    async fn connect(&self, name: &str, retries: u32) -> Result<Arc<Host>, Error> {
         let plain_ok = self.is_insecure(name) || tls::is_loopback(name);
+        let plain_only = self.plain_only(name);
         let insecure = plain_ok;
         let slot = Arc::new(IssuerSlot::default());
         let http = self.build_http(name, insecure, slot.clone())?;
@@ -387,6 +613,9 @@ impl Client {
             if scheme == "http" && !plain_ok {
                 break;
             }
+            if scheme == "https" && plain_only {
+                continue;
+            }
             let base = Url::parse(&format!("{scheme}://{name}/")).map_err(|e| {
                 Error::Invalid(format!("registry host {name:?} does not make a URL: {e}"))
             })?;
@@ -397,9 +626,9 @@ impl Client {
             let tries = if scheme == "https" && plain_ok {
                 0
             } else {
-                self.inner.opts.max_retries
+                retries
             };
-            let host = Host::new(name.to_string(), base.clone(), http.clone());
+            let host = Host::new(name.to_string(), base.clone(), http.clone(), retries);
             // A loopback port that is not TLS may never answer a ClientHello (plain TCP
             // proxies do not): do not wait the full connect timeout before trying HTTP.
             let probe_limit = if scheme == "https" && tls::is_loopback(name) {
@@ -583,7 +812,7 @@ impl Client {
                 .execute(
                     host,
                     op,
-                    self.inner.opts.max_retries,
+                    host.retries,
                     &|| {
                         match authorize(mk(&host.http), host, auth.as_deref()) {
                             Ok((rb, sent)) => {
@@ -733,7 +962,12 @@ impl Client {
         };
         let http = self.realm_client(&realm_host)?;
         let creds = self.creds(host).await?;
-        let token_host = Host::new(realm_host.clone(), realm_url.clone(), http.clone());
+        let token_host = Host::new(
+            realm_host.clone(),
+            realm_url.clone(),
+            http.clone(),
+            host.retries,
+        );
         let token_op = Op {
             name: "getting a token for",
             reference: op.reference.clone(),
@@ -903,7 +1137,7 @@ impl Client {
 }
 
 /// Docker Hub's name in references is not where its API lives.
-fn api_host(registry: &str) -> &str {
+pub(crate) fn api_host(registry: &str) -> &str {
     match registry {
         "docker.io" | "index.docker.io" => "registry-1.docker.io",
         other => other,

@@ -3,7 +3,9 @@
 //! It pings `/v2/`, follows `WWW-Authenticate` challenges (anonymous, Basic, Bearer with a token
 //! cache per scope), reads docker's `config.json` and credential helpers, trusts system roots plus
 //! `certs.d`, retries with backoff, and moves blobs as verified streams that resume after a
-//! dropped connection, in bounded memory whatever their size.
+//! dropped connection, in bounded memory whatever their size. Pulls go through the mirrors
+//! configured for a registry ([`RegistryConfig`], buildkitd.toml's shape) before the registry
+//! itself; pushes, existence checks and listings always go to the registry.
 //!
 //! It refuses to know where content is kept locally (no store, no files beyond docker's config
 //! and certificates), and has no platform selection policy: callers say which digests they want.
@@ -33,10 +35,12 @@ mod blob;
 mod challenge;
 mod client;
 mod error;
+pub mod hosts;
 mod ops;
 mod tls;
 
 pub use auth::{AuthStore, Credential, Stored};
 pub use blob::{BlobPush, BlobSource, BlobStream, FileSource, RegistryBlob};
-pub use client::{Client, ClientOptions};
+pub use client::{Client, ClientOptions, MirrorUse};
 pub use error::{Error, RegistryError};
+pub use hosts::{HostConfig, RegistryConfig};

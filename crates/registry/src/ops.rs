@@ -5,7 +5,9 @@ use reqwest::{Response, StatusCode, Url};
 
 use oci::{Descriptor, Digest, Manifest, Reference};
 
-use crate::client::{read_limited, scope, Client, Host, Op};
+use std::sync::Arc;
+
+use crate::client::{read_limited, scope, Client, Host, Kind, Op};
 use crate::Error;
 
 /// The spec lets registries refuse manifests over 4 MiB; we refuse to buffer more than that.
@@ -61,8 +63,16 @@ impl Client {
 
     /// Fetches a manifest or index with the OCI + Docker Accept list. When `r` has a digest, the
     /// bytes must hash to it; otherwise they must match the registry's `Docker-Content-Digest`.
+    /// With mirrors configured for `r`'s registry, each is asked first, in order; a mirror
+    /// that fails, lacks the manifest or answers bytes that do not verify is passed over.
     pub async fn get_manifest(&self, r: &Reference) -> Result<Manifest, Error> {
-        let host = self.host(r.api_host()).await?;
+        self.pull_through(r.registry(), Kind::Manifest, |host| {
+            self.get_manifest_at(host, r)
+        })
+        .await
+    }
+
+    async fn get_manifest_at(&self, host: Arc<Host>, r: &Reference) -> Result<Manifest, Error> {
         let op = Self::op("pulling manifest", r);
         let url = self.url(
             &host,

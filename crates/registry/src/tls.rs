@@ -199,9 +199,13 @@ impl ServerCertVerifier for NoVerify {
 }
 
 /// Builds the rustls config for `host` (`name[:port]` as in references).
+/// `extra_cas` and `keypair` come from the registry config (`ca`, `keypair`); the key pair
+/// wins over a certs.d one.
 pub(crate) fn client_config(
     host: &str,
     certs_dirs: &[PathBuf],
+    extra_cas: &[PathBuf],
+    keypair: Option<(PathBuf, PathBuf)>,
     insecure: bool,
     slot: Arc<IssuerSlot>,
 ) -> Result<rustls::ClientConfig, Error> {
@@ -212,27 +216,29 @@ pub(crate) fn client_config(
     let prov = provider();
     let mut roots = RootCertStore::empty();
     let (_added, _ignored) = roots.add_parsable_certificates(system_roots().iter().cloned());
-    let mut client = None;
+    let mut client = keypair;
+    let mut cas: Vec<PathBuf> = extra_cas.to_vec();
     for dir in certs_dirs {
         let found = scan(dir, host)?;
-        for ca in found.cas {
-            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&ca)
-                .and_then(|it| it.collect::<Result<_, _>>())
-                .map_err(|e| tls_err(format!("reading CA file {}: {e}", ca.display())))?;
-            if certs.is_empty() {
-                return Err(tls_err(format!(
-                    "CA file {} holds no PEM certificate",
-                    ca.display()
-                )));
-            }
-            for c in certs {
-                roots
-                    .add(c)
-                    .map_err(|e| tls_err(format!("CA file {}: {e}", ca.display())))?;
-            }
-        }
+        cas.extend(found.cas);
         if client.is_none() {
             client = found.client;
+        }
+    }
+    for ca in cas {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&ca)
+            .and_then(|it| it.collect::<Result<_, _>>())
+            .map_err(|e| tls_err(format!("reading CA file {}: {e}", ca.display())))?;
+        if certs.is_empty() {
+            return Err(tls_err(format!(
+                "CA file {} holds no PEM certificate",
+                ca.display()
+            )));
+        }
+        for c in certs {
+            roots
+                .add(c)
+                .map_err(|e| tls_err(format!("CA file {}: {e}", ca.display())))?;
         }
     }
     let builder = rustls::ClientConfig::builder_with_provider(prov.clone())

@@ -86,6 +86,22 @@ async fn tls_fails_with_certs_d_hint_until_the_ca_is_placed() {
     })
     .unwrap();
     assert!(insecure.get_manifest(&r).await.is_ok());
+
+    // The registry config's `ca` (buildkitd.toml's key) trusts the CA without certs.d, and its
+    // `insecure` skips verification.
+    let by_config = tempfile::tempdir().unwrap();
+    let mut opts = options(by_config.path());
+    opts.registries.host_mut(&addr).ca = vec![ca.ca_crt.clone()];
+    assert!(Client::new(opts).unwrap().get_manifest(&r).await.is_ok());
+    let mut opts = options(by_config.path());
+    opts.registries.host_mut(&addr).insecure = true;
+    assert!(Client::new(opts).unwrap().get_manifest(&r).await.is_ok());
+    let err = Client::new(options(by_config.path()))
+        .unwrap()
+        .get_manifest(&r)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Certificate { .. }), "{err}");
 }
 
 #[tokio::test]

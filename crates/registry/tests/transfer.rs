@@ -697,3 +697,54 @@ async fn monolithic_upload_dropped_midway_starts_over() {
         .unwrap();
     assert!(got == data);
 }
+
+/// A mirror that drops every blob download midway: after its retry the download goes on from
+/// the registry itself, from the offset reached, and the whole is verified.
+#[tokio::test]
+async fn a_mirror_that_fails_midway_hands_the_download_to_the_registry() {
+    require_peer!("docker-registry");
+    let reg = Registry::start(Default::default());
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::pseudo_random(7, 12 << 20);
+    let desc = Descriptor::new(
+        oci::media_type::OCI_LAYER_GZIP,
+        Digest::sha256_of(&data),
+        data.len() as u64,
+    );
+    let r = reference(&reg.addr, "mid/blob:latest");
+    Client::new(options(dir.path()))
+        .unwrap()
+        .put_blob(&r, &desc, &Bytes::from(data.clone()))
+        .await
+        .unwrap();
+    let mirror = Proxy::start(
+        &reg.addr,
+        vec![Rule {
+            method: "GET",
+            path_contains: "/blobs/sha256:".into(),
+            skip: 0,
+            times: 100,
+            fault: Fault::CutResponse { after: 3 << 20 },
+        }],
+    )
+    .await;
+    let mut opts = options(dir.path());
+    opts.registries
+        .set_mirrors(&reg.addr, vec![mirror.addr.clone()]);
+    let client = Client::new(opts).unwrap();
+    let got = read_all(client.get_blob(&r, &desc).await.unwrap())
+        .await
+        .expect("download completed by the registry");
+    assert!(got == data, "the download differs from the blob");
+    let mirror_gets = mirror
+        .requests()
+        .iter()
+        .filter(|q| q.starts_with("GET ") && q.contains("/blobs/sha256:"))
+        .count();
+    assert_eq!(mirror_gets, 2, "the first try and one resume on the mirror");
+    let report = client.mirror_report();
+    let m = report.iter().find(|u| u.host == mirror.addr).unwrap();
+    assert!(m.is_mirror && m.blobs == 1 && m.failures == 1, "{report:?}");
+    let up = report.iter().find(|u| u.host == reg.addr).unwrap();
+    assert!(!up.is_mirror && up.blobs == 1, "{report:?}");
+}

@@ -19,6 +19,15 @@ use crate::App;
 
 type Result<T, E = ApiError> = std::result::Result<T, E>;
 
+/// Blobs up to this size are answered from memory, read in the same trip to the blocking pool
+/// as the lookup (16 clients at once hold at most 4 MiB).
+const SMALL_BLOB: u64 = 256 << 10;
+
+/// Upload bodies up to this size (by `Content-Length`) are received into memory first, then
+/// written, checked and (on the completing request) committed in one trip to the blocking
+/// pool. Larger or chunked bodies stream to the upload's file.
+const SMALL_BODY: u64 = 1 << 20;
+
 /// What the server knows of a running upload beyond its file: the hash so far.
 pub(crate) struct Session {
     offset: u64,
@@ -487,17 +496,24 @@ async fn get_blob(
         if head {
             s.touch(&d2);
         }
-        let Ok(f) = std::fs::File::open(s.layout().blob_path(&d2)) else {
+        let Ok(mut f) = std::fs::File::open(s.layout().blob_path(&d2)) else {
             return Ok(None);
         };
         let size = f.metadata()?.len();
-        Ok(Some((f, size)))
+        // A small blob is read in this same trip: its whole answer costs one hop.
+        let whole = if !head && size <= SMALL_BLOB {
+            let mut b = Vec::with_capacity(size as usize);
+            std::io::Read::read_to_end(&mut std::io::Read::take(&mut f, size), &mut b)?;
+            Some(bytes::Bytes::from(b))
+        } else {
+            None
+        };
+        Ok(Some((f, size, whole)))
     })
     .await?;
-    let Some((file, size)) = found else {
+    let Some((file, size, whole)) = found else {
         return Err(ApiError::blob_unknown(&d));
     };
-    let mut file = tokio::fs::File::from_std(file);
     let mut h = vec![
         ("content-type", "application/octet-stream".to_string()),
         ("docker-content-digest", d.to_string()),
@@ -521,6 +537,16 @@ async fn get_blob(
     if head {
         return Ok(respond(status, h, Body::empty()));
     }
+    if let Some(b) = whole {
+        if b.len() as u64 != size {
+            return Err(ApiError::internal(format!(
+                "blob {d} changed size while being read"
+            )));
+        }
+        let body = b.slice(start as usize..(start + len) as usize);
+        return Ok(respond(status, h, Body::from(body)));
+    }
+    let mut file = tokio::fs::File::from_std(file);
     if start > 0 {
         file.seek(std::io::SeekFrom::Start(start)).await?;
     }
@@ -592,6 +618,27 @@ async fn start_upload(
         Some(d) => Some(route::parse_digest(d)?),
         None => None,
     };
+    if let (Some(d), Some(n)) = (
+        &digest,
+        declared_length(req.headers()).filter(|n| *n <= SMALL_BODY),
+    ) {
+        // A monolithic upload of a small blob: one trip for the session, the write and the
+        // commit.
+        let body = receive(req.into_body(), n).await?;
+        let (r2, d2) = (repo.clone(), d.clone());
+        blocking(&app, move |s| {
+            let id = s.start_upload(&r2)?;
+            let h = d2.algorithm().hasher();
+            let r = write_small(s, &r2, &id, None, &body, 0, Some(h))
+                .and_then(|(_, h)| s.finish_upload(&r2, &id, &d2, h.map(|h| h.finish())));
+            if r.is_err() {
+                s.cancel_upload(&id);
+            }
+            r
+        })
+        .await?;
+        return Ok(blob_created(&repo, d));
+    }
     let r2 = repo.clone();
     let id = blocking(&app, move |s| s.start_upload(&r2)).await?;
     app.sessions.new_session(&id);
@@ -617,6 +664,90 @@ async fn check_session(app: &Arc<App>, repo: &str, id: &str) -> Result<()> {
         Some(r) if r == repo => Ok(()),
         _ => Err(ApiError::upload_unknown()),
     }
+}
+
+/// `Content-Length`, when the request has one.
+fn declared_length(h: &HeaderMap) -> Option<u64> {
+    header(h, "content-length").and_then(|v| v.trim().parse().ok())
+}
+
+/// The start of a PATCH `Content-Range` (`START-END`, optionally `bytes ` or `bytes=` first).
+fn range_start(cr: &str) -> Option<u64> {
+    let spec = cr
+        .trim()
+        .trim_start_matches("bytes ")
+        .trim_start_matches("bytes=");
+    spec.split(['-', '/']).next()?.trim().parse().ok()
+}
+
+/// Receives a body of at most `n` bytes (its `Content-Length`) into memory. A body that ends
+/// early stores nothing: the client resumes from the offset it had.
+async fn receive(body: Body, n: u64) -> Result<bytes::Bytes> {
+    let mut out = bytes::BytesMut::with_capacity(n as usize);
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let c = chunk.map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "BLOB_UPLOAD_INVALID",
+                format!("the upload body ended early: {e}; resume from the offset GET returns"),
+            )
+        })?;
+        if (out.len() + c.len()) as u64 > n {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "BLOB_UPLOAD_INVALID",
+                format!("the upload body is longer than its Content-Length of {n}"),
+            ));
+        }
+        out.extend_from_slice(&c);
+    }
+    Ok(out.freeze())
+}
+
+/// Appends `body` to upload `id` after checking that `start` (a Content-Range start) continues
+/// it; `offset` and `hasher` are the session's, corrected from the file when they disagree.
+/// Returns them updated. Runs on the blocking pool.
+fn write_small(
+    s: &crate::Storage,
+    repo: &str,
+    id: &str,
+    start: Option<u64>,
+    body: &[u8],
+    mut offset: u64,
+    mut hasher: Option<Hasher>,
+) -> Result<(u64, Option<Hasher>)> {
+    use std::io::Write as _;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(s.upload_data(id))
+        .map_err(|_| ApiError::upload_unknown())?;
+    let len = f.metadata()?.len();
+    if len != offset {
+        offset = len;
+        hasher = None;
+    }
+    if let Some(st) = start {
+        if st != offset {
+            return Err(ApiError::range_invalid(format!(
+                "Content-Range starting at {st} does not continue the upload, which has {offset} bytes; resume at that offset"
+            ))
+            .with_header("range", format!("0-{}", offset.saturating_sub(1)))
+            .with_header("location", format!("/v2/{repo}/blobs/uploads/{id}"))
+            .with_header("docker-upload-uuid", id.to_string()));
+        }
+    }
+    if !body.is_empty() {
+        if let Err(e) = f.write_all(body) {
+            // Part of it may be on disk: the offset is read from the file next time.
+            return Err(ApiError::internal(e));
+        }
+        if let Some(h) = hasher.as_mut() {
+            h.update(body);
+        }
+        offset += body.len() as u64;
+    }
+    Ok((offset, hasher))
 }
 
 /// Makes the session's idea of the offset agree with its file (after a restart or a drop).
@@ -706,6 +837,47 @@ async fn patch_upload(
     };
     let sess = app.sessions.get(&id);
     let mut g = sess.lock().await;
+    if let Some(n) = declared_length(req.headers()).filter(|n| *n <= SMALL_BODY) {
+        let start = match header(req.headers(), "content-range") {
+            Some(cr) => Some(range_start(cr).ok_or_else(|| {
+                ApiError::range_invalid(format!("Content-Range {cr:?} is not START-END"))
+            })?),
+            None => None,
+        };
+        let body = receive(req.into_body(), n).await?;
+        let (offset, hasher) = (g.offset, g.hasher.take());
+        let (r2, i2, d2) = (repo.clone(), id.clone(), digest.clone());
+        let r = blocking(&app, move |s| {
+            let (offset, hasher) = write_small(s, &r2, &i2, start, &body, offset, hasher)?;
+            if let Some(d) = &d2 {
+                let hashed = hasher.clone().map(|h| h.finish());
+                s.finish_upload(&r2, &i2, d, hashed)?;
+            }
+            Ok((offset, hasher))
+        })
+        .await;
+        return match (r, digest) {
+            (Ok(_), Some(d)) => {
+                app.sessions.remove(&id);
+                Ok(blob_created(&repo, &d))
+            }
+            (Ok((offset, hasher)), None) => {
+                g.offset = offset;
+                g.hasher = hasher;
+                Ok(upload_status(StatusCode::ACCEPTED, &repo, &id, offset))
+            }
+            (Err(e), d) => {
+                // A failed commit ends the session (finish_upload removed it); a refused
+                // range or write leaves it to resume, with the offset read again from disk.
+                if d.is_some() && app.storage.upload_repo(&id).is_none() {
+                    app.sessions.remove(&id);
+                } else {
+                    g.offset = u64::MAX;
+                }
+                Err(e)
+            }
+        };
+    }
     sync_offset(&app, &id, &mut g).await?;
     if let Some(cr) = header(req.headers(), "content-range") {
         let spec = cr

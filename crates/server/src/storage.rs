@@ -52,6 +52,43 @@ pub struct Storage {
 /// Manifests are refused above this size, as distribution does.
 pub const MAX_MANIFEST: usize = 4 << 20;
 
+/// The repository name a store reference is served under: Docker Hub's without the registry
+/// (`library/busybox`), others with it (`ghcr.io/a/b`), and a registry with a port as
+/// `HOST_PORT` (`localhost:5000/app` is `localhost_5000/app`), since `:` cannot be in a
+/// repository name. Host names and Docker Hub namespaces have no `_`, so nothing else maps there.
+fn store_repo_name(p: &oci::Reference) -> String {
+    if p.registry() == oci::reference::DOCKER_HUB {
+        return p.repository().to_string();
+    }
+    match p.registry().rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') => {
+            format!("{host}_{port}/{}", p.repository())
+        }
+        _ => format!("{}/{}", p.registry(), p.repository()),
+    }
+}
+
+/// `HOST_PORT/rest` (as [`store_repo_name`] writes it) back to `HOST:PORT/rest`; anything else
+/// as it is.
+fn unmap_port(name: &str) -> String {
+    let Some((first, rest)) = name.split_once('/') else {
+        return name.to_string();
+    };
+    let Some((host, port)) = first.rsplit_once('_') else {
+        return name.to_string();
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
+    let port_ok = !port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit());
+    if host_ok && port_ok {
+        format!("{host}:{port}/{rest}")
+    } else {
+        name.to_string()
+    }
+}
+
 impl Storage {
     pub fn open(root: &Path, naming: Naming) -> store::Result<Storage> {
         let layout = Layout::open_or_create(root)?;
@@ -85,7 +122,7 @@ impl Storage {
         };
         match self.naming {
             Naming::Raw => raw,
-            Naming::Store => oci::Reference::parse(&raw)
+            Naming::Store => oci::Reference::parse(&unmap_port(&raw))
                 .map(|x| x.to_string())
                 .unwrap_or(raw),
         }
@@ -96,9 +133,8 @@ impl Storage {
     pub fn canonical(&self, repo: &str) -> String {
         match self.naming {
             Naming::Raw => repo.to_string(),
-            Naming::Store => match oci::Reference::parse_bare(repo) {
-                Ok(p) if p.registry() == "docker.io" => p.repository().to_string(),
-                Ok(p) => format!("{}/{}", p.registry(), p.repository()),
+            Naming::Store => match oci::Reference::parse_bare(&unmap_port(repo)) {
+                Ok(p) => store_repo_name(&p),
                 Err(_) => repo.to_string(),
             },
         }
@@ -117,11 +153,7 @@ impl Storage {
             }
             Naming::Store => {
                 let p = oci::Reference::parse_bare(name).ok()?;
-                let repo = if p.registry() == "docker.io" {
-                    p.repository().to_string()
-                } else {
-                    format!("{}/{}", p.registry(), p.repository())
-                };
+                let repo = store_repo_name(&p);
                 let r = match (p.tag(), p.digest()) {
                     (Some(t), None) => Reference::Tag(t.to_string()),
                     (None, Some(d)) => Reference::Digest(d.clone()),
@@ -557,14 +589,17 @@ impl Storage {
         if self.layout.has_blob(want) {
             self.touch(want);
         } else {
-            File::open(&data)?.sync_all()?;
+            // The data is on disk before the name is, so a crash never leaves a visible blob
+            // that is short (clients would trust it and never push it again). The directory
+            // is not synced per blob (distribution syncs nothing): a rename lost in a crash
+            // loses only the blob, which the client pushes again, and the manifest that names
+            // it is written with a directory sync, which commits the earlier renames with it on
+            // journaling filesystems.
+            File::open(&data)?.sync_data()?;
             if let Some(p) = dest.parent() {
                 fs::create_dir_all(p)?;
             }
             fs::rename(&data, &dest)?;
-            if let Ok(d) = File::open(dest.parent().unwrap_or(Path::new("."))) {
-                let _ = d.sync_all();
-            }
         }
         self.link(repo, want)?;
         self.cancel_upload(id);
@@ -699,4 +734,37 @@ pub struct GcReport {
     pub blobs_kept_young: usize,
     pub links_removed: usize,
     pub uploads_removed: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_names_with_a_port_map_to_host_underscore_port() {
+        let t = tempfile::tempdir().unwrap();
+        let st = Storage::open(t.path(), Naming::Store).unwrap();
+        let tag = Reference::Tag("1".into());
+        assert_eq!(st.canonical("localhost_5000/app"), "localhost_5000/app");
+        assert_eq!(
+            st.name_for("localhost_5000/app", &tag),
+            "localhost:5000/app:1"
+        );
+        assert_eq!(
+            st.parse_name("localhost:5000/app:1").map(|x| x.0),
+            Some("localhost_5000/app".to_string())
+        );
+        assert_eq!(
+            st.parse_name("10.0.0.1:443/a/b:1").map(|x| x.0),
+            Some("10.0.0.1_443/a/b".to_string())
+        );
+        // Docker Hub and registries without a port are as before.
+        assert_eq!(st.name_for("busybox", &tag), "docker.io/library/busybox:1");
+        assert_eq!(
+            st.parse_name("ghcr.io/a/b:1").map(|x| x.0),
+            Some("ghcr.io/a/b".to_string())
+        );
+        assert_eq!(unmap_port("my_ns/app"), "my_ns/app");
+        assert_eq!(unmap_port("a_1"), "a_1");
+    }
 }

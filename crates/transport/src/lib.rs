@@ -60,6 +60,11 @@ impl Env {
         Ok(self.client.get_or_init(|| c).clone())
     }
 
+    /// The registry client if a command made one.
+    pub fn client_if_made(&self) -> Option<registry::Client> {
+        self.client.get().cloned()
+    }
+
     /// The async runtime registry calls run on.
     pub fn runtime(&self) -> tokio::runtime::Handle {
         runtime().handle().clone()
