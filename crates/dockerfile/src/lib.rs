@@ -41,6 +41,7 @@ pub mod inputs;
 pub mod lint;
 mod parse;
 pub mod plan;
+pub mod values;
 
 pub use ast::Dockerfile;
 pub use error::{Error, ErrorKind, Location, Pos};

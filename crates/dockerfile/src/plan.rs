@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::ast::{self, Command, Dockerfile, Instruction, Kind, MountType, Source, Word};
 use crate::error::{nearest, Error, ErrorKind, Pos};
 use crate::expand::{expand_heredoc, expand_word};
+use crate::values::{Chmod, Chown};
 
 /// What to plan for.
 #[derive(Clone, Debug)]
@@ -158,12 +159,13 @@ pub struct PlannedMount {
     pub id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sharing: Option<String>,
+    /// Octal in the Dockerfile.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub mode: Option<String>,
+    pub mode: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub uid: Option<String>,
+    pub uid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub gid: Option<String>,
+    pub gid: Option<u32>,
     pub readonly: bool,
     pub required: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -208,9 +210,9 @@ pub enum Op {
         #[serde(skip_serializing_if = "Option::is_none")]
         workdir: Option<String>,
         #[serde(skip_serializing_if = "Option::is_none")]
-        chown: Option<String>,
+        chown: Option<Chown>,
         #[serde(skip_serializing_if = "Option::is_none")]
-        chmod: Option<String>,
+        chmod: Option<Chmod>,
         link: bool,
         parents: bool,
         #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -222,9 +224,9 @@ pub enum Op {
         #[serde(skip_serializing_if = "Option::is_none")]
         workdir: Option<String>,
         #[serde(skip_serializing_if = "Option::is_none")]
-        chown: Option<String>,
+        chown: Option<Chown>,
         #[serde(skip_serializing_if = "Option::is_none")]
-        chmod: Option<String>,
+        chmod: Option<Chmod>,
         link: bool,
         #[serde(skip_serializing_if = "Vec::is_empty")]
         exclude: Vec<String>,
@@ -1117,10 +1119,19 @@ impl<'a> Planner<'a> {
                 for w in &c.exclude {
                     exclude.push(self.expand(w, &lookup)?);
                 }
-                let (chown, chmod) = (opt(&c.chown)?, opt(&c.chmod)?);
-                if let (Some(m), Some(w)) = (&chmod, &c.chmod) {
-                    check_chmod(m).map_err(|e| self.err(ErrorKind::Syntax(e), w.pos))?;
-                }
+                let chown = match (opt(&c.chown)?, &c.chown) {
+                    (Some(v), Some(w)) => Some(Chown::parse(&v).map_err(|e| {
+                        self.err(ErrorKind::Syntax(e), w.pos)
+                            .with_help("write --chown=USER[:GROUP], names or numbers")
+                    })?),
+                    _ => None,
+                };
+                let chmod = match (opt(&c.chmod)?, &c.chmod) {
+                    (Some(v), Some(w)) => {
+                        Some(Chmod::parse(&v).map_err(|e| self.err(ErrorKind::Syntax(e), w.pos))?)
+                    }
+                    _ => None,
+                };
                 if add {
                     let checksum = opt(&c.checksum)?;
                     let paths = || {
@@ -1330,6 +1341,21 @@ impl<'a> Planner<'a> {
                 other => Ok(other.clone()),
             }
         };
+        // mode is octal, uid and gid decimal, as BuildKit reads them.
+        let num = |v: &Option<String>, radix: u32, what: &str| -> Result<Option<u32>, Error> {
+            let Some(v) = x(v)? else { return Ok(None) };
+            u32::from_str_radix(&v, radix).map(Some).map_err(|_| {
+                self.err(
+                    ErrorKind::InvalidMount(format!("invalid value {v} for {what}")),
+                    m.pos,
+                )
+                .with_help(if radix == 8 {
+                    "give an octal mode such as 0400"
+                } else {
+                    "give a number such as 1000"
+                })
+            })
+        };
         let kind = m.kind.unwrap_or(MountType::Bind);
         let from = match x(&m.from)? {
             Some(v) => match self.origin(&v, m.pos, pass)? {
@@ -1387,9 +1413,9 @@ impl<'a> Planner<'a> {
             from,
             id,
             sharing,
-            mode: x(&m.mode)?,
-            uid: x(&m.uid)?,
-            gid: x(&m.gid)?,
+            mode: num(&m.mode, 8, "mode")?,
+            uid: num(&m.uid, 10, "uid")?,
+            gid: num(&m.gid, 10, "gid")?,
             // Bind, secret and ssh mounts are read-only unless asked otherwise.
             readonly: m
                 .readonly
@@ -1411,37 +1437,6 @@ fn is_git(p: &str) -> bool {
         || p.ends_with(".git")
         || p.contains(".git#")
         || p.starts_with("ssh://")
-}
-
-/// BuildKit's `--chmod` rule: octal up to 07777, or a symbolic mode (`u+x,go-w`).
-fn check_chmod(v: &str) -> Result<(), String> {
-    let bad = || {
-        format!("invalid chmod parameter: '{v}'. it should be octal string and between 0 and 07777")
-    };
-    if v.bytes().all(|b| b.is_ascii_digit()) && !v.is_empty() {
-        return match u32::from_str_radix(v, 8) {
-            Ok(m) if m <= 0o7777 => Ok(()),
-            _ => Err(bad()),
-        };
-    }
-    let symbolic = !v.is_empty()
-        && v.split(',').all(|clause| {
-            let who = clause.trim_start_matches(['u', 'g', 'o', 'a']);
-            let mut rest = who;
-            let mut ops = 0;
-            while let Some(op) = rest.chars().next().filter(|c| "+-=".contains(*c)) {
-                rest = &rest[op.len_utf8()..];
-                let perms = rest.trim_start_matches(['r', 'w', 'x', 'X', 's', 't', 'u', 'g', 'o']);
-                rest = perms;
-                ops += 1;
-            }
-            ops > 0 && rest.is_empty()
-        });
-    if symbolic {
-        Ok(())
-    } else {
-        Err(bad())
-    }
 }
 
 /// BuildKit's EXPOSE parsing: `[ip:][host[-host]:]port[-port][/proto]` with ports in 1..=65535.

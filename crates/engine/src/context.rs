@@ -1,11 +1,13 @@
 //! Where COPY and ADD read: the build context (with `.dockerignore`) or another stage's root
 //! filesystem, and docker's rules for what lands where.
 
+use std::collections::VecDeque;
 use std::fs::{self, FileTimes};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use dockerfile::plan::PlannedSource;
+use dockerfile::values::Chmod;
 
 use runtime::{io_err, Error, Result};
 
@@ -14,7 +16,13 @@ pub struct Context {
     root: PathBuf,
     /// `.dockerignore` patterns in order; `true` for a `!` exception.
     ignore: Vec<(Vec<String>, bool)>,
+    /// A stage's root: symlinks (absolute ones too) and `..` resolve inside it, as if it were
+    /// `/`, as BuildKit does. The build context refuses links that leave it instead.
+    in_root: bool,
 }
+
+/// How many symlinks one path may pass through (Linux's limit).
+const MAX_SYMLINK_HOPS: usize = 40;
 
 impl Context {
     /// The build context, with its `.dockerignore`.
@@ -42,7 +50,11 @@ impl Context {
                 ignore.push((components(pat), neg));
             }
         }
-        Ok(Context { root, ignore })
+        Ok(Context {
+            root,
+            ignore,
+            in_root: false,
+        })
     }
 
     /// Another stage's root filesystem (no ignore file applies).
@@ -52,6 +64,7 @@ impl Context {
                 .canonicalize()
                 .map_err(io_err("opening the stage's filesystem", dir))?,
             ignore: Vec::new(),
+            in_root: true,
         })
     }
 
@@ -60,7 +73,11 @@ impl Context {
     }
 
     /// Resolves a source path, refusing one that leaves the context through `..` or a symlink.
+    /// In a stage's root, symlinks and `..` resolve inside the root instead.
     fn resolve(&self, rel: &str) -> Result<PathBuf> {
+        if self.in_root {
+            return self.resolve_in_root(rel);
+        }
         let joined = self.root.join(clean(rel));
         let real = joined.canonicalize().map_err(|_| not_found(rel))?;
         if !real.starts_with(&self.root) {
@@ -71,6 +88,63 @@ impl Context {
             )));
         }
         Ok(real)
+    }
+
+    /// Follows `rel` component by component inside the root: an absolute link target starts
+    /// again at the root, and `..` at the root stays there. The root is a scratch copy only this
+    /// build writes, so the lexical walk cannot be raced.
+    fn resolve_in_root(&self, rel: &str) -> Result<PathBuf> {
+        let mut queue: VecDeque<String> = rel
+            .split('/')
+            .filter(|c| !c.is_empty() && *c != ".")
+            .map(str::to_string)
+            .collect();
+        let mut cur = PathBuf::new();
+        let mut hops = 0;
+        while let Some(c) = queue.pop_front() {
+            if c == ".." {
+                cur.pop();
+                continue;
+            }
+            let next = cur.join(&c);
+            let full = self.root.join(&next);
+            let meta = fs::symlink_metadata(&full).map_err(|_| self.not_found(rel))?;
+            if !meta.file_type().is_symlink() {
+                cur = next;
+                continue;
+            }
+            hops += 1;
+            if hops > MAX_SYMLINK_HOPS {
+                return Err(Error::Unsupported(format!(
+                    "COPY --from source {rel:?} passes through more than {MAX_SYMLINK_HOPS} \
+                     symlinks (a loop?); name the file the links lead to"
+                )));
+            }
+            let target = fs::read_link(&full).map_err(io_err("reading the link", &full))?;
+            let target = target.to_string_lossy();
+            if target.starts_with('/') {
+                cur = PathBuf::new();
+            }
+            let mut rest: VecDeque<String> = target
+                .split('/')
+                .filter(|c| !c.is_empty() && *c != ".")
+                .map(str::to_string)
+                .collect();
+            rest.extend(queue.drain(..));
+            queue = rest;
+        }
+        Ok(self.root.join(cur))
+    }
+
+    fn not_found(&self, rel: &str) -> Error {
+        if self.in_root {
+            Error::Unsupported(format!(
+                "COPY --from source {rel:?} is not in that stage or image \
+                 (its symlinks resolve inside it, never on the host)"
+            ))
+        } else {
+            not_found(rel)
+        }
     }
 
     /// The context directory (canonical).
@@ -86,7 +160,7 @@ impl Context {
                 return Ok(vec![String::new()]);
             }
             if self.ignored(&pat) {
-                return Err(not_found(pattern));
+                return Err(self.not_found(pattern));
             }
             self.resolve(&pat)?;
             return Ok(vec![pat]);
@@ -96,7 +170,14 @@ impl Context {
         for part in &parts {
             let mut next = Vec::new();
             for base in &found {
-                let dir = self.root.join(base);
+                let dir = if self.in_root {
+                    match self.resolve_in_root(base) {
+                        Ok(d) => d,
+                        Err(_) => continue,
+                    }
+                } else {
+                    self.root.join(base)
+                };
                 let Ok(rd) = fs::read_dir(&dir) else { continue };
                 let mut names: Vec<String> = rd
                     .flatten()
@@ -119,7 +200,7 @@ impl Context {
             found = next;
         }
         if found.is_empty() {
-            return Err(not_found(pattern));
+            return Err(self.not_found(pattern));
         }
         for f in &found {
             self.resolve(f)?;
@@ -321,7 +402,7 @@ pub fn copy_into(
     workdir: &str,
     upper: &Path,
     owner: Option<(u32, u32)>,
-    mode: Option<u32>,
+    mode: Option<&Chmod>,
     exclude: &[String],
 ) -> Result<()> {
     let abs = if dest.starts_with('/') {
@@ -364,7 +445,13 @@ pub fn copy_into(
                 };
                 make_parents(upper, &to, uid, gid)?;
                 fs::write(&to, content).map_err(io_err("writing", &to))?;
-                finish(&to, uid, gid, Some(mode.unwrap_or(0o644)), None)?;
+                finish(
+                    &to,
+                    uid,
+                    gid,
+                    Some(mode.map_or(0o644, |c| c.apply(0o644, false))),
+                    None,
+                )?;
             }
             Item::Path(rel, real) => {
                 let meta = fs::symlink_metadata(&real).map_err(io_err("reading", &real))?;
@@ -402,7 +489,7 @@ fn copy_tree(
     to: &Path,
     uid: u32,
     gid: u32,
-    mode: Option<u32>,
+    mode: Option<&Chmod>,
     excludes: &[(Vec<String>, bool)],
 ) -> Result<()> {
     let mut entries: Vec<_> = fs::read_dir(dir)
@@ -430,7 +517,7 @@ fn copy_tree(
                 &dest,
                 uid,
                 gid,
-                Some(mode.unwrap_or(meta.mode() & 0o7777)),
+                Some(mode.map_or(meta.mode() & 0o7777, |c| c.apply(meta.mode(), true))),
                 Some(&meta),
             )?;
         } else {
@@ -446,7 +533,7 @@ fn copy_one(
     meta: &fs::Metadata,
     uid: u32,
     gid: u32,
-    mode: Option<u32>,
+    mode: Option<&Chmod>,
 ) -> Result<()> {
     if let Some(parent) = to.parent() {
         fs::create_dir_all(parent).map_err(io_err("creating", parent))?;
@@ -472,7 +559,7 @@ fn copy_one(
         to,
         uid,
         gid,
-        Some(mode.unwrap_or(meta.mode() & 0o7777)),
+        Some(mode.map_or(meta.mode() & 0o7777, |c| c.apply(meta.mode(), false))),
         Some(meta),
     )
 }
@@ -653,7 +740,7 @@ mod tests {
             "/work",
             &upper,
             Some((1000, 1000)),
-            Some(0o600),
+            Some(&Chmod::Octal(0o600)),
             &[],
         )
         .unwrap();

@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use std::time::{Instant, SystemTime};
 
 use dockerfile::plan::{Base, InstanceBody, Op, Origin, PlannedSource, StageInstance};
+use dockerfile::values::{Chown, Owner};
 use dockerfile::{ast, BuildPlan};
 use oci::media_type as mt;
 use oci::{
@@ -752,8 +753,8 @@ impl Engine<'_> {
                 let tmp = self.scratch("copy")?;
                 let upper = tmp.path().join("upper");
                 fs::create_dir_all(&upper).map_err(io_err("creating", &upper))?;
-                let owner = self.chown(state, chown.as_deref())?;
-                let mode = parse_chmod(chmod.as_deref())?;
+                let owner = self.chown(state, chown.as_ref())?;
+                let mode = chmod.as_ref();
                 match from {
                     Origin::Context => {
                         copy_into(
@@ -842,8 +843,8 @@ impl Engine<'_> {
                 let tmp = self.scratch("add")?;
                 let upper = tmp.path().join("upper");
                 fs::create_dir_all(&upper).map_err(io_err("creating", &upper))?;
-                let owner = self.chown(state, chown.as_deref())?;
-                let mode = parse_chmod(chmod.as_deref())?;
+                let owner = self.chown(state, chown.as_ref())?;
+                let mode = chmod.as_ref();
                 // Local tar archives (plain, gzip, zstd) are unpacked into the destination
                 // directory; everything else is copied as COPY does.
                 let mut plain = Vec::new();
@@ -900,8 +901,11 @@ impl Engine<'_> {
                     }
                     fs::rename(path, &to).map_err(io_err("placing the download at", &to))?;
                     use std::os::unix::fs::PermissionsExt;
-                    fs::set_permissions(&to, fs::Permissions::from_mode(mode.unwrap_or(0o600)))
-                        .map_err(io_err("chmod", &to))?;
+                    fs::set_permissions(
+                        &to,
+                        fs::Permissions::from_mode(mode.map_or(0o600, |c| c.apply(0o600, false))),
+                    )
+                    .map_err(io_err("chmod", &to))?;
                     let (uid, gid) = owner.unwrap_or((0, 0));
                     std::os::unix::fs::chown(&to, Some(uid), Some(gid))
                         .map_err(io_err("chown", &to))?;
@@ -964,17 +968,12 @@ impl Engine<'_> {
                         .join(hex.trim_start_matches("sha256:"));
                     if !dir.is_dir() {
                         fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
-                        let mode = m
-                            .mode
-                            .as_deref()
-                            .and_then(|v| u32::from_str_radix(v, 8).ok())
-                            .unwrap_or(0o755);
+                        let mode = m.mode.unwrap_or(0o755);
                         use std::os::unix::fs::PermissionsExt;
                         fs::set_permissions(&dir, fs::Permissions::from_mode(mode))
                             .map_err(io_err("chmod", &dir))?;
-                        let uid = m.uid.as_deref().and_then(|v| v.parse().ok());
-                        let gid = m.gid.as_deref().and_then(|v| v.parse().ok());
-                        std::os::unix::fs::chown(&dir, uid, gid).map_err(io_err("chown", &dir))?;
+                        std::os::unix::fs::chown(&dir, m.uid, m.gid)
+                            .map_err(io_err("chown", &dir))?;
                     }
                     if m.sharing.as_deref() != Some("shared") {
                         let lock_path = dir.with_extension("lock");
@@ -1036,19 +1035,14 @@ impl Engine<'_> {
                 }
                 ast::MountType::Secret => {
                     let id = m.id.clone().unwrap_or_default();
-                    let num = |v: &Option<String>, radix, default| {
-                        v.as_deref()
-                            .and_then(|v| u32::from_str_radix(v, radix).ok())
-                            .unwrap_or(default)
-                    };
                     match self.opts.secrets.get(&id) {
                         Some(data) => out.push(sandbox::StepMount {
                             // BuildKit's defaults: root's, mode 0400.
                             source: sandbox::MountSource::Secret {
                                 data: data.clone(),
-                                mode: num(&m.mode, 8, 0o400),
-                                uid: num(&m.uid, 10, 0),
-                                gid: num(&m.gid, 10, 0),
+                                mode: m.mode.unwrap_or(0o400),
+                                uid: m.uid.unwrap_or(0),
+                                gid: m.gid.unwrap_or(0),
                             },
                             target,
                             readonly: true,
@@ -1102,11 +1096,10 @@ impl Engine<'_> {
     }
 
     /// `--chown` resolved against the stage's filesystem as it is before the step.
-    fn chown(&self, state: &State, spec: Option<&str>) -> Result<Option<(u32, u32)>> {
+    fn chown(&self, state: &State, spec: Option<&Chown>) -> Result<Option<(u32, u32)>> {
         let Some(spec) = spec else { return Ok(None) };
-        let numeric = spec.split(':').all(|p| p.parse::<u32>().is_ok());
-        if numeric {
-            return parse_chown_with(Some(spec), "", "");
+        if let Some(ids) = spec.numeric() {
+            return Ok(Some(ids));
         }
         let mut view = self.snapshot_paths(state)?;
         view.reverse();
@@ -1360,7 +1353,9 @@ impl Engine<'_> {
         let cfg = Document::new(config);
         self.store.put_bytes(cfg.bytes())?;
         let mut annotations = oci::Annotations::new();
-        // As BuildKit: the image this one builds on.
+        // The image this one builds on: its full reference, and the digest of the platform's
+        // manifest, not the index's, as ko and crane write them (BuildKit writes neither).
+        // `crane rebase` fetches the old base by this digest as one image.
         if let Some((name, digest)) = &state.base {
             annotations.insert(ANNOTATION_BASE_NAME.into(), name.clone());
             if let Some(d) = digest {
@@ -1666,10 +1661,10 @@ fn fold_config(cc: &mut ContainerConfig, author: &mut Option<String>, op: &Op) -
                     let _ = shell;
                     oci::manifest::Healthcheck {
                         test: Some(test),
-                        interval: h.interval.as_deref().and_then(duration_ns),
-                        timeout: h.timeout.as_deref().and_then(duration_ns),
-                        start_period: h.start_period.as_deref().and_then(duration_ns),
-                        start_interval: h.start_interval.as_deref().and_then(duration_ns),
+                        interval: h.interval.map(nanos),
+                        timeout: h.timeout.map(nanos),
+                        start_period: h.start_period.map(nanos),
+                        start_interval: h.start_interval.map(nanos),
                         retries: h.retries.map(i64::from),
                         ..Default::default()
                     }
@@ -1695,56 +1690,16 @@ fn fold_config(cc: &mut ContainerConfig, author: &mut Option<String>, op: &Op) -
     }
 }
 
-/// Go-style durations as Docker writes them into HEALTHCHECK: `30s`, `1m30s`, `500ms`.
-fn duration_ns(s: &str) -> Option<i64> {
-    let mut total: f64 = 0.0;
-    let mut num = String::new();
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c.is_ascii_digit() || c == '.' {
-            num.push(c);
-            continue;
-        }
-        let mut unit = c.to_string();
-        while let Some(&n) = chars.peek() {
-            if n.is_ascii_alphabetic() {
-                unit.push(n);
-                chars.next();
-            } else {
-                break;
-            }
-        }
-        let v: f64 = num.parse().ok()?;
-        num.clear();
-        total += v * match unit.as_str() {
-            "ns" => 1.0,
-            "us" | "µs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
-            _ => return None,
-        };
-    }
-    if !num.is_empty() {
-        return None;
-    }
-    Some(total as i64)
-}
-
 /// `--chown=user[:group]` with names looked up in the stage's own /etc/passwd and /etc/group
 /// (`passwd`, `group` are their text). docker: a user without a group gets the same numeric id
 /// as its group.
-fn parse_chown_with(s: Option<&str>, passwd: &str, group: &str) -> Result<Option<(u32, u32)>> {
+fn parse_chown_with(s: Option<&Chown>, passwd: &str, group: &str) -> Result<Option<(u32, u32)>> {
     let Some(s) = s else { return Ok(None) };
-    let (u, g) = match s.split_once(':') {
-        Some((u, g)) => (u, Some(g)),
-        None => (s, None),
-    };
-    let lookup = |name: &str, table: &str, what: &str| -> Result<u32> {
-        if let Ok(n) = name.parse() {
-            return Ok(n);
-        }
+    let lookup = |who: &Owner, table: &str, what: &str| -> Result<u32> {
+        let name = match who {
+            Owner::Id(n) => return Ok(*n),
+            Owner::Name(name) => name,
+        };
         table
             .lines()
             .filter_map(|l| {
@@ -1762,8 +1717,8 @@ fn parse_chown_with(s: Option<&str>, passwd: &str, group: &str) -> Result<Option
                 ))
             })
     };
-    let uid = lookup(u, passwd, "user")?;
-    let gid = match g {
+    let uid = lookup(&s.user, passwd, "user")?;
+    let gid = match &s.group {
         Some(g) => lookup(g, group, "group")?,
         None => uid,
     };
@@ -1772,16 +1727,15 @@ fn parse_chown_with(s: Option<&str>, passwd: &str, group: &str) -> Result<Option
 
 #[cfg(test)]
 fn parse_chown(s: Option<&str>) -> Result<Option<(u32, u32)>> {
-    parse_chown_with(s, "", "")
+    let c = s
+        .map(Chown::parse)
+        .transpose()
+        .map_err(Error::Unsupported)?;
+    parse_chown_with(c.as_ref(), "", "")
 }
 
-fn parse_chmod(s: Option<&str>) -> Result<Option<u32>> {
-    let Some(s) = s else { return Ok(None) };
-    u32::from_str_radix(s, 8)
-        .ok()
-        .filter(|m| *m <= 0o7777)
-        .map(Some)
-        .ok_or_else(|| Error::Unsupported(format!("--chmod={s}: use an octal mode such as 755")))
+fn nanos(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
 }
 
 /// Seconds since the epoch as RFC 3339 in UTC.
@@ -1816,10 +1770,6 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(duration_ns("30s"), Some(30_000_000_000));
-        assert_eq!(duration_ns("1m30s"), Some(90_000_000_000));
-        assert_eq!(duration_ns("500ms"), Some(500_000_000));
-        assert_eq!(duration_ns("5"), None);
     }
 
     #[test]
@@ -1853,7 +1803,7 @@ mod tests {
     }
 
     #[test]
-    fn chown_and_chmod() {
+    fn chown_by_id_and_by_name() {
         assert_eq!(parse_chown(Some("1000:1000")).unwrap(), Some((1000, 1000)));
         assert_eq!(parse_chown(Some("root")).unwrap(), Some((0, 0)));
         assert_eq!(parse_chown(Some("1000")).unwrap(), Some((1000, 1000)));
@@ -1861,21 +1811,19 @@ mod tests {
         let passwd = "root:x:0:0::/root:/bin/sh\napp:x:1001:1002::/home/app:/bin/sh\n";
         let group = "root:x:0:\nstaff:x:50:\n";
         assert_eq!(
-            parse_chown_with(Some("app"), passwd, group).unwrap(),
+            parse_chown_with(Some(&Chown::parse("app").unwrap()), passwd, group).unwrap(),
             Some((1001, 1001))
         );
         assert_eq!(
-            parse_chown_with(Some("app:staff"), passwd, group).unwrap(),
+            parse_chown_with(Some(&Chown::parse("app:staff").unwrap()), passwd, group).unwrap(),
             Some((1001, 50))
         );
-        let err = parse_chown_with(Some("ghost"), passwd, group)
+        let err = parse_chown_with(Some(&Chown::parse("ghost").unwrap()), passwd, group)
             .unwrap_err()
             .to_string();
         assert!(
             err.contains("no user \"ghost\"") && err.contains("/etc/passwd"),
             "{err}"
         );
-        assert_eq!(parse_chmod(Some("755")).unwrap(), Some(0o755));
-        assert!(parse_chmod(Some("u+x")).is_err());
     }
 }
