@@ -618,6 +618,7 @@ pub fn node_build(cli: &Cli, env: &transport::Env, a: &NodeBuildArgs) -> Result<
             cache_from: Vec::new(),
             network: a.network.clone(),
             allow: a.allow.clone(),
+            build_context: Vec::new(),
         },
     );
     let mut out = restore_stdout(saved)?;

@@ -723,3 +723,109 @@ fn bad_flag_values_fail_at_their_line_before_any_step() {
         assert!(!err.contains("started-a-step\n"), "a step ran: {err}");
     }
 }
+
+#[test]
+fn build_contexts_replace_stages_images_and_from_flags() {
+    let Some((_reg, base)) = base() else { return };
+    let store = tempfile::tempdir().unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let two = "linux/amd64,linux/arm64";
+    // An OCI layout (written by `cp`, read as skopeo and umoci read one) holding /e.txt.
+    let e_ctx = context(&[
+        ("Dockerfile", "FROM scratch\nCOPY e.txt /e.txt\n"),
+        ("e.txt", "from the layout\n"),
+    ]);
+    build(
+        store.path(),
+        &[
+            "--platform",
+            two,
+            "-t",
+            "localhost/extra:1",
+            e_ctx.path().to_str().unwrap(),
+        ],
+    );
+    let layout = t.path().join("layout");
+    ok(
+        store.path(),
+        &[
+            "cp",
+            "--all",
+            "store:localhost/extra:1",
+            &format!("oci:{}:v1", layout.display()),
+        ],
+    );
+    let tools = context(&[("tool.txt", "from the tools context\n")]);
+    let mnt = context(&[("m.txt", "mounted\n"), (".dockerignore", "ignored.txt\n")]);
+    fs::write(mnt.path().join("ignored.txt"), "x").unwrap();
+    let df = "FROM scratch AS tools\nCOPY tool.txt /tool.txt\n\n\
+              FROM nothing.invalid/base:1\n\
+              RUN uname -m > /arch\n\
+              COPY --from=tools /tool.txt /got-tool\n\
+              COPY --from=extra /e.txt /got-extra\n\
+              RUN --mount=type=bind,from=mnt,target=/m cat /m/m.txt > /got-mount \
+                  && ls /m > /mount-list\n";
+    let ctx = context(&[("Dockerfile", df), ("tool.txt", "from the main context\n")]);
+    let args = |dest: &str| -> Vec<String> {
+        vec![
+            "--platform".into(),
+            two.into(),
+            "--build-context".into(),
+            format!("nothing.invalid/base:1=docker-image://{base}"),
+            "--build-context".into(),
+            format!("tools={}", tools.path().display()),
+            "--build-context".into(),
+            format!("extra=oci-layout://{}:v1", layout.display()),
+            "--build-context".into(),
+            format!("mnt={}", mnt.path().display()),
+            "-o".into(),
+            format!("type=local,dest={}", t.path().join(dest).display()),
+            ctx.path().to_str().unwrap().into(),
+        ]
+    };
+    let run_build = |dest: &str| {
+        let a = args(dest);
+        build(
+            store.path(),
+            &a.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
+    };
+    run_build("a");
+    for (p, arch) in [("linux_amd64", "x86_64"), ("linux_arm64", "aarch64")] {
+        let r = t.path().join("a").join(p);
+        // The image context is chosen per platform, as FROM chooses.
+        assert_eq!(read(&r.join("arch")).trim(), arch);
+        // The stage named `tools` is replaced by the directory, not built.
+        assert_eq!(read(&r.join("got-tool")), "from the tools context\n");
+        assert_eq!(read(&r.join("got-extra")), "from the layout\n");
+        assert_eq!(read(&r.join("got-mount")), "mounted\n");
+        assert_eq!(
+            read(&r.join("mount-list")),
+            "m.txt\n",
+            "its .dockerignore applies"
+        );
+    }
+    // What the directories hold is in the keys of the steps that read them.
+    fs::write(tools.path().join("tool.txt"), "changed tool\n").unwrap();
+    fs::write(mnt.path().join("m.txt"), "changed mount\n").unwrap();
+    let log = run_build("b");
+    assert_eq!(cached_lines(&log, "RUN uname"), 2, "{log}");
+    assert_eq!(cached_lines(&log, "COPY --from=tools"), 0, "{log}");
+    assert_eq!(cached_lines(&log, "RUN --mount"), 0, "{log}");
+    let r = t.path().join("b/linux_arm64");
+    assert_eq!(read(&r.join("got-tool")), "changed tool\n");
+    assert_eq!(read(&r.join("got-mount")), "changed mount\n");
+    let bad = fails(
+        store.path(),
+        &[
+            "build",
+            "--build-context",
+            "x=git://example.com/r.git",
+            ctx.path().to_str().unwrap(),
+        ],
+    );
+    assert!(
+        bad.contains("--build-context x") && bad.contains("not supported"),
+        "{bad}"
+    );
+}

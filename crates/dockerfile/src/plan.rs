@@ -29,6 +29,23 @@ pub struct PlanOptions {
     /// and plan again: then `ENV PATH=/x:$PATH` expands against the image and its ONBUILD
     /// triggers run, as in BuildKit. Unknown images contribute nothing.
     pub base_configs: BTreeMap<(String, String), BaseConfig>,
+    /// `--build-context NAME=...`, by [`context_name`]: the image reference that replaces a
+    /// stage called NAME, `FROM NAME`, `COPY --from=NAME` and `RUN --mount from=NAME` (the
+    /// caller turns directories and OCI layouts into references its image source knows).
+    pub contexts: BTreeMap<String, String>,
+}
+
+/// How `--build-context` names are compared, as BuildKit does: the familiar form of the
+/// reference without `:latest` (`alpine`, `docker.io/library/alpine:latest` and
+/// `alpine:latest` are one name); a name that is no reference, lower-cased.
+pub fn context_name(name: &str) -> String {
+    match Reference::parse(name) {
+        Ok(r) => {
+            let f = r.familiar();
+            f.strip_suffix(":latest").map(str::to_string).unwrap_or(f)
+        }
+        Err(_) => name.to_ascii_lowercase(),
+    }
 }
 
 /// The parts of a base image's config that planning uses.
@@ -52,6 +69,7 @@ impl Default for PlanOptions {
             build_platform: host,
             build_args: BTreeMap::new(),
             base_configs: BTreeMap::new(),
+            contexts: BTreeMap::new(),
         }
     }
 }
@@ -442,6 +460,8 @@ struct Started {
     steps: Vec<Step>,
     /// The next instruction (triggers first, then the stage's own).
     next: usize,
+    /// Replaced whole by a `--build-context` of its name: none of its instructions run.
+    replaced: bool,
 }
 
 /// Stages a step needs before it can be planned.
@@ -597,6 +617,17 @@ impl<'a> Planner<'a> {
         Ok(meta)
     }
 
+    /// The reference a `--build-context` gives for `name` (never for `scratch` or `context`).
+    fn context_for(&self, name: &str) -> Option<String> {
+        if self.opts.contexts.is_empty()
+            || name.eq_ignore_ascii_case("scratch")
+            || name.eq_ignore_ascii_case("context")
+        {
+            return None;
+        }
+        self.opts.contexts.get(&context_name(name)).cloned()
+    }
+
     /// Which stage a `--from` / `from=` value names, if any. Names win over indexes.
     fn stage_named(&self, value: &str, pos: Pos) -> Result<Option<usize>, Error> {
         let lower = value.to_ascii_lowercase();
@@ -634,7 +665,11 @@ impl<'a> Planner<'a> {
 
     /// Where `--from`/`from=` reads. A stage not planned yet in this pass is a [`Need`].
     fn origin(&self, value: &str, pos: Pos, pass: &Pass) -> Result<Progress<Origin>, Error> {
-        match self.stage_named(value, pos)? {
+        let stage = match self.stage_named(value, pos) {
+            Err(_) if self.context_for(value).is_some() => None,
+            other => other?,
+        };
+        match stage {
             Some(i) => match pass.done.get(&i) {
                 Some((key, _)) => Ok(Progress::Done(Origin::Stage {
                     key: key.clone(),
@@ -642,6 +677,9 @@ impl<'a> Planner<'a> {
                 })),
                 None => Ok(Progress::Need(vec![(i, pos)])),
             },
+            None if self.context_for(value).is_some() => Ok(Progress::Done(Origin::Image {
+                reference: self.context_for(value).unwrap_or_default(),
+            })),
             None => {
                 let r = Reference::parse(value).map_err(|e| {
                     self.err(
@@ -745,7 +783,10 @@ impl<'a> Planner<'a> {
         let Some(s) = started.as_mut() else {
             return Err(self.not_started(i));
         };
-        let own_len = self.st.defs[i].body.len();
+        let own_len = match s.replaced {
+            true => 0,
+            false => self.st.defs[i].body.len(),
+        };
         let total = triggers.len() + own_len;
         while s.next < total {
             let n = s.next;
@@ -831,7 +872,14 @@ impl<'a> Planner<'a> {
         };
         // As BuildKit: FROM matches earlier stage names exactly (they are lower case), so
         // `FROM Build` is an image reference, not the stage `build`.
-        let parent = self.st.named_before(&image, i);
+        let replaced = self.st.defs[i]
+            .name
+            .as_deref()
+            .and_then(|n| self.context_for(n));
+        let parent = match replaced {
+            Some(_) => None,
+            None => self.st.named_before(&image, i),
+        };
         let mut deps = Vec::new();
         let mut triggers: Vec<Instruction> = Vec::new();
         let (base, mut state) = match parent {
@@ -851,7 +899,9 @@ impl<'a> Planner<'a> {
             None => {
                 let platform = explicit_platform.clone().unwrap_or(pass.target.clone());
                 let shell = default_shell(&platform);
-                let base = if image.eq_ignore_ascii_case("scratch") {
+                let base = if let Some(r) = replaced.clone().or_else(|| self.context_for(&image)) {
+                    Base::Image { reference: r }
+                } else if image.eq_ignore_ascii_case("scratch") {
                     Base::Scratch
                 } else {
                     let r = Reference::parse(&image).map_err(|e| {
@@ -888,7 +938,9 @@ impl<'a> Planner<'a> {
                     if !c.shell.is_empty() {
                         state.shell = c.shell.clone();
                     }
-                    triggers = parse_triggers(reference, &c.on_build)?;
+                    if replaced.is_none() {
+                        triggers = parse_triggers(reference, &c.on_build)?;
+                    }
                 }
                 (base, state)
             }
@@ -906,6 +958,7 @@ impl<'a> Planner<'a> {
                 args: BTreeMap::new(),
                 steps: Vec::new(),
                 next: 0,
+                replaced: replaced.is_some(),
             },
             triggers,
         )))
@@ -1583,6 +1636,7 @@ mod tests {
             build_platform: Platform::new("linux", "amd64", ""),
             build_args: BTreeMap::new(),
             base_configs: BTreeMap::new(),
+            contexts: BTreeMap::new(),
         }
     }
 

@@ -1356,7 +1356,8 @@ impl Engine<'_> {
         // The image this one builds on: its full reference, and the digest of the platform's
         // manifest, not the index's, as ko and crane write them (BuildKit writes neither).
         // `crane rebase` fetches the old base by this digest as one image.
-        if let Some((name, digest)) = &state.base {
+        // Directory and OCI-layout contexts (`--build-context`) are no registry image.
+        if let Some((name, digest)) = state.base.as_ref().filter(|(n, _)| !n.contains("://")) {
             annotations.insert(ANNOTATION_BASE_NAME.into(), name.clone());
             if let Some(d) = digest {
                 annotations.insert(ANNOTATION_BASE_DIGEST.into(), d.to_string());
