@@ -323,26 +323,26 @@ impl Context {
         let excludes: Vec<(Vec<String>, bool)> =
             exclude.iter().map(|e| (components(e), false)).collect();
         let mut h = oci::Algorithm::Sha256.hasher();
-        let mut field = |b: &[u8]| {
+        let field = |h: &mut oci::Hasher, b: &[u8]| {
             h.update(&(b.len() as u64).to_le_bytes());
             h.update(b);
         };
         for s in sources {
             match s {
                 PlannedSource::Heredoc { name, content } => {
-                    field(b"heredoc");
-                    field(name.as_bytes());
-                    field(content.as_bytes());
+                    field(&mut h, b"heredoc");
+                    field(&mut h, name.as_bytes());
+                    field(&mut h, content.as_bytes());
                 }
                 PlannedSource::Path { path } => {
-                    field(b"path");
-                    field(path.as_bytes());
+                    field(&mut h, b"path");
+                    field(&mut h, path.as_bytes());
                     for rel in self.expand(path)? {
                         if is_excluded(&excludes, &rel) {
                             continue;
                         }
                         let real = self.resolve(&rel)?;
-                        self.hash_tree(&rel, &real, &excludes, &mut field)?;
+                        self.hash_tree(&rel, &real, &excludes, &mut h)?;
                     }
                 }
             }
@@ -355,19 +355,41 @@ impl Context {
         rel: &str,
         path: &Path,
         excludes: &[(Vec<String>, bool)],
-        field: &mut dyn FnMut(&[u8]),
+        h: &mut oci::Hasher,
     ) -> Result<()> {
+        let field = |h: &mut oci::Hasher, b: &[u8]| {
+            h.update(&(b.len() as u64).to_le_bytes());
+            h.update(b);
+        };
         let meta = fs::symlink_metadata(path).map_err(io_err("reading", path))?;
-        field(rel.as_bytes());
-        field(&meta.mode().to_le_bytes());
-        field(&meta.mtime().to_le_bytes());
-        field(&meta.mtime_nsec().to_le_bytes());
+        field(h, rel.as_bytes());
+        field(h, &meta.mode().to_le_bytes());
+        field(h, &meta.mtime().to_le_bytes());
+        field(h, &meta.mtime_nsec().to_le_bytes());
         if meta.file_type().is_symlink() {
             let t = fs::read_link(path).map_err(io_err("reading the link", path))?;
-            field(t.as_os_str().as_encoded_bytes());
+            field(h, t.as_os_str().as_encoded_bytes());
         } else if meta.is_file() {
-            let bytes = fs::read(path).map_err(io_err("reading", path))?;
-            field(&bytes);
+            // Streamed: a context file of any size is hashed in bounded memory.
+            let mut f = fs::File::open(path).map_err(io_err("reading", path))?;
+            let len = f.metadata().map_err(io_err("reading", path))?.len();
+            h.update(&len.to_le_bytes());
+            let mut buf = vec![0u8; 1 << 20];
+            let mut seen = 0u64;
+            loop {
+                let n = std::io::Read::read(&mut f, &mut buf).map_err(io_err("reading", path))?;
+                if n == 0 {
+                    break;
+                }
+                seen += n as u64;
+                h.update(&buf[..n]);
+            }
+            if seen != len {
+                return Err(Error::Unsupported(format!(
+                    "{} changed while it was read ({len} bytes, then {seen}); build again",
+                    path.display()
+                )));
+            }
         } else if meta.is_dir() {
             let mut names: Vec<String> = fs::read_dir(path)
                 .map_err(io_err("reading", path))?
@@ -384,7 +406,7 @@ impl Context {
                 if self.ignored(&child) || is_excluded(excludes, &child) {
                     continue;
                 }
-                self.hash_tree(&child, &path.join(&n), excludes, field)?;
+                self.hash_tree(&child, &path.join(&n), excludes, h)?;
             }
         }
         Ok(())

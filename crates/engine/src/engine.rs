@@ -215,6 +215,54 @@ struct Engine<'a> {
     first_failure: Mutex<Option<Error>>,
     /// Steps used, for `Built::steps`.
     used: std::sync::Mutex<Vec<(String, CachedStep)>>,
+    /// Platform-independent layers made in this build.
+    shared: SharedLayers<(Descriptor, Digest)>,
+}
+
+type Cell<T> = std::sync::Arc<std::sync::OnceLock<std::result::Result<T, String>>>;
+
+/// Results made once per build by content key: the layer of a COPY or ADD from the context is
+/// the same files for every platform, so it is unpacked, diffed and compressed once, and other
+/// platforms' instances asking meanwhile wait for it.
+pub struct SharedLayers<T> {
+    cells: Mutex<HashMap<String, Cell<T>>>,
+}
+
+impl<T> Default for SharedLayers<T> {
+    fn default() -> Self {
+        SharedLayers {
+            cells: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<T: Clone> SharedLayers<T> {
+    /// `make`'s result for `key`, calling it only if no caller did before. A failure is the
+    /// maker's own error for the maker, and says so for the others.
+    pub fn get_or_make(&self, key: &str, make: impl FnOnce() -> Result<T>) -> Result<T> {
+        let cell = self
+            .cells
+            .lock()
+            .map_err(|_| poisoned())?
+            .entry(key.to_string())
+            .or_default()
+            .clone();
+        let mut own_error = None;
+        let made = cell.get_or_init(|| {
+            make().map_err(|e| {
+                let text = e.to_string();
+                own_error = Some(e);
+                text
+            })
+        });
+        if let Some(e) = own_error {
+            return Err(e);
+        }
+        made.clone().map_err(|e| Error::BadLayer {
+            layer: key.to_string(),
+            reason: format!("making it for another platform failed: {e}"),
+        })
+    }
 }
 
 pub fn build(
@@ -265,6 +313,7 @@ pub fn build(
         cancel: sandbox::Cancel::default(),
         first_failure: Mutex::new(None),
         used: Default::default(),
+        shared: Default::default(),
     };
     let results = engine.run_all(&plan.stages)?;
     let mut images = Vec::new();
@@ -750,43 +799,59 @@ impl Engine<'_> {
                     .clone()
                     .or_else(|| cc.working_dir.clone())
                     .unwrap_or_else(|| "/".into());
-                let tmp = self.scratch("copy")?;
-                let upper = tmp.path().join("upper");
-                fs::create_dir_all(&upper).map_err(io_err("creating", &upper))?;
                 let owner = self.chown(state, chown.as_ref())?;
                 let mode = chmod.as_ref();
-                match from {
+                // What another stage's (or image's) filesystem holds at `sources`.
+                let from_state = |src: &State| -> Result<(Descriptor, Digest)> {
+                    let tmp = self.scratch("copy")?;
+                    let upper = tmp.path().join("upper");
+                    fs::create_dir_all(&upper).map_err(io_err("creating", &upper))?;
+                    let root = tmp.path().join("from");
+                    self.read_paths(src, sources, &root)?;
+                    let ctx = Context::of_rootfs(&root)?;
+                    copy_into(&ctx, sources, dest, &workdir, &upper, owner, mode, exclude)?;
+                    self.write_layer(&upper)
+                };
+                let layer = match from {
+                    // The same files for every platform: one layer, made once.
                     Origin::Context => {
-                        copy_into(
-                            &self.context,
-                            sources,
-                            dest,
+                        let content = key_of(&[
+                            "copy",
+                            &op_json,
                             &workdir,
-                            &upper,
-                            owner,
-                            mode,
-                            exclude,
-                        )?;
+                            &format!("{owner:?}"),
+                            &from_key,
+                            &layer_form,
+                        ]);
+                        self.shared_layer(&content, || {
+                            let tmp = self.scratch("copy")?;
+                            let upper = tmp.path().join("upper");
+                            fs::create_dir_all(&upper).map_err(io_err("creating", &upper))?;
+                            copy_into(
+                                &self.context,
+                                sources,
+                                dest,
+                                &workdir,
+                                &upper,
+                                owner,
+                                mode,
+                                exclude,
+                            )?;
+                            self.write_layer(&upper)
+                        })?
                     }
                     Origin::Stage { key, .. } => {
                         let src = deps.get(key).ok_or_else(|| Error::BadLayer {
                             layer: key.clone(),
                             reason: "COPY --from names a stage that was not built".into(),
                         })?;
-                        let root = tmp.path().join("from");
-                        self.read_paths(src, sources, &root)?;
-                        let ctx = Context::of_rootfs(&root)?;
-                        copy_into(&ctx, sources, dest, &workdir, &upper, owner, mode, exclude)?;
+                        from_state(src)?
                     }
                     Origin::Image { reference } => {
-                        let src = self.base_image(reference, platform)?;
-                        let root = tmp.path().join("from");
-                        self.read_paths(&src, sources, &root)?;
-                        let ctx = Context::of_rootfs(&root)?;
-                        copy_into(&ctx, sources, dest, &workdir, &upper, owner, mode, exclude)?;
+                        from_state(&self.base_image(reference, platform)?)?
                     }
-                }
-                self.commit_layer(state, &upper, &step_key, true)?;
+                };
+                self.take_layer(state, layer, &step_key);
                 self.history(state, history, false);
                 Ok((false, false))
             }
@@ -827,11 +892,8 @@ impl Engine<'_> {
                     .iter()
                     .map(|(u, _, d, _)| format!("{u}={d}"))
                     .collect();
-                let step_key = key_of(&[
-                    &step_key,
-                    &self.context.fingerprint(sources, exclude)?,
-                    &url_key.join(","),
-                ]);
+                let fingerprint = self.context.fingerprint(sources, exclude)?;
+                let step_key = key_of(&[&step_key, &fingerprint, &url_key.join(",")]);
                 if self.take_cached(state, &step_key, history.clone()) {
                     return Ok((true, false));
                 }
@@ -840,93 +902,109 @@ impl Engine<'_> {
                     .clone()
                     .or_else(|| cc.working_dir.clone())
                     .unwrap_or_else(|| "/".into());
-                let tmp = self.scratch("add")?;
-                let upper = tmp.path().join("upper");
-                fs::create_dir_all(&upper).map_err(io_err("creating", &upper))?;
                 let owner = self.chown(state, chown.as_ref())?;
                 let mode = chmod.as_ref();
-                // Local tar archives (plain, gzip, zstd) are unpacked into the destination
-                // directory; everything else is copied as COPY does.
-                let mut plain = Vec::new();
-                let mut archives = Vec::new();
-                for src in sources {
-                    match src {
-                        PlannedSource::Path { path } => {
-                            let found = self.context.matches(path)?;
-                            if found.iter().all(|(_, real)| is_tar_archive(real))
-                                && !found.is_empty()
-                            {
-                                archives.extend(found);
-                            } else {
-                                plain.push(src.clone());
+                // The same files for every platform (context files and downloads): one layer,
+                // made once, not unpacked, diffed and compressed again per platform.
+                let content = key_of(&[
+                    "add",
+                    &op_json,
+                    &workdir,
+                    &format!("{owner:?}"),
+                    &fingerprint,
+                    &url_key.join(","),
+                    &layer_form,
+                ]);
+                let layer = self.shared_layer(&content, || {
+                    let tmp = self.scratch("add")?;
+                    let upper = tmp.path().join("upper");
+                    fs::create_dir_all(&upper).map_err(io_err("creating", &upper))?;
+                    // Local tar archives (plain, gzip, zstd) are unpacked into the destination
+                    // directory; everything else is copied as COPY does.
+                    let mut plain = Vec::new();
+                    let mut archives = Vec::new();
+                    for src in sources {
+                        match src {
+                            PlannedSource::Path { path } => {
+                                let found = self.context.matches(path)?;
+                                if found.iter().all(|(_, real)| is_tar_archive(real))
+                                    && !found.is_empty()
+                                {
+                                    archives.extend(found);
+                                } else {
+                                    plain.push(src.clone());
+                                }
+                            }
+                            other => plain.push(other.clone()),
+                        }
+                    }
+                    if !plain.is_empty() {
+                        copy_into(
+                            &self.context,
+                            &plain,
+                            dest,
+                            &workdir,
+                            &upper,
+                            owner,
+                            mode,
+                            exclude,
+                        )?;
+                    }
+                    for (url, path, _, mtime) in &fetched {
+                        // docker: a trailing slash (or several sources) names the file after the URL.
+                        let into_dir = dest.ends_with('/') || urls.len() + sources.len() > 1;
+                        let base_abs = if dest.starts_with('/') {
+                            dest.clone()
+                        } else {
+                            format!("{}/{dest}", workdir.trim_end_matches('/'))
+                        };
+                        let file = if into_dir {
+                            let name = url
+                                .split(['?', '#'])
+                                .next()
+                                .and_then(|u| u.rsplit('/').next())
+                                .filter(|n| !n.is_empty())
+                                .unwrap_or("index.html");
+                            format!("{}/{name}", base_abs.trim_end_matches('/'))
+                        } else {
+                            base_abs
+                        };
+                        let to = upper.join(file.trim_start_matches('/'));
+                        if let Some(parent) = to.parent() {
+                            fs::create_dir_all(parent).map_err(io_err("creating", parent))?;
+                        }
+                        fs::rename(path, &to).map_err(io_err("placing the download at", &to))?;
+                        use std::os::unix::fs::PermissionsExt;
+                        fs::set_permissions(
+                            &to,
+                            fs::Permissions::from_mode(
+                                mode.map_or(0o600, |c| c.apply(0o600, false)),
+                            ),
+                        )
+                        .map_err(io_err("chmod", &to))?;
+                        let (uid, gid) = owner.unwrap_or((0, 0));
+                        std::os::unix::fs::chown(&to, Some(uid), Some(gid))
+                            .map_err(io_err("chown", &to))?;
+                        if let Some(t) = mtime {
+                            if let Ok(f) = fs::File::open(&to) {
+                                let _ = f.set_times(fs::FileTimes::new().set_modified(*t));
                             }
                         }
-                        other => plain.push(other.clone()),
                     }
-                }
-                if !plain.is_empty() {
-                    copy_into(
-                        &self.context,
-                        &plain,
-                        dest,
-                        &workdir,
-                        &upper,
-                        owner,
-                        mode,
-                        exclude,
-                    )?;
-                }
-                for (url, path, _, mtime) in &fetched {
-                    // docker: a trailing slash (or several sources) names the file after the URL.
-                    let into_dir = dest.ends_with('/') || urls.len() + sources.len() > 1;
-                    let base_abs = if dest.starts_with('/') {
+                    let abs = if dest.starts_with('/') {
                         dest.clone()
                     } else {
                         format!("{}/{dest}", workdir.trim_end_matches('/'))
                     };
-                    let file = if into_dir {
-                        let name = url
-                            .split(['?', '#'])
-                            .next()
-                            .and_then(|u| u.rsplit('/').next())
-                            .filter(|n| !n.is_empty())
-                            .unwrap_or("index.html");
-                        format!("{}/{name}", base_abs.trim_end_matches('/'))
-                    } else {
-                        base_abs
-                    };
-                    let to = upper.join(file.trim_start_matches('/'));
-                    if let Some(parent) = to.parent() {
-                        fs::create_dir_all(parent).map_err(io_err("creating", parent))?;
+                    for (rel, real) in archives {
+                        let into = upper.join(abs.trim_start_matches('/'));
+                        fs::create_dir_all(&into).map_err(io_err("creating", &into))?;
+                        let f = fs::File::open(&real).map_err(io_err("opening", &real))?;
+                        snapshot::apply_layer(&into, f, None, snapshot::WhiteoutMode::Apply, &rel)?;
                     }
-                    fs::rename(path, &to).map_err(io_err("placing the download at", &to))?;
-                    use std::os::unix::fs::PermissionsExt;
-                    fs::set_permissions(
-                        &to,
-                        fs::Permissions::from_mode(mode.map_or(0o600, |c| c.apply(0o600, false))),
-                    )
-                    .map_err(io_err("chmod", &to))?;
-                    let (uid, gid) = owner.unwrap_or((0, 0));
-                    std::os::unix::fs::chown(&to, Some(uid), Some(gid))
-                        .map_err(io_err("chown", &to))?;
-                    if let Some(t) = mtime {
-                        if let Ok(f) = fs::File::open(&to) {
-                            let _ = f.set_times(fs::FileTimes::new().set_modified(*t));
-                        }
-                    }
-                }
-                let abs = if dest.starts_with('/') {
-                    dest.clone()
-                } else {
-                    format!("{}/{dest}", workdir.trim_end_matches('/'))
-                };
-                for (rel, real) in archives {
-                    let into = upper.join(abs.trim_start_matches('/'));
-                    fs::create_dir_all(&into).map_err(io_err("creating", &into))?;
-                    let f = fs::File::open(&real).map_err(io_err("opening", &real))?;
-                    snapshot::apply_layer(&into, f, None, snapshot::WhiteoutMode::Apply, &rel)?;
-                }
-                self.commit_layer(state, &upper, &step_key, true)?;
+                    self.write_layer(&upper)
+                })?;
+                self.take_layer(state, layer, &step_key);
                 self.history(state, history, false);
                 Ok((false, false))
             }
@@ -1262,6 +1340,43 @@ impl Engine<'_> {
         let added = layer.is_some();
         self.push_layer(state, layer, step_key);
         Ok(added)
+    }
+
+    /// Writes the layer of a COPY or ADD (kept even when empty, as docker's builder does); the
+    /// directory becomes its snapshot.
+    fn write_layer(&self, upper: &std::path::Path) -> Result<(Descriptor, Digest)> {
+        let written = layer::write_to_store(upper, self.store, &self.opts.layer)?;
+        if written.entries > 0 {
+            self.snapshots.adopt(upper, &written.diff_id)?;
+        }
+        self.cache.put_blob(
+            &written.diff_id,
+            self.opts.layer.compression,
+            self.opts.layer.level,
+            &written.descriptor,
+        );
+        Ok((written.descriptor, written.diff_id))
+    }
+
+    /// Remembers `layer` as the step's result and adds it to the stage.
+    fn take_layer(&self, state: &mut State, layer: (Descriptor, Digest), step_key: &str) {
+        self.remember(
+            step_key,
+            &CachedStep {
+                layer: Some(layer.clone()),
+                created: Some(self.started),
+            },
+        );
+        self.push_layer(state, Some(layer), step_key);
+    }
+
+    /// The layer `make` writes, made once per build for `content`: see [`SharedLayers`].
+    fn shared_layer(
+        &self,
+        content: &str,
+        make: impl FnOnce() -> Result<(Descriptor, Digest)>,
+    ) -> Result<(Descriptor, Digest)> {
+        self.shared.get_or_make(content, make)
     }
 
     fn push_layer(&self, state: &mut State, layer: Option<(Descriptor, Digest)>, step_key: &str) {
@@ -1801,6 +1916,54 @@ mod tests {
             1_700_000_000
         );
         assert!(parse_http_date("yesterday").is_none());
+    }
+
+    #[test]
+    fn shared_layers_are_made_once_per_key() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let shared: SharedLayers<u32> = SharedLayers::default();
+        let calls = AtomicUsize::new(0);
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+        let (shared_ref, calls_ref) = (&shared, &calls);
+        std::thread::scope(|s| {
+            let first = s.spawn(move || {
+                shared_ref.get_or_make("k", || {
+                    let calls = calls_ref;
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    started_tx.send(()).unwrap();
+                    // Hold the cell until the test lets go.
+                    let _ = rx.recv();
+                    Ok(7)
+                })
+            });
+            // The first caller is inside `make`; a second one asks for the same key.
+            started_rx.recv().unwrap();
+            let second = s.spawn(|| {
+                shared.get_or_make("k", || {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    Ok(8)
+                })
+            });
+            tx.send(()).unwrap();
+            assert_eq!(first.join().unwrap().unwrap(), 7);
+            assert_eq!(
+                second.join().unwrap().unwrap(),
+                7,
+                "the one result, not made again"
+            );
+        });
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(shared.get_or_make("other", || Ok(9)).unwrap(), 9);
+        let err = shared
+            .get_or_make("bad", || Err(Error::Unsupported("disk full".into())))
+            .unwrap_err();
+        assert!(err.to_string().contains("disk full"), "{err}");
+        let waiter = shared.get_or_make("bad", || Ok(1)).unwrap_err().to_string();
+        assert!(
+            waiter.contains("another platform") && waiter.contains("disk full"),
+            "{waiter}"
+        );
     }
 
     #[test]
