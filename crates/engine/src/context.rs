@@ -370,11 +370,12 @@ impl Context {
             let t = fs::read_link(path).map_err(io_err("reading the link", path))?;
             field(h, t.as_os_str().as_encoded_bytes());
         } else if meta.is_file() {
-            // Streamed: a context file of any size is hashed in bounded memory.
+            // Streamed: a context file of any size is hashed in bounded memory. Small files
+            // (most of a context) are read whole, without a large buffer per file.
             let mut f = fs::File::open(path).map_err(io_err("reading", path))?;
             let len = f.metadata().map_err(io_err("reading", path))?.len();
             h.update(&len.to_le_bytes());
-            let mut buf = vec![0u8; 1 << 20];
+            let mut buf = vec![0u8; len.clamp(1, 1 << 20) as usize];
             let mut seen = 0u64;
             loop {
                 let n = std::io::Read::read(&mut f, &mut buf).map_err(io_err("reading", path))?;
