@@ -67,7 +67,7 @@ for l in open(sys.argv[1]):
     l = l.strip()
     if not l.startswith("{"): continue
     e = json.loads(l)
-    if e.get("instruction", "").startswith("COPY --from=big"):
+    if e.get("type") == "done" and e.get("instruction", "").startswith("COPY --from=big"):
         per[e["platform"]] = per.get(e["platform"], 0) + e["seconds"]
 print(" ".join(f"{p}={s:.3f}" for p, s in sorted(per.items())), max(per.values()))
 ' "$work/log")

@@ -121,6 +121,17 @@ pub struct BuildArgs {
     /// exports them with its own in one `--cache-to`.
     #[arg(skip)]
     pub steps_file: Option<PathBuf>,
+    /// NAME=DIR|docker-image://REF|oci-layout://DIR[:TAG|@DIGEST]: replaces a stage named
+    /// NAME, FROM NAME, COPY --from=NAME and RUN --mount from=NAME (repeatable).
+    #[arg(long = "build-context", value_name = "NAME=VALUE")]
+    pub build_context: Vec<String>,
+}
+
+fn parse_build_contexts(a: &BuildArgs) -> Result<Vec<::engine::contexts::BuildContext>> {
+    a.build_context
+        .iter()
+        .map(|s| ::engine::contexts::BuildContext::parse(s).map_err(anyhow::Error::msg))
+        .collect()
 }
 
 /// `--secret id=ID,src=FILE` or `id=ID,env=VAR`, read into memory: the sandbox puts it on a
@@ -726,11 +737,13 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs) -> Result<ExitCode> {
         .filter(|(k, _)| is_proxy_arg(k))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
+    let contexts = parse_build_contexts(a)?;
     let mut opts = dockerfile::PlanOptions {
         target: a.target.clone(),
         platforms: platforms.clone(),
         build_platform: Platform::host(),
         build_args,
+        contexts: ::engine::contexts::plan_contexts(&contexts),
         ..Default::default()
     };
     // The checks come first: BuildKit reports the warnings found before an error too.
@@ -846,6 +859,12 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs) -> Result<ExitCode> {
     let builders = crate::builder::Config::load()?;
     let builder = builders.find(&a.builder.clone().unwrap_or_else(|| builders.current_name()))?;
     let nodes = crate::nodes::uses_nodes(&builder);
+    if nodes && !a.build_context.is_empty() {
+        bail!(
+            "--build-context is not supported with builder {} (it builds on its nodes); use the default builder",
+            builder.name
+        );
+    }
     // SSH nodes import registry caches themselves (local directories stay here).
     let remote = nodes && crate::nodes::has_remote(&builder);
     let node_cache_from: Vec<String> = a
@@ -976,7 +995,9 @@ fn build_here(
     imported: Option<Arc<Imported>>,
     node: Option<(&str, runtime::sandbox::Cancel)>,
 ) -> Result<std::result::Result<(::engine::engine::Built, Origins), ExitCode>> {
-    let prepared = match pipeline::prepare(df, opts, bases, a.pull) {
+    let contexts = parse_build_contexts(a)?;
+    let sources = ::engine::contexts::WithContexts::new(bases, store, &contexts);
+    let prepared = match pipeline::prepare(df, opts, &sources, a.pull) {
         Ok(p) => p,
         Err(pipeline::PrepareError::Plan(e)) => {
             eprintln!("{e}");

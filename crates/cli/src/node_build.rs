@@ -146,6 +146,7 @@ pub fn run(cli: &Cli, env: &transport::Env, a: &NodeBuildArgs) -> Result<ExitCod
             network: a.network.clone(),
             allow: a.allow.clone(),
             steps_file: Some(steps_file.clone()),
+            build_context: Vec::new(),
         },
     );
     let out = restore_stdout(saved)?;

@@ -526,3 +526,306 @@ fn add_host_reaches_run_steps_and_their_key() {
     let err = fails(store.path(), &["build", "--add-host", "nocolon", c]);
     assert!(err.contains("NAME:IP"), "{err}");
 }
+
+#[test]
+fn copy_from_follows_absolute_symlinks_inside_the_stage_root() {
+    let Some((_reg, base)) = base() else { return };
+    // A file with this name exists on the host too: a link that escaped the stage would read it.
+    let host = tempfile::tempdir().unwrap();
+    fs::write(host.path().join("canary"), "host\n").unwrap();
+    let h = host.path().display();
+    let df = format!(
+        "FROM {base} AS s\n\
+         RUN mkdir -p /data/sub {h} && echo one > /data/sub/a && echo stage > {h}/canary \
+             && ln -s /data/sub/a /link && ln -s /data /abs && ln -s /abs/sub/a /chain \
+             && ln -s /../../../../..{h}/canary /esc && ln -s / /hostroot\n\n\
+         FROM {base}\n\
+         COPY --from=s /link /got/link\n\
+         COPY --from=s /abs/sub/a /got/via-dir\n\
+         COPY --from=s /chain /got/chain\n\
+         COPY --from=s /abs/s* /got/glob/\n\
+         COPY --from=s /esc /got/esc\n\
+         COPY --from=s /hostroot{h}/canary /got/hostroot\n"
+    );
+    let ctx = context(&[("Dockerfile", &df)]);
+    let store = tempfile::tempdir().unwrap();
+    let t = tempfile::tempdir().unwrap();
+    build(
+        store.path(),
+        &[
+            "-o",
+            &format!("type=local,dest={}", t.path().display()),
+            ctx.path().to_str().unwrap(),
+        ],
+    );
+    let r = t.path().join("got");
+    // The source link is followed: its target's content lands under the link's name.
+    assert_eq!(read(&r.join("link")), "one\n");
+    assert!(!fs::symlink_metadata(r.join("link"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(read(&r.join("via-dir")), "one\n");
+    assert_eq!(read(&r.join("chain")), "one\n");
+    assert_eq!(read(&r.join("glob/a")), "one\n");
+    // `..` above the stage's root stays at its root; `/` is the stage's, not the host's.
+    assert_eq!(read(&r.join("esc")), "stage\n");
+    assert_eq!(read(&r.join("hostroot")), "stage\n");
+}
+
+#[test]
+fn base_annotations_name_the_full_reference_and_the_platform_manifest() {
+    let Some((reg, base)) = base() else { return };
+    if !peer("skopeo") {
+        return;
+    }
+    // The same base without a tag: its name in the annotation is the full reference.
+    let untagged = format!("{}/base/busybox", reg.addr);
+    let store = tempfile::tempdir().unwrap();
+    ok(store.path(), &["cp", "--all", &base, &untagged]);
+    let ctx = context(&[("Dockerfile", &format!("FROM {untagged}\nLABEL k=v\n"))]);
+    let t = tempfile::tempdir().unwrap();
+    let iid = t.path().join("iid");
+    build(
+        store.path(),
+        &[
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--iidfile",
+            iid.to_str().unwrap(),
+            ctx.path().to_str().unwrap(),
+        ],
+    );
+    // What the registry holds, read by skopeo: the platform manifests' digests.
+    let raw = sh(Command::new("skopeo").args([
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{untagged}:latest"),
+    ]));
+    let reg_index: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    let reg_digest = |arch: &str| -> String {
+        reg_index["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["platform"]["architecture"] == arch)
+            .unwrap_or_else(|| panic!("{arch} in {raw}"))["digest"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let blob = |d: &str| -> serde_json::Value {
+        serde_json::from_slice(
+            &fs::read(
+                store
+                    .path()
+                    .join("blobs/sha256")
+                    .join(d.trim_start_matches("sha256:")),
+            )
+            .unwrap(),
+        )
+        .unwrap()
+    };
+    let index = blob(&read(&iid));
+    let entries = index["manifests"].as_array().unwrap();
+    assert_eq!(entries.len(), 2, "{index}");
+    for e in entries {
+        let arch = e["platform"]["architecture"].as_str().unwrap();
+        let m = blob(e["digest"].as_str().unwrap());
+        let a = &m["annotations"];
+        assert_eq!(
+            a["org.opencontainers.image.base.name"],
+            format!("{untagged}:latest"),
+            "{m}"
+        );
+        assert_eq!(
+            a["org.opencontainers.image.base.digest"],
+            reg_digest(arch),
+            "{arch}: {m}"
+        );
+    }
+}
+
+#[test]
+fn chmod_is_typed_symbolic_modes_apply_and_equal_modes_share_a_key() {
+    let Some((_reg, base)) = base() else { return };
+    let df = |chmod: &str| {
+        format!(
+            "FROM {base}\nCOPY --chmod={chmod} f.txt /f.txt\n\
+             COPY --chmod=u+x,go-w g.txt /g.txt\nCOPY --chmod=a=rX d/ /d/\n"
+        )
+    };
+    let ctx = context(&[
+        ("Dockerfile", &df("755")),
+        ("f.txt", "f\n"),
+        ("g.txt", "g\n"),
+        ("d/plain", "p\n"),
+        ("d/sub/x", "x\n"),
+    ]);
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(ctx.path().join("g.txt"), fs::Permissions::from_mode(0o666)).unwrap();
+    fs::set_permissions(
+        ctx.path().join("d/plain"),
+        fs::Permissions::from_mode(0o640),
+    )
+    .unwrap();
+    let c = ctx.path().to_str().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let out = |n: &str| format!("type=local,dest={}", t.path().join(n).display());
+    build(store.path(), &["-o", &out("a"), c]);
+    let mode = |p: &str| {
+        fs::symlink_metadata(t.path().join("a").join(p))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    assert_eq!(mode("f.txt"), 0o755);
+    // Symbolic modes apply to each file's own mode, as BuildKit does.
+    assert_eq!(mode("g.txt"), 0o744);
+    assert_eq!(mode("d/plain"), 0o444);
+    assert_eq!(mode("d/sub"), 0o555);
+    // The same mode written another way is the same step.
+    fs::write(ctx.path().join("Dockerfile"), df("0755")).unwrap();
+    let log = build(store.path(), &["-o", &out("b"), c]);
+    assert_eq!(cached_lines(&log, "COPY --chmod=0755"), 1, "{log}");
+}
+
+#[test]
+fn bad_flag_values_fail_at_their_line_before_any_step() {
+    let Some((_reg, base)) = base() else { return };
+    let store = tempfile::tempdir().unwrap();
+    for (line3, needle) in [
+        ("COPY --chown=app:staff:x f.txt /f.txt", "--chown"),
+        ("COPY --chmod=u+z f.txt /f.txt", "invalid chmod parameter"),
+        (
+            "RUN --mount=type=cache,target=/c,uid=${UID} true",
+            "invalid value 12x for uid",
+        ),
+        ("HEALTHCHECK --interval=100us CMD true", "less than 1ms"),
+    ] {
+        let ctx = context(&[
+            (
+                "Dockerfile",
+                &format!("FROM {base}\nARG UID=12x\nRUN echo started-a-step\n{line3}\n"),
+            ),
+            ("f.txt", "f\n"),
+        ]);
+        let err = fails(
+            store.path(),
+            &["build", "--progress", "plain", ctx.path().to_str().unwrap()],
+        );
+        assert!(err.contains("Dockerfile:4:"), "{line3}: {err}");
+        assert!(err.contains(needle), "{line3}: {err}");
+        assert!(err.contains(&format!("4 | {line3}")), "{line3}: {err}");
+        assert!(!err.contains("started-a-step\n"), "a step ran: {err}");
+    }
+}
+
+#[test]
+fn build_contexts_replace_stages_images_and_from_flags() {
+    let Some((_reg, base)) = base() else { return };
+    let store = tempfile::tempdir().unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let two = "linux/amd64,linux/arm64";
+    // An OCI layout (written by `cp`, read as skopeo and umoci read one) holding /e.txt.
+    let e_ctx = context(&[
+        ("Dockerfile", "FROM scratch\nCOPY e.txt /e.txt\n"),
+        ("e.txt", "from the layout\n"),
+    ]);
+    build(
+        store.path(),
+        &[
+            "--platform",
+            two,
+            "-t",
+            "localhost/extra:1",
+            e_ctx.path().to_str().unwrap(),
+        ],
+    );
+    let layout = t.path().join("layout");
+    ok(
+        store.path(),
+        &[
+            "cp",
+            "--all",
+            "store:localhost/extra:1",
+            &format!("oci:{}:v1", layout.display()),
+        ],
+    );
+    let tools = context(&[("tool.txt", "from the tools context\n")]);
+    let mnt = context(&[("m.txt", "mounted\n"), (".dockerignore", "ignored.txt\n")]);
+    fs::write(mnt.path().join("ignored.txt"), "x").unwrap();
+    let df = "FROM scratch AS tools\nCOPY tool.txt /tool.txt\n\n\
+              FROM nothing.invalid/base:1\n\
+              RUN uname -m > /arch\n\
+              COPY --from=tools /tool.txt /got-tool\n\
+              COPY --from=extra /e.txt /got-extra\n\
+              RUN --mount=type=bind,from=mnt,target=/m cat /m/m.txt > /got-mount \
+                  && ls /m > /mount-list\n";
+    let ctx = context(&[("Dockerfile", df), ("tool.txt", "from the main context\n")]);
+    let args = |dest: &str| -> Vec<String> {
+        vec![
+            "--platform".into(),
+            two.into(),
+            "--build-context".into(),
+            format!("nothing.invalid/base:1=docker-image://{base}"),
+            "--build-context".into(),
+            format!("tools={}", tools.path().display()),
+            "--build-context".into(),
+            format!("extra=oci-layout://{}:v1", layout.display()),
+            "--build-context".into(),
+            format!("mnt={}", mnt.path().display()),
+            "-o".into(),
+            format!("type=local,dest={}", t.path().join(dest).display()),
+            ctx.path().to_str().unwrap().into(),
+        ]
+    };
+    let run_build = |dest: &str| {
+        let a = args(dest);
+        build(
+            store.path(),
+            &a.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
+    };
+    run_build("a");
+    for (p, arch) in [("linux_amd64", "x86_64"), ("linux_arm64", "aarch64")] {
+        let r = t.path().join("a").join(p);
+        // The image context is chosen per platform, as FROM chooses.
+        assert_eq!(read(&r.join("arch")).trim(), arch);
+        // The stage named `tools` is replaced by the directory, not built.
+        assert_eq!(read(&r.join("got-tool")), "from the tools context\n");
+        assert_eq!(read(&r.join("got-extra")), "from the layout\n");
+        assert_eq!(read(&r.join("got-mount")), "mounted\n");
+        assert_eq!(
+            read(&r.join("mount-list")),
+            "m.txt\n",
+            "its .dockerignore applies"
+        );
+    }
+    // What the directories hold is in the keys of the steps that read them.
+    fs::write(tools.path().join("tool.txt"), "changed tool\n").unwrap();
+    fs::write(mnt.path().join("m.txt"), "changed mount\n").unwrap();
+    let log = run_build("b");
+    assert_eq!(cached_lines(&log, "RUN uname"), 2, "{log}");
+    assert_eq!(cached_lines(&log, "COPY --from=tools"), 0, "{log}");
+    assert_eq!(cached_lines(&log, "RUN --mount"), 0, "{log}");
+    let r = t.path().join("b/linux_arm64");
+    assert_eq!(read(&r.join("got-tool")), "changed tool\n");
+    assert_eq!(read(&r.join("got-mount")), "changed mount\n");
+    let bad = fails(
+        store.path(),
+        &[
+            "build",
+            "--build-context",
+            "x=git://example.com/r.git",
+            ctx.path().to_str().unwrap(),
+        ],
+    );
+    assert!(
+        bad.contains("--build-context x") && bad.contains("not supported"),
+        "{bad}"
+    );
+}

@@ -20,6 +20,7 @@ fn main() -> ExitCode {
         build_platform: Platform::new("linux", "amd64", ""),
         build_args: BTreeMap::new(),
         base_configs: BTreeMap::new(),
+        contexts: BTreeMap::new(),
     };
     let mut failed = false;
     for path in std::env::args().skip(1) {

@@ -417,12 +417,17 @@ pub enum Source {
     Heredoc(Heredoc),
 }
 
+/// HEALTHCHECK CMD with its flags, durations parsed as Go's time.ParseDuration reads them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Healthcheck {
-    pub interval: Option<String>,
-    pub timeout: Option<String>,
-    pub start_period: Option<String>,
-    pub start_interval: Option<String>,
+    #[serde(serialize_with = "crate::values::serialize_duration")]
+    pub interval: Option<std::time::Duration>,
+    #[serde(serialize_with = "crate::values::serialize_duration")]
+    pub timeout: Option<std::time::Duration>,
+    #[serde(serialize_with = "crate::values::serialize_duration")]
+    pub start_period: Option<std::time::Duration>,
+    #[serde(serialize_with = "crate::values::serialize_duration")]
+    pub start_interval: Option<std::time::Duration>,
     pub retries: Option<u32>,
     pub command: Command,
 }

@@ -22,6 +22,7 @@
 //!     build_platform: Platform::parse("linux/amd64")?,
 //!     build_args: BTreeMap::new(),
 //!     base_configs: BTreeMap::new(),
+//!     contexts: BTreeMap::new(),
 //! };
 //! let p = plan(&df, &opts).expect("plannable");
 //! // The builder does not depend on the target platform: one instance serves both.
@@ -41,6 +42,7 @@ pub mod inputs;
 pub mod lint;
 mod parse;
 pub mod plan;
+pub mod values;
 
 pub use ast::Dockerfile;
 pub use error::{Error, ErrorKind, Location, Pos};

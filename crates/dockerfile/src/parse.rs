@@ -1133,19 +1133,18 @@ impl InsParser<'_> {
                 h.retries = Some(n);
                 continue;
             }
-            if !is_duration(&v) {
-                return Err(self
-                    .syntax(
-                        format!("--{} expects a duration, not {v:?}", f.name),
-                        self.at(f.off),
-                    )
-                    .with_help("use a duration such as 30s, 1m30s or 500ms"));
-            }
+            let d = crate::values::parse_duration(&v).map_err(|why| {
+                self.syntax(
+                    format!("--{} expects a duration: {why}", f.name),
+                    self.at(f.off),
+                )
+                .with_help("use a duration such as 30s, 1m30s or 500ms")
+            })?;
             match f.name.as_str() {
-                "interval" => h.interval = Some(v),
-                "timeout" => h.timeout = Some(v),
-                "start-period" => h.start_period = Some(v),
-                _ => h.start_interval = Some(v),
+                "interval" => h.interval = Some(d),
+                "timeout" => h.timeout = Some(d),
+                "start-period" => h.start_period = Some(d),
+                _ => h.start_interval = Some(d),
             }
         }
         Ok(Some(h))
@@ -1351,34 +1350,6 @@ pub(crate) fn valid_stage_name(lower: &str) -> bool {
     let mut chars = lower.chars();
     chars.next().is_some_and(|c| c.is_ascii_lowercase())
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))
-}
-
-/// A Go duration such as `30s`, `1m30s`, `1.5h`, `500ms`, or `0`.
-fn is_duration(s: &str) -> bool {
-    if s == "0" {
-        return true;
-    }
-    let mut rest = s;
-    if rest.is_empty() {
-        return false;
-    }
-    while !rest.is_empty() {
-        let num = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        if num == 0 {
-            return false;
-        }
-        rest = &rest[num..];
-        let unit = ["ns", "us", "µs", "ms", "s", "m", "h"]
-            .iter()
-            .find(|u| rest.starts_with(**u));
-        let Some(u) = unit else {
-            return false;
-        };
-        rest = &rest[u.len()..];
-    }
-    true
 }
 
 #[cfg(test)]

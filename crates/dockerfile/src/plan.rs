@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::ast::{self, Command, Dockerfile, Instruction, Kind, MountType, Source, Word};
 use crate::error::{nearest, Error, ErrorKind, Pos};
 use crate::expand::{expand_heredoc, expand_word};
+use crate::values::{Chmod, Chown};
 
 /// What to plan for.
 #[derive(Clone, Debug)]
@@ -28,6 +29,23 @@ pub struct PlanOptions {
     /// and plan again: then `ENV PATH=/x:$PATH` expands against the image and its ONBUILD
     /// triggers run, as in BuildKit. Unknown images contribute nothing.
     pub base_configs: BTreeMap<(String, String), BaseConfig>,
+    /// `--build-context NAME=...`, by [`context_name`]: the image reference that replaces a
+    /// stage called NAME, `FROM NAME`, `COPY --from=NAME` and `RUN --mount from=NAME` (the
+    /// caller turns directories and OCI layouts into references its image source knows).
+    pub contexts: BTreeMap<String, String>,
+}
+
+/// How `--build-context` names are compared, as BuildKit does: the familiar form of the
+/// reference without `:latest` (`alpine`, `docker.io/library/alpine:latest` and
+/// `alpine:latest` are one name); a name that is no reference, lower-cased.
+pub fn context_name(name: &str) -> String {
+    match Reference::parse(name) {
+        Ok(r) => {
+            let f = r.familiar();
+            f.strip_suffix(":latest").map(str::to_string).unwrap_or(f)
+        }
+        Err(_) => name.to_ascii_lowercase(),
+    }
 }
 
 /// The parts of a base image's config that planning uses.
@@ -51,6 +69,7 @@ impl Default for PlanOptions {
             build_platform: host,
             build_args: BTreeMap::new(),
             base_configs: BTreeMap::new(),
+            contexts: BTreeMap::new(),
         }
     }
 }
@@ -158,12 +177,13 @@ pub struct PlannedMount {
     pub id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sharing: Option<String>,
+    /// Octal in the Dockerfile.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub mode: Option<String>,
+    pub mode: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub uid: Option<String>,
+    pub uid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub gid: Option<String>,
+    pub gid: Option<u32>,
     pub readonly: bool,
     pub required: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -208,9 +228,9 @@ pub enum Op {
         #[serde(skip_serializing_if = "Option::is_none")]
         workdir: Option<String>,
         #[serde(skip_serializing_if = "Option::is_none")]
-        chown: Option<String>,
+        chown: Option<Chown>,
         #[serde(skip_serializing_if = "Option::is_none")]
-        chmod: Option<String>,
+        chmod: Option<Chmod>,
         link: bool,
         parents: bool,
         #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -222,9 +242,9 @@ pub enum Op {
         #[serde(skip_serializing_if = "Option::is_none")]
         workdir: Option<String>,
         #[serde(skip_serializing_if = "Option::is_none")]
-        chown: Option<String>,
+        chown: Option<Chown>,
         #[serde(skip_serializing_if = "Option::is_none")]
-        chmod: Option<String>,
+        chmod: Option<Chmod>,
         link: bool,
         #[serde(skip_serializing_if = "Vec::is_empty")]
         exclude: Vec<String>,
@@ -440,6 +460,8 @@ struct Started {
     steps: Vec<Step>,
     /// The next instruction (triggers first, then the stage's own).
     next: usize,
+    /// Replaced whole by a `--build-context` of its name: none of its instructions run.
+    replaced: bool,
 }
 
 /// Stages a step needs before it can be planned.
@@ -595,6 +617,17 @@ impl<'a> Planner<'a> {
         Ok(meta)
     }
 
+    /// The reference a `--build-context` gives for `name` (never for `scratch` or `context`).
+    fn context_for(&self, name: &str) -> Option<String> {
+        if self.opts.contexts.is_empty()
+            || name.eq_ignore_ascii_case("scratch")
+            || name.eq_ignore_ascii_case("context")
+        {
+            return None;
+        }
+        self.opts.contexts.get(&context_name(name)).cloned()
+    }
+
     /// Which stage a `--from` / `from=` value names, if any. Names win over indexes.
     fn stage_named(&self, value: &str, pos: Pos) -> Result<Option<usize>, Error> {
         let lower = value.to_ascii_lowercase();
@@ -632,7 +665,11 @@ impl<'a> Planner<'a> {
 
     /// Where `--from`/`from=` reads. A stage not planned yet in this pass is a [`Need`].
     fn origin(&self, value: &str, pos: Pos, pass: &Pass) -> Result<Progress<Origin>, Error> {
-        match self.stage_named(value, pos)? {
+        let stage = match self.stage_named(value, pos) {
+            Err(_) if self.context_for(value).is_some() => None,
+            other => other?,
+        };
+        match stage {
             Some(i) => match pass.done.get(&i) {
                 Some((key, _)) => Ok(Progress::Done(Origin::Stage {
                     key: key.clone(),
@@ -640,6 +677,9 @@ impl<'a> Planner<'a> {
                 })),
                 None => Ok(Progress::Need(vec![(i, pos)])),
             },
+            None if self.context_for(value).is_some() => Ok(Progress::Done(Origin::Image {
+                reference: self.context_for(value).unwrap_or_default(),
+            })),
             None => {
                 let r = Reference::parse(value).map_err(|e| {
                     self.err(
@@ -743,7 +783,10 @@ impl<'a> Planner<'a> {
         let Some(s) = started.as_mut() else {
             return Err(self.not_started(i));
         };
-        let own_len = self.st.defs[i].body.len();
+        let own_len = match s.replaced {
+            true => 0,
+            false => self.st.defs[i].body.len(),
+        };
         let total = triggers.len() + own_len;
         while s.next < total {
             let n = s.next;
@@ -829,7 +872,14 @@ impl<'a> Planner<'a> {
         };
         // As BuildKit: FROM matches earlier stage names exactly (they are lower case), so
         // `FROM Build` is an image reference, not the stage `build`.
-        let parent = self.st.named_before(&image, i);
+        let replaced = self.st.defs[i]
+            .name
+            .as_deref()
+            .and_then(|n| self.context_for(n));
+        let parent = match replaced {
+            Some(_) => None,
+            None => self.st.named_before(&image, i),
+        };
         let mut deps = Vec::new();
         let mut triggers: Vec<Instruction> = Vec::new();
         let (base, mut state) = match parent {
@@ -849,7 +899,9 @@ impl<'a> Planner<'a> {
             None => {
                 let platform = explicit_platform.clone().unwrap_or(pass.target.clone());
                 let shell = default_shell(&platform);
-                let base = if image.eq_ignore_ascii_case("scratch") {
+                let base = if let Some(r) = replaced.clone().or_else(|| self.context_for(&image)) {
+                    Base::Image { reference: r }
+                } else if image.eq_ignore_ascii_case("scratch") {
                     Base::Scratch
                 } else {
                     let r = Reference::parse(&image).map_err(|e| {
@@ -886,7 +938,9 @@ impl<'a> Planner<'a> {
                     if !c.shell.is_empty() {
                         state.shell = c.shell.clone();
                     }
-                    triggers = parse_triggers(reference, &c.on_build)?;
+                    if replaced.is_none() {
+                        triggers = parse_triggers(reference, &c.on_build)?;
+                    }
                 }
                 (base, state)
             }
@@ -904,6 +958,7 @@ impl<'a> Planner<'a> {
                 args: BTreeMap::new(),
                 steps: Vec::new(),
                 next: 0,
+                replaced: replaced.is_some(),
             },
             triggers,
         )))
@@ -1117,10 +1172,19 @@ impl<'a> Planner<'a> {
                 for w in &c.exclude {
                     exclude.push(self.expand(w, &lookup)?);
                 }
-                let (chown, chmod) = (opt(&c.chown)?, opt(&c.chmod)?);
-                if let (Some(m), Some(w)) = (&chmod, &c.chmod) {
-                    check_chmod(m).map_err(|e| self.err(ErrorKind::Syntax(e), w.pos))?;
-                }
+                let chown = match (opt(&c.chown)?, &c.chown) {
+                    (Some(v), Some(w)) => Some(Chown::parse(&v).map_err(|e| {
+                        self.err(ErrorKind::Syntax(e), w.pos)
+                            .with_help("write --chown=USER[:GROUP], names or numbers")
+                    })?),
+                    _ => None,
+                };
+                let chmod = match (opt(&c.chmod)?, &c.chmod) {
+                    (Some(v), Some(w)) => {
+                        Some(Chmod::parse(&v).map_err(|e| self.err(ErrorKind::Syntax(e), w.pos))?)
+                    }
+                    _ => None,
+                };
                 if add {
                     let checksum = opt(&c.checksum)?;
                     let paths = || {
@@ -1330,6 +1394,21 @@ impl<'a> Planner<'a> {
                 other => Ok(other.clone()),
             }
         };
+        // mode is octal, uid and gid decimal, as BuildKit reads them.
+        let num = |v: &Option<String>, radix: u32, what: &str| -> Result<Option<u32>, Error> {
+            let Some(v) = x(v)? else { return Ok(None) };
+            u32::from_str_radix(&v, radix).map(Some).map_err(|_| {
+                self.err(
+                    ErrorKind::InvalidMount(format!("invalid value {v} for {what}")),
+                    m.pos,
+                )
+                .with_help(if radix == 8 {
+                    "give an octal mode such as 0400"
+                } else {
+                    "give a number such as 1000"
+                })
+            })
+        };
         let kind = m.kind.unwrap_or(MountType::Bind);
         let from = match x(&m.from)? {
             Some(v) => match self.origin(&v, m.pos, pass)? {
@@ -1387,9 +1466,9 @@ impl<'a> Planner<'a> {
             from,
             id,
             sharing,
-            mode: x(&m.mode)?,
-            uid: x(&m.uid)?,
-            gid: x(&m.gid)?,
+            mode: num(&m.mode, 8, "mode")?,
+            uid: num(&m.uid, 10, "uid")?,
+            gid: num(&m.gid, 10, "gid")?,
             // Bind, secret and ssh mounts are read-only unless asked otherwise.
             readonly: m
                 .readonly
@@ -1411,37 +1490,6 @@ fn is_git(p: &str) -> bool {
         || p.ends_with(".git")
         || p.contains(".git#")
         || p.starts_with("ssh://")
-}
-
-/// BuildKit's `--chmod` rule: octal up to 07777, or a symbolic mode (`u+x,go-w`).
-fn check_chmod(v: &str) -> Result<(), String> {
-    let bad = || {
-        format!("invalid chmod parameter: '{v}'. it should be octal string and between 0 and 07777")
-    };
-    if v.bytes().all(|b| b.is_ascii_digit()) && !v.is_empty() {
-        return match u32::from_str_radix(v, 8) {
-            Ok(m) if m <= 0o7777 => Ok(()),
-            _ => Err(bad()),
-        };
-    }
-    let symbolic = !v.is_empty()
-        && v.split(',').all(|clause| {
-            let who = clause.trim_start_matches(['u', 'g', 'o', 'a']);
-            let mut rest = who;
-            let mut ops = 0;
-            while let Some(op) = rest.chars().next().filter(|c| "+-=".contains(*c)) {
-                rest = &rest[op.len_utf8()..];
-                let perms = rest.trim_start_matches(['r', 'w', 'x', 'X', 's', 't', 'u', 'g', 'o']);
-                rest = perms;
-                ops += 1;
-            }
-            ops > 0 && rest.is_empty()
-        });
-    if symbolic {
-        Ok(())
-    } else {
-        Err(bad())
-    }
 }
 
 /// BuildKit's EXPOSE parsing: `[ip:][host[-host]:]port[-port][/proto]` with ports in 1..=65535.
@@ -1588,6 +1636,7 @@ mod tests {
             build_platform: Platform::new("linux", "amd64", ""),
             build_args: BTreeMap::new(),
             base_configs: BTreeMap::new(),
+            contexts: BTreeMap::new(),
         }
     }
 

@@ -14,6 +14,7 @@ fn opts() -> PlanOptions {
         build_platform: Platform::new("linux", "amd64", ""),
         build_args: BTreeMap::new(),
         base_configs: BTreeMap::new(),
+        contexts: BTreeMap::new(),
     }
 }
 
@@ -205,4 +206,55 @@ fn invalid_files_buildkit_rejects() {
         panic!("COPY expected")
     };
     assert!(matches!(from, Origin::Stage { .. }));
+}
+
+#[test]
+fn build_contexts_replace_stages_froms_and_from_flags() {
+    let mut o = opts();
+    for (name, r) in [
+        ("alpine", "ctx.example/alpine:1"),
+        ("tools", "ctx.example/tools:1"),
+        ("extra", "oci-layout:///l@sha256:0000000000000000000000000000000000000000000000000000000000000000"),
+    ] {
+        o.contexts
+            .insert(manifold_dockerfile::plan::context_name(name), r.into());
+    }
+    let src = "FROM busybox AS tools\nRUN never-runs\n\n\
+               FROM docker.io/library/alpine:latest\n\
+               COPY --from=tools /t /t\nCOPY --from=extra /e /e\n\
+               RUN --mount=from=extra,target=/m true\n";
+    let p = plan(&df(src), &o).unwrap_or_else(|e| panic!("plans: {e}"));
+    let target = p.stage(&p.platforms[0].target).unwrap();
+    assert_eq!(
+        target.body.base,
+        manifold_dockerfile::plan::Base::Image {
+            reference: "ctx.example/alpine:1".into()
+        }
+    );
+    let mut froms = Vec::new();
+    for st in &target.body.steps {
+        match &st.op {
+            Op::Copy { from, .. } => froms.push(from.clone()),
+            Op::Run { mounts, .. } => froms.extend(mounts.iter().filter_map(|m| m.from.clone())),
+            _ => {}
+        }
+    }
+    // The stage `tools` is replaced whole: its RUN is not planned.
+    let Origin::Stage { key, .. } = &froms[0] else {
+        panic!("{froms:?}")
+    };
+    let tools = p.stage(key).unwrap();
+    assert!(tools.body.steps.is_empty(), "{:?}", tools.body.steps);
+    assert_eq!(
+        tools.body.base,
+        manifold_dockerfile::plan::Base::Image {
+            reference: "ctx.example/tools:1".into()
+        }
+    );
+    for f in &froms[1..] {
+        assert!(
+            matches!(f, Origin::Image { reference } if reference.starts_with("oci-layout:///l@")),
+            "{f:?}"
+        );
+    }
 }

@@ -16,6 +16,7 @@ fn two_platforms() -> PlanOptions {
         build_platform: Platform::new("linux", "amd64", ""),
         build_args: BTreeMap::new(),
         base_configs: BTreeMap::new(),
+        contexts: BTreeMap::new(),
     }
 }
 

@@ -27,6 +27,7 @@ fn options(path: &Path) -> PlanOptions {
         build_platform: platform("linux/amd64"),
         build_args: BTreeMap::new(),
         base_configs: BTreeMap::new(),
+        contexts: BTreeMap::new(),
     };
     let Ok(text) = fs::read_to_string(path.with_extension("opts")) else {
         return opts;

@@ -111,6 +111,7 @@ fn options() -> PlanOptions {
         build_platform: Platform::new("linux", "amd64", ""),
         build_args: BTreeMap::from([("A".to_string(), "x y".to_string())]),
         base_configs: BTreeMap::new(),
+        contexts: BTreeMap::new(),
     }
 }
 

@@ -45,6 +45,7 @@ fn opts() -> PlanOptions {
         build_platform: Platform::new("linux", "amd64", ""),
         build_args: BTreeMap::new(),
         base_configs: BTreeMap::new(),
+        contexts: BTreeMap::new(),
     }
 }
 

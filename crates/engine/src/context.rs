@@ -1,11 +1,13 @@
 //! Where COPY and ADD read: the build context (with `.dockerignore`) or another stage's root
 //! filesystem, and docker's rules for what lands where.
 
+use std::collections::VecDeque;
 use std::fs::{self, FileTimes};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use dockerfile::plan::PlannedSource;
+use dockerfile::values::Chmod;
 
 use runtime::{io_err, Error, Result};
 
@@ -14,7 +16,13 @@ pub struct Context {
     root: PathBuf,
     /// `.dockerignore` patterns in order; `true` for a `!` exception.
     ignore: Vec<(Vec<String>, bool)>,
+    /// A stage's root: symlinks (absolute ones too) and `..` resolve inside it, as if it were
+    /// `/`, as BuildKit does. The build context refuses links that leave it instead.
+    in_root: bool,
 }
+
+/// How many symlinks one path may pass through (Linux's limit).
+const MAX_SYMLINK_HOPS: usize = 40;
 
 impl Context {
     /// The build context, with its `.dockerignore`.
@@ -42,7 +50,11 @@ impl Context {
                 ignore.push((components(pat), neg));
             }
         }
-        Ok(Context { root, ignore })
+        Ok(Context {
+            root,
+            ignore,
+            in_root: false,
+        })
     }
 
     /// Another stage's root filesystem (no ignore file applies).
@@ -52,6 +64,7 @@ impl Context {
                 .canonicalize()
                 .map_err(io_err("opening the stage's filesystem", dir))?,
             ignore: Vec::new(),
+            in_root: true,
         })
     }
 
@@ -60,7 +73,11 @@ impl Context {
     }
 
     /// Resolves a source path, refusing one that leaves the context through `..` or a symlink.
+    /// In a stage's root, symlinks and `..` resolve inside the root instead.
     fn resolve(&self, rel: &str) -> Result<PathBuf> {
+        if self.in_root {
+            return self.resolve_in_root(rel);
+        }
         let joined = self.root.join(clean(rel));
         let real = joined.canonicalize().map_err(|_| not_found(rel))?;
         if !real.starts_with(&self.root) {
@@ -71,6 +88,63 @@ impl Context {
             )));
         }
         Ok(real)
+    }
+
+    /// Follows `rel` component by component inside the root: an absolute link target starts
+    /// again at the root, and `..` at the root stays there. The root is a scratch copy only this
+    /// build writes, so the lexical walk cannot be raced.
+    fn resolve_in_root(&self, rel: &str) -> Result<PathBuf> {
+        let mut queue: VecDeque<String> = rel
+            .split('/')
+            .filter(|c| !c.is_empty() && *c != ".")
+            .map(str::to_string)
+            .collect();
+        let mut cur = PathBuf::new();
+        let mut hops = 0;
+        while let Some(c) = queue.pop_front() {
+            if c == ".." {
+                cur.pop();
+                continue;
+            }
+            let next = cur.join(&c);
+            let full = self.root.join(&next);
+            let meta = fs::symlink_metadata(&full).map_err(|_| self.not_found(rel))?;
+            if !meta.file_type().is_symlink() {
+                cur = next;
+                continue;
+            }
+            hops += 1;
+            if hops > MAX_SYMLINK_HOPS {
+                return Err(Error::Unsupported(format!(
+                    "COPY --from source {rel:?} passes through more than {MAX_SYMLINK_HOPS} \
+                     symlinks (a loop?); name the file the links lead to"
+                )));
+            }
+            let target = fs::read_link(&full).map_err(io_err("reading the link", &full))?;
+            let target = target.to_string_lossy();
+            if target.starts_with('/') {
+                cur = PathBuf::new();
+            }
+            let mut rest: VecDeque<String> = target
+                .split('/')
+                .filter(|c| !c.is_empty() && *c != ".")
+                .map(str::to_string)
+                .collect();
+            rest.extend(queue.drain(..));
+            queue = rest;
+        }
+        Ok(self.root.join(cur))
+    }
+
+    fn not_found(&self, rel: &str) -> Error {
+        if self.in_root {
+            Error::Unsupported(format!(
+                "COPY --from source {rel:?} is not in that stage or image \
+                 (its symlinks resolve inside it, never on the host)"
+            ))
+        } else {
+            not_found(rel)
+        }
     }
 
     /// The context directory (canonical).
@@ -86,7 +160,7 @@ impl Context {
                 return Ok(vec![String::new()]);
             }
             if self.ignored(&pat) {
-                return Err(not_found(pattern));
+                return Err(self.not_found(pattern));
             }
             self.resolve(&pat)?;
             return Ok(vec![pat]);
@@ -96,7 +170,14 @@ impl Context {
         for part in &parts {
             let mut next = Vec::new();
             for base in &found {
-                let dir = self.root.join(base);
+                let dir = if self.in_root {
+                    match self.resolve_in_root(base) {
+                        Ok(d) => d,
+                        Err(_) => continue,
+                    }
+                } else {
+                    self.root.join(base)
+                };
                 let Ok(rd) = fs::read_dir(&dir) else { continue };
                 let mut names: Vec<String> = rd
                     .flatten()
@@ -119,7 +200,7 @@ impl Context {
             found = next;
         }
         if found.is_empty() {
-            return Err(not_found(pattern));
+            return Err(self.not_found(pattern));
         }
         for f in &found {
             self.resolve(f)?;
@@ -242,26 +323,26 @@ impl Context {
         let excludes: Vec<(Vec<String>, bool)> =
             exclude.iter().map(|e| (components(e), false)).collect();
         let mut h = oci::Algorithm::Sha256.hasher();
-        let mut field = |b: &[u8]| {
+        let field = |h: &mut oci::Hasher, b: &[u8]| {
             h.update(&(b.len() as u64).to_le_bytes());
             h.update(b);
         };
         for s in sources {
             match s {
                 PlannedSource::Heredoc { name, content } => {
-                    field(b"heredoc");
-                    field(name.as_bytes());
-                    field(content.as_bytes());
+                    field(&mut h, b"heredoc");
+                    field(&mut h, name.as_bytes());
+                    field(&mut h, content.as_bytes());
                 }
                 PlannedSource::Path { path } => {
-                    field(b"path");
-                    field(path.as_bytes());
+                    field(&mut h, b"path");
+                    field(&mut h, path.as_bytes());
                     for rel in self.expand(path)? {
                         if is_excluded(&excludes, &rel) {
                             continue;
                         }
                         let real = self.resolve(&rel)?;
-                        self.hash_tree(&rel, &real, &excludes, &mut field)?;
+                        self.hash_tree(&rel, &real, &excludes, &mut h)?;
                     }
                 }
             }
@@ -274,19 +355,42 @@ impl Context {
         rel: &str,
         path: &Path,
         excludes: &[(Vec<String>, bool)],
-        field: &mut dyn FnMut(&[u8]),
+        h: &mut oci::Hasher,
     ) -> Result<()> {
+        let field = |h: &mut oci::Hasher, b: &[u8]| {
+            h.update(&(b.len() as u64).to_le_bytes());
+            h.update(b);
+        };
         let meta = fs::symlink_metadata(path).map_err(io_err("reading", path))?;
-        field(rel.as_bytes());
-        field(&meta.mode().to_le_bytes());
-        field(&meta.mtime().to_le_bytes());
-        field(&meta.mtime_nsec().to_le_bytes());
+        field(h, rel.as_bytes());
+        field(h, &meta.mode().to_le_bytes());
+        field(h, &meta.mtime().to_le_bytes());
+        field(h, &meta.mtime_nsec().to_le_bytes());
         if meta.file_type().is_symlink() {
             let t = fs::read_link(path).map_err(io_err("reading the link", path))?;
-            field(t.as_os_str().as_encoded_bytes());
+            field(h, t.as_os_str().as_encoded_bytes());
         } else if meta.is_file() {
-            let bytes = fs::read(path).map_err(io_err("reading", path))?;
-            field(&bytes);
+            // Streamed: a context file of any size is hashed in bounded memory. Small files
+            // (most of a context) are read whole, without a large buffer per file.
+            let mut f = fs::File::open(path).map_err(io_err("reading", path))?;
+            let len = f.metadata().map_err(io_err("reading", path))?.len();
+            h.update(&len.to_le_bytes());
+            let mut buf = vec![0u8; len.clamp(1, 1 << 20) as usize];
+            let mut seen = 0u64;
+            loop {
+                let n = std::io::Read::read(&mut f, &mut buf).map_err(io_err("reading", path))?;
+                if n == 0 {
+                    break;
+                }
+                seen += n as u64;
+                h.update(&buf[..n]);
+            }
+            if seen != len {
+                return Err(Error::Unsupported(format!(
+                    "{} changed while it was read ({len} bytes, then {seen}); build again",
+                    path.display()
+                )));
+            }
         } else if meta.is_dir() {
             let mut names: Vec<String> = fs::read_dir(path)
                 .map_err(io_err("reading", path))?
@@ -303,7 +407,7 @@ impl Context {
                 if self.ignored(&child) || is_excluded(excludes, &child) {
                     continue;
                 }
-                self.hash_tree(&child, &path.join(&n), excludes, field)?;
+                self.hash_tree(&child, &path.join(&n), excludes, h)?;
             }
         }
         Ok(())
@@ -321,7 +425,7 @@ pub fn copy_into(
     workdir: &str,
     upper: &Path,
     owner: Option<(u32, u32)>,
-    mode: Option<u32>,
+    mode: Option<&Chmod>,
     exclude: &[String],
 ) -> Result<()> {
     let abs = if dest.starts_with('/') {
@@ -364,7 +468,13 @@ pub fn copy_into(
                 };
                 make_parents(upper, &to, uid, gid)?;
                 fs::write(&to, content).map_err(io_err("writing", &to))?;
-                finish(&to, uid, gid, Some(mode.unwrap_or(0o644)), None)?;
+                finish(
+                    &to,
+                    uid,
+                    gid,
+                    Some(mode.map_or(0o644, |c| c.apply(0o644, false))),
+                    None,
+                )?;
             }
             Item::Path(rel, real) => {
                 let meta = fs::symlink_metadata(&real).map_err(io_err("reading", &real))?;
@@ -402,7 +512,7 @@ fn copy_tree(
     to: &Path,
     uid: u32,
     gid: u32,
-    mode: Option<u32>,
+    mode: Option<&Chmod>,
     excludes: &[(Vec<String>, bool)],
 ) -> Result<()> {
     let mut entries: Vec<_> = fs::read_dir(dir)
@@ -430,7 +540,7 @@ fn copy_tree(
                 &dest,
                 uid,
                 gid,
-                Some(mode.unwrap_or(meta.mode() & 0o7777)),
+                Some(mode.map_or(meta.mode() & 0o7777, |c| c.apply(meta.mode(), true))),
                 Some(&meta),
             )?;
         } else {
@@ -446,7 +556,7 @@ fn copy_one(
     meta: &fs::Metadata,
     uid: u32,
     gid: u32,
-    mode: Option<u32>,
+    mode: Option<&Chmod>,
 ) -> Result<()> {
     if let Some(parent) = to.parent() {
         fs::create_dir_all(parent).map_err(io_err("creating", parent))?;
@@ -472,7 +582,7 @@ fn copy_one(
         to,
         uid,
         gid,
-        Some(mode.unwrap_or(meta.mode() & 0o7777)),
+        Some(mode.map_or(meta.mode() & 0o7777, |c| c.apply(meta.mode(), false))),
         Some(meta),
     )
 }
@@ -653,7 +763,7 @@ mod tests {
             "/work",
             &upper,
             Some((1000, 1000)),
-            Some(0o600),
+            Some(&Chmod::Octal(0o600)),
             &[],
         )
         .unwrap();

@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use std::time::{Instant, SystemTime};
 
 use dockerfile::plan::{Base, InstanceBody, Op, Origin, PlannedSource, StageInstance};
+use dockerfile::values::{Chown, Owner};
 use dockerfile::{ast, BuildPlan};
 use oci::media_type as mt;
 use oci::{
@@ -233,6 +234,8 @@ struct Engine<'a> {
     defs: defkey::Definitions,
     /// Context fingerprints made this build, by what they cover.
     fingerprints: Mutex<HashMap<String, String>>,
+    /// Platform-independent layers made in this build.
+    shared: SharedLayers<(Descriptor, Digest)>,
 }
 
 /// The keys a step is cached under.
@@ -265,12 +268,58 @@ impl Keys {
     }
 }
 
+type Cell<T> = std::sync::Arc<std::sync::OnceLock<std::result::Result<T, String>>>;
+
+/// Results made once per build by content key: the layer of a COPY or ADD from the context is
+/// the same files for every platform, so it is unpacked, diffed and compressed once, and other
+/// platforms' instances asking meanwhile wait for it.
+pub struct SharedLayers<T> {
+    cells: Mutex<HashMap<String, Cell<T>>>,
+}
+
+impl<T> Default for SharedLayers<T> {
+    fn default() -> Self {
+        SharedLayers {
+            cells: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
 /// A stage's name, or `stage-N`.
 fn stage_name(body: &InstanceBody) -> String {
     body.stage
         .name
         .clone()
         .unwrap_or_else(|| format!("stage-{}", body.stage.index))
+}
+
+impl<T: Clone> SharedLayers<T> {
+    /// `make`'s result for `key`, calling it only if no caller did before. A failure is the
+    /// maker's own error for the maker, and says so for the others.
+    pub fn get_or_make(&self, key: &str, make: impl FnOnce() -> Result<T>) -> Result<T> {
+        let cell = self
+            .cells
+            .lock()
+            .map_err(|_| poisoned())?
+            .entry(key.to_string())
+            .or_default()
+            .clone();
+        let mut own_error = None;
+        let made = cell.get_or_init(|| {
+            make().map_err(|e| {
+                let text = e.to_string();
+                own_error = Some(e);
+                text
+            })
+        });
+        if let Some(e) = own_error {
+            return Err(e);
+        }
+        made.clone().map_err(|e| Error::BadLayer {
+            layer: key.to_string(),
+            reason: format!("making it for another platform failed: {e}"),
+        })
+    }
 }
 
 pub fn build(
@@ -323,6 +372,7 @@ pub fn build(
         used: Default::default(),
         defs: Default::default(),
         fingerprints: Default::default(),
+        shared: Default::default(),
     };
     engine.defs = engine.definitions(plan);
     let results = engine.run_all(&plan.stages)?;
@@ -888,10 +938,12 @@ impl Engine<'_> {
                     self.use_hit(state, &Keys::by_definition(def, &step_key), hit, history);
                     return Ok((true, false));
                 }
+                let fingerprint = match from {
+                    Origin::Context => self.fingerprint(sources, exclude)?,
+                    _ => String::new(),
+                };
                 let keys = match from {
-                    Origin::Context => {
-                        Keys::plain(key_of(&[&step_key, &self.fingerprint(sources, exclude)?]))
-                    }
+                    Origin::Context => Keys::plain(key_of(&[&step_key, &fingerprint])),
                     Origin::Stage { key, .. } => {
                         let from_key = deps.get(key).map(|s| s.key.clone()).ok_or_else(|| {
                             Error::BadLayer {
@@ -919,43 +971,59 @@ impl Engine<'_> {
                     .clone()
                     .or_else(|| cc.working_dir.clone())
                     .unwrap_or_else(|| "/".into());
-                let tmp = self.scratch("copy")?;
-                let upper = tmp.path().join("upper");
-                fs::create_dir_all(&upper).map_err(io_err("creating", &upper))?;
-                let owner = self.chown(state, chown.as_deref())?;
-                let mode = parse_chmod(chmod.as_deref())?;
-                match from {
+                let owner = self.chown(state, chown.as_ref())?;
+                let mode = chmod.as_ref();
+                // What another stage's (or image's) filesystem holds at `sources`.
+                let from_state = |src: &State| -> Result<(Descriptor, Digest)> {
+                    let tmp = self.scratch("copy")?;
+                    let upper = tmp.path().join("upper");
+                    fs::create_dir_all(&upper).map_err(io_err("creating", &upper))?;
+                    let root = tmp.path().join("from");
+                    self.read_paths(src, sources, &root)?;
+                    let ctx = Context::of_rootfs(&root)?;
+                    copy_into(&ctx, sources, dest, &workdir, &upper, owner, mode, exclude)?;
+                    self.write_layer(&upper)
+                };
+                let layer = match from {
+                    // The same files for every platform: one layer, made once.
                     Origin::Context => {
-                        copy_into(
-                            &self.context,
-                            sources,
-                            dest,
+                        let content = key_of(&[
+                            "copy",
+                            &op_json,
                             &workdir,
-                            &upper,
-                            owner,
-                            mode,
-                            exclude,
-                        )?;
+                            &format!("{owner:?}"),
+                            &fingerprint,
+                            &layer_form,
+                        ]);
+                        self.shared_layer(&content, || {
+                            let tmp = self.scratch("copy")?;
+                            let upper = tmp.path().join("upper");
+                            fs::create_dir_all(&upper).map_err(io_err("creating", &upper))?;
+                            copy_into(
+                                &self.context,
+                                sources,
+                                dest,
+                                &workdir,
+                                &upper,
+                                owner,
+                                mode,
+                                exclude,
+                            )?;
+                            self.write_layer(&upper)
+                        })?
                     }
                     Origin::Stage { key, .. } => {
                         let src = deps.get(key).ok_or_else(|| Error::BadLayer {
                             layer: key.clone(),
                             reason: "COPY --from names a stage that was not built".into(),
                         })?;
-                        let root = tmp.path().join("from");
-                        self.read_paths(src, sources, &root)?;
-                        let ctx = Context::of_rootfs(&root)?;
-                        copy_into(&ctx, sources, dest, &workdir, &upper, owner, mode, exclude)?;
+                        from_state(src)?
                     }
                     Origin::Image { reference } => {
-                        let src = self.base_image(reference, platform)?;
-                        let root = tmp.path().join("from");
-                        self.read_paths(&src, sources, &root)?;
-                        let ctx = Context::of_rootfs(&root)?;
-                        copy_into(&ctx, sources, dest, &workdir, &upper, owner, mode, exclude)?;
+                        from_state(&self.base_image(reference, platform)?)?
                     }
-                }
-                self.commit_layer(state, &upper, &keys, true)?;
+                };
+                self.take_layer(state, layer, &keys);
                 self.history(state, history, false);
                 Ok((false, false))
             }
@@ -996,11 +1064,8 @@ impl Engine<'_> {
                     .iter()
                     .map(|(u, _, d, _)| format!("{u}={d}"))
                     .collect();
-                let keys = Keys::plain(key_of(&[
-                    &step_key,
-                    &self.fingerprint(sources, exclude)?,
-                    &url_key.join(","),
-                ]));
+                let fingerprint = self.fingerprint(sources, exclude)?;
+                let keys = Keys::plain(key_of(&[&step_key, &fingerprint, &url_key.join(",")]));
                 if self.take_cached(state, &keys, history.clone()) {
                     return Ok((true, false));
                 }
@@ -1010,90 +1075,109 @@ impl Engine<'_> {
                     .clone()
                     .or_else(|| cc.working_dir.clone())
                     .unwrap_or_else(|| "/".into());
-                let tmp = self.scratch("add")?;
-                let upper = tmp.path().join("upper");
-                fs::create_dir_all(&upper).map_err(io_err("creating", &upper))?;
-                let owner = self.chown(state, chown.as_deref())?;
-                let mode = parse_chmod(chmod.as_deref())?;
-                // Local tar archives (plain, gzip, zstd) are unpacked into the destination
-                // directory; everything else is copied as COPY does.
-                let mut plain = Vec::new();
-                let mut archives = Vec::new();
-                for src in sources {
-                    match src {
-                        PlannedSource::Path { path } => {
-                            let found = self.context.matches(path)?;
-                            if found.iter().all(|(_, real)| is_tar_archive(real))
-                                && !found.is_empty()
-                            {
-                                archives.extend(found);
-                            } else {
-                                plain.push(src.clone());
+                let owner = self.chown(state, chown.as_ref())?;
+                let mode = chmod.as_ref();
+                // The same files for every platform (context files and downloads): one layer,
+                // made once, not unpacked, diffed and compressed again per platform.
+                let content = key_of(&[
+                    "add",
+                    &op_json,
+                    &workdir,
+                    &format!("{owner:?}"),
+                    &fingerprint,
+                    &url_key.join(","),
+                    &layer_form,
+                ]);
+                let layer = self.shared_layer(&content, || {
+                    let tmp = self.scratch("add")?;
+                    let upper = tmp.path().join("upper");
+                    fs::create_dir_all(&upper).map_err(io_err("creating", &upper))?;
+                    // Local tar archives (plain, gzip, zstd) are unpacked into the destination
+                    // directory; everything else is copied as COPY does.
+                    let mut plain = Vec::new();
+                    let mut archives = Vec::new();
+                    for src in sources {
+                        match src {
+                            PlannedSource::Path { path } => {
+                                let found = self.context.matches(path)?;
+                                if found.iter().all(|(_, real)| is_tar_archive(real))
+                                    && !found.is_empty()
+                                {
+                                    archives.extend(found);
+                                } else {
+                                    plain.push(src.clone());
+                                }
+                            }
+                            other => plain.push(other.clone()),
+                        }
+                    }
+                    if !plain.is_empty() {
+                        copy_into(
+                            &self.context,
+                            &plain,
+                            dest,
+                            &workdir,
+                            &upper,
+                            owner,
+                            mode,
+                            exclude,
+                        )?;
+                    }
+                    for (url, path, _, mtime) in &fetched {
+                        // docker: a trailing slash (or several sources) names the file after the URL.
+                        let into_dir = dest.ends_with('/') || urls.len() + sources.len() > 1;
+                        let base_abs = if dest.starts_with('/') {
+                            dest.clone()
+                        } else {
+                            format!("{}/{dest}", workdir.trim_end_matches('/'))
+                        };
+                        let file = if into_dir {
+                            let name = url
+                                .split(['?', '#'])
+                                .next()
+                                .and_then(|u| u.rsplit('/').next())
+                                .filter(|n| !n.is_empty())
+                                .unwrap_or("index.html");
+                            format!("{}/{name}", base_abs.trim_end_matches('/'))
+                        } else {
+                            base_abs
+                        };
+                        let to = upper.join(file.trim_start_matches('/'));
+                        if let Some(parent) = to.parent() {
+                            fs::create_dir_all(parent).map_err(io_err("creating", parent))?;
+                        }
+                        fs::rename(path, &to).map_err(io_err("placing the download at", &to))?;
+                        use std::os::unix::fs::PermissionsExt;
+                        fs::set_permissions(
+                            &to,
+                            fs::Permissions::from_mode(
+                                mode.map_or(0o600, |c| c.apply(0o600, false)),
+                            ),
+                        )
+                        .map_err(io_err("chmod", &to))?;
+                        let (uid, gid) = owner.unwrap_or((0, 0));
+                        std::os::unix::fs::chown(&to, Some(uid), Some(gid))
+                            .map_err(io_err("chown", &to))?;
+                        if let Some(t) = mtime {
+                            if let Ok(f) = fs::File::open(&to) {
+                                let _ = f.set_times(fs::FileTimes::new().set_modified(*t));
                             }
                         }
-                        other => plain.push(other.clone()),
                     }
-                }
-                if !plain.is_empty() {
-                    copy_into(
-                        &self.context,
-                        &plain,
-                        dest,
-                        &workdir,
-                        &upper,
-                        owner,
-                        mode,
-                        exclude,
-                    )?;
-                }
-                for (url, path, _, mtime) in &fetched {
-                    // docker: a trailing slash (or several sources) names the file after the URL.
-                    let into_dir = dest.ends_with('/') || urls.len() + sources.len() > 1;
-                    let base_abs = if dest.starts_with('/') {
+                    let abs = if dest.starts_with('/') {
                         dest.clone()
                     } else {
                         format!("{}/{dest}", workdir.trim_end_matches('/'))
                     };
-                    let file = if into_dir {
-                        let name = url
-                            .split(['?', '#'])
-                            .next()
-                            .and_then(|u| u.rsplit('/').next())
-                            .filter(|n| !n.is_empty())
-                            .unwrap_or("index.html");
-                        format!("{}/{name}", base_abs.trim_end_matches('/'))
-                    } else {
-                        base_abs
-                    };
-                    let to = upper.join(file.trim_start_matches('/'));
-                    if let Some(parent) = to.parent() {
-                        fs::create_dir_all(parent).map_err(io_err("creating", parent))?;
+                    for (rel, real) in archives {
+                        let into = upper.join(abs.trim_start_matches('/'));
+                        fs::create_dir_all(&into).map_err(io_err("creating", &into))?;
+                        let f = fs::File::open(&real).map_err(io_err("opening", &real))?;
+                        snapshot::apply_layer(&into, f, None, snapshot::WhiteoutMode::Apply, &rel)?;
                     }
-                    fs::rename(path, &to).map_err(io_err("placing the download at", &to))?;
-                    use std::os::unix::fs::PermissionsExt;
-                    fs::set_permissions(&to, fs::Permissions::from_mode(mode.unwrap_or(0o600)))
-                        .map_err(io_err("chmod", &to))?;
-                    let (uid, gid) = owner.unwrap_or((0, 0));
-                    std::os::unix::fs::chown(&to, Some(uid), Some(gid))
-                        .map_err(io_err("chown", &to))?;
-                    if let Some(t) = mtime {
-                        if let Ok(f) = fs::File::open(&to) {
-                            let _ = f.set_times(fs::FileTimes::new().set_modified(*t));
-                        }
-                    }
-                }
-                let abs = if dest.starts_with('/') {
-                    dest.clone()
-                } else {
-                    format!("{}/{dest}", workdir.trim_end_matches('/'))
-                };
-                for (rel, real) in archives {
-                    let into = upper.join(abs.trim_start_matches('/'));
-                    fs::create_dir_all(&into).map_err(io_err("creating", &into))?;
-                    let f = fs::File::open(&real).map_err(io_err("opening", &real))?;
-                    snapshot::apply_layer(&into, f, None, snapshot::WhiteoutMode::Apply, &rel)?;
-                }
-                self.commit_layer(state, &upper, &keys, true)?;
+                    self.write_layer(&upper)
+                })?;
+                self.take_layer(state, layer, &keys);
                 self.history(state, history, false);
                 Ok((false, false))
             }
@@ -1135,17 +1219,12 @@ impl Engine<'_> {
                         .join(hex.trim_start_matches("sha256:"));
                     if !dir.is_dir() {
                         fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
-                        let mode = m
-                            .mode
-                            .as_deref()
-                            .and_then(|v| u32::from_str_radix(v, 8).ok())
-                            .unwrap_or(0o755);
+                        let mode = m.mode.unwrap_or(0o755);
                         use std::os::unix::fs::PermissionsExt;
                         fs::set_permissions(&dir, fs::Permissions::from_mode(mode))
                             .map_err(io_err("chmod", &dir))?;
-                        let uid = m.uid.as_deref().and_then(|v| v.parse().ok());
-                        let gid = m.gid.as_deref().and_then(|v| v.parse().ok());
-                        std::os::unix::fs::chown(&dir, uid, gid).map_err(io_err("chown", &dir))?;
+                        std::os::unix::fs::chown(&dir, m.uid, m.gid)
+                            .map_err(io_err("chown", &dir))?;
                     }
                     if m.sharing.as_deref() != Some("shared") {
                         let lock_path = dir.with_extension("lock");
@@ -1207,19 +1286,14 @@ impl Engine<'_> {
                 }
                 ast::MountType::Secret => {
                     let id = m.id.clone().unwrap_or_default();
-                    let num = |v: &Option<String>, radix, default| {
-                        v.as_deref()
-                            .and_then(|v| u32::from_str_radix(v, radix).ok())
-                            .unwrap_or(default)
-                    };
                     match self.opts.secrets.get(&id) {
                         Some(data) => out.push(sandbox::StepMount {
                             // BuildKit's defaults: root's, mode 0400.
                             source: sandbox::MountSource::Secret {
                                 data: data.clone(),
-                                mode: num(&m.mode, 8, 0o400),
-                                uid: num(&m.uid, 10, 0),
-                                gid: num(&m.gid, 10, 0),
+                                mode: m.mode.unwrap_or(0o400),
+                                uid: m.uid.unwrap_or(0),
+                                gid: m.gid.unwrap_or(0),
                             },
                             target,
                             readonly: true,
@@ -1273,11 +1347,10 @@ impl Engine<'_> {
     }
 
     /// `--chown` resolved against the stage's filesystem as it is before the step.
-    fn chown(&self, state: &State, spec: Option<&str>) -> Result<Option<(u32, u32)>> {
+    fn chown(&self, state: &State, spec: Option<&Chown>) -> Result<Option<(u32, u32)>> {
         let Some(spec) = spec else { return Ok(None) };
-        let numeric = spec.split(':').all(|p| p.parse::<u32>().is_ok());
-        if numeric {
-            return parse_chown_with(Some(spec), "", "");
+        if let Some(ids) = spec.numeric() {
+            return Ok(Some(ids));
         }
         let mut view = self.snapshot_paths(state)?;
         view.reverse();
@@ -1451,6 +1524,44 @@ impl Engine<'_> {
         Ok(added)
     }
 
+    /// Writes the layer of a COPY or ADD (kept even when empty, as docker's builder does); the
+    /// directory becomes its snapshot.
+    fn write_layer(&self, upper: &std::path::Path) -> Result<(Descriptor, Digest)> {
+        let written = layer::write_to_store(upper, self.store, &self.opts.layer)?;
+        if written.entries > 0 {
+            self.snapshots.adopt(upper, &written.diff_id)?;
+        }
+        self.cache.put_blob(
+            &written.diff_id,
+            self.opts.layer.compression,
+            self.opts.layer.level,
+            &written.descriptor,
+        );
+        Ok((written.descriptor, written.diff_id))
+    }
+
+    /// Remembers `layer` as the step's result under its keys and adds it to the stage.
+    fn take_layer(&self, state: &mut State, layer: (Descriptor, Digest), keys: &Keys) {
+        let step = CachedStep {
+            layer: Some(layer.clone()),
+            created: Some(self.started),
+        };
+        self.remember(&keys.content, &step);
+        if let Some(def) = &keys.def {
+            self.remember(def, &step);
+        }
+        self.push_layer(state, Some(layer), &keys.chain);
+    }
+
+    /// The layer `make` writes, made once per build for `content`: see [`SharedLayers`].
+    fn shared_layer(
+        &self,
+        content: &str,
+        make: impl FnOnce() -> Result<(Descriptor, Digest)>,
+    ) -> Result<(Descriptor, Digest)> {
+        self.shared.get_or_make(content, make)
+    }
+
     /// Adds a step's layer to the stage; the stage's key becomes `chain` with the layer's diffID.
     fn push_layer(&self, state: &mut State, layer: Option<(Descriptor, Digest)>, chain: &str) {
         match layer {
@@ -1555,8 +1666,11 @@ impl Engine<'_> {
         let cfg = Document::new(config);
         self.store.put_bytes(cfg.bytes())?;
         let mut annotations = oci::Annotations::new();
-        // As BuildKit: the image this one builds on.
-        if let Some((name, digest)) = &state.base {
+        // The image this one builds on: its full reference, and the digest of the platform's
+        // manifest, not the index's, as ko and crane write them (BuildKit writes neither).
+        // `crane rebase` fetches the old base by this digest as one image.
+        // Directory and OCI-layout contexts (`--build-context`) are no registry image.
+        if let Some((name, digest)) = state.base.as_ref().filter(|(n, _)| !n.contains("://")) {
             annotations.insert(ANNOTATION_BASE_NAME.into(), name.clone());
             if let Some(d) = digest {
                 annotations.insert(ANNOTATION_BASE_DIGEST.into(), d.to_string());
@@ -1861,10 +1975,10 @@ fn fold_config(cc: &mut ContainerConfig, author: &mut Option<String>, op: &Op) -
                     let _ = shell;
                     oci::manifest::Healthcheck {
                         test: Some(test),
-                        interval: h.interval.as_deref().and_then(duration_ns),
-                        timeout: h.timeout.as_deref().and_then(duration_ns),
-                        start_period: h.start_period.as_deref().and_then(duration_ns),
-                        start_interval: h.start_interval.as_deref().and_then(duration_ns),
+                        interval: h.interval.map(nanos),
+                        timeout: h.timeout.map(nanos),
+                        start_period: h.start_period.map(nanos),
+                        start_interval: h.start_interval.map(nanos),
                         retries: h.retries.map(i64::from),
                         ..Default::default()
                     }
@@ -1890,56 +2004,16 @@ fn fold_config(cc: &mut ContainerConfig, author: &mut Option<String>, op: &Op) -
     }
 }
 
-/// Go-style durations as Docker writes them into HEALTHCHECK: `30s`, `1m30s`, `500ms`.
-fn duration_ns(s: &str) -> Option<i64> {
-    let mut total: f64 = 0.0;
-    let mut num = String::new();
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c.is_ascii_digit() || c == '.' {
-            num.push(c);
-            continue;
-        }
-        let mut unit = c.to_string();
-        while let Some(&n) = chars.peek() {
-            if n.is_ascii_alphabetic() {
-                unit.push(n);
-                chars.next();
-            } else {
-                break;
-            }
-        }
-        let v: f64 = num.parse().ok()?;
-        num.clear();
-        total += v * match unit.as_str() {
-            "ns" => 1.0,
-            "us" | "µs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
-            _ => return None,
-        };
-    }
-    if !num.is_empty() {
-        return None;
-    }
-    Some(total as i64)
-}
-
 /// `--chown=user[:group]` with names looked up in the stage's own /etc/passwd and /etc/group
 /// (`passwd`, `group` are their text). docker: a user without a group gets the same numeric id
 /// as its group.
-fn parse_chown_with(s: Option<&str>, passwd: &str, group: &str) -> Result<Option<(u32, u32)>> {
+fn parse_chown_with(s: Option<&Chown>, passwd: &str, group: &str) -> Result<Option<(u32, u32)>> {
     let Some(s) = s else { return Ok(None) };
-    let (u, g) = match s.split_once(':') {
-        Some((u, g)) => (u, Some(g)),
-        None => (s, None),
-    };
-    let lookup = |name: &str, table: &str, what: &str| -> Result<u32> {
-        if let Ok(n) = name.parse() {
-            return Ok(n);
-        }
+    let lookup = |who: &Owner, table: &str, what: &str| -> Result<u32> {
+        let name = match who {
+            Owner::Id(n) => return Ok(*n),
+            Owner::Name(name) => name,
+        };
         table
             .lines()
             .filter_map(|l| {
@@ -1957,8 +2031,8 @@ fn parse_chown_with(s: Option<&str>, passwd: &str, group: &str) -> Result<Option
                 ))
             })
     };
-    let uid = lookup(u, passwd, "user")?;
-    let gid = match g {
+    let uid = lookup(&s.user, passwd, "user")?;
+    let gid = match &s.group {
         Some(g) => lookup(g, group, "group")?,
         None => uid,
     };
@@ -1967,16 +2041,15 @@ fn parse_chown_with(s: Option<&str>, passwd: &str, group: &str) -> Result<Option
 
 #[cfg(test)]
 fn parse_chown(s: Option<&str>) -> Result<Option<(u32, u32)>> {
-    parse_chown_with(s, "", "")
+    let c = s
+        .map(Chown::parse)
+        .transpose()
+        .map_err(Error::Unsupported)?;
+    parse_chown_with(c.as_ref(), "", "")
 }
 
-fn parse_chmod(s: Option<&str>) -> Result<Option<u32>> {
-    let Some(s) = s else { return Ok(None) };
-    u32::from_str_radix(s, 8)
-        .ok()
-        .filter(|m| *m <= 0o7777)
-        .map(Some)
-        .ok_or_else(|| Error::Unsupported(format!("--chmod={s}: use an octal mode such as 755")))
+fn nanos(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
 }
 
 /// Seconds since the epoch as RFC 3339 in UTC.
@@ -2011,10 +2084,6 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(duration_ns("30s"), Some(30_000_000_000));
-        assert_eq!(duration_ns("1m30s"), Some(90_000_000_000));
-        assert_eq!(duration_ns("500ms"), Some(500_000_000));
-        assert_eq!(duration_ns("5"), None);
     }
 
     #[test]
@@ -2048,7 +2117,55 @@ mod tests {
     }
 
     #[test]
-    fn chown_and_chmod() {
+    fn shared_layers_are_made_once_per_key() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let shared: SharedLayers<u32> = SharedLayers::default();
+        let calls = AtomicUsize::new(0);
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+        let (shared_ref, calls_ref) = (&shared, &calls);
+        std::thread::scope(|s| {
+            let first = s.spawn(move || {
+                shared_ref.get_or_make("k", || {
+                    let calls = calls_ref;
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    started_tx.send(()).unwrap();
+                    // Hold the cell until the test lets go.
+                    let _ = rx.recv();
+                    Ok(7)
+                })
+            });
+            // The first caller is inside `make`; a second one asks for the same key.
+            started_rx.recv().unwrap();
+            let second = s.spawn(|| {
+                shared.get_or_make("k", || {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    Ok(8)
+                })
+            });
+            tx.send(()).unwrap();
+            assert_eq!(first.join().unwrap().unwrap(), 7);
+            assert_eq!(
+                second.join().unwrap().unwrap(),
+                7,
+                "the one result, not made again"
+            );
+        });
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(shared.get_or_make("other", || Ok(9)).unwrap(), 9);
+        let err = shared
+            .get_or_make("bad", || Err(Error::Unsupported("disk full".into())))
+            .unwrap_err();
+        assert!(err.to_string().contains("disk full"), "{err}");
+        let waiter = shared.get_or_make("bad", || Ok(1)).unwrap_err().to_string();
+        assert!(
+            waiter.contains("another platform") && waiter.contains("disk full"),
+            "{waiter}"
+        );
+    }
+
+    #[test]
+    fn chown_by_id_and_by_name() {
         assert_eq!(parse_chown(Some("1000:1000")).unwrap(), Some((1000, 1000)));
         assert_eq!(parse_chown(Some("root")).unwrap(), Some((0, 0)));
         assert_eq!(parse_chown(Some("1000")).unwrap(), Some((1000, 1000)));
@@ -2056,21 +2173,19 @@ mod tests {
         let passwd = "root:x:0:0::/root:/bin/sh\napp:x:1001:1002::/home/app:/bin/sh\n";
         let group = "root:x:0:\nstaff:x:50:\n";
         assert_eq!(
-            parse_chown_with(Some("app"), passwd, group).unwrap(),
+            parse_chown_with(Some(&Chown::parse("app").unwrap()), passwd, group).unwrap(),
             Some((1001, 1001))
         );
         assert_eq!(
-            parse_chown_with(Some("app:staff"), passwd, group).unwrap(),
+            parse_chown_with(Some(&Chown::parse("app:staff").unwrap()), passwd, group).unwrap(),
             Some((1001, 50))
         );
-        let err = parse_chown_with(Some("ghost"), passwd, group)
+        let err = parse_chown_with(Some(&Chown::parse("ghost").unwrap()), passwd, group)
             .unwrap_err()
             .to_string();
         assert!(
             err.contains("no user \"ghost\"") && err.contains("/etc/passwd"),
             "{err}"
         );
-        assert_eq!(parse_chmod(Some("755")).unwrap(), Some(0o755));
-        assert!(parse_chmod(Some("u+x")).is_err());
     }
 }

@@ -9,6 +9,7 @@
 pub mod cache;
 pub mod cache_remote;
 pub mod context;
+pub mod contexts;
 pub mod engine;
 pub mod export;
 pub mod pipeline;
