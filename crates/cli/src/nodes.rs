@@ -157,26 +157,28 @@ pub fn build(
         all.extend(ps.iter().cloned());
     }
     let remote: Vec<&(usize, Vec<Platform>)> = jobs.iter().filter(|(i, _)| !is_local(i)).collect();
-    let packed = match remote.is_empty() {
-        true => None,
-        false => Some(Packed::new(req.context)?),
+    // Packed by the first session that needs it, while the ssh connections come up.
+    let packed = LazyPacked {
+        dir: req.context,
+        cell: std::sync::OnceLock::new(),
     };
     let head = Head::new(req)?;
     let cancel = runtime::sandbox::Cancel::default();
     let (local_built, remote_roots) = std::thread::scope(|s| -> Result<_> {
         let mut running = Vec::new();
         for (i, ps) in &remote {
-            let packed = packed.as_ref().context("the context was not packed")?;
-            match start(s, &statuses[*i], ps, req, &head, packed, store) {
+            match start(s, &statuses[*i], ps, req, &head, &packed, store) {
                 Ok(r) => running.push(r),
                 Err(e) => {
                     for r in &mut running {
                         r.cancel();
                     }
+                    cancel.cancel();
                     return Err(e);
                 }
             }
         }
+        // This machine's platforms start once the SSH nodes are on their way.
         let local_job = here.as_ref().map(|(name, ps)| {
             let cancel = cancel.clone();
             (
@@ -488,6 +490,21 @@ impl Packed {
     }
 }
 
+/// The context, packed once by the first session that needs it.
+struct LazyPacked<'a> {
+    dir: &'a Path,
+    cell: std::sync::OnceLock<std::result::Result<Packed, String>>,
+}
+
+impl LazyPacked<'_> {
+    fn get(&self) -> Result<&Packed> {
+        self.cell
+            .get_or_init(|| Packed::new(self.dir).map_err(|e| format!("{e:#}")))
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("packing the build context: {e}"))
+    }
+}
+
 /// A writer that refuses to pass more than `left` bytes.
 struct Capped<'a> {
     inner: &'a mut dyn Write,
@@ -672,7 +689,7 @@ fn start<'s>(
     ps: &[Platform],
     req: &Request<'_>,
     head: &'s Head,
-    packed: &'s Packed,
+    packed: &'s LazyPacked<'s>,
     store: &'s Layout,
 ) -> Result<Running<'s>> {
     let endpoint = Endpoint::parse(&status.node.endpoint)?;
@@ -786,12 +803,13 @@ fn session(
     stdin: &Mutex<Option<std::process::ChildStdin>>,
     stdout: ChildStdout,
     head: &Head,
-    packed: &Packed,
+    packed: &LazyPacked<'_>,
     store: &Layout,
     with_steps: bool,
 ) -> Result<Outcome> {
     let mut stats = Stats::default();
     let started = Instant::now();
+    let packed = packed.get()?;
     let mut from = BufReader::with_capacity(1 << 20, stdout);
     {
         let sent = AtomicU64::new(0);
