@@ -305,16 +305,22 @@ impl<'a> Bases<'a> {
         }
     }
 
-    /// Resolves `r` for each of `platforms` in its registry: index, manifest and config, no layer.
-    fn resolve_remote(&self, r: &Reference, platforms: &[Platform]) -> Result<Vec<SourceImage>> {
-        let name = r.to_string();
+    /// `r`'s repository and what its reference resolves to there.
+    fn open_remote(&self, r: &Reference) -> Result<(RegistryRepo, Descriptor)> {
         let src = RegistryRepo::new(self.env.client()?, r, self.env.runtime());
-        let root = src.resolve(&name).with_context(|| {
+        let root = src.resolve(&r.to_string()).with_context(|| {
             format!(
                 "base image {} is not in the local store and could not be pulled",
                 r.familiar()
             )
         })?;
+        Ok((src, root))
+    }
+
+    /// Resolves `r` for each of `platforms` in its registry: index, manifest and config, no layer.
+    fn resolve_remote(&self, r: &Reference, platforms: &[Platform]) -> Result<Vec<SourceImage>> {
+        let name = r.to_string();
+        let (src, root) = self.open_remote(r)?;
         let top = src.read_manifest(&root)?;
         let mut out = Vec::new();
         for p in platforms {
@@ -577,13 +583,7 @@ impl<'a> Bases<'a> {
     fn pull(&self, r: &Reference, missing: &[Platform], tell: bool) -> Result<()> {
         let cli = self.cli;
         let name = r.to_string();
-        let src = RegistryRepo::new(self.env.client()?, r, self.env.runtime());
-        let root = src.resolve(&name).with_context(|| {
-            format!(
-                "base image {} is not in the local store and could not be pulled",
-                r.familiar()
-            )
-        })?;
+        let (src, root) = self.open_remote(r)?;
         // Keep the platforms already here, so one name serves every build.
         let mut want: Vec<Platform> = missing.to_vec();
         if let Some(existing) = self.store.lookup(&name)? {

@@ -1499,16 +1499,7 @@ impl Engine<'_> {
         keys: &Keys,
         keep_empty: bool,
     ) -> Result<bool> {
-        let written = layer::write_to_store(upper, self.store, &self.opts.layer)?;
-        if written.entries > 0 {
-            self.snapshots.adopt(upper, &written.diff_id)?;
-        }
-        self.cache.put_blob(
-            &written.diff_id,
-            self.opts.layer.compression,
-            self.opts.layer.level,
-            &written.descriptor,
-        );
+        let written = self.store_layer(upper)?;
         let layer =
             (keep_empty || written.entries > 0).then_some((written.descriptor, written.diff_id));
         let step = CachedStep {
@@ -1527,6 +1518,13 @@ impl Engine<'_> {
     /// Writes the layer of a COPY or ADD (kept even when empty, as docker's builder does); the
     /// directory becomes its snapshot.
     fn write_layer(&self, upper: &std::path::Path) -> Result<(Descriptor, Digest)> {
+        let written = self.store_layer(upper)?;
+        Ok((written.descriptor, written.diff_id))
+    }
+
+    /// Writes `upper` as a layer blob, adopts it as the layer's snapshot and remembers the
+    /// compressed form by diffID.
+    fn store_layer(&self, upper: &std::path::Path) -> Result<layer::WrittenLayer> {
         let written = layer::write_to_store(upper, self.store, &self.opts.layer)?;
         if written.entries > 0 {
             self.snapshots.adopt(upper, &written.diff_id)?;
@@ -1537,7 +1535,7 @@ impl Engine<'_> {
             self.opts.layer.level,
             &written.descriptor,
         );
-        Ok((written.descriptor, written.diff_id))
+        Ok(written)
     }
 
     /// Remembers `layer` as the step's result under its keys and adds it to the stage.
