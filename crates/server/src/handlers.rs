@@ -574,10 +574,9 @@ fn blob_stream(
         let f = file.clone();
         let piece = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
             use std::os::unix::fs::FileExt as _;
-            let mut buf = Vec::with_capacity(n as usize);
-            // read_at into the spare capacity would need unsafe; a zeroed buffer costs a
-            // memset, which is far cheaper than the copy through an intermediate buffer.
-            buf.resize(n as usize, 0);
+            // Zeroed (calloc: often fresh pages, no memset) rather than read into spare
+            // capacity, which would need unsafe.
+            let mut buf = vec![0u8; n as usize];
             let mut done = 0;
             while done < buf.len() {
                 match f.read_at(&mut buf[done..], pos + done as u64) {
