@@ -933,8 +933,11 @@ fn start_writeback(f: &std::fs::File, at: u64, len: u64) {
 
 /// Waits for a piece's write and brings the session up to date with it.
 async fn wait_piece(h: tokio::task::JoinHandle<PieceResult>, s: &mut Session) -> Result<()> {
-    let (n, hasher, err) = h.await.map_err(ApiError::internal)?;
-    s.offset += n;
+    let (n, hasher, err) = match h.await {
+        Ok(r) => r,
+        Err(e) => (0, None, Some(std::io::Error::other(e))),
+    };
+    s.offset = s.offset.saturating_add(n);
     s.hasher = hasher;
     match err {
         // Part of it may be on disk: the offset is read from the file next time.
