@@ -572,11 +572,12 @@ fn blob_stream(
         }
         let n = left.min(STREAM_PIECE as u64);
         let f = file.clone();
+        // Allocated here, not on the blocking thread: each of those gets a malloc arena of its
+        // own, and pieces freed into many arenas raised peak RSS by ~25 MB (79 against 57).
+        // Zeroed rather than read into spare capacity, which would need unsafe.
+        let mut buf = vec![0u8; n as usize];
         let piece = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
             use std::os::unix::fs::FileExt as _;
-            // Zeroed (calloc: often fresh pages, no memset) rather than read into spare
-            // capacity, which would need unsafe.
-            let mut buf = vec![0u8; n as usize];
             let mut done = 0;
             while done < buf.len() {
                 match f.read_at(&mut buf[done..], pos + done as u64) {
