@@ -9,6 +9,9 @@
 #
 #   bench/registry.sh        (needs skopeo, docker-registry, python3; builds manifold --release,
 #                             or takes the binary from MANIFOLD_BIN)
+# MANIFOLD_BASE_BIN=PATH adds a row for another manifold binary (a before/after in one run);
+# SMALL=0 leaves out the 1,000-blob image (its columns show "-"); ROWS="manifold distribution"
+# changes the order of the servers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${MANIFOLD_BIN:-}" ]; then cargo build --release -q -p manifold-cli; fi
@@ -28,7 +31,7 @@ start_distribution() { # dir -> ADDR, PID
 }
 start_manifold() { # dir -> ADDR, PID
   local dir=$1 port; port=$(free_port)
-  "$m" --root "$dir" registry serve --addr "127.0.0.1:$port" >/dev/null 2>"$dir.log" &
+  "${BIN:-$m}" --root "$dir" registry serve --addr "127.0.0.1:$port" >/dev/null 2>"$dir.log" &
   PID=$!; pids+=("$PID"); wait_port "$port"; ADDR="127.0.0.1:$port"
 }
 
@@ -58,7 +61,7 @@ def layout(out, platforms, make_layers):
     open(f"{out}/index.json", "w").write(json.dumps({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.index.v1+json",
         "digest": d, "size": n, "annotations": {"org.opencontainers.image.ref.name": "bench"}}]}))
 layout(sys.argv[1], ["amd64", "arm64"], lambda a: [(f"data-{a}-{i}.bin", os.urandom(25 << 20)) for i in range(4)])
-layout(sys.argv[2], ["amd64"], lambda a: [(f"f{i}", os.urandom(1024)) for i in range(1000)])
+if os.environ.get("SMALL", "1") != "0": layout(sys.argv[2], ["amd64"], lambda a: [(f"f{i}", os.urandom(1024)) for i in range(1000)])
 PY
 
 t() { local s e; s=$(date +%s.%N); "$@" >/dev/null 2>&1 || { echo "failed: $*" >&2; exit 1; }; e=$(date +%s.%N); python3 -c "print(f'{$e-$s:.2f}')"; }
@@ -71,8 +74,11 @@ row() { # name start-function
   local push_big pull_big push_small pull_small conc
   push_big=$(t sk "oci:$work/big:bench" "docker://$a/bench/big:1")
   pull_big=$(t sk "docker://$a/bench/big:1" "oci:$work/out-$name-big:x")
-  push_small=$(t sk "oci:$work/small:bench" "docker://$a/bench/small:1")
-  pull_small=$(t sk "docker://$a/bench/small:1" "oci:$work/out-$name-small:x")
+  push_small=- pull_small=-
+  if [ "${SMALL:-1}" != 0 ]; then
+    push_small=$(t sk "oci:$work/small:bench" "docker://$a/bench/small:1")
+    pull_small=$(t sk "docker://$a/bench/small:1" "oci:$work/out-$name-small:x")
+  fi
   rm -rf "$work/out-$name-big" "$work/out-$name-small"
   local s e; s=$(date +%s.%N)
   for i in $(seq 16); do sk "docker://$a/bench/big:1" "oci:$work/conc-$name-$i:x" >/dev/null 2>&1 & done
@@ -87,5 +93,11 @@ row() { # name start-function
 
 echo "| server | push 2×4×25 MB | pull | push 1,000 blobs | pull | 16 concurrent pulls | peak RSS |"
 echo "|---|---|---|---|---|---|---|"
-row distribution start_distribution
-row manifold start_manifold
+start_base() { BIN=$MANIFOLD_BASE_BIN start_manifold "$@"; }
+for r in ${ROWS:-distribution manifold manifold-base}; do
+  case $r in
+    distribution) row distribution start_distribution ;;
+    manifold) row manifold start_manifold ;;
+    manifold-base) if [ -n "${MANIFOLD_BASE_BIN:-}" ]; then row manifold-base start_base; fi ;;
+  esac
+done

@@ -9,7 +9,6 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use oci::{Digest, Hasher};
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use crate::auth::{Access, Identity, Mode};
 use crate::error::ApiError;
@@ -22,6 +21,10 @@ type Result<T, E = ApiError> = std::result::Result<T, E>;
 /// Blobs up to this size are answered from memory, read in the same trip to the blocking pool
 /// as the lookup (16 clients at once hold at most 4 MiB).
 const SMALL_BLOB: u64 = 256 << 10;
+
+/// Larger blobs are sent in pieces of this size: one trip to the blocking pool per piece, and
+/// at most about two pieces held per stream (16 clients pulling 6 layers each hold ~48 MiB).
+const STREAM_PIECE: usize = 256 << 10;
 
 /// Upload bodies up to this size (by `Content-Length`) are received into memory first, then
 /// written, checked and (on the completing request) committed in one trip to the blocking
@@ -546,12 +549,55 @@ async fn get_blob(
         let body = b.slice(start as usize..(start + len) as usize);
         return Ok(respond(status, h, Body::from(body)));
     }
-    let mut file = tokio::fs::File::from_std(file);
-    if start > 0 {
-        file.seek(std::io::SeekFrom::Start(start)).await?;
-    }
-    let stream = tokio_util::io::ReaderStream::with_capacity(file.take(len), 256 * 1024);
-    Ok(respond(status, h, Body::from_stream(stream)))
+    Ok(respond(
+        status,
+        h,
+        Body::from_stream(blob_stream(file, start, len)),
+    ))
+}
+
+/// The bytes `start..start+len` of a blob, read on the blocking pool in pieces of
+/// [`STREAM_PIECE`], each straight into the buffer that becomes the body chunk (no second copy,
+/// no file-side buffer). A file that ends early fails the stream rather than sending a short
+/// body.
+fn blob_stream(
+    file: std::fs::File,
+    start: u64,
+    len: u64,
+) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send {
+    let file = Arc::new(file);
+    futures_util::stream::try_unfold((file, start, len), |(file, pos, left)| async move {
+        if left == 0 {
+            return Ok(None);
+        }
+        let n = left.min(STREAM_PIECE as u64);
+        let f = file.clone();
+        // Allocated here, not on the blocking thread: each of those gets a malloc arena of its
+        // own, and pieces freed into many arenas raised peak RSS by ~25 MB (79 against 57).
+        // Zeroed rather than read into spare capacity, which would need unsafe.
+        let mut buf = vec![0u8; n as usize];
+        let piece = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+            use std::os::unix::fs::FileExt as _;
+            let mut done = 0;
+            while done < buf.len() {
+                match f.read_at(&mut buf[done..], pos + done as u64) {
+                    Ok(0) => {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            "the blob became shorter while being sent",
+                        ))
+                    }
+                    Ok(k) => done += k,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(buf)
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        Ok(Some((bytes::Bytes::from(piece), (file, pos + n, left - n))))
+    })
 }
 
 fn range_of(req: &Request) -> Option<String> {
@@ -765,43 +811,141 @@ async fn sync_offset(app: &Arc<App>, id: &str, s: &mut Session) -> Result<()> {
 
 /// Appends a request body to the upload's file, hashing as it goes. On a dropped connection,
 /// what arrived stays and the offset says how much: the client resumes from there.
+///
+/// The body is gathered into pieces of [`WRITE_PIECE`]; each is written, hashed and handed to
+/// the kernel's writeback (`sync_file_range`) on the blocking pool while the next one arrives,
+/// so the data sync before the blob is named (see `Storage::finish_upload`) finds little left.
 async fn append(app: &Arc<App>, id: &str, s: &mut Session, body: Body) -> Result<()> {
-    let f = tokio::fs::OpenOptions::new()
-        .append(true)
-        .open(app.storage.upload_data(id))
-        .await
-        .map_err(|_| ApiError::upload_unknown())?;
-    let mut w = tokio::io::BufWriter::with_capacity(1 << 20, f);
+    let path = app.storage.upload_data(id);
+    let (file, mut pos) = tokio::task::spawn_blocking(move || {
+        let f = std::fs::OpenOptions::new().append(true).open(path)?;
+        let len = f.metadata()?.len();
+        Ok::<_, std::io::Error>((Arc::new(f), len))
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(|_| ApiError::upload_unknown())?;
     let mut stream = body.into_data_stream();
+    let mut buf = bytes::BytesMut::new();
+    let mut inflight: Option<tokio::task::JoinHandle<PieceResult>> = None;
     let mut failed = None;
-    while let Some(chunk) = stream.next().await {
-        match chunk {
-            Ok(c) => {
-                if let Err(e) = w.write_all(&c).await {
-                    failed = Some(ApiError::internal(e));
-                    break;
+    loop {
+        let next = stream.next().await;
+        let last = match next {
+            Some(Ok(c)) => {
+                if buf.capacity() == 0 {
+                    buf.reserve(WRITE_PIECE);
                 }
-                if let Some(h) = s.hasher.as_mut() {
-                    h.update(&c);
+                buf.extend_from_slice(&c);
+                if buf.len() < WRITE_PIECE {
+                    continue;
                 }
-                s.offset += c.len() as u64;
+                false
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 failed = Some(ApiError::new(
                     StatusCode::BAD_REQUEST,
                     "BLOB_UPLOAD_INVALID",
                     format!("the upload body ended early: {e}; resume from the offset GET returns"),
                 ));
+                true
+            }
+            None => true,
+        };
+        if let Some(h) = inflight.take() {
+            if let Err(e) = wait_piece(h, s).await {
+                failed = Some(e);
                 break;
             }
         }
+        if !buf.is_empty() {
+            let piece = buf.split().freeze();
+            let (f, at, hasher) = (file.clone(), pos, s.hasher.take());
+            pos += piece.len() as u64;
+            inflight = Some(tokio::task::spawn_blocking(move || {
+                write_piece(&f, at, &piece, hasher)
+            }));
+        }
+        if last {
+            break;
+        }
     }
-    if let Err(e) = w.flush().await {
-        s.hasher = None;
-        return Err(ApiError::internal(e));
+    if let Some(h) = inflight.take() {
+        if let Err(e) = wait_piece(h, s).await {
+            failed.get_or_insert(e);
+        }
     }
     match failed {
         Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Upload bodies are written in pieces of this size (at most two held per upload).
+const WRITE_PIECE: usize = 1 << 20;
+
+/// What writing one piece gives back: the bytes written, the hasher (when it saw every byte)
+/// and the error that stopped it.
+type PieceResult = (u64, Option<Hasher>, Option<std::io::Error>);
+
+fn write_piece(
+    f: &std::fs::File,
+    at: u64,
+    piece: &[u8],
+    mut hasher: Option<Hasher>,
+) -> PieceResult {
+    use std::io::Write as _;
+    let mut w = f;
+    let mut done = 0;
+    while done < piece.len() {
+        match w.write(&piece[done..]) {
+            Ok(0) => {
+                return (
+                    done as u64,
+                    None,
+                    Some(std::io::ErrorKind::WriteZero.into()),
+                )
+            }
+            Ok(k) => done += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return (done as u64, None, Some(e)),
+        }
+    }
+    if let Some(h) = hasher.as_mut() {
+        h.update(piece);
+    }
+    start_writeback(f, at, piece.len() as u64);
+    (done as u64, hasher, None)
+}
+
+/// Starts writing a range of the file to disk without waiting for it, so the sync that makes
+/// the blob durable overlaps with receiving the rest. Only a hint: failures are ignored (the
+/// final `fdatasync` reports real ones).
+fn start_writeback(f: &std::fs::File, at: u64, len: u64) {
+    use std::os::fd::AsRawFd as _;
+    let (Ok(at), Ok(len)) = (i64::try_from(at), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: a plain syscall on an open descriptor; it reads no memory of ours.
+    unsafe {
+        libc::sync_file_range(f.as_raw_fd(), at, len, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
+
+/// Waits for a piece's write and brings the session up to date with it.
+async fn wait_piece(h: tokio::task::JoinHandle<PieceResult>, s: &mut Session) -> Result<()> {
+    let (n, hasher, err) = match h.await {
+        Ok(r) => r,
+        Err(e) => (0, None, Some(std::io::Error::other(e))),
+    };
+    s.offset = s.offset.saturating_add(n);
+    s.hasher = hasher;
+    match err {
+        // Part of it may be on disk: the offset is read from the file next time.
+        Some(e) => {
+            s.offset = u64::MAX;
+            Err(ApiError::internal(e))
+        }
         None => Ok(()),
     }
 }
@@ -913,7 +1057,68 @@ async fn patch_upload(
 
 #[cfg(test)]
 mod tests {
-    use super::parse_range;
+    use super::{blob_stream, parse_range, write_piece, STREAM_PIECE};
+    use futures_util::StreamExt;
+
+    fn collect(file: std::fs::File, start: u64, len: u64) -> std::io::Result<Vec<u8>> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut out = Vec::new();
+            let mut s = std::pin::pin!(blob_stream(file, start, len));
+            while let Some(c) = s.next().await {
+                let c = c?;
+                assert!(c.len() <= STREAM_PIECE);
+                out.extend_from_slice(&c);
+            }
+            Ok(out)
+        })
+    }
+
+    #[test]
+    fn blob_streams_send_exactly_the_range_across_pieces() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("b");
+        let data: Vec<u8> = (0..(3 * STREAM_PIECE + 12_345))
+            .map(|i| (i % 251) as u8)
+            .collect();
+        std::fs::write(&p, &data).unwrap();
+        let n = data.len() as u64;
+        let piece = STREAM_PIECE as u64;
+        for (a, len) in [
+            (0, n),
+            (1, n - 1),
+            (piece - 1, 2),
+            (piece, piece),
+            (n - 7, 7),
+            (5, 0),
+        ] {
+            let got = collect(std::fs::File::open(&p).unwrap(), a, len).unwrap();
+            assert!(
+                got == data[a as usize..(a + len) as usize],
+                "range {a}+{len}"
+            );
+        }
+        // A file shorter than promised fails the stream instead of sending a short body.
+        let err = collect(std::fs::File::open(&p).unwrap(), n - 10, 20).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn pieces_append_and_hash_what_they_write() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("data");
+        std::fs::write(&p, b"abc").unwrap();
+        let f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+        let mut h = oci::Algorithm::Sha256.hasher();
+        h.update(b"abc");
+        let (n, h, err) = write_piece(&f, 3, b"defg", Some(h));
+        assert!(err.is_none());
+        assert_eq!(n, 4);
+        assert_eq!(std::fs::read(&p).unwrap(), b"abcdefg");
+        assert_eq!(h.unwrap().finish(), oci::Digest::sha256_of(b"abcdefg"));
+    }
 
     #[test]
     fn ranges() {

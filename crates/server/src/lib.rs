@@ -129,10 +129,15 @@ async fn log_requests(State(app): State<Arc<App>>, req: Request, next: Next) -> 
     } else {
         content_length(resp.headers())
     };
-    eprintln!(
-        "{method} {path} {status} in={bytes_in} out={bytes_out} {:.1}ms",
+    // Formatted first: stderr is unbuffered, and eprintln! would write each piece separately.
+    let line = format!(
+        "{method} {path} {status} in={bytes_in} out={bytes_out} {:.1}ms\n",
         start.elapsed().as_secs_f64() * 1000.0
     );
+    {
+        use std::io::Write as _;
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    }
     app.metrics.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
     app.metrics
         .bytes_out

@@ -594,7 +594,8 @@ impl Storage {
             // is not synced per blob (distribution syncs nothing): a rename lost in a crash
             // loses only the blob, which the client pushes again, and the manifest that names
             // it is written with a directory sync, which commits the earlier renames with it on
-            // journaling filesystems.
+            // journaling filesystems. Streamed uploads start the writeback of each piece as it
+            // arrives (handlers::append), so for large blobs this sync only waits for the tail.
             File::open(&data)?.sync_data()?;
             if let Some(p) = dest.parent() {
                 fs::create_dir_all(p)?;
