@@ -396,6 +396,7 @@ fn forward_signals(
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGWINCH])
         .context("installing signal handlers")?;
     let handle = signals.handle();
+    let closed = handle.clone();
     std::thread::spawn(move || {
         for sig in signals.forever() {
             if sig == SIGWINCH {
@@ -404,11 +405,20 @@ fn forward_signals(
                 }
                 continue;
             }
-            let pid = outer.load(Ordering::SeqCst);
-            if pid == 0 {
-                continue;
+            // The command may run (and be signalled) before the sandbox has told us its outer
+            // process: wait for it rather than drop the signal, until the run is over.
+            let mut pid1 = None;
+            for _ in 0..3000 {
+                let pid = outer.load(Ordering::SeqCst);
+                if pid != 0 {
+                    pid1 = only_child(pid);
+                }
+                if pid1.is_some() || closed.is_closed() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
             }
-            if let Some(pid1) = only_child(pid) {
+            if let Some(pid1) = pid1 {
                 // SAFETY: kill with a pid read from /proc and a valid signal number.
                 unsafe { libc::kill(pid1 as libc::pid_t, sig) };
             }
