@@ -4,22 +4,7 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use common::*;
-
-fn qemu_ready() -> bool {
-    let ok = PathBuf::from("/proc/sys/fs/binfmt_misc/qemu-aarch64").exists();
-    if !ok {
-        if std::env::var("MANIFOLD_REQUIRE_PEERS").as_deref() == Ok("1") {
-            panic!(
-                "no binfmt_misc handler for aarch64: install qemu-user-static and binfmt-support"
-            );
-        }
-        eprintln!("SKIPPED: no binfmt_misc handler for aarch64 (qemu-user-static)");
-    }
-    ok
-}
 
 #[test]
 fn a_single_platform_base_of_another_platform_sets_the_build_platform() {

@@ -10,19 +10,6 @@ use std::process::{Command, Stdio};
 use common::dockerd::Dockerd;
 use common::*;
 
-fn qemu_ready() -> bool {
-    let ok = PathBuf::from("/proc/sys/fs/binfmt_misc/qemu-aarch64").exists();
-    if !ok {
-        if std::env::var("MANIFOLD_REQUIRE_PEERS").as_deref() == Ok("1") {
-            panic!(
-                "no binfmt_misc handler for aarch64: install qemu-user-static and binfmt-support"
-            );
-        }
-        eprintln!("SKIPPED: no binfmt_misc handler for aarch64 (qemu-user-static)");
-    }
-    ok
-}
-
 #[test]
 fn docker_pulls_and_runs_each_platform_of_a_merged_tag_and_loads_our_archive() {
     if !qemu_ready() {

@@ -106,6 +106,18 @@ pub fn fails(root: &Path, args: &[&str]) -> String {
 
 /// Is a peer program present? Without it the test is skipped loudly, or fails when
 /// MANIFOLD_REQUIRE_PEERS=1 (CI sets it, so no peer test skips there).
+/// Is QEMU registered for aarch64? A missing handler fails under MANIFOLD_REQUIRE_PEERS=1.
+pub fn qemu_ready() -> bool {
+    let ok = std::path::Path::new("/proc/sys/fs/binfmt_misc/qemu-aarch64").exists();
+    if !ok {
+        if std::env::var("MANIFOLD_REQUIRE_PEERS").as_deref() == Ok("1") {
+            panic!("no binfmt_misc handler for aarch64: run `manifold binfmt install arm64`");
+        }
+        eprintln!("SKIPPED: no binfmt_misc handler for aarch64 (`manifold binfmt install arm64`)");
+    }
+    ok
+}
+
 pub fn peer(name: &str) -> bool {
     let found = Command::new("sh")
         .args(["-c", &format!("command -v {name}")])
