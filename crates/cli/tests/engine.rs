@@ -16,20 +16,6 @@ fn base() -> Option<(Registry, String)> {
     registry_with_busybox(&["amd64", "arm64", "armhf"])
 }
 
-fn context(files: &[(&str, &str)]) -> tempfile::TempDir {
-    let t = tempfile::tempdir().unwrap();
-    for (name, body) in files {
-        let p = t.path().join(name);
-        fs::create_dir_all(p.parent().unwrap()).unwrap();
-        fs::write(p, body).unwrap();
-    }
-    t
-}
-
-fn read(p: &Path) -> String {
-    fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-}
-
 /// Runs a build, failing the test unless it succeeds; returns stderr (the step log).
 fn build(store: &Path, args: &[&str]) -> String {
     let mut all = vec!["build"];

@@ -15,20 +15,6 @@ fn base() -> Option<(Registry, String)> {
     registry_with_busybox(&["amd64"])
 }
 
-fn context(files: &[(&str, &str)]) -> tempfile::TempDir {
-    let t = tempfile::tempdir().unwrap();
-    for (name, body) in files {
-        let p = t.path().join(name);
-        fs::create_dir_all(p.parent().unwrap()).unwrap();
-        fs::write(p, body).unwrap();
-    }
-    t
-}
-
-fn read(p: &Path) -> String {
-    fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-}
-
 /// Builds `df` into a local directory; returns (success, stderr).
 fn build(
     store: &Path,

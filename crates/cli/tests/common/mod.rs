@@ -106,6 +106,22 @@ pub fn fails(root: &Path, args: &[&str]) -> String {
 
 /// Is a peer program present? Without it the test is skipped loudly, or fails when
 /// MANIFOLD_REQUIRE_PEERS=1 (CI sets it, so no peer test skips there).
+/// A build context directory holding `files` (path, content).
+pub fn context(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let t = tempfile::tempdir().unwrap();
+    for (name, body) in files {
+        let p = t.path().join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, body).unwrap();
+    }
+    t
+}
+
+/// A file's text, or a panic naming it.
+pub fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
 /// Is QEMU registered for aarch64? A missing handler fails under MANIFOLD_REQUIRE_PEERS=1.
 pub fn qemu_ready() -> bool {
     let ok = std::path::Path::new("/proc/sys/fs/binfmt_misc/qemu-aarch64").exists();
