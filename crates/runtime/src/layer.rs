@@ -671,6 +671,28 @@ pub fn store_changes(
     opts: &LayerOptions,
 ) -> Result<WrittenLayer> {
     let upper = changes.dir();
+    let what = upper.display().to_string();
+    let (d, _, _) = ingest_written(layout, &what, |w| {
+        let (mut w, d) = write_changes(changes, w, opts)?;
+        w.flush().map_err(io_err("writing the layer of", upper))?;
+        let (digest, size) = (d.digest.clone(), d.size);
+        Ok((d, digest, size))
+    })?;
+    Ok(WrittenLayer {
+        descriptor: Descriptor::new(opts.media_type(), d.digest, d.size),
+        diff_id: d.diff_id,
+        uncompressed_size: d.uncompressed_size,
+        entries: d.entries,
+    })
+}
+
+/// Streams what `write` writes into the store's ingest (on another thread) and checks that the
+/// store received the blob `write` reports (its digest and size).
+fn ingest_written<T>(
+    layout: &store::Layout,
+    what: &str,
+    write: impl FnOnce(ChannelWriter) -> Result<(T, Digest, u64)>,
+) -> Result<(T, Digest, u64)> {
     let (tx, rx) = mpsc::sync_channel::<Chunk>(8);
     std::thread::scope(|s| {
         let ingest = s.spawn(move || {
@@ -685,35 +707,26 @@ pub fn store_changes(
             tx: tx.clone(),
             buf: Vec::with_capacity(CHUNK),
         };
-        let written = write_changes(changes, w, opts).and_then(|(mut w, d)| {
-            w.flush().map_err(io_err("writing the layer of", upper))?;
-            Ok(d)
-        });
+        let written = write(w);
         if let Err(e) = &written {
             let _ = tx.send(Chunk::Failed(e.to_string()));
         }
         drop(tx);
         let stored = ingest.join().map_err(|_| Error::BadLayer {
-            layer: upper.display().to_string(),
+            layer: what.to_string(),
             reason: "the store's ingest thread panicked".into(),
         })?;
-        let d = written?;
-        let (digest, size) = stored?;
-        if digest != d.digest || size != d.size {
+        let (t, digest, size) = written?;
+        let (got, got_size) = stored?;
+        if got != digest || got_size != size {
             return Err(Error::BadLayer {
-                layer: upper.display().to_string(),
+                layer: what.to_string(),
                 reason: format!(
-                    "the store received {digest} ({size} bytes) but {} ({} bytes) was written",
-                    d.digest, d.size
+                    "the store received {got} ({got_size} bytes) but {digest} ({size} bytes) was written"
                 ),
             });
         }
-        Ok(WrittenLayer {
-            descriptor: Descriptor::new(opts.media_type(), d.digest, d.size),
-            diff_id: d.diff_id,
-            uncompressed_size: d.uncompressed_size,
-            entries: d.entries,
-        })
+        Ok((t, digest, size))
     })
 }
 
@@ -729,70 +742,37 @@ pub fn recompress_in_store(
     let f = layout.open_blob(&blob.digest)?;
     let mut tar = crate::snapshot::decompress(f, Some(&blob.media_type))
         .map_err(io_err("decompressing layer", Path::new(&what)))?;
-    let (tx, rx) = mpsc::sync_channel::<Chunk>(8);
-    std::thread::scope(|s| {
-        let ingest = s.spawn(move || {
-            let mut r = ChannelReader {
-                rx,
-                cur: Vec::new(),
-                pos: 0,
-            };
-            layout.ingest(&mut r, None)
-        });
-        let w = ChannelWriter {
-            tx: tx.clone(),
-            buf: Vec::with_capacity(CHUNK),
-        };
+    let (_, digest, size) = ingest_written(layout, &what, |w| {
         let werr = |e: io::Error| io_err("recompressing layer", Path::new(&what))(e);
-        let written = (|| -> Result<(Digest, u64)> {
-            let out = DigestWriter::new(w, oci::Algorithm::Sha256);
-            let out = match opts.compression {
-                Compression::Gzip => {
-                    let level = flate2::Compression::new(opts.level.unwrap_or(6).min(9));
-                    let threads = match opts.threads {
-                        0 => std::thread::available_parallelism().map_or(1, |n| n.get().min(8)),
-                        n => n,
-                    };
-                    let mut enc = crate::pargz::ParGz::new(out, level, threads);
-                    io::copy(&mut tar, &mut enc).map_err(werr)?;
-                    enc.finish().map_err(werr)?
-                }
-                Compression::Zstd => {
-                    let level = opts.level.unwrap_or(3).clamp(1, 19) as i32;
-                    let mut enc = zstd::stream::write::Encoder::new(out, level).map_err(werr)?;
-                    io::copy(&mut tar, &mut enc).map_err(werr)?;
-                    enc.finish().map_err(werr)?
-                }
-                Compression::None => {
-                    let mut out = out;
-                    io::copy(&mut tar, &mut out).map_err(werr)?;
-                    out
-                }
-            };
-            let (mut w, digest, size) = out.finish();
-            w.flush().map_err(werr)?;
-            Ok((digest, size))
-        })();
-        if let Err(e) = &written {
-            let _ = tx.send(Chunk::Failed(e.to_string()));
-        }
-        drop(tx);
-        let stored = ingest.join().map_err(|_| Error::BadLayer {
-            layer: what.clone(),
-            reason: "the store's ingest thread panicked".into(),
-        })?;
-        let (digest, size) = written?;
-        let (got, got_size) = stored?;
-        if got != digest || got_size != size {
-            return Err(Error::BadLayer {
-                layer: what.clone(),
-                reason: format!(
-                    "the store received {got} ({got_size} bytes) but {digest} ({size} bytes) was written"
-                ),
-            });
-        }
-        Ok(Descriptor::new(opts.media_type(), digest, size))
-    })
+        let out = DigestWriter::new(w, oci::Algorithm::Sha256);
+        let out = match opts.compression {
+            Compression::Gzip => {
+                let level = flate2::Compression::new(opts.level.unwrap_or(6).min(9));
+                let threads = match opts.threads {
+                    0 => std::thread::available_parallelism().map_or(1, |n| n.get().min(8)),
+                    n => n,
+                };
+                let mut enc = crate::pargz::ParGz::new(out, level, threads);
+                io::copy(&mut tar, &mut enc).map_err(werr)?;
+                enc.finish().map_err(werr)?
+            }
+            Compression::Zstd => {
+                let level = opts.level.unwrap_or(3).clamp(1, 19) as i32;
+                let mut enc = zstd::stream::write::Encoder::new(out, level).map_err(werr)?;
+                io::copy(&mut tar, &mut enc).map_err(werr)?;
+                enc.finish().map_err(werr)?
+            }
+            Compression::None => {
+                let mut out = out;
+                io::copy(&mut tar, &mut out).map_err(werr)?;
+                out
+            }
+        };
+        let (mut w, digest, size) = out.finish();
+        w.flush().map_err(werr)?;
+        Ok(((), digest, size))
+    })?;
+    Ok(Descriptor::new(opts.media_type(), digest, size))
 }
 
 #[cfg(test)]
