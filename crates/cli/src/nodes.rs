@@ -335,8 +335,8 @@ fn wait_all(
                     }
                 }
                 Ok(Some(st)) => {
-                    let _ = r.finish();
-                    failure.get_or_insert_with(|| r.failed(&format!("{st}")));
+                    let ours = r.join_session();
+                    failure.get_or_insert_with(|| r.failed(&format!("{st}"), ours.as_ref()));
                 }
                 // Our side of the conversation failed (a bad answer, a blob that does not match
                 // its digest) while the node still runs.
@@ -356,7 +356,7 @@ fn wait_all(
                             let e = match exited {
                                 Some(st) if !st.success() => {
                                     let _ = r.finish();
-                                    r.failed(&format!("{st}"))
+                                    r.failed(&format!("{st}"), Some(&e))
                                 }
                                 _ => e.context(format!(
                                     "node {} ({}) building {}; the other nodes were stopped and nothing was stored or pushed",
@@ -370,13 +370,14 @@ fn wait_all(
                             still.push(k);
                         }
                         _ => {
-                            failure.get_or_insert_with(|| r.failed("its I/O thread panicked"));
+                            failure
+                                .get_or_insert_with(|| r.failed("its I/O thread panicked", None));
                         }
                     }
                 }
                 Ok(None) => still.push(k),
                 Err(e) => {
-                    failure.get_or_insert_with(|| r.failed(&e.to_string()));
+                    failure.get_or_insert_with(|| r.failed(&e.to_string(), None));
                 }
             }
         }
@@ -573,14 +574,21 @@ struct Running<'s> {
 }
 
 impl Running<'_> {
-    fn failed(&self, how: &str) -> anyhow::Error {
+    /// The node ended with `how`; `ours` is what our side of the conversation found, kept when
+    /// it is a verdict on what the node sent (a blob that does not match its digest) rather than
+    /// the end of its output. Which of the two is seen first is a race.
+    fn failed(&self, how: &str, ours: Option<&anyhow::Error>) -> anyhow::Error {
         let tail: Vec<String> = self
             .tail
             .lock()
             .map(|t| t.iter().cloned().collect())
             .unwrap_or_default();
+        let found = match ours {
+            Some(e) if !ended_early(e) => format!(": {e:#}"),
+            _ => String::new(),
+        };
         anyhow::anyhow!(
-            "node {} ({}) failed while building {} ({how}); the other nodes were stopped and nothing was stored or pushed. Its last lines:\n  {}",
+            "node {} ({}) failed while building {} ({how}){found}; the other nodes were stopped and nothing was stored or pushed. Its last lines:\n  {}",
             self.node,
             self.endpoint,
             self.platforms,
@@ -588,22 +596,28 @@ impl Running<'_> {
         )
     }
 
-    /// After the node exited: the conversation's result.
-    fn finish(&mut self) -> Result<()> {
+    /// After the node exited: our side's error, if it had one.
+    fn join_session(&mut self) -> Option<anyhow::Error> {
         if let Ok(mut s) = self.stdin.lock() {
             s.take();
         }
         if let Some(h) = self.stderr.take() {
             let _ = h.join();
         }
-        if let Some(h) = self.session.take() {
-            match h.join() {
-                Ok(Ok(v)) => self.result = Some(v),
-                Ok(Err(e)) => {
-                    return Err(e.context(format!("node {} ({})", self.node, self.endpoint)))
-                }
-                Err(_) => bail!("node {}: an I/O thread panicked", self.node),
+        match self.session.take()?.join() {
+            Ok(Ok(v)) => {
+                self.result = Some(v);
+                None
             }
+            Ok(Err(e)) => Some(e),
+            Err(_) => Some(anyhow::anyhow!("an I/O thread panicked")),
+        }
+    }
+
+    /// After the node exited: the conversation's result.
+    fn finish(&mut self) -> Result<()> {
+        if let Some(e) = self.join_session() {
+            return Err(e.context(format!("node {} ({})", self.node, self.endpoint)));
         }
         match self.result {
             Some(_) => Ok(()),
@@ -785,6 +799,28 @@ fn input(stdin: &Mutex<Option<std::process::ChildStdin>>) -> Result<std::fs::Fil
     }
 }
 
+/// The other side closed the conversation before it was over.
+#[derive(Debug)]
+pub(crate) struct Ended(String);
+
+impl std::fmt::Display for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the other side ended before {}", self.0)
+    }
+}
+
+impl std::error::Error for Ended {}
+
+/// Whether `e` only says that the other side went away (its own exit says why).
+fn ended_early(e: &anyhow::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionReset, UnexpectedEof};
+    e.chain().any(|c| {
+        c.is::<Ended>()
+            || c.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| matches!(io.kind(), BrokenPipe | ConnectionReset | UnexpectedEof))
+    })
+}
+
 /// One line from the other side, without its newline; end-of-file is an error.
 pub(crate) fn read_line(r: &mut impl BufRead, what: &str) -> Result<String> {
     let mut line = String::new();
@@ -792,7 +828,7 @@ pub(crate) fn read_line(r: &mut impl BufRead, what: &str) -> Result<String> {
         .read_line(&mut line)
         .with_context(|| format!("reading {what}"))?;
     if !line.ends_with('\n') {
-        bail!("the other side ended before {what}");
+        return Err(Ended(what.to_string()).into());
     }
     line.pop();
     Ok(line)

@@ -677,7 +677,9 @@ fn every_node_imports_a_registry_cache_and_one_cache_exports_them_all() {
     assert_eq!(digest_of(&third, &one), digest_of(&third, &three));
 }
 
-/// The node's manifold behind a proxy that flips one byte of the first blob it sends back.
+/// The node's manifold behind a proxy that flips one byte of the first blob it sends back, then
+/// fails as a broken node would (its exit status must not hide what this side found: which of
+/// the two is seen first is a race).
 const CORRUPTING_PROXY: &str = r#"#!/usr/bin/env python3
 import os, subprocess, sys, threading
 p = subprocess.Popen([REAL] + sys.argv[1:], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
@@ -703,9 +705,13 @@ while True:
         elif b[i] == 10:
             lines += 1
         i += 1
-    sys.stdout.buffer.write(b)
-    sys.stdout.buffer.flush()
-sys.exit(p.wait())
+    try:
+        sys.stdout.buffer.write(b)
+        sys.stdout.buffer.flush()
+    except BrokenPipeError:
+        break
+rc = p.wait()
+sys.exit(rc or (120 if sys.argv[1:3] == ["builder", "node-build"] else 0))
 "#;
 
 #[test]
