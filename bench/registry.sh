@@ -5,7 +5,14 @@
 #     (~209 MB), to a fresh registry directory, pulled to a fresh OCI layout;
 #   - push and pull of an image of 1,000 small layers (1 KiB each);
 #   - 16 skopeo clients pulling the big image at once; then the server's peak RSS (VmHWM).
-# Prints one markdown row per server; times are wall-clock seconds of the skopeo commands.
+# Prints one markdown row per server; times are wall-clock seconds of the skopeo commands, each
+# with the CPU time the server process spent on it (utime+stime from /proc) in brackets: the
+# client's own work (hashing, writing, and skopeo's blob-info cache, which fsyncs about 7 times
+# per blob) is in every wall time, for both servers alike. Each row gets a fresh, empty skopeo
+# blob-info cache (a private bind mount over /var/lib/containers/cache, when run as root), so
+# neither server pays for the other's entries. A second table gives the server alone: `ab`
+# fetching one 1 KiB blob 3,000 times, with keep-alive one at a time and without keep-alive six
+# at a time (skopeo's default parallelism).
 #
 #   bench/registry.sh        (needs skopeo, docker-registry, python3; builds manifold --release,
 #                             or takes the binary from MANIFOLD_BIN)
@@ -64,13 +71,29 @@ layout(sys.argv[1], ["amd64", "arm64"], lambda a: [(f"data-{a}-{i}.bin", os.uran
 if os.environ.get("SMALL", "1") != "0": layout(sys.argv[2], ["amd64"], lambda a: [(f"f{i}", os.urandom(1024)) for i in range(1000)])
 PY
 
-t() { local s e; s=$(date +%s.%N); "$@" >/dev/null 2>&1 || { echo "failed: $*" >&2; exit 1; }; e=$(date +%s.%N); python3 -c "print(f'{$e-$s:.2f}')"; }
-sk() { skopeo copy --all --src-tls-verify=false --dest-tls-verify=false "$@"; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# Wall seconds of a command, and the server's ($SERVER_PID) CPU seconds meanwhile.
+t() {
+  local s e c0 c1; c0=$(cpu_ticks "$SERVER_PID"); s=$(date +%s.%N)
+  "$@" >/dev/null 2>&1 || { echo "failed: $*" >&2; exit 1; }
+  e=$(date +%s.%N); c1=$(cpu_ticks "$SERVER_PID")
+  python3 -c "print(f'{$e-$s:.2f} s ({($c1-$c0)/$(getconf CLK_TCK):.2f})')"
+}
+# skopeo with this row's own blob-info cache (root can give it one by a private mount).
+sk() {
+  if [ "$(id -u)" = 0 ] && [ -n "${SKOPEO_CACHE:-}" ]; then
+    mkdir -p /var/lib/containers/cache "$SKOPEO_CACHE"
+    unshare -m sh -c 'mount --bind "$0" /var/lib/containers/cache && exec skopeo copy --all --src-tls-verify=false --dest-tls-verify=false "$@"' "$SKOPEO_CACHE" "$@"
+  else
+    skopeo copy --all --src-tls-verify=false --dest-tls-verify=false "$@"
+  fi
+}
 
 row() { # name start-function
   local name=$1 dir="$work/reg-$1"
   $2 "$dir"
   local a=$ADDR pid=$PID
+  SERVER_PID=$pid SKOPEO_CACHE="$work/skopeo-cache-$name"
   local push_big pull_big push_small pull_small conc
   push_big=$(t sk "oci:$work/big:bench" "docker://$a/bench/big:1")
   pull_big=$(t sk "docker://$a/bench/big:1" "oci:$work/out-$name-big:x")
@@ -83,13 +106,30 @@ row() { # name start-function
   local s e; s=$(date +%s.%N)
   for i in $(seq 16); do sk "docker://$a/bench/big:1" "oci:$work/conc-$name-$i:x" >/dev/null 2>&1 & done
   wait $(jobs -p | grep -v "^$pid$") 2>/dev/null || true
-  e=$(date +%s.%N); conc=$(python3 -c "print(f'{$e-$s:.2f}')")
+  e=$(date +%s.%N); conc=$(python3 -c "print(f'{$e-$s:.2f} s')")
   for i in $(seq 16); do [ -f "$work/conc-$name-$i/index.json" ] || { echo "concurrent pull $i failed" >&2; exit 1; }; done
   rm -rf "$work"/conc-$name-*
   local rss; rss=$(awk '/VmHWM/ {printf "%.0f", $2/1024}' /proc/$pid/status)
-  echo "| $name | $push_big s | $pull_big s | $push_small s | $pull_small s | $conc s | $rss MB |"
+  echo "| $name | $push_big | $pull_big | $push_small | $pull_small | $conc | $rss MB |"
+  # The server alone, on one small blob of the image pushed above.
+  if [ "${SMALL:-1}" != 0 ] && command -v ab >/dev/null; then
+    local blob keep fresh
+    blob=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["layers"][0]["digest"])' "$small_manifest")
+    keep=$(ab -q -k -n 3000 -c 1 "http://$a/v2/bench/small/blobs/$blob" | awk '/Time per request.*\(mean\)$/ {print $4}')
+    fresh=$(ab -q -n 3000 -c 6 "http://$a/v2/bench/small/blobs/$blob" | awk '/Time per request.*\(mean\)$/ {print $4}')
+    ab_rows+=("| $name | $keep ms | $fresh ms |")
+  fi
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
+ab_rows=()
+small_manifest=
+if [ "${SMALL:-1}" != 0 ]; then
+  small_manifest=$(python3 -c '
+import json, sys
+blob = lambda d: sys.argv[1] + "/blobs/sha256/" + d.split(":")[1]
+index = json.load(open(blob(json.load(open(sys.argv[1] + "/index.json"))["manifests"][0]["digest"])))
+print(blob(index["manifests"][0]["digest"]))' "$work/small")
+fi
 
 echo "| server | push 2×4×25 MB | pull | push 1,000 blobs | pull | 16 concurrent pulls | peak RSS |"
 echo "|---|---|---|---|---|---|---|"
@@ -101,3 +141,9 @@ for r in ${ROWS:-distribution manifold manifold-base}; do
     manifold-base) if [ -n "${MANIFOLD_BASE_BIN:-}" ]; then row manifold-base start_base; fi ;;
   esac
 done
+if [ ${#ab_rows[@]} -gt 0 ]; then
+  echo
+  echo "| server | one 1 KiB blob, keep-alive, 1 at a time | new connection each, 6 at a time |"
+  echo "|---|---|---|"
+  printf '%s\n' "${ab_rows[@]}"
+fi

@@ -29,6 +29,9 @@ pub struct BuildArgs {
     /// The build context directory.
     #[arg(default_value = ".")]
     pub context: PathBuf,
+    /// Set by a builder node while the context is still arriving (never a flag).
+    #[arg(skip)]
+    pub context_gate: Option<::engine::context::ContextGate>,
     /// The Dockerfile (default: CONTEXT/Dockerfile).
     #[arg(short, long, value_name = "FILE")]
     pub file: Option<PathBuf>,
@@ -1135,6 +1138,7 @@ fn build_here(
     let agents = crate::ssh::Agents::from_specs(&a.ssh)?;
     let bopts = BuildOptions {
         context: a.context.clone(),
+        context_gate: a.context_gate.clone(),
         dockerfile: shown.to_string(),
         work_dir,
         no_cache: a.no_cache,

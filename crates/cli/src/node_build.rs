@@ -56,27 +56,17 @@ pub fn run(cli: &Cli, env: &transport::Env, a: &NodeBuildArgs) -> Result<ExitCod
         secrets.push((id.clone(), read_exact(*len, "a secret")?));
     }
     let contexts = Contexts::open(&env.store_root)?;
-    let context = {
-        let kept = contexts.take(&hello.context)?;
+    let kept = contexts.take(&hello.context)?;
+    {
         let mut out = std::io::stdout().lock();
         out.write_all(if kept.is_some() { b"have\n" } else { b"need\n" })?;
         out.flush()?;
-        match kept {
-            Some(k) => k,
-            None => {
-                let bytes = std::env::var("MANIFOLD_NODE_CONTEXT_CACHE")
-                    .ok()
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .unwrap_or(KEEP_BYTES);
-                contexts.receive(
-                    &env.store_root,
-                    &hello.context,
-                    hello.context_size,
-                    &mut input,
-                    (KEEP_CONTEXTS, bytes),
-                )?
-            }
-        }
+    }
+    // A context not kept here streams in while the build starts: the steps before the first one
+    // that reads it (the base pulled, packages installed) run meanwhile.
+    let context = match kept {
+        Some(held) => Source::Kept(held),
+        None => Source::Arriving(contexts.arriving(&env.store_root)?),
     };
     // Secrets and the epoch reach the build through this process's environment (no thread runs
     // yet), never through a file on this machine's disk.
@@ -89,21 +79,47 @@ pub fn run(cli: &Cli, env: &transport::Env, a: &NodeBuildArgs) -> Result<ExitCod
     if let Some(e) = &a.source_date_epoch {
         std::env::set_var("SOURCE_DATE_EPOCH", e);
     }
-    // Lines from the other side go to the main thread; its end means the build is cancelled.
+    // The context (when it is not kept here), then lines from the other side for the main
+    // thread; the end of the input means the build is cancelled.
     let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || loop {
-        let mut line = String::new();
-        match (&mut input).take(MAX_LINE).read_line(&mut line) {
-            Ok(0) | Err(_) => {
+    let receiving = match &context {
+        Source::Arriving(a) => Some((
+            a.dir.clone(),
+            a.gate.clone(),
+            hello.context.clone(),
+            hello.context_size,
+        )),
+        Source::Kept(_) => None,
+    };
+    std::thread::spawn(move || {
+        if let Some((dir, gate, digest, size)) = receiving {
+            let got = unpack(&dir, &digest, size, &mut input).map_err(|e| format!("{e:#}"));
+            gate.open(got.clone());
+            if let Err(e) = got {
+                // The conversation is out of step: nothing after the context can be read.
+                eprintln!("error: receiving the build context: {e}");
                 // SAFETY: signalling our own process group; nothing is shared afterwards.
                 unsafe { libc::kill(0, libc::SIGKILL) };
-                std::process::exit(130);
             }
-            Ok(_) => {
-                let _ = tx.send(line);
+        }
+        loop {
+            let mut line = String::new();
+            match (&mut input).take(MAX_LINE).read_line(&mut line) {
+                Ok(0) | Err(_) => {
+                    // SAFETY: as above.
+                    unsafe { libc::kill(0, libc::SIGKILL) };
+                    std::process::exit(130);
+                }
+                Ok(_) => {
+                    let _ = tx.send(line);
+                }
             }
         }
     });
+    let (context_dir, context_gate) = match &context {
+        Source::Kept(h) => (h.0.clone(), None),
+        Source::Arriving(a) => (a.dir.clone(), Some(a.gate.clone())),
+    };
     let iid = work.path().join("iid");
     let steps_file = work.path().join("steps.json");
     // Named in the node's store, so it stays until the next build of these platforms.
@@ -117,7 +133,8 @@ pub fn run(cli: &Cli, env: &transport::Env, a: &NodeBuildArgs) -> Result<ExitCod
         cli,
         env,
         &crate::build::BuildArgs {
-            context: context.0.clone(),
+            context: context_dir,
+            context_gate,
             file: Some(dockerfile.clone()),
             platform: a.platform.clone(),
             tag: vec![name],
@@ -154,7 +171,19 @@ pub fn run(cli: &Cli, env: &transport::Env, a: &NodeBuildArgs) -> Result<ExitCod
     if code != ExitCode::SUCCESS {
         return Ok(code);
     }
-    drop(context);
+    match context {
+        Source::Kept(held) => drop(held),
+        Source::Arriving(a) => {
+            // A build that never read the context finishes before it has all arrived.
+            if a.gate.wait(|| false).is_ok() {
+                let bytes = std::env::var("MANIFOLD_NODE_CONTEXT_CACHE")
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(KEEP_BYTES);
+                contexts.keep(a, &hello.context, (KEEP_CONTEXTS, bytes));
+            }
+        }
+    }
     let digest = Digest::parse(std::fs::read_to_string(&iid)?.trim())?;
     let size = store
         .blob_size(&digest)
@@ -258,15 +287,8 @@ impl Contexts {
         Ok(Some(Held(p, f)))
     }
 
-    /// Unpacks `size` bytes of context tar from `input`, keeps it if it matches `d`.
-    fn receive(
-        &self,
-        store_root: &Path,
-        d: &Digest,
-        size: u64,
-        input: &mut impl Read,
-        limits: (usize, u64),
-    ) -> Result<Held> {
+    /// A scratch directory for a context that is about to arrive.
+    fn arriving(&self, store_root: &Path) -> Result<Arriving> {
         // In the build cache's tmp, marked: `prune` sweeps what a killed node leaves.
         let tmp_parent = ::engine::cache::LocalCache::new(store_root).tmp_dir();
         std::fs::create_dir_all(&tmp_parent)?;
@@ -275,44 +297,26 @@ impl Contexts {
             .tempdir_in(&tmp_parent)
             .with_context(|| format!("creating a directory in {}", tmp_parent.display()))?;
         let _ = runtime::leftovers::mark(tmp.path());
-        let ctx = tmp.path().join("context");
-        std::fs::create_dir(&ctx)?;
-        let mut r = oci::DigestReader::new(input.take(size), d.algorithm());
-        {
-            let mut ar = tar::Archive::new(&mut r);
-            ar.set_preserve_permissions(true);
-            ar.set_preserve_mtime(true);
-            for entry in ar.entries().context("reading the context stream")? {
-                let mut e = entry.context("reading the context stream")?;
-                let path = e.path()?.to_string_lossy().into_owned();
-                if !e
-                    .unpack_in(&ctx)
-                    .with_context(|| format!("unpacking {path}"))?
-                {
-                    bail!("the context stream has an entry outside the context: {path:?}");
-                }
-            }
-        }
-        // The tar's padding counts in the digest.
-        std::io::copy(&mut r, &mut std::io::sink())?;
-        let (got, n) = r.finish();
-        if n != size {
-            bail!("the context stream ended after {n} of {size} bytes");
-        }
-        if &got != d {
-            bail!("the context received is {got}, not {d} as announced; it changed while it was sent: run the build again");
-        }
+        let dir = tmp.path().join("context");
+        std::fs::create_dir(&dir)?;
+        Ok(Arriving {
+            dir,
+            gate: Default::default(),
+            _tmp: tmp,
+        })
+    }
+
+    /// Keeps a context that arrived whole, for the next build of the same digest.
+    fn keep(&self, a: Arriving, d: &Digest, limits: (usize, u64)) {
         let dest = self.dir.join(d.hex());
-        if std::fs::rename(&ctx, &dest).is_err() && !dest.is_dir() {
-            bail!("keeping the context in {}", dest.display());
-        }
         // Another build may have kept the same one meanwhile: either copy serves.
-        let held = match self.take(d)? {
-            Some(h) => h,
-            None => bail!("the context kept in {} went away", dest.display()),
-        };
+        if std::fs::rename(&a.dir, &dest).is_err() && !dest.is_dir() {
+            eprintln!(
+                "warning: the build context could not be kept in {}; the next build sends it again",
+                dest.display()
+            );
+        }
         self.evict(limits);
-        Ok(held)
     }
 
     /// Removes the least recently used contexts beyond (count, bytes); those in use stay.
@@ -381,9 +385,67 @@ fn restore_stdout(saved: std::os::fd::OwnedFd) -> Result<std::fs::File> {
     Ok(std::fs::File::from(saved))
 }
 
+/// A context streaming in: its directory, and the gate the build's steps wait at.
+struct Arriving {
+    dir: PathBuf,
+    gate: ::engine::context::ContextGate,
+    _tmp: tempfile::TempDir,
+}
+
+/// Where a build's context comes from on this node.
+enum Source {
+    Kept(Held),
+    Arriving(Arriving),
+}
+
+/// Unpacks `size` bytes of context tar from `input` into `dir`; fails unless they match `d`.
+fn unpack(dir: &Path, d: &Digest, size: u64, input: &mut impl Read) -> Result<()> {
+    let mut r = oci::DigestReader::new(input.take(size), d.algorithm());
+    {
+        let mut ar = tar::Archive::new(&mut r);
+        ar.set_preserve_permissions(true);
+        ar.set_preserve_mtime(true);
+        for entry in ar.entries().context("reading the context stream")? {
+            let mut e = entry.context("reading the context stream")?;
+            let path = e.path()?.to_string_lossy().into_owned();
+            if !e
+                .unpack_in(dir)
+                .with_context(|| format!("unpacking {path}"))?
+            {
+                bail!("the context stream has an entry outside the context: {path:?}");
+            }
+        }
+    }
+    // The tar's padding counts in the digest.
+    std::io::copy(&mut r, &mut std::io::sink())?;
+    let (got, n) = r.finish();
+    if n != size {
+        bail!("the context stream ended after {n} of {size} bytes");
+    }
+    if &got != d {
+        bail!("the context received is {got}, not {d} as announced; it changed while it was sent: run the build again");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a node does with a context it lacks: unpack, check, keep; then the kept copy.
+    fn receive(
+        c: &Contexts,
+        root: &Path,
+        d: &Digest,
+        size: u64,
+        input: &mut impl Read,
+        limits: (usize, u64),
+    ) -> Result<Held> {
+        let a = c.arriving(root)?;
+        unpack(&a.dir, d, size, input)?;
+        c.keep(a, d, limits);
+        c.take(d)?.context("the context was not kept")
+    }
 
     fn tar_of(files: &[(&str, &str)]) -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());
@@ -403,36 +465,35 @@ mod tests {
         let c = Contexts::open(root.path()).unwrap();
         let keep = |t: &[u8], limits| {
             let d = Digest::sha256_of(t);
-            c.receive(root.path(), &d, t.len() as u64, &mut &t[..], limits)
-                .unwrap()
+            receive(&c, root.path(), &d, t.len() as u64, &mut &t[..], limits).unwrap()
         };
         let a = tar_of(&[("a.txt", "one")]);
         let da = Digest::sha256_of(&a);
         assert!(c.take(&da).unwrap().is_none());
         // A stream that is not what was announced is refused and not kept.
         let wrong = Digest::sha256_of(b"another context");
-        let e = c
-            .receive(
-                root.path(),
-                &wrong,
-                a.len() as u64,
-                &mut &a[..],
-                (16, u64::MAX),
-            )
-            .err()
-            .unwrap();
+        let e = receive(
+            &c,
+            root.path(),
+            &wrong,
+            a.len() as u64,
+            &mut &a[..],
+            (16, u64::MAX),
+        )
+        .err()
+        .unwrap();
         assert!(e.to_string().contains("not sha256:"), "{e}");
         assert!(c.take(&wrong).unwrap().is_none());
-        let e = c
-            .receive(
-                root.path(),
-                &da,
-                a.len() as u64 + 1,
-                &mut &a[..],
-                (16, u64::MAX),
-            )
-            .err()
-            .unwrap();
+        let e = receive(
+            &c,
+            root.path(),
+            &da,
+            a.len() as u64 + 1,
+            &mut &a[..],
+            (16, u64::MAX),
+        )
+        .err()
+        .unwrap();
         assert!(e.to_string().contains("ended after"), "{e}");
         // Kept, then found again by digest.
         let held_a = keep(&a, (16, u64::MAX));

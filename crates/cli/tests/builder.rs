@@ -795,6 +795,114 @@ fn a_changed_context_is_sent_again_and_a_bad_blob_fails_the_build() {
     assert!(!t.path().join("bad").exists());
 }
 
+/// The node's manifold behind a proxy that holds the build context back for five seconds once
+/// the node has asked for it, and writes the second it let it through to RELEASED.
+const SLOW_CONTEXT_PROXY: &str = r#"#!/usr/bin/env python3
+import os, subprocess, sys, threading, time
+p = subprocess.Popen([REAL] + sys.argv[1:], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+asked = threading.Event()
+def feed():
+    held = False
+    while True:
+        b = os.read(0, 65536)
+        if not b:
+            break
+        if asked.is_set() and not held:
+            held = True
+            time.sleep(5)
+            with open(RELEASED, "w") as f:
+                f.write(str(int(time.time())))
+        p.stdin.write(b)
+        p.stdin.flush()
+    p.stdin.close()
+threading.Thread(target=feed, daemon=True).start()
+seen = b""
+while True:
+    b = os.read(p.stdout.fileno(), 65536)
+    if not b:
+        break
+    if not asked.is_set():
+        seen += b
+        if sys.argv[1:3] == ["builder", "node-build"] and b"need\n" in seen:
+            asked.set()
+    sys.stdout.buffer.write(b)
+    sys.stdout.buffer.flush()
+sys.exit(p.wait())
+"#;
+
+#[test]
+fn a_node_runs_the_steps_before_the_first_copy_while_the_context_arrives() {
+    if !peer("python3") {
+        return;
+    }
+    let Some(node) = SshNode::start() else {
+        return;
+    };
+    let Some((_reg, base)) = base() else { return };
+    let t = tempfile::tempdir().unwrap();
+    let (root, config) = (t.path().join("root"), t.path().join("config"));
+    let ssh = node.ssh_command(true);
+    let ctx = t.path().join("ctx");
+    std::fs::create_dir(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {base}\nRUN date +%s > /ran\nCOPY app.txt /app.txt\n"),
+    )
+    .unwrap();
+    std::fs::write(ctx.join("app.txt"), "late\n").unwrap();
+    let m = |args: &[&str]| mf(&root, &config, &ssh, args);
+    ok_out(
+        m(&[
+            "builder",
+            "create",
+            "--name",
+            "remote",
+            "--platform",
+            "linux/arm64",
+            &node.endpoint(),
+        ]),
+        "create",
+    );
+    let released = t.path().join("released");
+    node.replace_manifold(
+        &SLOW_CONTEXT_PROXY
+            .replace(
+                "REAL",
+                &format!("{:?}", manifold_bin().display().to_string()),
+            )
+            .replace("RELEASED", &format!("{:?}", released.display().to_string())),
+    );
+    let out = t.path().join("out");
+    let o = m(&[
+        "build",
+        "--builder",
+        "remote",
+        "--platform",
+        "linux/arm64",
+        "-o",
+        &format!("type=local,dest={}", out.display()),
+        ctx.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{stderr}");
+    let second = |p: &Path| -> u64 {
+        std::fs::read_to_string(p)
+            .unwrap_or_else(|e| panic!("{}: {e}\n{stderr}", p.display()))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let (ran, arrived) = (second(&out.join("ran")), second(&released));
+    assert!(
+        ran < arrived,
+        "the RUN before the COPY waited for the context (ran at {ran}, context let through at {arrived}):\n{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("app.txt")).unwrap(),
+        "late\n"
+    );
+}
+
 /// An ssh-agent holding one fresh key, killed on drop.
 struct Agent {
     dir: tempfile::TempDir,

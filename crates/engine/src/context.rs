@@ -11,6 +11,66 @@ use dockerfile::values::Chmod;
 
 use runtime::{io_err, Error, Result};
 
+/// A build context that is still arriving: a builder node starts the build while the context
+/// streams in, and the steps that read it wait until it is complete and its digest checked.
+#[derive(Clone, Default)]
+pub struct ContextGate(std::sync::Arc<GateState>);
+
+/// The outcome once known (`Err`: why the context will never be complete), and its waiters.
+#[derive(Default)]
+struct GateState {
+    outcome: std::sync::Mutex<Option<Result<(), String>>>,
+    arrived: std::sync::Condvar,
+}
+
+impl std::fmt::Debug for ContextGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ContextGate(open: {})", self.is_open())
+    }
+}
+
+impl ContextGate {
+    /// The context is complete (`Ok`) or will never be (`Err`, why).
+    pub fn open(&self, outcome: Result<(), String>) {
+        let mut g = self.0.outcome.lock().unwrap_or_else(|p| p.into_inner());
+        g.get_or_insert(outcome);
+        self.0.arrived.notify_all();
+    }
+
+    pub fn is_open(&self) -> bool {
+        let g = self.0.outcome.lock().unwrap_or_else(|p| p.into_inner());
+        g.is_some()
+    }
+
+    /// Waits until the context is complete; `cancelled` is asked every 100 ms.
+    pub fn wait(&self, cancelled: impl Fn() -> bool) -> Result<()> {
+        let mut g = self.0.outcome.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            match &*g {
+                Some(Ok(())) => return Ok(()),
+                Some(Err(e)) => {
+                    return Err(Error::Unsupported(format!(
+                        "the build context did not arrive: {e}"
+                    )))
+                }
+                None if cancelled() => {
+                    return Err(Error::Unsupported(
+                        "the build was cancelled while its context arrived".into(),
+                    ))
+                }
+                None => {
+                    g = self
+                        .0
+                        .arrived
+                        .wait_timeout(g, std::time::Duration::from_millis(100))
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
+            }
+        }
+    }
+}
+
 /// A directory COPY reads from.
 pub struct Context {
     root: PathBuf,

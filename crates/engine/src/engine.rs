@@ -21,7 +21,7 @@ use oci::{
 use store::Layout;
 
 use crate::cache::{CacheStore, CachedStep, LocalCache};
-use crate::context::{copy_into, Context};
+use crate::context::{copy_into, Context, ContextGate};
 use runtime::emulation;
 use runtime::layer::{self, LayerOptions};
 use runtime::sandbox::{self, Network, RootFs, RunSpec};
@@ -87,6 +87,8 @@ pub const ANNOTATION_BASE_DIGEST: &str = "org.opencontainers.image.base.digest";
 
 pub struct BuildOptions {
     pub context: PathBuf,
+    /// Set when `context` is still being filled: the steps that read it wait for the gate.
+    pub context_gate: Option<ContextGate>,
     /// The Dockerfile as errors name it (`path:line:col`).
     pub dockerfile: String,
     /// Where snapshots, the step cache and scratch space live (under the store's root).
@@ -219,7 +221,8 @@ struct Engine<'a> {
     opts: &'a BuildOptions,
     snapshots: SnapshotCache,
     cache: LocalCache,
-    context: Context,
+    /// Opened when a step first reads it (it may still be arriving: `opts.context_gate`).
+    context: std::sync::OnceLock<std::result::Result<Context, String>>,
     progress: &'a (dyn Fn(Event) + Sync),
     /// Instance key → the target platforms that need it, for progress labels.
     targets: HashMap<String, Vec<String>>,
@@ -360,7 +363,14 @@ pub fn build(
         opts,
         snapshots: SnapshotCache::open(cache.snapshots_dir())?,
         cache,
-        context: Context::open(&opts.context)?,
+        context: {
+            // Without a gate it is here now: a missing context fails before any step.
+            let c = std::sync::OnceLock::new();
+            if opts.context_gate.is_none() {
+                let _ = c.set(Ok(Context::open(&opts.context)?));
+            }
+            c
+        },
         progress,
         epoch: opts.layer.source_date_epoch,
         started: std::time::SystemTime::now()
@@ -603,6 +613,37 @@ impl Engine<'_> {
         (key, hit)
     }
 
+    /// The build context, opened once it has arrived (see [`ContextGate`]).
+    fn context(&self) -> Result<&Context> {
+        if let Some(g) = &self.opts.context_gate {
+            g.wait(|| self.cancel.is_cancelled())?;
+        }
+        self.context
+            .get_or_init(|| Context::open(&self.opts.context).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| Error::Unsupported(e.clone()))
+    }
+
+    /// A context fingerprint for a definition key, which only saves work: a context still
+    /// arriving has none, and the stages reading it are looked up step by step instead.
+    fn fingerprint_if_arrived(
+        &self,
+        sources: &[PlannedSource],
+        exclude: &[String],
+    ) -> Result<String> {
+        if self
+            .opts
+            .context_gate
+            .as_ref()
+            .is_some_and(|g| !g.is_open())
+        {
+            return Err(Error::Unsupported(
+                "the build context is still arriving".into(),
+            ));
+        }
+        self.fingerprint(sources, exclude)
+    }
+
     /// A context fingerprint, made once per build for the same sources.
     fn fingerprint(&self, sources: &[PlannedSource], exclude: &[String]) -> Result<String> {
         let what = serde_json::to_string(&(sources, exclude)).unwrap_or_default();
@@ -614,7 +655,7 @@ impl Engine<'_> {
         {
             return Ok(f);
         }
-        let f = self.context.fingerprint(sources, exclude)?;
+        let f = self.context()?.fingerprint(sources, exclude)?;
         if let Ok(mut m) = self.fingerprints.lock() {
             m.insert(what, f.clone());
         }
@@ -1000,7 +1041,7 @@ impl Engine<'_> {
                             let upper = tmp.path().join("upper");
                             fs::create_dir_all(&upper).map_err(io_err("creating", &upper))?;
                             copy_into(
-                                &self.context,
+                                self.context()?,
                                 sources,
                                 dest,
                                 &workdir,
@@ -1099,7 +1140,7 @@ impl Engine<'_> {
                     for src in sources {
                         match src {
                             PlannedSource::Path { path } => {
-                                let found = self.context.matches(path)?;
+                                let found = self.context()?.matches(path)?;
                                 if found.iter().all(|(_, real)| is_tar_archive(real))
                                     && !found.is_empty()
                                 {
@@ -1113,7 +1154,7 @@ impl Engine<'_> {
                     }
                     if !plain.is_empty() {
                         copy_into(
-                            &self.context,
+                            self.context()?,
                             &plain,
                             dest,
                             &workdir,
@@ -1254,7 +1295,7 @@ impl Engine<'_> {
                     let source = match &m.from {
                         None | Some(Origin::Context) => {
                             let found =
-                                self.context
+                                self.context()?
                                     .matches(if rel.is_empty() { "." } else { &rel })?;
                             let (path, _) = found.into_iter().next().ok_or_else(|| {
                                 Error::Unsupported(format!(
@@ -1262,7 +1303,7 @@ impl Engine<'_> {
                                 ))
                             })?;
                             sandbox::MountSource::Bind {
-                                root: self.context.root().to_path_buf(),
+                                root: self.context()?.root().to_path_buf(),
                                 path,
                             }
                         }

@@ -172,7 +172,7 @@ impl Engine<'_> {
                         let rel = m.source.clone().unwrap_or_else(|| ".".into());
                         parts.push(match &m.from {
                             None | Some(Origin::Context) => self
-                                .fingerprint(&[PlannedSource::Path { path: rel }], &[])
+                                .fingerprint_if_arrived(&[PlannedSource::Path { path: rel }], &[])
                                 .ok()?,
                             Some(Origin::Stage { key, .. }) => stage(key)?,
                             Some(Origin::Image { reference }) => image(reference)?,
@@ -188,7 +188,7 @@ impl Engine<'_> {
                     ..
                 } => {
                     let from = match from {
-                        Origin::Context => self.fingerprint(sources, exclude).ok()?,
+                        Origin::Context => self.fingerprint_if_arrived(sources, exclude).ok()?,
                         Origin::Stage { key, .. } => stage(key)?,
                         Origin::Image { reference } => image(reference)?,
                     };
@@ -218,7 +218,7 @@ impl Engine<'_> {
                         })
                         .collect();
                     let files: Vec<PlannedSource> = files.into_iter().cloned().collect();
-                    let fp = self.fingerprint(&files, exclude).ok()?;
+                    let fp = self.fingerprint_if_arrived(&files, exclude).ok()?;
                     key_of(&[&sk, &fp, &url_key.join(",")])
                 }
                 _ => sk,
