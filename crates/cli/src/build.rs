@@ -862,14 +862,20 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs) -> Result<ExitCode> {
     let builders = crate::builder::Config::load()?;
     let builder = builders.find(&a.builder.clone().unwrap_or_else(|| builders.current_name()))?;
     let nodes = crate::nodes::uses_nodes(&builder);
-    if nodes && !a.build_context.is_empty() {
-        bail!(
-            "--build-context is not supported with builder {} (it builds on its nodes); use the default builder",
-            builder.name
-        );
-    }
     // SSH nodes import registry caches themselves (local directories stay here).
     let remote = nodes && crate::nodes::has_remote(&builder);
+    // The local nodes take every named context; an SSH node takes images, which it pulls
+    // itself (a directory or OCI layout here is not on that machine).
+    if remote {
+        for (spec, c) in a.build_context.iter().zip(parse_build_contexts(a)?) {
+            if !matches!(c.source, ::engine::contexts::ContextSource::Image(_)) {
+                bail!(
+                    "--build-context {spec}: builder {} has SSH nodes, which take only docker-image:// contexts; push it to a registry and name it as NAME=docker-image://REF, or build on a builder without SSH nodes",
+                    builder.name
+                );
+            }
+        }
+    }
     let node_cache_from: Vec<String> = a
         .cache_from
         .iter()
@@ -934,6 +940,7 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs) -> Result<ExitCode> {
                 add_hosts: &a.add_host,
                 no_cache_filter: &a.no_cache_filter,
                 cache_from: &node_cache_from,
+                build_contexts: &a.build_context,
                 // With --cache-to, the nodes' steps and their layers come back too.
                 steps: !cache_to.is_empty(),
             },

@@ -123,6 +123,9 @@ pub struct NodeBuildArgs {
     /// Registry caches to import (type=registry specs).
     #[arg(long)]
     pub cache_from: Vec<String>,
+    /// Named contexts (docker-image:// specs).
+    #[arg(long = "build-context")]
+    pub build_context: Vec<String>,
 }
 
 /// One node of a builder.

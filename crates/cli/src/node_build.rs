@@ -163,7 +163,7 @@ pub fn run(cli: &Cli, env: &transport::Env, a: &NodeBuildArgs) -> Result<ExitCod
             network: a.network.clone(),
             allow: a.allow.clone(),
             steps_file: Some(steps_file.clone()),
-            build_context: Vec::new(),
+            build_context: a.build_context.clone(),
         },
     );
     let out = restore_stdout(saved)?;

@@ -67,6 +67,8 @@ pub struct Request<'a> {
     pub no_cache_filter: &'a [String],
     /// `--cache-from` specs of type=registry: each SSH node imports them itself.
     pub cache_from: &'a [String],
+    /// `--build-context` specs (only docker-image:// ones when there are SSH nodes).
+    pub build_contexts: &'a [String],
     /// Bring back the steps each SSH node used and their layers (for `--cache-to`).
     pub steps: bool,
 }
@@ -676,6 +678,7 @@ fn node_args(ps: &[Platform], req: &Request<'_>) -> Vec<String> {
         ("--add-host", req.add_hosts),
         ("--no-cache-filter", req.no_cache_filter),
         ("--cache-from", req.cache_from),
+        ("--build-context", req.build_contexts),
     ] {
         for v in values {
             args.extend([flag.to_string(), v.clone()]);

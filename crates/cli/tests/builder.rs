@@ -903,6 +903,85 @@ fn a_node_runs_the_steps_before_the_first_copy_while_the_context_arrives() {
     );
 }
 
+#[test]
+fn build_contexts_reach_every_node_and_a_directory_is_refused_for_ssh_nodes() {
+    let Some(node) = SshNode::start() else {
+        return;
+    };
+    let Some((_reg, base)) = base() else { return };
+    let t = tempfile::tempdir().unwrap();
+    let (root, config) = (t.path().join("root"), t.path().join("config"));
+    let ssh = node.ssh_command(true);
+    let ctx = t.path().join("ctx");
+    std::fs::create_dir(&ctx).unwrap();
+    // `mybase` is no image anywhere: only the named context makes it one.
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM mybase\nRUN uname -m > /arch\n",
+    )
+    .unwrap();
+    let m = |args: &[&str]| mf(&root, &config, &ssh, args);
+    for (append, node_name, platform, endpoint) in [
+        (false, "here", "linux/amd64", "local".to_string()),
+        (true, "arm", "linux/arm64", node.endpoint()),
+    ] {
+        let mut args = vec!["builder", "create", "--name", "split"];
+        if append {
+            args.push("--append");
+        }
+        args.extend(["--node", node_name, "--platform", platform, &endpoint]);
+        ok_out(m(&args), "create");
+    }
+    let image = format!("mybase=docker-image://{base}");
+    let out = t.path().join("out");
+    let o = m(&[
+        "build",
+        "--builder",
+        "split",
+        "--platform",
+        "linux/amd64,linux/arm64",
+        "--build-context",
+        &image,
+        "-o",
+        &format!("type=local,dest={}", out.display()),
+        ctx.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("[arm] building linux/arm64 on ssh://"),
+        "{stderr}"
+    );
+    for (p, arch) in [("linux_amd64", "x86_64"), ("linux_arm64", "aarch64")] {
+        assert_eq!(
+            std::fs::read_to_string(out.join(p).join("arch"))
+                .unwrap()
+                .trim(),
+            arch,
+            "{stderr}"
+        );
+    }
+    // A directory is on this machine only: refused before anything runs, with what to do.
+    let dir = format!("mybase={}", ctx.display());
+    let o = m(&[
+        "build",
+        "--builder",
+        "split",
+        "--platform",
+        "linux/amd64,linux/arm64",
+        "--build-context",
+        &dir,
+        ctx.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("has SSH nodes, which take only docker-image:// contexts")
+            && !stderr.contains("building linux/"),
+        "{stderr}"
+    );
+}
+
 /// An ssh-agent holding one fresh key, killed on drop.
 struct Agent {
     dir: tempfile::TempDir,
