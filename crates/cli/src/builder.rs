@@ -75,7 +75,7 @@ pub enum BuilderCmd {
     /// Build for another machine: the conversation on standard input and output is described
     /// in nodes.rs (context by digest, result blobs on request); progress on standard error.
     #[command(hide = true)]
-    NodeBuild(NodeBuildArgs),
+    NodeBuild(Box<NodeBuildArgs>),
 }
 
 /// What a node is asked to build; the same inputs the user gave `manifold build`.
