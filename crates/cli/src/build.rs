@@ -864,18 +864,6 @@ pub fn run(cli: &Cli, env: &Env, a: &BuildArgs) -> Result<ExitCode> {
     let nodes = crate::nodes::uses_nodes(&builder);
     // SSH nodes import registry caches themselves (local directories stay here).
     let remote = nodes && crate::nodes::has_remote(&builder);
-    // The local nodes take every named context; an SSH node takes images, which it pulls
-    // itself (a directory or OCI layout here is not on that machine).
-    if remote {
-        for (spec, c) in a.build_context.iter().zip(parse_build_contexts(a)?) {
-            if !matches!(c.source, ::engine::contexts::ContextSource::Image(_)) {
-                bail!(
-                    "--build-context {spec}: builder {} has SSH nodes, which take only docker-image:// contexts; push it to a registry and name it as NAME=docker-image://REF, or build on a builder without SSH nodes",
-                    builder.name
-                );
-            }
-        }
-    }
     let node_cache_from: Vec<String> = a
         .cache_from
         .iter()

@@ -57,10 +57,45 @@ pub fn run(cli: &Cli, env: &transport::Env, a: &NodeBuildArgs) -> Result<ExitCod
     }
     let contexts = Contexts::open(&env.store_root)?;
     let kept = contexts.take(&hello.context)?;
+    let mut named_kept = Vec::new();
+    for n in &hello.named {
+        named_kept.push(contexts.take(&n.digest)?);
+    }
     {
         let mut out = std::io::stdout().lock();
-        out.write_all(if kept.is_some() { b"have\n" } else { b"need\n" })?;
+        for k in std::iter::once(kept.is_some()).chain(named_kept.iter().map(Option::is_some)) {
+            out.write_all(if k { b"have\n" } else { b"need\n" })?;
+        }
         out.flush()?;
+    }
+    let limits = (
+        KEEP_CONTEXTS,
+        std::env::var("MANIFOLD_NODE_CONTEXT_CACHE")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(KEEP_BYTES),
+    );
+    // The named contexts the other side sends come first, whole, before the build starts.
+    let mut named_specs = a.build_context.clone();
+    let mut named_held = Vec::new();
+    for (n, held) in hello.named.iter().zip(named_kept) {
+        let held = match held {
+            Some(h) => h,
+            None => {
+                let arriving = contexts.arriving(&env.store_root)?;
+                unpack(&arriving.dir, &n.digest, n.size, &mut input)
+                    .with_context(|| format!("receiving --build-context {}", n.name))?;
+                contexts
+                    .keep(arriving, &n.digest, limits)
+                    .with_context(|| format!("keeping --build-context {}", n.name))?
+            }
+        };
+        let dir = held.0.display();
+        named_specs.push(match &n.layout {
+            None => format!("{}={dir}", n.name),
+            Some(rest) => format!("{}=oci-layout://{dir}{rest}", n.name),
+        });
+        named_held.push(held);
     }
     // A context not kept here streams in while the build starts: the steps before the first one
     // that reads it (the base pulled, packages installed) run meanwhile.
@@ -163,7 +198,7 @@ pub fn run(cli: &Cli, env: &transport::Env, a: &NodeBuildArgs) -> Result<ExitCod
             network: a.network.clone(),
             allow: a.allow.clone(),
             steps_file: Some(steps_file.clone()),
-            build_context: a.build_context.clone(),
+            build_context: named_specs,
         },
     );
     let out = restore_stdout(saved)?;
@@ -176,14 +211,13 @@ pub fn run(cli: &Cli, env: &transport::Env, a: &NodeBuildArgs) -> Result<ExitCod
         Source::Arriving(a) => {
             // A build that never read the context finishes before it has all arrived.
             if a.gate.wait(|| false).is_ok() {
-                let bytes = std::env::var("MANIFOLD_NODE_CONTEXT_CACHE")
-                    .ok()
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .unwrap_or(KEEP_BYTES);
-                contexts.keep(a, &hello.context, (KEEP_CONTEXTS, bytes));
+                if let Err(e) = contexts.keep(a, &hello.context, limits) {
+                    eprintln!("warning: {e:#}; the next build sends the context again");
+                }
             }
         }
     }
+    drop(named_held);
     let digest = Digest::parse(std::fs::read_to_string(&iid)?.trim())?;
     let size = store
         .blob_size(&digest)
@@ -306,17 +340,19 @@ impl Contexts {
         })
     }
 
-    /// Keeps a context that arrived whole, for the next build of the same digest.
-    fn keep(&self, a: Arriving, d: &Digest, limits: (usize, u64)) {
+    /// Keeps a context that arrived whole, for the next build of the same digest, and holds it.
+    fn keep(&self, a: Arriving, d: &Digest, limits: (usize, u64)) -> Result<Held> {
         let dest = self.dir.join(d.hex());
         // Another build may have kept the same one meanwhile: either copy serves.
         if std::fs::rename(&a.dir, &dest).is_err() && !dest.is_dir() {
-            eprintln!(
-                "warning: the build context could not be kept in {}; the next build sends it again",
-                dest.display()
-            );
+            bail!("the context could not be kept in {}", dest.display());
         }
+        // Held before the eviction, which leaves held contexts alone.
+        let held = self
+            .take(d)?
+            .with_context(|| format!("the context kept in {} went away", dest.display()))?;
         self.evict(limits);
+        Ok(held)
     }
 
     /// Removes the least recently used contexts beyond (count, bytes); those in use stay.
@@ -443,8 +479,7 @@ mod tests {
     ) -> Result<Held> {
         let a = c.arriving(root)?;
         unpack(&a.dir, d, size, input)?;
-        c.keep(a, d, limits);
-        c.take(d)?.context("the context was not kept")
+        c.keep(a, d, limits)
     }
 
     fn tar_of(files: &[(&str, &str)]) -> Vec<u8> {

@@ -67,7 +67,8 @@ pub struct Request<'a> {
     pub no_cache_filter: &'a [String],
     /// `--cache-from` specs of type=registry: each SSH node imports them itself.
     pub cache_from: &'a [String],
-    /// `--build-context` specs (only docker-image:// ones when there are SSH nodes).
+    /// `--build-context` specs: SSH nodes pull the images and get directories and OCI layouts
+    /// in the stream, by digest, as the context.
     pub build_contexts: &'a [String],
     /// Bring back the steps each SSH node used and their layers (for `--cache-to`).
     pub steps: bool,
@@ -164,12 +165,18 @@ pub fn build(
         dir: req.context,
         cell: std::sync::OnceLock::new(),
     };
+    let contexts = req
+        .build_contexts
+        .iter()
+        .map(|spec| engine::contexts::BuildContext::parse(spec).map_err(anyhow::Error::msg))
+        .collect::<Result<Vec<_>>>()?;
+    let named = NamedPacked::all(&contexts);
     let head = Head::new(req)?;
     let cancel = runtime::sandbox::Cancel::default();
     let (local_built, remote_roots) = std::thread::scope(|s| -> Result<_> {
         let mut running = Vec::new();
         for (i, ps) in &remote {
-            match start(s, &statuses[*i], ps, req, &head, &packed, store) {
+            match start(s, &statuses[*i], ps, req, &head, (&packed, &named), store) {
                 Ok(r) => running.push(r),
                 Err(e) => {
                     for r in &mut running {
@@ -426,6 +433,19 @@ pub(crate) struct Hello {
     pub(crate) dockerfile: u64,
     /// (id, length), the values following the Dockerfile in this order.
     pub(crate) secrets: Vec<(String, u64)>,
+    /// `--build-context` directories and OCI layouts, sent as the context is (by digest).
+    #[serde(default)]
+    pub(crate) named: Vec<NamedContext>,
+}
+
+/// A named context's directory as the node receives it.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct NamedContext {
+    pub(crate) name: String,
+    pub(crate) digest: Digest,
+    pub(crate) size: u64,
+    /// For an OCI layout: what follows its directory in the spec (`""`, `:TAG` or `@DIGEST`).
+    pub(crate) layout: Option<String>,
 }
 
 /// The node's result (node → here): the index and every blob it reaches.
@@ -505,6 +525,45 @@ impl LazyPacked<'_> {
             .get_or_init(|| Packed::new(self.dir).map_err(|e| format!("{e:#}")))
             .as_ref()
             .map_err(|e| anyhow::anyhow!("packing the build context: {e}"))
+    }
+}
+
+/// A `--build-context` directory or OCI layout, packed once for every SSH node.
+struct NamedPacked<'a> {
+    name: String,
+    layout: Option<String>,
+    packed: LazyPacked<'a>,
+}
+
+impl<'a> NamedPacked<'a> {
+    /// The named contexts an SSH node needs sent (images it pulls itself).
+    fn all(contexts: &'a [engine::contexts::BuildContext]) -> Vec<NamedPacked<'a>> {
+        use engine::contexts::ContextSource;
+        contexts
+            .iter()
+            .filter_map(|c| {
+                let (dir, layout) = match &c.source {
+                    ContextSource::Local(dir) => (dir, None),
+                    ContextSource::OciLayout { dir, tag, digest } => (
+                        dir,
+                        Some(match (tag, digest) {
+                            (_, Some(d)) => format!("@{d}"),
+                            (Some(t), None) => format!(":{t}"),
+                            (None, None) => String::new(),
+                        }),
+                    ),
+                    ContextSource::Image(_) => return None,
+                };
+                Some(NamedPacked {
+                    name: c.name.clone(),
+                    layout,
+                    packed: LazyPacked {
+                        dir,
+                        cell: std::sync::OnceLock::new(),
+                    },
+                })
+            })
+            .collect()
     }
 }
 
@@ -678,10 +737,17 @@ fn node_args(ps: &[Platform], req: &Request<'_>) -> Vec<String> {
         ("--add-host", req.add_hosts),
         ("--no-cache-filter", req.no_cache_filter),
         ("--cache-from", req.cache_from),
-        ("--build-context", req.build_contexts),
     ] {
         for v in values {
             args.extend([flag.to_string(), v.clone()]);
+        }
+    }
+    // Images the node pulls itself; directories and layouts go in the stream.
+    for spec in req.build_contexts {
+        if engine::contexts::BuildContext::parse(spec)
+            .is_ok_and(|c| matches!(c.source, engine::contexts::ContextSource::Image(_)))
+        {
+            args.extend(["--build-context".to_string(), spec.clone()]);
         }
     }
     if let Ok(e) = std::env::var("SOURCE_DATE_EPOCH") {
@@ -706,7 +772,7 @@ fn start<'s>(
     ps: &[Platform],
     req: &Request<'_>,
     head: &'s Head,
-    packed: &'s LazyPacked<'s>,
+    (packed, named): (&'s LazyPacked<'s>, &'s [NamedPacked<'s>]),
     store: &'s Layout,
 ) -> Result<Running<'s>> {
     let endpoint = Endpoint::parse(&status.node.endpoint)?;
@@ -753,7 +819,7 @@ fn start<'s>(
     let session = {
         let stdin = stdin.clone();
         let with_steps = req.steps;
-        s.spawn(move || session(&stdin, stdout, head, packed, store, with_steps))
+        s.spawn(move || session(&stdin, stdout, head, (packed, named), store, with_steps))
     };
     // Progress, with the node's name.
     let stderr = {
@@ -842,13 +908,21 @@ fn session(
     stdin: &Mutex<Option<std::process::ChildStdin>>,
     stdout: ChildStdout,
     head: &Head,
-    packed: &LazyPacked<'_>,
+    (packed, named): (&LazyPacked<'_>, &[NamedPacked<'_>]),
     store: &Layout,
     with_steps: bool,
 ) -> Result<Outcome> {
     let mut stats = Stats::default();
     let started = Instant::now();
     let packed = packed.get()?;
+    let named_packed = named
+        .iter()
+        .map(|n| {
+            n.packed
+                .get()
+                .with_context(|| format!("--build-context {}", n.name))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let mut from = BufReader::with_capacity(1 << 20, stdout);
     {
         let sent = AtomicU64::new(0);
@@ -862,6 +936,16 @@ fn session(
                 .iter()
                 .map(|(id, v)| (id.clone(), v.len() as u64))
                 .collect(),
+            named: named
+                .iter()
+                .zip(&named_packed)
+                .map(|(n, p)| NamedContext {
+                    name: n.name.clone(),
+                    digest: p.digest.clone(),
+                    size: p.size,
+                    layout: n.layout.clone(),
+                })
+                .collect(),
         };
         serde_json::to_writer(&mut w, &hello)?;
         w.write_all(b"\n")?;
@@ -870,14 +954,26 @@ fn session(
             w.write_all(v)?;
         }
         w.flush()?;
-        match read_line(&mut from, "the node's answer about the context")?.as_str() {
-            "have" => stats.context_kept = true,
-            "need" => {
-                packed.send(&mut w)?;
-                w.flush()?;
-            }
-            other => bail!("the node answered {other:?} where have or need belongs; is it running the same manifold version as this machine?"),
+        // One answer for the context, then one for each named context; the named ones it
+        // lacks go first (the node reads them before it starts), then the context.
+        let mut needs = Vec::new();
+        for what in std::iter::once("the context".to_string())
+            .chain(named.iter().map(|n| format!("--build-context {}", n.name)))
+        {
+            needs.push(match read_line(&mut from, &format!("the node's answer about {what}"))?.as_str() {
+                "have" => false,
+                "need" => true,
+                other => bail!("the node answered {other:?} where have or need belongs; is it running the same manifold version as this machine?"),
+            });
         }
+        for (p, _) in named_packed.iter().zip(&needs[1..]).filter(|(_, n)| **n) {
+            p.send(&mut w)?;
+        }
+        stats.context_kept = !needs[0];
+        if needs[0] {
+            packed.send(&mut w)?;
+        }
+        w.flush()?;
         // Dropping our copy leaves the node's input open only through `stdin`.
         drop(w);
         stats.sent = sent.load(Relaxed);

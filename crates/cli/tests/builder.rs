@@ -904,7 +904,7 @@ fn a_node_runs_the_steps_before_the_first_copy_while_the_context_arrives() {
 }
 
 #[test]
-fn build_contexts_reach_every_node_and_a_directory_is_refused_for_ssh_nodes() {
+fn build_contexts_reach_every_node_images_directories_and_oci_layouts() {
     let Some(node) = SshNode::start() else {
         return;
     };
@@ -914,12 +914,25 @@ fn build_contexts_reach_every_node_and_a_directory_is_refused_for_ssh_nodes() {
     let ssh = node.ssh_command(true);
     let ctx = t.path().join("ctx");
     std::fs::create_dir(&ctx).unwrap();
-    // `mybase` is no image anywhere: only the named context makes it one.
+    // `mybase` and `notes` are nothing anywhere: only the named contexts make them.
     std::fs::write(
         ctx.join("Dockerfile"),
-        "FROM mybase\nRUN uname -m > /arch\n",
+        "FROM mybase\nCOPY --from=notes . /notes/\nRUN uname -m > /arch\n",
     )
     .unwrap();
+    let notes = t.path().join("notes");
+    std::fs::create_dir(&notes).unwrap();
+    std::fs::write(notes.join("note.txt"), "first\n").unwrap();
+    std::fs::write(notes.join("secret.txt"), "never sent\n").unwrap();
+    std::fs::write(notes.join(".dockerignore"), "secret.txt\n").unwrap();
+    let layout = t.path().join("layout");
+    ok_out(
+        run(
+            &root,
+            &["cp", &base, &format!("oci:{}:v1", layout.display())],
+        ),
+        "cp to an OCI layout",
+    );
     let m = |args: &[&str]| mf(&root, &config, &ssh, args);
     for (append, node_name, platform, endpoint) in [
         (false, "here", "linux/amd64", "local".to_string()),
@@ -932,54 +945,58 @@ fn build_contexts_reach_every_node_and_a_directory_is_refused_for_ssh_nodes() {
         args.extend(["--node", node_name, "--platform", platform, &endpoint]);
         ok_out(m(&args), "create");
     }
-    let image = format!("mybase=docker-image://{base}");
-    let out = t.path().join("out");
-    let o = m(&[
-        "build",
-        "--builder",
-        "split",
-        "--platform",
-        "linux/amd64,linux/arm64",
-        "--build-context",
-        &image,
-        "-o",
-        &format!("type=local,dest={}", out.display()),
-        ctx.to_str().unwrap(),
-    ]);
-    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(o.status.success(), "{stderr}");
-    assert!(
-        stderr.contains("[arm] building linux/arm64 on ssh://"),
-        "{stderr}"
-    );
-    for (p, arch) in [("linux_amd64", "x86_64"), ("linux_arm64", "aarch64")] {
-        assert_eq!(
-            std::fs::read_to_string(out.join(p).join("arch"))
-                .unwrap()
-                .trim(),
-            arch,
+    let notes_spec = format!("notes={}", notes.display());
+    let build = |base_spec: &str, out: &Path| {
+        let o = m(&[
+            "build",
+            "--builder",
+            "split",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--build-context",
+            base_spec,
+            "--build-context",
+            &notes_spec,
+            "-o",
+            &format!("type=local,dest={}", out.display()),
+            ctx.to_str().unwrap(),
+        ]);
+        let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{stderr}");
+        assert!(
+            stderr.contains("[arm] building linux/arm64 on ssh://"),
             "{stderr}"
         );
-    }
-    // A directory is on this machine only: refused before anything runs, with what to do.
-    let dir = format!("mybase={}", ctx.display());
-    let o = m(&[
-        "build",
-        "--builder",
-        "split",
-        "--platform",
-        "linux/amd64,linux/arm64",
-        "--build-context",
-        &dir,
-        ctx.to_str().unwrap(),
-    ]);
-    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(!o.status.success(), "{stderr}");
-    assert!(
-        stderr.contains("has SSH nodes, which take only docker-image:// contexts")
-            && !stderr.contains("building linux/"),
-        "{stderr}"
+        stderr
+    };
+    let check = |out: &Path, note: &str, stderr: &str| {
+        for (p, arch) in [("linux_amd64", "x86_64"), ("linux_arm64", "aarch64")] {
+            let r = out.join(p);
+            assert_eq!(
+                std::fs::read_to_string(r.join("arch")).unwrap().trim(),
+                arch,
+                "{stderr}"
+            );
+            assert_eq!(
+                std::fs::read_to_string(r.join("notes/note.txt")).unwrap(),
+                note,
+                "{p}: {stderr}"
+            );
+            assert!(!r.join("notes/secret.txt").exists(), "{p}: {stderr}");
+        }
+    };
+    // An image and a directory.
+    let out = t.path().join("out1");
+    let stderr = build(&format!("mybase=docker-image://{base}"), &out);
+    check(&out, "first\n", &stderr);
+    // An OCI layout here, and the directory changed: the node gets the new one.
+    std::fs::write(notes.join("note.txt"), "second\n").unwrap();
+    let out = t.path().join("out2");
+    let stderr = build(
+        &format!("mybase=oci-layout://{}:v1", layout.display()),
+        &out,
     );
+    check(&out, "second\n", &stderr);
 }
 
 /// An ssh-agent holding one fresh key, killed on drop.
