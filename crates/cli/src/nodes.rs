@@ -4,10 +4,14 @@
 //! and output (its progress lines come back on standard error, shown with the node's name):
 //!
 //! 1. here → node: a JSON line naming the context by digest (the tar `Context::write_tar` makes,
-//!    after `.dockerignore`) with the lengths of what follows: the Dockerfile and the secrets
-//!    (held in memory on the node, never written to its disk).
-//! 2. node → here: `have` (it kept that context from an earlier build) or `need`; on `need`,
-//!    the context tar follows, checked against its digest before the node keeps it.
+//!    after `.dockerignore`) and each `--build-context` directory or OCI layout the same way,
+//!    with the lengths of what follows: the Dockerfile and the secrets (held in memory on the
+//!    node, never written to its disk).
+//! 2. node → here: `have` (it kept that one from an earlier build) or `need`, a line for the
+//!    context and then one for each named context. The named contexts it needs follow, then the
+//!    context; each is checked against its digest before the node keeps it. The node starts
+//!    building once the named contexts are in, while the context still streams: a step that
+//!    reads the context waits for it (`ContextGate`).
 //! 3. The node builds into its own store, then sends a JSON line: the index and every blob it
 //!    reaches (digest and size).
 //! 4. here → node: the blobs this store lacks; the node sends them in that order, each one
