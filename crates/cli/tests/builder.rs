@@ -677,6 +677,61 @@ fn every_node_imports_a_registry_cache_and_one_cache_exports_them_all() {
     assert_eq!(digest_of(&third, &one), digest_of(&third, &three));
 }
 
+/// An SSH node, the test registry with busybox (`base`), and a context whose Dockerfile is
+/// `dockerfile` with `{base}` standing for that image.
+struct Fixture {
+    node: SshNode,
+    reg: Registry,
+    base: String,
+    t: tempfile::TempDir,
+    root: PathBuf,
+    config: PathBuf,
+    ssh: String,
+    ctx: PathBuf,
+}
+
+impl Fixture {
+    fn start(dockerfile: &str) -> Option<Fixture> {
+        let node = SshNode::start()?;
+        let (reg, base) = base()?;
+        let t = tempfile::tempdir().unwrap();
+        let ctx = t.path().join("ctx");
+        std::fs::create_dir(&ctx).unwrap();
+        std::fs::write(ctx.join("Dockerfile"), dockerfile.replace("{base}", &base)).unwrap();
+        Some(Fixture {
+            ssh: node.ssh_command(true),
+            root: t.path().join("root"),
+            config: t.path().join("config"),
+            node,
+            reg,
+            base,
+            t,
+            ctx,
+        })
+    }
+
+    /// With a builder `remote` of the SSH node alone, pinned to linux/arm64.
+    fn remote_arm(self) -> Fixture {
+        ok_out(
+            self.m(&[
+                "builder",
+                "create",
+                "--name",
+                "remote",
+                "--platform",
+                "linux/arm64",
+                &self.node.endpoint(),
+            ]),
+            "create",
+        );
+        self
+    }
+
+    fn m(&self, args: &[&str]) -> Output {
+        mf(&self.root, &self.config, &self.ssh, args)
+    }
+}
+
 /// The node's manifold behind a proxy that flips one byte of the first blob it sends back, then
 /// fails as a broken node would (its exit status must not hide what this side found: which of
 /// the two is seen first is a race).
@@ -719,33 +774,13 @@ fn a_changed_context_is_sent_again_and_a_bad_blob_fails_the_build() {
     if !peer("python3") {
         return;
     }
-    let Some(node) = SshNode::start() else {
+    let Some(r) = Fixture::start("FROM {base}\nCOPY app.txt /app.txt\nRUN cat /app.txt > /seen\n")
+    else {
         return;
     };
-    let Some((reg, base)) = base() else { return };
-    let t = tempfile::tempdir().unwrap();
-    let (root, config) = (t.path().join("root"), t.path().join("config"));
-    let ssh = node.ssh_command(true);
-    let ctx = t.path().join("ctx");
-    std::fs::create_dir(&ctx).unwrap();
-    std::fs::write(
-        ctx.join("Dockerfile"),
-        format!("FROM {base}\nCOPY app.txt /app.txt\nRUN cat /app.txt > /seen\n"),
-    )
-    .unwrap();
-    let m = |args: &[&str]| mf(&root, &config, &ssh, args);
-    ok_out(
-        m(&[
-            "builder",
-            "create",
-            "--name",
-            "remote",
-            "--platform",
-            "linux/arm64",
-            &node.endpoint(),
-        ]),
-        "create",
-    );
+    let r = r.remote_arm();
+    let (t, ctx, node, reg, root) = (&r.t, &r.ctx, &r.node, &r.reg, &r.root);
+    let m = |args: &[&str]| r.m(args);
     let build = |tag: &str, out: &Path| {
         m(&[
             "build",
@@ -786,7 +821,7 @@ fn a_changed_context_is_sent_again_and_a_bad_blob_fails_the_build() {
         stderr.contains("node remote0 (ssh://") && stderr.contains("receiving blob sha256:"),
         "{stderr}"
     );
-    let tags = run(&root, &["tags", &format!("{}/app/bad", reg.addr)]);
+    let tags = run(root, &["tags", &format!("{}/app/bad", reg.addr)]);
     assert!(
         !String::from_utf8_lossy(&tags.stdout).contains('1'),
         "a tag was pushed: {}",
@@ -835,34 +870,14 @@ fn a_node_runs_the_steps_before_the_first_copy_while_the_context_arrives() {
     if !peer("python3") {
         return;
     }
-    let Some(node) = SshNode::start() else {
+    let Some(r) = Fixture::start("FROM {base}\nRUN date +%s > /ran\nCOPY app.txt /app.txt\n")
+    else {
         return;
     };
-    let Some((_reg, base)) = base() else { return };
-    let t = tempfile::tempdir().unwrap();
-    let (root, config) = (t.path().join("root"), t.path().join("config"));
-    let ssh = node.ssh_command(true);
-    let ctx = t.path().join("ctx");
-    std::fs::create_dir(&ctx).unwrap();
-    std::fs::write(
-        ctx.join("Dockerfile"),
-        format!("FROM {base}\nRUN date +%s > /ran\nCOPY app.txt /app.txt\n"),
-    )
-    .unwrap();
+    let r = r.remote_arm();
+    let (t, ctx, node) = (&r.t, &r.ctx, &r.node);
     std::fs::write(ctx.join("app.txt"), "late\n").unwrap();
-    let m = |args: &[&str]| mf(&root, &config, &ssh, args);
-    ok_out(
-        m(&[
-            "builder",
-            "create",
-            "--name",
-            "remote",
-            "--platform",
-            "linux/arm64",
-            &node.endpoint(),
-        ]),
-        "create",
-    );
+    let m = |args: &[&str]| r.m(args);
     let released = t.path().join("released");
     node.replace_manifold(
         &SLOW_CONTEXT_PROXY
@@ -905,21 +920,13 @@ fn a_node_runs_the_steps_before_the_first_copy_while_the_context_arrives() {
 
 #[test]
 fn build_contexts_reach_every_node_images_directories_and_oci_layouts() {
-    let Some(node) = SshNode::start() else {
+    // `mybase` and `notes` are nothing anywhere: only the named contexts make them.
+    let Some(f) =
+        Fixture::start("FROM mybase\nCOPY --from=notes . /notes/\nRUN uname -m > /arch\n")
+    else {
         return;
     };
-    let Some((_reg, base)) = base() else { return };
-    let t = tempfile::tempdir().unwrap();
-    let (root, config) = (t.path().join("root"), t.path().join("config"));
-    let ssh = node.ssh_command(true);
-    let ctx = t.path().join("ctx");
-    std::fs::create_dir(&ctx).unwrap();
-    // `mybase` and `notes` are nothing anywhere: only the named contexts make them.
-    std::fs::write(
-        ctx.join("Dockerfile"),
-        "FROM mybase\nCOPY --from=notes . /notes/\nRUN uname -m > /arch\n",
-    )
-    .unwrap();
+    let (t, root, ctx, node, base) = (&f.t, &f.root, &f.ctx, &f.node, &f.base);
     let notes = t.path().join("notes");
     std::fs::create_dir(&notes).unwrap();
     std::fs::write(notes.join("note.txt"), "first\n").unwrap();
@@ -927,13 +934,10 @@ fn build_contexts_reach_every_node_images_directories_and_oci_layouts() {
     std::fs::write(notes.join(".dockerignore"), "secret.txt\n").unwrap();
     let layout = t.path().join("layout");
     ok_out(
-        run(
-            &root,
-            &["cp", &base, &format!("oci:{}:v1", layout.display())],
-        ),
+        run(root, &["cp", base, &format!("oci:{}:v1", layout.display())]),
         "cp to an OCI layout",
     );
-    let m = |args: &[&str]| mf(&root, &config, &ssh, args);
+    let m = |args: &[&str]| f.m(args);
     for (append, node_name, platform, endpoint) in [
         (false, "here", "linux/amd64", "local".to_string()),
         (true, "arm", "linux/arm64", node.endpoint()),
