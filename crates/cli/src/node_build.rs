@@ -117,6 +117,9 @@ pub fn run(cli: &Cli, env: &transport::Env, a: &NodeBuildArgs) -> Result<ExitCod
     // The context (when it is not kept here), then lines from the other side for the main
     // thread; the end of the input means the build is cancelled.
     let (tx, rx) = std::sync::mpsc::channel::<String>();
+    // Set when the build failed first: the context that was still arriving no longer matters.
+    let over = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let over_here = over.clone();
     let receiving = match &context {
         Source::Arriving(a) => Some((
             a.dir.clone(),
@@ -130,6 +133,9 @@ pub fn run(cli: &Cli, env: &transport::Env, a: &NodeBuildArgs) -> Result<ExitCod
         if let Some((dir, gate, digest, size)) = receiving {
             let got = unpack(&dir, &digest, size, &mut input).map_err(|e| format!("{e:#}"));
             gate.open(got.clone());
+            if over_here.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
             if let Err(e) = got {
                 // The conversation is out of step: nothing after the context can be read.
                 eprintln!("error: receiving the build context: {e}");
@@ -201,6 +207,11 @@ pub fn run(cli: &Cli, env: &transport::Env, a: &NodeBuildArgs) -> Result<ExitCod
             build_context: named_specs,
         },
     );
+    if !matches!(&code, Ok(c) if *c == ExitCode::SUCCESS) {
+        // The build's own error says why: a context still arriving is no one's concern now
+        // (its scratch directory goes away under the unpacking).
+        over.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
     let out = restore_stdout(saved)?;
     let code = code?;
     if code != ExitCode::SUCCESS {
