@@ -454,44 +454,8 @@ fn a_node_that_dies_fails_the_build_and_stops_the_others() {
         .spawn()
         .unwrap();
     // Wait until both platforms' steps sleep, then kill the node's manifold.
-    let sleeping = || -> Vec<(u32, String)> {
-        let mut v = Vec::new();
-        for e in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
-                continue;
-            };
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            if cmd.contains("sleep 4711") {
-                v.push((pid, cmd));
-            }
-        }
-        v
-    };
-    let node_builds = || -> Vec<u32> {
-        let mut v = Vec::new();
-        let want = format!("MANIFOLD_ROOT={}", node.node_root().display());
-        for e in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            let Ok(env) = std::fs::read(e.path().join("environ")) else {
-                continue;
-            };
-            let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
-                continue;
-            };
-            let env = String::from_utf8_lossy(&env);
-            if env.split('\0').any(|kv| kv == want)
-                && String::from_utf8_lossy(&cmd).contains("node-build")
-            {
-                v.push(pid);
-            }
-        }
-        v
-    };
+    let sleeping = || processes_with("sleep 4711");
+    let node_builds = || node_builds_of(&node);
     let start = Instant::now();
     while sleeping().len() < 2 {
         assert!(
@@ -727,9 +691,61 @@ impl Fixture {
         self
     }
 
+    /// With a builder `split`: node `here` (this machine) pinned to linux/amd64, node `arm` (the
+    /// SSH node) pinned to linux/arm64.
+    fn split(self) -> Fixture {
+        for (append, node_name, platform, endpoint) in [
+            (false, "here", "linux/amd64", "local".to_string()),
+            (true, "arm", "linux/arm64", self.node.endpoint()),
+        ] {
+            let mut args = vec!["builder", "create", "--name", "split"];
+            if append {
+                args.push("--append");
+            }
+            args.extend(["--node", node_name, "--platform", platform, &endpoint]);
+            ok_out(self.m(&args), "create");
+        }
+        self
+    }
+
     fn m(&self, args: &[&str]) -> Output {
         mf(&self.root, &self.config, &self.ssh, args)
     }
+}
+
+/// The `node-build` processes running with `node`'s store.
+fn node_builds_of(node: &SshNode) -> Vec<u32> {
+    let want = format!("MANIFOLD_ROOT={}", node.node_root().display());
+    processes_with("node-build")
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+                String::from_utf8_lossy(&env)
+                    .split('\0')
+                    .any(|kv| kv == want)
+            })
+        })
+        .collect()
+}
+
+/// The processes whose command line holds `marker`.
+fn processes_with(marker: &str) -> Vec<u32> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        if String::from_utf8_lossy(&cmd)
+            .replace('\0', " ")
+            .contains(marker)
+        {
+            v.push(pid);
+        }
+    }
+    v
 }
 
 /// The node's manifold behind a proxy that flips one byte of the first blob it sends back, then
@@ -926,7 +942,8 @@ fn build_contexts_reach_every_node_images_directories_and_oci_layouts() {
     else {
         return;
     };
-    let (t, root, ctx, node, base) = (&f.t, &f.root, &f.ctx, &f.node, &f.base);
+    let f = f.split();
+    let (t, root, ctx, base) = (&f.t, &f.root, &f.ctx, &f.base);
     let notes = t.path().join("notes");
     std::fs::create_dir(&notes).unwrap();
     std::fs::write(notes.join("note.txt"), "first\n").unwrap();
@@ -938,17 +955,6 @@ fn build_contexts_reach_every_node_images_directories_and_oci_layouts() {
         "cp to an OCI layout",
     );
     let m = |args: &[&str]| f.m(args);
-    for (append, node_name, platform, endpoint) in [
-        (false, "here", "linux/amd64", "local".to_string()),
-        (true, "arm", "linux/arm64", node.endpoint()),
-    ] {
-        let mut args = vec!["builder", "create", "--name", "split"];
-        if append {
-            args.push("--append");
-        }
-        args.extend(["--node", node_name, "--platform", platform, &endpoint]);
-        ok_out(m(&args), "create");
-    }
     let notes_spec = format!("notes={}", notes.display());
     let build = |base_spec: &str, out: &Path| {
         let o = m(&[
@@ -1001,6 +1007,83 @@ fn build_contexts_reach_every_node_images_directories_and_oci_layouts() {
         &out,
     );
     check(&out, "second\n", &stderr);
+}
+
+#[test]
+fn a_local_node_that_fails_stops_the_ssh_nodes() {
+    // amd64 (here) waits for the test's go-ahead, then fails; arm64 (the SSH node) sleeps.
+    let Some(f) = Fixture::start(
+        "FROM {base}\nRUN --mount=type=bind,target=/ctx if [ \"$(uname -m)\" = x86_64 ]; then while [ ! -e /ctx/go ]; do sleep 0.1; done; exit 7; fi; sleep 4713\n",
+    ) else {
+        return;
+    };
+    let f = f.split();
+    let tag = format!("{}/app/stopped:1", f.reg.addr);
+    let child = Command::new(manifold_bin())
+        .env("MANIFOLD_ROOT", &f.root)
+        .env("MANIFOLD_CONFIG", &f.config)
+        .env("MANIFOLD_SSH", &f.ssh)
+        .args([
+            "build",
+            "--builder",
+            "split",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "-t",
+            &tag,
+            "--push",
+        ])
+        .arg(&f.ctx)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while processes_with("sleep 4713").is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the SSH node's step never started"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::fs::write(f.ctx.join("go"), "").unwrap();
+    let failed_at = Instant::now();
+    let mut child = child;
+    while child.try_wait().unwrap().is_none() {
+        if failed_at.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "the build waited for the SSH node's step: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("node here (local) failed while building linux/amd64"),
+        "{stderr}"
+    );
+    // The node's step and its manifold are gone, and nothing was pushed.
+    let start = Instant::now();
+    while !processes_with("sleep 4713").is_empty() || !node_builds_of(&f.node).is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the SSH node's build outlived the failure: {:?} {:?}",
+            processes_with("sleep 4713"),
+            node_builds_of(&f.node)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let tags = run(&f.root, &["tags", &format!("{}/app/stopped", f.reg.addr)]);
+    assert!(
+        !String::from_utf8_lossy(&tags.stdout).contains('1'),
+        "a tag was pushed: {}",
+        String::from_utf8_lossy(&tags.stdout)
+    );
 }
 
 /// An ssh-agent holding one fresh key, killed on drop.
