@@ -846,12 +846,21 @@ fn a_changed_context_is_sent_again_and_a_bad_blob_fails_the_build() {
     assert!(!t.path().join("bad").exists());
 }
 
-/// The node's manifold behind a proxy that holds the build context back for five seconds once
-/// the node has asked for it, and writes the second it let it through to RELEASED.
+/// The node's manifold behind a proxy that holds the build context back, once the node has
+/// asked for it, until the node reports its `RUN date` step done (at most 60 s), then one second
+/// more. It writes the second it let the context through to RELEASED.
 const SLOW_CONTEXT_PROXY: &str = r#"#!/usr/bin/env python3
 import os, subprocess, sys, threading, time
-p = subprocess.Popen([REAL] + sys.argv[1:], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-asked = threading.Event()
+p = subprocess.Popen([REAL] + sys.argv[1:], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+asked, ran = threading.Event(), threading.Event()
+def progress():
+    for line in p.stderr:
+        text = line.decode(errors="replace").rstrip()
+        if "RUN date" in text and not text.endswith("..."):
+            ran.set()
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+threading.Thread(target=progress, daemon=True).start()
 def feed():
     held = False
     while True:
@@ -860,7 +869,8 @@ def feed():
             break
         if asked.is_set() and not held:
             held = True
-            time.sleep(5)
+            ran.wait(60)
+            time.sleep(1.1)
             with open(RELEASED, "w") as f:
                 f.write(str(int(time.time())))
         p.stdin.write(b)
