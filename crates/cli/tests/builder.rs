@@ -378,84 +378,17 @@ fn a_split_build_gives_the_same_index_as_one_machine() {
 
 #[test]
 fn a_node_that_dies_fails_the_build_and_stops_the_others() {
-    let Some(node) = SshNode::start() else {
+    // A marker unique to this test names the sleeping steps.
+    let Some(f) = Fixture::start("FROM {base}\nRUN echo started && sleep 4711\n") else {
         return;
     };
-    let Some((reg, base)) = base() else { return };
-    let t = tempfile::tempdir().unwrap();
-    let (root, config) = (t.path().join("root"), t.path().join("config"));
-    let ssh = node.ssh_command(true);
-    let ctx = t.path().join("ctx");
-    std::fs::create_dir(&ctx).unwrap();
-    // A marker unique to this test names the sleeping steps.
-    std::fs::write(
-        ctx.join("Dockerfile"),
-        format!("FROM {base}\nRUN echo started && sleep 4711\n"),
-    )
-    .unwrap();
-    let cfg = ("MANIFOLD_CONFIG", config.to_str().unwrap());
-    let env = [cfg, ("MANIFOLD_SSH", ssh.as_str())];
-    ok_out(
-        run_with(
-            &root,
-            &env,
-            None,
-            &[
-                "builder",
-                "create",
-                "--name",
-                "split",
-                "--node",
-                "here",
-                "--platform",
-                "linux/amd64",
-                "local",
-            ],
-        ),
-        "create",
-    );
-    ok_out(
-        run_with(
-            &root,
-            &env,
-            None,
-            &[
-                "builder",
-                "create",
-                "--name",
-                "split",
-                "--append",
-                "--node",
-                "arm",
-                "--platform",
-                "linux/arm64",
-                &node.endpoint(),
-            ],
-        ),
-        "append",
-    );
+    let f = f.split();
+    let (node, reg, root) = (&f.node, &f.reg, &f.root);
     let tag = format!("{}/app/killed:1", reg.addr);
-    let mut child = Command::new(manifold_bin())
-        .env("MANIFOLD_ROOT", &root)
-        .envs(env)
-        .args([
-            "build",
-            "--builder",
-            "split",
-            "--platform",
-            "linux/amd64,linux/arm64",
-            "-t",
-            &tag,
-            "--push",
-        ])
-        .arg(&ctx)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = f.spawn_split_push(&tag);
     // Wait until both platforms' steps sleep, then kill the node's manifold.
     let sleeping = || processes_with("sleep 4711");
-    let node_builds = || node_builds_of(&node);
+    let node_builds = || node_builds_of(node);
     let start = Instant::now();
     while sleeping().len() < 2 {
         assert!(
@@ -492,7 +425,7 @@ fn a_node_that_dies_fails_the_build_and_stops_the_others() {
         "{stderr}"
     );
     // Nothing was pushed, and no step of either platform is left running.
-    let tags = run(&root, &["tags", &format!("{}/app/killed", reg.addr)]);
+    let tags = run(root, &["tags", &format!("{}/app/killed", reg.addr)]);
     assert!(
         !String::from_utf8_lossy(&tags.stdout).contains('1'),
         "a tag was pushed: {}",
@@ -674,6 +607,15 @@ impl Fixture {
         })
     }
 
+    /// [`Fixture::start`] with [`Fixture::remote_arm`], for tests that put a Python proxy in
+    /// front of the node's manifold.
+    fn remote_arm_for_a_proxy(dockerfile: &str) -> Option<Fixture> {
+        if !peer("python3") {
+            return None;
+        }
+        Some(Fixture::start(dockerfile)?.remote_arm())
+    }
+
     /// With a builder `remote` of the SSH node alone, pinned to linux/arm64.
     fn remote_arm(self) -> Fixture {
         ok_out(
@@ -710,6 +652,29 @@ impl Fixture {
 
     fn m(&self, args: &[&str]) -> Output {
         mf(&self.root, &self.config, &self.ssh, args)
+    }
+
+    /// Starts a build of both platforms on builder `split`, pushed as `tag`.
+    fn spawn_split_push(&self, tag: &str) -> Child {
+        Command::new(manifold_bin())
+            .env("MANIFOLD_ROOT", &self.root)
+            .env("MANIFOLD_CONFIG", &self.config)
+            .env("MANIFOLD_SSH", &self.ssh)
+            .args([
+                "build",
+                "--builder",
+                "split",
+                "--platform",
+                "linux/amd64,linux/arm64",
+                "-t",
+                tag,
+                "--push",
+            ])
+            .arg(&self.ctx)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
     }
 }
 
@@ -787,14 +752,11 @@ sys.exit(rc or (120 if sys.argv[1:3] == ["builder", "node-build"] else 0))
 
 #[test]
 fn a_changed_context_is_sent_again_and_a_bad_blob_fails_the_build() {
-    if !peer("python3") {
-        return;
-    }
-    let Some(r) = Fixture::start("FROM {base}\nCOPY app.txt /app.txt\nRUN cat /app.txt > /seen\n")
-    else {
+    let Some(r) = Fixture::remote_arm_for_a_proxy(
+        "FROM {base}\nCOPY app.txt /app.txt\nRUN cat /app.txt > /seen\n",
+    ) else {
         return;
     };
-    let r = r.remote_arm();
     let (t, ctx, node, reg, root) = (&r.t, &r.ctx, &r.node, &r.reg, &r.root);
     let m = |args: &[&str]| r.m(args);
     let build = |tag: &str, out: &Path| {
@@ -893,14 +855,11 @@ sys.exit(p.wait())
 
 #[test]
 fn a_node_runs_the_steps_before_the_first_copy_while_the_context_arrives() {
-    if !peer("python3") {
-        return;
-    }
-    let Some(r) = Fixture::start("FROM {base}\nRUN date +%s > /ran\nCOPY app.txt /app.txt\n")
-    else {
+    let Some(r) = Fixture::remote_arm_for_a_proxy(
+        "FROM {base}\nRUN date +%s > /ran\nCOPY app.txt /app.txt\n",
+    ) else {
         return;
     };
-    let r = r.remote_arm();
     let (t, ctx, node) = (&r.t, &r.ctx, &r.node);
     std::fs::write(ctx.join("app.txt"), "late\n").unwrap();
     let m = |args: &[&str]| r.m(args);
@@ -1029,25 +988,7 @@ fn a_local_node_that_fails_stops_the_ssh_nodes() {
     };
     let f = f.split();
     let tag = format!("{}/app/stopped:1", f.reg.addr);
-    let child = Command::new(manifold_bin())
-        .env("MANIFOLD_ROOT", &f.root)
-        .env("MANIFOLD_CONFIG", &f.config)
-        .env("MANIFOLD_SSH", &f.ssh)
-        .args([
-            "build",
-            "--builder",
-            "split",
-            "--platform",
-            "linux/amd64,linux/arm64",
-            "-t",
-            &tag,
-            "--push",
-        ])
-        .arg(&f.ctx)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = f.spawn_split_push(&tag);
     let start = Instant::now();
     while processes_with("sleep 4713").is_empty() {
         assert!(
