@@ -397,12 +397,7 @@ fn zstd_output_writes_zstd_layers_even_after_a_gzip_build() {
     let x = t.path().join("x");
     fs::create_dir_all(&x).unwrap();
     sh(Command::new("tar").args(["-xf", archive.to_str().unwrap(), "-C", x.to_str().unwrap()]));
-    let blob = |d: &str| -> serde_json::Value {
-        serde_json::from_slice(
-            &fs::read(x.join("blobs/sha256").join(d.trim_start_matches("sha256:"))).unwrap(),
-        )
-        .unwrap()
-    };
+    let blob = |d: &str| layout_json(&x, d);
     let index: serde_json::Value =
         serde_json::from_slice(&fs::read(x.join("index.json")).unwrap()).unwrap();
     let root = blob(index["manifests"][0]["digest"].as_str().unwrap());

@@ -190,17 +190,7 @@ fn switching_compression_reruns_nothing() {
             "-C",
             x.path().to_str().unwrap(),
         ]));
-        let blob = |d: &str| -> serde_json::Value {
-            serde_json::from_slice(
-                &fs::read(
-                    x.path()
-                        .join("blobs/sha256")
-                        .join(d.trim_start_matches("sha256:")),
-                )
-                .unwrap(),
-            )
-            .unwrap()
-        };
+        let blob = |d: &str| layout_json(x.path(), d);
         let index: serde_json::Value =
             serde_json::from_slice(&fs::read(x.path().join("index.json")).unwrap()).unwrap();
         let root = blob(index["manifests"][0]["digest"].as_str().unwrap());
@@ -351,18 +341,7 @@ fn iidfile_labels_and_no_cache_filter() {
         ],
     );
     let digest = read(&iid);
-    let blob = |d: &str| -> serde_json::Value {
-        serde_json::from_slice(
-            &fs::read(
-                store
-                    .path()
-                    .join("blobs/sha256")
-                    .join(d.trim_start_matches("sha256:")),
-            )
-            .unwrap(),
-        )
-        .unwrap()
-    };
+    let blob = |d: &str| layout_json(store.path(), d);
     let manifest = blob(&digest);
     let config = blob(manifest["config"]["digest"].as_str().unwrap());
     assert_eq!(
@@ -436,18 +415,7 @@ fn annotations_by_scope_and_the_base_image_on_each_manifest() {
             ctx.path().to_str().unwrap(),
         ],
     );
-    let blob = |d: &str| -> serde_json::Value {
-        serde_json::from_slice(
-            &fs::read(
-                store
-                    .path()
-                    .join("blobs/sha256")
-                    .join(d.trim_start_matches("sha256:")),
-            )
-            .unwrap(),
-        )
-        .unwrap()
-    };
+    let blob = |d: &str| layout_json(store.path(), d);
     let index = blob(&read(&iid));
     assert_eq!(index["annotations"]["org.example.i"], "1", "{index}");
     let entries = index["manifests"].as_array().unwrap();
@@ -601,18 +569,7 @@ fn base_annotations_name_the_full_reference_and_the_platform_manifest() {
             .unwrap()
             .to_string()
     };
-    let blob = |d: &str| -> serde_json::Value {
-        serde_json::from_slice(
-            &fs::read(
-                store
-                    .path()
-                    .join("blobs/sha256")
-                    .join(d.trim_start_matches("sha256:")),
-            )
-            .unwrap(),
-        )
-        .unwrap()
-    };
+    let blob = |d: &str| layout_json(store.path(), d);
     let index = blob(&read(&iid));
     let entries = index["manifests"].as_array().unwrap();
     assert_eq!(entries.len(), 2, "{index}");

@@ -35,10 +35,7 @@ fn config(root: &Path, tag: &str, platform: &str) -> serde_json::Value {
             &format!("oci:{}:x", dir.display()),
         ],
     );
-    let blob = |d: &str| -> serde_json::Value {
-        let hex = d.trim_start_matches("sha256:");
-        serde_json::from_slice(&fs::read(dir.join("blobs/sha256").join(hex)).unwrap()).unwrap()
-    };
+    let blob = |d: &str| layout_json(&dir, d);
     let index: serde_json::Value =
         serde_json::from_slice(&fs::read(dir.join("index.json")).unwrap()).unwrap();
     let mut m = blob(index["manifests"][0]["digest"].as_str().unwrap());

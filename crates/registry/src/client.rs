@@ -466,19 +466,22 @@ impl Client {
             return;
         }
         tracing::info!(registry, host, mirror, "served by {host}");
+        self.with_use(registry, host, mirror, |u| match kind {
+            Kind::Manifest => u.manifests += 1,
+            Kind::Blob => u.blobs += 1,
+        });
+    }
+
+    /// Updates what `host` did for pulls from `registry`.
+    fn with_use(&self, registry: &str, host: &str, mirror: bool, f: impl FnOnce(&mut MirrorUse)) {
         let mut s = lock(&self.inner.served);
-        let e = s
-            .entry((registry.to_string(), host.to_string()))
+        f(s.entry((registry.to_string(), host.to_string()))
             .or_insert_with(|| MirrorUse {
                 registry: registry.to_string(),
                 host: host.to_string(),
                 is_mirror: mirror,
                 ..MirrorUse::default()
-            });
-        match kind {
-            Kind::Manifest => e.manifests += 1,
-            Kind::Blob => e.blobs += 1,
-        }
+            }));
     }
 
     /// Records that mirror `host` could not serve a pull from `registry`; a mirror that cannot
@@ -500,19 +503,10 @@ impl Client {
         ) {
             lock(&self.inner.mirrors_down).insert(host.to_string(), reason.clone());
         }
-        let mut s = lock(&self.inner.served);
-        let u = s
-            .entry((registry.to_string(), host.to_string()))
-            .or_insert_with(|| MirrorUse {
-                registry: registry.to_string(),
-                host: host.to_string(),
-                is_mirror: true,
-                ..MirrorUse::default()
-            });
-        u.failures += 1;
-        if u.first_failure.is_none() {
-            u.first_failure = Some(reason);
-        }
+        self.with_use(registry, host, true, |u| {
+            u.failures += 1;
+            u.first_failure.get_or_insert(reason);
+        });
     }
 
     /// Which hosts served pulls from registries that have mirrors, and which mirrors failed,

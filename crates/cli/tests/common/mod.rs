@@ -118,6 +118,15 @@ pub fn context(files: &[(&str, &str)]) -> tempfile::TempDir {
 }
 
 /// A file's text, or a panic naming it.
+/// The JSON blob `digest` (`sha256:HEX`) of the OCI layout (or store) at `dir`.
+pub fn layout_json(dir: &Path, digest: &str) -> serde_json::Value {
+    let path = dir
+        .join("blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"));
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 pub fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
